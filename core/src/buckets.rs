@@ -1,0 +1,140 @@
+//! Histogram bucket bounds: parsing, validation and the bucket an observation falls into.
+
+/// The default duration buckets, in seconds (LLM requests run from milliseconds to minutes).
+pub const DEFAULT_DURATION_BUCKETS: [f64; 14] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
+];
+
+/// Time to first token, seconds.
+pub const DEFAULT_TTFT_BUCKETS: [f64; 12] = [
+    0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0,
+];
+
+/// Output tokens per second.
+pub const DEFAULT_THROUGHPUT_BUCKETS: [f64; 10] =
+    [1.0, 5.0, 10.0, 20.0, 30.0, 50.0, 75.0, 100.0, 200.0, 500.0];
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum BucketsError {
+    #[error("no bucket bounds given")]
+    Empty,
+    #[error("invalid bucket bound \"{0}\"")]
+    Invalid(String),
+    #[error("bucket bound \"{0}\" is not finite")]
+    NotFinite(String),
+    #[error("bucket bounds must be strictly increasing: {0} after {1}")]
+    NotIncreasing(f64, f64),
+    #[error("too many bucket bounds: {0}, at most {1}")]
+    TooMany(usize, usize),
+}
+
+/// Parses and validates bucket bounds given as text (a directive's arguments).
+pub fn parse_bounds<'a, I: IntoIterator<Item = &'a str>>(args: I) -> Result<Vec<f64>, BucketsError> {
+    let mut out: Vec<f64> = Vec::new();
+    for a in args {
+        let v: f64 = a.trim().parse().map_err(|_| BucketsError::Invalid(a.to_string()))?;
+        if !v.is_finite() {
+            return Err(BucketsError::NotFinite(a.to_string()));
+        }
+        if let Some(&prev) = out.last() {
+            if v <= prev {
+                return Err(BucketsError::NotIncreasing(v, prev));
+            }
+        }
+        out.push(v);
+    }
+    validate(&out)?;
+    Ok(out)
+}
+
+/// Checks bounds built in code or read back from a zone.
+pub fn validate(bounds: &[f64]) -> Result<(), BucketsError> {
+    if bounds.is_empty() {
+        return Err(BucketsError::Empty);
+    }
+    if bounds.len() > crate::store::MAX_BOUNDS {
+        return Err(BucketsError::TooMany(bounds.len(), crate::store::MAX_BOUNDS));
+    }
+    for w in bounds.windows(2) {
+        if w[1] <= w[0] || !w[1].is_finite() {
+            return Err(BucketsError::NotIncreasing(w[1], w[0]));
+        }
+    }
+    Ok(())
+}
+
+/// Index of the bucket for `v`: the first bound `>= v` (Prometheus `le` semantics), or
+/// `bounds.len()` for the `+Inf` bucket. NaN lands in `+Inf`.
+#[inline]
+pub fn bucket_index(bounds: &[f64], v: f64) -> usize {
+    if bounds.len() <= 16 {
+        bounds.iter().position(|&b| v <= b).unwrap_or(bounds.len())
+    } else {
+        bounds.partition_point(|&b| b < v)
+    }
+}
+
+/// The `le` label value of a bound, formatted as Prometheus clients do (`1.0` → `"1"` is fine
+/// for parsers; we keep the shortest round-trip form).
+pub fn format_bound(b: f64) -> String {
+    if b == f64::INFINITY {
+        "+Inf".to_string()
+    } else {
+        format!("{b}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_accepts_increasing_bounds() {
+        assert_eq!(parse_bounds(["0.5", "1", "2.5"]).unwrap(), vec![0.5, 1.0, 2.5]);
+    }
+
+    #[test]
+    fn parse_rejects_bad_bounds() {
+        assert_eq!(parse_bounds([]), Err(BucketsError::Empty));
+        assert!(matches!(parse_bounds(["1", "x"]), Err(BucketsError::Invalid(_))));
+        assert!(matches!(parse_bounds(["1", "1"]), Err(BucketsError::NotIncreasing(..))));
+        assert!(matches!(parse_bounds(["2", "1"]), Err(BucketsError::NotIncreasing(..))));
+        assert!(matches!(parse_bounds(["inf"]), Err(BucketsError::NotFinite(_))));
+        assert!(matches!(parse_bounds(["NaN"]), Err(BucketsError::NotFinite(_))));
+        let many: Vec<String> = (1..=65).map(|i| i.to_string()).collect();
+        assert!(matches!(
+            parse_bounds(many.iter().map(|s| s.as_str())),
+            Err(BucketsError::TooMany(65, 64))
+        ));
+    }
+
+    #[test]
+    fn bucket_index_uses_le_semantics() {
+        let b = [0.1, 0.5, 1.0];
+        assert_eq!(bucket_index(&b, 0.0), 0);
+        assert_eq!(bucket_index(&b, 0.1), 0);
+        assert_eq!(bucket_index(&b, 0.11), 1);
+        assert_eq!(bucket_index(&b, 1.0), 2);
+        assert_eq!(bucket_index(&b, 1.01), 3);
+        assert_eq!(bucket_index(&b, f64::NAN), 3);
+        assert_eq!(bucket_index(&b, -5.0), 0);
+    }
+
+    #[test]
+    fn long_layouts_agree_with_linear_scan() {
+        let b: Vec<f64> = (1..=40).map(|i| i as f64 * 0.5).collect();
+        for i in 0..500 {
+            let v = i as f64 * 0.05 - 1.0;
+            let linear = b.iter().position(|&x| v <= x).unwrap_or(b.len());
+            assert_eq!(bucket_index(&b, v), linear, "v={v}");
+        }
+    }
+
+    #[test]
+    fn bounds_format_shortest() {
+        assert_eq!(format_bound(0.005), "0.005");
+        assert_eq!(format_bound(1.0), "1");
+        assert_eq!(format_bound(2.5), "2.5");
+        assert_eq!(format_bound(f64::INFINITY), "+Inf");
+    }
+}

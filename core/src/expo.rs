@@ -1,0 +1,215 @@
+//! Low-level writer of the Prometheus text exposition format (version 0.0.4).
+
+use crate::labels::{escape_help, escape_label_value};
+
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetricType {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+impl MetricType {
+    fn as_str(self) -> &'static str {
+        match self {
+            MetricType::Counter => "counter",
+            MetricType::Gauge => "gauge",
+            MetricType::Histogram => "histogram",
+        }
+    }
+}
+
+/// Appends `v` in decimal without going through `fmt`.
+#[inline]
+pub fn push_u64(out: &mut Vec<u8>, mut v: u64) {
+    let mut buf = [0u8; 20];
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&buf[i..]);
+}
+
+/// Appends a float the way Prometheus parses it (`NaN`, `+Inf`, `-Inf`, or decimal).
+pub fn push_f64(out: &mut Vec<u8>, v: f64) {
+    use std::io::Write;
+    if v.is_nan() {
+        out.extend_from_slice(b"NaN");
+    } else if v == f64::INFINITY {
+        out.extend_from_slice(b"+Inf");
+    } else if v == f64::NEG_INFINITY {
+        out.extend_from_slice(b"-Inf");
+    } else if v == v.trunc() && v.abs() < 1e15 {
+        if v < 0.0 {
+            out.push(b'-');
+        }
+        push_u64(out, v.abs() as u64);
+    } else {
+        let _ = write!(out, "{v}");
+    }
+}
+
+/// Builds the inside of a label set, `a="x",b="y"`, escaping values.
+pub fn push_labels(out: &mut Vec<u8>, names: &[&str], values: &[&[u8]]) {
+    for (i, (n, v)) in names.iter().zip(values).enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(n.as_bytes());
+        out.extend_from_slice(b"=\"");
+        escape_label_value(out, v);
+        out.push(b'"');
+    }
+}
+
+/// Writes families and samples into a byte buffer.
+pub struct Encoder<'o> {
+    pub out: &'o mut Vec<u8>,
+}
+
+impl<'o> Encoder<'o> {
+    pub fn new(out: &'o mut Vec<u8>) -> Self {
+        Encoder { out }
+    }
+
+    /// `# HELP` and `# TYPE` lines; call once per family, before its samples.
+    pub fn family(&mut self, name: &str, help: &str, t: MetricType) {
+        self.out.extend_from_slice(b"# HELP ");
+        self.out.extend_from_slice(name.as_bytes());
+        self.out.push(b' ');
+        escape_help(self.out, help);
+        self.out.extend_from_slice(b"\n# TYPE ");
+        self.out.extend_from_slice(name.as_bytes());
+        self.out.push(b' ');
+        self.out.extend_from_slice(t.as_str().as_bytes());
+        self.out.push(b'\n');
+    }
+
+    #[inline]
+    fn start(&mut self, name: &str, suffix: &str, labels: &[u8]) {
+        self.out.extend_from_slice(name.as_bytes());
+        self.out.extend_from_slice(suffix.as_bytes());
+        if !labels.is_empty() {
+            self.out.push(b'{');
+            self.out.extend_from_slice(labels);
+            self.out.push(b'}');
+        }
+        self.out.push(b' ');
+    }
+
+    /// A sample with an integer value; `labels` is a prebuilt label set (see [`push_labels`]).
+    #[inline]
+    pub fn sample_u64(&mut self, name: &str, labels: &[u8], v: u64) {
+        self.start(name, "", labels);
+        push_u64(self.out, v);
+        self.out.push(b'\n');
+    }
+
+    pub fn sample_i64(&mut self, name: &str, labels: &[u8], v: i64) {
+        self.start(name, "", labels);
+        if v < 0 {
+            self.out.push(b'-');
+        }
+        push_u64(self.out, v.unsigned_abs());
+        self.out.push(b'\n');
+    }
+
+    pub fn sample_f64(&mut self, name: &str, labels: &[u8], v: f64) {
+        self.start(name, "", labels);
+        push_f64(self.out, v);
+        self.out.push(b'\n');
+    }
+
+    /// A whole histogram: cumulative `_bucket` lines from non-cumulative `buckets` (the last one
+    /// is `+Inf`), then `_sum` and `_count`. `le` holds the formatted bounds.
+    pub fn histogram(&mut self, name: &str, labels: &[u8], le: &[String], buckets: &[u64], sum: f64) {
+        let mut cum = 0u64;
+        for (i, b) in buckets.iter().enumerate() {
+            cum = cum.wrapping_add(*b);
+            self.out.extend_from_slice(name.as_bytes());
+            self.out.extend_from_slice(b"_bucket{");
+            if !labels.is_empty() {
+                self.out.extend_from_slice(labels);
+                self.out.push(b',');
+            }
+            self.out.extend_from_slice(b"le=\"");
+            self.out
+                .extend_from_slice(le.get(i).map_or("+Inf", |s| s.as_str()).as_bytes());
+            self.out.extend_from_slice(b"\"} ");
+            push_u64(self.out, cum);
+            self.out.push(b'\n');
+        }
+        self.start(name, "_sum", labels);
+        push_f64(self.out, sum);
+        self.out.push(b'\n');
+        self.start(name, "_count", labels);
+        push_u64(self.out, cum);
+        self.out.push(b'\n');
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn integers_and_floats() {
+        let mut o = Vec::new();
+        for v in [0u64, 7, 10, 1234567890, u64::MAX] {
+            o.clear();
+            push_u64(&mut o, v);
+            assert_eq!(String::from_utf8(o.clone()).unwrap(), v.to_string());
+        }
+        let f = |v: f64| {
+            let mut o = Vec::new();
+            push_f64(&mut o, v);
+            String::from_utf8(o).unwrap()
+        };
+        assert_eq!(f(0.0), "0");
+        assert_eq!(f(-3.0), "-3");
+        assert_eq!(f(0.25), "0.25");
+        assert_eq!(f(f64::NAN), "NaN");
+        assert_eq!(f(f64::INFINITY), "+Inf");
+        assert_eq!(f(f64::NEG_INFINITY), "-Inf");
+        assert_eq!(f(1e20).parse::<f64>().unwrap(), 1e20);
+    }
+
+    #[test]
+    fn golden_histogram() {
+        let mut o = Vec::new();
+        let mut e = Encoder::new(&mut o);
+        e.family("d_seconds", "Request\nduration", MetricType::Histogram);
+        let mut l = Vec::new();
+        push_labels(&mut l, &["ns", "m"], &[b"a\"b", b"GET"]);
+        e.histogram("d_seconds", &l, &["0.1".into(), "1".into()], &[1, 0, 2], 3.5);
+        assert_eq!(
+            String::from_utf8(o).unwrap(),
+            "# HELP d_seconds Request\\nduration\n# TYPE d_seconds histogram\n\
+             d_seconds_bucket{ns=\"a\\\"b\",m=\"GET\",le=\"0.1\"} 1\n\
+             d_seconds_bucket{ns=\"a\\\"b\",m=\"GET\",le=\"1\"} 1\n\
+             d_seconds_bucket{ns=\"a\\\"b\",m=\"GET\",le=\"+Inf\"} 3\n\
+             d_seconds_sum{ns=\"a\\\"b\",m=\"GET\"} 3.5\n\
+             d_seconds_count{ns=\"a\\\"b\",m=\"GET\"} 3\n"
+        );
+    }
+
+    #[test]
+    fn unlabelled_samples() {
+        let mut o = Vec::new();
+        let mut e = Encoder::new(&mut o);
+        e.sample_u64("up", b"", 1);
+        e.sample_i64("g", b"", -2);
+        e.histogram("h", b"", &["1".into()], &[0, 0], 0.0);
+        assert_eq!(
+            String::from_utf8(o).unwrap(),
+            "up 1\ng -2\nh_bucket{le=\"1\"} 0\nh_bucket{le=\"+Inf\"} 0\nh_sum 0\nh_count 0\n"
+        );
+    }
+}

@@ -1,0 +1,211 @@
+//! Label values: sanitising client-supplied bytes into series keys, escaping them for the
+//! exposition, and validating metric and label names.
+
+/// Label values longer than this many bytes are cut (at a character boundary).
+pub const MAX_LABEL_VALUE_BYTES: usize = 256;
+
+/// Separates label values inside a series key. 0xFF never occurs in valid UTF-8, and values are
+/// made valid UTF-8 before they enter a key, so a key splits back into exactly its values.
+pub const SEP: u8 = 0xFF;
+
+/// The label value of every overflow series.
+pub const OVERFLOW_VALUE: &str = "__overflow__";
+
+/// Appends `raw` to `out` as a valid-UTF-8 label value of at most [`MAX_LABEL_VALUE_BYTES`]:
+/// invalid sequences and NUL become U+FFFD. Never fails.
+pub fn sanitize_into(out: &mut Vec<u8>, raw: &[u8]) {
+    let start = out.len();
+    match std::str::from_utf8(raw) {
+        Ok(s) if !raw.contains(&0) => push_truncated(out, s),
+        _ => {
+            let lossy = String::from_utf8_lossy(raw).replace('\0', "\u{FFFD}");
+            push_truncated(out, &lossy);
+        }
+    }
+    debug_assert!(out.len() - start <= MAX_LABEL_VALUE_BYTES);
+}
+
+fn push_truncated(out: &mut Vec<u8>, s: &str) {
+    if s.len() <= MAX_LABEL_VALUE_BYTES {
+        out.extend_from_slice(s.as_bytes());
+    } else {
+        let mut end = MAX_LABEL_VALUE_BYTES;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        out.extend_from_slice(&s.as_bytes()[..end]);
+    }
+}
+
+/// Builds a series key from label values in the family's declared order.
+#[derive(Debug, Default, Clone)]
+pub struct KeyBuilder {
+    buf: Vec<u8>,
+    n: usize,
+}
+
+impl KeyBuilder {
+    pub fn new() -> Self {
+        KeyBuilder {
+            buf: Vec::with_capacity(256),
+            n: 0,
+        }
+    }
+
+    pub fn clear(&mut self) {
+        self.buf.clear();
+        self.n = 0;
+    }
+
+    /// Appends one label value (sanitised).
+    pub fn push(&mut self, raw: &[u8]) -> &mut Self {
+        if self.n > 0 {
+            self.buf.push(SEP);
+        }
+        sanitize_into(&mut self.buf, raw);
+        self.n += 1;
+        self
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.buf
+    }
+
+    pub fn len(&self) -> usize {
+        self.n
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.n == 0
+    }
+}
+
+/// The key of a family's overflow series: every label value `__overflow__`.
+pub fn overflow_key(n_labels: usize) -> Vec<u8> {
+    let mut k = KeyBuilder::new();
+    for _ in 0..n_labels {
+        k.push(OVERFLOW_VALUE.as_bytes());
+    }
+    k.buf
+}
+
+/// Splits a stored key into its label values.
+pub fn split_key(key: &[u8]) -> impl Iterator<Item = &[u8]> {
+    key.split(|&b| b == SEP)
+}
+
+/// Appends a label value escaped for the text exposition format (`\\`, `\"`, `\n`).
+#[inline]
+pub fn escape_label_value(out: &mut Vec<u8>, v: &[u8]) {
+    if !v.iter().any(|&b| b == b'\\' || b == b'"' || b == b'\n') {
+        out.extend_from_slice(v);
+        return;
+    }
+    for &b in v {
+        match b {
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            b'"' => out.extend_from_slice(b"\\\""),
+            b'\n' => out.extend_from_slice(b"\\n"),
+            _ => out.push(b),
+        }
+    }
+}
+
+/// Escapes HELP text (`\\` and `\n`).
+pub fn escape_help(out: &mut Vec<u8>, v: &str) {
+    for &b in v.as_bytes() {
+        match b {
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            b'\n' => out.extend_from_slice(b"\\n"),
+            _ => out.push(b),
+        }
+    }
+}
+
+/// Is `name` a valid metric name (`[a-zA-Z_:][a-zA-Z0-9_:]*`)?
+pub fn valid_metric_name(name: &str) -> bool {
+    let mut it = name.bytes();
+    matches!(it.next(), Some(b'a'..=b'z' | b'A'..=b'Z' | b'_' | b':'))
+        && it.all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b':')
+}
+
+/// Is `name` a valid label name (`[a-zA-Z_][a-zA-Z0-9_]*`, not reserved `__*`, not `le`)?
+pub fn valid_label_name(name: &str) -> bool {
+    let mut it = name.bytes();
+    matches!(it.next(), Some(b'a'..=b'z' | b'A'..=b'Z' | b'_'))
+        && it.all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        && !name.starts_with("__")
+        && name != "le"
+        && name != "quantile"
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn clean(raw: &[u8]) -> Vec<u8> {
+        let mut v = Vec::new();
+        sanitize_into(&mut v, raw);
+        v
+    }
+
+    #[test]
+    fn sanitize_keeps_valid_utf8() {
+        assert_eq!(clean(b"wechat"), b"wechat");
+        assert_eq!(clean("命名空间".as_bytes()), "命名空间".as_bytes());
+        assert_eq!(clean(b""), b"");
+    }
+
+    #[test]
+    fn sanitize_repairs_invalid_utf8_and_nul() {
+        assert_eq!(clean(b"a\xffb"), "a\u{FFFD}b".as_bytes());
+        assert_eq!(clean(b"a\0b"), "a\u{FFFD}b".as_bytes());
+        assert!(std::str::from_utf8(&clean(b"\xc3\x28\xa0\xa1")).is_ok());
+    }
+
+    #[test]
+    fn sanitize_truncates_at_char_boundary() {
+        let long = "é".repeat(200); // 400 bytes, 2 per char
+        let out = clean(long.as_bytes());
+        assert_eq!(out.len(), 256);
+        assert!(std::str::from_utf8(&out).is_ok());
+        let odd = format!("a{}", "é".repeat(200)); // boundary falls inside a char at 256
+        let out = clean(odd.as_bytes());
+        assert_eq!(out.len(), 255);
+        assert!(std::str::from_utf8(&out).is_ok());
+        assert_eq!(clean(&[b'x'; 1 << 20]).len(), 256);
+    }
+
+    #[test]
+    fn keys_split_back_into_values() {
+        let mut k = KeyBuilder::new();
+        k.push(b"GET").push(b"").push(b"a\xffb");
+        let parts: Vec<_> = split_key(k.as_bytes()).collect();
+        assert_eq!(parts, vec![&b"GET"[..], b"", "a\u{FFFD}b".as_bytes()]);
+        assert_eq!(k.len(), 3);
+        assert_eq!(split_key(&overflow_key(2)).count(), 2);
+    }
+
+    #[test]
+    fn escaping_follows_the_text_format() {
+        let mut out = Vec::new();
+        escape_label_value(&mut out, b"a\\b\"c\nd");
+        assert_eq!(out, b"a\\\\b\\\"c\\nd");
+        let mut h = Vec::new();
+        escape_help(&mut h, "x\\y\nz\"");
+        assert_eq!(h, b"x\\\\y\\nz\"");
+    }
+
+    #[test]
+    fn names_are_validated() {
+        assert!(valid_metric_name("model_accuracy_percent"));
+        assert!(valid_metric_name("a:b_c9"));
+        assert!(!valid_metric_name("9abc"));
+        assert!(!valid_metric_name("a-b"));
+        assert!(!valid_metric_name(""));
+        assert!(valid_label_name("task_type"));
+        assert!(!valid_label_name("__name"));
+        assert!(!valid_label_name("le"));
+        assert!(!valid_label_name("a b"));
+    }
+}

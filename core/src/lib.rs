@@ -1,0 +1,44 @@
+//! nginx-free core of gateway-metrics: the metric catalogue, label sanitising and escaping,
+//! bucket maths, the shared-memory series table (over a plain region of atomic words) and the
+//! Prometheus text encoder. The nginx module is thin glue around this crate.
+#![forbid(unsafe_code)]
+
+pub mod buckets;
+pub mod catalogue;
+pub mod expo;
+pub mod hash;
+pub mod labels;
+pub mod render;
+pub mod store;
+
+use std::sync::atomic::AtomicU64;
+
+use store::{DropReason, InsertLock, Limits, Placement, SeriesKind, Store};
+
+/// Finds or creates the series for `key`, falling back to the family's overflow series.
+/// Returns the value words to update (`None` if even the overflow series could not be made)
+/// and the drop reason when the update did not reach its own series.
+#[inline]
+pub fn series<'a, L: InsertLock + ?Sized>(
+    store: &Store<'a>,
+    lock: &L,
+    limits: Limits,
+    kind: SeriesKind,
+    key: &[u8],
+    n_labels: usize,
+) -> (Option<&'a [AtomicU64]>, Option<DropReason>) {
+    // Fast path: an existing series, no lock.
+    if let Some(off) = store.find(kind, key) {
+        return (Some(store.values(off)), None);
+    }
+    let overflow = labels::overflow_key(n_labels);
+    match store.upsert(lock, limits, kind, key, &overflow) {
+        Ok(Placement::Own(off)) => (Some(store.values(off)), None),
+        Ok(Placement::Overflow(usize::MAX, r)) => (None, Some(r)),
+        Ok(Placement::Overflow(off, r)) => (Some(store.values(off)), Some(r)),
+        Err(_) => {
+            store.count_drop(DropReason::Lost, 1);
+            (None, Some(DropReason::Lost))
+        }
+    }
+}

@@ -1,0 +1,18 @@
+//! Detects nginx build options the module's code depends on.
+use std::{env, fs, path::PathBuf};
+
+fn main() {
+    println!("cargo::rustc-check-cfg=cfg(gm_stat_stub)");
+    // nginx-sys tells its direct dependents where the configured nginx build directory is.
+    let Some(dir) = env::var_os("DEP_NGINX_BUILD_DIR") else {
+        return;
+    };
+    let config = PathBuf::from(dir).join("ngx_auto_config.h");
+    println!("cargo::rerun-if-changed={}", config.display());
+    if let Ok(text) = fs::read_to_string(&config) {
+        // stub_status counters (ngx_stat_*) exist only when nginx was built with it.
+        if text.contains("#define NGX_STAT_STUB") {
+            println!("cargo::rustc-cfg=gm_stat_stub");
+        }
+    }
+}

@@ -1,0 +1,441 @@
+//! Configuration: the module's main and location confs and the directive handlers.
+//!
+//! Every handler converts nginx's pointers in its first lines and then calls a safe function
+//! returning `Result<(), ConfError>`; [`conf_result`] is the one place that turns an error into
+//! an `nginx -t` failure naming the directive.
+
+use std::collections::HashMap;
+use std::ffi::{c_char, c_void};
+use std::ptr;
+
+use gateway_metrics_core::buckets::{
+    parse_bounds, DEFAULT_DURATION_BUCKETS, DEFAULT_THROUGHPUT_BUCKETS, DEFAULT_TTFT_BUCKETS,
+};
+use gateway_metrics_core::hash::family_id;
+use gateway_metrics_core::labels::{valid_label_name, valid_metric_name};
+use gateway_metrics_core::render::{CustomFamily, CustomKind};
+use nginx_sys::*;
+
+use crate::error::ConfError;
+use crate::zone::{self, ZoneCtx};
+
+/// Default cardinality cap: enough for many tenants x models x endpoints, small enough that a
+/// label-cardinality attack cannot fill a default-sized zone.
+pub const DEFAULT_MAX_SERIES: u64 = 50_000;
+/// Most labels a declared family may have.
+pub const MAX_CUSTOM_LABELS: usize = 8;
+/// Smallest zone accepted by `gateway_metrics_zone`.
+pub const MIN_ZONE_SIZE: usize = 128 * 1024;
+
+/// USD per 1M tokens.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Price {
+    pub input: f64,
+    pub output: f64,
+    /// Price of cached input tokens; the input price when not given.
+    pub cached_input: Option<f64>,
+}
+
+impl Price {
+    /// Cost in USD. `cached` and `reasoning` are parts of `input` and `output` (as providers
+    /// report them), so cached tokens are billed at the cached price instead of the input price.
+    pub fn cost(&self, input: u64, output: u64, cached: u64) -> f64 {
+        let cached = cached.min(input);
+        let cached_price = self.cached_input.unwrap_or(self.input);
+        ((input - cached) as f64 * self.input + cached as f64 * cached_price + output as f64 * self.output)
+            / 1_000_000.0
+    }
+}
+
+pub struct MainConf {
+    /// The zone's per-cycle context; null without `gateway_metrics_zone`.
+    pub zone: *mut ZoneCtx,
+    /// Duration, TTFT and throughput bucket bounds.
+    pub bounds: [Vec<f64>; 3],
+    bounds_set: [bool; 3],
+    pub max_series: u64,
+    max_series_set: bool,
+    pub prices: HashMap<Vec<u8>, Price>,
+    pub custom: Vec<CustomFamily>,
+    /// Some location records or exports metrics (so a zone is required).
+    pub used: bool,
+    /// Indexes of `handlers::AUTO_VARS` (-1: nginx has no such variable).
+    pub vars: [ngx_int_t; 3],
+}
+
+
+#[repr(C)]
+pub struct LocConf {
+    pub enable: ngx_flag_t,
+    pub namespace: *mut ngx_http_complex_value_t,
+    pub upstream: *mut ngx_http_complex_value_t,
+    pub endpoint: *mut ngx_http_complex_value_t,
+    pub model: *mut ngx_http_complex_value_t,
+}
+
+const UNSET: ngx_flag_t = -1;
+
+/// Allocates `value` in `pool` and registers its destructor there.
+///
+/// # Safety
+/// `pool` must be a valid nginx pool.
+pub unsafe fn pool_alloc<T>(pool: *mut ngx_pool_t, value: T) -> *mut T {
+    // SAFETY: ngx_pcalloc returns memory aligned for any type or null; the cleanup runs once,
+    // when the pool is destroyed.
+    unsafe {
+        let cln = ngx_pool_cleanup_add(pool, 0);
+        if cln.is_null() {
+            return ptr::null_mut();
+        }
+        let p = ngx_pcalloc(pool, std::mem::size_of::<T>()) as *mut T;
+        if p.is_null() {
+            return ptr::null_mut();
+        }
+        ptr::write(p, value);
+        (*cln).handler = Some(drop_in_pool::<T>);
+        (*cln).data = p as *mut c_void;
+        p
+    }
+}
+
+unsafe extern "C" fn drop_in_pool<T>(data: *mut c_void) {
+    // SAFETY: `data` is the value written by pool_alloc, dropped exactly once here.
+    unsafe { ptr::drop_in_place(data as *mut T) };
+}
+
+pub unsafe extern "C" fn create_main_conf(cf: *mut ngx_conf_t) -> *mut c_void {
+    let conf = MainConf {
+        zone: ptr::null_mut(),
+        bounds: [
+            DEFAULT_DURATION_BUCKETS.to_vec(),
+            DEFAULT_TTFT_BUCKETS.to_vec(),
+            DEFAULT_THROUGHPUT_BUCKETS.to_vec(),
+        ],
+        bounds_set: [false; 3],
+        max_series: DEFAULT_MAX_SERIES,
+        max_series_set: false,
+        prices: HashMap::new(),
+        custom: Vec::new(),
+        used: false,
+        vars: [-1; 3],
+    };
+    // SAFETY: nginx passes a valid conf with a pool.
+    unsafe { pool_alloc((*cf).pool, conf) as *mut c_void }
+}
+
+pub unsafe extern "C" fn init_main_conf(_cf: *mut ngx_conf_t, _conf: *mut c_void) -> *mut c_char {
+    ptr::null_mut()
+}
+
+pub unsafe extern "C" fn create_loc_conf(cf: *mut ngx_conf_t) -> *mut c_void {
+    // SAFETY: nginx passes a valid conf with a pool; LocConf is plain data.
+    unsafe {
+        let lc = ngx_pcalloc((*cf).pool, std::mem::size_of::<LocConf>()) as *mut LocConf;
+        if !lc.is_null() {
+            (*lc).enable = UNSET;
+        }
+        lc as *mut c_void
+    }
+}
+
+pub unsafe extern "C" fn merge_loc_conf(
+    _cf: *mut ngx_conf_t,
+    parent: *mut c_void,
+    child: *mut c_void,
+) -> *mut c_char {
+    // SAFETY: nginx passes the two LocConf created by create_loc_conf.
+    let (prev, conf) = unsafe { (&*(parent as *const LocConf), &mut *(child as *mut LocConf)) };
+    if conf.enable == UNSET {
+        conf.enable = if prev.enable == UNSET { 0 } else { prev.enable };
+    }
+    for (c, p) in [
+        (&mut conf.namespace, prev.namespace),
+        (&mut conf.upstream, prev.upstream),
+        (&mut conf.endpoint, prev.endpoint),
+        (&mut conf.model, prev.model),
+    ] {
+        if c.is_null() {
+            *c = p;
+        }
+    }
+    ptr::null_mut()
+}
+
+/// Turns a directive handler's result into nginx's convention, logging errors with the
+/// directive's name.
+fn conf_result(cf: *mut ngx_conf_t, cmd: *mut ngx_command_t, r: Result<(), ConfError>) -> *mut c_char {
+    match r {
+        Ok(()) => ptr::null_mut(),
+        Err(e) => {
+            // SAFETY: nginx passes the command being parsed.
+            let name = unsafe { (*cmd).name.as_bytes() };
+            let name = String::from_utf8_lossy(name);
+            ngx::ngx_conf_log_error!(NGX_LOG_EMERG, cf, "{e} in \"{name}\" directive");
+            ngx::core::NGX_CONF_ERROR
+        }
+    }
+}
+
+/// The directive's arguments after its name.
+///
+/// # Safety
+/// `cf` must be the conf being parsed.
+unsafe fn args<'a>(cf: *mut ngx_conf_t) -> Vec<&'a [u8]> {
+    // SAFETY: cf->args is an array of ngx_str_t, element 0 being the directive name.
+    unsafe {
+        let a = &*(*cf).args;
+        let elts = std::slice::from_raw_parts(a.elts as *const ngx_str_t, a.nelts);
+        elts[1..].iter().map(|s| s.as_bytes()).collect()
+    }
+}
+
+/// The module's main conf while parsing.
+///
+/// # Safety
+/// `cf` must be inside the http block.
+pub unsafe fn main_conf_of<'a>(cf: *mut ngx_conf_t) -> &'a mut MainConf {
+    // SAFETY: in the http block cf->ctx is an ngx_http_conf_ctx_t.
+    unsafe {
+        let ctx = (*cf).ctx as *mut ngx_http_conf_ctx_t;
+        &mut *(*(*ctx).main_conf.add(crate::module().ctx_index) as *mut MainConf)
+    }
+}
+
+fn text(b: &[u8]) -> Result<&str, ConfError> {
+    std::str::from_utf8(b).map_err(|_| ConfError::msg("argument is not valid UTF-8"))
+}
+
+pub unsafe extern "C" fn set_zone(cf: *mut ngx_conf_t, cmd: *mut ngx_command_t, conf: *mut c_void) -> *mut c_char {
+    // SAFETY: called by nginx for this module's main conf while parsing.
+    let (mc, a) = unsafe { (&mut *(conf as *mut MainConf), args(cf)) };
+    let r = zone_directive(cf, mc, &a);
+    conf_result(cf, cmd, r)
+}
+
+fn zone_directive(cf: *mut ngx_conf_t, mc: &mut MainConf, a: &[&[u8]]) -> Result<(), ConfError> {
+    if !mc.zone.is_null() {
+        return Err(ConfError::msg("is duplicate"));
+    }
+    let name = a[0];
+    if name.is_empty() || !name.iter().all(|b| b.is_ascii_alphanumeric() || *b == b'_' || *b == b'-') {
+        return Err(ConfError::Invalid("zone name", String::from_utf8_lossy(name).into()));
+    }
+    let size = parse_size(a[1])
+        .filter(|&s| s >= MIN_ZONE_SIZE)
+        .ok_or_else(|| ConfError::Invalid("zone size (at least 128k)", String::from_utf8_lossy(a[1]).into()))?;
+    // SAFETY: cf is the conf being parsed; mc lives in its pool for the whole cycle.
+    mc.zone = unsafe { zone::add_zone(cf, name, size, mc)? };
+    Ok(())
+}
+
+/// Parses an nginx size (`32m`, `512k`, `1048576`).
+pub fn parse_size(b: &[u8]) -> Option<usize> {
+    let s = std::str::from_utf8(b).ok()?;
+    let (num, mul) = match s.as_bytes().last()? {
+        b'k' | b'K' => (&s[..s.len() - 1], 1024),
+        b'm' | b'M' => (&s[..s.len() - 1], 1024 * 1024),
+        b'g' | b'G' => (&s[..s.len() - 1], 1024 * 1024 * 1024),
+        _ => (s, 1),
+    };
+    if num.is_empty() || !num.bytes().all(|c| c.is_ascii_digit()) {
+        return None;
+    }
+    num.parse::<usize>().ok()?.checked_mul(mul)
+}
+
+pub unsafe extern "C" fn set_enable(cf: *mut ngx_conf_t, cmd: *mut ngx_command_t, conf: *mut c_void) -> *mut c_char {
+    // SAFETY: called by nginx for this module's loc conf while parsing the http block.
+    let (lc, a, mc) = unsafe { (&mut *(conf as *mut LocConf), args(cf), main_conf_of(cf)) };
+    let r = (|| {
+        if lc.enable != UNSET {
+            return Err(ConfError::msg("is duplicate"));
+        }
+        lc.enable = match a[0] {
+            b"on" => 1,
+            b"off" => 0,
+            v => return Err(ConfError::Invalid("value, must be \"on\" or \"off\"", String::from_utf8_lossy(v).into())),
+        };
+        if lc.enable == 1 {
+            mc.used = true;
+        }
+        Ok(())
+    })();
+    conf_result(cf, cmd, r)
+}
+
+pub unsafe extern "C" fn set_buckets(cf: *mut ngx_conf_t, cmd: *mut ngx_command_t, conf: *mut c_void) -> *mut c_char {
+    // SAFETY: called by nginx for this module's main conf; offset selects the histogram.
+    let (mc, a, which) = unsafe { (&mut *(conf as *mut MainConf), args(cf), (*cmd).offset) };
+    let r = (|| {
+        if mc.bounds_set[which] {
+            return Err(ConfError::msg("is duplicate"));
+        }
+        let strs = a.iter().map(|b| text(b)).collect::<Result<Vec<_>, _>>()?;
+        mc.bounds[which] = parse_bounds(strs)?;
+        mc.bounds_set[which] = true;
+        Ok(())
+    })();
+    conf_result(cf, cmd, r)
+}
+
+pub unsafe extern "C" fn set_max_series(cf: *mut ngx_conf_t, cmd: *mut ngx_command_t, conf: *mut c_void) -> *mut c_char {
+    // SAFETY: called by nginx for this module's main conf.
+    let (mc, a) = unsafe { (&mut *(conf as *mut MainConf), args(cf)) };
+    let r = (|| {
+        if mc.max_series_set {
+            return Err(ConfError::msg("is duplicate"));
+        }
+        let v = text(a[0])?;
+        mc.max_series = v
+            .parse::<u64>()
+            .ok()
+            .filter(|&n| (1..=1 << 32).contains(&n))
+            .ok_or_else(|| ConfError::Invalid("number of series (1..4294967296)", v.into()))?;
+        mc.max_series_set = true;
+        Ok(())
+    })();
+    conf_result(cf, cmd, r)
+}
+
+pub unsafe extern "C" fn set_exporter(cf: *mut ngx_conf_t, cmd: *mut ngx_command_t, _conf: *mut c_void) -> *mut c_char {
+    // SAFETY: in a location block cf->ctx is an ngx_http_conf_ctx_t whose loc_conf holds the
+    // core module's location conf.
+    unsafe {
+        let ctx = (*cf).ctx as *mut ngx_http_conf_ctx_t;
+        let clcf = *(*ctx).loc_conf.add(ngx_http_core_module.ctx_index) as *mut ngx_http_core_loc_conf_t;
+        (*clcf).handler = Some(crate::handlers::exporter_handler);
+        main_conf_of(cf).used = true;
+    }
+    conf_result(cf, cmd, Ok(()))
+}
+
+pub unsafe extern "C" fn set_price(cf: *mut ngx_conf_t, cmd: *mut ngx_command_t, conf: *mut c_void) -> *mut c_char {
+    // SAFETY: called by nginx for this module's main conf.
+    let (mc, a) = unsafe { (&mut *(conf as *mut MainConf), args(cf)) };
+    let r = price_directive(mc, &a);
+    conf_result(cf, cmd, r)
+}
+
+fn price_directive(mc: &mut MainConf, a: &[&[u8]]) -> Result<(), ConfError> {
+    let model = a[0];
+    if model.is_empty() {
+        return Err(ConfError::msg("empty model name"));
+    }
+    if mc.prices.contains_key(model) {
+        return Err(ConfError::Invalid("duplicate price for model", String::from_utf8_lossy(model).into()));
+    }
+    if a.len() < 2 {
+        return Err(ConfError::msg("no prices given (input=USD output=USD [cached_input=USD] per 1M tokens)"));
+    }
+    let mut p = Price::default();
+    let mut seen = [false; 3];
+    for arg in &a[1..] {
+        let s = text(arg)?;
+        let (k, v) = s.split_once('=').ok_or_else(|| ConfError::Invalid("price", s.into()))?;
+        let v: f64 = v
+            .parse()
+            .ok()
+            .filter(|x: &f64| x.is_finite() && *x >= 0.0)
+            .ok_or_else(|| ConfError::Invalid("price", s.into()))?;
+        let i = match k {
+            "input" => 0,
+            "output" => 1,
+            "cached_input" => 2,
+            _ => return Err(ConfError::Invalid("price key (input, output, cached_input)", k.into())),
+        };
+        if seen[i] {
+            return Err(ConfError::Invalid("duplicate price key", k.into()));
+        }
+        seen[i] = true;
+        match i {
+            0 => p.input = v,
+            1 => p.output = v,
+            _ => p.cached_input = Some(v),
+        }
+    }
+    mc.prices.insert(model.to_vec(), p);
+    Ok(())
+}
+
+/// Names the module emits itself; declared families may not reuse them.
+const RESERVED_PREFIXES: [&str; 12] = [
+    "http_request", "gateway_request", "namespace_", "upstream_requests", "errors_total",
+    "active_connections", "model_", "rate_limit_", "cache_", "gateway_metrics_", "nginx_", "up",
+];
+
+pub unsafe extern "C" fn set_custom(cf: *mut ngx_conf_t, cmd: *mut ngx_command_t, conf: *mut c_void) -> *mut c_char {
+    // SAFETY: called by nginx for this module's main conf; offset selects the type.
+    let (mc, a, which) = unsafe { (&mut *(conf as *mut MainConf), args(cf), (*cmd).offset) };
+    let kind = match which {
+        0 => CustomKind::Counter,
+        1 => CustomKind::Gauge,
+        _ => CustomKind::Histogram,
+    };
+    let r = custom_directive(mc, kind, &a);
+    conf_result(cf, cmd, r)
+}
+
+fn custom_directive(mc: &mut MainConf, kind: CustomKind, a: &[&[u8]]) -> Result<(), ConfError> {
+    let name = text(a[0])?;
+    if !valid_metric_name(name) {
+        return Err(ConfError::Invalid("metric name", name.into()));
+    }
+    let builtin = RESERVED_PREFIXES
+        .iter()
+        .any(|p| if *p == "up" { name == "up" } else { name.starts_with(p) });
+    // model_accuracy_percent is in our design documents as a custom metric: allow model_*
+    // names that the module does not emit itself.
+    let emitted = [
+        "model_requests_total", "model_request_duration_seconds", "model_tokens_input_total",
+        "model_tokens_output_total", "model_cost_usd_total", "model_time_to_first_token_seconds",
+        "model_throughput_tokens_per_second",
+    ];
+    if (builtin && !name.starts_with("model_")) || emitted.contains(&name) {
+        return Err(ConfError::Invalid("metric name: the module emits it itself", name.into()));
+    }
+    if mc.custom.iter().any(|f| f.name == name) {
+        return Err(ConfError::Invalid("duplicate metric", name.into()));
+    }
+    let id = family_id(name);
+    if mc.custom.iter().any(|f| f.id == id) {
+        return Err(ConfError::Invalid("metric name (hash collision, rename it)", name.into()));
+    }
+    let help = text(a.get(1).copied().unwrap_or(b""))?.to_string();
+    let mut labels = Vec::new();
+    let mut bounds = Vec::new();
+    for arg in a.iter().skip(2) {
+        let s = text(arg)?;
+        if let Some(list) = s.strip_prefix("buckets=") {
+            if kind != CustomKind::Histogram {
+                return Err(ConfError::msg("buckets= is only valid for histograms"));
+            }
+            bounds = parse_bounds(list.split(','))?;
+            continue;
+        }
+        if !valid_label_name(s) {
+            return Err(ConfError::Invalid("label name", s.into()));
+        }
+        if labels.iter().any(|l: &String| l == s) {
+            return Err(ConfError::Invalid("duplicate label name", s.into()));
+        }
+        labels.push(s.to_string());
+    }
+    if labels.len() > MAX_CUSTOM_LABELS {
+        return Err(ConfError::msg("too many labels (at most 8)"));
+    }
+    if kind == CustomKind::Histogram && bounds.is_empty() {
+        bounds = DEFAULT_DURATION_BUCKETS.to_vec();
+    }
+    mc.custom.push(CustomFamily {
+        name: name.to_string(),
+        help,
+        kind,
+        labels,
+        bounds,
+        id,
+    });
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {}

@@ -1,0 +1,45 @@
+//! Errors of the glue and the one place that maps request errors to nginx status codes.
+
+use gateway_metrics_core::buckets::BucketsError;
+use nginx_sys::{ngx_int_t, NGX_HTTP_INTERNAL_SERVER_ERROR, NGX_HTTP_NOT_ALLOWED, NGX_HTTP_SERVICE_UNAVAILABLE};
+
+/// A configuration error; logged as `<message> in "<directive>" directive`.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfError {
+    #[error("{0}")]
+    Msg(&'static str),
+    #[error("invalid {0} \"{1}\"")]
+    Invalid(&'static str, String),
+    #[error(transparent)]
+    Buckets(#[from] BucketsError),
+    #[error("{0}")]
+    Other(String),
+}
+
+impl ConfError {
+    pub fn msg(m: &'static str) -> Self {
+        ConfError::Msg(m)
+    }
+}
+
+/// An error while serving a request of the module's own (the exporter).
+#[derive(Debug, thiserror::Error)]
+pub enum HandlerError {
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    #[error("metrics zone is not ready")]
+    ZoneUnavailable,
+    #[error("out of memory")]
+    NoMemory,
+}
+
+impl HandlerError {
+    /// The status code nginx finalizes the request with.
+    pub fn status(&self) -> ngx_int_t {
+        (match self {
+            HandlerError::MethodNotAllowed => NGX_HTTP_NOT_ALLOWED,
+            HandlerError::ZoneUnavailable => NGX_HTTP_SERVICE_UNAVAILABLE,
+            HandlerError::NoMemory => NGX_HTTP_INTERNAL_SERVER_ERROR,
+        }) as ngx_int_t
+    }
+}

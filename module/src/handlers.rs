@@ -1,0 +1,435 @@
+//! Phase handlers (precontent: in-flight gauge; log: recording) and the `/metrics` handler.
+
+use std::cell::RefCell;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::ptr;
+use std::sync::atomic::AtomicU64;
+
+use gateway_metrics_core::catalogue::{self, fam, tokens};
+use gateway_metrics_core::expo::CONTENT_TYPE;
+use gateway_metrics_core::labels::KeyBuilder;
+use gateway_metrics_core::render::{render, HistSpec, NginxStats, RenderSpec};
+use gateway_metrics_core::series;
+use gateway_metrics_core::store::{add_f64, add_u64, observe, DropReason, SeriesKind, Store};
+use nginx_sys::*;
+
+use crate::conf::MainConf;
+use crate::error::HandlerError;
+use crate::request::{self, ReqCtx};
+use crate::zone::{ShmLock, ZoneCtx};
+
+thread_local! {
+    // Workers are single-threaded: one reusable key buffer per process, no allocation per request.
+    static KEY: RefCell<KeyBuilder> = RefCell::new(KeyBuilder::new());
+}
+
+/// Variables whose values the log phase turns into rate-limit and cache events.
+pub const AUTO_VARS: [&str; 3] = ["limit_req_status", "limit_conn_status", "upstream_cache_status"];
+
+pub unsafe extern "C" fn postconfiguration(cf: *mut ngx_conf_t) -> ngx_int_t {
+    // SAFETY: nginx calls this with the http block's conf; the core module's main conf holds
+    // the phase handler arrays.
+    unsafe {
+        let mc = crate::conf::main_conf_of(cf);
+        if mc.used && mc.zone.is_null() {
+            ngx::ngx_conf_log_error!(
+                NGX_LOG_EMERG,
+                cf,
+                "\"gateway_metrics\" and \"gateway_metrics_exporter\" need a \"gateway_metrics_zone\" in the http block"
+            );
+            return NGX_ERROR as ngx_int_t;
+        }
+        let ctx = (*cf).ctx as *mut ngx_http_conf_ctx_t;
+        let cmcf = *(*ctx).main_conf.add(ngx_http_core_module.ctx_index) as *mut ngx_http_core_main_conf_t;
+        // Only ask for variables some module registered: an unknown name would fail the config.
+        let keys = &(*(*cmcf).variables_keys).keys;
+        let known = std::slice::from_raw_parts(keys.elts as *const ngx_hash_key_t, keys.nelts);
+        for (i, name) in AUTO_VARS.iter().enumerate() {
+            mc.vars[i] = -1;
+            if known.iter().any(|k| request::str_bytes(&k.key) == name.as_bytes()) {
+                let mut s = ngx_str_t {
+                    len: name.len(),
+                    data: name.as_ptr() as *mut u8,
+                };
+                mc.vars[i] = ngx_http_get_variable_index(cf, &mut s);
+            }
+        }
+        for (phase, handler) in [
+            (ngx_http_phases_NGX_HTTP_PRECONTENT_PHASE, precontent_handler as unsafe extern "C" fn(_) -> _),
+            (ngx_http_phases_NGX_HTTP_LOG_PHASE, log_handler),
+        ] {
+            let h = ngx_array_push(&mut (*cmcf).phases[phase as usize].handlers) as *mut ngx_http_handler_pt;
+            if h.is_null() {
+                return NGX_ERROR as ngx_int_t;
+            }
+            *h = Some(handler);
+        }
+    }
+    NGX_OK as ngx_int_t
+}
+
+/// The zone, its store and lock, when the request should be recorded.
+struct Target<'a> {
+    mc: &'a MainConf,
+    zone: &'a ZoneCtx,
+    store: Store<'static>,
+    lock: ShmLock,
+}
+
+/// # Safety
+/// `r` must be a live request.
+unsafe fn target<'a>(r: *mut ngx_http_request_t) -> Option<Target<'a>> {
+    // SAFETY: forwarded contract; the zone ctx lives as long as the cycle.
+    unsafe {
+        let mc = request::main_conf(r);
+        let zone = mc.zone.as_ref()?;
+        let store = zone.store()?;
+        let lock = zone.lock();
+        Some(Target { mc, zone, store, lock })
+    }
+}
+
+impl Target<'_> {
+    /// The value words of a series (own or overflow), warning about drops once per burst.
+    fn series(
+        &self,
+        r: *mut ngx_http_request_t,
+        family: u32,
+        layout: u8,
+        n_values: u8,
+        key: &KeyBuilder,
+    ) -> Option<&'static [AtomicU64]> {
+        let kind = SeriesKind {
+            family,
+            layout,
+            n_values,
+        };
+        let (v, reason) = series(&self.store, &self.lock, self.zone.limits(), kind, key.as_bytes(), key.len());
+        if let Some(reason) = reason {
+            self.warn(r, reason);
+        }
+        v
+    }
+
+    fn warn(&self, r: *mut ngx_http_request_t, reason: DropReason) {
+        if self.store.should_warn(request::now_ms() / 1000, 60) {
+            // SAFETY: r is live; its connection's log is valid.
+            let log = unsafe { (*(*r).connection).log };
+            ngx::ngx_log_error!(
+                NGX_LOG_WARN,
+                log,
+                "gateway_metrics: zone \"{}\" is dropping new series ({}); their updates go to the \"__overflow__\" series and are counted in gateway_metrics_dropped_updates_total (next warning in 60s at the earliest)",
+                self.zone.name,
+                reason.label()
+            );
+        }
+    }
+}
+
+/// Counts the request as in flight once it has passed the access phases (so a namespace set
+/// by rewrite/access Lua code is seen). Never affects the request.
+pub unsafe extern "C" fn precontent_handler(r: *mut ngx_http_request_t) -> ngx_int_t {
+    // SAFETY: nginx passes a live request.
+    let _ = catch_unwind(AssertUnwindSafe(|| unsafe { enter(r) }));
+    NGX_DECLINED as ngx_int_t
+}
+
+/// # Safety
+/// `r` must be a live request.
+unsafe fn enter(r: *mut ngx_http_request_t) {
+    // SAFETY: forwarded contract.
+    unsafe {
+        if (*r).main != r || request::loc_conf(r).enable != 1 {
+            return;
+        }
+        if request::find_ctx(r).is_some_and(|c| c.active.is_some() || c.logged) {
+            return;
+        }
+        let Some(t) = target(r) else { return };
+        let lc = request::loc_conf(r);
+        let ns = request::eval(r, lc.namespace);
+        let Some(ctx) = request::ctx(r) else { return };
+        KEY.with(|k| {
+            let Ok(mut k) = k.try_borrow_mut() else { return };
+            k.clear();
+            k.push(ns);
+            if let Some(v) = t.series(r, fam::ACTIVE, 0, 1, &k) {
+                add_u64(&v[0], 1);
+                ctx.active = Some(&v[0]);
+            }
+        });
+    }
+}
+
+/// Records the finished request: one stored series update for the request families, plus
+/// the model, token and automatic limiter/cache events when there are any.
+pub unsafe extern "C" fn log_handler(r: *mut ngx_http_request_t) -> ngx_int_t {
+    // SAFETY: nginx passes a live request.
+    let _ = catch_unwind(AssertUnwindSafe(|| unsafe { record(r) }));
+    NGX_OK as ngx_int_t
+}
+
+/// # Safety
+/// `r` must be a live request.
+unsafe fn record(r: *mut ngx_http_request_t) {
+    // SAFETY: forwarded contract; all borrowed label bytes live in the request pool or confs.
+    unsafe {
+        if (*r).main != r {
+            return;
+        }
+        let mut ctx = request::find_ctx(r);
+        if let Some(c) = ctx.as_deref_mut() {
+            c.leave();
+            if c.logged {
+                return;
+            }
+            c.logged = true;
+        }
+        let lc = request::loc_conf(r);
+        if lc.enable != 1 {
+            return;
+        }
+        let Some(t) = target(r) else { return };
+        let rr = &*r;
+        let status = request::status(rr);
+        let duration = request::request_seconds(rr);
+        let ns = request::eval(r, lc.namespace);
+        let upstream = request::upstream(r, lc);
+        let endpoint = request::endpoint(r, lc);
+        let method = request::str_bytes(&rr.method_name);
+        let mut status_buf = Vec::with_capacity(4);
+        gateway_metrics_core::expo::push_u64(&mut status_buf, status as u64);
+        let class = catalogue::status_class(status.min(u16::MAX as ngx_uint_t) as u16);
+        let model: &[u8] = match ctx.as_deref() {
+            Some(ReqCtx { model: Some(m), .. }) => m.as_slice(),
+            _ => request::eval(r, lc.model),
+        };
+        let auto: [Option<&[u8]>; 3] =
+            std::array::from_fn(|i| request::indexed_var(r, t.mc.vars[i]));
+        KEY.with(|k| {
+            let Ok(mut k) = k.try_borrow_mut() else { return };
+            let mc = t.mc;
+            let hist_words = |i: usize| (mc.bounds[i].len() + 2) as u8;
+
+            k.clear();
+            k.push(method).push(endpoint).push(&status_buf).push(ns).push(upstream);
+            if let Some(v) = t.series(r, fam::REQUEST, t.zone.layouts[0], hist_words(0), &k) {
+                observe(v, &mc.bounds[0], duration);
+            }
+
+            let reqctx = ctx.as_deref();
+            let has_tokens = reqctx.is_some_and(|c| c.has_tokens);
+            if !model.is_empty() || has_tokens {
+                k.clear();
+                k.push(model).push(ns).push(class.as_bytes());
+                if let Some(v) = t.series(r, fam::MODEL_REQUEST, t.zone.layouts[0], hist_words(0), &k) {
+                    observe(v, &mc.bounds[0], duration);
+                }
+                let ttft = reqctx.and_then(|c| c.first_token_ms).map(|ms| {
+                    let start = rr.start_sec as u64 * 1000 + rr.start_msec as u64;
+                    ms.saturating_sub(start) as f64 / 1000.0
+                });
+                k.clear();
+                k.push(model).push(ns);
+                if let Some(ttft) = ttft {
+                    if let Some(v) = t.series(r, fam::TTFT, t.zone.layouts[1], hist_words(1), &k) {
+                        observe(v, &mc.bounds[1], ttft);
+                    }
+                }
+                if let Some(c) = reqctx.filter(|c| c.has_tokens) {
+                    record_tokens(&t, r, &k, model, c, duration, ttft);
+                }
+            }
+            record_auto_events(&t, r, &mut k, ns, auto);
+        });
+    }
+}
+
+fn record_tokens(
+    t: &Target,
+    r: *mut ngx_http_request_t,
+    k: &KeyBuilder,
+    model: &[u8],
+    c: &ReqCtx,
+    duration: f64,
+    ttft: Option<f64>,
+) {
+    let mc = t.mc;
+    if let Some(v) = t.series(r, fam::MODEL_TOKENS, 0, tokens::N_VALUES, k) {
+        for (i, n) in c.tokens.iter().enumerate() {
+            if *n > 0 {
+                add_u64(&v[i], *n);
+            }
+        }
+        match mc.prices.get(model) {
+            Some(p) => add_f64(&v[tokens::COST], p.cost(c.tokens[0], c.tokens[1], c.tokens[2])),
+            None => {
+                let mut mk = KeyBuilder::new();
+                mk.push(model);
+                if let Some(u) = t.series(r, fam::UNPRICED, 0, 1, &mk) {
+                    add_u64(&u[0], 1);
+                }
+            }
+        }
+    }
+    let output = c.tokens[tokens::OUTPUT];
+    let generation = duration - ttft.unwrap_or(0.0);
+    if output > 0 && generation > 0.0 {
+        if let Some(v) = t.series(r, fam::THROUGHPUT, t.zone.layouts[2], (mc.bounds[2].len() + 2) as u8, k) {
+            observe(v, &mc.bounds[2], output as f64 / generation);
+        }
+    }
+}
+
+/// `$limit_req_status`, `$limit_conn_status` and `$upstream_cache_status` as events.
+fn record_auto_events(
+    t: &Target,
+    r: *mut ngx_http_request_t,
+    k: &mut KeyBuilder,
+    ns: &[u8],
+    vars: [Option<&[u8]>; 3],
+) {
+    for (i, rule) in [(0, "limit_req"), (1, "limit_conn")] {
+        let (hit, violation) = match vars[i] {
+            Some(b"DELAYED" | b"DELAYED_DRY_RUN" | b"REJECTED_DRY_RUN") => (true, false),
+            Some(b"REJECTED") => (true, true),
+            _ => (false, false),
+        };
+        if hit {
+            k.clear();
+            k.push(ns).push(rule.as_bytes());
+            if let Some(v) = t.series(r, fam::RATE_LIMIT, 0, 2, k) {
+                add_u64(&v[0], 1);
+                if violation {
+                    add_u64(&v[1], 1);
+                }
+            }
+        }
+    }
+    let slot = match vars[2] {
+        Some(b"HIT" | b"STALE" | b"UPDATING" | b"REVALIDATED") => 0,
+        Some(b"MISS" | b"EXPIRED" | b"BYPASS") => 1,
+        _ => return,
+    };
+    k.clear();
+    k.push(b"proxy_cache");
+    if let Some(v) = t.series(r, fam::CACHE, 0, 2, k) {
+        add_u64(&v[slot], 1);
+    }
+}
+
+/// `gateway_metrics_exporter`: renders the zone as the Prometheus text format.
+pub unsafe extern "C" fn exporter_handler(r: *mut ngx_http_request_t) -> ngx_int_t {
+    // SAFETY: nginx passes a live request to its location's content handler.
+    let result = catch_unwind(AssertUnwindSafe(|| unsafe { export(r) }));
+    match result {
+        Ok(Ok(rc)) => rc,
+        Ok(Err(e)) => e.status(),
+        Err(_) => NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t,
+    }
+}
+
+/// # Safety
+/// `r` must be a live request.
+unsafe fn export(r: *mut ngx_http_request_t) -> Result<ngx_int_t, HandlerError> {
+    // SAFETY: forwarded contract; buffers handed to nginx live in the request pool.
+    unsafe {
+        if (*r).method & (NGX_HTTP_GET | NGX_HTTP_HEAD) as ngx_uint_t == 0 {
+            return Err(HandlerError::MethodNotAllowed);
+        }
+        let rc = ngx_http_discard_request_body(r);
+        if rc != NGX_OK as ngx_int_t {
+            return Ok(rc);
+        }
+        let t = target(r).ok_or(HandlerError::ZoneUnavailable)?;
+        let body = render_page(&t);
+
+        let rr = &mut *r;
+        rr.headers_out.status = NGX_HTTP_OK as ngx_uint_t;
+        rr.headers_out.content_type = ngx_str_t {
+            len: CONTENT_TYPE.len(),
+            data: CONTENT_TYPE.as_ptr() as *mut u8,
+        };
+        // Up to ';': what gzip_types and friends compare against.
+        rr.headers_out.content_type_len = "text/plain".len();
+        rr.headers_out.content_type_lowcase = ptr::null_mut();
+        rr.headers_out.content_length_n = body.len() as off_t;
+        let rc = ngx_http_send_header(r);
+        if rc == NGX_ERROR as ngx_int_t || rc > NGX_OK as ngx_int_t || rr.header_only() != 0 {
+            return Ok(rc);
+        }
+        // The rendered page is handed to nginx as is (no copy); the pool frees it.
+        let body = crate::conf::pool_alloc(rr.pool, body);
+        if body.is_null() {
+            return Err(HandlerError::NoMemory);
+        }
+        let b = ngx_pcalloc(rr.pool, std::mem::size_of::<ngx_buf_t>()) as *mut ngx_buf_t;
+        if b.is_null() {
+            return Err(HandlerError::NoMemory);
+        }
+        (*b).pos = (*body).as_ptr() as *mut u8;
+        (*b).last = (*b).pos.add((*body).len());
+        (*b).set_memory(1);
+        (*b).set_last_buf(if r == rr.main { 1 } else { 0 });
+        (*b).set_last_in_chain(1);
+        let mut out = ngx_chain_t {
+            buf: b,
+            next: ptr::null_mut(),
+        };
+        Ok(ngx_http_output_filter(r, &mut out))
+    }
+}
+
+fn render_page(t: &Target) -> Vec<u8> {
+    let mc = t.mc;
+    let custom: Vec<_> = mc
+        .custom
+        .iter()
+        .cloned()
+        .zip(t.zone.custom_layouts.iter().copied().chain(std::iter::repeat(0)))
+        .collect();
+    let spec = RenderSpec {
+        zone_name: &t.zone.name,
+        max_series: mc.max_series,
+        duration: HistSpec {
+            bounds: &mc.bounds[0],
+            layout: t.zone.layouts[0],
+        },
+        ttft: HistSpec {
+            bounds: &mc.bounds[1],
+            layout: t.zone.layouts[1],
+        },
+        throughput: HistSpec {
+            bounds: &mc.bounds[2],
+            layout: t.zone.layouts[2],
+        },
+        custom: &custom,
+        nginx: nginx_stats(),
+    };
+    let mut out = Vec::with_capacity(64 * 1024);
+    render(&t.store, &spec, &mut out);
+    out
+}
+
+#[cfg(gm_stat_stub)]
+fn nginx_stats() -> Option<NginxStats> {
+    // SAFETY: with stub_status compiled in, nginx points these at shared atomic counters before
+    // any request is served.
+    unsafe {
+        let read = |p: *mut ngx_atomic_t| if p.is_null() { 0 } else { ptr::read_volatile(p) as u64 };
+        Some(NginxStats {
+            active: read(ngx_stat_active),
+            reading: read(ngx_stat_reading),
+            writing: read(ngx_stat_writing),
+            waiting: read(ngx_stat_waiting),
+            accepted: read(ngx_stat_accepted),
+            handled: read(ngx_stat_handled),
+            requests: read(ngx_stat_requests),
+        })
+    }
+}
+
+#[cfg(not(gm_stat_stub))]
+fn nginx_stats() -> Option<NginxStats> {
+    None
+}

@@ -1,0 +1,1 @@
+//! C-ABI functions for Lua (LuaJIT FFI).

@@ -1,0 +1,222 @@
+//! Per-request access: confs, label values, and the request's metrics context.
+
+use std::ptr;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use nginx_sys::*;
+
+use crate::conf::{LocConf, MainConf};
+
+/// What the module remembers about one request (the main request), across internal redirects.
+/// Lives in the request pool; its destructor runs when the request is freed, aborted or not.
+#[derive(Default)]
+pub struct ReqCtx {
+    /// The `active_connections` gauge this request incremented, until decremented.
+    pub active: Option<&'static AtomicU64>,
+    /// Model set from Lua (`gm.set_model`), overriding `gateway_metrics_model`.
+    pub model: Option<Vec<u8>>,
+    /// Tokens reported from Lua: input, output, cached input, reasoning.
+    pub tokens: [u64; 4],
+    pub has_tokens: bool,
+    /// When the first token was seen, ms since the epoch (`gm.first_token`).
+    pub first_token_ms: Option<u64>,
+    /// Set once the log phase has recorded the request; later Lua calls are refused.
+    pub logged: bool,
+}
+
+impl ReqCtx {
+    /// Decrements the in-flight gauge once.
+    pub fn leave(&mut self) {
+        if let Some(g) = self.active.take() {
+            g.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Drop for ReqCtx {
+    fn drop(&mut self) {
+        self.leave();
+    }
+}
+
+/// Pool cleanup of a ReqCtx; a plain (non-generic) function so that its address is unique and
+/// `find_ctx` can recognise the cleanup by it.
+unsafe extern "C" fn drop_req_ctx(data: *mut std::ffi::c_void) {
+    // SAFETY: data is the ReqCtx written by ctx(), dropped once when the pool is destroyed.
+    unsafe { ptr::drop_in_place(data as *mut ReqCtx) };
+}
+
+/// The request context if the request has one. Found by its pool cleanup, which (unlike
+/// `r->ctx`) survives internal redirects.
+///
+/// # Safety
+/// `r` must be a live request.
+pub unsafe fn find_ctx<'a>(r: *mut ngx_http_request_t) -> Option<&'a mut ReqCtx> {
+    // SAFETY: the pool's cleanup list is a valid singly linked list.
+    unsafe {
+        let want = drop_req_ctx as unsafe extern "C" fn(*mut std::ffi::c_void) as usize;
+        let mut c = (*(*(*r).main).pool).cleanup;
+        while !c.is_null() {
+            if (*c).handler.map(|h| h as usize) == Some(want) {
+                return Some(&mut *((*c).data as *mut ReqCtx));
+            }
+            c = (*c).next;
+        }
+        None
+    }
+}
+
+/// The request context, created on first use.
+///
+/// # Safety
+/// `r` must be a live request.
+pub unsafe fn ctx<'a>(r: *mut ngx_http_request_t) -> Option<&'a mut ReqCtx> {
+    // SAFETY: see find_ctx; the main request's pool outlives every use of the context.
+    unsafe {
+        if let Some(c) = find_ctx(r) {
+            return Some(c);
+        }
+        let pool = (*(*r).main).pool;
+        let cln = ngx_pool_cleanup_add(pool, std::mem::size_of::<ReqCtx>());
+        if cln.is_null() {
+            return None;
+        }
+        let p = (*cln).data as *mut ReqCtx;
+        ptr::write(p, ReqCtx::default());
+        (*cln).handler = Some(drop_req_ctx);
+        Some(&mut *p)
+    }
+}
+
+/// # Safety
+/// `r` must be a live request.
+pub unsafe fn loc_conf<'a>(r: *const ngx_http_request_t) -> &'a LocConf {
+    // SAFETY: every http request has the loc confs of all http modules.
+    unsafe { &*(*(*r).loc_conf.add(crate::module().ctx_index) as *const LocConf) }
+}
+
+/// # Safety
+/// `r` must be a live request.
+pub unsafe fn main_conf<'a>(r: *const ngx_http_request_t) -> &'a MainConf {
+    // SAFETY: as above, for the main confs.
+    unsafe { &*(*(*r).main_conf.add(crate::module().ctx_index) as *const MainConf) }
+}
+
+/// Evaluates a complex value; `""` when unset or on error (the label reports what it got).
+///
+/// # Safety
+/// `r` must be a live request and `cv` null or a complex value compiled for it.
+pub unsafe fn eval<'a>(r: *mut ngx_http_request_t, cv: *mut ngx_http_complex_value_t) -> &'a [u8] {
+    if cv.is_null() {
+        return b"";
+    }
+    let mut v = ngx_str_t {
+        len: 0,
+        data: ptr::null_mut(),
+    };
+    // SAFETY: the result points into the request pool or the cv's constant.
+    unsafe {
+        if ngx_http_complex_value(r, cv, &mut v) != NGX_OK as ngx_int_t {
+            return b"";
+        }
+        str_bytes(&v)
+    }
+}
+
+/// # Safety
+/// `s` must be null-data/zero-length or point at `len` readable bytes living for `'a`.
+pub unsafe fn str_bytes<'a>(s: &ngx_str_t) -> &'a [u8] {
+    if s.len == 0 || s.data.is_null() {
+        &[]
+    } else {
+        // SAFETY: per the function contract.
+        unsafe { std::slice::from_raw_parts(s.data, s.len) }
+    }
+}
+
+/// The status nginx logs as `$status`.
+pub fn status(r: &ngx_http_request_t) -> ngx_uint_t {
+    if r.err_status != 0 {
+        r.err_status
+    } else if r.headers_out.status != 0 {
+        r.headers_out.status
+    } else if r.http_version == NGX_HTTP_VERSION_9 as ngx_uint_t {
+        9
+    } else {
+        0
+    }
+}
+
+/// The endpoint label: `gateway_metrics_endpoint`, else the matched location's name.
+///
+/// # Safety
+/// `r` must be a live request.
+pub unsafe fn endpoint<'a>(r: *mut ngx_http_request_t, lc: &LocConf) -> &'a [u8] {
+    if !lc.endpoint.is_null() {
+        // SAFETY: forwarded contract.
+        return unsafe { eval(r, lc.endpoint) };
+    }
+    // SAFETY: the core module's loc conf exists for every request.
+    unsafe {
+        let clcf = *(*r).loc_conf.add(ngx_http_core_module.ctx_index) as *const ngx_http_core_loc_conf_t;
+        str_bytes(&(*clcf).name)
+    }
+}
+
+/// The upstream label: `gateway_metrics_upstream`, else the upstream nginx used, else `""`.
+///
+/// # Safety
+/// `r` must be a live request.
+pub unsafe fn upstream<'a>(r: *mut ngx_http_request_t, lc: &LocConf) -> &'a [u8] {
+    if !lc.upstream.is_null() {
+        // SAFETY: forwarded contract.
+        return unsafe { eval(r, lc.upstream) };
+    }
+    // SAFETY: r->upstream and its confs stay valid until the request is freed.
+    unsafe {
+        let u = (*r).upstream;
+        if u.is_null() {
+            return b"";
+        }
+        if !(*u).upstream.is_null() {
+            return str_bytes(&(*(*u).upstream).host);
+        }
+        if !(*u).resolved.is_null() {
+            return str_bytes(&(*(*u).resolved).host);
+        }
+        b""
+    }
+}
+
+/// Milliseconds since the epoch from nginx's cached clock.
+pub fn now_ms() -> u64 {
+    // SAFETY: ngx_cached_time always points at a valid, periodically updated slot.
+    unsafe {
+        let t = ptr::read_volatile(ptr::addr_of!(ngx_cached_time));
+        ((*t).sec as u64) * 1000 + (*t).msec as u64
+    }
+}
+
+/// Request time in seconds, as `$request_time` measures it.
+pub fn request_seconds(r: &ngx_http_request_t) -> f64 {
+    let start = (r.start_sec as u64) * 1000 + r.start_msec as u64;
+    now_ms().saturating_sub(start) as f64 / 1000.0
+}
+
+/// Reads a variable by name (e.g. `limit_req_status`), if nginx knows it and it has a value.
+///
+/// # Safety
+/// `r` must be a live request; `index` one from `ngx_http_get_variable_index`.
+pub unsafe fn indexed_var<'a>(r: *mut ngx_http_request_t, index: ngx_int_t) -> Option<&'a [u8]> {
+    if index < 0 {
+        return None;
+    }
+    // SAFETY: the index was obtained at configuration time for this cycle.
+    unsafe {
+        let v = ngx_http_get_indexed_variable(r, index as ngx_uint_t);
+        if v.is_null() || (*v).not_found() != 0 || (*v).valid() == 0 {
+            return None;
+        }
+        Some((*v).as_bytes())
+    }
+}

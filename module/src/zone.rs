@@ -1,0 +1,206 @@
+//! The shared memory zone: creation, reuse across reloads, and the insert lock.
+//!
+//! The zone is nginx's slab pool; the module takes (almost) all of its pages as one region
+//! formatted by `gateway_metrics_core::store`. `shpool->data` points at the region so that a
+//! reload that keeps the zone (same name and size) finds it again with its counters.
+
+use std::ffi::c_void;
+use std::ptr;
+use std::sync::atomic::AtomicU64;
+
+use gateway_metrics_core::store::{InsertLock, Limits, Store};
+use nginx_sys::*;
+
+use crate::conf::MainConf;
+use crate::error::ConfError;
+
+/// Per-cycle state of the zone, allocated in the configuration pool.
+pub struct ZoneCtx {
+    pub name: String,
+    pub main: *mut MainConf,
+    shpool: *mut ngx_slab_pool_t,
+    region: *const AtomicU64,
+    words: usize,
+    /// Layout ids of the duration, TTFT and throughput histograms (0: not registered).
+    pub layouts: [u8; 3],
+    /// Layout ids of the declared families, in declaration order.
+    pub custom_layouts: Vec<u8>,
+}
+
+/// nginx's shm mutex of the zone's slab pool: works across processes and is force-unlocked by
+/// the master when a worker dies holding it.
+pub struct ShmLock(*mut ngx_shmtx_t);
+
+impl InsertLock for ShmLock {
+    fn lock(&self) {
+        // SAFETY: the mutex lives in the zone, mapped for the process's lifetime.
+        unsafe { ngx_shmtx_lock(self.0) }
+    }
+    fn unlock(&self) {
+        // SAFETY: as above; called by the Guard that locked it.
+        unsafe { ngx_shmtx_unlock(self.0) };
+    }
+}
+
+impl ZoneCtx {
+    /// The store, once the zone is initialised.
+    pub fn store(&self) -> Option<Store<'static>> {
+        if self.region.is_null() {
+            return None;
+        }
+        // SAFETY: region points at `words` AtomicU64-aligned words of shared memory that stay
+        // mapped for the life of the process; all access goes through atomics.
+        let words = unsafe { std::slice::from_raw_parts(self.region, self.words) };
+        Store::open(words).ok()
+    }
+
+    pub fn lock(&self) -> ShmLock {
+        // SAFETY: shpool is the zone's slab pool, set with region.
+        ShmLock(unsafe { ptr::addr_of_mut!((*self.shpool).mutex) })
+    }
+
+    pub fn limits(&self) -> Limits {
+        // SAFETY: main points at the cycle's main conf, which outlives the ctx.
+        Limits {
+            max_series: unsafe { (*self.main).max_series },
+        }
+    }
+
+    /// Initialises the zone in the master (and again on every reload).
+    fn init(&mut self, zone: &ngx_shm_zone_t, reused: bool) -> Result<bool, String> {
+        let shpool = zone.shm.addr as *mut ngx_slab_pool_t;
+        let base = zone.shm.addr as usize;
+        let end = base + zone.shm.size;
+        self.shpool = shpool;
+        // SAFETY: nginx formatted the zone as a slab pool before calling init; we are the only
+        // code running (the master, between cycles), and the slab calls lock themselves.
+        let region = unsafe {
+            if reused && !(*shpool).data.is_null() {
+                (*shpool).data as *mut u8
+            } else {
+                let pages = (*shpool).pfree.saturating_sub(1);
+                let bytes = pages * ngx_pagesize;
+                let p = ngx_slab_alloc(shpool, bytes) as *mut u8;
+                if p.is_null() {
+                    return Err(format!("cannot allocate {bytes} bytes in zone \"{}\"", self.name));
+                }
+                (*shpool).data = p as *mut c_void;
+                ptr::write_bytes(p, 0, 64);
+                // words: the size we allocated; remembered in the region's own header.
+                self.words = bytes / 8;
+                p
+            }
+        };
+        if region as usize % 8 != 0 || (region as usize) < base || region as usize >= end {
+            return Err("zone data pointer out of bounds".into());
+        }
+        if self.words == 0 {
+            // A reused region: its header says how long it is; check it against the mapping.
+            // SAFETY: region is 8-aligned and inside the mapping (checked above).
+            let total = unsafe { (*(region as *const AtomicU64).add(2)).load(std::sync::atomic::Ordering::Acquire) };
+            let max = (end - region as usize) / 8;
+            self.words = if total == 0 || total as usize > max { max } else { total as usize };
+        }
+        self.region = region as *const AtomicU64;
+        // SAFETY: as in store(): `words` words of mapped shared memory, atomics only.
+        let words = unsafe { std::slice::from_raw_parts(self.region, self.words) };
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let (store, kept) = Store::open_or_format(words, now).map_err(|e| e.to_string())?;
+        let lock = self.lock();
+        // SAFETY: main is this cycle's main conf.
+        let mc = unsafe { &*self.main };
+        for (i, b) in mc.bounds.iter().enumerate() {
+            self.layouts[i] = store.register_layout(&lock, b).unwrap_or(0);
+        }
+        self.custom_layouts = mc
+            .custom
+            .iter()
+            .map(|f| {
+                if f.bounds.is_empty() {
+                    0
+                } else {
+                    store.register_layout(&lock, &f.bounds).unwrap_or(0)
+                }
+            })
+            .collect();
+        Ok(kept)
+    }
+}
+
+/// Adds the zone while parsing `gateway_metrics_zone`.
+///
+/// # Safety
+/// `cf` must be the conf being parsed and `mc` this cycle's main conf.
+pub unsafe fn add_zone(
+    cf: *mut ngx_conf_t,
+    name: &[u8],
+    size: usize,
+    mc: &mut MainConf,
+) -> Result<*mut ZoneCtx, ConfError> {
+    let ctx = ZoneCtx {
+        name: String::from_utf8_lossy(name).into_owned(),
+        main: mc as *mut MainConf,
+        shpool: ptr::null_mut(),
+        region: ptr::null(),
+        words: 0,
+        layouts: [0; 3],
+        custom_layouts: Vec::new(),
+    };
+    // SAFETY: cf is valid; the name is copied into the pool because nginx keeps the pointer.
+    unsafe {
+        let ctx = crate::conf::pool_alloc((*cf).pool, ctx);
+        if ctx.is_null() {
+            return Err(ConfError::msg("out of memory"));
+        }
+        let data = ngx_pnalloc((*cf).pool, name.len()) as *mut u8;
+        if data.is_null() {
+            return Err(ConfError::msg("out of memory"));
+        }
+        ptr::copy_nonoverlapping(name.as_ptr(), data, name.len());
+        let mut zname = ngx_str_t {
+            len: name.len(),
+            data,
+        };
+        let tag = ptr::addr_of_mut!(crate::ngx_http_gateway_metrics_module) as *mut c_void;
+        let zone = ngx_shared_memory_add(cf, &mut zname, size, tag);
+        if zone.is_null() {
+            return Err(ConfError::msg("cannot add shared memory zone"));
+        }
+        if !(*zone).data.is_null() {
+            return Err(ConfError::Other(format!(
+                "zone \"{}\" is already used",
+                String::from_utf8_lossy(name)
+            )));
+        }
+        (*zone).init = Some(init_zone);
+        (*zone).data = ctx as *mut c_void;
+        Ok(ctx)
+    }
+}
+
+unsafe extern "C" fn init_zone(zone: *mut ngx_shm_zone_t, data: *mut c_void) -> ngx_int_t {
+    // SAFETY: nginx passes our zone, whose data is the ZoneCtx set in add_zone; `data` is the
+    // previous cycle's ZoneCtx when the zone is reused.
+    let (zone, ctx) = unsafe { (&*zone, &mut *((*zone).data as *mut ZoneCtx)) };
+    // SAFETY: ngx_cycle is valid in the master while it initialises zones.
+    let log = unsafe { (*ngx_cycle).log };
+    match ctx.init(zone, !data.is_null()) {
+        Ok(kept) => {
+            ngx::ngx_log_error!(
+                NGX_LOG_NOTICE,
+                log,
+                "gateway_metrics: zone \"{}\" {} ({} bytes)",
+                ctx.name,
+                if kept { "reused, counters kept" } else { "initialised" },
+                ctx.words * 8
+            );
+            NGX_OK as ngx_int_t
+        }
+        Err(e) => {
+            ngx::ngx_log_error!(NGX_LOG_EMERG, log, "gateway_metrics: zone \"{}\": {}", ctx.name, e);
+            NGX_ERROR as ngx_int_t
+        }
+    }
+}
