@@ -42,7 +42,9 @@ impl Price {
     pub fn cost(&self, input: u64, output: u64, cached: u64) -> f64 {
         let cached = cached.min(input);
         let cached_price = self.cached_input.unwrap_or(self.input);
-        ((input - cached) as f64 * self.input + cached as f64 * cached_price + output as f64 * self.output)
+        ((input - cached) as f64 * self.input
+            + cached as f64 * cached_price
+            + output as f64 * self.output)
             / 1_000_000.0
     }
 }
@@ -62,7 +64,6 @@ pub struct MainConf {
     /// Indexes of `handlers::AUTO_VARS` (-1: nginx has no such variable).
     pub vars: [ngx_int_t; 3],
 }
-
 
 #[repr(C)]
 pub struct LocConf {
@@ -163,7 +164,11 @@ pub unsafe extern "C" fn merge_loc_conf(
 
 /// Turns a directive handler's result into nginx's convention, logging errors with the
 /// directive's name.
-fn conf_result(cf: *mut ngx_conf_t, cmd: *mut ngx_command_t, r: Result<(), ConfError>) -> *mut c_char {
+fn conf_result(
+    cf: *mut ngx_conf_t,
+    cmd: *mut ngx_command_t,
+    r: Result<(), ConfError>,
+) -> *mut c_char {
     match r {
         Ok(()) => ptr::null_mut(),
         Err(e) => {
@@ -205,7 +210,11 @@ fn text(b: &[u8]) -> Result<&str, ConfError> {
     std::str::from_utf8(b).map_err(|_| ConfError::msg("argument is not valid UTF-8"))
 }
 
-pub unsafe extern "C" fn set_zone(cf: *mut ngx_conf_t, cmd: *mut ngx_command_t, conf: *mut c_void) -> *mut c_char {
+pub unsafe extern "C" fn set_zone(
+    cf: *mut ngx_conf_t,
+    cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
     // SAFETY: called by nginx for this module's main conf while parsing.
     let (mc, a) = unsafe { (&mut *(conf as *mut MainConf), args(cf)) };
     let r = zone_directive(cf, mc, &a);
@@ -217,12 +226,24 @@ fn zone_directive(cf: *mut ngx_conf_t, mc: &mut MainConf, a: &[&[u8]]) -> Result
         return Err(ConfError::msg("is duplicate"));
     }
     let name = a[0];
-    if name.is_empty() || !name.iter().all(|b| b.is_ascii_alphanumeric() || *b == b'_' || *b == b'-') {
-        return Err(ConfError::Invalid("zone name", String::from_utf8_lossy(name).into()));
+    if name.is_empty()
+        || !name
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || *b == b'_' || *b == b'-')
+    {
+        return Err(ConfError::Invalid(
+            "zone name",
+            String::from_utf8_lossy(name).into(),
+        ));
     }
     let size = parse_size(a[1])
         .filter(|&s| s >= MIN_ZONE_SIZE)
-        .ok_or_else(|| ConfError::Invalid("zone size (at least 128k)", String::from_utf8_lossy(a[1]).into()))?;
+        .ok_or_else(|| {
+            ConfError::Invalid(
+                "zone size (at least 128k)",
+                String::from_utf8_lossy(a[1]).into(),
+            )
+        })?;
     // SAFETY: cf is the conf being parsed; mc lives in its pool for the whole cycle.
     mc.zone = unsafe { zone::add_zone(cf, name, size, mc)? };
     Ok(())
@@ -243,7 +264,11 @@ pub fn parse_size(b: &[u8]) -> Option<usize> {
     num.parse::<usize>().ok()?.checked_mul(mul)
 }
 
-pub unsafe extern "C" fn set_enable(cf: *mut ngx_conf_t, cmd: *mut ngx_command_t, conf: *mut c_void) -> *mut c_char {
+pub unsafe extern "C" fn set_enable(
+    cf: *mut ngx_conf_t,
+    cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
     // SAFETY: called by nginx for this module's loc conf while parsing the http block.
     let (lc, a, mc) = unsafe { (&mut *(conf as *mut LocConf), args(cf), main_conf_of(cf)) };
     let r = (|| {
@@ -253,7 +278,12 @@ pub unsafe extern "C" fn set_enable(cf: *mut ngx_conf_t, cmd: *mut ngx_command_t
         lc.enable = match a[0] {
             b"on" => 1,
             b"off" => 0,
-            v => return Err(ConfError::Invalid("value, must be \"on\" or \"off\"", String::from_utf8_lossy(v).into())),
+            v => {
+                return Err(ConfError::Invalid(
+                    "value, must be \"on\" or \"off\"",
+                    String::from_utf8_lossy(v).into(),
+                ))
+            }
         };
         if lc.enable == 1 {
             mc.used = true;
@@ -263,7 +293,11 @@ pub unsafe extern "C" fn set_enable(cf: *mut ngx_conf_t, cmd: *mut ngx_command_t
     conf_result(cf, cmd, r)
 }
 
-pub unsafe extern "C" fn set_buckets(cf: *mut ngx_conf_t, cmd: *mut ngx_command_t, conf: *mut c_void) -> *mut c_char {
+pub unsafe extern "C" fn set_buckets(
+    cf: *mut ngx_conf_t,
+    cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
     // SAFETY: called by nginx for this module's main conf; offset selects the histogram.
     let (mc, a, which) = unsafe { (&mut *(conf as *mut MainConf), args(cf), (*cmd).offset) };
     let r = (|| {
@@ -278,7 +312,11 @@ pub unsafe extern "C" fn set_buckets(cf: *mut ngx_conf_t, cmd: *mut ngx_command_
     conf_result(cf, cmd, r)
 }
 
-pub unsafe extern "C" fn set_max_series(cf: *mut ngx_conf_t, cmd: *mut ngx_command_t, conf: *mut c_void) -> *mut c_char {
+pub unsafe extern "C" fn set_max_series(
+    cf: *mut ngx_conf_t,
+    cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
     // SAFETY: called by nginx for this module's main conf.
     let (mc, a) = unsafe { (&mut *(conf as *mut MainConf), args(cf)) };
     let r = (|| {
@@ -297,19 +335,28 @@ pub unsafe extern "C" fn set_max_series(cf: *mut ngx_conf_t, cmd: *mut ngx_comma
     conf_result(cf, cmd, r)
 }
 
-pub unsafe extern "C" fn set_exporter(cf: *mut ngx_conf_t, cmd: *mut ngx_command_t, _conf: *mut c_void) -> *mut c_char {
+pub unsafe extern "C" fn set_exporter(
+    cf: *mut ngx_conf_t,
+    cmd: *mut ngx_command_t,
+    _conf: *mut c_void,
+) -> *mut c_char {
     // SAFETY: in a location block cf->ctx is an ngx_http_conf_ctx_t whose loc_conf holds the
     // core module's location conf.
     unsafe {
         let ctx = (*cf).ctx as *mut ngx_http_conf_ctx_t;
-        let clcf = *(*ctx).loc_conf.add(ngx_http_core_module.ctx_index) as *mut ngx_http_core_loc_conf_t;
+        let clcf =
+            *(*ctx).loc_conf.add(ngx_http_core_module.ctx_index) as *mut ngx_http_core_loc_conf_t;
         (*clcf).handler = Some(crate::handlers::exporter_handler);
         main_conf_of(cf).used = true;
     }
     conf_result(cf, cmd, Ok(()))
 }
 
-pub unsafe extern "C" fn set_price(cf: *mut ngx_conf_t, cmd: *mut ngx_command_t, conf: *mut c_void) -> *mut c_char {
+pub unsafe extern "C" fn set_price(
+    cf: *mut ngx_conf_t,
+    cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
     // SAFETY: called by nginx for this module's main conf.
     let (mc, a) = unsafe { (&mut *(conf as *mut MainConf), args(cf)) };
     let r = price_directive(mc, &a);
@@ -322,16 +369,23 @@ fn price_directive(mc: &mut MainConf, a: &[&[u8]]) -> Result<(), ConfError> {
         return Err(ConfError::msg("empty model name"));
     }
     if mc.prices.contains_key(model) {
-        return Err(ConfError::Invalid("duplicate price for model", String::from_utf8_lossy(model).into()));
+        return Err(ConfError::Invalid(
+            "duplicate price for model",
+            String::from_utf8_lossy(model).into(),
+        ));
     }
     if a.len() < 2 {
-        return Err(ConfError::msg("no prices given (input=USD output=USD [cached_input=USD] per 1M tokens)"));
+        return Err(ConfError::msg(
+            "no prices given (input=USD output=USD [cached_input=USD] per 1M tokens)",
+        ));
     }
     let mut p = Price::default();
     let mut seen = [false; 3];
     for arg in &a[1..] {
         let s = text(arg)?;
-        let (k, v) = s.split_once('=').ok_or_else(|| ConfError::Invalid("price", s.into()))?;
+        let (k, v) = s
+            .split_once('=')
+            .ok_or_else(|| ConfError::Invalid("price", s.into()))?;
         let v: f64 = v
             .parse()
             .ok()
@@ -341,7 +395,12 @@ fn price_directive(mc: &mut MainConf, a: &[&[u8]]) -> Result<(), ConfError> {
             "input" => 0,
             "output" => 1,
             "cached_input" => 2,
-            _ => return Err(ConfError::Invalid("price key (input, output, cached_input)", k.into())),
+            _ => {
+                return Err(ConfError::Invalid(
+                    "price key (input, output, cached_input)",
+                    k.into(),
+                ))
+            }
         };
         if seen[i] {
             return Err(ConfError::Invalid("duplicate price key", k.into()));
@@ -359,11 +418,25 @@ fn price_directive(mc: &mut MainConf, a: &[&[u8]]) -> Result<(), ConfError> {
 
 /// Names the module emits itself; declared families may not reuse them.
 const RESERVED_PREFIXES: [&str; 12] = [
-    "http_request", "gateway_request", "namespace_", "upstream_requests", "errors_total",
-    "active_connections", "model_", "rate_limit_", "cache_", "gateway_metrics_", "nginx_", "up",
+    "http_request",
+    "gateway_request",
+    "namespace_",
+    "upstream_requests",
+    "errors_total",
+    "active_connections",
+    "model_",
+    "rate_limit_",
+    "cache_",
+    "gateway_metrics_",
+    "nginx_",
+    "up",
 ];
 
-pub unsafe extern "C" fn set_custom(cf: *mut ngx_conf_t, cmd: *mut ngx_command_t, conf: *mut c_void) -> *mut c_char {
+pub unsafe extern "C" fn set_custom(
+    cf: *mut ngx_conf_t,
+    cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
     // SAFETY: called by nginx for this module's main conf; offset selects the type.
     let (mc, a, which) = unsafe { (&mut *(conf as *mut MainConf), args(cf), (*cmd).offset) };
     let kind = match which {
@@ -380,25 +453,39 @@ fn custom_directive(mc: &mut MainConf, kind: CustomKind, a: &[&[u8]]) -> Result<
     if !valid_metric_name(name) {
         return Err(ConfError::Invalid("metric name", name.into()));
     }
-    let builtin = RESERVED_PREFIXES
-        .iter()
-        .any(|p| if *p == "up" { name == "up" } else { name.starts_with(p) });
+    let builtin = RESERVED_PREFIXES.iter().any(|p| {
+        if *p == "up" {
+            name == "up"
+        } else {
+            name.starts_with(p)
+        }
+    });
     // model_accuracy_percent is in our design documents as a custom metric: allow model_*
     // names that the module does not emit itself.
     let emitted = [
-        "model_requests_total", "model_request_duration_seconds", "model_tokens_input_total",
-        "model_tokens_output_total", "model_cost_usd_total", "model_time_to_first_token_seconds",
+        "model_requests_total",
+        "model_request_duration_seconds",
+        "model_tokens_input_total",
+        "model_tokens_output_total",
+        "model_cost_usd_total",
+        "model_time_to_first_token_seconds",
         "model_throughput_tokens_per_second",
     ];
     if (builtin && !name.starts_with("model_")) || emitted.contains(&name) {
-        return Err(ConfError::Invalid("metric name: the module emits it itself", name.into()));
+        return Err(ConfError::Invalid(
+            "metric name: the module emits it itself",
+            name.into(),
+        ));
     }
     if mc.custom.iter().any(|f| f.name == name) {
         return Err(ConfError::Invalid("duplicate metric", name.into()));
     }
     let id = family_id(name);
     if mc.custom.iter().any(|f| f.id == id) {
-        return Err(ConfError::Invalid("metric name (hash collision, rename it)", name.into()));
+        return Err(ConfError::Invalid(
+            "metric name (hash collision, rename it)",
+            name.into(),
+        ));
     }
     let help = text(a.get(1).copied().unwrap_or(b""))?.to_string();
     let mut labels = Vec::new();

@@ -1,7 +1,9 @@
 //! Errors of the glue and the one place that maps request errors to nginx status codes.
 
 use gateway_metrics_core::buckets::BucketsError;
-use nginx_sys::{ngx_int_t, NGX_HTTP_INTERNAL_SERVER_ERROR, NGX_HTTP_NOT_ALLOWED, NGX_HTTP_SERVICE_UNAVAILABLE};
+use nginx_sys::{
+    ngx_int_t, NGX_HTTP_INTERNAL_SERVER_ERROR, NGX_HTTP_NOT_ALLOWED, NGX_HTTP_SERVICE_UNAVAILABLE,
+};
 
 /// A configuration error; logged as `<message> in "<directive>" directive`.
 #[derive(Debug, thiserror::Error)]

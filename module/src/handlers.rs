@@ -24,7 +24,11 @@ thread_local! {
 }
 
 /// Variables whose values the log phase turns into rate-limit and cache events.
-pub const AUTO_VARS: [&str; 3] = ["limit_req_status", "limit_conn_status", "upstream_cache_status"];
+pub const AUTO_VARS: [&str; 3] = [
+    "limit_req_status",
+    "limit_conn_status",
+    "upstream_cache_status",
+];
 
 pub unsafe extern "C" fn postconfiguration(cf: *mut ngx_conf_t) -> ngx_int_t {
     // SAFETY: nginx calls this with the http block's conf; the core module's main conf holds
@@ -40,13 +44,17 @@ pub unsafe extern "C" fn postconfiguration(cf: *mut ngx_conf_t) -> ngx_int_t {
             return NGX_ERROR as ngx_int_t;
         }
         let ctx = (*cf).ctx as *mut ngx_http_conf_ctx_t;
-        let cmcf = *(*ctx).main_conf.add(ngx_http_core_module.ctx_index) as *mut ngx_http_core_main_conf_t;
+        let cmcf =
+            *(*ctx).main_conf.add(ngx_http_core_module.ctx_index) as *mut ngx_http_core_main_conf_t;
         // Only ask for variables some module registered: an unknown name would fail the config.
         let keys = &(*(*cmcf).variables_keys).keys;
         let known = std::slice::from_raw_parts(keys.elts as *const ngx_hash_key_t, keys.nelts);
         for (i, name) in AUTO_VARS.iter().enumerate() {
             mc.vars[i] = -1;
-            if known.iter().any(|k| request::str_bytes(&k.key) == name.as_bytes()) {
+            if known
+                .iter()
+                .any(|k| request::str_bytes(&k.key) == name.as_bytes())
+            {
                 let mut s = ngx_str_t {
                     len: name.len(),
                     data: name.as_ptr() as *mut u8,
@@ -55,10 +63,14 @@ pub unsafe extern "C" fn postconfiguration(cf: *mut ngx_conf_t) -> ngx_int_t {
             }
         }
         for (phase, handler) in [
-            (ngx_http_phases_NGX_HTTP_PRECONTENT_PHASE, precontent_handler as unsafe extern "C" fn(_) -> _),
+            (
+                ngx_http_phases_NGX_HTTP_PRECONTENT_PHASE,
+                precontent_handler as unsafe extern "C" fn(_) -> _,
+            ),
             (ngx_http_phases_NGX_HTTP_LOG_PHASE, log_handler),
         ] {
-            let h = ngx_array_push(&mut (*cmcf).phases[phase as usize].handlers) as *mut ngx_http_handler_pt;
+            let h = ngx_array_push(&mut (*cmcf).phases[phase as usize].handlers)
+                as *mut ngx_http_handler_pt;
             if h.is_null() {
                 return NGX_ERROR as ngx_int_t;
             }
@@ -85,7 +97,12 @@ unsafe fn target<'a>(r: *mut ngx_http_request_t) -> Option<Target<'a>> {
         let zone = mc.zone.as_ref()?;
         let store = zone.store()?;
         let lock = zone.lock();
-        Some(Target { mc, zone, store, lock })
+        Some(Target {
+            mc,
+            zone,
+            store,
+            lock,
+        })
     }
 }
 
@@ -104,7 +121,14 @@ impl Target<'_> {
             layout,
             n_values,
         };
-        let (v, reason) = series(&self.store, &self.lock, self.zone.limits(), kind, key.as_bytes(), key.len());
+        let (v, reason) = series(
+            &self.store,
+            &self.lock,
+            self.zone.limits(),
+            kind,
+            key.as_bytes(),
+            key.len(),
+        );
         if let Some(reason) = reason {
             self.warn(r, reason);
         }
@@ -150,7 +174,9 @@ unsafe fn enter(r: *mut ngx_http_request_t) {
         let ns = request::eval(r, lc.namespace);
         let Some(ctx) = request::ctx(r) else { return };
         KEY.with(|k| {
-            let Ok(mut k) = k.try_borrow_mut() else { return };
+            let Ok(mut k) = k.try_borrow_mut() else {
+                return;
+            };
             k.clear();
             k.push(ns);
             if let Some(v) = t.series(r, fam::ACTIVE, 0, 1, &k) {
@@ -207,12 +233,18 @@ unsafe fn record(r: *mut ngx_http_request_t) {
         let auto: [Option<&[u8]>; 3] =
             std::array::from_fn(|i| request::indexed_var(r, t.mc.vars[i]));
         KEY.with(|k| {
-            let Ok(mut k) = k.try_borrow_mut() else { return };
+            let Ok(mut k) = k.try_borrow_mut() else {
+                return;
+            };
             let mc = t.mc;
             let hist_words = |i: usize| (mc.bounds[i].len() + 2) as u8;
 
             k.clear();
-            k.push(method).push(endpoint).push(&status_buf).push(ns).push(upstream);
+            k.push(method)
+                .push(endpoint)
+                .push(&status_buf)
+                .push(ns)
+                .push(upstream);
             if let Some(v) = t.series(r, fam::REQUEST, t.zone.layouts[0], hist_words(0), &k) {
                 observe(v, &mc.bounds[0], duration);
             }
@@ -222,7 +254,9 @@ unsafe fn record(r: *mut ngx_http_request_t) {
             if !model.is_empty() || has_tokens {
                 k.clear();
                 k.push(model).push(ns).push(class.as_bytes());
-                if let Some(v) = t.series(r, fam::MODEL_REQUEST, t.zone.layouts[0], hist_words(0), &k) {
+                if let Some(v) =
+                    t.series(r, fam::MODEL_REQUEST, t.zone.layouts[0], hist_words(0), &k)
+                {
                     observe(v, &mc.bounds[0], duration);
                 }
                 let ttft = reqctx.and_then(|c| c.first_token_ms).map(|ms| {
@@ -262,7 +296,10 @@ fn record_tokens(
             }
         }
         match mc.prices.get(model) {
-            Some(p) => add_f64(&v[tokens::COST], p.cost(c.tokens[0], c.tokens[1], c.tokens[2])),
+            Some(p) => add_f64(
+                &v[tokens::COST],
+                p.cost(c.tokens[0], c.tokens[1], c.tokens[2]),
+            ),
             None => {
                 let mut mk = KeyBuilder::new();
                 mk.push(model);
@@ -275,7 +312,13 @@ fn record_tokens(
     let output = c.tokens[tokens::OUTPUT];
     let generation = duration - ttft.unwrap_or(0.0);
     if output > 0 && generation > 0.0 {
-        if let Some(v) = t.series(r, fam::THROUGHPUT, t.zone.layouts[2], (mc.bounds[2].len() + 2) as u8, k) {
+        if let Some(v) = t.series(
+            r,
+            fam::THROUGHPUT,
+            t.zone.layouts[2],
+            (mc.bounds[2].len() + 2) as u8,
+            k,
+        ) {
             observe(v, &mc.bounds[2], output as f64 / generation);
         }
     }
@@ -386,7 +429,13 @@ fn render_page(t: &Target) -> Vec<u8> {
         .custom
         .iter()
         .cloned()
-        .zip(t.zone.custom_layouts.iter().copied().chain(std::iter::repeat(0)))
+        .zip(
+            t.zone
+                .custom_layouts
+                .iter()
+                .copied()
+                .chain(std::iter::repeat(0)),
+        )
         .collect();
     let spec = RenderSpec {
         zone_name: &t.zone.name,
@@ -416,7 +465,13 @@ fn nginx_stats() -> Option<NginxStats> {
     // SAFETY: with stub_status compiled in, nginx points these at shared atomic counters before
     // any request is served.
     unsafe {
-        let read = |p: *mut ngx_atomic_t| if p.is_null() { 0 } else { ptr::read_volatile(p) as u64 };
+        let read = |p: *mut ngx_atomic_t| {
+            if p.is_null() {
+                0
+            } else {
+                ptr::read_volatile(p) as u64
+            }
+        };
         Some(NginxStats {
             active: read(ngx_stat_active),
             reading: read(ngx_stat_reading),

@@ -24,7 +24,8 @@ pub use lua_api::*;
 const MAIN_CONF_OFFSET: ngx_uint_t = offset_of!(ngx_http_conf_ctx_t, main_conf) as ngx_uint_t;
 const LOC_CONF_OFFSET: ngx_uint_t = offset_of!(ngx_http_conf_ctx_t, loc_conf) as ngx_uint_t;
 
-const HTTP_ANY: ngx_uint_t = (NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF) as ngx_uint_t;
+const HTTP_ANY: ngx_uint_t =
+    (NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF) as ngx_uint_t;
 const HTTP_MAIN: ngx_uint_t = NGX_HTTP_MAIN_CONF as ngx_uint_t;
 
 const fn cmd(
@@ -48,26 +49,119 @@ const fn cmd(
     }
 }
 
-const CV_SLOT: unsafe extern "C" fn(*mut ngx_conf_t, *mut ngx_command_t, *mut c_void) -> *mut c_char =
-    ngx_http_set_complex_value_slot;
+const CV_SLOT: unsafe extern "C" fn(
+    *mut ngx_conf_t,
+    *mut ngx_command_t,
+    *mut c_void,
+) -> *mut c_char = ngx_http_set_complex_value_slot;
 
 // The directive table. nginx walks it until the null command.
 static mut COMMANDS: [ngx_command_t; 16] = [
-    cmd(c"gateway_metrics_zone", HTTP_MAIN | NGX_CONF_TAKE2 as ngx_uint_t, conf::set_zone, MAIN_CONF_OFFSET, 0),
-    cmd(c"gateway_metrics", HTTP_ANY | NGX_CONF_FLAG as ngx_uint_t, conf::set_enable, LOC_CONF_OFFSET, 0),
-    cmd(c"gateway_metrics_namespace", HTTP_ANY | NGX_CONF_TAKE1 as ngx_uint_t, CV_SLOT, LOC_CONF_OFFSET, offset_of!(conf::LocConf, namespace)),
-    cmd(c"gateway_metrics_upstream", HTTP_ANY | NGX_CONF_TAKE1 as ngx_uint_t, CV_SLOT, LOC_CONF_OFFSET, offset_of!(conf::LocConf, upstream)),
-    cmd(c"gateway_metrics_endpoint", HTTP_ANY | NGX_CONF_TAKE1 as ngx_uint_t, CV_SLOT, LOC_CONF_OFFSET, offset_of!(conf::LocConf, endpoint)),
-    cmd(c"gateway_metrics_model", HTTP_ANY | NGX_CONF_TAKE1 as ngx_uint_t, CV_SLOT, LOC_CONF_OFFSET, offset_of!(conf::LocConf, model)),
-    cmd(c"gateway_metrics_buckets", HTTP_MAIN | NGX_CONF_1MORE as ngx_uint_t, conf::set_buckets, MAIN_CONF_OFFSET, 0),
-    cmd(c"gateway_metrics_ttft_buckets", HTTP_MAIN | NGX_CONF_1MORE as ngx_uint_t, conf::set_buckets, MAIN_CONF_OFFSET, 1),
-    cmd(c"gateway_metrics_throughput_buckets", HTTP_MAIN | NGX_CONF_1MORE as ngx_uint_t, conf::set_buckets, MAIN_CONF_OFFSET, 2),
-    cmd(c"gateway_metrics_max_series", HTTP_MAIN | NGX_CONF_TAKE1 as ngx_uint_t, conf::set_max_series, MAIN_CONF_OFFSET, 0),
-    cmd(c"gateway_metrics_exporter", (NGX_HTTP_LOC_CONF | NGX_CONF_NOARGS) as ngx_uint_t, conf::set_exporter, LOC_CONF_OFFSET, 0),
-    cmd(c"gateway_metrics_model_price", HTTP_MAIN | NGX_CONF_1MORE as ngx_uint_t, conf::set_price, MAIN_CONF_OFFSET, 0),
-    cmd(c"gateway_metrics_counter", HTTP_MAIN | NGX_CONF_1MORE as ngx_uint_t, conf::set_custom, MAIN_CONF_OFFSET, 0),
-    cmd(c"gateway_metrics_gauge", HTTP_MAIN | NGX_CONF_1MORE as ngx_uint_t, conf::set_custom, MAIN_CONF_OFFSET, 1),
-    cmd(c"gateway_metrics_histogram", HTTP_MAIN | NGX_CONF_1MORE as ngx_uint_t, conf::set_custom, MAIN_CONF_OFFSET, 2),
+    cmd(
+        c"gateway_metrics_zone",
+        HTTP_MAIN | NGX_CONF_TAKE2 as ngx_uint_t,
+        conf::set_zone,
+        MAIN_CONF_OFFSET,
+        0,
+    ),
+    cmd(
+        c"gateway_metrics",
+        HTTP_ANY | NGX_CONF_FLAG as ngx_uint_t,
+        conf::set_enable,
+        LOC_CONF_OFFSET,
+        0,
+    ),
+    cmd(
+        c"gateway_metrics_namespace",
+        HTTP_ANY | NGX_CONF_TAKE1 as ngx_uint_t,
+        CV_SLOT,
+        LOC_CONF_OFFSET,
+        offset_of!(conf::LocConf, namespace),
+    ),
+    cmd(
+        c"gateway_metrics_upstream",
+        HTTP_ANY | NGX_CONF_TAKE1 as ngx_uint_t,
+        CV_SLOT,
+        LOC_CONF_OFFSET,
+        offset_of!(conf::LocConf, upstream),
+    ),
+    cmd(
+        c"gateway_metrics_endpoint",
+        HTTP_ANY | NGX_CONF_TAKE1 as ngx_uint_t,
+        CV_SLOT,
+        LOC_CONF_OFFSET,
+        offset_of!(conf::LocConf, endpoint),
+    ),
+    cmd(
+        c"gateway_metrics_model",
+        HTTP_ANY | NGX_CONF_TAKE1 as ngx_uint_t,
+        CV_SLOT,
+        LOC_CONF_OFFSET,
+        offset_of!(conf::LocConf, model),
+    ),
+    cmd(
+        c"gateway_metrics_buckets",
+        HTTP_MAIN | NGX_CONF_1MORE as ngx_uint_t,
+        conf::set_buckets,
+        MAIN_CONF_OFFSET,
+        0,
+    ),
+    cmd(
+        c"gateway_metrics_ttft_buckets",
+        HTTP_MAIN | NGX_CONF_1MORE as ngx_uint_t,
+        conf::set_buckets,
+        MAIN_CONF_OFFSET,
+        1,
+    ),
+    cmd(
+        c"gateway_metrics_throughput_buckets",
+        HTTP_MAIN | NGX_CONF_1MORE as ngx_uint_t,
+        conf::set_buckets,
+        MAIN_CONF_OFFSET,
+        2,
+    ),
+    cmd(
+        c"gateway_metrics_max_series",
+        HTTP_MAIN | NGX_CONF_TAKE1 as ngx_uint_t,
+        conf::set_max_series,
+        MAIN_CONF_OFFSET,
+        0,
+    ),
+    cmd(
+        c"gateway_metrics_exporter",
+        (NGX_HTTP_LOC_CONF | NGX_CONF_NOARGS) as ngx_uint_t,
+        conf::set_exporter,
+        LOC_CONF_OFFSET,
+        0,
+    ),
+    cmd(
+        c"gateway_metrics_model_price",
+        HTTP_MAIN | NGX_CONF_1MORE as ngx_uint_t,
+        conf::set_price,
+        MAIN_CONF_OFFSET,
+        0,
+    ),
+    cmd(
+        c"gateway_metrics_counter",
+        HTTP_MAIN | NGX_CONF_1MORE as ngx_uint_t,
+        conf::set_custom,
+        MAIN_CONF_OFFSET,
+        0,
+    ),
+    cmd(
+        c"gateway_metrics_gauge",
+        HTTP_MAIN | NGX_CONF_1MORE as ngx_uint_t,
+        conf::set_custom,
+        MAIN_CONF_OFFSET,
+        1,
+    ),
+    cmd(
+        c"gateway_metrics_histogram",
+        HTTP_MAIN | NGX_CONF_1MORE as ngx_uint_t,
+        conf::set_custom,
+        MAIN_CONF_OFFSET,
+        2,
+    ),
     ngx_command_t::empty(),
 ];
 

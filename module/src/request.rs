@@ -158,7 +158,8 @@ pub unsafe fn endpoint<'a>(r: *mut ngx_http_request_t, lc: &LocConf) -> &'a [u8]
     }
     // SAFETY: the core module's loc conf exists for every request.
     unsafe {
-        let clcf = *(*r).loc_conf.add(ngx_http_core_module.ctx_index) as *const ngx_http_core_loc_conf_t;
+        let clcf =
+            *(*r).loc_conf.add(ngx_http_core_module.ctx_index) as *const ngx_http_core_loc_conf_t;
         str_bytes(&(*clcf).name)
     }
 }

@@ -82,7 +82,10 @@ impl ZoneCtx {
                 let bytes = pages * ngx_pagesize;
                 let p = ngx_slab_alloc(shpool, bytes) as *mut u8;
                 if p.is_null() {
-                    return Err(format!("cannot allocate {bytes} bytes in zone \"{}\"", self.name));
+                    return Err(format!(
+                        "cannot allocate {bytes} bytes in zone \"{}\"",
+                        self.name
+                    ));
                 }
                 (*shpool).data = p as *mut c_void;
                 ptr::write_bytes(p, 0, 64);
@@ -91,15 +94,21 @@ impl ZoneCtx {
                 p
             }
         };
-        if region as usize % 8 != 0 || (region as usize) < base || region as usize >= end {
+        if !(region as usize).is_multiple_of(8) || (region as usize) < base || region as usize >= end {
             return Err("zone data pointer out of bounds".into());
         }
         if self.words == 0 {
             // A reused region: its header says how long it is; check it against the mapping.
             // SAFETY: region is 8-aligned and inside the mapping (checked above).
-            let total = unsafe { (*(region as *const AtomicU64).add(2)).load(std::sync::atomic::Ordering::Acquire) };
+            let total = unsafe {
+                (*(region as *const AtomicU64).add(2)).load(std::sync::atomic::Ordering::Acquire)
+            };
             let max = (end - region as usize) / 8;
-            self.words = if total == 0 || total as usize > max { max } else { total as usize };
+            self.words = if total == 0 || total as usize > max {
+                max
+            } else {
+                total as usize
+            };
         }
         self.region = region as *const AtomicU64;
         // SAFETY: as in store(): `words` words of mapped shared memory, atomics only.
@@ -193,13 +202,23 @@ unsafe extern "C" fn init_zone(zone: *mut ngx_shm_zone_t, data: *mut c_void) -> 
                 log,
                 "gateway_metrics: zone \"{}\" {} ({} bytes)",
                 ctx.name,
-                if kept { "reused, counters kept" } else { "initialised" },
+                if kept {
+                    "reused, counters kept"
+                } else {
+                    "initialised"
+                },
                 ctx.words * 8
             );
             NGX_OK as ngx_int_t
         }
         Err(e) => {
-            ngx::ngx_log_error!(NGX_LOG_EMERG, log, "gateway_metrics: zone \"{}\": {}", ctx.name, e);
+            ngx::ngx_log_error!(
+                NGX_LOG_EMERG,
+                log,
+                "gateway_metrics: zone \"{}\": {}",
+                ctx.name,
+                e
+            );
             NGX_ERROR as ngx_int_t
         }
     }

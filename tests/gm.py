@@ -1,0 +1,251 @@
+"""Test harness: real nginx (Debian's /usr/sbin/nginx by default) with the built module, the
+mock LLM upstream, scraping and parsing /metrics, promtool."""
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+
+from prometheus_client.parser import text_string_to_metric_families
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MODULE = os.environ.get("GM_MODULE", os.path.join(ROOT, "target/modules/ngx_http_gateway_metrics_module.so"))
+NGINX = os.environ.get("GM_NGINX", "/usr/sbin/nginx")
+LUA_MODULES = ["/usr/lib/nginx/modules/ndk_http_module.so", "/usr/lib/nginx/modules/ngx_http_lua_module.so"]
+# Whether the nginx under test can load Debian's lua module (not the case for other builds).
+HAVE_LUA = os.environ.get("GM_NO_LUA") != "1" and all(os.path.exists(p) for p in LUA_MODULES)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port, timeout=10.0):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"port {port} not listening")
+
+
+class Nginx:
+    """An nginx instance in its own prefix directory. `http` is the body of the http block;
+    `{port}` in it is replaced by the listening port."""
+
+    def __init__(self, http, workers=2, lua=False, main="", port=None):
+        self.dir = tempfile.mkdtemp(prefix="gm-nginx-")
+        self.port = port or free_port()
+        self.lua = lua
+        for d in ("logs", "tmp"):
+            os.makedirs(os.path.join(self.dir, d), exist_ok=True)
+        self.conf = os.path.join(self.dir, "nginx.conf")
+        self.write(http, workers, main)
+        self.proc_started = False
+
+    def write(self, http, workers=2, main=""):
+        loads = ""
+        if self.lua:
+            loads = "".join(f"load_module {m};\n" for m in LUA_MODULES)
+        lua_path = ""
+        if self.lua:
+            lua_path = f'lua_package_path "{ROOT}/lua/?.lua;/usr/share/lua/5.1/?.lua;;";\n'
+        t = os.path.join(self.dir, "tmp")
+        text = f"""{loads}load_module {MODULE};
+worker_processes {workers};
+error_log {self.dir}/logs/error.log notice;
+pid {self.dir}/nginx.pid;
+{main}
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    client_body_temp_path {t}/body; proxy_temp_path {t}/proxy; fastcgi_temp_path {t}/fcgi;
+    uwsgi_temp_path {t}/uwsgi; scgi_temp_path {t}/scgi;
+    {lua_path}
+{http.replace("{port}", str(self.port)).replace("{dir}", self.dir)}
+}}
+"""
+        with open(self.conf, "w") as f:
+            f.write(text)
+
+    def cmd(self, *args):
+        return subprocess.run([NGINX, "-p", self.dir, "-c", self.conf, *args],
+                              capture_output=True, text=True, timeout=30)
+
+    def test_config(self):
+        r = self.cmd("-t")
+        return r.returncode, r.stderr
+
+    def start(self):
+        r = self.cmd()
+        if r.returncode != 0:
+            raise RuntimeError(f"nginx failed to start: {r.stderr}\n{self.error_log()}")
+        self.proc_started = True
+        wait_port(self.port)
+        return self
+
+    def master_pid(self):
+        with open(os.path.join(self.dir, "nginx.pid")) as f:
+            return int(f.read().strip())
+
+    def worker_pids(self):
+        out = subprocess.run(["pgrep", "-P", str(self.master_pid())], capture_output=True, text=True).stdout
+        return [int(p) for p in out.split()]
+
+    def reload(self, wait=True):
+        before = set(self.worker_pids())
+        r = self.cmd("-s", "reload")
+        assert r.returncode == 0, r.stderr
+        if wait:
+            deadline = time.time() + 10
+            while time.time() < deadline:
+                now = set(self.worker_pids())
+                if now and not (now & before):
+                    return
+                time.sleep(0.05)
+            raise TimeoutError("reload did not replace the workers")
+
+    def stop(self):
+        if not self.proc_started:
+            return
+        try:
+            pid = self.master_pid()
+            os.kill(pid, signal.SIGTERM)
+            deadline = time.time() + 10
+            while time.time() < deadline:
+                try:
+                    os.kill(pid, 0)
+                    time.sleep(0.05)
+                except ProcessLookupError:
+                    break
+        except (FileNotFoundError, ProcessLookupError, ValueError):
+            pass
+        self.proc_started = False
+
+    def error_log(self):
+        try:
+            with open(os.path.join(self.dir, "logs/error.log"), errors="replace") as f:
+                return f.read()
+        except FileNotFoundError:
+            return ""
+
+    def crashes(self):
+        """Worker crashes or restarts seen in error.log."""
+        return [l for l in self.error_log().splitlines()
+                if "exited on signal" in l or "worker process" in l and "exited with code" in l
+                and "code 0" not in l]
+
+    def url(self, path):
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def get(self, path, headers=None, method="GET", data=None):
+        req = urllib.request.Request(self.url(path), headers=headers or {}, method=method, data=data)
+        try:
+            with urllib.request.urlopen(req, timeout=30) as resp:
+                return resp.status, resp.read(), dict(resp.headers)
+        except urllib.error.HTTPError as e:
+            return e.code, e.read(), dict(e.headers)
+
+    def scrape(self, path="/metrics", check=True):
+        status, body, headers = self.get(path)
+        assert status == 200, status
+        text = body.decode("utf-8")
+        if check:
+            promtool_check(text)
+        return text
+
+    def metrics(self, path="/metrics"):
+        return parse(self.scrape(path))
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+        if not os.environ.get("GM_KEEP_TMP"):
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def promtool_check(text):
+    """`promtool check metrics` must report nothing (it also lints names and HELP)."""
+    r = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True)
+    assert r.returncode == 0 and not r.stdout.strip() and not r.stderr.strip(), \
+        f"promtool check metrics: rc={r.returncode}\n{r.stdout}\n{r.stderr}"
+
+
+class Samples(dict):
+    """{(sample_name, frozenset(labels.items())): value} with helpers."""
+
+    def get1(self, name, **labels):
+        return self.get((name, frozenset(labels.items())), 0.0)
+
+    def select(self, name, **labels):
+        want = set(labels.items())
+        return {k[1]: v for k, v in self.items() if k[0] == name and want <= set(k[1])}
+
+    def total(self, name, **labels):
+        return sum(self.select(name, **labels).values())
+
+
+def parse(text):
+    out = Samples()
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            key = (s.name, frozenset(s.labels.items()))
+            assert key not in out, f"duplicate sample {key}"
+            out[key] = s.value
+    return out
+
+
+def histogram_consistent(samples, name):
+    """Every histogram series of `name`: cumulative buckets monotone, +Inf == _count."""
+    series = {}
+    for (n, labels), v in samples.items():
+        if n == name + "_bucket":
+            d = dict(labels)
+            le = d.pop("le")
+            series.setdefault(frozenset(d.items()), []).append((float(le), v))
+    for labels, buckets in series.items():
+        buckets.sort()
+        values = [v for _, v in buckets]
+        assert values == sorted(values), f"{name}{dict(labels)} buckets not monotone: {buckets}"
+        assert buckets[-1][0] == float("inf")
+        count = samples[(name + "_count", labels)]
+        assert buckets[-1][1] == count, f"{name}{dict(labels)} +Inf {buckets[-1][1]} != count {count}"
+    return len(series)
+
+
+class MockLLM:
+    """scripts/mock_llm.py on a free port."""
+
+    def __init__(self, *args):
+        self.proc = subprocess.Popen(
+            ["python3", os.path.join(ROOT, "scripts/mock_llm.py"), "--port", "0", "--quiet", *args],
+            stdout=subprocess.PIPE, text=True)
+        line = self.proc.stdout.readline()
+        m = re.search(r":(\d+)\s*$", line)
+        assert m, f"mock did not start: {line!r}"
+        self.port = int(m.group(1))
+
+    def stop(self):
+        self.proc.terminate()
+        try:
+            self.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
