@@ -69,12 +69,16 @@ pub unsafe extern "C" fn postconfiguration(cf: *mut ngx_conf_t) -> ngx_int_t {
             ),
             (ngx_http_phases_NGX_HTTP_LOG_PHASE, log_handler),
         ] {
-            let h = ngx_array_push(&mut (*cmcf).phases[phase as usize].handlers)
-                as *mut ngx_http_handler_pt;
-            if h.is_null() {
+            let arr = &mut (*cmcf).phases[phase as usize].handlers;
+            if ngx_array_push(arr).is_null() {
                 return NGX_ERROR as ngx_int_t;
             }
-            *h = Some(handler);
+            // nginx runs a phase's handlers last-registered first. Putting ours at index 0 makes
+            // the log handler run after every other one, so values Lua sets in log_by_lua are
+            // still recorded.
+            let elts = arr.elts as *mut ngx_http_handler_pt;
+            ptr::copy(elts, elts.add(1), arr.nelts - 1);
+            *elts = Some(handler);
         }
     }
     NGX_OK as ngx_int_t

@@ -18,8 +18,6 @@ use std::ptr;
 
 use nginx_sys::*;
 
-pub use lua_api::*;
-
 /// `NGX_HTTP_MAIN_CONF_OFFSET` / `NGX_HTTP_LOC_CONF_OFFSET` (C macros bindgen cannot see).
 const MAIN_CONF_OFFSET: ngx_uint_t = offset_of!(ngx_http_conf_ctx_t, main_conf) as ngx_uint_t;
 const LOC_CONF_OFFSET: ngx_uint_t = offset_of!(ngx_http_conf_ctx_t, loc_conf) as ngx_uint_t;

@@ -1,1 +1,359 @@
-//! C-ABI functions for Lua (LuaJIT FFI).
+//! C-ABI functions for Lua (LuaJIT FFI, see `lua/resty/gateway_metrics.lua`, whose `ffi.cdef`
+//! mirrors these one for one). nginx loads modules with `RTLD_GLOBAL`, so `ffi.C` finds them.
+//!
+//! Every function returns `0` on success or `-1` with `*err` set to a static, NUL-terminated
+//! message; none of them panics into the worker (each body runs under `catch_unwind`) and none
+//! trusts its arguments: pointers are checked for null, lengths are capped, numbers must be
+//! finite and in range.
+
+use std::ffi::{c_char, c_double, c_int, CStr};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::ptr;
+
+use gateway_metrics_core::catalogue::fam;
+use gateway_metrics_core::labels::{sanitize_into, KeyBuilder};
+use gateway_metrics_core::render::CustomKind;
+use gateway_metrics_core::series;
+use gateway_metrics_core::store::{add_f64, add_u64, observe, set_f64, SelfCounter, SeriesKind};
+use nginx_sys::*;
+
+use crate::conf::{MainConf, MAX_CUSTOM_LABELS};
+use crate::request;
+
+/// A byte string passed from Lua (pointer and length of a Lua string).
+#[repr(C)]
+pub struct GatewayMetricsStr {
+    pub data: *const c_char,
+    pub len: usize,
+}
+
+/// Largest token count accepted in one call: beyond any real response, below f64's exact range.
+const MAX_TOKENS: f64 = 1e12;
+/// Longest string argument accepted (label values are cut to 256 bytes later anyway).
+const MAX_ARG_BYTES: usize = 64 * 1024;
+
+type ApiResult = Result<(), &'static CStr>;
+
+/// Runs `f`, maps its result to the C convention and counts rejected calls.
+fn api(err: *mut *const c_char, f: impl FnOnce() -> ApiResult) -> c_int {
+    let r = catch_unwind(AssertUnwindSafe(f)).unwrap_or(Err(c"internal error"));
+    match r {
+        Ok(()) => 0,
+        Err(msg) => {
+            if !err.is_null() {
+                // SAFETY: the caller passed a writable `const char *[1]`.
+                unsafe { *err = msg.as_ptr() };
+            }
+            if let Some(mc) = cycle_main_conf() {
+                // SAFETY: the zone ctx lives as long as the cycle.
+                if let Some(store) = unsafe { mc.zone.as_ref() }.and_then(|z| z.store()) {
+                    store.bump_self(SelfCounter::InvalidCalls, 1);
+                }
+            }
+            -1
+        }
+    }
+}
+
+/// The current cycle's main conf (works without a request: timers, init_worker).
+fn cycle_main_conf<'a>() -> Option<&'a MainConf> {
+    // SAFETY: ngx_cycle is the live cycle of this worker; its http conf ctx (if any) holds the
+    // main confs of all http modules.
+    unsafe {
+        let cycle = ptr::read_volatile(ptr::addr_of!(ngx_cycle));
+        if cycle.is_null() || (*cycle).conf_ctx.is_null() {
+            return None;
+        }
+        let http = *(*cycle).conf_ctx.add(ngx_http_module.index) as *mut ngx_http_conf_ctx_t;
+        if http.is_null() {
+            return None;
+        }
+        let mc = *(*http).main_conf.add(crate::module().ctx_index) as *const MainConf;
+        mc.as_ref()
+    }
+}
+
+/// # Safety
+/// `data` must be null or point at `len` readable bytes.
+unsafe fn bytes<'a>(data: *const c_char, len: usize) -> Result<&'a [u8], &'static CStr> {
+    if len == 0 {
+        return Ok(&[]);
+    }
+    if data.is_null() {
+        return Err(c"null string");
+    }
+    if len > MAX_ARG_BYTES {
+        return Err(c"string too long");
+    }
+    // SAFETY: per the function contract.
+    Ok(unsafe { std::slice::from_raw_parts(data as *const u8, len) })
+}
+
+fn count(v: c_double, what: &'static CStr) -> Result<u64, &'static CStr> {
+    if !v.is_finite() || !(0.0..=MAX_TOKENS).contains(&v) || v.fract() != 0.0 {
+        return Err(what);
+    }
+    Ok(v as u64)
+}
+
+/// The request's context, refusing calls without a request or after its log phase.
+///
+/// # Safety
+/// `r` must be null or the current request (as `resty.core.base.get_request()` returns it).
+unsafe fn req_ctx<'a>(
+    r: *mut ngx_http_request_t,
+) -> Result<&'a mut request::ReqCtx, &'static CStr> {
+    if r.is_null() {
+        return Err(c"no request");
+    }
+    // SAFETY: per the function contract.
+    let ctx = unsafe { request::ctx(r) }.ok_or(c"out of memory")?;
+    if ctx.logged {
+        return Err(c"request already logged");
+    }
+    Ok(ctx)
+}
+
+/// Sets this request's model label (overrides `gateway_metrics_model`).
+///
+/// # Safety
+/// `r`: null or the current request; `model`: `len` readable bytes; `err`: null or writable.
+#[no_mangle]
+pub unsafe extern "C" fn gateway_metrics_set_model(
+    r: *mut ngx_http_request_t,
+    model: *const c_char,
+    len: usize,
+    err: *mut *const c_char,
+) -> c_int {
+    api(err, || {
+        // SAFETY: forwarded contract.
+        let (ctx, m) = unsafe { (req_ctx(r)?, bytes(model, len)?) };
+        let mut clean = Vec::with_capacity(m.len().min(256));
+        sanitize_into(&mut clean, m);
+        ctx.model = Some(clean);
+        Ok(())
+    })
+}
+
+/// Adds token counts to this request (they accumulate; recorded once at the log phase).
+///
+/// # Safety
+/// As [`gateway_metrics_set_model`].
+#[no_mangle]
+pub unsafe extern "C" fn gateway_metrics_add_tokens(
+    r: *mut ngx_http_request_t,
+    input: c_double,
+    output: c_double,
+    cached_input: c_double,
+    reasoning: c_double,
+    err: *mut *const c_char,
+) -> c_int {
+    api(err, || {
+        let n = [
+            count(input, c"invalid input token count")?,
+            count(output, c"invalid output token count")?,
+            count(cached_input, c"invalid cached_input token count")?,
+            count(reasoning, c"invalid reasoning token count")?,
+        ];
+        // SAFETY: forwarded contract.
+        let ctx = unsafe { req_ctx(r)? };
+        for (t, v) in ctx.tokens.iter_mut().zip(n) {
+            *t = t.saturating_add(v);
+        }
+        ctx.has_tokens = true;
+        Ok(())
+    })
+}
+
+/// Marks the time to first token (the first call wins).
+///
+/// # Safety
+/// As [`gateway_metrics_set_model`].
+#[no_mangle]
+pub unsafe extern "C" fn gateway_metrics_first_token(
+    r: *mut ngx_http_request_t,
+    err: *mut *const c_char,
+) -> c_int {
+    api(err, || {
+        // SAFETY: forwarded contract.
+        let ctx = unsafe { req_ctx(r)? };
+        if ctx.first_token_ms.is_none() {
+            ctx.first_token_ms = Some(request::now_ms());
+        }
+        Ok(())
+    })
+}
+
+/// The zone's store and lock, from the current cycle.
+fn zone<'a>() -> Result<
+    (
+        &'a MainConf,
+        &'a crate::zone::ZoneCtx,
+        gateway_metrics_core::store::Store<'static>,
+    ),
+    &'static CStr,
+> {
+    let mc = cycle_main_conf().ok_or(c"no http configuration")?;
+    // SAFETY: the zone ctx lives as long as the cycle.
+    let z = unsafe { mc.zone.as_ref() }.ok_or(c"no gateway_metrics_zone configured")?;
+    let s = z.store().ok_or(c"metrics zone not ready")?;
+    Ok((mc, z, s))
+}
+
+fn update(
+    family: u32,
+    layout: u8,
+    n_values: u8,
+    key: &KeyBuilder,
+    f: impl FnOnce(&[std::sync::atomic::AtomicU64]),
+) -> ApiResult {
+    let (_, z, store) = zone()?;
+    let kind = SeriesKind {
+        family,
+        layout,
+        n_values,
+    };
+    if let (Some(v), _) = series(
+        &store,
+        &z.lock(),
+        z.limits(),
+        kind,
+        key.as_bytes(),
+        key.len(),
+    ) {
+        f(v);
+    }
+    // A redirected or lost update is counted by the store; it is not the caller's error.
+    Ok(())
+}
+
+/// One rate-limit event: always a hit, and a violation too when `rejected` is non-zero.
+///
+/// # Safety
+/// The strings must be `len` readable bytes; `err`: null or writable.
+#[no_mangle]
+pub unsafe extern "C" fn gateway_metrics_rate_limit(
+    namespace: *const c_char,
+    namespace_len: usize,
+    rule_type: *const c_char,
+    rule_type_len: usize,
+    rejected: c_int,
+    err: *mut *const c_char,
+) -> c_int {
+    api(err, || {
+        // SAFETY: forwarded contract.
+        let (ns, rule) = unsafe {
+            (
+                bytes(namespace, namespace_len)?,
+                bytes(rule_type, rule_type_len)?,
+            )
+        };
+        if rule.is_empty() {
+            return Err(c"empty rule_type");
+        }
+        let mut k = KeyBuilder::new();
+        k.push(ns).push(rule);
+        update(fam::RATE_LIMIT, 0, 2, &k, |v| {
+            add_u64(&v[0], 1);
+            if rejected != 0 {
+                add_u64(&v[1], 1);
+            }
+        })
+    })
+}
+
+/// One cache lookup, hit (`hit` non-zero) or miss.
+///
+/// # Safety
+/// As [`gateway_metrics_rate_limit`].
+#[no_mangle]
+pub unsafe extern "C" fn gateway_metrics_cache(
+    cache_type: *const c_char,
+    len: usize,
+    hit: c_int,
+    err: *mut *const c_char,
+) -> c_int {
+    api(err, || {
+        // SAFETY: forwarded contract.
+        let t = unsafe { bytes(cache_type, len)? };
+        if t.is_empty() {
+            return Err(c"empty cache_type");
+        }
+        let mut k = KeyBuilder::new();
+        k.push(t);
+        update(fam::CACHE, 0, 2, &k, |v| {
+            add_u64(&v[if hit != 0 { 0 } else { 1 }], 1)
+        })
+    })
+}
+
+/// Operations on declared families.
+pub const OP_INC: c_int = 0;
+pub const OP_SET: c_int = 1;
+pub const OP_OBSERVE: c_int = 2;
+
+/// `gm.inc` / `gm.set` / `gm.observe` on a family declared in nginx.conf.
+///
+/// # Safety
+/// `name`: `name_len` readable bytes; `labels`: `n_labels` readable entries, each pointing at
+/// readable bytes; `err`: null or writable.
+#[no_mangle]
+pub unsafe extern "C" fn gateway_metrics_custom(
+    op: c_int,
+    name: *const c_char,
+    name_len: usize,
+    labels: *const GatewayMetricsStr,
+    n_labels: usize,
+    value: c_double,
+    err: *mut *const c_char,
+) -> c_int {
+    api(err, || {
+        // SAFETY: forwarded contract.
+        let name = unsafe { bytes(name, name_len)? };
+        let (mc, z, _) = zone()?;
+        let i = mc
+            .custom
+            .iter()
+            .position(|f| f.name.as_bytes() == name)
+            .ok_or(c"undeclared metric")?;
+        let f = &mc.custom[i];
+        if n_labels != f.labels.len() || n_labels > MAX_CUSTOM_LABELS {
+            return Err(c"wrong number of label values");
+        }
+        if n_labels > 0 && labels.is_null() {
+            return Err(c"null labels");
+        }
+        if !value.is_finite() {
+            return Err(c"value must be a finite number");
+        }
+        let mut k = KeyBuilder::new();
+        for j in 0..n_labels {
+            // SAFETY: per the contract, labels has n_labels entries.
+            let l = unsafe { &*labels.add(j) };
+            // SAFETY: as above, each entry points at len readable bytes.
+            k.push(unsafe { bytes(l.data, l.len)? });
+        }
+        let layout = z.custom_layouts.get(i).copied().unwrap_or(0);
+        match (f.kind, op) {
+            (CustomKind::Counter, OP_INC) => {
+                if value < 0.0 {
+                    return Err(c"counter increment must not be negative");
+                }
+                update(f.id, 0, 1, &k, |v| add_f64(&v[0], value))
+            }
+            (CustomKind::Gauge, OP_INC) => update(f.id, 0, 1, &k, |v| add_f64(&v[0], value)),
+            (CustomKind::Gauge, OP_SET) => update(f.id, 0, 1, &k, |v| set_f64(&v[0], value)),
+            (CustomKind::Histogram, OP_OBSERVE) => {
+                if layout == 0 {
+                    return Err(c"histogram bucket layout not registered");
+                }
+                update(f.id, layout, f.n_values(), &k, |v| {
+                    observe(v, &f.bounds, value)
+                })
+            }
+            (CustomKind::Counter, _) => Err(c"counters only support inc"),
+            (CustomKind::Gauge, _) => Err(c"gauges support inc and set, not observe"),
+            (CustomKind::Histogram, _) => Err(c"histograms only support observe"),
+        }
+    })
+}

@@ -94,7 +94,10 @@ impl ZoneCtx {
                 p
             }
         };
-        if !(region as usize).is_multiple_of(8) || (region as usize) < base || region as usize >= end {
+        if !(region as usize).is_multiple_of(8)
+            || (region as usize) < base
+            || region as usize >= end
+        {
             return Err("zone data pointer out of bounds".into());
         }
         if self.words == 0 {
