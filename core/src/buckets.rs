@@ -29,10 +29,15 @@ pub enum BucketsError {
 }
 
 /// Parses and validates bucket bounds given as text (a directive's arguments).
-pub fn parse_bounds<'a, I: IntoIterator<Item = &'a str>>(args: I) -> Result<Vec<f64>, BucketsError> {
+pub fn parse_bounds<'a, I: IntoIterator<Item = &'a str>>(
+    args: I,
+) -> Result<Vec<f64>, BucketsError> {
     let mut out: Vec<f64> = Vec::new();
     for a in args {
-        let v: f64 = a.trim().parse().map_err(|_| BucketsError::Invalid(a.to_string()))?;
+        let v: f64 = a
+            .trim()
+            .parse()
+            .map_err(|_| BucketsError::Invalid(a.to_string()))?;
         if !v.is_finite() {
             return Err(BucketsError::NotFinite(a.to_string()));
         }
@@ -53,7 +58,10 @@ pub fn validate(bounds: &[f64]) -> Result<(), BucketsError> {
         return Err(BucketsError::Empty);
     }
     if bounds.len() > crate::store::MAX_BOUNDS {
-        return Err(BucketsError::TooMany(bounds.len(), crate::store::MAX_BOUNDS));
+        return Err(BucketsError::TooMany(
+            bounds.len(),
+            crate::store::MAX_BOUNDS,
+        ));
     }
     for w in bounds.windows(2) {
         if w[1] <= w[0] || !w[1].is_finite() {
@@ -90,17 +98,35 @@ mod tests {
 
     #[test]
     fn parse_accepts_increasing_bounds() {
-        assert_eq!(parse_bounds(["0.5", "1", "2.5"]).unwrap(), vec![0.5, 1.0, 2.5]);
+        assert_eq!(
+            parse_bounds(["0.5", "1", "2.5"]).unwrap(),
+            vec![0.5, 1.0, 2.5]
+        );
     }
 
     #[test]
     fn parse_rejects_bad_bounds() {
         assert_eq!(parse_bounds([]), Err(BucketsError::Empty));
-        assert!(matches!(parse_bounds(["1", "x"]), Err(BucketsError::Invalid(_))));
-        assert!(matches!(parse_bounds(["1", "1"]), Err(BucketsError::NotIncreasing(..))));
-        assert!(matches!(parse_bounds(["2", "1"]), Err(BucketsError::NotIncreasing(..))));
-        assert!(matches!(parse_bounds(["inf"]), Err(BucketsError::NotFinite(_))));
-        assert!(matches!(parse_bounds(["NaN"]), Err(BucketsError::NotFinite(_))));
+        assert!(matches!(
+            parse_bounds(["1", "x"]),
+            Err(BucketsError::Invalid(_))
+        ));
+        assert!(matches!(
+            parse_bounds(["1", "1"]),
+            Err(BucketsError::NotIncreasing(..))
+        ));
+        assert!(matches!(
+            parse_bounds(["2", "1"]),
+            Err(BucketsError::NotIncreasing(..))
+        ));
+        assert!(matches!(
+            parse_bounds(["inf"]),
+            Err(BucketsError::NotFinite(_))
+        ));
+        assert!(matches!(
+            parse_bounds(["NaN"]),
+            Err(BucketsError::NotFinite(_))
+        ));
         let many: Vec<String> = (1..=65).map(|i| i.to_string()).collect();
         assert!(matches!(
             parse_bounds(many.iter().map(|s| s.as_str())),

@@ -29,7 +29,8 @@ pub mod fam {
 }
 
 /// Label names of the stored families, in key order.
-pub const REQUEST_LABELS: [&str; 5] = ["method", "endpoint", "status_code", "namespace", "upstream"];
+pub const REQUEST_LABELS: [&str; 5] =
+    ["method", "endpoint", "status_code", "namespace", "upstream"];
 pub const ACTIVE_LABELS: [&str; 1] = ["namespace"];
 pub const MODEL_REQUEST_LABELS: [&str; 3] = ["model", "namespace", "status"];
 pub const MODEL_LABELS: [&str; 2] = ["model", "namespace"];
@@ -91,7 +92,10 @@ pub const ERROR_TYPES: [&str; 10] = [
 
 /// Parses a stored `status_code` label.
 pub fn parse_status(v: &[u8]) -> u16 {
-    std::str::from_utf8(v).ok().and_then(|s| s.parse().ok()).unwrap_or(0)
+    std::str::from_utf8(v)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
 }
 
 #[cfg(test)]

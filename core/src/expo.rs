@@ -129,7 +129,14 @@ impl<'o> Encoder<'o> {
 
     /// A whole histogram: cumulative `_bucket` lines from non-cumulative `buckets` (the last one
     /// is `+Inf`), then `_sum` and `_count`. `le` holds the formatted bounds.
-    pub fn histogram(&mut self, name: &str, labels: &[u8], le: &[String], buckets: &[u64], sum: f64) {
+    pub fn histogram(
+        &mut self,
+        name: &str,
+        labels: &[u8],
+        le: &[String],
+        buckets: &[u64],
+        sum: f64,
+    ) {
         let mut cum = 0u64;
         for (i, b) in buckets.iter().enumerate() {
             cum = cum.wrapping_add(*b);
@@ -188,7 +195,13 @@ mod tests {
         e.family("d_seconds", "Request\nduration", MetricType::Histogram);
         let mut l = Vec::new();
         push_labels(&mut l, &["ns", "m"], &[b"a\"b", b"GET"]);
-        e.histogram("d_seconds", &l, &["0.1".into(), "1".into()], &[1, 0, 2], 3.5);
+        e.histogram(
+            "d_seconds",
+            &l,
+            &["0.1".into(), "1".into()],
+            &[1, 0, 2],
+            3.5,
+        );
         assert_eq!(
             String::from_utf8(o).unwrap(),
             "# HELP d_seconds Request\\nduration\n# TYPE d_seconds histogram\n\

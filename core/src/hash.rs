@@ -64,7 +64,10 @@ mod tests {
         for i in 0..64_000u32 {
             buckets[(hash_key(7, &i.to_le_bytes()) & 63) as usize] += 1;
         }
-        assert!(buckets.iter().all(|&b| (700..1300).contains(&b)), "{buckets:?}");
+        assert!(
+            buckets.iter().all(|&b| (700..1300).contains(&b)),
+            "{buckets:?}"
+        );
     }
 
     #[test]

@@ -199,6 +199,17 @@ impl<V> Groups<V> {
     }
 }
 
+/// Does `key` hold exactly `n` label values? The views that print one line per stored series
+/// skip series of another label set: a family re-declared with other labels across a reload
+/// (the zone survives it) would otherwise print duplicate series.
+fn has_arity(key: &[u8], n: usize) -> bool {
+    if n == 0 {
+        key.is_empty()
+    } else {
+        split_key(key).count() == n
+    }
+}
+
 fn hist_count(values: &[AtomicU64]) -> u64 {
     // Histogram words are [buckets.., +Inf, sum]: the count is the sum of all but the last.
     // Sums of shared-memory words wrap (like the counters themselves) rather than panic on
@@ -314,7 +325,8 @@ impl Renderer<'_, '_, '_> {
         let le: Vec<String> = h.bounds.iter().map(|&b| format_bound(b)).collect();
         for (k, a) in g.keys.iter().zip(&g.vals) {
             self.set_labels(names, k);
-            self.enc.histogram(name, &self.labels, &le, &a.buckets, a.sum);
+            self.enc
+                .histogram(name, &self.labels, &le, &a.buckets, a.sum);
         }
     }
 
@@ -385,10 +397,17 @@ impl Renderer<'_, '_, '_> {
             "Requests in flight per namespace (past the access phases, not yet finalized).",
             MetricType::Gauge,
         );
-        for it in &self.c.builtin[fam::ACTIVE as usize] {
-            let v = it.values.first().map_or(0, |w| w.load(Ordering::Relaxed) as i64);
+        let items = self.c.builtin[fam::ACTIVE as usize].iter().filter(|it| {
+            it.values.len() == 1 && has_arity(self.c.key(it), catalogue::ACTIVE_LABELS.len())
+        });
+        for it in items {
+            let v = it
+                .values
+                .first()
+                .map_or(0, |w| w.load(Ordering::Relaxed) as i64);
             self.set_labels(&catalogue::ACTIVE_LABELS, self.c.key(it));
-            self.enc.sample_i64("active_connections", &self.labels, v.max(0));
+            self.enc
+                .sample_i64("active_connections", &self.labels, v.max(0));
         }
     }
 
@@ -410,7 +429,8 @@ impl Renderer<'_, '_, '_> {
             &[Label(0), Label(1)],
             spec.duration,
         );
-        let slot = |i: usize| move |v: &[AtomicU64]| v.get(i).map_or(0, |w| w.load(Ordering::Relaxed));
+        let slot =
+            |i: usize| move |v: &[AtomicU64]| v.get(i).map_or(0, |w| w.load(Ordering::Relaxed));
         self.counter_view(
             fam::MODEL_TOKENS,
             "model_tokens_input_total",
@@ -434,7 +454,8 @@ impl Renderer<'_, '_, '_> {
             if project(self.c.key(it), &[Label(1)], &mut self.proj).is_some() {
                 let a = g.get(&self.proj, || [0; 4]);
                 for (i, slot) in a.iter_mut().enumerate() {
-                    *slot = slot.wrapping_add(it.values.get(i).map_or(0, |w| w.load(Ordering::Relaxed)));
+                    *slot = slot
+                        .wrapping_add(it.values.get(i).map_or(0, |w| w.load(Ordering::Relaxed)));
                 }
             }
         }
@@ -444,7 +465,10 @@ impl Renderer<'_, '_, '_> {
             MetricType::Counter,
         );
         for (k, a) in g.keys.iter().zip(&g.vals) {
-            for (i, t) in ["input", "output", "cached_input", "reasoning"].iter().enumerate() {
+            for (i, t) in ["input", "output", "cached_input", "reasoning"]
+                .iter()
+                .enumerate()
+            {
                 if i >= 2 && a[i] == 0 {
                     continue;
                 }
@@ -453,7 +477,8 @@ impl Renderer<'_, '_, '_> {
                 ns.push(SEP);
                 ns.extend_from_slice(t.as_bytes());
                 self.set_labels(&["namespace", "token_type"], &ns);
-                self.enc.sample_u64("namespace_tokens_total", &self.labels, a[i]);
+                self.enc
+                    .sample_u64("namespace_tokens_total", &self.labels, a[i]);
             }
         }
         self.enc.family(
@@ -461,10 +486,17 @@ impl Renderer<'_, '_, '_> {
             "Cost in USD from the configured price table (gateway_metrics_model_price).",
             MetricType::Counter,
         );
-        for it in &self.c.builtin[fam::MODEL_TOKENS as usize] {
+        let items = self.c.builtin[fam::MODEL_TOKENS as usize]
+            .iter()
+            .filter(|it| {
+                it.values.len() == usize::from(tokens::N_VALUES)
+                    && has_arity(self.c.key(it), catalogue::MODEL_LABELS.len())
+            });
+        for it in items {
             let cost = it.values.get(tokens::COST).map_or(0.0, load_f64);
             self.set_labels(&catalogue::MODEL_LABELS, self.c.key(it));
-            self.enc.sample_f64("model_cost_usd_total", &self.labels, cost);
+            self.enc
+                .sample_f64("model_cost_usd_total", &self.labels, cost);
         }
         self.histogram_view(
             fam::TTFT,
@@ -486,7 +518,8 @@ impl Renderer<'_, '_, '_> {
 
     fn limits_and_caches(&mut self) {
         use Col::*;
-        let slot = |i: usize| move |v: &[AtomicU64]| v.get(i).map_or(0, |w| w.load(Ordering::Relaxed));
+        let slot =
+            |i: usize| move |v: &[AtomicU64]| v.get(i).map_or(0, |w| w.load(Ordering::Relaxed));
         let rl = [Label(0), Label(1)];
         self.counter_view(
             fam::RATE_LIMIT,
@@ -525,8 +558,15 @@ impl Renderer<'_, '_, '_> {
     fn custom(&mut self, spec: &RenderSpec) {
         for (f, layout) in spec.custom {
             let names: Vec<&str> = f.labels.iter().map(|s| s.as_str()).collect();
-            let items = self.c.custom.get(&f.id).map_or(&[][..], |v| v.as_slice());
             let n_values = usize::from(f.n_values());
+            let items: Vec<&Item> = self
+                .c
+                .custom
+                .get(&f.id)
+                .map_or(&[][..], |v| v.as_slice())
+                .iter()
+                .filter(|it| it.values.len() == n_values && has_arity(self.c.key(it), names.len()))
+                .collect();
             match f.kind {
                 CustomKind::Counter | CustomKind::Gauge => {
                     let t = if f.kind == CustomKind::Counter {
@@ -535,9 +575,10 @@ impl Renderer<'_, '_, '_> {
                         MetricType::Gauge
                     };
                     self.enc.family(&f.name, &f.help, t);
-                    for it in items.iter().filter(|it| it.values.len() == n_values) {
+                    for it in &items {
                         self.set_labels(&names, self.c.key(it));
-                        self.enc.sample_f64(&f.name, &self.labels, load_f64(&it.values[0]));
+                        self.enc
+                            .sample_f64(&f.name, &self.labels, load_f64(&it.values[0]));
                     }
                 }
                 CustomKind::Histogram => {
@@ -545,16 +586,14 @@ impl Renderer<'_, '_, '_> {
                     let le: Vec<String> = f.bounds.iter().map(|&b| format_bound(b)).collect();
                     let nb = f.bounds.len() + 1;
                     let mut buckets = vec![0u64; nb];
-                    for it in items
-                        .iter()
-                        .filter(|it| it.layout == *layout && it.values.len() == n_values)
-                    {
+                    for it in items.iter().filter(|it| it.layout == *layout) {
                         for (b, w) in buckets.iter_mut().zip(it.values) {
                             *b = w.load(Ordering::Relaxed);
                         }
                         self.set_labels(&names, self.c.key(it));
                         let sum = load_f64(&it.values[nb]);
-                        self.enc.histogram(&f.name, &self.labels, &le, &buckets, sum);
+                        self.enc
+                            .histogram(&f.name, &self.labels, &le, &buckets, sum);
                     }
                 }
             }
@@ -591,11 +630,23 @@ impl Renderer<'_, '_, '_> {
                 &["zone", "reason"],
                 &[spec.zone_name.as_bytes(), r.label().as_bytes()],
             );
-            self.enc.sample_u64("gateway_metrics_dropped_updates_total", &self.labels, store.drops(r));
+            self.enc.sample_u64(
+                "gateway_metrics_dropped_updates_total",
+                &self.labels,
+                store.drops(r),
+            );
         }
         let counters: [(&str, &str, SelfCounter); 2] = [
-            ("gateway_metrics_invalid_calls_total", "Calls from Lua rejected for invalid arguments.", SelfCounter::InvalidCalls),
-            ("gateway_metrics_zone_resets_total", "Times the zone was re-initialised because it held an incompatible layout.", SelfCounter::ZoneResets),
+            (
+                "gateway_metrics_invalid_calls_total",
+                "Calls from Lua rejected for invalid arguments.",
+                SelfCounter::InvalidCalls,
+            ),
+            (
+                "gateway_metrics_zone_resets_total",
+                "Times the zone was re-initialised because it held an incompatible layout.",
+                SelfCounter::ZoneResets,
+            ),
         ];
         for (name, help, c) in counters {
             self.enc.family(name, help, MetricType::Counter);
@@ -613,18 +664,42 @@ impl Renderer<'_, '_, '_> {
 
     fn nginx(&mut self, n: &NginxStats) {
         let gauges = [
-            ("nginx_connections_active", "Active client connections, including waiting ones.", n.active),
-            ("nginx_connections_reading", "Connections where nginx is reading the request header.", n.reading),
-            ("nginx_connections_writing", "Connections where nginx is writing the response.", n.writing),
-            ("nginx_connections_waiting", "Idle keep-alive connections.", n.waiting),
+            (
+                "nginx_connections_active",
+                "Active client connections, including waiting ones.",
+                n.active,
+            ),
+            (
+                "nginx_connections_reading",
+                "Connections where nginx is reading the request header.",
+                n.reading,
+            ),
+            (
+                "nginx_connections_writing",
+                "Connections where nginx is writing the response.",
+                n.writing,
+            ),
+            (
+                "nginx_connections_waiting",
+                "Idle keep-alive connections.",
+                n.waiting,
+            ),
         ];
         for (name, help, v) in gauges {
             self.enc.family(name, help, MetricType::Gauge);
             self.enc.sample_u64(name, b"", v);
         }
         let counters = [
-            ("nginx_connections_accepted_total", "Client connections accepted.", n.accepted),
-            ("nginx_connections_handled_total", "Client connections handled.", n.handled),
+            (
+                "nginx_connections_accepted_total",
+                "Client connections accepted.",
+                n.accepted,
+            ),
+            (
+                "nginx_connections_handled_total",
+                "Client connections handled.",
+                n.handled,
+            ),
             ("nginx_http_requests_total", "Client requests.", n.requests),
         ];
         for (name, help, v) in counters {

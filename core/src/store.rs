@@ -324,7 +324,10 @@ impl<'a> Store<'a> {
         match Store::open(region) {
             Ok(s) => Ok((s, true)),
             Err(StoreError::NotInitialised) => {
-                let had_data = region.iter().take(HEADER_WORDS).any(|w| w.load(Ordering::Relaxed) != 0);
+                let had_data = region
+                    .iter()
+                    .take(HEADER_WORDS)
+                    .any(|w| w.load(Ordering::Relaxed) != 0);
                 let s = Store::format(region, now_unix)?;
                 if had_data {
                     s.bump_self(SelfCounter::ZoneResets, 1);
@@ -539,19 +542,39 @@ impl<'a> Store<'a> {
             return Err(DropReason::MaxSeries);
         }
         // Main series may fill the index to 3/4; overflow series may use what is left.
-        let index_limit = if overflow { cap - cap / 16 } else { cap / 4 * 3 };
+        let index_limit = if overflow {
+            cap - cap / 16
+        } else {
+            cap / 4 * 3
+        };
         if entries >= index_limit {
             return Err(DropReason::ZoneFull);
         }
-        let (bump_i, pub_i, end) = if overflow {
-            (H_RESERVE_BUMP, H_RESERVE_PUBLISHED, self.hdr(H_RESERVE_END))
+        let (bump_i, pub_i, start, end) = if overflow {
+            (
+                H_RESERVE_BUMP,
+                H_RESERVE_PUBLISHED,
+                self.hdr(H_MAIN_END),
+                self.hdr(H_RESERVE_END),
+            )
         } else {
-            (H_MAIN_BUMP, H_MAIN_PUBLISHED, self.hdr(H_MAIN_END))
+            (
+                H_MAIN_BUMP,
+                H_MAIN_PUBLISHED,
+                self.hdr(H_MAIN_START),
+                self.hdr(H_MAIN_END),
+            )
         };
         let off = self.hdr(bump_i) as usize;
         let kw = words_for(key.len());
         let size = 1 + kw + usize::from(kind.n_values);
-        if off + size > end as usize || off + size > self.w.len() {
+        // The bump pointer is shared memory too: never write outside its area (a corrupt one
+        // could point into the header or past the end).
+        let fits = off >= start as usize
+            && off
+                .checked_add(size)
+                .is_some_and(|e| e <= end as usize && e <= self.w.len());
+        if !fits {
             return Err(DropReason::ZoneFull);
         }
         let (Some(entry), Some(slot_w)) = (self.w.get(off..off + size), self.word(slot)) else {
@@ -609,8 +632,14 @@ impl<'a> Store<'a> {
         let total = self.w.len() as u64 * 8;
         let main_start = self.hdr(H_MAIN_START);
         let used_main = self.hdr(H_MAIN_PUBLISHED).saturating_sub(main_start);
-        let used_res = self.hdr(H_RESERVE_PUBLISHED).saturating_sub(self.hdr(H_MAIN_END));
-        let used = (main_start + used_main + used_res) * 8;
+        let used_res = self
+            .hdr(H_RESERVE_PUBLISHED)
+            .saturating_sub(self.hdr(H_MAIN_END));
+        // Saturating: these header words are shared and may be garbage in a corrupt zone.
+        let used = main_start
+            .saturating_add(used_main)
+            .saturating_add(used_res)
+            .saturating_mul(8);
         let entries = self.hdr(H_ENTRIES);
         let series = self.hdr(H_SERIES);
         Usage {
