@@ -3,6 +3,18 @@ use std::{env, fs, path::PathBuf};
 
 fn main() {
     println!("cargo::rustc-check-cfg=cfg(gm_stat_stub)");
+    // nginx-sys exports the nginx build's features (threads, http_cache, ...); mirror them as
+    // `ngx_feature = "..."` cfgs for this crate too.
+    let check = env::var("DEP_NGINX_FEATURES_CHECK").unwrap_or_else(|_| "\"threads\"".into());
+    println!("cargo::rustc-check-cfg=cfg(ngx_feature, values({check}))");
+    for f in env::var("DEP_NGINX_FEATURES")
+        .unwrap_or_default()
+        .split(',')
+    {
+        if !f.is_empty() {
+            println!("cargo::rustc-cfg=ngx_feature=\"{f}\"");
+        }
+    }
     // nginx-sys tells its direct dependents where the configured nginx build directory is.
     let Some(dir) = env::var_os("DEP_NGINX_BUILD_DIR") else {
         return;

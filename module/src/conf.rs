@@ -26,6 +26,8 @@ pub const DEFAULT_MAX_SERIES: u64 = 50_000;
 pub const MAX_CUSTOM_LABELS: usize = 8;
 /// Smallest zone accepted by `gateway_metrics_zone`.
 pub const MIN_ZONE_SIZE: usize = 128 * 1024;
+/// Largest zone: index slots hold 32-bit word offsets (32 GiB), with margin.
+pub const MAX_ZONE_SIZE: usize = 16 << 30;
 
 /// USD per 1M tokens.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -61,8 +63,14 @@ pub struct MainConf {
     pub custom: Vec<CustomFamily>,
     /// Some location records or exports metrics (so a zone is required).
     pub used: bool,
+    /// Some location has `gateway_metrics_exporter`.
+    pub exporter: bool,
     /// Indexes of `handlers::AUTO_VARS` (-1: nginx has no such variable).
     pub vars: [ngx_int_t; 3],
+    /// `gateway_metrics_render_thread_pool`: `None` until set, `Some(None)` for `off`.
+    pub render_pool_name: Option<Option<Vec<u8>>>,
+    /// The thread pool `/metrics` is rendered in (null: render in the event loop).
+    pub render_pool: *mut std::ffi::c_void,
 }
 
 #[repr(C)]
@@ -118,7 +126,10 @@ pub unsafe extern "C" fn create_main_conf(cf: *mut ngx_conf_t) -> *mut c_void {
         prices: HashMap::new(),
         custom: Vec::new(),
         used: false,
+        exporter: false,
         vars: [-1; 3],
+        render_pool_name: None,
+        render_pool: ptr::null_mut(),
     };
     // SAFETY: nginx passes a valid conf with a pool.
     unsafe { pool_alloc((*cf).pool, conf) as *mut c_void }
@@ -237,10 +248,10 @@ fn zone_directive(cf: *mut ngx_conf_t, mc: &mut MainConf, a: &[&[u8]]) -> Result
         ));
     }
     let size = parse_size(a[1])
-        .filter(|&s| s >= MIN_ZONE_SIZE)
+        .filter(|&s| (MIN_ZONE_SIZE..=MAX_ZONE_SIZE).contains(&s))
         .ok_or_else(|| {
             ConfError::Invalid(
-                "zone size (at least 128k)",
+                "zone size (128k to 16g)",
                 String::from_utf8_lossy(a[1]).into(),
             )
         })?;
@@ -347,9 +358,40 @@ pub unsafe extern "C" fn set_exporter(
         let clcf =
             *(*ctx).loc_conf.add(ngx_http_core_module.ctx_index) as *mut ngx_http_core_loc_conf_t;
         (*clcf).handler = Some(crate::handlers::exporter_handler);
-        main_conf_of(cf).used = true;
+        let mc = main_conf_of(cf);
+        mc.used = true;
+        mc.exporter = true;
     }
     conf_result(cf, cmd, Ok(()))
+}
+
+pub unsafe extern "C" fn set_render_pool(
+    cf: *mut ngx_conf_t,
+    cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    // SAFETY: called by nginx for this module's main conf.
+    let (mc, a) = unsafe { (&mut *(conf as *mut MainConf), args(cf)) };
+    let r = (|| {
+        if mc.render_pool_name.is_some() {
+            return Err(ConfError::msg("is duplicate"));
+        }
+        if a[0].is_empty() {
+            return Err(ConfError::msg("empty thread pool name"));
+        }
+        mc.render_pool_name = Some(if a[0] == b"off" {
+            None
+        } else {
+            Some(a[0].to_vec())
+        });
+        if cfg!(not(ngx_feature = "threads")) && a[0] != b"off" {
+            return Err(ConfError::msg(
+                "nginx was built without thread pools (--with-threads)",
+            ));
+        }
+        Ok(())
+    })();
+    conf_result(cf, cmd, r)
 }
 
 pub unsafe extern "C" fn set_price(

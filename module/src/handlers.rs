@@ -62,6 +62,29 @@ pub unsafe extern "C" fn postconfiguration(cf: *mut ngx_conf_t) -> ngx_int_t {
                 mc.vars[i] = ngx_http_get_variable_index(cf, &mut s);
             }
         }
+        #[cfg(ngx_feature = "threads")]
+        if mc.exporter {
+            let name = match &mc.render_pool_name {
+                None => Some(b"default".to_vec()),
+                Some(n) => n.clone(),
+            };
+            if let Some(name) = name {
+                // nginx keeps the name: copy it into the configuration pool.
+                let data = ngx_pnalloc((*cf).pool, name.len()) as *mut u8;
+                if data.is_null() {
+                    return NGX_ERROR as ngx_int_t;
+                }
+                ptr::copy_nonoverlapping(name.as_ptr(), data, name.len());
+                let mut s = ngx_str_t {
+                    len: name.len(),
+                    data,
+                };
+                mc.render_pool = ngx_thread_pool_add(cf, &mut s) as *mut std::ffi::c_void;
+                if mc.render_pool.is_null() {
+                    return NGX_ERROR as ngx_int_t;
+                }
+            }
+        }
         for (phase, handler) in [
             (
                 ngx_http_phases_NGX_HTTP_PRECONTENT_PHASE,
@@ -379,7 +402,7 @@ pub unsafe extern "C" fn exporter_handler(r: *mut ngx_http_request_t) -> ngx_int
 /// # Safety
 /// `r` must be a live request.
 unsafe fn export(r: *mut ngx_http_request_t) -> Result<ngx_int_t, HandlerError> {
-    // SAFETY: forwarded contract; buffers handed to nginx live in the request pool.
+    // SAFETY: forwarded contract.
     unsafe {
         if (*r).method & (NGX_HTTP_GET | NGX_HTTP_HEAD) as ngx_uint_t == 0 {
             return Err(HandlerError::MethodNotAllowed);
@@ -389,8 +412,21 @@ unsafe fn export(r: *mut ngx_http_request_t) -> Result<ngx_int_t, HandlerError> 
             return Ok(rc);
         }
         let t = target(r).ok_or(HandlerError::ZoneUnavailable)?;
-        let body = render_page(&t);
+        #[cfg(ngx_feature = "threads")]
+        if let Some(rc) = render_in_pool(r, &t) {
+            return Ok(rc);
+        }
+        send_page(r, render_page(t.mc, t.zone, &t.store))
+    }
+}
 
+/// Sends a rendered page as the response.
+///
+/// # Safety
+/// `r` must be a live request.
+unsafe fn send_page(r: *mut ngx_http_request_t, body: Vec<u8>) -> Result<ngx_int_t, HandlerError> {
+    // SAFETY: forwarded contract; buffers handed to nginx live in the request pool.
+    unsafe {
         let rr = &mut *r;
         rr.headers_out.status = NGX_HTTP_OK as ngx_uint_t;
         rr.headers_out.content_type = ngx_str_t {
@@ -427,40 +463,138 @@ unsafe fn export(r: *mut ngx_http_request_t) -> Result<ngx_int_t, HandlerError> 
     }
 }
 
-fn render_page(t: &Target) -> Vec<u8> {
-    let mc = t.mc;
+/// A render done in a thread pool so that big pages never block the worker's event loop.
+/// Lives in the request pool; the thread only reads the zone (atomics) and the confs.
+#[cfg(ngx_feature = "threads")]
+struct RenderJob {
+    mc: *const MainConf,
+    zone: *const ZoneCtx,
+    out: Vec<u8>,
+}
+
+/// Posts the render to the configured thread pool; `None` to render inline instead.
+///
+/// # Safety
+/// `r` must be a live request in its content phase.
+#[cfg(ngx_feature = "threads")]
+unsafe fn render_in_pool(r: *mut ngx_http_request_t, t: &Target) -> Option<ngx_int_t> {
+    if t.mc.render_pool.is_null() {
+        return None;
+    }
+    // SAFETY: forwarded contract. While the task runs the request is `blocked` (nginx will not
+    // free it) and its count is raised (it stays open until send_rendered finalizes it).
+    unsafe {
+        let rr = &mut *r;
+        let job = crate::conf::pool_alloc(
+            rr.pool,
+            RenderJob {
+                mc: t.mc,
+                zone: t.zone,
+                out: Vec::new(),
+            },
+        );
+        let task = ngx_thread_task_alloc(rr.pool, 0);
+        if job.is_null() || task.is_null() {
+            return None;
+        }
+        (*task).ctx = job as *mut std::ffi::c_void;
+        (*task).handler = Some(render_task);
+        (*task).event.data = r as *mut std::ffi::c_void;
+        (*task).event.handler = Some(render_done);
+        if ngx_thread_task_post(t.mc.render_pool as *mut ngx_thread_pool_t, task)
+            != NGX_OK as ngx_int_t
+        {
+            return None;
+        }
+        *rr.ctx.add(crate::module().ctx_index) = job as *mut std::ffi::c_void;
+        let main = &mut *rr.main;
+        main.set_blocked(main.blocked() + 1);
+        main.set_count(main.count() + 1);
+        rr.set_aio(1);
+        rr.write_event_handler = Some(send_rendered);
+        Some(NGX_DONE as ngx_int_t)
+    }
+}
+
+/// Runs in a pool thread.
+#[cfg(ngx_feature = "threads")]
+unsafe extern "C" fn render_task(data: *mut std::ffi::c_void, _log: *mut ngx_log_t) {
+    // SAFETY: data is the RenderJob posted by render_in_pool; nothing else touches it until
+    // render_done runs on the event loop.
+    let job = unsafe { &mut *(data as *mut RenderJob) };
+    let out = catch_unwind(AssertUnwindSafe(|| {
+        // SAFETY: the confs and the zone ctx outlive the cycle's requests.
+        let (mc, zone) = unsafe { (&*job.mc, &*job.zone) };
+        zone.store().map(|s| render_page(mc, zone, &s))
+    }));
+    job.out = out.ok().flatten().unwrap_or_default();
+}
+
+/// Back on the event loop when the render task is done.
+#[cfg(ngx_feature = "threads")]
+unsafe extern "C" fn render_done(ev: *mut ngx_event_t) {
+    // SAFETY: the event's data is the blocked request, still alive.
+    unsafe {
+        let r = (*ev).data as *mut ngx_http_request_t;
+        let rr = &mut *r;
+        let main = &mut *rr.main;
+        main.set_blocked(main.blocked() - 1);
+        rr.set_aio(0);
+        // send_rendered, unless nginx replaced the handler to terminate the request meanwhile.
+        if let Some(h) = rr.write_event_handler {
+            h(r);
+        }
+        ngx_http_run_posted_requests(rr.connection);
+    }
+}
+
+#[cfg(ngx_feature = "threads")]
+unsafe extern "C" fn send_rendered(r: *mut ngx_http_request_t) {
+    // SAFETY: r is live; its ctx holds the RenderJob set by render_in_pool.
+    unsafe {
+        let job = *(*r).ctx.add(crate::module().ctx_index) as *mut RenderJob;
+        let rc = if job.is_null() || (*job).out.is_empty() {
+            NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t
+        } else {
+            let body = std::mem::take(&mut (*job).out);
+            send_page(r, body).unwrap_or_else(|e| e.status())
+        };
+        ngx_http_finalize_request(r, rc);
+    }
+}
+
+fn render_page(mc: &MainConf, zone: &ZoneCtx, store: &Store) -> Vec<u8> {
     let custom: Vec<_> = mc
         .custom
         .iter()
         .cloned()
         .zip(
-            t.zone
-                .custom_layouts
+            zone.custom_layouts
                 .iter()
                 .copied()
                 .chain(std::iter::repeat(0)),
         )
         .collect();
     let spec = RenderSpec {
-        zone_name: &t.zone.name,
+        zone_name: &zone.name,
         max_series: mc.max_series,
         duration: HistSpec {
             bounds: &mc.bounds[0],
-            layout: t.zone.layouts[0],
+            layout: zone.layouts[0],
         },
         ttft: HistSpec {
             bounds: &mc.bounds[1],
-            layout: t.zone.layouts[1],
+            layout: zone.layouts[1],
         },
         throughput: HistSpec {
             bounds: &mc.bounds[2],
-            layout: t.zone.layouts[2],
+            layout: zone.layouts[2],
         },
         custom: &custom,
         nginx: nginx_stats(),
     };
     let mut out = Vec::with_capacity(64 * 1024);
-    render(&t.store, &spec, &mut out);
+    render(store, &spec, &mut out);
     out
 }
 

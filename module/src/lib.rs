@@ -54,7 +54,7 @@ const CV_SLOT: unsafe extern "C" fn(
 ) -> *mut c_char = ngx_http_set_complex_value_slot;
 
 // The directive table. nginx walks it until the null command.
-static mut COMMANDS: [ngx_command_t; 16] = [
+static mut COMMANDS: [ngx_command_t; 17] = [
     cmd(
         c"gateway_metrics_zone",
         HTTP_MAIN | NGX_CONF_TAKE2 as ngx_uint_t,
@@ -159,6 +159,13 @@ static mut COMMANDS: [ngx_command_t; 16] = [
         conf::set_custom,
         MAIN_CONF_OFFSET,
         2,
+    ),
+    cmd(
+        c"gateway_metrics_render_thread_pool",
+        HTTP_MAIN | NGX_CONF_TAKE1 as ngx_uint_t,
+        conf::set_render_pool,
+        MAIN_CONF_OFFSET,
+        0,
     ),
     ngx_command_t::empty(),
 ];
