@@ -57,10 +57,15 @@ fn main() {
     println!(
         "== render: /metrics of N request series (14 buckets, 5 labels), all derived views =="
     );
-    let sizes: &[usize] = if quick {
-        &[1_000]
-    } else {
-        &[1_000, 10_000, 100_000]
+    let only: Option<usize> = std::env::args()
+        .skip_while(|a| a != "--render")
+        .nth(1)
+        .and_then(|v| v.parse().ok());
+    let all = [1_000, 10_000, 100_000];
+    let sizes: &[usize] = match (&only, quick) {
+        (Some(n), _) => std::slice::from_ref(n),
+        (None, true) => &all[..1],
+        (None, false) => &all,
     };
     for &n in sizes {
         let mem = region(((n * 400) + (1 << 20)).max(4 << 20));
@@ -86,11 +91,17 @@ fn main() {
             custom: &[],
             nginx: None,
         };
-        let runs = if n >= 100_000 || quick { 3 } else { 15 };
+        let runs = if only.is_some() {
+            50
+        } else if n >= 100_000 || quick {
+            3
+        } else {
+            15
+        };
         let mut times = Vec::new();
         let mut size = 0;
         for _ in 0..runs {
-            let mut out = Vec::new();
+            let mut out = Vec::with_capacity(size + size / 16);
             let t = Instant::now();
             render(&store, &spec, &mut out);
             times.push(t.elapsed().as_secs_f64() * 1e3);

@@ -168,34 +168,72 @@ fn project(key: &[u8], cols: &[Col], out: &mut Vec<u8>) -> Option<()> {
     Some(())
 }
 
+/// Hasher for keys that are already hashes.
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 << 8) | u64::from(b);
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = v;
+    }
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+const NO_GROUP: u32 = u32::MAX;
+
 /// Aggregation groups in first-seen order (insertion order of the store: stable output).
+/// Keys live in one arena, indexed by their hash with collision chains: no allocation per group.
 struct Groups<V> {
-    index: HashMap<Vec<u8>, usize>,
-    keys: Vec<Vec<u8>>,
+    index: HashMap<u64, u32, std::hash::BuildHasherDefault<IdHasher>>,
+    arena: Vec<u8>,
+    /// Per group: key start, key length, next group with the same hash.
+    spans: Vec<(u32, u32, u32)>,
     vals: Vec<V>,
 }
 
 impl<V> Groups<V> {
     fn new() -> Self {
         Groups {
-            index: HashMap::new(),
-            keys: Vec::new(),
+            index: HashMap::default(),
+            arena: Vec::new(),
+            spans: Vec::new(),
             vals: Vec::new(),
         }
     }
 
+    fn key(&self, i: usize) -> &[u8] {
+        let (s, l, _) = self.spans[i];
+        &self.arena[s as usize..(s + l) as usize]
+    }
+
     fn get(&mut self, key: &[u8], init: impl FnOnce() -> V) -> &mut V {
-        let i = match self.index.get(key) {
-            Some(&i) => i,
-            None => {
-                let i = self.keys.len();
-                self.index.insert(key.to_vec(), i);
-                self.keys.push(key.to_vec());
-                self.vals.push(init());
-                i
+        let h = crate::hash::hash_key(0, key);
+        let head = self.index.get(&h).copied().unwrap_or(NO_GROUP);
+        let mut i = head;
+        while i != NO_GROUP {
+            if self.key(i as usize) == key {
+                return &mut self.vals[i as usize];
             }
-        };
-        &mut self.vals[i]
+            i = self.spans[i as usize].2;
+        }
+        let n = self.spans.len();
+        self.spans
+            .push((self.arena.len() as u32, key.len() as u32, head));
+        self.arena.extend_from_slice(key);
+        self.index.insert(h, n as u32);
+        self.vals.push(init());
+        &mut self.vals[n]
+    }
+
+    fn len(&self) -> usize {
+        self.vals.len()
     }
 }
 
@@ -286,9 +324,9 @@ impl Renderer<'_, '_, '_> {
             }
         }
         self.enc.family(name, help, MetricType::Counter);
-        for (k, v) in g.keys.iter().zip(&g.vals) {
-            self.set_labels(names, k);
-            self.enc.sample_u64(name, &self.labels, *v);
+        for i in 0..g.len() {
+            self.set_labels(names, g.key(i));
+            self.enc.sample_u64(name, &self.labels, g.vals[i]);
         }
     }
 
@@ -323,8 +361,9 @@ impl Renderer<'_, '_, '_> {
         }
         self.enc.family(name, help, MetricType::Histogram);
         let le: Vec<String> = h.bounds.iter().map(|&b| format_bound(b)).collect();
-        for (k, a) in g.keys.iter().zip(&g.vals) {
-            self.set_labels(names, k);
+        for i in 0..g.len() {
+            self.set_labels(names, g.key(i));
+            let a = &g.vals[i];
             self.enc
                 .histogram(name, &self.labels, &le, &a.buckets, a.sum);
         }
@@ -464,7 +503,8 @@ impl Renderer<'_, '_, '_> {
             "Tokens per namespace by type: input and output are the provider's totals; cached_input and reasoning are the parts of them the provider reported separately.",
             MetricType::Counter,
         );
-        for (k, a) in g.keys.iter().zip(&g.vals) {
+        for gi in 0..g.len() {
+            let (k, a) = (g.key(gi), &g.vals[gi]);
             for (i, t) in ["input", "output", "cached_input", "reasoning"]
                 .iter()
                 .enumerate()
@@ -473,7 +513,7 @@ impl Renderer<'_, '_, '_> {
                     continue;
                 }
                 self.labels.clear();
-                let mut ns = k.clone();
+                let mut ns = k.to_vec();
                 ns.push(SEP);
                 ns.extend_from_slice(t.as_bytes());
                 self.set_labels(&["namespace", "token_type"], &ns);

@@ -3,7 +3,7 @@
 use std::cell::RefCell;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::ptr;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use gateway_metrics_core::catalogue::{self, fam, tokens};
 use gateway_metrics_core::expo::CONTENT_TYPE;
@@ -563,6 +563,9 @@ unsafe extern "C" fn send_rendered(r: *mut ngx_http_request_t) {
     }
 }
 
+/// Size of the last rendered page in this process.
+static LAST_PAGE_BYTES: AtomicUsize = AtomicUsize::new(0);
+
 fn render_page(mc: &MainConf, zone: &ZoneCtx, store: &Store) -> Vec<u8> {
     let custom: Vec<_> = mc
         .custom
@@ -593,8 +596,12 @@ fn render_page(mc: &MainConf, zone: &ZoneCtx, store: &Store) -> Vec<u8> {
         custom: &custom,
         nginx: nginx_stats(),
     };
-    let mut out = Vec::with_capacity(64 * 1024);
+    // Reserve what the last page needed (plus margin): growing a multi-megabyte Vec by doubling
+    // costs more than rendering it.
+    let hint = LAST_PAGE_BYTES.load(Ordering::Relaxed);
+    let mut out = Vec::with_capacity((hint + hint / 8).max(64 * 1024));
     render(store, &spec, &mut out);
+    LAST_PAGE_BYTES.store(out.len(), Ordering::Relaxed);
     out
 }
 
