@@ -3,6 +3,7 @@
 //! Prometheus text encoder. The nginx module is thin glue around this crate.
 #![forbid(unsafe_code)]
 
+pub mod api;
 pub mod buckets;
 pub mod catalogue;
 pub mod expo;

@@ -10,6 +10,7 @@ use std::ffi::{c_char, c_double, c_int, CStr};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::ptr;
 
+use gateway_metrics_core::api;
 use gateway_metrics_core::catalogue::fam;
 use gateway_metrics_core::labels::{sanitize_into, KeyBuilder};
 use gateway_metrics_core::render::CustomKind;
@@ -26,11 +27,6 @@ pub struct GatewayMetricsStr {
     pub data: *const c_char,
     pub len: usize,
 }
-
-/// Largest token count accepted in one call: beyond any real response, below f64's exact range.
-const MAX_TOKENS: f64 = 1e12;
-/// Longest string argument accepted (label values are cut to 256 bytes later anyway).
-const MAX_ARG_BYTES: usize = 64 * 1024;
 
 type ApiResult = Result<(), &'static CStr>;
 
@@ -82,7 +78,7 @@ unsafe fn bytes<'a>(data: *const c_char, len: usize) -> Result<&'a [u8], &'stati
     if data.is_null() {
         return Err(c"null string");
     }
-    if len > MAX_ARG_BYTES {
+    if !api::arg_len_ok(len) {
         return Err(c"string too long");
     }
     // SAFETY: per the function contract.
@@ -90,10 +86,7 @@ unsafe fn bytes<'a>(data: *const c_char, len: usize) -> Result<&'a [u8], &'stati
 }
 
 fn count(v: c_double, what: &'static CStr) -> Result<u64, &'static CStr> {
-    if !v.is_finite() || !(0.0..=MAX_TOKENS).contains(&v) || v.fract() != 0.0 {
-        return Err(what);
-    }
-    Ok(v as u64)
+    api::token_count(v).ok_or(what)
 }
 
 /// The request's context, refusing calls without a request or after its log phase.

@@ -1,0 +1,63 @@
+//! Argument checks of the calls Lua makes (the module's C ABI), kept here so that they can be
+//! tested and fuzzed without nginx.
+
+/// Largest token count accepted in one call: beyond any real response, below f64's exact range.
+pub const MAX_TOKENS: f64 = 1e12;
+/// Longest string argument accepted (label values are cut to 256 bytes later anyway).
+pub const MAX_ARG_BYTES: usize = 64 * 1024;
+
+/// A token count from Lua: a finite, non-negative whole number no larger than [`MAX_TOKENS`].
+pub fn token_count(v: f64) -> Option<u64> {
+    if v.is_finite() && (0.0..=MAX_TOKENS).contains(&v) && v.fract() == 0.0 {
+        Some(v as u64)
+    } else {
+        None
+    }
+}
+
+/// A value for a declared metric: finite; counters also need it non-negative.
+pub fn metric_value(v: f64, counter: bool) -> Result<f64, &'static str> {
+    if !v.is_finite() {
+        Err("value must be a finite number")
+    } else if counter && v < 0.0 {
+        Err("counter increment must not be negative")
+    } else {
+        Ok(v)
+    }
+}
+
+/// The length check for string arguments.
+pub fn arg_len_ok(len: usize) -> bool {
+    len <= MAX_ARG_BYTES
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_counts() {
+        assert_eq!(token_count(0.0), Some(0));
+        assert_eq!(token_count(123.0), Some(123));
+        assert_eq!(token_count(1e12), Some(1_000_000_000_000));
+        for bad in [
+            -1.0,
+            0.5,
+            f64::NAN,
+            f64::INFINITY,
+            -0.0001,
+            1e12 + 1.0,
+            1e300,
+        ] {
+            assert_eq!(token_count(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn metric_values() {
+        assert!(metric_value(-1.0, false).is_ok());
+        assert!(metric_value(-1.0, true).is_err());
+        assert!(metric_value(f64::NAN, false).is_err());
+        assert!(metric_value(f64::NEG_INFINITY, false).is_err());
+    }
+}

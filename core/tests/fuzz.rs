@@ -1,0 +1,173 @@
+//! Property-based fuzzing of what hostile input reaches: label sanitising and escaping, the
+//! encoder (every page must parse), the store under arbitrary keys and updates, and the checks
+//! of Lua's arguments. `PROPTEST_CASES` sets the number of cases (scripts/fuzz runs many more).
+
+mod common;
+
+use std::sync::atomic::AtomicU64;
+
+use gateway_metrics_core::api;
+use gateway_metrics_core::catalogue::fam;
+use gateway_metrics_core::expo::push_labels;
+use gateway_metrics_core::labels::{
+    escape_label_value, sanitize_into, KeyBuilder, MAX_LABEL_VALUE_BYTES,
+};
+use gateway_metrics_core::render::{render, HistSpec, RenderSpec};
+use gateway_metrics_core::series;
+use gateway_metrics_core::store::{add_u64, observe, Limits, SeriesKind, Store};
+use proptest::prelude::*;
+
+/// Reverses the exposition escaping of a label value.
+fn unescape(v: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut it = v.iter();
+    while let Some(&b) = it.next() {
+        if b == b'\\' {
+            match it.next() {
+                Some(b'n') => out.push(b'\n'),
+                Some(&c) => out.push(c),
+                None => out.push(b'\\'),
+            }
+        } else {
+            out.push(b);
+        }
+    }
+    out
+}
+
+fn hostile_bytes() -> impl Strategy<Value = Vec<u8>> {
+    prop_oneof![
+        proptest::collection::vec(any::<u8>(), 0..600),
+        proptest::collection::vec(
+            prop::sample::select(vec![
+                b'"', b'\\', b'\n', b'\r', 0u8, 0xff, 0xc3, b'a', b'{', b'}', b'=', b','
+            ]),
+            0..300
+        ),
+        ".{0,300}".prop_map(|s: String| s.into_bytes()),
+    ]
+}
+
+proptest! {
+    #[test]
+    fn sanitised_values_are_valid_bounded_and_round_trip(raw in hostile_bytes()) {
+        let mut clean = Vec::new();
+        sanitize_into(&mut clean, &raw);
+        prop_assert!(clean.len() <= MAX_LABEL_VALUE_BYTES);
+        prop_assert!(std::str::from_utf8(&clean).is_ok());
+        prop_assert!(!clean.contains(&0));
+        if std::str::from_utf8(&raw).is_ok() && !raw.contains(&0) && raw.len() <= MAX_LABEL_VALUE_BYTES {
+            prop_assert_eq!(&clean, &raw, "a valid short value is kept as is");
+        }
+        let mut esc = Vec::new();
+        escape_label_value(&mut esc, &clean);
+        prop_assert!(!esc.contains(&b'\n'));
+        // every quote is escaped
+        for (i, &b) in esc.iter().enumerate() {
+            if b == b'"' {
+                let backslashes = esc[..i].iter().rev().take_while(|&&c| c == b'\\').count();
+                prop_assert!(backslashes % 2 == 1);
+            }
+        }
+        prop_assert_eq!(unescape(&esc), clean);
+    }
+
+    #[test]
+    fn label_sets_always_parse(values in proptest::collection::vec(hostile_bytes(), 1..6)) {
+        let mut clean: Vec<Vec<u8>> = Vec::new();
+        for v in &values {
+            let mut c = Vec::new();
+            sanitize_into(&mut c, v);
+            clean.push(c);
+        }
+        let names = ["a", "b", "c", "d", "e", "f"];
+        let refs: Vec<&[u8]> = clean.iter().map(|v| v.as_slice()).collect();
+        let mut labels = Vec::new();
+        push_labels(&mut labels, &names[..refs.len()], &refs);
+        let page = format!("# HELP x_total X.\n# TYPE x_total counter\nx_total{{{}}} 1\n", String::from_utf8(labels).unwrap());
+        let parsed = common::parse(page.as_bytes());
+        prop_assert!(parsed.is_ok(), "{:?}", parsed.err());
+        let parsed = parsed.unwrap();
+        let s = parsed.samples("x_total").next().unwrap();
+        for (i, v) in clean.iter().enumerate() {
+            prop_assert_eq!(s.label(names[i]).unwrap().as_bytes(), v.as_slice());
+        }
+    }
+
+    #[test]
+    fn pages_from_hostile_traffic_parse_and_add_up(
+        reqs in proptest::collection::vec((hostile_bytes(), hostile_bytes(), 0u16..700, 0.0f64..200.0), 1..60),
+        max_series in 1u64..40,
+    ) {
+        let mem = common::region(256 * 1024);
+        let store = Store::format(&mem, 1).unwrap();
+        let word = AtomicU64::new(0);
+        let lock = common::SpinLock(&word);
+        let bounds = [0.1, 1.0, 10.0];
+        let layout = store.register_layout(&lock, &bounds).unwrap();
+        let kind = SeriesKind { family: fam::REQUEST, layout, n_values: 5 };
+        let limits = Limits { max_series };
+        let mut k = KeyBuilder::new();
+        let mut recorded = 0u64;
+        for (ns, ep, status, dur) in &reqs {
+            k.clear();
+            k.push(b"POST").push(ep).push(status.to_string().as_bytes()).push(ns).push(b"up");
+            if let (Some(v), _) = series(&store, &lock, limits, kind, k.as_bytes(), 5) {
+                observe(v, &bounds, *dur);
+                recorded += 1;
+            }
+            let mut ak = KeyBuilder::new();
+            ak.push(ns);
+            if let (Some(v), _) = series(&store, &lock, limits, SeriesKind { family: fam::ACTIVE, layout: 0, n_values: 1 }, ak.as_bytes(), 1) {
+                add_u64(&v[0], 1);
+            }
+        }
+        prop_assert_eq!(recorded, reqs.len() as u64, "the overflow series always takes the update");
+        let spec = RenderSpec {
+            zone_name: "fuzz\"zone",
+            max_series,
+            duration: HistSpec { bounds: &bounds, layout },
+            ttft: HistSpec { bounds: &bounds, layout: 0 },
+            throughput: HistSpec { bounds: &bounds, layout: 0 },
+            custom: &[],
+            nginx: None,
+        };
+        let mut out = Vec::new();
+        render(&store, &spec, &mut out);
+        let page = common::parse(&out);
+        prop_assert!(page.is_ok(), "{:?}", page.err());
+        let page = page.unwrap();
+        let total: f64 = page.samples("http_requests_total").map(|s| s.value).sum();
+        prop_assert_eq!(total as u64, recorded);
+        let by_ns: f64 = page.samples("namespace_requests_total").map(|s| s.value).sum();
+        prop_assert_eq!(by_ns as u64, recorded);
+        prop_assert!(store.usage().series <= max_series);
+    }
+
+    #[test]
+    fn token_counts_accept_only_whole_non_negative_numbers(v in any::<f64>()) {
+        match api::token_count(v) {
+            Some(n) => {
+                prop_assert!(v.is_finite() && v >= 0.0 && v.fract() == 0.0 && v <= api::MAX_TOKENS);
+                prop_assert_eq!(n as f64, v);
+            }
+            None => prop_assert!(!v.is_finite() || v < 0.0 || v.fract() != 0.0 || v > api::MAX_TOKENS),
+        }
+    }
+
+    #[test]
+    fn store_survives_arbitrary_keys(keys in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..200), 1..200)) {
+        let mem: Vec<AtomicU64> = common::region(128 * 1024);
+        let store = Store::format(&mem, 1).unwrap();
+        let word = AtomicU64::new(0);
+        let lock = common::SpinLock(&word);
+        let kind = SeriesKind { family: 77, layout: 0, n_values: 1 };
+        for key in &keys {
+            let (v, _) = series(&store, &lock, Limits { max_series: 1000 }, kind, key, 1);
+            if let Some(v) = v { add_u64(&v[0], 1); }
+        }
+        let mut total = 0;
+        store.for_each(|e| total += e.values[0].load(std::sync::atomic::Ordering::Relaxed));
+        prop_assert_eq!(total, keys.len() as u64);
+    }
+}
