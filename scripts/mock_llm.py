@@ -18,6 +18,7 @@ total ~ delay + chunks * chunk_delay.
 """
 import argparse
 import json
+import socket
 import signal
 import sys
 import time
@@ -49,6 +50,11 @@ class BadRequest(Exception):
 
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # enables keep-alive for Content-Length replies
+
+    def setup(self):
+        super().setup()
+        # Stream chunks must leave at once, not wait for a delayed ACK (Nagle): TTFT depends on it.
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     server_version = "mock-llm/1.0"
     args = None  # set in main()
 

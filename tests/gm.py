@@ -44,7 +44,13 @@ class Nginx:
     `{port}` in it is replaced by the listening port."""
 
     def __init__(self, http, workers=2, lua=False, main="", port=None):
+        if lua and not HAVE_LUA:
+            import pytest
+            pytest.skip("lua-nginx-module is not available for the nginx under test")
         self.dir = tempfile.mkdtemp(prefix="gm-nginx-")
+        # Workers run as an unprivileged user when the tests run as root: let them reach the
+        # temp paths (proxy_cache, buffered bodies).
+        os.chmod(self.dir, 0o755)
         self.port = port or free_port()
         self.lua = lua
         for d in ("logs", "tmp"):
@@ -249,3 +255,73 @@ class MockLLM:
 
     def __exit__(self, *exc):
         self.stop()
+
+
+# ---- generic helpers (appended for the foundation tests) -------------------------------------
+
+def wait_for(fn, pred, timeout=10.0, interval=0.05, what="condition"):
+    """Calls fn() until pred(value) holds; returns that value. Raises with the last value."""
+    deadline = time.time() + timeout
+    while True:
+        value = fn()
+        if pred(value):
+            return value
+        if time.time() >= deadline:
+            raise TimeoutError(f"{what}: not reached within {timeout}s, last value {value!r}")
+        time.sleep(interval)
+
+
+def run_concurrent(port, requests, threads=16, timeout=30):
+    """Sends `requests` (tuples (method, path, headers, body)) over `threads` keep-alive
+    http.client connections, request i on connection i % threads. Returns a list of
+    (status, headers) in the order of `requests`; raises if any request failed."""
+    import http.client
+    from concurrent.futures import ThreadPoolExecutor
+
+    results = [None] * len(requests)
+
+    def worker(t):
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+        try:
+            for i in range(t, len(requests), threads):
+                method, path, headers, body = requests[i]
+                conn.request(method, path, body=body, headers=headers or {})
+                resp = conn.getresponse()
+                resp.read()
+                results[i] = (resp.status, dict(resp.headers))
+        finally:
+            conn.close()
+
+    with ThreadPoolExecutor(threads) as ex:
+        for f in [ex.submit(worker, t) for t in range(threads)]:
+            f.result()
+    return results
+
+
+def raw_request(port, data, timeout=30):
+    """Sends raw bytes (a complete request, normally with `Connection: close`) and reads the
+    response until the server closes. Returns (status, header bytes, body bytes)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(data)
+        chunks = []
+        while True:
+            b = s.recv(65536)
+            if not b:
+                break
+            chunks.append(b)
+    raw = b"".join(chunks)
+    head, _, body = raw.partition(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1]) if head else 0
+    return status, head, body
+
+
+def settle(n, pred, timeout=5.0):
+    """Scrapes `n` until pred(samples) holds (nginx runs the log phase just after sending the
+    response, so a client can be a hair faster than the recording). Returns the last scrape
+    either way: the caller's exact assertions then report any difference."""
+    deadline = time.time() + timeout
+    while True:
+        m = n.metrics()
+        if pred(m) or time.time() >= deadline:
+            return m
+        time.sleep(0.05)

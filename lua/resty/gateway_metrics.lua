@@ -8,7 +8,8 @@ local ffi = require "ffi"
 local base = require "resty.core.base"
 
 local C = ffi.C
-local get_request = base.get_request
+local base_get_request = base.get_request
+local get_phase = ngx.get_phase
 local type = type
 local tostring = tostring
 local ffi_string = ffi.string
@@ -38,6 +39,16 @@ local loaded, why = pcall(function() return C.gateway_metrics_add_tokens end)
 if not loaded then
     error("resty.gateway_metrics: ngx_http_gateway_metrics_module is not loaded (load_module it): "
           .. tostring(why), 2)
+end
+
+-- The current request, or nil where lua-nginx-module only has a fake one (timers, init_worker).
+local NO_REQUEST_PHASES = { init = true, init_worker = true, timer = true }
+local function get_request()
+    local r = base_get_request()
+    if r == nil or NO_REQUEST_PHASES[get_phase()] then
+        return nil
+    end
+    return r
 end
 
 local MAX_LABELS = 8

@@ -492,8 +492,12 @@ pub unsafe extern "C" fn set_custom(
 
 fn custom_directive(mc: &mut MainConf, kind: CustomKind, a: &[&[u8]]) -> Result<(), ConfError> {
     let name = text(a[0])?;
-    if !valid_metric_name(name) {
+    // ':' is reserved for recording rules; promtool warns about it in exposed names.
+    if !valid_metric_name(name) || name.contains(':') {
         return Err(ConfError::Invalid("metric name", name.into()));
+    }
+    if mc.custom.iter().any(|f| f.name == name) {
+        return Err(ConfError::Invalid("duplicate metric", name.into()));
     }
     let builtin = RESERVED_PREFIXES.iter().any(|p| {
         if *p == "up" {
@@ -519,8 +523,23 @@ fn custom_directive(mc: &mut MainConf, kind: CustomKind, a: &[&[u8]]) -> Result<
             name.into(),
         ));
     }
-    if mc.custom.iter().any(|f| f.name == name) {
-        return Err(ConfError::Invalid("duplicate metric", name.into()));
+    // Prometheus naming rules that keep the page lint-clean and the sample names unambiguous
+    // (a histogram "x" owns x_bucket, x_sum and x_count).
+    if kind == CustomKind::Counter && !name.ends_with("_total") {
+        return Err(ConfError::Invalid(
+            "counter name (must end in _total)",
+            name.into(),
+        ));
+    }
+    if kind != CustomKind::Counter
+        && ["_total", "_bucket", "_sum", "_count", "_created"]
+            .iter()
+            .any(|s| name.ends_with(s))
+    {
+        return Err(ConfError::Invalid(
+            "metric name (only counters end in _total; _bucket, _sum, _count and _created are reserved)",
+            name.into(),
+        ));
     }
     let id = family_id(name);
     if mc.custom.iter().any(|f| f.id == id) {
@@ -530,6 +549,9 @@ fn custom_directive(mc: &mut MainConf, kind: CustomKind, a: &[&[u8]]) -> Result<
         ));
     }
     let help = text(a.get(1).copied().unwrap_or(b""))?.to_string();
+    if help.trim().is_empty() {
+        return Err(ConfError::msg("missing help text (NAME \"help\" LABEL...)"));
+    }
     let mut labels = Vec::new();
     let mut bounds = Vec::new();
     for arg in a.iter().skip(2) {
@@ -537,6 +559,9 @@ fn custom_directive(mc: &mut MainConf, kind: CustomKind, a: &[&[u8]]) -> Result<
         if let Some(list) = s.strip_prefix("buckets=") {
             if kind != CustomKind::Histogram {
                 return Err(ConfError::msg("buckets= is only valid for histograms"));
+            }
+            if !bounds.is_empty() {
+                return Err(ConfError::msg("duplicate buckets="));
             }
             bounds = parse_bounds(list.split(','))?;
             continue;

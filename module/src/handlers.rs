@@ -92,16 +92,35 @@ pub unsafe extern "C" fn postconfiguration(cf: *mut ngx_conf_t) -> ngx_int_t {
             ),
             (ngx_http_phases_NGX_HTTP_LOG_PHASE, log_handler),
         ] {
-            let arr = &mut (*cmcf).phases[phase as usize].handlers;
-            if ngx_array_push(arr).is_null() {
+            let h = ngx_array_push(&mut (*cmcf).phases[phase as usize].handlers)
+                as *mut ngx_http_handler_pt;
+            if h.is_null() {
                 return NGX_ERROR as ngx_int_t;
             }
-            // nginx runs a phase's handlers last-registered first. Putting ours at index 0 makes
-            // the log handler run after every other one, so values Lua sets in log_by_lua are
-            // still recorded.
-            let elts = arr.elts as *mut ngx_http_handler_pt;
-            ptr::copy(elts, elts.add(1), arr.nelts - 1);
-            *elts = Some(handler);
+            *h = Some(handler);
+        }
+    }
+    NGX_OK as ngx_int_t
+}
+
+/// Runs once every module's postconfiguration is done: moves the log handler to the end of the
+/// log phase (log handlers run in array order), so that what Lua gives in `log_by_lua` (which
+/// registers its handler in its own postconfiguration, maybe after ours) is still recorded.
+pub unsafe extern "C" fn init_module(cycle: *mut ngx_cycle_t) -> ngx_int_t {
+    // SAFETY: nginx calls this in the master with the new cycle, after the http block was
+    // parsed; its http conf ctx holds the core module's main conf.
+    unsafe {
+        let http = *(*cycle).conf_ctx.add(ngx_http_module.index) as *mut ngx_http_conf_ctx_t;
+        if http.is_null() {
+            return NGX_OK as ngx_int_t;
+        }
+        let cmcf = *(*http).main_conf.add(ngx_http_core_module.ctx_index)
+            as *mut ngx_http_core_main_conf_t;
+        let arr = &mut (*cmcf).phases[ngx_http_phases_NGX_HTTP_LOG_PHASE as usize].handlers;
+        let hs = std::slice::from_raw_parts_mut(arr.elts as *mut ngx_http_handler_pt, arr.nelts);
+        let ours = log_handler as unsafe extern "C" fn(_) -> _ as usize;
+        if let Some(i) = hs.iter().position(|h| h.map(|f| f as usize) == Some(ours)) {
+            hs[i..].rotate_left(1);
         }
     }
     NGX_OK as ngx_int_t
@@ -537,6 +556,8 @@ unsafe extern "C" fn render_done(ev: *mut ngx_event_t) {
     unsafe {
         let r = (*ev).data as *mut ngx_http_request_t;
         let rr = &mut *r;
+        // The handler below may free the request: keep the connection (it outlives it).
+        let c = rr.connection;
         let main = &mut *rr.main;
         main.set_blocked(main.blocked() - 1);
         rr.set_aio(0);
@@ -544,7 +565,7 @@ unsafe extern "C" fn render_done(ev: *mut ngx_event_t) {
         if let Some(h) = rr.write_event_handler {
             h(r);
         }
-        ngx_http_run_posted_requests(rr.connection);
+        ngx_http_run_posted_requests(c);
     }
 }
 

@@ -189,6 +189,7 @@ pub static mut ngx_http_gateway_metrics_module: ngx_module_t = ngx_module_t {
     ctx: ptr::addr_of_mut!(MODULE_CTX) as *mut c_void,
     commands: ptr::addr_of_mut!(COMMANDS) as *mut ngx_command_t,
     type_: NGX_HTTP_MODULE as ngx_uint_t,
+    init_module: Some(handlers::init_module),
     ..ngx_module_t::default()
 };
 
