@@ -90,6 +90,7 @@ fn main() {
             throughput: HistSpec { bounds, layout: 0 },
             custom: &[],
             nginx: None,
+            alive: None,
         };
         let runs = if only.is_some() {
             50

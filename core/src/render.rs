@@ -72,6 +72,9 @@ pub struct RenderSpec<'a> {
     /// Declared families with their layouts (0 for non-histograms).
     pub custom: &'a [(CustomFamily, u8)],
     pub nginx: Option<NginxStats>,
+    /// Is the process with this pid alive? In-flight gauges owned by a dead worker (killed
+    /// while it had requests in flight) are not counted. `None`: all owners count as alive.
+    pub alive: Option<fn(u64) -> bool>,
 }
 
 struct Item<'a> {
@@ -273,7 +276,7 @@ pub fn render(store: &Store, spec: &RenderSpec, out: &mut Vec<u8>) {
         proj: Vec::with_capacity(256),
     };
     r.requests(spec);
-    r.active();
+    r.active(spec);
     r.models(spec);
     r.limits_and_caches();
     r.custom(spec);
@@ -430,23 +433,39 @@ impl Renderer<'_, '_, '_> {
         );
     }
 
-    fn active(&mut self) {
+    /// `active_connections`: the stored series are `{namespace, worker slot}` with values
+    /// `[in flight, owner pid]` (the older `{namespace}` / `[in flight]` shape is accepted too),
+    /// summed per namespace; series whose owner died are skipped, negatives count as 0.
+    fn active(&mut self, spec: &RenderSpec) {
         self.enc.family(
             "active_connections",
             "Requests in flight per namespace (past the access phases, not yet finalized).",
             MetricType::Gauge,
         );
-        let items = self.c.builtin[fam::ACTIVE as usize].iter().filter(|it| {
-            it.values.len() == 1 && has_arity(self.c.key(it), catalogue::ACTIVE_LABELS.len())
-        });
-        for it in items {
-            let v = it
-                .values
-                .first()
-                .map_or(0, |w| w.load(Ordering::Relaxed) as i64);
-            self.set_labels(&catalogue::ACTIVE_LABELS, self.c.key(it));
+        let mut g: Groups<i64> = Groups::new();
+        for it in &self.c.builtin[fam::ACTIVE as usize] {
+            let key = self.c.key(it);
+            let shape_ok = (it.values.len() == 1 && has_arity(key, 1))
+                || (it.values.len() == 2 && has_arity(key, 2));
+            if !shape_ok {
+                continue;
+            }
+            if let (Some(owner), Some(alive)) = (it.values.get(1), spec.alive) {
+                let pid = owner.load(Ordering::Relaxed);
+                if pid != 0 && !alive(pid) {
+                    continue;
+                }
+            }
+            let v = (it.values[0].load(Ordering::Relaxed) as i64).max(0);
+            if project(key, &[Col::Label(0)], &mut self.proj).is_some() {
+                let a = g.get(&self.proj, || 0);
+                *a = a.saturating_add(v);
+            }
+        }
+        for i in 0..g.len() {
+            self.set_labels(&catalogue::ACTIVE_LABELS, g.key(i));
             self.enc
-                .sample_i64("active_connections", &self.labels, v.max(0));
+                .sample_i64("active_connections", &self.labels, g.vals[i]);
         }
     }
 

@@ -131,6 +131,7 @@ proptest! {
             throughput: HistSpec { bounds: &bounds, layout: 0 },
             custom: &[],
             nginx: None,
+            alive: None,
         };
         let mut out = Vec::new();
         render(&store, &spec, &mut out);

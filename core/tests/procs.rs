@@ -318,6 +318,7 @@ fn forked_children_update_one_shared_zone() {
         },
         custom: &[],
         nginx: None,
+        alive: None,
     };
     let mut out = Vec::new();
     render(&s, &spec, &mut out);

@@ -71,6 +71,7 @@ fn spec<'a>(layout: u8, custom: &'a [(CustomFamily, u8)]) -> RenderSpec<'a> {
         },
         custom,
         nginx: None,
+        alive: None,
     }
 }
 

@@ -876,6 +876,7 @@ fn spec<'a>(bounds: &'a [f64]) -> RenderSpec<'a> {
         throughput: HistSpec { bounds, layout: 1 },
         custom: &[],
         nginx: None,
+        alive: None,
     }
 }
 

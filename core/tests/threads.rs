@@ -259,6 +259,7 @@ fn histograms_stay_consistent_while_rendered() {
         },
         custom: &[],
         nginx: None,
+        alive: None,
     };
     const WRITES: usize = 200_000;
     let renders = std::thread::scope(|sc| {

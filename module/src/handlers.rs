@@ -196,6 +196,16 @@ impl Target<'_> {
     }
 }
 
+/// Is the process alive? (`kill(pid, 0)`: EPERM still means it exists.)
+pub fn pid_alive(pid: u64) -> bool {
+    let Ok(pid) = i32::try_from(pid) else {
+        return false;
+    };
+    // SAFETY: signal 0 only checks for the process's existence.
+    let rc = unsafe { kill(pid, 0) };
+    rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(1 /* EPERM */)
+}
+
 /// Counts the request as in flight once it has passed the access phases (so a namespace set
 /// by rewrite/access Lua code is seen). Never affects the request.
 pub unsafe extern "C" fn precontent_handler(r: *mut ngx_http_request_t) -> ngx_int_t {
@@ -223,9 +233,26 @@ unsafe fn enter(r: *mut ngx_http_request_t) {
             let Ok(mut k) = k.try_borrow_mut() else {
                 return;
             };
+            // One series per namespace and worker slot, owned by the pid that last used it:
+            // a worker killed with requests in flight leaves a series whose owner is dead;
+            // the renderer skips it and the respawned worker of that slot resets it.
+            let mut slot = Vec::with_capacity(4);
+            gateway_metrics_core::expo::push_u64(&mut slot, ngx_worker as u64);
             k.clear();
-            k.push(ns);
-            if let Some(v) = t.series(r, fam::ACTIVE, 0, 1, &k) {
+            k.push(ns).push(&slot);
+            if let Some(v) = t.series(r, fam::ACTIVE, 0, 2, &k) {
+                let me = ngx_pid as u64;
+                let owner = v[1].load(Ordering::Relaxed);
+                let stale = owner != 0 && owner != me && !pid_alive(owner);
+                let claim = owner == 0 || stale;
+                if claim
+                    && v[1]
+                        .compare_exchange(owner, me, Ordering::Relaxed, Ordering::Relaxed)
+                        .is_ok()
+                    && stale
+                {
+                    v[0].store(0, Ordering::Relaxed);
+                }
                 add_u64(&v[0], 1);
                 ctx.active = Some(&v[0]);
             }
@@ -616,6 +643,7 @@ fn render_page(mc: &MainConf, zone: &ZoneCtx, store: &Store) -> Vec<u8> {
         },
         custom: &custom,
         nginx: nginx_stats(),
+        alive: Some(pid_alive),
     };
     // Reserve what the last page needed (plus margin): growing a multi-megabyte Vec by doubling
     // costs more than rendering it.
