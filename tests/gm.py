@@ -325,3 +325,45 @@ def settle(n, pred, timeout=5.0):
         if pred(m) or time.time() >= deadline:
             return m
         time.sleep(0.05)
+
+
+_PRIVATE_MODULE = None
+
+
+def private_module_copy():
+    """A snapshot of MODULE private to this test process. scripts/build overwrites the .so in
+    place (`cp -f` keeps the inode), which crashes every nginx that has it mapped; tests running
+    against a snapshot are immune to a rebuild happening at the same time."""
+    global _PRIVATE_MODULE
+    if _PRIVATE_MODULE is None:
+        import atexit
+        d = tempfile.mkdtemp(prefix="gm-module-")
+        os.chmod(d, 0o755)
+        dst = os.path.join(d, os.path.basename(MODULE))
+        for _ in range(20):  # until the copy is not torn by a concurrent build
+            shutil.copyfile(MODULE, dst)
+            with open(MODULE, "rb") as a, open(dst, "rb") as b:
+                if a.read() == b.read():
+                    break
+            time.sleep(0.5)
+        os.chmod(dst, 0o755)
+        atexit.register(shutil.rmtree, d, True)
+        _PRIVATE_MODULE = dst
+    return _PRIVATE_MODULE
+
+
+def _private_module_fixture():
+    import sys
+
+    import pytest
+
+    @pytest.fixture(autouse=True)
+    def private_module(monkeypatch):
+        """Import this into a test module to run its nginx instances on a private_module_copy()."""
+        monkeypatch.setattr(sys.modules[__name__], "MODULE", private_module_copy())
+        yield
+
+    return private_module
+
+
+private_module = _private_module_fixture()

@@ -126,6 +126,17 @@ pub unsafe extern "C" fn init_module(cycle: *mut ngx_cycle_t) -> ngx_int_t {
     NGX_OK as ngx_int_t
 }
 
+/// Per worker: large allocations (rendered pages, megabytes each, made in up to 32 render
+/// threads) go straight to mmap and back to the system when freed, instead of staying cached in
+/// glibc's per-thread arenas (whose dynamic threshold would otherwise grow to the page size).
+pub unsafe extern "C" fn init_process(_cycle: *mut ngx_cycle_t) -> ngx_int_t {
+    // SAFETY: mallopt only changes allocator tuning; called before any render thread runs.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 512 * 1024);
+    }
+    NGX_OK as ngx_int_t
+}
+
 /// The zone, its store and lock, when the request should be recorded.
 struct Target<'a> {
     mc: &'a MainConf,
