@@ -286,6 +286,71 @@ pub fn render(store: &Store, spec: &RenderSpec, out: &mut Vec<u8>) {
     }
 }
 
+/// A family rendered from the stored `REQUEST` series
+/// (`{method, endpoint, status_code, namespace, upstream}`).
+struct RequestView {
+    name: &'static str,
+    help: &'static str,
+    histogram: bool,
+    labels: &'static [&'static str],
+    cols: &'static [Col],
+}
+
+const REQUEST_VIEWS: [RequestView; 7] = {
+    use Col::*;
+    [
+        RequestView {
+            name: "http_requests_total",
+            help: "HTTP requests handled by the gateway.",
+            histogram: false,
+            labels: &["method", "endpoint", "status_code", "namespace", "upstream"],
+            cols: &[Label(0), Label(1), Label(2), Label(3), Label(4)],
+        },
+        RequestView {
+            name: "http_request_duration_seconds",
+            help: "HTTP request duration in seconds, from the first request byte to the last response byte.",
+            histogram: true,
+            labels: &["method", "endpoint", "namespace", "upstream"],
+            cols: &[Label(0), Label(1), Label(3), Label(4)],
+        },
+        RequestView {
+            name: "gateway_requests_total",
+            help: "Gateway requests by method, path and namespace.",
+            histogram: false,
+            labels: &["method", "path", "namespace"],
+            cols: &[Label(0), Label(1), Label(3)],
+        },
+        RequestView {
+            name: "gateway_request_duration_seconds",
+            help: "Gateway request duration in seconds by method, path and namespace.",
+            histogram: true,
+            labels: &["method", "path", "namespace"],
+            cols: &[Label(0), Label(1), Label(3)],
+        },
+        RequestView {
+            name: "namespace_requests_total",
+            help: "Requests per namespace; status is success (HTTP status below 400) or error.",
+            histogram: false,
+            labels: &["namespace", "status"],
+            cols: &[Label(3), StatusClass(2)],
+        },
+        RequestView {
+            name: "upstream_requests_total",
+            help: "Requests per upstream; status is success (HTTP status below 400) or error.",
+            histogram: false,
+            labels: &["upstream", "status"],
+            cols: &[Label(4), StatusClass(2)],
+        },
+        RequestView {
+            name: "errors_total",
+            help: "Requests that ended in an HTTP error, by error type.",
+            histogram: false,
+            labels: &["error_type", "namespace", "upstream"],
+            cols: &[ErrorType(2), Label(3), Label(4)],
+        },
+    ]
+};
+
 struct Renderer<'c, 'a, 'o> {
     c: &'c Collected<'a>,
     enc: Encoder<'o>,
@@ -373,64 +438,20 @@ impl Renderer<'_, '_, '_> {
     }
 
     fn requests(&mut self, spec: &RenderSpec) {
-        use Col::*;
-        let f = fam::REQUEST;
-        self.counter_view(
-            f,
-            "http_requests_total",
-            "HTTP requests handled by the gateway.",
-            &["method", "endpoint", "status_code", "namespace", "upstream"],
-            &[Label(0), Label(1), Label(2), Label(3), Label(4)],
-            hist_count,
-        );
-        self.histogram_view(
-            f,
-            "http_request_duration_seconds",
-            "HTTP request duration in seconds, from the first request byte to the last response byte.",
-            &["method", "endpoint", "namespace", "upstream"],
-            &[Label(0), Label(1), Label(3), Label(4)],
-            spec.duration,
-        );
-        self.counter_view(
-            f,
-            "gateway_requests_total",
-            "Gateway requests by method, path and namespace.",
-            &["method", "path", "namespace"],
-            &[Label(0), Label(1), Label(3)],
-            hist_count,
-        );
-        self.histogram_view(
-            f,
-            "gateway_request_duration_seconds",
-            "Gateway request duration in seconds by method, path and namespace.",
-            &["method", "path", "namespace"],
-            &[Label(0), Label(1), Label(3)],
-            spec.duration,
-        );
-        self.counter_view(
-            f,
-            "namespace_requests_total",
-            "Requests per namespace; status is success (HTTP status below 400) or error.",
-            &["namespace", "status"],
-            &[Label(3), StatusClass(2)],
-            hist_count,
-        );
-        self.counter_view(
-            f,
-            "upstream_requests_total",
-            "Requests per upstream; status is success (HTTP status below 400) or error.",
-            &["upstream", "status"],
-            &[Label(4), StatusClass(2)],
-            hist_count,
-        );
-        self.counter_view(
-            f,
-            "errors_total",
-            "Requests that ended in an HTTP error, by error type.",
-            &["error_type", "namespace", "upstream"],
-            &[ErrorType(2), Label(3), Label(4)],
-            hist_count,
-        );
+        for v in &REQUEST_VIEWS {
+            if v.histogram {
+                self.histogram_view(
+                    fam::REQUEST,
+                    v.name,
+                    v.help,
+                    v.labels,
+                    v.cols,
+                    spec.duration,
+                );
+            } else {
+                self.counter_view(fam::REQUEST, v.name, v.help, v.labels, v.cols, hist_count);
+            }
+        }
     }
 
     /// `active_connections`: the stored series are `{namespace, worker slot}` with values

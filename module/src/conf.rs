@@ -221,6 +221,22 @@ fn text(b: &[u8]) -> Result<&str, ConfError> {
     std::str::from_utf8(b).map_err(|_| ConfError::msg("argument is not valid UTF-8"))
 }
 
+/// The common frame of the main-conf directives: converts nginx's pointers, then runs the
+/// safe `f` with the conf, the arguments and the command's `offset` (which selects a variant).
+///
+/// # Safety
+/// `cf`, `cmd` and `conf` must be what nginx passes to a main-conf directive handler.
+unsafe fn main_directive(
+    cf: *mut ngx_conf_t,
+    cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+    f: impl FnOnce(&mut MainConf, &[&[u8]], usize) -> Result<(), ConfError>,
+) -> *mut c_char {
+    // SAFETY: per the function contract, conf is this module's main conf.
+    let (mc, a, which) = unsafe { (&mut *(conf as *mut MainConf), args(cf), (*cmd).offset) };
+    conf_result(cf, cmd, f(mc, &a, which))
+}
+
 pub unsafe extern "C" fn set_zone(
     cf: *mut ngx_conf_t,
     cmd: *mut ngx_command_t,
@@ -309,18 +325,18 @@ pub unsafe extern "C" fn set_buckets(
     cmd: *mut ngx_command_t,
     conf: *mut c_void,
 ) -> *mut c_char {
-    // SAFETY: called by nginx for this module's main conf; offset selects the histogram.
-    let (mc, a, which) = unsafe { (&mut *(conf as *mut MainConf), args(cf), (*cmd).offset) };
-    let r = (|| {
-        if mc.bounds_set[which] {
-            return Err(ConfError::msg("is duplicate"));
-        }
-        let strs = a.iter().map(|b| text(b)).collect::<Result<Vec<_>, _>>()?;
-        mc.bounds[which] = parse_bounds(strs)?;
-        mc.bounds_set[which] = true;
-        Ok(())
-    })();
-    conf_result(cf, cmd, r)
+    // SAFETY: nginx calls this for the main conf; the offset selects the histogram.
+    unsafe { main_directive(cf, cmd, conf, buckets_directive) }
+}
+
+fn buckets_directive(mc: &mut MainConf, a: &[&[u8]], which: usize) -> Result<(), ConfError> {
+    if mc.bounds_set[which] {
+        return Err(ConfError::msg("is duplicate"));
+    }
+    let strs = a.iter().map(|b| text(b)).collect::<Result<Vec<_>, _>>()?;
+    mc.bounds[which] = parse_bounds(strs)?;
+    mc.bounds_set[which] = true;
+    Ok(())
 }
 
 pub unsafe extern "C" fn set_max_series(
@@ -328,22 +344,22 @@ pub unsafe extern "C" fn set_max_series(
     cmd: *mut ngx_command_t,
     conf: *mut c_void,
 ) -> *mut c_char {
-    // SAFETY: called by nginx for this module's main conf.
-    let (mc, a) = unsafe { (&mut *(conf as *mut MainConf), args(cf)) };
-    let r = (|| {
-        if mc.max_series_set {
-            return Err(ConfError::msg("is duplicate"));
-        }
-        let v = text(a[0])?;
-        mc.max_series = v
-            .parse::<u64>()
-            .ok()
-            .filter(|&n| (1..=1 << 32).contains(&n))
-            .ok_or_else(|| ConfError::Invalid("number of series (1..4294967296)", v.into()))?;
-        mc.max_series_set = true;
-        Ok(())
-    })();
-    conf_result(cf, cmd, r)
+    // SAFETY: nginx calls this for the main conf.
+    unsafe { main_directive(cf, cmd, conf, max_series_directive) }
+}
+
+fn max_series_directive(mc: &mut MainConf, a: &[&[u8]], _: usize) -> Result<(), ConfError> {
+    if mc.max_series_set {
+        return Err(ConfError::msg("is duplicate"));
+    }
+    let v = text(a[0])?;
+    mc.max_series = v
+        .parse::<u64>()
+        .ok()
+        .filter(|&n| (1..=1 << 32).contains(&n))
+        .ok_or_else(|| ConfError::Invalid("number of series (1..4294967296)", v.into()))?;
+    mc.max_series_set = true;
+    Ok(())
 }
 
 pub unsafe extern "C" fn set_exporter(
@@ -370,28 +386,28 @@ pub unsafe extern "C" fn set_render_pool(
     cmd: *mut ngx_command_t,
     conf: *mut c_void,
 ) -> *mut c_char {
-    // SAFETY: called by nginx for this module's main conf.
-    let (mc, a) = unsafe { (&mut *(conf as *mut MainConf), args(cf)) };
-    let r = (|| {
-        if mc.render_pool_name.is_some() {
-            return Err(ConfError::msg("is duplicate"));
-        }
-        if a[0].is_empty() {
-            return Err(ConfError::msg("empty thread pool name"));
-        }
-        mc.render_pool_name = Some(if a[0] == b"off" {
-            None
-        } else {
-            Some(a[0].to_vec())
-        });
-        if cfg!(not(ngx_feature = "threads")) && a[0] != b"off" {
-            return Err(ConfError::msg(
-                "nginx was built without thread pools (--with-threads)",
-            ));
-        }
-        Ok(())
-    })();
-    conf_result(cf, cmd, r)
+    // SAFETY: nginx calls this for the main conf.
+    unsafe { main_directive(cf, cmd, conf, render_pool_directive) }
+}
+
+fn render_pool_directive(mc: &mut MainConf, a: &[&[u8]], _: usize) -> Result<(), ConfError> {
+    if mc.render_pool_name.is_some() {
+        return Err(ConfError::msg("is duplicate"));
+    }
+    if a[0].is_empty() {
+        return Err(ConfError::msg("empty thread pool name"));
+    }
+    if a[0] == b"off" {
+        mc.render_pool_name = Some(None);
+        return Ok(());
+    }
+    if cfg!(not(ngx_feature = "threads")) {
+        return Err(ConfError::msg(
+            "nginx was built without thread pools (--with-threads)",
+        ));
+    }
+    mc.render_pool_name = Some(Some(a[0].to_vec()));
+    Ok(())
 }
 
 pub unsafe extern "C" fn set_price(
@@ -399,10 +415,8 @@ pub unsafe extern "C" fn set_price(
     cmd: *mut ngx_command_t,
     conf: *mut c_void,
 ) -> *mut c_char {
-    // SAFETY: called by nginx for this module's main conf.
-    let (mc, a) = unsafe { (&mut *(conf as *mut MainConf), args(cf)) };
-    let r = price_directive(mc, &a);
-    conf_result(cf, cmd, r)
+    // SAFETY: nginx calls this for the main conf.
+    unsafe { main_directive(cf, cmd, conf, |mc, a, _| price_directive(mc, a)) }
 }
 
 fn price_directive(mc: &mut MainConf, a: &[&[u8]]) -> Result<(), ConfError> {
@@ -479,15 +493,17 @@ pub unsafe extern "C" fn set_custom(
     cmd: *mut ngx_command_t,
     conf: *mut c_void,
 ) -> *mut c_char {
-    // SAFETY: called by nginx for this module's main conf; offset selects the type.
-    let (mc, a, which) = unsafe { (&mut *(conf as *mut MainConf), args(cf), (*cmd).offset) };
-    let kind = match which {
-        0 => CustomKind::Counter,
-        1 => CustomKind::Gauge,
-        _ => CustomKind::Histogram,
-    };
-    let r = custom_directive(mc, kind, &a);
-    conf_result(cf, cmd, r)
+    // SAFETY: nginx calls this for the main conf; the offset selects the type.
+    unsafe {
+        main_directive(cf, cmd, conf, |mc, a, which| {
+            let kind = match which {
+                0 => CustomKind::Counter,
+                1 => CustomKind::Gauge,
+                _ => CustomKind::Histogram,
+            };
+            custom_directive(mc, kind, a)
+        })
+    }
 }
 
 fn custom_directive(mc: &mut MainConf, kind: CustomKind, a: &[&[u8]]) -> Result<(), ConfError> {
