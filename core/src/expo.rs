@@ -23,8 +23,14 @@ impl MetricType {
 
 /// Appends `v` in decimal without going through `fmt`.
 #[inline]
-pub fn push_u64(out: &mut Vec<u8>, mut v: u64) {
+pub fn push_u64(out: &mut Vec<u8>, v: u64) {
     let mut buf = [0u8; 20];
+    out.extend_from_slice(format_u64(&mut buf, v));
+}
+
+/// Formats `v` in decimal into `buf`, returning the digits (no allocation).
+#[inline]
+pub fn format_u64(buf: &mut [u8; 20], mut v: u64) -> &[u8] {
     let mut i = buf.len();
     loop {
         i -= 1;
@@ -34,7 +40,7 @@ pub fn push_u64(out: &mut Vec<u8>, mut v: u64) {
             break;
         }
     }
-    out.extend_from_slice(&buf[i..]);
+    &buf[i..]
 }
 
 /// Appends a float the way Prometheus parses it (`NaN`, `+Inf`, `-Inf`, or decimal).

@@ -14,6 +14,11 @@ pub const OVERFLOW_VALUE: &str = "__overflow__";
 /// Appends `raw` to `out` as a valid-UTF-8 label value of at most [`MAX_LABEL_VALUE_BYTES`]:
 /// invalid sequences and NUL become U+FFFD. Never fails.
 pub fn sanitize_into(out: &mut Vec<u8>, raw: &[u8]) {
+    // Fast path, the common case: short ASCII without NUL is kept as is.
+    if raw.len() <= MAX_LABEL_VALUE_BYTES && raw.is_ascii() && !raw.contains(&0) {
+        out.extend_from_slice(raw);
+        return;
+    }
     let start = out.len();
     match std::str::from_utf8(raw) {
         Ok(s) if !raw.contains(&0) => push_truncated(out, s),
@@ -45,6 +50,14 @@ pub struct KeyBuilder {
 }
 
 impl KeyBuilder {
+    /// An empty builder that has not allocated yet (usable in `const` contexts).
+    pub const fn empty() -> Self {
+        KeyBuilder {
+            buf: Vec::new(),
+            n: 0,
+        }
+    }
+
     pub fn new() -> Self {
         KeyBuilder {
             buf: Vec::with_capacity(256),

@@ -316,6 +316,12 @@ impl<'a> Store<'a> {
         Ok(Store { w: region })
     }
 
+    /// Attaches to a region this process has already opened successfully (the hot path skips
+    /// re-validating the header on every request; every access stays bounds-checked).
+    pub fn attach(region: &'a [AtomicU64]) -> Option<Store<'a>> {
+        (region.len() >= HEADER_WORDS).then_some(Store { w: region })
+    }
+
     /// Opens the region if it holds a table, formats it otherwise. Returns whether it was reused.
     pub fn open_or_format(
         region: &'a [AtomicU64],

@@ -65,8 +65,6 @@ pub struct MainConf {
     pub used: bool,
     /// Some location has `gateway_metrics_exporter`.
     pub exporter: bool,
-    /// Indexes of `handlers::AUTO_VARS` (-1: nginx has no such variable).
-    pub vars: [ngx_int_t; 3],
     /// `gateway_metrics_render_thread_pool`: `None` until set, `Some(None)` for `off`.
     pub render_pool_name: Option<Option<Vec<u8>>>,
     /// The thread pool `/metrics` is rendered in (null: render in the event loop).
@@ -127,7 +125,6 @@ pub unsafe extern "C" fn create_main_conf(cf: *mut ngx_conf_t) -> *mut c_void {
         custom: Vec::new(),
         used: false,
         exporter: false,
-        vars: [-1; 3],
         render_pool_name: None,
         render_pool: ptr::null_mut(),
     };

@@ -20,15 +20,8 @@ use crate::zone::{ShmLock, ZoneCtx};
 
 thread_local! {
     // Workers are single-threaded: one reusable key buffer per process, no allocation per request.
-    static KEY: RefCell<KeyBuilder> = RefCell::new(KeyBuilder::new());
+    static KEY: RefCell<KeyBuilder> = const { RefCell::new(KeyBuilder::empty()) };
 }
-
-/// Variables whose values the log phase turns into rate-limit and cache events.
-pub const AUTO_VARS: [&str; 3] = [
-    "limit_req_status",
-    "limit_conn_status",
-    "upstream_cache_status",
-];
 
 pub unsafe extern "C" fn postconfiguration(cf: *mut ngx_conf_t) -> ngx_int_t {
     // SAFETY: nginx calls this with the http block's conf; the core module's main conf holds
@@ -46,22 +39,6 @@ pub unsafe extern "C" fn postconfiguration(cf: *mut ngx_conf_t) -> ngx_int_t {
         let ctx = (*cf).ctx as *mut ngx_http_conf_ctx_t;
         let cmcf =
             *(*ctx).main_conf.add(ngx_http_core_module.ctx_index) as *mut ngx_http_core_main_conf_t;
-        // Only ask for variables some module registered: an unknown name would fail the config.
-        let keys = &(*(*cmcf).variables_keys).keys;
-        let known = std::slice::from_raw_parts(keys.elts as *const ngx_hash_key_t, keys.nelts);
-        for (i, name) in AUTO_VARS.iter().enumerate() {
-            mc.vars[i] = -1;
-            if known
-                .iter()
-                .any(|k| request::str_bytes(&k.key) == name.as_bytes())
-            {
-                let mut s = ngx_str_t {
-                    len: name.len(),
-                    data: name.as_ptr() as *mut u8,
-                };
-                mc.vars[i] = ngx_http_get_variable_index(cf, &mut s);
-            }
-        }
         #[cfg(ngx_feature = "threads")]
         if mc.exporter {
             let name = match &mc.render_pool_name {
@@ -307,15 +284,14 @@ unsafe fn record(r: *mut ngx_http_request_t) {
         let upstream = request::upstream(r, lc);
         let endpoint = request::endpoint(r, lc);
         let method = request::str_bytes(&rr.method_name);
-        let mut status_buf = Vec::with_capacity(4);
-        gateway_metrics_core::expo::push_u64(&mut status_buf, status as u64);
+        let mut status_buf = [0u8; 20];
+        let status_buf = gateway_metrics_core::expo::format_u64(&mut status_buf, status as u64);
         let class = catalogue::status_class(status.min(u16::MAX as ngx_uint_t) as u16);
         let model: &[u8] = match ctx.as_deref() {
             Some(ReqCtx { model: Some(m), .. }) => m.as_slice(),
             _ => request::eval(r, lc.model),
         };
-        let auto: [Option<&[u8]>; 3] =
-            std::array::from_fn(|i| request::indexed_var(r, t.mc.vars[i]));
+        let auto = request::limiter_and_cache_status(rr);
         KEY.with(|k| {
             let Ok(mut k) = k.try_borrow_mut() else {
                 return;
@@ -326,7 +302,7 @@ unsafe fn record(r: *mut ngx_http_request_t) {
             k.clear();
             k.push(method)
                 .push(endpoint)
-                .push(&status_buf)
+                .push(status_buf)
                 .push(ns)
                 .push(upstream);
             if let Some(v) = t.series(r, fam::REQUEST, t.zone.layouts[0], hist_words(0), &k) {
@@ -408,19 +384,20 @@ fn record_tokens(
     }
 }
 
-/// `$limit_req_status`, `$limit_conn_status` and `$upstream_cache_status` as events.
+/// What `$limit_req_status`, `$limit_conn_status` and `$upstream_cache_status` report, as events.
 fn record_auto_events(
     t: &Target,
     r: *mut ngx_http_request_t,
     k: &mut KeyBuilder,
     ns: &[u8],
-    vars: [Option<&[u8]>; 3],
+    st: request::AutoStatus,
 ) {
-    for (i, rule) in [(0, "limit_req"), (1, "limit_conn")] {
-        let (hit, violation) = match vars[i] {
-            Some(b"DELAYED" | b"DELAYED_DRY_RUN" | b"REJECTED_DRY_RUN") => (true, false),
-            Some(b"REJECTED") => (true, true),
-            _ => (false, false),
+    use request::{Limit, UpstreamCache};
+    for (status, rule) in [(st.limit_req, "limit_req"), (st.limit_conn, "limit_conn")] {
+        let (hit, violation) = match status {
+            Limit::Delayed | Limit::DryRun => (true, false),
+            Limit::Rejected => (true, true),
+            Limit::None => (false, false),
         };
         if hit {
             k.clear();
@@ -433,10 +410,10 @@ fn record_auto_events(
             }
         }
     }
-    let slot = match vars[2] {
-        Some(b"HIT" | b"STALE" | b"UPDATING" | b"REVALIDATED") => 0,
-        Some(b"MISS" | b"EXPIRED" | b"BYPASS") => 1,
-        _ => return,
+    let slot = match st.cache {
+        UpstreamCache::Hit => 0,
+        UpstreamCache::Miss => 1,
+        UpstreamCache::None => return,
     };
     k.clear();
     k.push(b"proxy_cache");
@@ -527,6 +504,9 @@ struct RenderJob {
     mc: *const MainConf,
     zone: *const ZoneCtx,
     out: Vec<u8>,
+    /// Set on the event loop when the thread has finished; until then write events on the
+    /// connection (it may be writable at any time) must not send anything.
+    done: bool,
 }
 
 /// Posts the render to the configured thread pool; `None` to render inline instead.
@@ -548,6 +528,7 @@ unsafe fn render_in_pool(r: *mut ngx_http_request_t, t: &Target) -> Option<ngx_i
                 mc: t.mc,
                 zone: t.zone,
                 out: Vec::new(),
+                done: false,
             },
         );
         let task = ngx_thread_task_alloc(rr.pool, 0);
@@ -596,6 +577,10 @@ unsafe extern "C" fn render_done(ev: *mut ngx_event_t) {
         let rr = &mut *r;
         // The handler below may free the request: keep the connection (it outlives it).
         let c = rr.connection;
+        let job = *rr.ctx.add(crate::module().ctx_index) as *mut RenderJob;
+        if !job.is_null() {
+            (*job).done = true;
+        }
         let main = &mut *rr.main;
         main.set_blocked(main.blocked() - 1);
         rr.set_aio(0);
@@ -612,6 +597,10 @@ unsafe extern "C" fn send_rendered(r: *mut ngx_http_request_t) {
     // SAFETY: r is live; its ctx holds the RenderJob set by render_in_pool.
     unsafe {
         let job = *(*r).ctx.add(crate::module().ctx_index) as *mut RenderJob;
+        if (*r).aio() != 0 || (!job.is_null() && !(*job).done) {
+            // A write event before the render finished: nothing to send yet.
+            return;
+        }
         let rc = if job.is_null() || (*job).out.is_empty() {
             NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t
         } else {

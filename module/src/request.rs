@@ -204,20 +204,79 @@ pub fn request_seconds(r: &ngx_http_request_t) -> f64 {
     now_ms().saturating_sub(start) as f64 / 1000.0
 }
 
-/// Reads a variable by name (e.g. `limit_req_status`), if nginx knows it and it has a value.
-///
-/// # Safety
-/// `r` must be a live request; `index` one from `ngx_http_get_variable_index`.
-pub unsafe fn indexed_var<'a>(r: *mut ngx_http_request_t, index: ngx_int_t) -> Option<&'a [u8]> {
-    if index < 0 {
-        return None;
+/// A limiter's verdict for the request (`$limit_req_status` / `$limit_conn_status`).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Limit {
+    None,
+    Delayed,
+    Rejected,
+    /// `*_DRY_RUN`: the limit was hit but not enforced.
+    DryRun,
+}
+
+/// The proxy cache's verdict (`$upstream_cache_status`) as a hit or a miss.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamCache {
+    None,
+    Hit,
+    Miss,
+}
+
+pub struct AutoStatus {
+    pub limit_req: Limit,
+    pub limit_conn: Limit,
+    pub cache: UpstreamCache,
+}
+
+// The values nginx's limit_req and limit_conn modules store in the request (their .c files).
+const LIMIT_REQ_DELAYED: u32 = 2;
+const LIMIT_REQ_REJECTED: u32 = 3;
+const LIMIT_REQ_DELAYED_DRY_RUN: u32 = 4;
+const LIMIT_REQ_REJECTED_DRY_RUN: u32 = 5;
+const LIMIT_CONN_REJECTED: u32 = 2;
+const LIMIT_CONN_REJECTED_DRY_RUN: u32 = 3;
+
+/// Reads what the limiters and the cache recorded in the request, straight from its fields
+/// (what the `$limit_*_status` / `$upstream_cache_status` variables print, without evaluating
+/// variables on every request).
+pub fn limiter_and_cache_status(r: &ngx_http_request_t) -> AutoStatus {
+    // SAFETY: r->main is the live main request.
+    let main = unsafe { &*r.main };
+    let limit_req = match main.limit_req_status() {
+        LIMIT_REQ_DELAYED => Limit::Delayed,
+        LIMIT_REQ_REJECTED => Limit::Rejected,
+        LIMIT_REQ_DELAYED_DRY_RUN | LIMIT_REQ_REJECTED_DRY_RUN => Limit::DryRun,
+        _ => Limit::None,
+    };
+    let limit_conn = match main.limit_conn_status() {
+        LIMIT_CONN_REJECTED => Limit::Rejected,
+        LIMIT_CONN_REJECTED_DRY_RUN => Limit::DryRun,
+        _ => Limit::None,
+    };
+    AutoStatus {
+        limit_req,
+        limit_conn,
+        cache: upstream_cache(r),
     }
-    // SAFETY: the index was obtained at configuration time for this cycle.
-    unsafe {
-        let v = ngx_http_get_indexed_variable(r, index as ngx_uint_t);
-        if v.is_null() || (*v).not_found() != 0 || (*v).valid() == 0 {
-            return None;
-        }
-        Some((*v).as_bytes())
+}
+
+#[cfg(ngx_feature = "http_cache")]
+fn upstream_cache(r: &ngx_http_request_t) -> UpstreamCache {
+    if r.upstream.is_null() {
+        return UpstreamCache::None;
     }
+    // SAFETY: r->upstream stays valid until the request is freed.
+    match unsafe { (*r.upstream).cache_status() } {
+        NGX_HTTP_CACHE_HIT
+        | NGX_HTTP_CACHE_STALE
+        | NGX_HTTP_CACHE_UPDATING
+        | NGX_HTTP_CACHE_REVALIDATED => UpstreamCache::Hit,
+        NGX_HTTP_CACHE_MISS | NGX_HTTP_CACHE_EXPIRED | NGX_HTTP_CACHE_BYPASS => UpstreamCache::Miss,
+        _ => UpstreamCache::None,
+    }
+}
+
+#[cfg(not(ngx_feature = "http_cache"))]
+fn upstream_cache(_: &ngx_http_request_t) -> UpstreamCache {
+    UpstreamCache::None
 }

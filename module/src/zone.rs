@@ -51,7 +51,8 @@ impl ZoneCtx {
         // SAFETY: region points at `words` AtomicU64-aligned words of shared memory that stay
         // mapped for the life of the process; all access goes through atomics.
         let words = unsafe { std::slice::from_raw_parts(self.region, self.words) };
-        Store::open(words).ok()
+        // Validated when the zone was initialised (init below); the region never moves.
+        Store::attach(words)
     }
 
     pub fn lock(&self) -> ShmLock {
@@ -113,13 +114,13 @@ impl ZoneCtx {
                 total as usize
             };
         }
-        self.region = region as *const AtomicU64;
         // SAFETY: as in store(): `words` words of mapped shared memory, atomics only.
-        let words = unsafe { std::slice::from_raw_parts(self.region, self.words) };
+        let words = unsafe { std::slice::from_raw_parts(region as *const AtomicU64, self.words) };
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
         let (store, kept) = Store::open_or_format(words, now).map_err(|e| e.to_string())?;
+        self.region = region as *const AtomicU64;
         let lock = self.lock();
         // SAFETY: main is this cycle's main conf.
         let mc = unsafe { &*self.main };
