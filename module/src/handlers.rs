@@ -18,10 +18,15 @@ use crate::error::HandlerError;
 use crate::request::{self, ReqCtx};
 use crate::zone::{ShmLock, ZoneCtx};
 
-thread_local! {
-    // Workers are single-threaded: one reusable key buffer per process, no allocation per request.
-    static KEY: RefCell<KeyBuilder> = const { RefCell::new(KeyBuilder::empty()) };
-}
+/// One reusable key buffer per worker: no allocation per request. A plain static, not a
+/// `thread_local!` (whose access from a dynamically loaded library costs a TLS lookup per use).
+struct WorkerKey(RefCell<KeyBuilder>);
+
+// SAFETY: only the worker's event-loop thread runs the phase handlers that use KEY; the render
+// threads never touch it.
+unsafe impl Sync for WorkerKey {}
+
+static KEY: WorkerKey = WorkerKey(RefCell::new(KeyBuilder::empty()));
 
 pub unsafe extern "C" fn postconfiguration(cf: *mut ngx_conf_t) -> ngx_int_t {
     // SAFETY: nginx calls this with the http block's conf; the core module's main conf holds
@@ -217,8 +222,8 @@ unsafe fn enter(r: *mut ngx_http_request_t) {
         let lc = request::loc_conf(r);
         let ns = request::eval(r, lc.namespace);
         let Some(ctx) = request::ctx(r) else { return };
-        KEY.with(|k| {
-            let Ok(mut k) = k.try_borrow_mut() else {
+        (|| {
+            let Ok(mut k) = KEY.0.try_borrow_mut() else {
                 return;
             };
             // One series per namespace and worker slot, owned by the pid that last used it:
@@ -244,7 +249,7 @@ unsafe fn enter(r: *mut ngx_http_request_t) {
                 add_u64(&v[0], 1);
                 ctx.active = Some(&v[0]);
             }
-        });
+        })();
     }
 }
 
@@ -292,8 +297,8 @@ unsafe fn record(r: *mut ngx_http_request_t) {
             _ => request::eval(r, lc.model),
         };
         let auto = request::limiter_and_cache_status(rr);
-        KEY.with(|k| {
-            let Ok(mut k) = k.try_borrow_mut() else {
+        (|| {
+            let Ok(mut k) = KEY.0.try_borrow_mut() else {
                 return;
             };
             let mc = t.mc;
@@ -335,7 +340,7 @@ unsafe fn record(r: *mut ngx_http_request_t) {
                 }
             }
             record_auto_events(&t, r, &mut k, ns, auto);
-        });
+        })();
     }
 }
 
