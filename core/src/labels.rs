@@ -15,7 +15,7 @@ pub const OVERFLOW_VALUE: &str = "__overflow__";
 /// invalid sequences and NUL become U+FFFD. Never fails.
 pub fn sanitize_into(out: &mut Vec<u8>, raw: &[u8]) {
     // Fast path, the common case: short ASCII without NUL is kept as is.
-    if raw.len() <= MAX_LABEL_VALUE_BYTES && raw.is_ascii() && !raw.contains(&0) {
+    if raw.len() <= MAX_LABEL_VALUE_BYTES && plain_ascii(raw) {
         out.extend_from_slice(raw);
         return;
     }
@@ -28,6 +28,25 @@ pub fn sanitize_into(out: &mut Vec<u8>, raw: &[u8]) {
         }
     }
     debug_assert!(out.len() - start <= MAX_LABEL_VALUE_BYTES);
+}
+
+/// ASCII without NUL, checked a word at a time (label values are short: this beats the
+/// general UTF-8 validation by a wide margin on the hot path).
+#[inline]
+fn plain_ascii(raw: &[u8]) -> bool {
+    const LO: u64 = 0x0101_0101_0101_0101;
+    const HI: u64 = 0x8080_8080_8080_8080;
+    let mut chunks = raw.chunks_exact(8);
+    for c in &mut chunks {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(c);
+        let w = u64::from_le_bytes(b);
+        // a byte >= 0x80, or a zero byte
+        if w & HI != 0 || w.wrapping_sub(LO) & !w & HI != 0 {
+            return false;
+        }
+    }
+    chunks.remainder().iter().all(|&b| b != 0 && b < 0x80)
 }
 
 fn push_truncated(out: &mut Vec<u8>, s: &str) {
@@ -220,5 +239,69 @@ mod tests {
         assert!(!valid_label_name("__name"));
         assert!(!valid_label_name("le"));
         assert!(!valid_label_name("a b"));
+    }
+}
+
+/// If a label's configured value is exactly one request-header variable (`$http_x_namespace`
+/// or `${http_x_namespace}`), the variable's name after `http_`, lowercased: the module then
+/// reads the header directly instead of through nginx's variable machinery.
+pub fn header_variable(source: &[u8]) -> Option<Vec<u8>> {
+    let name = source.strip_prefix(b"$")?;
+    let name = match name.strip_prefix(b"{") {
+        Some(inner) => inner.strip_suffix(b"}")?,
+        None => name,
+    };
+    let name = name.to_ascii_lowercase();
+    let suffix = name.strip_prefix(b"http_")?;
+    if suffix.is_empty()
+        || !suffix
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || *b == b'_')
+    {
+        return None;
+    }
+    Some(suffix.to_vec())
+}
+
+/// Does a header (its lowercased name) match a `$http_*` variable suffix? As nginx does, `-`
+/// in the header name matches `_` in the variable name.
+#[inline]
+pub fn header_matches(lowcase_key: &[u8], var_suffix: &[u8]) -> bool {
+    lowcase_key.len() == var_suffix.len()
+        && lowcase_key
+            .iter()
+            .zip(var_suffix)
+            .all(|(&h, &v)| h == v || (h == b'-' && v == b'_'))
+}
+
+#[cfg(test)]
+mod header_tests {
+    use super::*;
+
+    #[test]
+    fn header_variables_are_recognised() {
+        assert_eq!(
+            header_variable(b"$http_x_namespace"),
+            Some(b"x_namespace".to_vec())
+        );
+        assert_eq!(
+            header_variable(b"${http_X_Model}"),
+            Some(b"x_model".to_vec())
+        );
+        assert_eq!(header_variable(b"$http_"), None);
+        assert_eq!(header_variable(b"$arg_ns"), None);
+        assert_eq!(header_variable(b"$http_a$http_b"), None);
+        assert_eq!(header_variable(b"ns-$http_a"), None);
+        assert_eq!(header_variable(b"${http_a"), None);
+        assert_eq!(header_variable(b"static"), None);
+    }
+
+    #[test]
+    fn headers_match_like_nginx() {
+        assert!(header_matches(b"x-namespace", b"x_namespace"));
+        assert!(header_matches(b"x_namespace", b"x_namespace"));
+        assert!(!header_matches(b"x-namespaces", b"x_namespace"));
+        assert!(!header_matches(b"y-namespace", b"x_namespace"));
+        assert!(!header_matches(b"x_namespace", b"x-namespace"));
     }
 }

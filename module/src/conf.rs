@@ -12,7 +12,7 @@ use gateway_metrics_core::buckets::{
     parse_bounds, DEFAULT_DURATION_BUCKETS, DEFAULT_THROUGHPUT_BUCKETS, DEFAULT_TTFT_BUCKETS,
 };
 use gateway_metrics_core::hash::family_id;
-use gateway_metrics_core::labels::{valid_label_name, valid_metric_name};
+use gateway_metrics_core::labels::{header_variable, valid_label_name, valid_metric_name};
 use gateway_metrics_core::render::{CustomFamily, CustomKind};
 use nginx_sys::*;
 
@@ -78,6 +78,9 @@ pub struct LocConf {
     pub upstream: *mut ngx_http_complex_value_t,
     pub endpoint: *mut ngx_http_complex_value_t,
     pub model: *mut ngx_http_complex_value_t,
+    /// For namespace, upstream, endpoint and model: the header name when the value is exactly
+    /// one `$http_*` variable (read directly, see `request::label`), else empty.
+    pub headers: [ngx_str_t; 4],
 }
 
 const UNSET: ngx_flag_t = -1;
@@ -148,7 +151,7 @@ pub unsafe extern "C" fn create_loc_conf(cf: *mut ngx_conf_t) -> *mut c_void {
 }
 
 pub unsafe extern "C" fn merge_loc_conf(
-    _cf: *mut ngx_conf_t,
+    cf: *mut ngx_conf_t,
     parent: *mut c_void,
     child: *mut c_void,
 ) -> *mut c_char {
@@ -165,6 +168,28 @@ pub unsafe extern "C" fn merge_loc_conf(
     ] {
         if c.is_null() {
             *c = p;
+        }
+    }
+    let cvs = [conf.namespace, conf.upstream, conf.endpoint, conf.model];
+    for (h, cv) in conf.headers.iter_mut().zip(cvs) {
+        if cv.is_null() {
+            continue;
+        }
+        // SAFETY: cv is a compiled complex value in the conf pool; its value is the source.
+        let source = unsafe { (*cv).value.as_bytes() };
+        if let Some(name) = header_variable(source) {
+            // SAFETY: cf is valid; the copy lives as long as the conf pool.
+            unsafe {
+                let data = ngx_pnalloc((*cf).pool, name.len()) as *mut u8;
+                if data.is_null() {
+                    return ngx::core::NGX_CONF_ERROR;
+                }
+                ptr::copy_nonoverlapping(name.as_ptr(), data, name.len());
+                *h = ngx_str_t {
+                    len: name.len(),
+                    data,
+                };
+            }
         }
     }
     ptr::null_mut()

@@ -220,7 +220,7 @@ unsafe fn enter(r: *mut ngx_http_request_t) {
         }
         let Some(t) = target(r) else { return };
         let lc = request::loc_conf(r);
-        let ns = request::eval(r, lc.namespace);
+        let ns = request::label(r, lc.namespace, &lc.headers[0]);
         let Some(ctx) = request::ctx(r) else { return };
         (|| {
             let Ok(mut k) = KEY.0.try_borrow_mut() else {
@@ -285,7 +285,7 @@ unsafe fn record(r: *mut ngx_http_request_t) {
         let rr = &*r;
         let status = request::status(rr);
         let duration = request::request_seconds(rr);
-        let ns = request::eval(r, lc.namespace);
+        let ns = request::label(r, lc.namespace, &lc.headers[0]);
         let upstream = request::upstream(r, lc);
         let endpoint = request::endpoint(r, lc);
         let method = request::str_bytes(&rr.method_name);
@@ -294,7 +294,7 @@ unsafe fn record(r: *mut ngx_http_request_t) {
         let class = catalogue::status_class(status.min(u16::MAX as ngx_uint_t) as u16);
         let model: &[u8] = match ctx.as_deref() {
             Some(ReqCtx { model: Some(m), .. }) => m.as_slice(),
-            _ => request::eval(r, lc.model),
+            _ => request::label(r, lc.model, &lc.headers[3]),
         };
         let auto = request::limiter_and_cache_status(rr);
         (|| {

@@ -3,6 +3,7 @@
 use std::ptr;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use gateway_metrics_core::labels::header_matches;
 use nginx_sys::*;
 
 use crate::conf::{LocConf, MainConf};
@@ -102,6 +103,47 @@ pub unsafe fn main_conf<'a>(r: *const ngx_http_request_t) -> &'a MainConf {
     unsafe { &*(*(*r).main_conf.add(crate::module().ctx_index) as *const MainConf) }
 }
 
+/// A label's value: read straight from the request header when the configured value is one
+/// `$http_*` variable (`name` non-empty), else through nginx's complex value.
+///
+/// # Safety
+/// `r` must be a live request; `cv` and `name` from its location conf.
+pub unsafe fn label<'a>(
+    r: *mut ngx_http_request_t,
+    cv: *mut ngx_http_complex_value_t,
+    name: &ngx_str_t,
+) -> &'a [u8] {
+    if name.len == 0 {
+        // SAFETY: forwarded contract.
+        return unsafe { eval(r, cv) };
+    }
+    // SAFETY: the header list and its strings live in the request pool.
+    unsafe {
+        let want = str_bytes(name);
+        let mut found: Option<&[u8]> = None;
+        let mut part: *const ngx_list_part_t = &(*r).headers_in.headers.part;
+        while !part.is_null() {
+            let elts = (*part).elts as *const ngx_table_elt_t;
+            for i in 0..(*part).nelts {
+                let h = &*elts.add(i);
+                if h.hash == 0 || h.key.len != want.len() || h.lowcase_key.is_null() {
+                    continue;
+                }
+                let key = std::slice::from_raw_parts(h.lowcase_key, h.key.len);
+                if header_matches(key, want) {
+                    if found.is_some() {
+                        // Repeated header: let nginx decide what the variable gives.
+                        return eval(r, cv);
+                    }
+                    found = Some(str_bytes(&h.value));
+                }
+            }
+            part = (*part).next;
+        }
+        found.unwrap_or(b"")
+    }
+}
+
 /// Evaluates a complex value; `""` when unset or on error (the label reports what it got).
 ///
 /// # Safety
@@ -154,7 +196,7 @@ pub fn status(r: &ngx_http_request_t) -> ngx_uint_t {
 pub unsafe fn endpoint<'a>(r: *mut ngx_http_request_t, lc: &LocConf) -> &'a [u8] {
     if !lc.endpoint.is_null() {
         // SAFETY: forwarded contract.
-        return unsafe { eval(r, lc.endpoint) };
+        return unsafe { label(r, lc.endpoint, &lc.headers[2]) };
     }
     // SAFETY: the core module's loc conf exists for every request.
     unsafe {
@@ -171,7 +213,7 @@ pub unsafe fn endpoint<'a>(r: *mut ngx_http_request_t, lc: &LocConf) -> &'a [u8]
 pub unsafe fn upstream<'a>(r: *mut ngx_http_request_t, lc: &LocConf) -> &'a [u8] {
     if !lc.upstream.is_null() {
         // SAFETY: forwarded contract.
-        return unsafe { eval(r, lc.upstream) };
+        return unsafe { label(r, lc.upstream, &lc.headers[1]) };
     }
     // SAFETY: r->upstream and its confs stay valid until the request is freed.
     unsafe {

@@ -1,0 +1,73 @@
+"""Labels from a single `$http_*` variable are read straight from the request headers: they must
+give exactly what nginx's variable gives (repeated headers, case, `-`/`_`, missing header)."""
+import socket
+
+from gm import Nginx
+
+CONF = """
+    gateway_metrics_zone gm 4m;
+    gateway_metrics on;
+    gateway_metrics_namespace $http_x_tenant_id;
+    gateway_metrics_model ${HTTP_X_MODEL};
+    server {
+        listen 127.0.0.1:{port};
+        {extra}
+        location /v1/ {
+            add_header X-Seen-Ns "[$http_x_tenant_id]" always;
+            add_header X-Seen-Model "[$http_x_model]" always;
+            return 200 "ok";
+        }
+        location = /metrics { gateway_metrics off; gateway_metrics_exporter; }
+    }
+"""
+
+
+def raw(port, headers):
+    s = socket.create_connection(("127.0.0.1", port))
+    s.sendall(b"GET /v1/x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n" + b"".join(headers) + b"\r\n")
+    data = b""
+    while chunk := s.recv(65536):
+        data += chunk
+    s.close()
+    head = data.split(b"\r\n\r\n")[0].decode("latin-1")
+    seen = {}
+    for line in head.split("\r\n")[1:]:
+        k, _, v = line.partition(": ")
+        seen[k.lower()] = v[1:-1] if v.startswith("[") else v
+    return seen
+
+
+CASES = [
+    [b"X-Tenant-Id: acme\r\n", b"X-Model: m1\r\n"],
+    [b"x-tenant-id: lower\r\n"],
+    [b"X-TENANT-ID: upper\r\n", b"x-model: M2\r\n"],
+    [b"X-Tenant-Id: first\r\n", b"X-Tenant-Id: second\r\n"],
+    [b"X-Tenant-Idx: notme\r\n", b"X-Tenant: notme\r\n"],
+    [b"X-Tenant-Id:\r\n"],
+    [],
+]
+
+
+def test_header_labels_match_nginx_variables():
+    for extra in ("", "underscores_in_headers on;"):
+        with Nginx(CONF.replace("{extra}", extra)) as n:
+            expect = {}
+            cases = CASES + ([[b"X_Tenant_Id: under\r\n"]] if extra else [])
+            for hs in cases:
+                seen = raw(n.port, hs)
+                key = (seen["x-seen-ns"], seen["x-seen-model"])
+                expect[key] = expect.get(key, 0) + 1
+            m = n.metrics()
+            got = {}
+            for labels, v in m.select("http_requests_total").items():
+                got[dict(labels)["namespace"]] = got.get(dict(labels)["namespace"], 0) + v
+            want = {}
+            for (ns, _), c in expect.items():
+                want[ns] = want.get(ns, 0) + c
+            assert got == want, (extra, got, want)
+            models = {dict(k)["model"]: v for k, v in m.select("model_requests_total").items()}
+            want_models = {}
+            for (_, model), c in expect.items():
+                if model:
+                    want_models[model] = want_models.get(model, 0) + c
+            assert models == want_models, (models, want_models)
