@@ -565,12 +565,31 @@ unsafe extern "C" fn render_task(data: *mut std::ffi::c_void, _log: *mut ngx_log
     // SAFETY: data is the RenderJob posted by render_in_pool; nothing else touches it until
     // render_done runs on the event loop.
     let job = unsafe { &mut *(data as *mut RenderJob) };
+    lower_render_priority();
     let out = catch_unwind(AssertUnwindSafe(|| {
         // SAFETY: the confs and the zone ctx outlive the cycle's requests.
         let (mc, zone) = unsafe { (&*job.mc, &*job.zone) };
         zone.store().map(|s| render_page(mc, zone, &s))
     }));
     job.out = out.ok().flatten().unwrap_or_default();
+}
+
+/// Renders run at a lower CPU priority than the worker's event loop (nice +10 for this
+/// thread only): when CPUs are busy, traffic comes first and a scrape takes longer instead.
+#[cfg(ngx_feature = "threads")]
+fn lower_render_priority() {
+    thread_local! {
+        static DONE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
+    DONE.with(|d| {
+        if !d.replace(true) {
+            // SAFETY: plain syscalls on the calling thread; failure just leaves the priority.
+            unsafe {
+                let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+                libc::setpriority(libc::PRIO_PROCESS, tid, 10);
+            }
+        }
+    });
 }
 
 /// Back on the event loop when the render task is done.
