@@ -9,7 +9,6 @@ local base = require "resty.core.base"
 
 local C = ffi.C
 local base_get_request = base.get_request
-local get_phase = ngx.get_phase
 local type = type
 local tostring = tostring
 local ffi_string = ffi.string
@@ -41,15 +40,8 @@ if not loaded then
           .. tostring(why), 2)
 end
 
--- The current request, or nil where lua-nginx-module only has a fake one (timers, init_worker).
-local NO_REQUEST_PHASES = { init = true, init_worker = true, timer = true }
-local function get_request()
-    local r = base_get_request()
-    if r == nil or NO_REQUEST_PHASES[get_phase()] then
-        return nil
-    end
-    return r
-end
+-- (In timers and init_worker lua-nginx-module gives a fake request: the C side refuses it.)
+local get_request = base_get_request
 
 local MAX_LABELS = 8
 local OP_INC, OP_SET, OP_OBSERVE = 0, 1, 2

@@ -99,6 +99,12 @@ unsafe fn req_ctx<'a>(
     if r.is_null() {
         return Err(c"no request");
     }
+    // lua-nginx-module runs timers and init_worker code on a fake request whose connection has
+    // no socket: there is no client request to attach values to.
+    // SAFETY: r is the current (possibly fake) request; its connection is valid.
+    if unsafe { (*(*r).connection).fd } == -1 {
+        return Err(c"no request");
+    }
     // SAFETY: per the function contract.
     let ctx = unsafe { request::ctx(r) }.ok_or(c"out of memory")?;
     if ctx.logged {
