@@ -49,6 +49,36 @@ fn plain_ascii(raw: &[u8]) -> bool {
     chunks.remainder().iter().all(|&b| b != 0 && b < 0x80)
 }
 
+/// Is `key` exactly `n` plain-ASCII values (no NUL) joined by [`SEP`]? Every byte with the high
+/// bit set must be a separator, and there must be `n - 1` of them (a raw 0xFF inside a value
+/// would otherwise pass for one).
+fn plain_key(key: &[u8], n: usize) -> bool {
+    const LO7: u64 = 0x7F7F_7F7F_7F7F_7F7F;
+    const HI: u64 = 0x8080_8080_8080_8080;
+    // High bit of each byte that is zero (exact, no borrow between bytes).
+    let zero_bytes = |x: u64| !(((x & LO7).wrapping_add(LO7)) | x) & HI;
+    let mut seps = 0u32;
+    let mut chunks = key.chunks_exact(8);
+    for c in &mut chunks {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(c);
+        let w = u64::from_le_bytes(b);
+        let ff = zero_bytes(!w);
+        if w & HI != ff || zero_bytes(w) != 0 {
+            return false;
+        }
+        seps += ff.count_ones();
+    }
+    for &b in chunks.remainder() {
+        match b {
+            SEP => seps += 1,
+            1..=0x7f => {}
+            _ => return false,
+        }
+    }
+    seps as usize + 1 == n.max(1)
+}
+
 fn push_truncated(out: &mut Vec<u8>, s: &str) {
     if s.len() <= MAX_LABEL_VALUE_BYTES {
         out.extend_from_slice(s.as_bytes());
@@ -97,6 +127,28 @@ impl KeyBuilder {
         sanitize_into(&mut self.buf, raw);
         self.n += 1;
         self
+    }
+
+    /// Sets the key to these label values. The common case (short ASCII values) is copied and
+    /// validated in one word-at-a-time pass over the whole key; anything else is rebuilt value by
+    /// value with [`sanitize_into`]. Same result as `clear` + `push` for each value.
+    pub fn set(&mut self, values: &[&[u8]]) {
+        self.clear();
+        let mut long = false;
+        for v in values {
+            if self.n > 0 {
+                self.buf.push(SEP);
+            }
+            long |= v.len() > MAX_LABEL_VALUE_BYTES;
+            self.buf.extend_from_slice(v);
+            self.n += 1;
+        }
+        if long || !plain_key(&self.buf, self.n) {
+            self.clear();
+            for v in values {
+                self.push(v);
+            }
+        }
     }
 
     pub fn as_bytes(&self) -> &[u8] {
@@ -206,6 +258,34 @@ mod tests {
         assert_eq!(out.len(), 255);
         assert!(std::str::from_utf8(&out).is_ok());
         assert_eq!(clean(&[b'x'; 1 << 20]).len(), 256);
+    }
+
+    #[test]
+    fn set_equals_push_for_every_kind_of_value() {
+        let long = vec![b'x'; 300];
+        let cases: Vec<Vec<&[u8]>> = vec![
+            vec![b"GET", b"/v1/", b"200", b"tenant", b""],
+            vec![b"", b"", b""],
+            vec![b"a\xffb", b"c"],
+            vec![b"\xff", b"\xff\xff"],
+            vec![b"a\0b", b"x"],
+            vec![b"caf\xc3\xa9", b"ok"],
+            vec![&long, b"y"],
+            vec![b"exactly8", b"12345678", b"1234567"],
+            vec![b"x"],
+            vec![b""],
+        ];
+        for values in cases {
+            let mut a = KeyBuilder::new();
+            a.set(&values);
+            let mut b = KeyBuilder::new();
+            for v in &values {
+                b.push(v);
+            }
+            assert_eq!(a.as_bytes(), b.as_bytes(), "{values:?}");
+            assert_eq!(a.len(), values.len());
+            assert_eq!(split_key(a.as_bytes()).count(), values.len());
+        }
     }
 
     #[test]

@@ -146,6 +146,19 @@ proptest! {
     }
 
     #[test]
+    fn key_set_equals_pushing_each_value(values in proptest::collection::vec(hostile_bytes(), 1..7)) {
+        let refs: Vec<&[u8]> = values.iter().map(|v| v.as_slice()).collect();
+        let mut a = KeyBuilder::new();
+        a.set(&refs);
+        let mut b = KeyBuilder::new();
+        for v in &refs {
+            b.push(v);
+        }
+        prop_assert_eq!(a.as_bytes(), b.as_bytes());
+        prop_assert_eq!(a.len(), refs.len());
+    }
+
+    #[test]
     fn token_counts_accept_only_whole_non_negative_numbers(v in any::<f64>()) {
         match api::token_count(v) {
             Some(n) => {

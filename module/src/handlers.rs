@@ -229,10 +229,9 @@ unsafe fn enter(r: *mut ngx_http_request_t) {
             // One series per namespace and worker slot, owned by the pid that last used it:
             // a worker killed with requests in flight leaves a series whose owner is dead;
             // the renderer skips it and the respawned worker of that slot resets it.
-            let mut slot = Vec::with_capacity(4);
-            gateway_metrics_core::expo::push_u64(&mut slot, ngx_worker as u64);
-            k.clear();
-            k.push(ns).push(&slot);
+            let mut slot = [0u8; 20];
+            let slot = gateway_metrics_core::expo::format_u64(&mut slot, ngx_worker as u64);
+            k.set(&[ns, slot]);
             if let Some(v) = t.series(r, fam::ACTIVE, 0, 2, &k) {
                 let me = ngx_pid as u64;
                 let owner = v[1].load(Ordering::Relaxed);
@@ -304,12 +303,7 @@ unsafe fn record(r: *mut ngx_http_request_t) {
             let mc = t.mc;
             let hist_words = |i: usize| (mc.bounds[i].len() + 2) as u8;
 
-            k.clear();
-            k.push(method)
-                .push(endpoint)
-                .push(status_buf)
-                .push(ns)
-                .push(upstream);
+            k.set(&[method, endpoint, status_buf, ns, upstream]);
             if let Some(v) = t.series(r, fam::REQUEST, t.zone.layouts[0], hist_words(0), &k) {
                 observe(v, &mc.bounds[0], duration);
             }
@@ -317,8 +311,7 @@ unsafe fn record(r: *mut ngx_http_request_t) {
             let reqctx = ctx.as_deref();
             let has_tokens = reqctx.is_some_and(|c| c.has_tokens);
             if !model.is_empty() || has_tokens {
-                k.clear();
-                k.push(model).push(ns).push(class.as_bytes());
+                k.set(&[model, ns, class.as_bytes()]);
                 if let Some(v) =
                     t.series(r, fam::MODEL_REQUEST, t.zone.layouts[0], hist_words(0), &k)
                 {
@@ -328,8 +321,7 @@ unsafe fn record(r: *mut ngx_http_request_t) {
                     let start = rr.start_sec as u64 * 1000 + rr.start_msec as u64;
                     ms.saturating_sub(start) as f64 / 1000.0
                 });
-                k.clear();
-                k.push(model).push(ns);
+                k.set(&[model, ns]);
                 if let Some(ttft) = ttft {
                     if let Some(v) = t.series(r, fam::TTFT, t.zone.layouts[1], hist_words(1), &k) {
                         observe(v, &mc.bounds[1], ttft);
