@@ -1,0 +1,84 @@
+"""Table-driven `nginx -t` checks for the directives not covered in test_foundation_config.py:
+each bad use fails with an [emerg] naming the directive; a config using every directive passes."""
+import pytest
+
+from gm import Nginx
+
+BASE = """
+    gateway_metrics_zone gm 1m;
+    {http}
+    server {{
+        listen 127.0.0.1:{{port}};
+        {server}
+        location = /metrics {{ gateway_metrics_exporter; }}
+    }}
+"""
+
+BAD = [
+    ("gateway_metrics_ttft_buckets;", "", "gateway_metrics_ttft_buckets"),
+    ("gateway_metrics_ttft_buckets 1 0.5;", "", "gateway_metrics_ttft_buckets"),
+    ("gateway_metrics_ttft_buckets 0.1; gateway_metrics_ttft_buckets 0.2;", "", "gateway_metrics_ttft_buckets"),
+    ("gateway_metrics_throughput_buckets x;", "", "gateway_metrics_throughput_buckets"),
+    ("gateway_metrics_throughput_buckets 1 inf;", "", "gateway_metrics_throughput_buckets"),
+    ("", "gateway_metrics_throughput_buckets 1 2;", "gateway_metrics_throughput_buckets"),
+    ("gateway_metrics_model_price;", "", "gateway_metrics_model_price"),
+    ("gateway_metrics_model_price gpt-4o;", "", "gateway_metrics_model_price"),
+    ("gateway_metrics_model_price gpt-4o input=abc;", "", "gateway_metrics_model_price"),
+    ("gateway_metrics_model_price gpt-4o input=-1;", "", "gateway_metrics_model_price"),
+    ("gateway_metrics_model_price gpt-4o input=nan;", "", "gateway_metrics_model_price"),
+    ("gateway_metrics_model_price gpt-4o input=1e999;", "", "gateway_metrics_model_price"),
+    ("gateway_metrics_model_price gpt-4o foo=1;", "", "gateway_metrics_model_price"),
+    ("gateway_metrics_model_price gpt-4o input;", "", "gateway_metrics_model_price"),
+    ("gateway_metrics_model_price gpt-4o input=1 input=2;", "", "gateway_metrics_model_price"),
+    ("gateway_metrics_model_price m input=1; gateway_metrics_model_price m input=2;", "", "gateway_metrics_model_price"),
+    ('gateway_metrics_model_price "" input=1;', "", "gateway_metrics_model_price"),
+    ("", "gateway_metrics_model_price m input=1;", "gateway_metrics_model_price"),
+    ("gateway_metrics_render_thread_pool;", "", "gateway_metrics_render_thread_pool"),
+    ('gateway_metrics_render_thread_pool "";', "", "gateway_metrics_render_thread_pool"),
+    ("gateway_metrics_render_thread_pool off; gateway_metrics_render_thread_pool off;", "",
+     "gateway_metrics_render_thread_pool"),
+    ("", "gateway_metrics_render_thread_pool off;", "gateway_metrics_render_thread_pool"),
+    ("gateway_metrics_model;", "", "gateway_metrics_model"),
+    ("gateway_metrics_model $http_a; gateway_metrics_model $http_b;", "", "gateway_metrics_model"),
+    ("gateway_metrics_upstream;", "", "gateway_metrics_upstream"),
+    ("gateway_metrics_upstream a b;", "", "gateway_metrics_upstream"),
+    ("gateway_metrics_endpoint;", "", "gateway_metrics_endpoint"),
+    ("", "gateway_metrics_endpoint a; gateway_metrics_endpoint b;", "gateway_metrics_endpoint"),
+    ("gateway_metrics_counter;", "", "gateway_metrics_counter"),
+    ("gateway_metrics_zone gm2 1m;", "", "gateway_metrics_zone"),
+    ("gateway_metrics_max_series 4294967297;", "", "gateway_metrics_max_series"),
+    ("gateway_metrics on off;", "", "gateway_metrics"),
+]
+
+
+@pytest.mark.parametrize("http,server,directive", BAD, ids=[f"{a}|{b}"[:70] for a, b, _ in BAD])
+def test_bad_directive_fails_nginx_t_naming_it(http, server, directive):
+    n = Nginx(BASE.format(http=http, server=server))
+    try:
+        rc, err = n.test_config()
+    finally:
+        n.__exit__()
+    assert rc != 0, f"accepted: {http} {server}"
+    emerg = [line for line in err.splitlines() if "[emerg]" in line]
+    assert emerg and f'"{directive}"' in emerg[0], err
+
+
+def test_every_directive_together_passes():
+    http = """
+        gateway_metrics on;
+        gateway_metrics_namespace $http_x_namespace;
+        gateway_metrics_upstream $proxy_host;
+        gateway_metrics_endpoint $uri;
+        gateway_metrics_model $http_x_model;
+        gateway_metrics_buckets 0.1 1 10;
+        gateway_metrics_ttft_buckets 0.2 2;
+        gateway_metrics_throughput_buckets 10 100;
+        gateway_metrics_max_series 1000;
+        gateway_metrics_render_thread_pool off;
+        gateway_metrics_model_price gpt-4o input=2.50 output=10.00 cached_input=1.25;
+        gateway_metrics_counter tool_calls_total "Tool calls." tool;
+        gateway_metrics_gauge model_accuracy_percent "Accuracy." model task_type;
+        gateway_metrics_histogram prompt_chars "Prompt size." model buckets=100,1000;
+    """
+    with Nginx(BASE.format(http=http, server="location /v1/ { gateway_metrics off; return 200; }")) as n:
+        assert n.get("/metrics")[0] == 200
