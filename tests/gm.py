@@ -271,10 +271,11 @@ def wait_for(fn, pred, timeout=10.0, interval=0.05, what="condition"):
         time.sleep(interval)
 
 
-def run_concurrent(port, requests, threads=16, timeout=30):
+def run_concurrent(port, requests, threads=16, timeout=30, bodies=False):
     """Sends `requests` (tuples (method, path, headers, body)) over `threads` keep-alive
     http.client connections, request i on connection i % threads. Returns a list of
-    (status, headers) in the order of `requests`; raises if any request failed."""
+    (status, headers) — (status, headers, body) with `bodies` — in the order of `requests`;
+    raises if any request failed."""
     import http.client
     from concurrent.futures import ThreadPoolExecutor
 
@@ -287,8 +288,8 @@ def run_concurrent(port, requests, threads=16, timeout=30):
                 method, path, headers, body = requests[i]
                 conn.request(method, path, body=body, headers=headers or {})
                 resp = conn.getresponse()
-                resp.read()
-                results[i] = (resp.status, dict(resp.headers))
+                data = resp.read()
+                results[i] = (resp.status, dict(resp.headers)) + ((data,) if bodies else ())
         finally:
             conn.close()
 

@@ -10,7 +10,6 @@ import random
 import re
 import time
 from collections import Counter, defaultdict
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -57,25 +56,8 @@ def prices():
 
 
 def fetch_all(port, requests, threads=16, timeout=30):
-    """requests: (method, path, headers, body). Returns (status, headers, body) per request, in
-    order, over `threads` keep-alive connections."""
-    results = [None] * len(requests)
-
-    def worker(t):
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-        try:
-            for i in range(t, len(requests), threads):
-                method, path, headers, body = requests[i]
-                conn.request(method, path, body=body, headers=headers or {})
-                resp = conn.getresponse()
-                results[i] = (resp.status, dict(resp.headers), resp.read())
-        finally:
-            conn.close()
-
-    with ThreadPoolExecutor(threads) as ex:
-        for f in [ex.submit(worker, t) for t in range(threads)]:
-            f.result()
-    return results
+    """requests: (method, path, headers, body). Returns (status, headers, body) per request."""
+    return gm.run_concurrent(port, requests, threads, timeout, bodies=True)
 
 
 def post(n, path, body, headers=None):

@@ -212,16 +212,17 @@ pub unsafe extern "C" fn precontent_handler(r: *mut ngx_http_request_t) -> ngx_i
 unsafe fn enter(r: *mut ngx_http_request_t) {
     // SAFETY: forwarded contract.
     unsafe {
-        if (*r).main != r || request::loc_conf(r).enable != 1 {
-            return;
-        }
-        if request::find_ctx(r).is_some_and(|c| c.active.is_some() || c.logged) {
+        let lc = request::loc_conf(r);
+        if (*r).main != r || lc.enable != 1 {
             return;
         }
         let Some(t) = target(r) else { return };
-        let lc = request::loc_conf(r);
-        let ns = request::label(r, lc.namespace, &lc.headers[0]);
+        // One walk of the pool's cleanups finds (or creates) the context.
         let Some(ctx) = request::ctx(r) else { return };
+        if ctx.active.is_some() || ctx.logged {
+            return;
+        }
+        let ns = request::label(r, lc.namespace, &lc.headers[0]);
         (|| {
             let Ok(mut k) = KEY.0.try_borrow_mut() else {
                 return;
@@ -631,17 +632,6 @@ unsafe extern "C" fn send_rendered(r: *mut ngx_http_request_t) {
 static LAST_PAGE_BYTES: AtomicUsize = AtomicUsize::new(0);
 
 fn render_page(mc: &MainConf, zone: &ZoneCtx, store: &Store) -> Vec<u8> {
-    let custom: Vec<_> = mc
-        .custom
-        .iter()
-        .cloned()
-        .zip(
-            zone.custom_layouts
-                .iter()
-                .copied()
-                .chain(std::iter::repeat(0)),
-        )
-        .collect();
     let spec = RenderSpec {
         zone_name: &zone.name,
         max_series: mc.max_series,
@@ -657,7 +647,7 @@ fn render_page(mc: &MainConf, zone: &ZoneCtx, store: &Store) -> Vec<u8> {
             bounds: &mc.bounds[2],
             layout: zone.layouts[2],
         },
-        custom: &custom,
+        custom: &zone.custom,
         nginx: nginx_stats(),
         alive: Some(pid_alive),
     };

@@ -200,20 +200,21 @@ fn zone<'a>() -> Result<
 }
 
 fn update(
+    z: &crate::zone::ZoneCtx,
+    store: &gateway_metrics_core::store::Store,
     family: u32,
     layout: u8,
     n_values: u8,
     key: &KeyBuilder,
     f: impl FnOnce(&[std::sync::atomic::AtomicU64]),
 ) -> ApiResult {
-    let (_, z, store) = zone()?;
     let kind = SeriesKind {
         family,
         layout,
         n_values,
     };
     if let (Some(v), _) = series(
-        &store,
+        store,
         &z.lock(),
         z.limits(),
         kind,
@@ -250,9 +251,10 @@ pub unsafe extern "C" fn gateway_metrics_rate_limit(
         if rule.is_empty() {
             return Err(c"empty rule_type");
         }
+        let (_, z, store) = zone()?;
         let mut k = KeyBuilder::new();
         k.push(ns).push(rule);
-        update(fam::RATE_LIMIT, 0, 2, &k, |v| {
+        update(z, &store, fam::RATE_LIMIT, 0, 2, &k, |v| {
             add_u64(&v[0], 1);
             if rejected != 0 {
                 add_u64(&v[1], 1);
@@ -280,7 +282,8 @@ pub unsafe extern "C" fn gateway_metrics_cache(
         }
         let mut k = KeyBuilder::new();
         k.push(t);
-        update(fam::CACHE, 0, 2, &k, |v| {
+        let (_, z, store) = zone()?;
+        update(z, &store, fam::CACHE, 0, 2, &k, |v| {
             add_u64(&v[if hit != 0 { 0 } else { 1 }], 1)
         })
     })
@@ -309,7 +312,7 @@ pub unsafe extern "C" fn gateway_metrics_custom(
     api(err, || {
         // SAFETY: forwarded contract.
         let name = unsafe { bytes(name, name_len)? };
-        let (mc, z, _) = zone()?;
+        let (mc, z, store) = zone()?;
         let i = mc
             .custom
             .iter()
@@ -332,21 +335,25 @@ pub unsafe extern "C" fn gateway_metrics_custom(
             // SAFETY: as above, each entry points at len readable bytes.
             k.push(unsafe { bytes(l.data, l.len)? });
         }
-        let layout = z.custom_layouts.get(i).copied().unwrap_or(0);
+        let layout = z.custom.get(i).map_or(0, |c| c.1);
         match (f.kind, op) {
             (CustomKind::Counter, OP_INC) => {
                 if value < 0.0 {
                     return Err(c"counter increment must not be negative");
                 }
-                update(f.id, 0, 1, &k, |v| add_f64(&v[0], value))
+                update(z, &store, f.id, 0, 1, &k, |v| add_f64(&v[0], value))
             }
-            (CustomKind::Gauge, OP_INC) => update(f.id, 0, 1, &k, |v| add_f64(&v[0], value)),
-            (CustomKind::Gauge, OP_SET) => update(f.id, 0, 1, &k, |v| set_f64(&v[0], value)),
+            (CustomKind::Gauge, OP_INC) => {
+                update(z, &store, f.id, 0, 1, &k, |v| add_f64(&v[0], value))
+            }
+            (CustomKind::Gauge, OP_SET) => {
+                update(z, &store, f.id, 0, 1, &k, |v| set_f64(&v[0], value))
+            }
             (CustomKind::Histogram, OP_OBSERVE) => {
                 if layout == 0 {
                     return Err(c"histogram bucket layout not registered");
                 }
-                update(f.id, layout, f.n_values(), &k, |v| {
+                update(z, &store, f.id, layout, f.n_values(), &k, |v| {
                     observe(v, &f.bounds, value)
                 })
             }

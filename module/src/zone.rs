@@ -8,6 +8,7 @@ use std::ffi::c_void;
 use std::ptr;
 use std::sync::atomic::AtomicU64;
 
+use gateway_metrics_core::render::CustomFamily;
 use gateway_metrics_core::store::{InsertLock, Limits, Store};
 use nginx_sys::*;
 
@@ -23,8 +24,9 @@ pub struct ZoneCtx {
     words: usize,
     /// Layout ids of the duration, TTFT and throughput histograms (0: not registered).
     pub layouts: [u8; 3],
-    /// Layout ids of the declared families, in declaration order.
-    pub custom_layouts: Vec<u8>,
+    /// The declared families with their layout ids (0 for non-histograms), in declaration
+    /// order: built once here, in the shape the renderer takes.
+    pub custom: Vec<(CustomFamily, u8)>,
 }
 
 /// nginx's shm mutex of the zone's slab pool: works across processes and is force-unlocked by
@@ -127,15 +129,16 @@ impl ZoneCtx {
         for (i, b) in mc.bounds.iter().enumerate() {
             self.layouts[i] = store.register_layout(&lock, b).unwrap_or(0);
         }
-        self.custom_layouts = mc
+        self.custom = mc
             .custom
             .iter()
             .map(|f| {
-                if f.bounds.is_empty() {
+                let layout = if f.bounds.is_empty() {
                     0
                 } else {
                     store.register_layout(&lock, &f.bounds).unwrap_or(0)
-                }
+                };
+                (f.clone(), layout)
             })
             .collect();
         Ok(kept)
@@ -159,7 +162,7 @@ pub unsafe fn add_zone(
         region: ptr::null(),
         words: 0,
         layouts: [0; 3],
-        custom_layouts: Vec::new(),
+        custom: Vec::new(),
     };
     // SAFETY: cf is valid; the name is copied into the pool because nginx keeps the pointer.
     unsafe {
