@@ -395,7 +395,7 @@ pub unsafe extern "C" fn set_exporter(
         let ctx = (*cf).ctx as *mut ngx_http_conf_ctx_t;
         let clcf =
             *(*ctx).loc_conf.add(ngx_http_core_module.ctx_index) as *mut ngx_http_core_loc_conf_t;
-        (*clcf).handler = Some(crate::handlers::exporter_handler);
+        (*clcf).handler = Some(crate::exporter::exporter_handler);
         let mc = main_conf_of(cf);
         mc.used = true;
         mc.exporter = true;

@@ -7,6 +7,7 @@
 
 mod conf;
 mod error;
+mod exporter;
 mod handlers;
 mod lua_api;
 mod request;
