@@ -43,10 +43,10 @@ pub unsafe extern "C" fn postconfiguration(cf: *mut ngx_conf_t) -> ngx_int_t {
             *(*ctx).main_conf.add(ngx_http_core_module.ctx_index) as *mut ngx_http_core_main_conf_t;
         #[cfg(ngx_feature = "threads")]
         if mc.exporter {
-            let name = match &mc.render_pool_name {
-                None => Some(b"default".to_vec()),
-                Some(n) => n.clone(),
-            };
+            // Off unless configured: the pool's threads would put every libc call of the
+            // worker on its multi-threaded path (slower for all traffic); the default renders
+            // in bounded slices on the event loop instead.
+            let name = mc.render_pool_name.clone().flatten();
             if let Some(name) = name {
                 // nginx keeps the name: copy it into the configuration pool.
                 let data = ngx_pnalloc((*cf).pool, name.len()) as *mut u8;
