@@ -36,6 +36,17 @@ pub fn hash_key(header: u64, key: &[u8]) -> u64 {
     finish(h ^ key.len() as u64)
 }
 
+/// [`hash_key`] of a key given zero-padded to whole words (`padded.len()` a multiple of 8,
+/// `len` the key's own length): the same value, without the partial last word.
+#[inline]
+pub fn hash_padded(header: u64, padded: &[u8], len: usize) -> u64 {
+    let mut h = mix(0x5ca1_ab1e, header);
+    for c in padded.chunks_exact(8) {
+        h = mix(h, u64::from_le_bytes(c.try_into().unwrap_or_default()));
+    }
+    finish(h ^ len as u64)
+}
+
 /// A 32-bit name hash for declared families (the family id in their series headers).
 pub fn family_id(name: &str) -> u32 {
     // The top bit marks declared families so they can never collide with built-in ids.
@@ -68,6 +79,16 @@ mod tests {
             buckets.iter().all(|&b| (700..1300).contains(&b)),
             "{buckets:?}"
         );
+    }
+
+    #[test]
+    fn padded_hash_is_the_key_hash() {
+        for len in 0..40usize {
+            let key: Vec<u8> = (0..len as u8).map(|b| b.wrapping_mul(37) | 1).collect();
+            let mut padded = key.clone();
+            padded.resize(len.div_ceil(8) * 8, 0);
+            assert_eq!(hash_padded(9, &padded, len), hash_key(9, &key), "len {len}");
+        }
     }
 
     #[test]

@@ -164,6 +164,125 @@ impl KeyBuilder {
     }
 }
 
+/// Bytes of the stack buffer the hot path joins keys in first (typical keys are well under it).
+pub const SHORT_KEY_BYTES: usize = 128;
+
+/// Bytes of the second, larger stack buffer: any key of up to five label values fits.
+pub const STACK_KEY_BYTES: usize = 5 * (MAX_LABEL_VALUE_BYTES + 1) + 8;
+
+/// Raw (unsanitised) label values joined by [`SEP`] in a stack buffer of `N` bytes, zero-padded
+/// to whole words: the hot path looks existing series up with it, with no allocation and no
+/// validation. That is sound because a stored key is always sanitised and has exactly one
+/// separator fewer than its family has labels: raw values that join to the same bytes therefore
+/// hold no 0xFF, split at the same places, and are each already a valid label value (their own
+/// sanitised form). Raw values that need sanitising never match; they take the [`KeyBuilder`]
+/// path.
+pub struct StackKey<const N: usize = SHORT_KEY_BYTES> {
+    buf: [u8; N],
+    len: usize,
+    fits: bool,
+}
+
+impl<const N: usize> StackKey<N> {
+    #[inline]
+    pub fn join(values: &[&[u8]]) -> Self {
+        let mut k = StackKey {
+            buf: [0; N],
+            len: 0,
+            fits: true,
+        };
+        for (i, v) in values.iter().enumerate() {
+            let mut at = k.len;
+            if i > 0 {
+                if at >= N {
+                    k.fits = false;
+                    return k;
+                }
+                k.buf[at] = SEP;
+                at += 1;
+            }
+            // Room for the value and for the word stores below (which may write past its end).
+            if at + v.len() + 16 > N {
+                k.fits = false;
+                return k;
+            }
+            put(&mut k.buf, at, v);
+            k.len = at + v.len();
+        }
+        // The stores may have left bytes of a longer word after the end: the padding must be 0.
+        let end = k.len;
+        k.buf[end..end + 8].copy_from_slice(&[0; 8]);
+        k
+    }
+
+    /// The key bytes followed by zeros up to a multiple of 8 bytes; `None` if it did not fit.
+    #[inline]
+    pub fn padded(&self) -> Option<&[u8]> {
+        self.fits.then(|| &self.buf[..self.len.div_ceil(8) * 8])
+    }
+
+    /// Length of the key in bytes (without the padding).
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+/// Copies `v` to `buf[at..]` with one or two word stores when it is short (label values
+/// usually are): cheaper than a `memcpy` call. May write zeros up to `at + 16`.
+#[inline(always)]
+fn put(buf: &mut [u8], at: usize, v: &[u8]) {
+    let n = v.len();
+    let mut word = |off: usize, w: u64| buf[off..off + 8].copy_from_slice(&w.to_le_bytes());
+    if n <= 8 {
+        word(at, load_short(v));
+    } else if n <= 16 {
+        word(at, load8(&v[..8]));
+        word(at + n - 8, load8(&v[n - 8..]));
+    } else {
+        buf[at..at + n].copy_from_slice(v);
+    }
+}
+
+/// `a == b` with word compares for short slices (header names, label values): cheaper than a
+/// `memcmp` call.
+#[inline(always)]
+pub fn short_eq(a: &[u8], b: &[u8]) -> bool {
+    let n = a.len();
+    if n != b.len() {
+        false
+    } else if n <= 8 {
+        load_short(a) == load_short(b)
+    } else if n <= 16 {
+        load8(a) == load8(b) && load8(&a[n - 8..]) == load8(&b[n - 8..])
+    } else {
+        a == b
+    }
+}
+
+#[inline(always)]
+fn load8(b: &[u8]) -> u64 {
+    u64::from_le_bytes(b[..8].try_into().unwrap_or_default())
+}
+
+/// Up to 8 bytes as a little-endian word, zero-extended (two overlapping loads, no loop).
+#[inline(always)]
+fn load_short(v: &[u8]) -> u64 {
+    let n = v.len();
+    if n >= 4 {
+        let lo = u64::from(u32::from_le_bytes(v[..4].try_into().unwrap_or_default()));
+        let hi = u64::from(u32::from_le_bytes(v[n - 4..n].try_into().unwrap_or_default()));
+        lo | (hi << ((n - 4) * 8))
+    } else if n > 0 {
+        u64::from(v[0]) | (u64::from(v[n / 2]) << (n / 2 * 8)) | (u64::from(v[n - 1]) << ((n - 1) * 8))
+    } else {
+        0
+    }
+}
+
 /// The key of a family's overflow series: every label value `__overflow__`.
 pub fn overflow_key(n_labels: usize) -> Vec<u8> {
     let mut k = KeyBuilder::new();

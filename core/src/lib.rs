@@ -14,7 +14,32 @@ pub mod store;
 
 use std::sync::atomic::AtomicU64;
 
+use labels::{KeyBuilder, StackKey};
 use store::{DropReason, InsertLock, Limits, Placement, SeriesKind, Store};
+
+/// [`series`] for raw label values: an existing series is found from the values joined on the
+/// stack (no allocation, no sanitising: see [`StackKey`]); only a miss builds the sanitised key.
+#[inline]
+pub fn series_of<'a, L: InsertLock + ?Sized>(
+    store: &Store<'a>,
+    lock: &L,
+    limits: Limits,
+    kind: SeriesKind,
+    values: &[&[u8]],
+) -> (Option<&'a [AtomicU64]>, Option<DropReason>) {
+    let short: StackKey = StackKey::join(values);
+    let found = if short.padded().is_some() {
+        store.find_joined(kind, &short)
+    } else {
+        store.find_joined(kind, &StackKey::<{ labels::STACK_KEY_BYTES }>::join(values))
+    };
+    if let Some(off) = found {
+        return (Some(store.values(off)), None);
+    }
+    let mut key = KeyBuilder::new();
+    key.set(values);
+    series(store, lock, limits, kind, key.as_bytes(), values.len())
+}
 
 /// Finds or creates the series for `key`, falling back to the family's overflow series.
 /// Returns the value words to update (`None` if even the overflow series could not be made)

@@ -22,6 +22,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::hash::hash_key;
+use crate::labels::StackKey;
 
 const MAGIC: u64 = 0x4757_4d45_5452_4943; // "GWMETRIC"
 /// Bumped whenever the region layout changes; a region with another version is re-initialised.
@@ -427,10 +428,42 @@ impl<'a> Store<'a> {
         self.probe(header, key, hash_key(header, key)).ok()
     }
 
+    /// Finds a series by its raw label values joined on the stack (see [`StackKey`] for why a
+    /// match needs no sanitising); `None` when the series does not exist under those bytes.
+    #[inline]
+    pub fn find_joined<const N: usize>(
+        &self,
+        kind: SeriesKind,
+        key: &StackKey<N>,
+    ) -> Option<usize> {
+        let padded = key.padded()?;
+        let header = kind.header(key.len());
+        let hash = crate::hash::hash_padded(header, padded, key.len());
+        self.probe_by(hash, |off| {
+            if self.w[off].load(Ordering::Relaxed) != header {
+                return false;
+            }
+            let Some(words) = self.w.get(off + 1..off + 1 + padded.len() / 8) else {
+                return false;
+            };
+            words.iter().zip(padded.chunks_exact(8)).all(|(w, c)| {
+                w.load(Ordering::Relaxed) == u64::from_le_bytes(c.try_into().unwrap_or_default())
+            })
+        })
+        .ok()
+    }
+
     /// Probes the index: `Ok(entry offset)` when found, `Err(first empty slot)` otherwise
     /// (`Err(usize::MAX)` if the index is full or unreadable).
     #[inline]
     fn probe(&self, header: u64, key: &[u8], hash: u64) -> Result<usize, usize> {
+        self.probe_by(hash, |off| self.entry_matches(off, header, key))
+    }
+
+    /// The probe loop; `matches` is asked about every entry whose slot tag matches the hash
+    /// (with an offset inside the region).
+    #[inline]
+    fn probe_by(&self, hash: u64, matches: impl Fn(usize) -> bool) -> Result<usize, usize> {
         let start = self.hdr(H_INDEX_START) as usize;
         let cap = self.hdr(H_INDEX_CAP) as usize;
         if cap == 0 {
@@ -449,7 +482,7 @@ impl<'a> Store<'a> {
             }
             if s >> 32 == tag {
                 let off = (s & 0xffff_ffff) as usize;
-                if self.entry_matches(off, header, key) {
+                if off < self.w.len() && matches(off) {
                     return Ok(off);
                 }
             }
@@ -695,6 +728,75 @@ impl<'a> Store<'a> {
                 off += size;
             }
         }
+    }
+
+    /// [`Store::for_each`] in bounded steps: visits at most `budget` heap entries (at least
+    /// one) from the cursor `pos` (0 to start a walk; updated in place) and returns true once the
+    /// walk is complete. Same order as `for_each`; series published while a walk is under way are
+    /// visited if the cursor has not passed their place yet, never twice. Takes no lock.
+    pub fn for_each_from(
+        &self,
+        pos: &mut usize,
+        budget: usize,
+        mut f: impl FnMut(Entry<'a>),
+    ) -> bool {
+        let main_end = self.hdr(H_MAIN_END) as usize;
+        // The cursor is a word offset: below main_end it is in the main heap, else in the
+        // reserve. usize::MAX: done.
+        let areas = [
+            (
+                self.hdr(H_MAIN_START) as usize,
+                self.hdr(H_MAIN_PUBLISHED) as usize,
+                main_end,
+                false,
+            ),
+            (
+                main_end,
+                self.hdr(H_RESERVE_PUBLISHED) as usize,
+                usize::MAX,
+                true,
+            ),
+        ];
+        let mut left = budget.max(1);
+        for (start, end, limit, overflow) in areas {
+            if *pos >= limit {
+                continue;
+            }
+            let end = end.min(limit).min(self.w.len());
+            let mut off = (*pos).max(start);
+            while off < end {
+                if left == 0 {
+                    *pos = off;
+                    return false;
+                }
+                left -= 1;
+                let h = self.w[off].load(Ordering::Acquire);
+                if h == 0 {
+                    off += 1; // see for_each
+                    continue;
+                }
+                let (kind, key_len) = SeriesKind::from_header(h);
+                let kw = words_for(key_len);
+                let size = 1 + kw + usize::from(kind.n_values);
+                let Some(words) = self.w.get(off + 1..off + size) else {
+                    break;
+                };
+                f(Entry {
+                    kind,
+                    key: KeyWords {
+                        words: &words[..kw],
+                        len: key_len,
+                    },
+                    values: &words[kw..],
+                    overflow,
+                });
+                off += size;
+            }
+            // This area is done (what is published later in it is left for the next walk).
+            *pos = limit;
+        }
+        *pos = usize::MAX;
+        true
     }
 }
 

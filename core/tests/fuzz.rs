@@ -185,3 +185,96 @@ proptest! {
         prop_assert_eq!(total, keys.len() as u64);
     }
 }
+
+fn raw_value() -> impl Strategy<Value = Vec<u8>> {
+    prop_oneof![
+        4 => "[a-z0-9/_.-]{0,12}".prop_map(|s: String| s.into_bytes()),
+        1 => hostile_bytes(),
+        1 => proptest::collection::vec(prop::sample::select(vec![b'a', 0xff, 0u8, 0xc3]), 0..6),
+    ]
+}
+
+proptest! {
+    /// The hot path's lookup from raw values (joined on the stack, never sanitised) reaches
+    /// exactly the series the sanitised key names, whatever the values hold.
+    #[test]
+    fn raw_lookup_reaches_the_sanitised_series(
+        rounds in proptest::collection::vec(proptest::collection::vec(raw_value(), 3), 1..40)
+    ) {
+        let region = common::region(1 << 20);
+        let store = Store::format(&region, 0).unwrap();
+        let lock = common::CheckedLock::default();
+        let kind = SeriesKind { family: fam::MODEL_REQUEST, layout: 0, n_values: 1 };
+        let limits = Limits { max_series: 1_000_000 };
+        for values in &rounds {
+            let vals: Vec<&[u8]> = values.iter().map(|v| v.as_slice()).collect();
+            let mut k = KeyBuilder::new();
+            k.set(&vals);
+            let (want, _) = series(&store, &lock, limits, kind, k.as_bytes(), 3);
+            let (got, _) = gateway_metrics_core::series_of(&store, &lock, limits, kind, &vals);
+            prop_assert!(std::ptr::eq(want.unwrap(), got.unwrap()));
+            let mut plain_values = true;
+            for v in &vals {
+                let mut one = Vec::new();
+                sanitize_into(&mut one, v);
+                plain_values &= one == *v && !v.contains(&0xff);
+            }
+            let joined_len = vals.iter().map(|v| v.len() + 1).sum::<usize>() - 1;
+            if plain_values && joined_len <= gateway_metrics_core::labels::STACK_KEY_BYTES {
+                let joined = gateway_metrics_core::labels::StackKey::<{ gateway_metrics_core::labels::STACK_KEY_BYTES }>::join(&vals);
+                prop_assert!(store.find_joined(kind, &joined).is_some(), "plain values must hit");
+            }
+            add_u64(&got.unwrap()[0], 1);
+            // A direct hit only ever happens for values that are their own sanitised form.
+            let joined = gateway_metrics_core::labels::StackKey::<{ gateway_metrics_core::labels::STACK_KEY_BYTES }>::join(&vals);
+            if store.find_joined(kind, &joined).is_some() {
+                let mut plain = Vec::new();
+                for (i, v) in vals.iter().enumerate() {
+                    if i > 0 {
+                        plain.push(0xff);
+                    }
+                    plain.extend_from_slice(v);
+                }
+                prop_assert_eq!(plain.as_slice(), k.as_bytes());
+            }
+        }
+        let mut total = 0;
+        store.for_each(|e| total += e.values[0].load(std::sync::atomic::Ordering::Relaxed));
+        prop_assert_eq!(total, rounds.len() as u64);
+    }
+}
+
+proptest! {
+    /// The stack join (word stores, two buffer sizes) gives the plain join, zero-padded.
+    #[test]
+    fn stack_join_is_the_plain_join(values in proptest::collection::vec(
+        proptest::collection::vec(any::<u8>(), 0..40), 0..6)) {
+        use gateway_metrics_core::labels::{StackKey, STACK_KEY_BYTES};
+        let vals: Vec<&[u8]> = values.iter().map(|v| v.as_slice()).collect();
+        let mut plain = Vec::new();
+        for (i, v) in vals.iter().enumerate() {
+            if i > 0 {
+                plain.push(0xff);
+            }
+            plain.extend_from_slice(v);
+        }
+        let mut padded = plain.clone();
+        padded.resize(plain.len().div_ceil(8) * 8, 0);
+        let short: StackKey = StackKey::join(&vals);
+        match short.padded() {
+            Some(p) => prop_assert_eq!(p, padded.as_slice()),
+            None => prop_assert!(plain.len() + 16 > 128),
+        }
+        let long = StackKey::<STACK_KEY_BYTES>::join(&vals);
+        prop_assert_eq!(long.padded().unwrap(), padded.as_slice());
+        prop_assert_eq!(long.len(), plain.len());
+    }
+}
+
+proptest! {
+    #[test]
+    fn short_eq_is_eq(a in proptest::collection::vec(0u8..3, 0..24), b in proptest::collection::vec(0u8..3, 0..24)) {
+        prop_assert_eq!(gateway_metrics_core::labels::short_eq(&a, &b), a == b);
+        prop_assert!(gateway_metrics_core::labels::short_eq(&a, &a.clone()));
+    }
+}

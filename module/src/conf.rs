@@ -4,7 +4,7 @@
 //! returning `Result<(), ConfError>`; [`conf_result`] is the one place that turns an error into
 //! an `nginx -t` failure naming the directive.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::ffi::{c_char, c_void};
 use std::ptr;
 
@@ -59,7 +59,7 @@ pub struct MainConf {
     bounds_set: [bool; 3],
     pub max_series: u64,
     max_series_set: bool,
-    pub prices: HashMap<Vec<u8>, Price>,
+    pub prices: BTreeMap<Vec<u8>, Price>,
     pub custom: Vec<CustomFamily>,
     /// Some location records or exports metrics (so a zone is required).
     pub used: bool,
@@ -78,9 +78,21 @@ pub struct LocConf {
     pub upstream: *mut ngx_http_complex_value_t,
     pub endpoint: *mut ngx_http_complex_value_t,
     pub model: *mut ngx_http_complex_value_t,
-    /// For namespace, upstream, endpoint and model: the header name when the value is exactly
-    /// one `$http_*` variable (read directly, see `request::label`), else empty.
-    pub headers: [ngx_str_t; 4],
+    /// For namespace, upstream, endpoint and model: the header when the value is exactly one
+    /// `$http_*` variable (read directly, see `request::label`), else empty names.
+    pub headers: [HeaderName; 4],
+}
+
+/// A request header a label reads directly.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct HeaderName {
+    /// The variable's name after `http_`, lowercased (`x_namespace`).
+    pub var: ngx_str_t,
+    /// The header name as clients send it, lowercased (`x-namespace`).
+    pub dashed: ngx_str_t,
+    /// nginx's hash of the lowercased header name (what it stores in `ngx_table_elt_t.hash`).
+    pub hash: ngx_uint_t,
 }
 
 const UNSET: ngx_flag_t = -1;
@@ -124,7 +136,7 @@ pub unsafe extern "C" fn create_main_conf(cf: *mut ngx_conf_t) -> *mut c_void {
         bounds_set: [false; 3],
         max_series: DEFAULT_MAX_SERIES,
         max_series_set: false,
-        prices: HashMap::new(),
+        prices: BTreeMap::new(),
         custom: Vec::new(),
         used: false,
         exporter: false,
@@ -147,6 +159,25 @@ pub unsafe extern "C" fn create_loc_conf(cf: *mut ngx_conf_t) -> *mut c_void {
             (*lc).enable = UNSET;
         }
         lc as *mut c_void
+    }
+}
+
+/// A copy of `bytes` in the configuration pool.
+///
+/// # Safety
+/// `cf` must be a valid configuration context.
+unsafe fn conf_str(cf: *mut ngx_conf_t, bytes: &[u8]) -> Option<ngx_str_t> {
+    // SAFETY: forwarded contract; the pool returns `len` writable bytes or null.
+    unsafe {
+        let data = ngx_pnalloc((*cf).pool, bytes.len()) as *mut u8;
+        if data.is_null() {
+            return None;
+        }
+        ptr::copy_nonoverlapping(bytes.as_ptr(), data, bytes.len());
+        Some(ngx_str_t {
+            len: bytes.len(),
+            data,
+        })
     }
 }
 
@@ -178,16 +209,21 @@ pub unsafe extern "C" fn merge_loc_conf(
         // SAFETY: cv is a compiled complex value in the conf pool; its value is the source.
         let source = unsafe { (*cv).value.as_bytes() };
         if let Some(name) = header_variable(source) {
-            // SAFETY: cf is valid; the copy lives as long as the conf pool.
+            let dashed: Vec<u8> = name
+                .iter()
+                .map(|&b| if b == b'_' { b'-' } else { b })
+                .collect();
+            // SAFETY: cf is valid; the copies live as long as the conf pool.
             unsafe {
-                let data = ngx_pnalloc((*cf).pool, name.len()) as *mut u8;
-                if data.is_null() {
+                let (Some(var), Some(dash)) = (conf_str(cf, &name), conf_str(cf, &dashed)) else {
                     return ngx::core::NGX_CONF_ERROR;
-                }
-                ptr::copy_nonoverlapping(name.as_ptr(), data, name.len());
-                *h = ngx_str_t {
-                    len: name.len(),
-                    data,
+                };
+                *h = HeaderName {
+                    var,
+                    dashed: dash,
+                    hash: dashed
+                        .iter()
+                        .fold(0 as ngx_uint_t, |a, &b| a.wrapping_mul(31).wrapping_add(b.into())),
                 };
             }
         }

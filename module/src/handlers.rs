@@ -1,13 +1,11 @@
 //! Phase handlers: precontent (the in-flight gauge) and log (recording the request).
 
-use std::cell::RefCell;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::ptr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use gateway_metrics_core::catalogue::{self, fam, tokens};
-use gateway_metrics_core::labels::KeyBuilder;
-use gateway_metrics_core::series;
+use gateway_metrics_core::series_of;
 use gateway_metrics_core::store::{add_f64, add_u64, observe, DropReason, SeriesKind, Store};
 use nginx_sys::*;
 
@@ -15,15 +13,18 @@ use crate::conf::MainConf;
 use crate::request::{self, ReqCtx};
 use crate::zone::{ShmLock, ZoneCtx};
 
-/// One reusable key buffer per worker: no allocation per request. A plain static, not a
-/// `thread_local!` (whose access from a dynamically loaded library costs a TLS lookup per use).
-struct WorkerKey(RefCell<KeyBuilder>);
+/// This worker's slot number as a label value (the in-flight gauge's second label), set once
+/// per process in `init_process`.
+static mut WORKER_SLOT: ([u8; 20], usize) = ([0; 20], 0);
 
-// SAFETY: only the worker's event-loop thread runs the phase handlers that use KEY; the render
-// threads never touch it.
-unsafe impl Sync for WorkerKey {}
-
-static KEY: WorkerKey = WorkerKey(RefCell::new(KeyBuilder::empty()));
+fn worker_slot() -> &'static [u8] {
+    // SAFETY: written once in init_process, before the worker serves any request; only read
+    // afterwards, on the worker's one event-loop thread.
+    unsafe {
+        let (buf, len) = &*ptr::addr_of!(WORKER_SLOT);
+        &buf[..*len]
+    }
+}
 
 pub unsafe extern "C" fn postconfiguration(cf: *mut ngx_conf_t) -> ngx_int_t {
     // SAFETY: nginx calls this with the http block's conf; the core module's main conf holds
@@ -41,6 +42,7 @@ pub unsafe extern "C" fn postconfiguration(cf: *mut ngx_conf_t) -> ngx_int_t {
         let ctx = (*cf).ctx as *mut ngx_http_conf_ctx_t;
         let cmcf =
             *(*ctx).main_conf.add(ngx_http_core_module.ctx_index) as *mut ngx_http_core_main_conf_t;
+        RENDER_POOL.store(false, Ordering::Relaxed);
         #[cfg(ngx_feature = "threads")]
         if mc.exporter {
             // Off unless configured: the pool's threads would put every libc call of the
@@ -62,6 +64,7 @@ pub unsafe extern "C" fn postconfiguration(cf: *mut ngx_conf_t) -> ngx_int_t {
                 if mc.render_pool.is_null() {
                     return NGX_ERROR as ngx_int_t;
                 }
+                RENDER_POOL.store(true, Ordering::Relaxed);
             }
         }
         for (phase, handler) in [
@@ -105,13 +108,24 @@ pub unsafe extern "C" fn init_module(cycle: *mut ngx_cycle_t) -> ngx_int_t {
     NGX_OK as ngx_int_t
 }
 
+/// Whether the running configuration renders `/metrics` in a thread pool (set by the master in
+/// postconfiguration, inherited by the workers).
+static RENDER_POOL: AtomicBool = AtomicBool::new(false);
+
 /// Per worker: large allocations (rendered pages, megabytes each, made in up to 32 render
 /// threads) go straight to mmap and back to the system when freed, instead of staying cached in
 /// glibc's per-thread arenas (whose dynamic threshold would otherwise grow to the page size).
 pub unsafe extern "C" fn init_process(_cycle: *mut ngx_cycle_t) -> ngx_int_t {
     // SAFETY: mallopt only changes allocator tuning; called before any render thread runs.
+    // WORKER_SLOT is written before the worker serves requests (see worker_slot).
     unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 512 * 1024);
+        // Only with a render pool: a fixed threshold also switches off glibc's dynamic trim
+        // threshold, which makes every malloc of ordinary traffic slower.
+        if RENDER_POOL.load(Ordering::Relaxed) {
+            libc::mallopt(libc::M_MMAP_THRESHOLD, 512 * 1024);
+        }
+        let slot = &mut *ptr::addr_of_mut!(WORKER_SLOT);
+        slot.1 = gateway_metrics_core::expo::format_u64(&mut slot.0, ngx_worker as u64).len();
     }
     NGX_OK as ngx_int_t
 }
@@ -143,28 +157,22 @@ pub(crate) unsafe fn target<'a>(r: *mut ngx_http_request_t) -> Option<Target<'a>
 }
 
 impl Target<'_> {
-    /// The value words of a series (own or overflow), warning about drops once per burst.
+    /// The value words of the series of these label values (own or overflow), warning about
+    /// drops once per burst.
     fn series(
         &self,
         r: *mut ngx_http_request_t,
         family: u32,
         layout: u8,
         n_values: u8,
-        key: &KeyBuilder,
+        values: &[&[u8]],
     ) -> Option<&'static [AtomicU64]> {
         let kind = SeriesKind {
             family,
             layout,
             n_values,
         };
-        let (v, reason) = series(
-            &self.store,
-            &self.lock,
-            self.zone.limits(),
-            kind,
-            key.as_bytes(),
-            key.len(),
-        );
+        let (v, reason) = series_of(&self.store, &self.lock, self.zone.limits(), kind, values);
         if let Some(reason) = reason {
             self.warn(r, reason);
         }
@@ -220,22 +228,15 @@ unsafe fn enter(r: *mut ngx_http_request_t) {
             return;
         }
         let ns = request::label(r, lc.namespace, &lc.headers[0]);
-        (|| {
-            let Ok(mut k) = KEY.0.try_borrow_mut() else {
-                return;
-            };
-            // One series per namespace and worker slot, owned by the pid that last used it:
-            // a worker killed with requests in flight leaves a series whose owner is dead;
-            // the renderer skips it and the respawned worker of that slot resets it.
-            let mut slot = [0u8; 20];
-            let slot = gateway_metrics_core::expo::format_u64(&mut slot, ngx_worker as u64);
-            k.set(&[ns, slot]);
-            if let Some(v) = t.series(r, fam::ACTIVE, 0, 2, &k) {
-                let me = ngx_pid as u64;
-                let owner = v[1].load(Ordering::Relaxed);
-                let stale = owner != 0 && owner != me && !pid_alive(owner);
-                let claim = owner == 0 || stale;
-                if claim
+        // One series per namespace and worker slot, owned by the pid that last used it: a
+        // worker killed with requests in flight leaves a series whose owner is dead; the
+        // renderer skips it and the respawned worker of that slot resets it.
+        if let Some(v) = t.series(r, fam::ACTIVE, 0, 2, &[ns, worker_slot()]) {
+            let me = ngx_pid as u64;
+            let owner = v[1].load(Ordering::Relaxed);
+            if owner != me {
+                let stale = owner != 0 && !pid_alive(owner);
+                if (owner == 0 || stale)
                     && v[1]
                         .compare_exchange(owner, me, Ordering::Relaxed, Ordering::Relaxed)
                         .is_ok()
@@ -243,10 +244,10 @@ unsafe fn enter(r: *mut ngx_http_request_t) {
                 {
                     v[0].store(0, Ordering::Relaxed);
                 }
-                add_u64(&v[0], 1);
-                ctx.active = Some(&v[0]);
             }
-        })();
+            add_u64(&v[0], 1);
+            ctx.active = Some(&v[0]);
+        }
     }
 }
 
@@ -287,64 +288,74 @@ unsafe fn record(r: *mut ngx_http_request_t) {
         let endpoint = request::endpoint(r, lc);
         let method = request::str_bytes(&rr.method_name);
         let mut status_buf = [0u8; 20];
-        let status_buf = gateway_metrics_core::expo::format_u64(&mut status_buf, status as u64);
+        let status_label = status_label(&mut status_buf, status);
         let class = catalogue::status_class(status.min(u16::MAX as ngx_uint_t) as u16);
         let model: &[u8] = match ctx.as_deref() {
             Some(ReqCtx { model: Some(m), .. }) => m.as_slice(),
+            _ if lc.model.is_null() => b"",
             _ => request::label(r, lc.model, &lc.headers[3]),
         };
         let auto = request::limiter_and_cache_status(rr);
-        (|| {
-            let Ok(mut k) = KEY.0.try_borrow_mut() else {
-                return;
-            };
-            let mc = t.mc;
-            let hist_words = |i: usize| (mc.bounds[i].len() + 2) as u8;
+        let mc = t.mc;
+        let hist_words = |i: usize| (mc.bounds[i].len() + 2) as u8;
 
-            k.set(&[method, endpoint, status_buf, ns, upstream]);
-            if let Some(v) = t.series(r, fam::REQUEST, t.zone.layouts[0], hist_words(0), &k) {
+        let labels = [method, endpoint, status_label, ns, upstream];
+        if let Some(v) = t.series(r, fam::REQUEST, t.zone.layouts[0], hist_words(0), &labels) {
+            observe(v, &mc.bounds[0], duration);
+        }
+
+        let reqctx = ctx.as_deref();
+        let has_tokens = reqctx.is_some_and(|c| c.has_tokens);
+        if !model.is_empty() || has_tokens {
+            let labels = [model, ns, class.as_bytes()];
+            if let Some(v) =
+                t.series(r, fam::MODEL_REQUEST, t.zone.layouts[0], hist_words(0), &labels)
+            {
                 observe(v, &mc.bounds[0], duration);
             }
-
-            let reqctx = ctx.as_deref();
-            let has_tokens = reqctx.is_some_and(|c| c.has_tokens);
-            if !model.is_empty() || has_tokens {
-                k.set(&[model, ns, class.as_bytes()]);
-                if let Some(v) =
-                    t.series(r, fam::MODEL_REQUEST, t.zone.layouts[0], hist_words(0), &k)
+            let ttft = reqctx.and_then(|c| c.first_token_ms).map(|ms| {
+                let start = rr.start_sec as u64 * 1000 + rr.start_msec as u64;
+                ms.saturating_sub(start) as f64 / 1000.0
+            });
+            let labels = [model, ns];
+            if let Some(ttft) = ttft {
+                if let Some(v) = t.series(r, fam::TTFT, t.zone.layouts[1], hist_words(1), &labels)
                 {
-                    observe(v, &mc.bounds[0], duration);
-                }
-                let ttft = reqctx.and_then(|c| c.first_token_ms).map(|ms| {
-                    let start = rr.start_sec as u64 * 1000 + rr.start_msec as u64;
-                    ms.saturating_sub(start) as f64 / 1000.0
-                });
-                k.set(&[model, ns]);
-                if let Some(ttft) = ttft {
-                    if let Some(v) = t.series(r, fam::TTFT, t.zone.layouts[1], hist_words(1), &k) {
-                        observe(v, &mc.bounds[1], ttft);
-                    }
-                }
-                if let Some(c) = reqctx.filter(|c| c.has_tokens) {
-                    record_tokens(&t, r, &k, model, c, duration, ttft);
+                    observe(v, &mc.bounds[1], ttft);
                 }
             }
-            record_auto_events(&t, r, &mut k, ns, auto);
-        })();
+            if let Some(c) = reqctx.filter(|c| c.has_tokens) {
+                record_tokens(&t, r, &labels, c, duration, ttft);
+            }
+        }
+        if auto.any() {
+            record_auto_events(&t, r, ns, auto);
+        }
+    }
+}
+
+/// The `status_code` label: three digits without formatting in the common case.
+fn status_label(buf: &mut [u8; 20], status: ngx_uint_t) -> &[u8] {
+    if (100..1000).contains(&status) {
+        let s = status as u16;
+        buf[..3].copy_from_slice(&[b'0' + (s / 100) as u8, b'0' + (s / 10 % 10) as u8, b'0' + (s % 10) as u8]);
+        &buf[..3]
+    } else {
+        gateway_metrics_core::expo::format_u64(buf, status as u64)
     }
 }
 
 fn record_tokens(
     t: &Target,
     r: *mut ngx_http_request_t,
-    k: &KeyBuilder,
-    model: &[u8],
+    labels: &[&[u8]; 2],
     c: &ReqCtx,
     duration: f64,
     ttft: Option<f64>,
 ) {
     let mc = t.mc;
-    if let Some(v) = t.series(r, fam::MODEL_TOKENS, 0, tokens::N_VALUES, k) {
+    let model = labels[0];
+    if let Some(v) = t.series(r, fam::MODEL_TOKENS, 0, tokens::N_VALUES, labels) {
         for (i, n) in c.tokens.iter().enumerate() {
             if *n > 0 {
                 add_u64(&v[i], *n);
@@ -356,9 +367,7 @@ fn record_tokens(
                 p.cost(c.tokens[0], c.tokens[1], c.tokens[2]),
             ),
             None => {
-                let mut mk = KeyBuilder::new();
-                mk.push(model);
-                if let Some(u) = t.series(r, fam::UNPRICED, 0, 1, &mk) {
+                if let Some(u) = t.series(r, fam::UNPRICED, 0, 1, &[model]) {
                     add_u64(&u[0], 1);
                 }
             }
@@ -372,7 +381,7 @@ fn record_tokens(
             fam::THROUGHPUT,
             t.zone.layouts[2],
             (mc.bounds[2].len() + 2) as u8,
-            k,
+            labels,
         ) {
             observe(v, &mc.bounds[2], output as f64 / generation);
         }
@@ -383,7 +392,6 @@ fn record_tokens(
 fn record_auto_events(
     t: &Target,
     r: *mut ngx_http_request_t,
-    k: &mut KeyBuilder,
     ns: &[u8],
     st: request::AutoStatus,
 ) {
@@ -395,9 +403,7 @@ fn record_auto_events(
             Limit::None => (false, false),
         };
         if hit {
-            k.clear();
-            k.push(ns).push(rule.as_bytes());
-            if let Some(v) = t.series(r, fam::RATE_LIMIT, 0, 2, k) {
+            if let Some(v) = t.series(r, fam::RATE_LIMIT, 0, 2, &[ns, rule.as_bytes()]) {
                 add_u64(&v[0], 1);
                 if violation {
                     add_u64(&v[1], 1);
@@ -410,9 +416,7 @@ fn record_auto_events(
         UpstreamCache::Miss => 1,
         UpstreamCache::None => return,
     };
-    k.clear();
-    k.push(b"proxy_cache");
-    if let Some(v) = t.series(r, fam::CACHE, 0, 2, k) {
+    if let Some(v) = t.series(r, fam::CACHE, 0, 2, &[b"proxy_cache"]) {
         add_u64(&v[slot], 1);
     }
 }

@@ -3,10 +3,10 @@
 use std::ptr;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use gateway_metrics_core::labels::header_matches;
+use gateway_metrics_core::labels::{header_matches, short_eq};
 use nginx_sys::*;
 
-use crate::conf::{LocConf, MainConf};
+use crate::conf::{HeaderName, LocConf, MainConf};
 
 /// What the module remembers about one request (the main request), across internal redirects.
 /// Lives in the request pool; its destructor runs when the request is freed, aborted or not.
@@ -111,15 +111,16 @@ pub unsafe fn main_conf<'a>(r: *const ngx_http_request_t) -> &'a MainConf {
 pub unsafe fn label<'a>(
     r: *mut ngx_http_request_t,
     cv: *mut ngx_http_complex_value_t,
-    name: &ngx_str_t,
+    name: &HeaderName,
 ) -> &'a [u8] {
-    if name.len == 0 {
+    if name.var.len == 0 {
         // SAFETY: forwarded contract.
         return unsafe { eval(r, cv) };
     }
     // SAFETY: the header list and its strings live in the request pool.
     unsafe {
-        let want = str_bytes(name);
+        let want = str_bytes(&name.var);
+        let dashed = str_bytes(&name.dashed);
         let mut found: Option<&[u8]> = None;
         let mut part: *const ngx_list_part_t = &(*r).headers_in.headers.part;
         while !part.is_null() {
@@ -130,7 +131,9 @@ pub unsafe fn label<'a>(
                     continue;
                 }
                 let key = std::slice::from_raw_parts(h.lowcase_key, h.key.len);
-                if header_matches(key, want) {
+                // The usual spelling first (one hash compare and one memcmp); then what the
+                // variable also matches (`_` in its name stands for `-` or `_`).
+                if (h.hash == name.hash && short_eq(key, dashed)) || header_matches(key, want) {
                     if found.is_some() {
                         // Repeated header: let nginx decide what the variable gives.
                         return eval(r, cv);
@@ -268,6 +271,15 @@ pub struct AutoStatus {
     pub limit_req: Limit,
     pub limit_conn: Limit,
     pub cache: UpstreamCache,
+}
+
+impl AutoStatus {
+    /// Is there any event to record?
+    pub fn any(&self) -> bool {
+        self.limit_req != Limit::None
+            || self.limit_conn != Limit::None
+            || self.cache != UpstreamCache::None
+    }
 }
 
 // The values nginx's limit_req and limit_conn modules store in the request (their .c files).
