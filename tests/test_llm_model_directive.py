@@ -44,6 +44,8 @@ def test_lua_set_model_overrides_the_directive():
         }''')
     with Nginx(conf, lua=True) as n:
         n.get("/v1/chat", {"X-Namespace": "t2", "X-Model": "from-header"})
-        m = n.metrics()
+        # The client may have the whole response before the log phase has run.
+        m = gm.wait_for(n.metrics, lambda m: m.total("model_requests_total") >= 1,
+                        what="the request recorded")
         assert m.get1("model_requests_total", model="from-lua", namespace="t2", status="success") == 1
         assert m.total("model_requests_total", model="from-header") == 0

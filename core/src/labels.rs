@@ -263,6 +263,18 @@ pub fn short_eq(a: &[u8], b: &[u8]) -> bool {
     }
 }
 
+/// The first and last (up to) 8 bytes of `b` as little-endian words (`[first, 0]` for up to 8
+/// bytes): with the length, the whole of a value of at most 16 bytes.
+#[inline(always)]
+pub fn edge_words(b: &[u8]) -> [u64; 2] {
+    let n = b.len();
+    if n <= 8 {
+        [load_short(b), 0]
+    } else {
+        [load8(b), load8(&b[n - 8..])]
+    }
+}
+
 #[inline(always)]
 fn load8(b: &[u8]) -> u64 {
     u64::from_le_bytes(b[..8].try_into().unwrap_or_default())
@@ -270,14 +282,18 @@ fn load8(b: &[u8]) -> u64 {
 
 /// Up to 8 bytes as a little-endian word, zero-extended (two overlapping loads, no loop).
 #[inline(always)]
-fn load_short(v: &[u8]) -> u64 {
+pub(crate) fn load_short(v: &[u8]) -> u64 {
     let n = v.len();
     if n >= 4 {
         let lo = u64::from(u32::from_le_bytes(v[..4].try_into().unwrap_or_default()));
-        let hi = u64::from(u32::from_le_bytes(v[n - 4..n].try_into().unwrap_or_default()));
+        let hi = u64::from(u32::from_le_bytes(
+            v[n - 4..n].try_into().unwrap_or_default(),
+        ));
         lo | (hi << ((n - 4) * 8))
     } else if n > 0 {
-        u64::from(v[0]) | (u64::from(v[n / 2]) << (n / 2 * 8)) | (u64::from(v[n - 1]) << ((n - 1) * 8))
+        u64::from(v[0])
+            | (u64::from(v[n / 2]) << (n / 2 * 8))
+            | (u64::from(v[n - 1]) << ((n - 1) * 8))
     } else {
         0
     }

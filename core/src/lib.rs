@@ -5,6 +5,7 @@
 
 pub mod api;
 pub mod buckets;
+pub mod cache;
 pub mod catalogue;
 pub mod expo;
 pub mod hash;
@@ -14,6 +15,7 @@ pub mod store;
 
 use std::sync::atomic::AtomicU64;
 
+use cache::{Label, SeriesCache};
 use labels::{KeyBuilder, StackKey};
 use store::{DropReason, InsertLock, Limits, Placement, SeriesKind, Store};
 
@@ -67,4 +69,40 @@ pub fn series<'a, L: InsertLock + ?Sized>(
             (None, Some(DropReason::Lost))
         }
     }
+}
+
+/// [`series_of`] behind a per-process [`SeriesCache`]: a series recorded before is found without
+/// touching its key; what the shared table gives for a new key is remembered (not an overflow).
+#[inline(always)]
+pub fn series_cached<'a, L: InsertLock + ?Sized, const N: usize>(
+    cache: &mut SeriesCache<'a>,
+    store: &Store<'a>,
+    lock: &L,
+    limits: Limits,
+    kind: SeriesKind,
+    labels: &[Label; N],
+) -> (Option<&'a [AtomicU64]>, Option<DropReason>) {
+    if let Some(v) = cache.get(kind.bits(), labels) {
+        return (Some(v), None);
+    }
+    series_cache_miss(cache, store, lock, limits, kind, labels)
+}
+
+/// The shared-table path of [`series_cached`], kept out of line so that the hit path stays small.
+#[cold]
+#[inline(never)]
+fn series_cache_miss<'a, L: InsertLock + ?Sized>(
+    cache: &mut SeriesCache<'a>,
+    store: &Store<'a>,
+    lock: &L,
+    limits: Limits,
+    kind: SeriesKind,
+    labels: &[Label],
+) -> (Option<&'a [AtomicU64]>, Option<DropReason>) {
+    let values: Vec<&[u8]> = labels.iter().map(|l| l.bytes).collect();
+    let found = series_of(store, lock, limits, kind, &values);
+    if let (Some(v), None) = found {
+        cache.insert(kind.bits(), labels, v);
+    }
+    found
 }

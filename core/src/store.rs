@@ -159,6 +159,11 @@ pub struct SeriesKind {
 }
 
 impl SeriesKind {
+    /// The header bits that do not depend on the key (family, layout, number of values).
+    pub fn bits(self) -> u64 {
+        self.header(0)
+    }
+
     fn header(self, key_len: usize) -> u64 {
         (u64::from(self.family) << 32)
             | ((key_len as u64) << 16)

@@ -278,3 +278,43 @@ proptest! {
         prop_assert!(gateway_metrics_core::labels::short_eq(&a, &a.clone()));
     }
 }
+
+proptest! {
+    /// The per-process cache in front of the table never changes what an update reaches, and
+    /// never hides a drop: with identities standing for fixed bytes (as the glue guarantees),
+    /// random label mixes, hostile bytes and a cap that forces overflow.
+    #[test]
+    fn cached_lookup_is_the_table_lookup(
+        rounds in proptest::collection::vec(
+            (0usize..4, proptest::collection::vec(raw_value(), 2), 0u8..2), 1..80),
+        cap in 1u64..20,
+    ) {
+        use gateway_metrics_core::cache::{Label, SeriesCache};
+        use gateway_metrics_core::series_cached;
+        let region = common::region(1 << 20);
+        let store = Store::format(&region, 0).unwrap();
+        let lock = common::CheckedLock::default();
+        let limits = Limits { max_series: cap };
+        let mut cache = SeriesCache::new(4);
+        // Identity i stands for these bytes, always.
+        let idents: [&[u8]; 4] = [b"GET", b"POST", b"/v1/chat/completions", b""];
+        for (ident, values, fam_pick) in &rounds {
+            let kind = SeriesKind {
+                family: if *fam_pick == 0 { fam::MODEL_REQUEST } else { fam::RATE_LIMIT },
+                layout: 0,
+                n_values: 1,
+            };
+            let labels = [
+                Label::with_id(*ident as u64 + 1, idents[*ident]),
+                Label::bytes(&values[0]),
+                Label::bytes(&values[1]),
+            ];
+            let plain: Vec<&[u8]> = labels.iter().map(|l| l.bytes).collect();
+            let (want, want_drop) =
+                gateway_metrics_core::series_of(&store, &lock, limits, kind, &plain);
+            let (got, got_drop) = series_cached(&mut cache, &store, &lock, limits, kind, &labels);
+            prop_assert!(std::ptr::eq(want.unwrap(), got.unwrap()));
+            prop_assert_eq!(want_drop.is_some(), got_drop.is_some());
+        }
+    }
+}

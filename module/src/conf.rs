@@ -12,7 +12,9 @@ use gateway_metrics_core::buckets::{
     parse_bounds, DEFAULT_DURATION_BUCKETS, DEFAULT_THROUGHPUT_BUCKETS, DEFAULT_TTFT_BUCKETS,
 };
 use gateway_metrics_core::hash::family_id;
-use gateway_metrics_core::labels::{header_variable, valid_label_name, valid_metric_name};
+use gateway_metrics_core::labels::{
+    edge_words, header_variable, valid_label_name, valid_metric_name,
+};
 use gateway_metrics_core::render::{CustomFamily, CustomKind};
 use nginx_sys::*;
 
@@ -93,6 +95,8 @@ pub struct HeaderName {
     pub dashed: ngx_str_t,
     /// nginx's hash of the lowercased header name (what it stores in `ngx_table_elt_t.hash`).
     pub hash: ngx_uint_t,
+    /// `edge_words` of `dashed`: the whole name when it has at most 16 bytes.
+    pub words: [u64; 2],
 }
 
 const UNSET: ngx_flag_t = -1;
@@ -221,9 +225,10 @@ pub unsafe extern "C" fn merge_loc_conf(
                 *h = HeaderName {
                     var,
                     dashed: dash,
-                    hash: dashed
-                        .iter()
-                        .fold(0 as ngx_uint_t, |a, &b| a.wrapping_mul(31).wrapping_add(b.into())),
+                    hash: dashed.iter().fold(0 as ngx_uint_t, |a, &b| {
+                        a.wrapping_mul(31).wrapping_add(b.into())
+                    }),
+                    words: edge_words(&dashed),
                 };
             }
         }

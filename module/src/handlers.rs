@@ -1,17 +1,33 @@
 //! Phase handlers: precontent (the in-flight gauge) and log (recording the request).
 
+use std::cell::RefCell;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::ptr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
+use gateway_metrics_core::cache::{Label, SeriesCache};
 use gateway_metrics_core::catalogue::{self, fam, tokens};
-use gateway_metrics_core::series_of;
+use gateway_metrics_core::series_cached;
 use gateway_metrics_core::store::{add_f64, add_u64, observe, DropReason, SeriesKind, Store};
 use nginx_sys::*;
 
 use crate::conf::MainConf;
 use crate::request::{self, ReqCtx};
 use crate::zone::{ShmLock, ZoneCtx};
+
+/// Entries of the per-worker series cache (about 150 bytes each).
+const CACHE_SLOTS: usize = 1024;
+
+/// The worker's cache of series it recorded before (see `gateway_metrics_core::cache`). A plain
+/// static, not a `thread_local!` (whose access from a dynamically loaded library costs a TLS
+/// lookup per use).
+struct WorkerCache(RefCell<SeriesCache<'static>>);
+
+// SAFETY: only the worker's event-loop thread records (phase handlers and Lua calls); render
+// threads never touch it.
+unsafe impl Sync for WorkerCache {}
+
+static CACHE: WorkerCache = WorkerCache(RefCell::new(SeriesCache::new(CACHE_SLOTS)));
 
 /// This worker's slot number as a label value (the in-flight gauge's second label), set once
 /// per process in `init_process`.
@@ -157,28 +173,41 @@ pub(crate) unsafe fn target<'a>(r: *mut ngx_http_request_t) -> Option<Target<'a>
 }
 
 impl Target<'_> {
-    /// The value words of the series of these label values (own or overflow), warning about
+    /// The value words of the series of these labels (own or overflow), warning about
     /// drops once per burst.
-    fn series(
+    #[inline(always)]
+    fn series<const N: usize>(
         &self,
         r: *mut ngx_http_request_t,
         family: u32,
         layout: u8,
         n_values: u8,
-        values: &[&[u8]],
+        labels: &[Label; N],
     ) -> Option<&'static [AtomicU64]> {
         let kind = SeriesKind {
             family,
             layout,
             n_values,
         };
-        let (v, reason) = series_of(&self.store, &self.lock, self.zone.limits(), kind, values);
+        let Ok(mut cache) = CACHE.0.try_borrow_mut() else {
+            return None;
+        };
+        let (v, reason) = series_cached(
+            &mut cache,
+            &self.store,
+            &self.lock,
+            self.zone.limits(),
+            kind,
+            labels,
+        );
         if let Some(reason) = reason {
             self.warn(r, reason);
         }
         v
     }
 
+    #[cold]
+    #[inline(never)]
     fn warn(&self, r: *mut ngx_http_request_t, reason: DropReason) {
         if self.store.should_warn(request::now_ms() / 1000, 60) {
             // SAFETY: r is live; its connection's log is valid.
@@ -231,18 +260,25 @@ unsafe fn enter(r: *mut ngx_http_request_t) {
         // One series per namespace and worker slot, owned by the pid that last used it: a
         // worker killed with requests in flight leaves a series whose owner is dead; the
         // renderer skips it and the respawned worker of that slot resets it.
-        if let Some(v) = t.series(r, fam::ACTIVE, 0, 2, &[ns, worker_slot()]) {
+        if let Some(v) = t.series(
+            r,
+            fam::ACTIVE,
+            0,
+            2,
+            &[Label::bytes(ns), Label::with_id(1, worker_slot())],
+        ) {
             let me = ngx_pid as u64;
             let owner = v[1].load(Ordering::Relaxed);
             if owner != me {
                 let stale = owner != 0 && !pid_alive(owner);
-                if (owner == 0 || stale)
-                    && v[1]
+                if owner == 0 || stale {
+                    let claimed = v[1]
                         .compare_exchange(owner, me, Ordering::Relaxed, Ordering::Relaxed)
-                        .is_ok()
-                    && stale
-                {
-                    v[0].store(0, Ordering::Relaxed);
+                        .is_ok();
+                    // A dead owner's in-flight count is void: start from zero.
+                    if claimed && stale {
+                        v[0].store(0, Ordering::Relaxed);
+                    }
                 }
             }
             add_u64(&v[0], 1);
@@ -286,7 +322,7 @@ unsafe fn record(r: *mut ngx_http_request_t) {
         let ns = request::label(r, lc.namespace, &lc.headers[0]);
         let upstream = request::upstream(r, lc);
         let endpoint = request::endpoint(r, lc);
-        let method = request::str_bytes(&rr.method_name);
+        let method = request::method(rr);
         let mut status_buf = [0u8; 20];
         let status_label = status_label(&mut status_buf, status);
         let class = catalogue::status_class(status.min(u16::MAX as ngx_uint_t) as u16);
@@ -299,7 +335,13 @@ unsafe fn record(r: *mut ngx_http_request_t) {
         let mc = t.mc;
         let hist_words = |i: usize| (mc.bounds[i].len() + 2) as u8;
 
-        let labels = [method, endpoint, status_label, ns, upstream];
+        let labels = [
+            method,
+            endpoint,
+            Label::with_id(status as u64 | 1 << 40, status_label),
+            Label::bytes(ns),
+            upstream,
+        ];
         if let Some(v) = t.series(r, fam::REQUEST, t.zone.layouts[0], hist_words(0), &labels) {
             observe(v, &mc.bounds[0], duration);
         }
@@ -307,20 +349,28 @@ unsafe fn record(r: *mut ngx_http_request_t) {
         let reqctx = ctx.as_deref();
         let has_tokens = reqctx.is_some_and(|c| c.has_tokens);
         if !model.is_empty() || has_tokens {
-            let labels = [model, ns, class.as_bytes()];
-            if let Some(v) =
-                t.series(r, fam::MODEL_REQUEST, t.zone.layouts[0], hist_words(0), &labels)
-            {
+            let class_id = if class == "success" { 1 } else { 2 };
+            let labels = [
+                Label::bytes(model),
+                Label::bytes(ns),
+                Label::with_id(class_id, class.as_bytes()),
+            ];
+            if let Some(v) = t.series(
+                r,
+                fam::MODEL_REQUEST,
+                t.zone.layouts[0],
+                hist_words(0),
+                &labels,
+            ) {
                 observe(v, &mc.bounds[0], duration);
             }
             let ttft = reqctx.and_then(|c| c.first_token_ms).map(|ms| {
                 let start = rr.start_sec as u64 * 1000 + rr.start_msec as u64;
                 ms.saturating_sub(start) as f64 / 1000.0
             });
-            let labels = [model, ns];
+            let labels = [Label::bytes(model), Label::bytes(ns)];
             if let Some(ttft) = ttft {
-                if let Some(v) = t.series(r, fam::TTFT, t.zone.layouts[1], hist_words(1), &labels)
-                {
+                if let Some(v) = t.series(r, fam::TTFT, t.zone.layouts[1], hist_words(1), &labels) {
                     observe(v, &mc.bounds[1], ttft);
                 }
             }
@@ -334,12 +384,25 @@ unsafe fn record(r: *mut ngx_http_request_t) {
     }
 }
 
-/// The `status_code` label: three digits without formatting in the common case.
+/// "100" to "999", three bytes each: the `status_code` label without formatting.
+static STATUS_DIGITS: [u8; 2700] = {
+    let mut t = [0u8; 2700];
+    let mut s = 100;
+    while s < 1000 {
+        let i = (s - 100) * 3;
+        t[i] = b'0' + (s / 100) as u8;
+        t[i + 1] = b'0' + (s / 10 % 10) as u8;
+        t[i + 2] = b'0' + (s % 10) as u8;
+        s += 1;
+    }
+    t
+};
+
+/// The `status_code` label.
 fn status_label(buf: &mut [u8; 20], status: ngx_uint_t) -> &[u8] {
     if (100..1000).contains(&status) {
-        let s = status as u16;
-        buf[..3].copy_from_slice(&[b'0' + (s / 100) as u8, b'0' + (s / 10 % 10) as u8, b'0' + (s % 10) as u8]);
-        &buf[..3]
+        let i = (status - 100) * 3;
+        &STATUS_DIGITS[i..i + 3]
     } else {
         gateway_metrics_core::expo::format_u64(buf, status as u64)
     }
@@ -348,13 +411,13 @@ fn status_label(buf: &mut [u8; 20], status: ngx_uint_t) -> &[u8] {
 fn record_tokens(
     t: &Target,
     r: *mut ngx_http_request_t,
-    labels: &[&[u8]; 2],
+    labels: &[Label; 2],
     c: &ReqCtx,
     duration: f64,
     ttft: Option<f64>,
 ) {
     let mc = t.mc;
-    let model = labels[0];
+    let model = labels[0].bytes;
     if let Some(v) = t.series(r, fam::MODEL_TOKENS, 0, tokens::N_VALUES, labels) {
         for (i, n) in c.tokens.iter().enumerate() {
             if *n > 0 {
@@ -367,7 +430,7 @@ fn record_tokens(
                 p.cost(c.tokens[0], c.tokens[1], c.tokens[2]),
             ),
             None => {
-                if let Some(u) = t.series(r, fam::UNPRICED, 0, 1, &[model]) {
+                if let Some(u) = t.series(r, fam::UNPRICED, 0, 1, &[Label::bytes(model)]) {
                     add_u64(&u[0], 1);
                 }
             }
@@ -389,21 +452,25 @@ fn record_tokens(
 }
 
 /// What `$limit_req_status`, `$limit_conn_status` and `$upstream_cache_status` report, as events.
-fn record_auto_events(
-    t: &Target,
-    r: *mut ngx_http_request_t,
-    ns: &[u8],
-    st: request::AutoStatus,
-) {
+fn record_auto_events(t: &Target, r: *mut ngx_http_request_t, ns: &[u8], st: request::AutoStatus) {
     use request::{Limit, UpstreamCache};
-    for (status, rule) in [(st.limit_req, "limit_req"), (st.limit_conn, "limit_conn")] {
+    for (status, rule, id) in [
+        (st.limit_req, "limit_req", 1),
+        (st.limit_conn, "limit_conn", 2),
+    ] {
         let (hit, violation) = match status {
             Limit::Delayed | Limit::DryRun => (true, false),
             Limit::Rejected => (true, true),
             Limit::None => (false, false),
         };
         if hit {
-            if let Some(v) = t.series(r, fam::RATE_LIMIT, 0, 2, &[ns, rule.as_bytes()]) {
+            if let Some(v) = t.series(
+                r,
+                fam::RATE_LIMIT,
+                0,
+                2,
+                &[Label::bytes(ns), Label::with_id(id, rule.as_bytes())],
+            ) {
                 add_u64(&v[0], 1);
                 if violation {
                     add_u64(&v[1], 1);
@@ -416,7 +483,7 @@ fn record_auto_events(
         UpstreamCache::Miss => 1,
         UpstreamCache::None => return,
     };
-    if let Some(v) = t.series(r, fam::CACHE, 0, 2, &[b"proxy_cache"]) {
+    if let Some(v) = t.series(r, fam::CACHE, 0, 2, &[Label::with_id(1, b"proxy_cache")]) {
         add_u64(&v[slot], 1);
     }
 }

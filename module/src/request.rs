@@ -3,7 +3,8 @@
 use std::ptr;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use gateway_metrics_core::labels::{header_matches, short_eq};
+use gateway_metrics_core::cache::Label;
+use gateway_metrics_core::labels::{edge_words, header_matches, short_eq};
 use nginx_sys::*;
 
 use crate::conf::{HeaderName, LocConf, MainConf};
@@ -119,21 +120,21 @@ pub unsafe fn label<'a>(
     }
     // SAFETY: the header list and its strings live in the request pool.
     unsafe {
-        let want = str_bytes(&name.var);
-        let dashed = str_bytes(&name.dashed);
+        let want_len = name.var.len;
         let mut found: Option<&[u8]> = None;
         let mut part: *const ngx_list_part_t = &(*r).headers_in.headers.part;
         while !part.is_null() {
             let elts = (*part).elts as *const ngx_table_elt_t;
             for i in 0..(*part).nelts {
                 let h = &*elts.add(i);
-                if h.hash == 0 || h.key.len != want.len() || h.lowcase_key.is_null() {
+                // Only headers of the right length are compared (out of line, to keep this
+                // loop small).
+                if h.key.len != want_len || h.hash == 0 || h.lowcase_key.is_null() {
                     continue;
                 }
-                let key = std::slice::from_raw_parts(h.lowcase_key, h.key.len);
-                // The usual spelling first (one hash compare and one memcmp); then what the
-                // variable also matches (`_` in its name stands for `-` or `_`).
-                if (h.hash == name.hash && short_eq(key, dashed)) || header_matches(key, want) {
+                let key = std::slice::from_raw_parts(h.lowcase_key, want_len);
+                let usual = h.hash == name.hash && want_len <= 16 && edge_words(key) == name.words;
+                if usual || header_is(h, name) {
                     if found.is_some() {
                         // Repeated header: let nginx decide what the variable gives.
                         return eval(r, cv);
@@ -145,6 +146,23 @@ pub unsafe fn label<'a>(
         }
         found.unwrap_or(b"")
     }
+}
+
+/// Is this header (of the right length) the one a label reads?
+#[inline(never)]
+fn header_is(h: &ngx_table_elt_t, name: &HeaderName) -> bool {
+    // SAFETY: the caller checked lowcase_key is set; it has key.len bytes; the names live in
+    // the conf pool.
+    let (key, want, dashed) = unsafe {
+        (
+            std::slice::from_raw_parts(h.lowcase_key, h.key.len),
+            str_bytes(&name.var),
+            str_bytes(&name.dashed),
+        )
+    };
+    // The usual spelling first (nginx's hash and one compare); then what the variable also
+    // matches (`_` in its name stands for `-` or `_`).
+    (h.hash == name.hash && short_eq(key, dashed)) || header_matches(key, want)
 }
 
 /// Evaluates a complex value; `""` when unset or on error (the label reports what it got).
@@ -192,45 +210,59 @@ pub fn status(r: &ngx_http_request_t) -> ngx_uint_t {
     }
 }
 
-/// The endpoint label: `gateway_metrics_endpoint`, else the matched location's name.
+/// The endpoint label: `gateway_metrics_endpoint`, else the matched location's name (whose
+/// identity, for the series cache, is the location's address: its name never changes).
 ///
 /// # Safety
 /// `r` must be a live request.
-pub unsafe fn endpoint<'a>(r: *mut ngx_http_request_t, lc: &LocConf) -> &'a [u8] {
+pub unsafe fn endpoint<'a>(r: *mut ngx_http_request_t, lc: &LocConf) -> Label<'a> {
     if !lc.endpoint.is_null() {
         // SAFETY: forwarded contract.
-        return unsafe { label(r, lc.endpoint, &lc.headers[2]) };
+        return Label::bytes(unsafe { label(r, lc.endpoint, &lc.headers[2]) });
     }
     // SAFETY: the core module's loc conf exists for every request.
     unsafe {
         let clcf =
             *(*r).loc_conf.add(ngx_http_core_module.ctx_index) as *const ngx_http_core_loc_conf_t;
-        str_bytes(&(*clcf).name)
+        Label::with_id(clcf as u64, str_bytes(&(*clcf).name))
     }
 }
 
 /// The upstream label: `gateway_metrics_upstream`, else the upstream nginx used, else `""`.
+/// A configured upstream block is identified by its address (its host never changes).
 ///
 /// # Safety
 /// `r` must be a live request.
-pub unsafe fn upstream<'a>(r: *mut ngx_http_request_t, lc: &LocConf) -> &'a [u8] {
+pub unsafe fn upstream<'a>(r: *mut ngx_http_request_t, lc: &LocConf) -> Label<'a> {
     if !lc.upstream.is_null() {
         // SAFETY: forwarded contract.
-        return unsafe { label(r, lc.upstream, &lc.headers[1]) };
+        return Label::bytes(unsafe { label(r, lc.upstream, &lc.headers[1]) });
     }
     // SAFETY: r->upstream and its confs stay valid until the request is freed.
     unsafe {
         let u = (*r).upstream;
         if u.is_null() {
-            return b"";
+            return Label::with_id(1, b"");
         }
         if !(*u).upstream.is_null() {
-            return str_bytes(&(*(*u).upstream).host);
+            return Label::with_id((*u).upstream as u64, str_bytes(&(*(*u).upstream).host));
         }
         if !(*u).resolved.is_null() {
-            return str_bytes(&(*(*u).resolved).host);
+            return Label::bytes(str_bytes(&(*(*u).resolved).host));
         }
-        b""
+        Label::with_id(1, b"")
+    }
+}
+
+/// The method label; a method nginx knows is identified by its number (nginx sets the name
+/// from it: `GET` is always `NGX_HTTP_GET`).
+pub fn method(r: &ngx_http_request_t) -> Label<'_> {
+    // SAFETY: method_name points into the request's buffers or at a static string.
+    let name = unsafe { str_bytes(&r.method_name) };
+    if r.method == NGX_HTTP_UNKNOWN as ngx_uint_t {
+        Label::bytes(name)
+    } else {
+        Label::with_id(r.method as u64, name)
     }
 }
 

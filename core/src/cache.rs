@@ -1,0 +1,238 @@
+//! A per-process cache in front of the shared table: the hot path finds the value words of a
+//! series it recorded before without joining, hashing or probing its key.
+//!
+//! A label value is given either as bytes or with an *identity*: a non-zero number that the
+//! caller guarantees always stands for the same bytes at that label position (nginx's method
+//! number, the address of the location whose name is the endpoint, the status code...). Only the
+//! values given as bytes are compared; identities are compared as numbers. A miss is always safe:
+//! the caller then takes the shared-table path and stores what it found.
+//!
+//! Entries are never invalidated: the table is append-only and never moves while the process
+//! lives, so a series found once stays where it is. Overflow series are never cached (every
+//! update to them must be counted as dropped).
+
+use std::sync::atomic::AtomicU64;
+
+/// Label values per cached key (the built-in families have at most five).
+pub const MAX_VALUES: usize = 5;
+/// Bytes beyond the first and last 8 of long byte values, in total, that an entry can hold.
+pub const VALUE_BYTES: usize = 64;
+
+/// One label value as the hot path knows it.
+#[derive(Clone, Copy)]
+pub struct Label<'v> {
+    /// Non-zero (and below 2^63): stands for `bytes` at this position, always (see the module
+    /// docs).
+    pub id: u64,
+    pub bytes: &'v [u8],
+}
+
+impl<'v> Label<'v> {
+    /// A value known only by its bytes.
+    #[inline]
+    pub fn bytes(bytes: &'v [u8]) -> Self {
+        Label { id: 0, bytes }
+    }
+
+    /// A value with an identity (`id` must be non-zero to be used as one).
+    #[inline]
+    pub fn with_id(id: u64, bytes: &'v [u8]) -> Self {
+        Label { id, bytes }
+    }
+}
+
+/// What identifies one label value in an entry: an identity, or the value's length with its
+/// first and last (up to) 8 bytes, which is the whole value when it has at most 16 bytes.
+type Word3 = [u64; 3];
+
+struct Entry<'a> {
+    tag: u64,
+    kind: u64,
+    n: usize,
+    k: [Word3; MAX_VALUES],
+    /// The middle bytes of byte values longer than 16 bytes, one after the other.
+    long: [u8; VALUE_BYTES],
+    values: &'a [AtomicU64],
+}
+
+/// A direct-mapped cache of `slots` entries (a power of two), allocated on first insert.
+pub struct SeriesCache<'a> {
+    entries: Vec<Option<Entry<'a>>>,
+    slots: usize,
+}
+
+const K: u64 = 0x9E37_79B9_7F4A_7C15;
+
+#[inline(always)]
+fn mix(h: u64, w: u64) -> u64 {
+    (h ^ w).wrapping_mul(K).rotate_left(27)
+}
+
+#[inline(always)]
+fn word3(l: &Label) -> Word3 {
+    if l.id != 0 {
+        return [l.id, 0, 0];
+    }
+    let [first, last] = crate::labels::edge_words(l.bytes);
+    // Identities are below 2^63: a length tag (u64::MAX - n) is never one.
+    [u64::MAX - l.bytes.len() as u64, first, last]
+}
+
+/// The middle bytes of a value longer than 16 bytes (what its `Word3` does not cover).
+#[inline(always)]
+fn middle(b: &[u8]) -> &[u8] {
+    if b.len() > 16 {
+        &b[8..b.len() - 8]
+    } else {
+        &[]
+    }
+}
+
+impl<'a> SeriesCache<'a> {
+    /// An empty cache of `slots` entries (rounded up to a power of two, at least 1).
+    pub const fn new(slots: usize) -> Self {
+        SeriesCache {
+            entries: Vec::new(),
+            slots: slots.next_power_of_two(),
+        }
+    }
+
+    #[inline(always)]
+    fn tag(kind: u64, ks: &[Word3]) -> u64 {
+        let mut h = mix(0x51ed_2701, kind);
+        for k in ks {
+            h = mix(h, k[0] ^ k[1] ^ k[2].rotate_left(31));
+        }
+        h ^ (h >> 29)
+    }
+
+    /// The value words cached for this kind (`SeriesKind::bits`) and these labels. Generic over
+    /// the number of labels so that each call site gets straight-line code.
+    #[inline(always)]
+    pub fn get<const N: usize>(&self, kind: u64, labels: &[Label; N]) -> Option<&'a [AtomicU64]> {
+        if N > MAX_VALUES || self.entries.is_empty() {
+            return None;
+        }
+        let mut ks = [[0u64; 3]; N];
+        let mut h = mix(0x51ed_2701, kind);
+        for (k, l) in ks.iter_mut().zip(labels) {
+            *k = word3(l);
+            h = mix(h, k[0] ^ k[1] ^ k[2].rotate_left(31));
+        }
+        let tag = h ^ (h >> 29);
+        let e = self.entries[tag as usize & (self.slots - 1)].as_ref()?;
+        let mut same = e.tag == tag && e.kind == kind && e.n == N;
+        for (a, b) in e.k.iter().zip(&ks) {
+            same &= a == b;
+        }
+        if !same {
+            return None;
+        }
+        let mut at = 0;
+        for l in labels {
+            if l.id == 0 && l.bytes.len() > 16 {
+                let m = middle(l.bytes);
+                if e.long.get(at..at + m.len()) != Some(m) {
+                    return None;
+                }
+                at += m.len();
+            }
+        }
+        Some(e.values)
+    }
+
+    /// Remembers where the series of these labels is. Keys whose long byte values do not fit
+    /// are not cached.
+    pub fn insert(&mut self, kind: u64, labels: &[Label], values: &'a [AtomicU64]) {
+        let n = labels.len();
+        if n > MAX_VALUES {
+            return;
+        }
+        let mut k = [[0u64; 3]; MAX_VALUES];
+        for (k, l) in k.iter_mut().zip(labels) {
+            *k = word3(l);
+        }
+        let mut e = Entry {
+            tag: Self::tag(kind, &k[..n]),
+            kind,
+            n,
+            k,
+            long: [0; VALUE_BYTES],
+            values,
+        };
+        let mut at = 0;
+        for l in labels {
+            let m = middle(l.bytes);
+            if l.id == 0 && !m.is_empty() {
+                let Some(dst) = e.long.get_mut(at..at + m.len()) else {
+                    return;
+                };
+                dst.copy_from_slice(m);
+                at += m.len();
+            }
+        }
+        if self.entries.is_empty() {
+            self.entries = (0..self.slots).map(|_| None).collect();
+        }
+        let slot = e.tag as usize & (self.slots - 1);
+        self.entries[slot] = Some(e);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn words(n: usize) -> Vec<AtomicU64> {
+        (0..n).map(|_| AtomicU64::new(0)).collect()
+    }
+
+    #[test]
+    fn finds_what_was_inserted_and_nothing_else() {
+        let a = words(2);
+        let b = words(2);
+        let mut c = SeriesCache::new(64);
+        let la = [Label::with_id(1, b"GET"), Label::bytes(b"ns-a")];
+        let lb = [Label::with_id(1, b"GET"), Label::bytes(b"ns-b")];
+        assert!(c.get(7, &la).is_none());
+        c.insert(7, &la, &a);
+        c.insert(7, &lb, &b);
+        assert!(std::ptr::eq(c.get(7, &la).unwrap(), &a[..]));
+        assert!(std::ptr::eq(c.get(7, &lb).unwrap(), &b[..]));
+        // Other kind, other identity, other bytes, other arity: misses.
+        assert!(c.get(8, &la).is_none());
+        assert!(c
+            .get(7, &[Label::with_id(2, b"POST"), Label::bytes(b"ns-a")])
+            .is_none());
+        assert!(c
+            .get(7, &[Label::with_id(1, b"GET"), Label::bytes(b"ns-c")])
+            .is_none());
+        assert!(c.get(7, &[Label::with_id(1, b"GET")]).is_none());
+        // An identity and bytes in the same position never match each other.
+        assert!(c
+            .get(7, &[Label::bytes(b"GET"), Label::bytes(b"ns-a")])
+            .is_none());
+    }
+
+    #[test]
+    fn long_byte_values_are_not_cached() {
+        let a = words(1);
+        let mut c = SeriesCache::new(8);
+        let long = [0x61u8; VALUE_BYTES + 17];
+        c.insert(1, &[Label::bytes(&long)], &a);
+        assert!(c.get(1, &[Label::bytes(&long)]).is_none());
+    }
+
+    #[test]
+    fn values_differing_only_inside_are_told_apart() {
+        let a = words(1);
+        let mut c = SeriesCache::new(1);
+        let x = b"/v1/chat/completions/aaaa-bbbb";
+        let mut y = *x;
+        y[12] = b'X';
+        c.insert(1, &[Label::bytes(x)], &a);
+        assert!(c.get(1, &[Label::bytes(x)]).is_some());
+        // Same length, first and last 8 bytes: same tag and slot, different bytes.
+        assert!(c.get(1, &[Label::bytes(&y)]).is_none());
+    }
+}
