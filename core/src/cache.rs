@@ -43,11 +43,13 @@ impl<'v> Label<'v> {
 
 /// What identifies one label value in an entry: an identity, or the value's length with its
 /// first and last (up to) 8 bytes, which is the whole value when it has at most 16 bytes.
-type Word3 = [u64; 3];
+pub type Word3 = [u64; 3];
 
 struct Entry<'a> {
     tag: u64,
     kind: u64,
+    /// Made by `get_packed`/`insert_packed` (a caller's own exact encoding), not from labels.
+    packed: bool,
     n: usize,
     k: [Word3; MAX_VALUES],
     /// The middle bytes of byte values longer than 16 bytes, one after the other.
@@ -114,62 +116,105 @@ impl<'a> SeriesCache<'a> {
             return None;
         }
         let mut ks = [[0u64; 3]; N];
-        let mut h = mix(0x51ed_2701, kind);
         for (k, l) in ks.iter_mut().zip(labels) {
             *k = word3(l);
-            h = mix(h, k[0] ^ k[1] ^ k[2].rotate_left(31));
         }
-        let tag = h ^ (h >> 29);
-        let e = self.entries[tag as usize & (self.slots - 1)].as_ref()?;
-        let mut same = e.tag == tag && e.kind == kind && e.n == N;
-        for (a, b) in e.k.iter().zip(&ks) {
-            same &= a == b;
-        }
-        if !same {
-            return None;
-        }
+        let e = self.entry(kind, false, &ks)?;
         let mut at = 0;
         for l in labels {
-            if l.id == 0 && l.bytes.len() > 16 {
-                let m = middle(l.bytes);
-                if e.long.get(at..at + m.len()) != Some(m) {
-                    return None;
-                }
-                at += m.len();
+            if l.id == 0 && l.bytes.len() > 16 && !long_matches(e, &mut at, l.bytes) {
+                return None;
             }
         }
         Some(e.values)
     }
 
+    /// Like [`get`](Self::get) for a key the caller encoded itself as `N` words triples, exactly
+    /// (distinct label values, distinct words), plus at most one byte value that may be longer
+    /// than 16 bytes (`long`, whose first and last 8 bytes and length the words must hold).
+    /// Cheaper than labels when most values have identities: they can share words.
+    #[inline(always)]
+    pub fn get_packed<const N: usize>(
+        &self,
+        kind: u64,
+        ks: &[Word3; N],
+        long: &[u8],
+    ) -> Option<&'a [AtomicU64]> {
+        if N > MAX_VALUES || self.entries.is_empty() {
+            return None;
+        }
+        let e = self.entry(kind, true, ks)?;
+        let mut at = 0;
+        if long.len() > 16 && !long_matches(e, &mut at, long) {
+            return None;
+        }
+        Some(e.values)
+    }
+
+    #[inline(always)]
+    fn entry<const N: usize>(
+        &self,
+        kind: u64,
+        packed: bool,
+        ks: &[Word3; N],
+    ) -> Option<&Entry<'a>> {
+        let tag = Self::tag(kind, ks);
+        let e = self.entries[tag as usize & (self.slots - 1)].as_ref()?;
+        let mut same = e.tag == tag && e.kind == kind && e.n == N && e.packed == packed;
+        for (a, b) in e.k.iter().zip(ks) {
+            same &= a == b;
+        }
+        same.then_some(e)
+    }
+
     /// Remembers where the series of these labels is. Keys whose long byte values do not fit
     /// are not cached.
     pub fn insert(&mut self, kind: u64, labels: &[Label], values: &'a [AtomicU64]) {
-        let n = labels.len();
-        if n > MAX_VALUES {
+        if labels.len() > MAX_VALUES {
             return;
         }
         let mut k = [[0u64; 3]; MAX_VALUES];
         for (k, l) in k.iter_mut().zip(labels) {
             *k = word3(l);
         }
+        let longs = labels.iter().filter(|l| l.id == 0).map(|l| l.bytes);
+        self.put(kind, false, &k[..labels.len()], longs, values);
+    }
+
+    /// Remembers a key encoded as for [`get_packed`](Self::get_packed).
+    pub fn insert_packed(&mut self, kind: u64, ks: &[Word3], long: &[u8], values: &'a [AtomicU64]) {
+        if ks.len() <= MAX_VALUES {
+            self.put(kind, true, ks, std::iter::once(long), values);
+        }
+    }
+
+    fn put<'v>(
+        &mut self,
+        kind: u64,
+        packed: bool,
+        ks: &[Word3],
+        longs: impl Iterator<Item = &'v [u8]>,
+        values: &'a [AtomicU64],
+    ) {
+        let mut k = [[0u64; 3]; MAX_VALUES];
+        k[..ks.len()].copy_from_slice(ks);
         let mut e = Entry {
-            tag: Self::tag(kind, &k[..n]),
+            tag: Self::tag(kind, ks),
             kind,
-            n,
+            packed,
+            n: ks.len(),
             k,
             long: [0; VALUE_BYTES],
             values,
         };
         let mut at = 0;
-        for l in labels {
-            let m = middle(l.bytes);
-            if l.id == 0 && !m.is_empty() {
-                let Some(dst) = e.long.get_mut(at..at + m.len()) else {
-                    return;
-                };
-                dst.copy_from_slice(m);
-                at += m.len();
-            }
+        for b in longs {
+            let m = middle(b);
+            let Some(dst) = e.long.get_mut(at..at + m.len()) else {
+                return;
+            };
+            dst.copy_from_slice(m);
+            at += m.len();
         }
         if self.entries.is_empty() {
             self.entries = (0..self.slots).map(|_| None).collect();
@@ -177,6 +222,22 @@ impl<'a> SeriesCache<'a> {
         let slot = e.tag as usize & (self.slots - 1);
         self.entries[slot] = Some(e);
     }
+}
+
+/// Does the entry hold `b`'s middle bytes at `*at`? Advances `*at`.
+#[inline(always)]
+fn long_matches(e: &Entry, at: &mut usize, b: &[u8]) -> bool {
+    let m = middle(b);
+    let ok = e.long.get(*at..*at + m.len()) == Some(m);
+    *at += m.len();
+    ok
+}
+
+/// The words of a byte value in a packed key (see [`SeriesCache::get_packed`]): its length tag
+/// and its first and last (up to) 8 bytes.
+#[inline(always)]
+pub fn bytes_words(b: &[u8]) -> Word3 {
+    word3(&Label::bytes(b))
 }
 
 #[cfg(test)]
@@ -212,6 +273,33 @@ mod tests {
         assert!(c
             .get(7, &[Label::bytes(b"GET"), Label::bytes(b"ns-a")])
             .is_none());
+    }
+
+    #[test]
+    fn packed_keys_are_their_own_entries() {
+        let a = words(1);
+        let b = words(1);
+        let mut c = SeriesCache::new(64);
+        let ns = b"tenant-with-a-long-name-0001";
+        let ks = [[7 << 32 | 200, 0x1000, 1], bytes_words(ns)];
+        assert!(c.get_packed(3, &ks, ns).is_none());
+        c.insert_packed(3, &ks, ns, &a);
+        assert!(std::ptr::eq(c.get_packed(3, &ks, ns).unwrap(), &a[..]));
+        // Same first and last 8 bytes and length, other middle: a miss.
+        let other = b"tenant-with-a-LONG-name-0001";
+        assert!(c
+            .get_packed(3, &[ks[0], bytes_words(other)], other)
+            .is_none());
+        // Other status in the shared word, other kind: misses.
+        assert!(c
+            .get_packed(3, &[[7 << 32 | 201, 0x1000, 1], ks[1]], ns)
+            .is_none());
+        assert!(c.get_packed(4, &ks, ns).is_none());
+        // A label entry of the same words is not a packed entry, and the other way round.
+        let labels = [Label::with_id(7 << 32 | 200, b"x"), Label::bytes(ns)];
+        assert!(c.get(3, &labels).is_none());
+        c.insert(3, &labels, &b);
+        assert!(std::ptr::eq(c.get(3, &labels).unwrap(), &b[..]));
     }
 
     #[test]

@@ -50,6 +50,7 @@ pub mod tokens {
 }
 
 /// `success` for 1xx-3xx, `error` otherwise (including 0: no response was produced).
+#[inline]
 pub fn status_class(code: u16) -> &'static str {
     if (100..400).contains(&code) {
         "success"

@@ -5,7 +5,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::ptr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use gateway_metrics_core::cache::{Label, SeriesCache};
+use gateway_metrics_core::cache::{bytes_words, Label, SeriesCache};
 use gateway_metrics_core::catalogue::{self, fam, tokens};
 use gateway_metrics_core::series_cached;
 use gateway_metrics_core::store::{add_f64, add_u64, observe, DropReason, SeriesKind, Store};
@@ -206,6 +206,60 @@ impl Target<'_> {
         v
     }
 
+    /// The `REQUEST` series of these labels (method, endpoint, status code, namespace,
+    /// upstream). When method, endpoint and upstream have identities (the usual case: a known
+    /// method, the location's name, the proxied upstream block or none), the cache is asked with
+    /// a packed key: those three and the status code take one word triple, the namespace
+    /// another.
+    #[inline(always)]
+    fn request_series(
+        &self,
+        r: *mut ngx_http_request_t,
+        layout: u8,
+        n_values: u8,
+        labels: &[Label; 5],
+        status: ngx_uint_t,
+    ) -> Option<&'static [AtomicU64]> {
+        let [method, endpoint, _, ns, upstream] = labels;
+        let packable = method.id != 0
+            && method.id < 1 << 31
+            && endpoint.id != 0
+            && upstream.id != 0
+            && status < 1 << 32;
+        if !packable {
+            return self.series(r, fam::REQUEST, layout, n_values, labels);
+        }
+        let kind = SeriesKind {
+            family: fam::REQUEST,
+            layout,
+            n_values,
+        };
+        let ks = [
+            [method.id << 32 | status as u64, endpoint.id, upstream.id],
+            bytes_words(ns.bytes),
+        ];
+        let Ok(mut cache) = CACHE.0.try_borrow_mut() else {
+            return None;
+        };
+        if let Some(v) = cache.get_packed(kind.bits(), &ks, ns.bytes) {
+            return Some(v);
+        }
+        let (v, reason) = series_cached(
+            &mut cache,
+            &self.store,
+            &self.lock,
+            self.zone.limits(),
+            kind,
+            labels,
+        );
+        match (v, reason) {
+            (Some(v), None) => cache.insert_packed(kind.bits(), &ks, ns.bytes, v),
+            (_, Some(reason)) => self.warn(r, reason),
+            _ => {}
+        }
+        v
+    }
+
     #[cold]
     #[inline(never)]
     fn warn(&self, r: *mut ngx_http_request_t, reason: DropReason) {
@@ -342,7 +396,7 @@ unsafe fn record(r: *mut ngx_http_request_t) {
             Label::bytes(ns),
             upstream,
         ];
-        if let Some(v) = t.series(r, fam::REQUEST, t.zone.layouts[0], hist_words(0), &labels) {
+        if let Some(v) = t.request_series(r, t.zone.layouts[0], hist_words(0), &labels, status) {
             observe(v, &mc.bounds[0], duration);
         }
 
