@@ -12,9 +12,9 @@ use std::ptr;
 
 use gateway_metrics_core::api;
 use gateway_metrics_core::catalogue::fam;
-use gateway_metrics_core::labels::{sanitize_into, KeyBuilder};
+use gateway_metrics_core::labels::sanitize_into;
 use gateway_metrics_core::render::CustomKind;
-use gateway_metrics_core::series;
+use gateway_metrics_core::series_of;
 use gateway_metrics_core::store::{add_f64, add_u64, observe, set_f64, SelfCounter, SeriesKind};
 use nginx_sys::*;
 
@@ -205,7 +205,7 @@ fn update(
     family: u32,
     layout: u8,
     n_values: u8,
-    key: &KeyBuilder,
+    values: &[&[u8]],
     f: impl FnOnce(&[std::sync::atomic::AtomicU64]),
 ) -> ApiResult {
     let kind = SeriesKind {
@@ -213,14 +213,8 @@ fn update(
         layout,
         n_values,
     };
-    if let (Some(v), _) = series(
-        store,
-        &z.lock(),
-        z.limits(),
-        kind,
-        key.as_bytes(),
-        key.len(),
-    ) {
+    // An existing series is found from the values joined on the stack: no allocation per call.
+    if let (Some(v), _) = series_of(store, &z.lock(), z.limits(), kind, values) {
         f(v);
     }
     // A redirected or lost update is counted by the store; it is not the caller's error.
@@ -252,9 +246,7 @@ pub unsafe extern "C" fn gateway_metrics_rate_limit(
             return Err(c"empty rule_type");
         }
         let (_, z, store) = zone()?;
-        let mut k = KeyBuilder::new();
-        k.push(ns).push(rule);
-        update(z, &store, fam::RATE_LIMIT, 0, 2, &k, |v| {
+        update(z, &store, fam::RATE_LIMIT, 0, 2, &[ns, rule], |v| {
             add_u64(&v[0], 1);
             if rejected != 0 {
                 add_u64(&v[1], 1);
@@ -280,10 +272,8 @@ pub unsafe extern "C" fn gateway_metrics_cache(
         if t.is_empty() {
             return Err(c"empty cache_type");
         }
-        let mut k = KeyBuilder::new();
-        k.push(t);
         let (_, z, store) = zone()?;
-        update(z, &store, fam::CACHE, 0, 2, &k, |v| {
+        update(z, &store, fam::CACHE, 0, 2, &[t], |v| {
             add_u64(&v[if hit != 0 { 0 } else { 1 }], 1)
         })
     })
@@ -328,32 +318,33 @@ pub unsafe extern "C" fn gateway_metrics_custom(
         if !value.is_finite() {
             return Err(c"value must be a finite number");
         }
-        let mut k = KeyBuilder::new();
-        for j in 0..n_labels {
+        let mut vals: [&[u8]; MAX_CUSTOM_LABELS] = [&[]; MAX_CUSTOM_LABELS];
+        for (j, v) in vals.iter_mut().enumerate().take(n_labels) {
             // SAFETY: per the contract, labels has n_labels entries.
             let l = unsafe { &*labels.add(j) };
             // SAFETY: as above, each entry points at len readable bytes.
-            k.push(unsafe { bytes(l.data, l.len)? });
+            *v = unsafe { bytes(l.data, l.len)? };
         }
+        let k = &vals[..n_labels];
         let layout = z.custom.get(i).map_or(0, |c| c.1);
         match (f.kind, op) {
             (CustomKind::Counter, OP_INC) => {
                 if value < 0.0 {
                     return Err(c"counter increment must not be negative");
                 }
-                update(z, &store, f.id, 0, 1, &k, |v| add_f64(&v[0], value))
+                update(z, &store, f.id, 0, 1, k, |v| add_f64(&v[0], value))
             }
             (CustomKind::Gauge, OP_INC) => {
-                update(z, &store, f.id, 0, 1, &k, |v| add_f64(&v[0], value))
+                update(z, &store, f.id, 0, 1, k, |v| add_f64(&v[0], value))
             }
             (CustomKind::Gauge, OP_SET) => {
-                update(z, &store, f.id, 0, 1, &k, |v| set_f64(&v[0], value))
+                update(z, &store, f.id, 0, 1, k, |v| set_f64(&v[0], value))
             }
             (CustomKind::Histogram, OP_OBSERVE) => {
                 if layout == 0 {
                     return Err(c"histogram bucket layout not registered");
                 }
-                update(z, &store, f.id, layout, f.n_values(), &k, |v| {
+                update(z, &store, f.id, layout, f.n_values(), k, |v| {
                     observe(v, &f.bounds, value)
                 })
             }
