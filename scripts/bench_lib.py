@@ -335,20 +335,44 @@ def scrape(port, path="/metrics", conn=None, keep_tail=None):
         status = int(head.split(b" ", 2)[1])
         m = re.search(rb"(?im)^content-length:\s*(\d+)", head)
         length = int(m.group(1)) if m else 0
+        chunked = re.search(rb"(?im)^transfer-encoding:\s*chunked", head) is not None
         kept = []
         kept_len = 0
         lines = comments = 0
         prev = b"\n"  # the byte before the current chunk
-        left = length
-        while left > 0:
-            if c.buf:
-                chunk = bytes(c.buf[:left])
-                del c.buf[:len(chunk)]
-            else:
-                chunk = c.sock.recv(min(left, 1 << 22))
-                if not chunk:
-                    raise ConnectionError("connection closed mid-body")
-            left -= len(chunk)
+
+        def take(left):
+            """Streams the next `left` body bytes."""
+            while left > 0:
+                if c.buf:
+                    piece = bytes(c.buf[:left])
+                    del c.buf[:len(piece)]
+                else:
+                    piece = c.sock.recv(min(left, 1 << 22))
+                    if not piece:
+                        raise ConnectionError("connection closed mid-body")
+                left -= len(piece)
+                yield piece
+
+        def dechunk():
+            """Streams a chunked body (the page rendered in slices has no Content-Length)."""
+            while True:
+                while b"\r\n" not in c.buf:
+                    c._fill()
+                i = c.buf.find(b"\r\n")
+                size = int(bytes(c.buf[:i]).split(b";")[0], 16)
+                del c.buf[:i + 2]
+                yield from take(size)
+                while len(c.buf) < 2:
+                    c._fill()
+                del c.buf[:2]
+                if size == 0:
+                    return
+
+        pieces = dechunk() if chunked else take(length)
+        length = 0
+        for chunk in pieces:
+            length += len(chunk)
             lines += chunk.count(b"\n")
             comments += chunk.count(b"\n#") + (1 if prev == b"\n" and chunk[:1] == b"#" else 0)
             prev = chunk[-1:]

@@ -1,5 +1,7 @@
-"""Repeated scrapes of a large page over one keep-alive connection (as Prometheus scrapes): the
-thread-pool render must not answer a write event that arrives before the render is done."""
+"""Repeated scrapes of a large page over one keep-alive connection (as Prometheus scrapes), in
+both render modes: sliced on the event loop (chunked; each response must end before the next
+request is read) and in the thread pool (which must not answer a write event that arrives
+before the render is done)."""
 import http.client
 
 from gm import Nginx
@@ -17,7 +19,7 @@ CONF = """
 
 
 def test_large_pages_over_one_keepalive_connection():
-    for pool in ("", "gateway_metrics_render_thread_pool off;"):
+    for pool in ("", "gateway_metrics_render_thread_pool default;"):
         with Nginx(pool + CONF, workers=1) as n:
             c = http.client.HTTPConnection("127.0.0.1", n.port, timeout=30)
             for i in range(2500):
@@ -29,5 +31,7 @@ def test_large_pages_over_one_keepalive_connection():
                 r = c.getresponse()
                 body = r.read()
                 assert r.status == 200, (pool, sizes)
+                chunked = r.getheader("Transfer-Encoding") == "chunked"
+                assert chunked == (pool == ""), pool
                 sizes.append(len(body))
             assert min(sizes) > 5_000_000 and len(set(sizes)) == 1, sizes

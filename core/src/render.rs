@@ -1,6 +1,9 @@
-//! Renders the whole `/metrics` page from a store: the views of the stored families, declared
+//! Renders the `/metrics` page from a store: the views of the stored families, declared
 //! families, self-metrics and nginx's connection counters. Takes no lock: it walks the
 //! published series and reads each value word atomically.
+//!
+//! [`Render`] produces the page in steps of bounded work (the nginx module renders in short
+//! slices between other events); [`render`] produces it in one go.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -9,7 +12,7 @@ use crate::buckets::format_bound;
 use crate::catalogue::{self, fam, tokens};
 use crate::expo::{push_labels, Encoder, MetricType};
 use crate::labels::{split_key, SEP};
-use crate::store::{load_f64, DropReason, SelfCounter, Store};
+use crate::store::{load_f64, DropReason, Entry, SelfCounter, Store};
 
 /// The type of a family declared in nginx.conf.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,6 +66,7 @@ pub struct NginxStats {
 }
 
 /// What the renderer needs from the configuration.
+#[derive(Clone, Copy)]
 pub struct RenderSpec<'a> {
     pub zone_name: &'a str,
     pub max_series: u64,
@@ -91,32 +95,37 @@ struct Collected<'a> {
 }
 
 impl<'a> Collected<'a> {
-    fn collect(store: &Store<'a>) -> Self {
-        let mut c = Collected {
+    fn new() -> Self {
+        Collected {
             arena: Vec::with_capacity(64 * 1024),
             builtin: Default::default(),
             custom: HashMap::new(),
+        }
+    }
+
+    fn push(&mut self, e: Entry<'a>, tmp: &mut Vec<u8>) {
+        e.key.read_into(tmp);
+        let start = self.arena.len();
+        self.arena.extend_from_slice(tmp);
+        let item = Item {
+            layout: e.kind.layout,
+            key: (start, tmp.len()),
+            values: e.values,
         };
-        let mut tmp = Vec::new();
-        store.for_each(|e| {
-            e.key.read_into(&mut tmp);
-            let start = c.arena.len();
-            c.arena.extend_from_slice(&tmp);
-            let item = Item {
-                layout: e.kind.layout,
-                key: (start, tmp.len()),
-                values: e.values,
-            };
-            match c.builtin.get_mut(e.kind.family as usize) {
-                Some(v) => v.push(item),
-                None => c.custom.entry(e.kind.family).or_default().push(item),
-            }
-        });
-        c
+        match self.builtin.get_mut(e.kind.family as usize) {
+            Some(v) => v.push(item),
+            None => self.custom.entry(e.kind.family).or_default().push(item),
+        }
     }
 
     fn key(&self, it: &Item) -> &[u8] {
         &self.arena[it.key.0..it.key.0 + it.key.1]
+    }
+
+    fn family(&self, family: u32) -> &[Item<'a>] {
+        self.builtin
+            .get(family as usize)
+            .map_or(&[][..], |v| v.as_slice())
     }
 }
 
@@ -192,23 +201,40 @@ impl std::hash::Hasher for IdHasher {
 const NO_GROUP: u32 = u32::MAX;
 
 /// Aggregation groups in first-seen order (insertion order of the store: stable output).
-/// Keys live in one arena, indexed by their hash with collision chains: no allocation per group.
-struct Groups<V> {
+/// Keys live in one arena, indexed by their hash with collision chains; each group's values
+/// are `width` words of one flat vector: no allocation per group, and one `Groups` serves
+/// every view of a render in turn.
+struct Groups {
     index: HashMap<u64, u32, std::hash::BuildHasherDefault<IdHasher>>,
     arena: Vec<u8>,
     /// Per group: key start, key length, next group with the same hash.
     spans: Vec<(u32, u32, u32)>,
-    vals: Vec<V>,
+    vals: Vec<u64>,
+    width: usize,
 }
 
-impl<V> Groups<V> {
+impl Groups {
     fn new() -> Self {
         Groups {
             index: HashMap::default(),
             arena: Vec::new(),
             spans: Vec::new(),
             vals: Vec::new(),
+            width: 1,
         }
+    }
+
+    /// Empties the groups for a view of `width` words per group over `items` series
+    /// (at most that many groups: reserving them up front means no rehash of a large index
+    /// in the middle of a step).
+    fn reset(&mut self, width: usize, items: usize) {
+        self.index.clear();
+        self.arena.clear();
+        self.spans.clear();
+        self.vals.clear();
+        self.width = width;
+        self.index.reserve(items);
+        self.spans.reserve(items);
     }
 
     fn key(&self, i: usize) -> &[u8] {
@@ -216,13 +242,20 @@ impl<V> Groups<V> {
         &self.arena[s as usize..(s + l) as usize]
     }
 
-    fn get(&mut self, key: &[u8], init: impl FnOnce() -> V) -> &mut V {
+    fn vals(&self, i: usize) -> &[u64] {
+        &self.vals[i * self.width..(i + 1) * self.width]
+    }
+
+    /// The values of the group of `key`, created zeroed if new.
+    fn get(&mut self, key: &[u8]) -> &mut [u64] {
         let h = crate::hash::hash_key(0, key);
         let head = self.index.get(&h).copied().unwrap_or(NO_GROUP);
+        let w = self.width;
         let mut i = head;
         while i != NO_GROUP {
             if self.key(i as usize) == key {
-                return &mut self.vals[i as usize];
+                let i = i as usize;
+                return &mut self.vals[i * w..(i + 1) * w];
             }
             i = self.spans[i as usize].2;
         }
@@ -231,12 +264,12 @@ impl<V> Groups<V> {
             .push((self.arena.len() as u32, key.len() as u32, head));
         self.arena.extend_from_slice(key);
         self.index.insert(h, n as u32);
-        self.vals.push(init());
-        &mut self.vals[n]
+        self.vals.resize((n + 1) * w, 0);
+        &mut self.vals[n * w..(n + 1) * w]
     }
 
     fn len(&self) -> usize {
-        self.vals.len()
+        self.spans.len()
     }
 }
 
@@ -261,290 +294,600 @@ fn hist_count(values: &[AtomicU64]) -> u64 {
         .fold(0u64, |a, w| a.wrapping_add(w.load(Ordering::Relaxed)))
 }
 
-struct HistAgg {
-    buckets: Vec<u64>,
-    sum: f64,
+/// Renders `/metrics` into `out` (appending), in one go.
+pub fn render(store: &Store, spec: &RenderSpec, out: &mut Vec<u8>) {
+    let mut r = Render::new(store, spec);
+    while !r.step(out, usize::MAX) {}
 }
 
-/// Renders `/metrics` into `out` (appending).
-pub fn render(store: &Store, spec: &RenderSpec, out: &mut Vec<u8>) {
-    let c = Collected::collect(store);
-    let mut r = Renderer {
-        c: &c,
-        enc: Encoder::new(out),
-        labels: Vec::with_capacity(512),
-        proj: Vec::with_capacity(256),
-    };
-    r.requests(spec);
-    r.active(spec);
-    r.models(spec);
-    r.limits_and_caches();
-    r.custom(spec);
-    r.self_metrics(store, spec);
-    if let Some(n) = spec.nginx {
-        r.nginx(&n);
+/// What a counter view sums per stored series.
+#[derive(Clone, Copy)]
+enum Val {
+    /// A histogram's count.
+    HistCount,
+    /// One value word.
+    Slot(usize),
+}
+
+impl Val {
+    fn of(self, v: &[AtomicU64]) -> u64 {
+        match self {
+            Val::HistCount => hist_count(v),
+            Val::Slot(i) => v.get(i).map_or(0, |w| w.load(Ordering::Relaxed)),
+        }
     }
 }
 
-/// A family rendered from the stored `REQUEST` series
-/// (`{method, endpoint, status_code, namespace, upstream}`).
-struct RequestView {
+/// Which configured bucket layout a histogram view renders.
+#[derive(Clone, Copy)]
+enum Layout {
+    Duration,
+    Ttft,
+    Throughput,
+}
+
+/// A family rendered from the series of one stored family.
+#[derive(Clone, Copy)]
+struct View {
+    family: u32,
     name: &'static str,
     help: &'static str,
-    histogram: bool,
     labels: &'static [&'static str],
     cols: &'static [Col],
 }
 
-const REQUEST_VIEWS: [RequestView; 7] = {
+/// The page is a sequence of stages, each one family (or a fixed block of them).
+#[derive(Clone, Copy)]
+enum Stage {
+    /// The walk of the store.
+    Collect,
+    /// A counter view: the sum over stored series of a value, grouped by the view's columns.
+    Counter(View, Val),
+    /// A histogram view: stored histograms of the current layout, summed by the columns.
+    Histogram(View, Layout),
+    Active,
+    NamespaceTokens,
+    Cost,
+    /// A declared family (index into `RenderSpec::custom`).
+    Custom(usize),
+    SelfMetrics,
+    Nginx,
+}
+
+/// The request views, from the stored `REQUEST` series
+/// (`{method, endpoint, status_code, namespace, upstream}`).
+const REQUEST_VIEWS: [(bool, View); 7] = {
     use Col::*;
+    const fn v(
+        name: &'static str,
+        help: &'static str,
+        labels: &'static [&'static str],
+        cols: &'static [Col],
+    ) -> View {
+        View {
+            family: fam::REQUEST,
+            name,
+            help,
+            labels,
+            cols,
+        }
+    }
     [
-        RequestView {
-            name: "http_requests_total",
-            help: "HTTP requests handled by the gateway.",
-            histogram: false,
-            labels: &["method", "endpoint", "status_code", "namespace", "upstream"],
-            cols: &[Label(0), Label(1), Label(2), Label(3), Label(4)],
-        },
-        RequestView {
-            name: "http_request_duration_seconds",
-            help: "HTTP request duration in seconds, from the first request byte to the last response byte.",
-            histogram: true,
-            labels: &["method", "endpoint", "namespace", "upstream"],
-            cols: &[Label(0), Label(1), Label(3), Label(4)],
-        },
-        RequestView {
-            name: "gateway_requests_total",
-            help: "Gateway requests by method, path and namespace.",
-            histogram: false,
-            labels: &["method", "path", "namespace"],
-            cols: &[Label(0), Label(1), Label(3)],
-        },
-        RequestView {
-            name: "gateway_request_duration_seconds",
-            help: "Gateway request duration in seconds by method, path and namespace.",
-            histogram: true,
-            labels: &["method", "path", "namespace"],
-            cols: &[Label(0), Label(1), Label(3)],
-        },
-        RequestView {
-            name: "namespace_requests_total",
-            help: "Requests per namespace; status is success (HTTP status below 400) or error.",
-            histogram: false,
-            labels: &["namespace", "status"],
-            cols: &[Label(3), StatusClass(2)],
-        },
-        RequestView {
-            name: "upstream_requests_total",
-            help: "Requests per upstream; status is success (HTTP status below 400) or error.",
-            histogram: false,
-            labels: &["upstream", "status"],
-            cols: &[Label(4), StatusClass(2)],
-        },
-        RequestView {
-            name: "errors_total",
-            help: "Requests that ended in an HTTP error, by error type.",
-            histogram: false,
-            labels: &["error_type", "namespace", "upstream"],
-            cols: &[ErrorType(2), Label(3), Label(4)],
-        },
+        (false, v(
+            "http_requests_total",
+            "HTTP requests handled by the gateway.",
+            &["method", "endpoint", "status_code", "namespace", "upstream"],
+            &[Label(0), Label(1), Label(2), Label(3), Label(4)],
+        )),
+        (true, v(
+            "http_request_duration_seconds",
+            "HTTP request duration in seconds, from the first request byte to the last response byte.",
+            &["method", "endpoint", "namespace", "upstream"],
+            &[Label(0), Label(1), Label(3), Label(4)],
+        )),
+        (false, v(
+            "gateway_requests_total",
+            "Gateway requests by method, path and namespace.",
+            &["method", "path", "namespace"],
+            &[Label(0), Label(1), Label(3)],
+        )),
+        (true, v(
+            "gateway_request_duration_seconds",
+            "Gateway request duration in seconds by method, path and namespace.",
+            &["method", "path", "namespace"],
+            &[Label(0), Label(1), Label(3)],
+        )),
+        (false, v(
+            "namespace_requests_total",
+            "Requests per namespace; status is success (HTTP status below 400) or error.",
+            &["namespace", "status"],
+            &[Label(3), StatusClass(2)],
+        )),
+        (false, v(
+            "upstream_requests_total",
+            "Requests per upstream; status is success (HTTP status below 400) or error.",
+            &["upstream", "status"],
+            &[Label(4), StatusClass(2)],
+        )),
+        (false, v(
+            "errors_total",
+            "Requests that ended in an HTTP error, by error type.",
+            &["error_type", "namespace", "upstream"],
+            &[ErrorType(2), Label(3), Label(4)],
+        )),
     ]
 };
 
-struct Renderer<'c, 'a, 'o> {
-    c: &'c Collected<'a>,
-    enc: Encoder<'o>,
-    labels: Vec<u8>,
-    proj: Vec<u8>,
-}
+const MODEL_COLS: &[Col] = &[Col::Label(0), Col::Label(1)];
+const MODEL_NAMES: &[&str] = &["model", "namespace"];
 
-impl Renderer<'_, '_, '_> {
-    fn set_labels(&mut self, names: &[&str], key: &[u8]) {
-        let mut vals: [&[u8]; MAX_LABELS] = [&[]; MAX_LABELS];
-        let mut n = 0;
-        if !names.is_empty() {
-            for v in split_key(key) {
-                if n < MAX_LABELS {
-                    vals[n] = v;
-                    n += 1;
-                }
-            }
-        }
-        self.labels.clear();
-        push_labels(&mut self.labels, names, &vals[..names.len().min(n)]);
+/// The stages in page order.
+fn stages(n_custom: usize, nginx: bool) -> Vec<Stage> {
+    use Col::*;
+    let view = |family, name, help, labels, cols| View {
+        family,
+        name,
+        help,
+        labels,
+        cols,
+    };
+    let mut s = vec![Stage::Collect];
+    for (histogram, v) in REQUEST_VIEWS {
+        s.push(if histogram {
+            Stage::Histogram(v, Layout::Duration)
+        } else {
+            Stage::Counter(v, Val::HistCount)
+        });
     }
-
-    /// A counter view: the sum over stored series of `value(series)`, grouped by `cols`.
-    fn counter_view(
-        &mut self,
-        family: u32,
-        name: &str,
-        help: &str,
-        names: &[&str],
-        cols: &[Col],
-        value: impl Fn(&[AtomicU64]) -> u64,
-    ) {
-        let mut g: Groups<u64> = Groups::new();
-        for it in &self.c.builtin[family as usize] {
-            if project(self.c.key(it), cols, &mut self.proj).is_some() {
-                let v = g.get(&self.proj, || 0);
-                *v = v.wrapping_add(value(it.values));
-            }
-        }
-        self.enc.family(name, help, MetricType::Counter);
-        for i in 0..g.len() {
-            self.set_labels(names, g.key(i));
-            self.enc.sample_u64(name, &self.labels, g.vals[i]);
-        }
-    }
-
-    /// A histogram view: stored histograms of the current layout, summed by `cols`.
-    fn histogram_view(
-        &mut self,
-        family: u32,
-        name: &str,
-        help: &str,
-        names: &[&str],
-        cols: &[Col],
-        h: HistSpec,
-    ) {
-        let nb = h.bounds.len() + 1;
-        let mut g: Groups<HistAgg> = Groups::new();
-        for it in &self.c.builtin[family as usize] {
-            // Series of an older bucket layout (before a reload) are not comparable; their
-            // counts still reach the counter views.
-            if it.layout != h.layout || it.values.len() != nb + 1 {
-                continue;
-            }
-            if project(self.c.key(it), cols, &mut self.proj).is_some() {
-                let a = g.get(&self.proj, || HistAgg {
-                    buckets: vec![0; nb],
-                    sum: 0.0,
-                });
-                for (b, w) in a.buckets.iter_mut().zip(it.values) {
-                    *b = b.wrapping_add(w.load(Ordering::Relaxed));
-                }
-                a.sum += load_f64(&it.values[nb]);
-            }
-        }
-        self.enc.family(name, help, MetricType::Histogram);
-        let le: Vec<String> = h.bounds.iter().map(|&b| format_bound(b)).collect();
-        for i in 0..g.len() {
-            self.set_labels(names, g.key(i));
-            let a = &g.vals[i];
-            self.enc
-                .histogram(name, &self.labels, &le, &a.buckets, a.sum);
-        }
-    }
-
-    fn requests(&mut self, spec: &RenderSpec) {
-        for v in &REQUEST_VIEWS {
-            if v.histogram {
-                self.histogram_view(
-                    fam::REQUEST,
-                    v.name,
-                    v.help,
-                    v.labels,
-                    v.cols,
-                    spec.duration,
-                );
-            } else {
-                self.counter_view(fam::REQUEST, v.name, v.help, v.labels, v.cols, hist_count);
-            }
-        }
-    }
-
-    /// `active_connections`: the stored series are `{namespace, worker slot}` with values
-    /// `[in flight, owner pid]` (the older `{namespace}` / `[in flight]` shape is accepted too),
-    /// summed per namespace; series whose owner died are skipped, negatives count as 0.
-    fn active(&mut self, spec: &RenderSpec) {
-        self.enc.family(
-            "active_connections",
-            "Requests in flight per namespace (past the access phases, not yet finalized).",
-            MetricType::Gauge,
-        );
-        let mut g: Groups<i64> = Groups::new();
-        for it in &self.c.builtin[fam::ACTIVE as usize] {
-            let key = self.c.key(it);
-            let shape_ok = (it.values.len() == 1 && has_arity(key, 1))
-                || (it.values.len() == 2 && has_arity(key, 2));
-            if !shape_ok {
-                continue;
-            }
-            if let (Some(owner), Some(alive)) = (it.values.get(1), spec.alive) {
-                let pid = owner.load(Ordering::Relaxed);
-                if pid != 0 && !alive(pid) {
-                    continue;
-                }
-            }
-            let v = (it.values[0].load(Ordering::Relaxed) as i64).max(0);
-            if project(key, &[Col::Label(0)], &mut self.proj).is_some() {
-                let a = g.get(&self.proj, || 0);
-                *a = a.saturating_add(v);
-            }
-        }
-        for i in 0..g.len() {
-            self.set_labels(&catalogue::ACTIVE_LABELS, g.key(i));
-            self.enc
-                .sample_i64("active_connections", &self.labels, g.vals[i]);
-        }
-    }
-
-    fn models(&mut self, spec: &RenderSpec) {
-        use Col::*;
-        self.counter_view(
+    s.push(Stage::Active);
+    s.push(Stage::Counter(
+        view(
             fam::MODEL_REQUEST,
             "model_requests_total",
             "Requests per model; status is success (HTTP status below 400) or error.",
             &["model", "namespace", "status"],
             &[Label(0), Label(1), Label(2)],
-            hist_count,
-        );
-        self.histogram_view(
+        ),
+        Val::HistCount,
+    ));
+    s.push(Stage::Histogram(
+        view(
             fam::MODEL_REQUEST,
             "model_request_duration_seconds",
             "Model request duration in seconds.",
-            &["model", "namespace"],
-            &[Label(0), Label(1)],
-            spec.duration,
-        );
-        let slot =
-            |i: usize| move |v: &[AtomicU64]| v.get(i).map_or(0, |w| w.load(Ordering::Relaxed));
-        self.counter_view(
+            MODEL_NAMES,
+            MODEL_COLS,
+        ),
+        Layout::Duration,
+    ));
+    s.push(Stage::Counter(
+        view(
             fam::MODEL_TOKENS,
             "model_tokens_input_total",
             "Input (prompt) tokens as reported by the provider, cached input included.",
-            &["model", "namespace"],
-            &[Label(0), Label(1)],
-            slot(tokens::INPUT),
-        );
-        self.counter_view(
+            MODEL_NAMES,
+            MODEL_COLS,
+        ),
+        Val::Slot(tokens::INPUT),
+    ));
+    s.push(Stage::Counter(
+        view(
             fam::MODEL_TOKENS,
             "model_tokens_output_total",
             "Output (completion) tokens as reported by the provider, reasoning included.",
-            &["model", "namespace"],
-            &[Label(0), Label(1)],
-            slot(tokens::OUTPUT),
-        );
-        // namespace_tokens_total: one group per namespace and token type; cached_input and
-        // reasoning only once some were reported (they are parts of input and output).
-        let mut g: Groups<[u64; 4]> = Groups::new();
-        for it in &self.c.builtin[fam::MODEL_TOKENS as usize] {
-            if project(self.c.key(it), &[Label(1)], &mut self.proj).is_some() {
-                let a = g.get(&self.proj, || [0; 4]);
-                for (i, slot) in a.iter_mut().enumerate() {
-                    *slot = slot
-                        .wrapping_add(it.values.get(i).map_or(0, |w| w.load(Ordering::Relaxed)));
-                }
+            MODEL_NAMES,
+            MODEL_COLS,
+        ),
+        Val::Slot(tokens::OUTPUT),
+    ));
+    s.push(Stage::NamespaceTokens);
+    s.push(Stage::Cost);
+    s.push(Stage::Histogram(
+        view(
+            fam::TTFT,
+            "model_time_to_first_token_seconds",
+            "Time to first token of streamed responses, in seconds.",
+            MODEL_NAMES,
+            MODEL_COLS,
+        ),
+        Layout::Ttft,
+    ));
+    s.push(Stage::Histogram(
+        view(
+            fam::THROUGHPUT,
+            "model_throughput_tokens_per_second",
+            "Output tokens per second of generation time (request time minus time to first token when known).",
+            MODEL_NAMES,
+            MODEL_COLS,
+        ),
+        Layout::Throughput,
+    ));
+    let rl: &[&str] = &["namespace", "rule_type"];
+    for (family, name, help, names, slot) in [
+        (
+            fam::RATE_LIMIT,
+            "rate_limit_hits_total",
+            "Requests that hit a rate limit (delayed, throttled or rejected).",
+            rl,
+            0,
+        ),
+        (
+            fam::RATE_LIMIT,
+            "rate_limit_violations_total",
+            "Requests rejected by a rate limit.",
+            rl,
+            1,
+        ),
+        (
+            fam::CACHE,
+            "cache_hits_total",
+            "Cache lookups that hit.",
+            &["cache_type"],
+            0,
+        ),
+        (
+            fam::CACHE,
+            "cache_misses_total",
+            "Cache lookups that missed.",
+            &["cache_type"],
+            1,
+        ),
+    ] {
+        let cols: &'static [Col] = if names.len() == 2 {
+            MODEL_COLS
+        } else {
+            &[Label(0)]
+        };
+        s.push(Stage::Counter(
+            view(family, name, help, names, cols),
+            Val::Slot(slot),
+        ));
+    }
+    s.extend((0..n_custom).map(Stage::Custom));
+    s.push(Stage::SelfMetrics);
+    s.push(Stage::Counter(
+        view(
+            fam::UNPRICED,
+            "gateway_metrics_unpriced_model_requests_total",
+            "Requests with token usage for a model that has no gateway_metrics_model_price entry (cost not counted).",
+            &["model"],
+            &[Label(0)],
+        ),
+        Val::Slot(0),
+    ));
+    if nginx {
+        s.push(Stage::Nginx);
+    }
+    s
+}
+
+/// A page being rendered: the walk of the store, then one family after the other.
+///
+/// Each [`Render::step`] does a bounded amount of work, counted in units: one per series
+/// walked, aggregated or scanned, one per line written (a histogram's lines count together,
+/// at most [`crate::store::MAX_BOUNDS`] + 3). A step stops once its budget is spent, so it
+/// overshoots by one histogram at most, and appends at most that much output. The steps'
+/// outputs, concatenated, are the page [`render`] makes of the same store. Series inserted
+/// between steps appear if the walk has not passed their place yet (they are in every view
+/// then) and are left out otherwise; values are read when a view reaches them.
+pub struct Render<'a> {
+    store: Store<'a>,
+    spec: RenderSpec<'a>,
+    stages: Vec<Stage>,
+    /// Current stage, its phase (0: aggregate / start, 1: emit) and position in that phase.
+    stage: usize,
+    phase: u8,
+    cur: usize,
+    walk: usize,
+    c: Collected<'a>,
+    w: Scratch<'a>,
+}
+
+/// Buffers reused by the stages.
+struct Scratch<'a> {
+    g: Groups,
+    le: Vec<String>,
+    labels: Vec<u8>,
+    proj: Vec<u8>,
+    tmp: Vec<u8>,
+    buckets: Vec<u64>,
+    /// Label names of each declared family.
+    custom_names: Vec<Vec<&'a str>>,
+}
+
+/// Builds the label set of a sample from a (projected) key.
+fn set_labels(labels: &mut Vec<u8>, names: &[&str], key: &[u8]) {
+    let mut vals: [&[u8]; MAX_LABELS] = [&[]; MAX_LABELS];
+    let mut n = 0;
+    if !names.is_empty() {
+        for v in split_key(key) {
+            if n < MAX_LABELS {
+                vals[n] = v;
+                n += 1;
             }
         }
-        self.enc.family(
-            "namespace_tokens_total",
-            "Tokens per namespace by type: input and output are the provider's totals; cached_input and reasoning are the parts of them the provider reported separately.",
-            MetricType::Counter,
-        );
-        for gi in 0..g.len() {
-            let (k, a) = (g.key(gi), &g.vals[gi]);
+    }
+    labels.clear();
+    push_labels(labels, names, &vals[..names.len().min(n)]);
+}
+
+/// Takes `n` units from the budget (a step may overshoot by one item's cost).
+#[inline]
+fn spend(left: &mut usize, n: usize) {
+    *left = left.saturating_sub(n);
+}
+
+impl<'a> Render<'a> {
+    /// Starts a render; no work is done until [`Render::step`].
+    pub fn new(store: &Store<'a>, spec: &RenderSpec<'a>) -> Self {
+        let custom_names = spec
+            .custom
+            .iter()
+            .map(|(f, _)| f.labels.iter().map(|s| s.as_str()).collect())
+            .collect();
+        Render {
+            store: *store,
+            spec: *spec,
+            stages: stages(spec.custom.len(), spec.nginx.is_some()),
+            stage: 0,
+            phase: 0,
+            cur: 0,
+            walk: 0,
+            c: Collected::new(),
+            w: Scratch {
+                g: Groups::new(),
+                le: Vec::new(),
+                labels: Vec::with_capacity(512),
+                proj: Vec::with_capacity(256),
+                tmp: Vec::new(),
+                buckets: Vec::new(),
+                custom_names,
+            },
+        }
+    }
+
+    /// Is the page complete?
+    pub fn is_done(&self) -> bool {
+        self.stage >= self.stages.len()
+    }
+
+    /// Renders the next part of the page into `out` (appending), doing about `budget` units
+    /// of work (at least one). Returns true once the page is complete.
+    pub fn step(&mut self, out: &mut Vec<u8>, budget: usize) -> bool {
+        let mut left = budget.max(1);
+        let mut enc = Encoder::new(out);
+        while let Some(&stage) = self.stages.get(self.stage) {
+            if left == 0 {
+                return false;
+            }
+            let finished = match stage {
+                Stage::Collect => self.collect(&mut left),
+                Stage::Counter(v, val) => self.counter(&mut enc, &mut left, &v, val),
+                Stage::Histogram(v, l) => self.histogram(&mut enc, &mut left, &v, l),
+                Stage::Active => self.active(&mut enc, &mut left),
+                Stage::NamespaceTokens => self.namespace_tokens(&mut enc, &mut left),
+                Stage::Cost => self.cost(&mut enc, &mut left),
+                Stage::Custom(i) => self.custom(&mut enc, &mut left, i),
+                Stage::SelfMetrics => {
+                    self.self_metrics(&mut enc);
+                    spend(&mut left, 33);
+                    true
+                }
+                Stage::Nginx => {
+                    if let Some(n) = self.spec.nginx {
+                        nginx(&mut enc, &n);
+                    }
+                    spend(&mut left, 21);
+                    true
+                }
+            };
+            if finished {
+                self.stage += 1;
+                self.phase = 0;
+                self.cur = 0;
+            }
+        }
+        true
+    }
+
+    fn collect(&mut self, left: &mut usize) -> bool {
+        let (c, tmp) = (&mut self.c, &mut self.w.tmp);
+        let mut n = 0;
+        let done = self.store.for_each_from(&mut self.walk, *left, |e| {
+            n += 1;
+            c.push(e, tmp);
+        });
+        spend(left, if done { n } else { usize::MAX });
+        done
+    }
+
+    fn counter(&mut self, enc: &mut Encoder, left: &mut usize, v: &View, val: Val) -> bool {
+        let (c, w) = (&self.c, &mut self.w);
+        let items = c.family(v.family);
+        if self.phase == 0 {
+            if self.cur == 0 {
+                w.g.reset(1, items.len());
+            }
+            while let Some(it) = items.get(self.cur) {
+                if *left == 0 {
+                    return false;
+                }
+                *left -= 1;
+                self.cur += 1;
+                if project(c.key(it), v.cols, &mut w.proj).is_some() {
+                    let a = w.g.get(&w.proj);
+                    a[0] = a[0].wrapping_add(val.of(it.values));
+                }
+            }
+            enc.family(v.name, v.help, MetricType::Counter);
+            spend(left, 1);
+            self.phase = 1;
+            self.cur = 0;
+        }
+        while self.cur < w.g.len() {
+            if *left == 0 {
+                return false;
+            }
+            *left -= 1;
+            set_labels(&mut w.labels, v.labels, w.g.key(self.cur));
+            enc.sample_u64(v.name, &w.labels, w.g.vals(self.cur)[0]);
+            self.cur += 1;
+        }
+        true
+    }
+
+    fn histogram(&mut self, enc: &mut Encoder, left: &mut usize, v: &View, l: Layout) -> bool {
+        let h = match l {
+            Layout::Duration => self.spec.duration,
+            Layout::Ttft => self.spec.ttft,
+            Layout::Throughput => self.spec.throughput,
+        };
+        let nb = h.bounds.len() + 1;
+        let (c, w) = (&self.c, &mut self.w);
+        let items = c.family(v.family);
+        if self.phase == 0 {
+            if self.cur == 0 {
+                // Per group: the buckets, then the sum (f64 bits).
+                w.g.reset(nb + 1, items.len());
+            }
+            while let Some(it) = items.get(self.cur) {
+                if *left == 0 {
+                    return false;
+                }
+                *left -= 1;
+                self.cur += 1;
+                // Series of an older bucket layout (before a reload) are not comparable; their
+                // counts still reach the counter views.
+                if it.layout != h.layout || it.values.len() != nb + 1 {
+                    continue;
+                }
+                if project(c.key(it), v.cols, &mut w.proj).is_some() {
+                    let a = w.g.get(&w.proj);
+                    for (b, x) in a[..nb].iter_mut().zip(it.values) {
+                        *b = b.wrapping_add(x.load(Ordering::Relaxed));
+                    }
+                    a[nb] = (f64::from_bits(a[nb]) + load_f64(&it.values[nb])).to_bits();
+                }
+            }
+            enc.family(v.name, v.help, MetricType::Histogram);
+            spend(left, 1);
+            w.le.clear();
+            w.le.extend(h.bounds.iter().map(|&b| format_bound(b)));
+            self.phase = 1;
+            self.cur = 0;
+        }
+        while self.cur < w.g.len() {
+            if *left == 0 {
+                return false;
+            }
+            spend(left, nb + 2);
+            set_labels(&mut w.labels, v.labels, w.g.key(self.cur));
+            let a = w.g.vals(self.cur);
+            enc.histogram(v.name, &w.labels, &w.le, &a[..nb], f64::from_bits(a[nb]));
+            self.cur += 1;
+        }
+        true
+    }
+
+    /// `active_connections`: the stored series are `{namespace, worker slot}` with values
+    /// `[in flight, owner pid]` (the older `{namespace}` / `[in flight]` shape is accepted too),
+    /// summed per namespace; series whose owner died are skipped, negatives count as 0.
+    fn active(&mut self, enc: &mut Encoder, left: &mut usize) -> bool {
+        let (c, w) = (&self.c, &mut self.w);
+        let items = c.family(fam::ACTIVE);
+        if self.phase == 0 {
+            if self.cur == 0 {
+                w.g.reset(1, items.len());
+            }
+            while let Some(it) = items.get(self.cur) {
+                if *left == 0 {
+                    return false;
+                }
+                *left -= 1;
+                self.cur += 1;
+                let key = c.key(it);
+                let shape_ok = (it.values.len() == 1 && has_arity(key, 1))
+                    || (it.values.len() == 2 && has_arity(key, 2));
+                if !shape_ok {
+                    continue;
+                }
+                if let (Some(owner), Some(alive)) = (it.values.get(1), self.spec.alive) {
+                    let pid = owner.load(Ordering::Relaxed);
+                    if pid != 0 && !alive(pid) {
+                        continue;
+                    }
+                }
+                let v = (it.values[0].load(Ordering::Relaxed) as i64).max(0);
+                if project(key, &[Col::Label(0)], &mut w.proj).is_some() {
+                    let a = w.g.get(&w.proj);
+                    a[0] = (a[0] as i64).saturating_add(v) as u64;
+                }
+            }
+            enc.family(
+                "active_connections",
+                "Requests in flight per namespace (past the access phases, not yet finalized).",
+                MetricType::Gauge,
+            );
+            spend(left, 1);
+            self.phase = 1;
+            self.cur = 0;
+        }
+        while self.cur < w.g.len() {
+            if *left == 0 {
+                return false;
+            }
+            *left -= 1;
+            set_labels(&mut w.labels, &catalogue::ACTIVE_LABELS, w.g.key(self.cur));
+            enc.sample_i64(
+                "active_connections",
+                &w.labels,
+                w.g.vals(self.cur)[0] as i64,
+            );
+            self.cur += 1;
+        }
+        true
+    }
+
+    /// `namespace_tokens_total`: one group per namespace and token type; cached_input and
+    /// reasoning only once some were reported (they are parts of input and output).
+    fn namespace_tokens(&mut self, enc: &mut Encoder, left: &mut usize) -> bool {
+        const NAME: &str = "namespace_tokens_total";
+        let (c, w) = (&self.c, &mut self.w);
+        let items = c.family(fam::MODEL_TOKENS);
+        if self.phase == 0 {
+            if self.cur == 0 {
+                w.g.reset(4, items.len());
+            }
+            while let Some(it) = items.get(self.cur) {
+                if *left == 0 {
+                    return false;
+                }
+                *left -= 1;
+                self.cur += 1;
+                if project(c.key(it), &[Col::Label(1)], &mut w.proj).is_some() {
+                    let a = w.g.get(&w.proj);
+                    for (i, slot) in a.iter_mut().enumerate() {
+                        *slot = slot.wrapping_add(
+                            it.values.get(i).map_or(0, |x| x.load(Ordering::Relaxed)),
+                        );
+                    }
+                }
+            }
+            enc.family(
+                NAME,
+                "Tokens per namespace by type: input and output are the provider's totals; cached_input and reasoning are the parts of them the provider reported separately.",
+                MetricType::Counter,
+            );
+            spend(left, 1);
+            self.phase = 1;
+            self.cur = 0;
+        }
+        while self.cur < w.g.len() {
+            if *left == 0 {
+                return false;
+            }
+            spend(left, 4);
+            let (k, a) = (w.g.key(self.cur), w.g.vals(self.cur));
             for (i, t) in ["input", "output", "cached_input", "reasoning"]
                 .iter()
                 .enumerate()
@@ -552,139 +895,113 @@ impl Renderer<'_, '_, '_> {
                 if i >= 2 && a[i] == 0 {
                     continue;
                 }
-                self.labels.clear();
-                let mut ns = k.to_vec();
-                ns.push(SEP);
-                ns.extend_from_slice(t.as_bytes());
-                self.set_labels(&["namespace", "token_type"], &ns);
-                self.enc
-                    .sample_u64("namespace_tokens_total", &self.labels, a[i]);
+                w.tmp.clear();
+                w.tmp.extend_from_slice(k);
+                w.tmp.push(SEP);
+                w.tmp.extend_from_slice(t.as_bytes());
+                set_labels(&mut w.labels, &["namespace", "token_type"], &w.tmp);
+                enc.sample_u64(NAME, &w.labels, a[i]);
             }
+            self.cur += 1;
         }
-        self.enc.family(
-            "model_cost_usd_total",
-            "Cost in USD from the configured price table (gateway_metrics_model_price).",
-            MetricType::Counter,
-        );
-        let items = self.c.builtin[fam::MODEL_TOKENS as usize]
-            .iter()
-            .filter(|it| {
-                it.values.len() == usize::from(tokens::N_VALUES)
-                    && has_arity(self.c.key(it), catalogue::MODEL_LABELS.len())
-            });
-        for it in items {
+        true
+    }
+
+    /// `model_cost_usd_total`: one line per stored token series.
+    fn cost(&mut self, enc: &mut Encoder, left: &mut usize) -> bool {
+        const NAME: &str = "model_cost_usd_total";
+        let (c, w) = (&self.c, &mut self.w);
+        if self.phase == 0 {
+            enc.family(
+                NAME,
+                "Cost in USD from the configured price table (gateway_metrics_model_price).",
+                MetricType::Counter,
+            );
+            spend(left, 1);
+            self.phase = 1;
+        }
+        let items = c.family(fam::MODEL_TOKENS);
+        while let Some(it) = items.get(self.cur) {
+            if *left == 0 {
+                return false;
+            }
+            *left -= 1;
+            self.cur += 1;
+            let key = c.key(it);
+            if it.values.len() != usize::from(tokens::N_VALUES)
+                || !has_arity(key, catalogue::MODEL_LABELS.len())
+            {
+                continue;
+            }
             let cost = it.values.get(tokens::COST).map_or(0.0, load_f64);
-            self.set_labels(&catalogue::MODEL_LABELS, self.c.key(it));
-            self.enc
-                .sample_f64("model_cost_usd_total", &self.labels, cost);
+            set_labels(&mut w.labels, &catalogue::MODEL_LABELS, key);
+            enc.sample_f64(NAME, &w.labels, cost);
         }
-        self.histogram_view(
-            fam::TTFT,
-            "model_time_to_first_token_seconds",
-            "Time to first token of streamed responses, in seconds.",
-            &["model", "namespace"],
-            &[Label(0), Label(1)],
-            spec.ttft,
-        );
-        self.histogram_view(
-            fam::THROUGHPUT,
-            "model_throughput_tokens_per_second",
-            "Output tokens per second of generation time (request time minus time to first token when known).",
-            &["model", "namespace"],
-            &[Label(0), Label(1)],
-            spec.throughput,
-        );
+        true
     }
 
-    fn limits_and_caches(&mut self) {
-        use Col::*;
-        let slot =
-            |i: usize| move |v: &[AtomicU64]| v.get(i).map_or(0, |w| w.load(Ordering::Relaxed));
-        let rl = [Label(0), Label(1)];
-        self.counter_view(
-            fam::RATE_LIMIT,
-            "rate_limit_hits_total",
-            "Requests that hit a rate limit (delayed, throttled or rejected).",
-            &["namespace", "rule_type"],
-            &rl,
-            slot(0),
-        );
-        self.counter_view(
-            fam::RATE_LIMIT,
-            "rate_limit_violations_total",
-            "Requests rejected by a rate limit.",
-            &["namespace", "rule_type"],
-            &rl,
-            slot(1),
-        );
-        self.counter_view(
-            fam::CACHE,
-            "cache_hits_total",
-            "Cache lookups that hit.",
-            &["cache_type"],
-            &[Label(0)],
-            slot(0),
-        );
-        self.counter_view(
-            fam::CACHE,
-            "cache_misses_total",
-            "Cache lookups that missed.",
-            &["cache_type"],
-            &[Label(0)],
-            slot(1),
-        );
-    }
-
-    fn custom(&mut self, spec: &RenderSpec) {
-        for (f, layout) in spec.custom {
-            let names: Vec<&str> = f.labels.iter().map(|s| s.as_str()).collect();
-            let n_values = usize::from(f.n_values());
-            let items: Vec<&Item> = self
-                .c
-                .custom
-                .get(&f.id)
-                .map_or(&[][..], |v| v.as_slice())
-                .iter()
-                .filter(|it| it.values.len() == n_values && has_arity(self.c.key(it), names.len()))
-                .collect();
-            match f.kind {
-                CustomKind::Counter | CustomKind::Gauge => {
-                    let t = if f.kind == CustomKind::Counter {
-                        MetricType::Counter
-                    } else {
-                        MetricType::Gauge
-                    };
-                    self.enc.family(&f.name, &f.help, t);
-                    for it in &items {
-                        self.set_labels(&names, self.c.key(it));
-                        self.enc
-                            .sample_f64(&f.name, &self.labels, load_f64(&it.values[0]));
-                    }
+    /// A declared family: one line (or one histogram) per stored series.
+    fn custom(&mut self, enc: &mut Encoder, left: &mut usize, i: usize) -> bool {
+        let Some((f, layout)) = self.spec.custom.get(i) else {
+            return true;
+        };
+        let (c, w) = (&self.c, &mut self.w);
+        let names = &w.custom_names[i];
+        let n_values = usize::from(f.n_values());
+        let nb = f.bounds.len() + 1;
+        if self.phase == 0 {
+            let t = match f.kind {
+                CustomKind::Counter => MetricType::Counter,
+                CustomKind::Gauge => MetricType::Gauge,
+                CustomKind::Histogram => MetricType::Histogram,
+            };
+            enc.family(&f.name, &f.help, t);
+            spend(left, 1);
+            if f.kind == CustomKind::Histogram {
+                w.le.clear();
+                w.le.extend(f.bounds.iter().map(|&b| format_bound(b)));
+                w.buckets.clear();
+                w.buckets.resize(nb, 0);
+            }
+            self.phase = 1;
+        }
+        let items = c.custom.get(&f.id).map_or(&[][..], |v| v.as_slice());
+        while let Some(it) = items.get(self.cur) {
+            if *left == 0 {
+                return false;
+            }
+            *left -= 1;
+            self.cur += 1;
+            let key = c.key(it);
+            if it.values.len() != n_values || !has_arity(key, names.len()) {
+                continue;
+            }
+            if f.kind == CustomKind::Histogram {
+                if it.layout != *layout {
+                    continue;
                 }
-                CustomKind::Histogram => {
-                    self.enc.family(&f.name, &f.help, MetricType::Histogram);
-                    let le: Vec<String> = f.bounds.iter().map(|&b| format_bound(b)).collect();
-                    let nb = f.bounds.len() + 1;
-                    let mut buckets = vec![0u64; nb];
-                    for it in items.iter().filter(|it| it.layout == *layout) {
-                        for (b, w) in buckets.iter_mut().zip(it.values) {
-                            *b = w.load(Ordering::Relaxed);
-                        }
-                        self.set_labels(&names, self.c.key(it));
-                        let sum = load_f64(&it.values[nb]);
-                        self.enc
-                            .histogram(&f.name, &self.labels, &le, &buckets, sum);
-                    }
+                spend(left, nb + 1);
+                for (b, x) in w.buckets.iter_mut().zip(it.values) {
+                    *b = x.load(Ordering::Relaxed);
                 }
+                set_labels(&mut w.labels, names, key);
+                let sum = load_f64(&it.values[nb]);
+                enc.histogram(&f.name, &w.labels, &w.le, &w.buckets, sum);
+            } else {
+                set_labels(&mut w.labels, names, key);
+                enc.sample_f64(&f.name, &w.labels, load_f64(&it.values[0]));
             }
         }
+        true
     }
 
-    fn self_metrics(&mut self, store: &Store, spec: &RenderSpec) {
+    /// The zone's own figures (a fixed number of lines).
+    fn self_metrics(&mut self, enc: &mut Encoder) {
+        let (store, spec, w) = (&self.store, &self.spec, &mut self.w);
         let u = store.usage();
-        self.labels.clear();
-        push_labels(&mut self.labels, &["zone"], &[spec.zone_name.as_bytes()]);
-        let zone = self.labels.clone();
+        w.labels.clear();
+        push_labels(&mut w.labels, &["zone"], &[spec.zone_name.as_bytes()]);
+        let zone = w.labels.clone();
         let gauges: [(&str, &str, u64); 7] = [
             ("gateway_metrics_zone_size_bytes", "Size of the metrics shared memory zone.", u.region_bytes),
             ("gateway_metrics_zone_used_bytes", "Bytes of the zone in use.", u.used_bytes),
@@ -695,24 +1012,24 @@ impl Renderer<'_, '_, '_> {
             ("gateway_metrics_start_time_seconds", "Unix time at which the zone was created; counters restart from zero after it changes.", store.created()),
         ];
         for (name, help, v) in gauges {
-            self.enc.family(name, help, MetricType::Gauge);
-            self.enc.sample_u64(name, &zone, v);
+            enc.family(name, help, MetricType::Gauge);
+            enc.sample_u64(name, &zone, v);
         }
-        self.enc.family(
+        enc.family(
             "gateway_metrics_dropped_updates_total",
             "Updates that did not reach their own series (redirected to the overflow series, or lost), by reason.",
             MetricType::Counter,
         );
         for r in DropReason::ALL {
-            self.labels.clear();
+            w.labels.clear();
             push_labels(
-                &mut self.labels,
+                &mut w.labels,
                 &["zone", "reason"],
                 &[spec.zone_name.as_bytes(), r.label().as_bytes()],
             );
-            self.enc.sample_u64(
+            enc.sample_u64(
                 "gateway_metrics_dropped_updates_total",
-                &self.labels,
+                &w.labels,
                 store.drops(r),
             );
         }
@@ -729,62 +1046,54 @@ impl Renderer<'_, '_, '_> {
             ),
         ];
         for (name, help, c) in counters {
-            self.enc.family(name, help, MetricType::Counter);
-            self.enc.sample_u64(name, &zone, store.self_counter(c));
+            enc.family(name, help, MetricType::Counter);
+            enc.sample_u64(name, &zone, store.self_counter(c));
         }
-        self.counter_view(
-            fam::UNPRICED,
-            "gateway_metrics_unpriced_model_requests_total",
-            "Requests with token usage for a model that has no gateway_metrics_model_price entry (cost not counted).",
-            &["model"],
-            &[Col::Label(0)],
-            |v| v.first().map_or(0, |w| w.load(Ordering::Relaxed)),
-        );
     }
+}
 
-    fn nginx(&mut self, n: &NginxStats) {
-        let gauges = [
-            (
-                "nginx_connections_active",
-                "Active client connections, including waiting ones.",
-                n.active,
-            ),
-            (
-                "nginx_connections_reading",
-                "Connections where nginx is reading the request header.",
-                n.reading,
-            ),
-            (
-                "nginx_connections_writing",
-                "Connections where nginx is writing the response.",
-                n.writing,
-            ),
-            (
-                "nginx_connections_waiting",
-                "Idle keep-alive connections.",
-                n.waiting,
-            ),
-        ];
-        for (name, help, v) in gauges {
-            self.enc.family(name, help, MetricType::Gauge);
-            self.enc.sample_u64(name, b"", v);
-        }
-        let counters = [
-            (
-                "nginx_connections_accepted_total",
-                "Client connections accepted.",
-                n.accepted,
-            ),
-            (
-                "nginx_connections_handled_total",
-                "Client connections handled.",
-                n.handled,
-            ),
-            ("nginx_http_requests_total", "Client requests.", n.requests),
-        ];
-        for (name, help, v) in counters {
-            self.enc.family(name, help, MetricType::Counter);
-            self.enc.sample_u64(name, b"", v);
-        }
+fn nginx(enc: &mut Encoder, n: &NginxStats) {
+    let gauges = [
+        (
+            "nginx_connections_active",
+            "Active client connections, including waiting ones.",
+            n.active,
+        ),
+        (
+            "nginx_connections_reading",
+            "Connections where nginx is reading the request header.",
+            n.reading,
+        ),
+        (
+            "nginx_connections_writing",
+            "Connections where nginx is writing the response.",
+            n.writing,
+        ),
+        (
+            "nginx_connections_waiting",
+            "Idle keep-alive connections.",
+            n.waiting,
+        ),
+    ];
+    for (name, help, v) in gauges {
+        enc.family(name, help, MetricType::Gauge);
+        enc.sample_u64(name, b"", v);
+    }
+    let counters = [
+        (
+            "nginx_connections_accepted_total",
+            "Client connections accepted.",
+            n.accepted,
+        ),
+        (
+            "nginx_connections_handled_total",
+            "Client connections handled.",
+            n.handled,
+        ),
+        ("nginx_http_requests_total", "Client requests.", n.requests),
+    ];
+    for (name, help, v) in counters {
+        enc.family(name, help, MetricType::Counter);
+        enc.sample_u64(name, b"", v);
     }
 }

@@ -12,7 +12,7 @@ use gateway_metrics_core::catalogue::{fam, tokens};
 use gateway_metrics_core::hash::family_id;
 use gateway_metrics_core::labels::{overflow_key, MAX_LABEL_VALUE_BYTES};
 use gateway_metrics_core::render::{
-    render, CustomFamily, CustomKind, HistSpec, NginxStats, RenderSpec,
+    render, CustomFamily, CustomKind, HistSpec, NginxStats, Render, RenderSpec,
 };
 use gateway_metrics_core::series;
 use gateway_metrics_core::store::{
@@ -1201,6 +1201,405 @@ fn custom_family_redeclared_with_other_labels_after_a_reload() {
             // labels: only the empty key.
             let want = if d.labels.is_empty() { 1 } else { 2 };
             assert_eq!(n_series, want, "{kind:?} with labels {:?}:\n{p}", d.labels);
+        }
+    }
+}
+
+// ---- rendering in bounded steps -------------------------------------------------------------
+
+/// Most lines one unit of work may write: a histogram of 64 bounds is 67 lines, the self
+/// metrics 33.
+const MAX_OVERSHOOT_LINES: usize = 70;
+
+fn dead_pid(pid: u64) -> bool {
+    pid != 999
+}
+
+/// A spec with nginx stats and a liveness check, so that every stage runs.
+fn full_spec<'a>(custom: &'a [(CustomFamily, u8)]) -> RenderSpec<'a> {
+    RenderSpec {
+        nginx: Some(NginxStats {
+            active: 3,
+            reading: 1,
+            writing: 2,
+            waiting: 0,
+            accepted: 10,
+            handled: 10,
+            requests: 42,
+        }),
+        alive: Some(dead_pid),
+        ..spec(1, custom)
+    }
+}
+
+/// Every family, several series each, old bucket layouts and overflow series.
+fn full_store(s: &Store, custom: &[(CustomFamily, u8)]) {
+    golden_store(s, custom);
+    let lock = CheckedLock::default();
+    let methods = ["GET", "POST", "PUT"];
+    let codes = ["200", "404", "429", "502", "503", "0"];
+    for i in 0..240u32 {
+        let ns = format!("ns-{}", i % 17);
+        let ep = format!("/v1/e{}", i % 11);
+        let code = codes[i as usize % codes.len()];
+        let m = methods[i as usize % methods.len()];
+        request(s, 1, [m, &ep, code, &ns, "up9"], &[f64::from(i % 7) * 0.3]);
+    }
+    // A bucket layout from before a reload, same length and shorter.
+    let old = [0.2, 2.0];
+    let old_short = [0.5];
+    let lo = s.register_layout(&lock, &old).unwrap();
+    let ls = s.register_layout(&lock, &old_short).unwrap();
+    for i in 0..5 {
+        let k = req_key("GET", &format!("/old{i}"), "200", "ns-a", "up1");
+        store::observe(values(s, req_kind(lo, 2), &k, 5), &old, 1.5);
+        store::observe(values(s, req_kind(ls, 1), &k, 5), &old_short, 0.1);
+    }
+    let tk = kind(fam::MODEL_TOKENS, 0, tokens::N_VALUES);
+    for i in 0..30u64 {
+        let t = values(
+            s,
+            tk,
+            &key(&[&format!("m{}", i % 7), &format!("ns-{i}")]),
+            2,
+        );
+        store::add_u64(&t[tokens::INPUT], 10 * i);
+        store::add_u64(&t[tokens::OUTPUT], i);
+        if i % 3 == 0 {
+            store::add_u64(&t[tokens::REASONING], i);
+        }
+        store::add_f64(&t[tokens::COST], i as f64 / 8.0);
+        let ttft = values(
+            s,
+            kind(fam::TTFT, 2, 14),
+            &key(&[&format!("m{i}"), "ns"]),
+            2,
+        );
+        store::observe(ttft, &DEFAULT_TTFT_BUCKETS, i as f64 / 10.0);
+        let tp = values(
+            s,
+            kind(fam::THROUGHPUT, 3, 12),
+            &key(&[&format!("m{i}"), "ns"]),
+            2,
+        );
+        store::observe(tp, &DEFAULT_THROUGHPUT_BUCKETS, i as f64);
+        let mr = values(
+            s,
+            kind(fam::MODEL_REQUEST, 1, 4),
+            &key(&[&format!("m{i}"), "ns", "error"]),
+            3,
+        );
+        store::observe(mr, &BOUNDS, 0.5);
+        let u = values(s, kind(fam::UNPRICED, 0, 1), &key(&[&format!("m{i}")]), 1);
+        store::add_u64(&u[0], i);
+        let rl = values(
+            s,
+            kind(fam::RATE_LIMIT, 0, 2),
+            &key(&[&format!("ns-{i}"), "token_limit"]),
+            2,
+        );
+        store::add_u64(&rl[0], i);
+        let c = values(
+            s,
+            kind(fam::CACHE, 0, 2),
+            &key(&[&format!("c{}", i % 4)]),
+            1,
+        );
+        store::add_u64(&c[(i % 2) as usize], 1);
+    }
+    // In-flight gauges per worker slot, one owned by a dead worker.
+    for (slot, pid, n) in [("0", 100, 2), ("1", 999, 7), ("2", 101, 1)] {
+        let a = values(s, kind(fam::ACTIVE, 0, 2), &key(&["ns-a", slot]), 2);
+        store::add_u64(&a[0], n);
+        store::add_u64(&a[1], pid);
+    }
+    for (f, l) in custom {
+        for i in 0..25 {
+            let labels: Vec<String> = (0..f.labels.len()).map(|j| format!("v{i}-{j}")).collect();
+            let labels: Vec<&str> = labels.iter().map(|s| s.as_str()).collect();
+            let v = values(s, kind(f.id, *l, f.n_values()), &key(&labels), labels.len());
+            if f.kind == CustomKind::Histogram {
+                store::observe(v, &f.bounds, f64::from(i));
+            } else {
+                store::add_f64(&v[0], f64::from(i) + 0.5);
+            }
+        }
+    }
+    // Overflow series of several families (the cap is reached for new label sets).
+    let full = Limits { max_series: 0 };
+    for i in 0..4 {
+        let k = req_key("GET", &format!("/over{i}"), "200", "x", "y");
+        let (v, why) = series(s, &lock, full, req_kind(1, 2), &k, 5);
+        assert_eq!(why, Some(DropReason::MaxSeries));
+        store::observe(v.unwrap(), &BOUNDS, 0.5);
+        let (v, _) = series(s, &lock, full, tk, &key(&["mx", &format!("n{i}")]), 2);
+        store::add_u64(&v.unwrap()[tokens::INPUT], 5);
+        let (f, _) = &custom[0];
+        let (v, _) = series(
+            s,
+            &lock,
+            full,
+            kind(f.id, 0, 1),
+            &key(&[&format!("o{i}")]),
+            1,
+        );
+        store::add_f64(&v.unwrap()[0], 1.0);
+    }
+    assert!(s.usage().overflow_series >= 3);
+}
+
+/// Renders in steps of `budget`, draining the output after each step (as the nginx module
+/// does). Returns the concatenated page and the largest number of lines one step wrote.
+fn stepped(s: &Store, spec: &RenderSpec, budget: usize) -> (Vec<u8>, usize, usize) {
+    let mut r = Render::new(s, spec);
+    let mut page = Vec::new();
+    let mut out = Vec::new();
+    let (mut steps, mut max_lines) = (0, 0);
+    loop {
+        out.clear();
+        let done = r.step(&mut out, budget);
+        steps += 1;
+        max_lines = max_lines.max(out.iter().filter(|&&b| b == b'\n').count());
+        page.extend_from_slice(&out);
+        if done {
+            assert!(r.is_done());
+            break;
+        }
+        assert!(steps < 10_000_000, "no progress");
+    }
+    (page, max_lines, steps)
+}
+
+#[test]
+fn steps_concatenate_to_the_one_shot_page() {
+    let r = region(1 << 20);
+    let s = Store::format(&r, 1_700_000_000).unwrap();
+    let custom = custom_families();
+    full_store(&s, &custom);
+    let sp = full_spec(&custom);
+    let mut whole = Vec::new();
+    render(&s, &sp, &mut whole);
+    let e = parse_ok(&whole);
+    let got: Vec<&str> = e.families.iter().map(|f| f.name.as_str()).collect();
+    let mut want: Vec<&str> = FAMILIES.iter().map(|f| f.0).collect();
+    want.extend([
+        "nginx_connections_accepted_total",
+        "nginx_connections_handled_total",
+        "nginx_http_requests_total",
+    ]);
+    assert_eq!(got, want, "every family is on the page");
+    for f in &e.families {
+        assert!(!f.samples.is_empty(), "{} has samples", f.name);
+    }
+    let mut prev_steps = usize::MAX;
+    for budget in [0, 1, 3, 17, 1000, usize::MAX] {
+        let (page, max_lines, steps) = stepped(&s, &sp, budget);
+        assert!(
+            page == whole,
+            "budget {budget}: pages differ:\n{}",
+            String::from_utf8_lossy(&page)
+        );
+        assert!(
+            max_lines <= budget.max(1).saturating_add(MAX_OVERSHOOT_LINES),
+            "budget {budget}: a step wrote {max_lines} lines"
+        );
+        assert!(steps <= prev_steps, "bigger budgets, fewer steps");
+        prev_steps = steps;
+        if budget == usize::MAX {
+            assert_eq!(steps, 1);
+        }
+    }
+    // One unit per step: at least one step per series walked and per line.
+    let lines = whole.iter().filter(|&&b| b == b'\n').count();
+    let (_, _, steps) = stepped(&s, &sp, 1);
+    assert!(steps > lines / MAX_OVERSHOOT_LINES + s.usage().series as usize);
+}
+
+#[test]
+fn a_family_of_100k_series_renders_in_bounded_steps() {
+    let r = region(32 << 20);
+    let s = Store::format(&r, 1).unwrap();
+    let custom = custom_families();
+    layouts(&s);
+    let lock = CheckedLock::default();
+    assert_eq!(s.register_layout(&lock, &custom[2].0.bounds).unwrap(), 4);
+    let (g, _) = &custom[0];
+    for i in 0..100_000 {
+        let v = values(&s, kind(g.id, 0, 1), &key(&[&format!("t{i}")]), 1);
+        store::set_f64(&v[0], f64::from(i));
+    }
+    let (h, hl) = &custom[2];
+    for i in 0..2_000 {
+        let v = values(
+            &s,
+            kind(h.id, *hl, h.n_values()),
+            &key(&[&format!("q{i}")]),
+            1,
+        );
+        store::observe(v, &h.bounds, 5.0);
+    }
+    let sp = spec(1, &custom);
+    // The walk itself is done in steps: the first ones write nothing.
+    let mut rd = Render::new(&s, &sp);
+    let mut out = Vec::new();
+    for _ in 0..900 {
+        assert!(!rd.step(&mut out, 100));
+    }
+    assert!(out.is_empty(), "still walking the store");
+    let mut whole = Vec::new();
+    render(&s, &sp, &mut whole);
+    for budget in [100, 1000] {
+        let (page, max_lines, steps) = stepped(&s, &sp, budget);
+        assert!(page == whole);
+        assert!(max_lines <= budget + MAX_OVERSHOOT_LINES, "{max_lines}");
+        assert!(steps >= 2 * 102_000 / budget, "{steps} steps");
+    }
+    let e = parse_ok(&whole);
+    assert_eq!(e.samples(&g.name).count(), 100_000);
+    assert_eq!(e.samples("batch_size_count").count(), 2_000);
+}
+
+#[test]
+fn series_inserted_between_steps() {
+    let r = region(8 << 20);
+    let s = Store::format(&r, 1).unwrap();
+    let custom = custom_families();
+    full_store(&s, &custom);
+    let sp = full_spec(&custom);
+    let lock = CheckedLock::default();
+    let (g, _) = &custom[0];
+    let tk = kind(fam::MODEL_TOKENS, 0, tokens::N_VALUES);
+    for budget in [1, 7, 64] {
+        let mut rd = Render::new(&s, &sp);
+        let mut page = Vec::new();
+        let mut out = Vec::new();
+        let mut i = 0;
+        let mut first_out = None;
+        loop {
+            out.clear();
+            let done = rd.step(&mut out, budget);
+            page.extend_from_slice(&out);
+            if done {
+                break;
+            }
+            let first = first_out.is_none() && !out.is_empty();
+            if first {
+                first_out = Some(i);
+            }
+            i += 1;
+            if i != 1 && !first && i % (1 + 200 / budget) != 0 {
+                continue;
+            }
+            // New series of several families (some overflowing), and updates of old ones.
+            let tag = format!("b{budget}-{}", i - 1);
+            request(&s, 1, ["GET", "/new", "200", &tag, "up"], &[0.5]);
+            request(&s, 1, ["GET", "/v1/e1", "200", "ns-1", "up9"], &[0.5]);
+            store::add_u64(&values(&s, tk, &key(&["new", &tag]), 2)[tokens::INPUT], 1);
+            store::set_f64(&values(&s, kind(g.id, 0, 1), &key(&[&tag]), 1)[0], 1.0);
+            if i % 5 == 0 {
+                let k = req_key("GET", &format!("/cap{tag}"), "500", "ns", "up");
+                let (v, _) = series(&s, &lock, Limits { max_series: 0 }, req_kind(1, 2), &k, 5);
+                store::observe(v.unwrap(), &BOUNDS, 0.1);
+            }
+        }
+        // Valid: HELP/TYPE once, families contiguous, no duplicate series.
+        let e = parse_ok(&page);
+        assert_eq!(e.families.len(), FAMILIES.len() + 3);
+        // The views agree on the set of series: each request series is in every view.
+        let http: Vec<(String, String)> = e
+            .samples("http_requests_total")
+            .map(|x| {
+                (
+                    x.label("endpoint").unwrap().to_string(),
+                    x.label("namespace").unwrap().to_string(),
+                )
+            })
+            .collect();
+        for (ep, ns) in &http {
+            let has = |name: &str| {
+                e.samples(name)
+                    .any(|x| x.label("path") == Some(ep) && x.label("namespace") == Some(ns))
+            };
+            assert!(has("gateway_requests_total"), "{ep} {ns}: counter view");
+            // (Series of an old bucket layout are in the counter views only.)
+            if !ep.starts_with("/old") {
+                assert!(has("gateway_request_duration_seconds_count"), "{ep} {ns}");
+            }
+        }
+        // Inserted during the walk (ahead of it): on the page; after it: not.
+        let tag0 = format!("b{budget}-0");
+        let on_page = |tag: &str| http.iter().any(|(_, ns)| ns == tag);
+        assert!(on_page(&tag0), "series inserted during the walk");
+        let after = format!("b{budget}-{}", first_out.unwrap());
+        assert!(!on_page(&after), "series inserted after the walk");
+    }
+}
+
+#[test]
+fn store_walk_in_steps_visits_what_for_each_visits() {
+    let r = region(1 << 20);
+    let s = Store::format(&r, 1).unwrap();
+    let custom = custom_families();
+    full_store(&s, &custom);
+    let mut all = Vec::new();
+    s.for_each(|e| all.push((e.kind, e.values.as_ptr(), e.overflow)));
+    assert!(all.iter().any(|x| x.2) && all.iter().any(|x| !x.2));
+    for budget in [0, 1, 2, 5, 100, usize::MAX] {
+        let mut pos = 0;
+        let mut got = Vec::new();
+        let mut calls = 0;
+        while !s.for_each_from(&mut pos, budget, |e| {
+            got.push((e.kind, e.values.as_ptr(), e.overflow))
+        }) {
+            calls += 1;
+            assert!(calls <= all.len(), "budget {budget}: no progress");
+        }
+        assert_eq!(got, all, "budget {budget}");
+        // A finished walk stays finished.
+        assert!(s.for_each_from(&mut pos, budget, |_| panic!("walked again")));
+    }
+}
+
+mod steps_prop {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        #[test]
+        fn any_budget_gives_the_one_shot_page(
+            ops in proptest::collection::vec((0u8..6, 0u8..12, 0u16..600), 0..120),
+            budget in 1usize..40,
+            cap in 1u64..80,
+        ) {
+            let r = region(256 << 10);
+            let s = Store::format(&r, 1).unwrap();
+            let custom = custom_families();
+            layouts(&s);
+            let lock = CheckedLock::default();
+            s.register_layout(&lock, &custom[2].0.bounds).unwrap();
+            let limits = Limits { max_series: cap };
+            for (what, a, b) in ops {
+                let (ka, kb) = (format!("a{a}"), format!("{b}"));
+                let (k, n, sk) = match what {
+                    0 => (req_key("GET", &ka, &kb, "ns", "up"), 5, req_kind(1, 2)),
+                    1 => (key(&[&ka, &kb]), 2, kind(fam::MODEL_TOKENS, 0, tokens::N_VALUES)),
+                    2 => (key(&[&ka]), 1, kind(fam::ACTIVE, 0, 1)),
+                    3 => (key(&[&ka]), 1, kind(custom[0].0.id, 0, 1)),
+                    4 => (key(&[&ka]), 1, kind(custom[2].0.id, 4, custom[2].0.n_values())),
+                    _ => (key(&[&ka, "r"]), 2, kind(fam::RATE_LIMIT, 0, 2)),
+                };
+                if let (Some(v), _) = series(&s, &lock, limits, sk, &k, n) {
+                    store::add_u64(&v[0], u64::from(b));
+                }
+            }
+            let sp = full_spec(&custom);
+            let mut whole = Vec::new();
+            render(&s, &sp, &mut whole);
+            let (page, max_lines, _) = stepped(&s, &sp, budget);
+            prop_assert!(page == whole);
+            prop_assert!(max_lines <= budget + MAX_OVERSHOOT_LINES);
+            parse_ok(&page);
         }
     }
 }

@@ -2,7 +2,8 @@
 
 use gateway_metrics_core::buckets::BucketsError;
 use nginx_sys::{
-    ngx_int_t, NGX_HTTP_INTERNAL_SERVER_ERROR, NGX_HTTP_NOT_ALLOWED, NGX_HTTP_SERVICE_UNAVAILABLE,
+    ngx_int_t, NGX_ERROR, NGX_HTTP_INTERNAL_SERVER_ERROR, NGX_HTTP_NOT_ALLOWED,
+    NGX_HTTP_REQUEST_TIME_OUT, NGX_HTTP_SERVICE_UNAVAILABLE,
 };
 
 /// A configuration error; logged as `<message> in "<directive>" directive`.
@@ -32,16 +33,27 @@ pub enum HandlerError {
     #[error("metrics zone is not ready")]
     ZoneUnavailable,
     #[error("out of memory")]
+    #[cfg_attr(not(ngx_feature = "threads"), allow(dead_code))]
     NoMemory,
+    /// The response header is out (a page sent in slices): the response can only be cut
+    /// short, by closing the connection.
+    #[error("response aborted after its header was sent")]
+    Aborted,
+    /// The client did not take the response within `send_timeout`.
+    #[error("client timed out")]
+    ClientTimedOut,
 }
 
 impl HandlerError {
     /// The status code nginx finalizes the request with.
     pub fn status(&self) -> ngx_int_t {
-        (match self {
-            HandlerError::MethodNotAllowed => NGX_HTTP_NOT_ALLOWED,
-            HandlerError::ZoneUnavailable => NGX_HTTP_SERVICE_UNAVAILABLE,
-            HandlerError::NoMemory => NGX_HTTP_INTERNAL_SERVER_ERROR,
-        }) as ngx_int_t
+        match self {
+            HandlerError::MethodNotAllowed => NGX_HTTP_NOT_ALLOWED as ngx_int_t,
+            HandlerError::ZoneUnavailable => NGX_HTTP_SERVICE_UNAVAILABLE as ngx_int_t,
+            HandlerError::NoMemory => NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t,
+            HandlerError::Aborted => NGX_ERROR as ngx_int_t,
+            // nginx terminates the request (no error page: the header is out).
+            HandlerError::ClientTimedOut => NGX_HTTP_REQUEST_TIME_OUT as ngx_int_t,
+        }
     }
 }
