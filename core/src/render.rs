@@ -91,7 +91,7 @@ struct Item<'a> {
 struct Collected<'a> {
     arena: Vec<u8>,
     builtin: [Vec<Item<'a>>; 10],
-    custom: HashMap<u32, Vec<Item<'a>>>,
+    custom: std::collections::BTreeMap<u32, Vec<Item<'a>>>,
 }
 
 impl<'a> Collected<'a> {
@@ -99,7 +99,7 @@ impl<'a> Collected<'a> {
         Collected {
             arena: Vec::with_capacity(64 * 1024),
             builtin: Default::default(),
-            custom: HashMap::new(),
+            custom: std::collections::BTreeMap::new(),
         }
     }
 
