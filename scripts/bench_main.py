@@ -35,7 +35,7 @@ SECTIONS = ["callgrind", "wrk", "scrape", "memory", "ffi", "workers2"]
 
 FULL = dict(
     cg_warm=200, cg_n1=1000, cg_n2=3000, cg_layouts=5, cg_content=True,
-    wrk_secs=5, wrk_reps=5, wrk_conns=16,
+    wrk_secs=5, wrk_reps=9, wrk_conns=16,
     scrape_samples=[1000, 10000, 100000], scrape_stored=[1000, 10000, 100000],
     harm_secs=4, harm_reps=3, harm_at=["samples=10000", "stored=10000"],
     mem_zone="32m", mem_chunk=20000, mem_limit=1_000_000, mem_crosscheck=True,
