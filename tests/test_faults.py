@@ -127,7 +127,7 @@ def test_killed_worker_in_flight_requests_leave_active_connections():
         upstream mock { server 127.0.0.1:{mock}; }
         server {
             listen 127.0.0.1:{port};
-            location /v1/ { proxy_pass http://mock; proxy_set_header X-Mock-Delay-Ms 3000; }
+            location /v1/ { proxy_pass http://mock; proxy_set_header X-Mock-Delay-Ms 8000; }
             location = /metrics { gateway_metrics off; gateway_metrics_exporter; }
         }
     """
@@ -138,7 +138,7 @@ def test_killed_worker_in_flight_requests_leave_active_connections():
             s.sendall(b"GET /v1/models HTTP/1.1\r\nHost: x\r\nX-Namespace: doomed\r\n\r\n")
             socks.append(s)
         gm.wait_for(lambda: n.metrics().get1("active_connections", namespace="doomed"),
-                    lambda v: v == 5, timeout=3, what="5 in flight")
+                    lambda v: v == 5, timeout=6, what="5 in flight")
         os.kill(n.worker_pids()[0], signal.SIGKILL)
         gm.wait_for(n.worker_pids, lambda p: len(p) == 1, timeout=10, what="respawn")
         # The dead worker's in-flight requests no longer count.
