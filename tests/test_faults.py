@@ -38,8 +38,9 @@ def total(n, ns=None):
 class Load:
     """Client threads sending requests until stopped; counts the completed ones."""
 
-    def __init__(self, port, threads=4, ns="load", distinct=False, close=False):
+    def __init__(self, port, threads=4, ns="load", distinct=False, close=False, pause=0.0):
         self.port, self.ns, self.distinct, self.close = port, ns, distinct, close
+        self.pause = pause
         self.done = 0
         self.failed = 0
         self.lock = threading.Lock()
@@ -76,6 +77,8 @@ class Load:
                     self.done += 1
                 else:
                     self.failed += 1
+            if self.pause:
+                time.sleep(self.pause)
 
     def __enter__(self):
         for t in self.threads:
@@ -90,7 +93,10 @@ class Load:
 
 def test_worker_killed_mid_update_keeps_counting():
     with Nginx(conf()) as n:
-        with Load(n.port, threads=4, ns="surv") as load, Load(n.port, threads=2, ns="new", distinct=True):
+        # New series keep being inserted through the kills, a few thousand of them (paced, so
+        # that the pages this test parses stay small).
+        inserts = Load(n.port, threads=2, ns="new", distinct=True, pause=0.001)
+        with Load(n.port, threads=4, ns="surv") as load, inserts:
             for _ in range(3):
                 time.sleep(0.7)
                 victim = n.worker_pids()[0]
