@@ -698,41 +698,9 @@ impl<'a> Store<'a> {
 
     /// Walks every published series, main heap first then the overflow reserve, in insertion
     /// order (so the output order is stable across scrapes). Takes no lock.
-    pub fn for_each(&self, mut f: impl FnMut(Entry<'a>)) {
-        let areas = [
-            (self.hdr(H_MAIN_START), self.hdr(H_MAIN_PUBLISHED), false),
-            (self.hdr(H_MAIN_END), self.hdr(H_RESERVE_PUBLISHED), true),
-        ];
-        for (start, end, overflow) in areas {
-            let end = (end as usize).min(self.w.len());
-            let mut off = start as usize;
-            while off < end {
-                let h = self.w[off].load(Ordering::Acquire);
-                if h == 0 {
-                    // An all-zero header is a one-word entry with no key and no values (family
-                    // 0, layout 0, n_values 0, empty key): nothing to show, but the entries
-                    // after it must still be walked.
-                    off += 1;
-                    continue;
-                }
-                let (kind, key_len) = SeriesKind::from_header(h);
-                let kw = words_for(key_len);
-                let size = 1 + kw + usize::from(kind.n_values);
-                let Some(words) = self.w.get(off + 1..off + size) else {
-                    break;
-                };
-                f(Entry {
-                    kind,
-                    key: KeyWords {
-                        words: &words[..kw],
-                        len: key_len,
-                    },
-                    values: &words[kw..],
-                    overflow,
-                });
-                off += size;
-            }
-        }
+    pub fn for_each(&self, f: impl FnMut(Entry<'a>)) {
+        let mut pos = 0;
+        self.for_each_from(&mut pos, usize::MAX, f);
     }
 
     /// [`Store::for_each`] in bounded steps: visits at most `budget` heap entries (at least
@@ -777,7 +745,10 @@ impl<'a> Store<'a> {
                 left -= 1;
                 let h = self.w[off].load(Ordering::Acquire);
                 if h == 0 {
-                    off += 1; // see for_each
+                    // An all-zero header is a one-word entry with no key and no values (family
+                    // 0, layout 0, n_values 0, empty key): nothing to show, but the entries
+                    // after it must still be walked.
+                    off += 1;
                     continue;
                 }
                 let (kind, key_len) = SeriesKind::from_header(h);

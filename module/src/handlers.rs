@@ -189,11 +189,21 @@ impl Target<'_> {
             layout,
             n_values,
         };
-        let Ok(mut cache) = CACHE.0.try_borrow_mut() else {
-            return None;
-        };
+        let mut cache = CACHE.0.try_borrow_mut().ok()?;
+        self.cached(r, &mut cache, kind, labels).0
+    }
+
+    /// `series_cached`, warning about a drop; also says whether the series is the labels' own.
+    #[inline(always)]
+    fn cached<const N: usize>(
+        &self,
+        r: *mut ngx_http_request_t,
+        cache: &mut SeriesCache<'static>,
+        kind: SeriesKind,
+        labels: &[Label; N],
+    ) -> (Option<&'static [AtomicU64]>, bool) {
         let (v, reason) = series_cached(
-            &mut cache,
+            cache,
             &self.store,
             &self.lock,
             self.zone.limits(),
@@ -203,7 +213,7 @@ impl Target<'_> {
         if let Some(reason) = reason {
             self.warn(r, reason);
         }
-        v
+        (v, reason.is_none())
     }
 
     /// The `REQUEST` series of these labels (method, endpoint, status code, namespace,
@@ -238,24 +248,13 @@ impl Target<'_> {
             [method.id << 32 | status as u64, endpoint.id, upstream.id],
             bytes_words(ns.bytes),
         ];
-        let Ok(mut cache) = CACHE.0.try_borrow_mut() else {
-            return None;
-        };
+        let mut cache = CACHE.0.try_borrow_mut().ok()?;
         if let Some(v) = cache.get_packed(kind.bits(), &ks, ns.bytes) {
             return Some(v);
         }
-        let (v, reason) = series_cached(
-            &mut cache,
-            &self.store,
-            &self.lock,
-            self.zone.limits(),
-            kind,
-            labels,
-        );
-        match (v, reason) {
-            (Some(v), None) => cache.insert_packed(kind.bits(), &ks, ns.bytes, v),
-            (_, Some(reason)) => self.warn(r, reason),
-            _ => {}
+        let (v, own) = self.cached(r, &mut cache, kind, labels);
+        if let (Some(v), true) = (v, own) {
+            cache.insert_packed(kind.bits(), &ks, ns.bytes, v);
         }
         v
     }
