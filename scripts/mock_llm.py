@@ -1,25 +1,46 @@
 #!/usr/bin/env python3
 """Mock LLM provider used as an upstream for the gateway-metrics nginx module.
 
-Speaks just enough of the OpenAI Chat Completions and Anthropic Messages APIs
-(JSON and SSE streaming) for end-to-end tests.  Standard library only.
+Speaks just enough of the OpenAI Chat Completions, Responses and Embeddings
+APIs and of the Anthropic Messages API (JSON and SSE streaming) for end-to-end
+tests, in their real wire formats.  Standard library only.
+
+  POST /v1/chat/completions   OpenAI Chat Completions (stream, stream_options.include_usage)
+  POST /v1/responses          OpenAI Responses (stream: response.* events)
+  POST /v1/embeddings         OpenAI Embeddings (encoding_format float or base64)
+  POST /v1/messages           Anthropic Messages (stream: message_start ... message_stop)
+  GET  /v1/models             the model list
+  GET  /health                "ok"
+  GET  any other path outside /v1/ (/, /favicon.ico...): a small page saying all this
 
 Every CLI default can be overridden per request with X-Mock-* headers:
   X-Mock-Prompt-Tokens, X-Mock-Completion-Tokens, X-Mock-Cached-Tokens,
   X-Mock-Reasoning-Tokens, X-Mock-Delay-Ms, X-Mock-Chunk-Delay-Ms,
   X-Mock-Chunks, X-Mock-Status (error status + error JSON),
-  X-Mock-No-Usage: 1 (omit usage everywhere).
+  X-Mock-No-Usage: 1 (omit usage everywhere),
+  X-Mock-Echo-Headers: 1 (the request headers the mock received, as a JSON
+  object in the X-Mock-Request-Headers response header: what a gateway
+  forwards).
+The prompt/completion/cached/reasoning numbers are the usage of every API:
+Responses reports them as input_tokens/output_tokens/..._details, Embeddings
+as prompt_tokens (= total_tokens), Anthropic as input_tokens/output_tokens/
+cache_read_input_tokens.
 
 Timing of a streamed response: headers (and, for Anthropic, message_start and
-content_block_start; for OpenAI, a role-only chunk) are flushed after delay-ms;
-every content chunk is preceded by a chunk-delay-ms sleep; the tail events
-follow immediately.  So first byte ~ delay, first token ~ delay + chunk_delay,
-total ~ delay + chunks * chunk_delay.
+content_block_start; for OpenAI, a role-only chunk; for Responses,
+response.created, response.in_progress, response.output_item.added and
+response.content_part.added) are flushed after delay-ms; every content chunk is
+preceded by a chunk-delay-ms sleep; the tail events follow immediately.  So
+first byte ~ delay, first token ~ delay + chunk_delay, total ~ delay + chunks *
+chunk_delay.
 """
 import argparse
+import base64
+import html
 import json
 import socket
 import signal
+import struct
 import sys
 import time
 import uuid
@@ -99,7 +120,7 @@ class Handler(BaseHTTPRequestHandler):
         if status in (204, 304):  # these must not carry a body
             body = b""
         self.send_response(status)
-        for name, value in extra:
+        for name, value in [*extra, *self.echo_headers()]:
             self.send_header(name, value)
         self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(body)))
@@ -117,6 +138,31 @@ class Handler(BaseHTTPRequestHandler):
             body = {"type": "error", **body}
         self.send_json(status, body, extra)
 
+    def echo_headers(self):
+        """X-Mock-Echo-Headers: 1 -> the received request headers, for tests of what a gateway
+        forwards (e.g. that it does not pass the client's API key on)."""
+        if self.headers.get("X-Mock-Echo-Headers", "").strip() != "1":
+            return []
+        seen = {k.lower(): v for k, v in self.headers.items()}
+        return [("X-Mock-Request-Headers", json.dumps(seen, separators=(",", ":"), ensure_ascii=True))]
+
+    def index_page(self):
+        host = html.escape(self.headers.get("Host") or "this server")
+        rows = "".join(f"<li><code>{html.escape(r)}</code></li>" for r in (
+            "POST /v1/chat/completions   OpenAI Chat Completions (JSON, SSE)",
+            "POST /v1/responses          OpenAI Responses (JSON, SSE)",
+            "POST /v1/embeddings         OpenAI Embeddings",
+            "POST /v1/messages           Anthropic Messages (JSON, SSE)",
+            "GET  /v1/models             model list",
+            "GET  /health                liveness"))
+        return (f"<!doctype html><html><head><meta charset=\"utf-8\"><title>mock LLM</title></head>"
+                f"<body><h1>mock LLM provider</h1><p>{host} is the mock upstream of the "
+                f"gateway-metrics demo (scripts/mock_llm.py). It serves:</p><ul>{rows}</ul>"
+                f"<p>Token usage and timing are set per request with X-Mock-* headers "
+                f"(X-Mock-Prompt-Tokens, X-Mock-Completion-Tokens, X-Mock-Chunks, X-Mock-Delay-Ms...). "
+                f"Send API traffic through the gateway to see it in its /metrics.</p>"
+                f"</body></html>\n").encode()
+
     def start_stream(self):
         """Send SSE headers.  HTTP/1.1 clients (nginx with proxy_http_version
         1.1) get chunked encoding and keep-alive; HTTP/1.0 clients (nginx's
@@ -125,6 +171,8 @@ class Handler(BaseHTTPRequestHandler):
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")
         self.send_header("Cache-Control", "no-cache")
+        for name, value in self.echo_headers():
+            self.send_header(name, value)
         if self.chunked:
             self.send_header("Transfer-Encoding", "chunked")
         else:
@@ -159,10 +207,17 @@ class Handler(BaseHTTPRequestHandler):
             route, allowed = "openai", "POST"
         elif path.endswith("/messages"):
             route, allowed = "anthropic", "POST"
+        elif path.endswith("/responses") and path.startswith("/v1"):
+            route, allowed = "responses", "POST"
+        elif path.endswith("/embeddings") and path.startswith("/v1"):
+            route, allowed = "embeddings", "POST"
+        elif self.command in ("GET", "HEAD") and not path.startswith("/v1"):
+            # a browser on the printed URL (/, /favicon.ico...): say what is served here
+            return self.send_bytes(200, self.index_page(), "text/html; charset=utf-8")
         else:
             return self.send_error_json(404, f"unknown path {self.path}")
         anthropic = route == "anthropic"
-        if self.command != allowed:
+        if self.command != allowed and not (allowed == "GET" and self.command == "HEAD"):
             return self.send_error_json(405, f"method {self.command} not allowed on {path}", anthropic,
                                         [("Allow", allowed)])
         if route == "health":
@@ -192,7 +247,8 @@ class Handler(BaseHTTPRequestHandler):
                 raise ValueError("request body must be a JSON object")
         except ValueError as e:
             return self.send_error_json(400, f"invalid JSON body: {e}", anthropic)
-        (self.anthropic if anthropic else self.openai)(req, s)
+        {"openai": self.openai, "anthropic": self.anthropic, "responses": self.openai_responses,
+         "embeddings": self.openai_embeddings}[route](req, s)
 
     do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_OPTIONS = do_HEAD = dispatch
 
@@ -246,6 +302,92 @@ class Handler(BaseHTTPRequestHandler):
             self.write_event(final)
         self.write_event("[DONE]")
         self.end_stream()
+
+    # ---- OpenAI Responses -----------------------------------------------
+
+    def openai_responses(self, req, s):  # (self.responses is http.server's status table)
+        model = req.get("model") or "mock-model"
+        rid, mid, created = "resp_" + uuid.uuid4().hex, "msg_" + uuid.uuid4().hex, int(time.time())
+        text = CHUNK_TEXT * s["chunks"]
+        usage = None if s["no_usage"] else {
+            "input_tokens": s["prompt_tokens"],
+            "input_tokens_details": {"cached_tokens": s["cached_tokens"]},
+            "output_tokens": s["completion_tokens"],
+            "output_tokens_details": {"reasoning_tokens": s["reasoning_tokens"]},
+            "total_tokens": s["prompt_tokens"] + s["completion_tokens"],
+        }
+
+        def response(status, output, usage):
+            # the response object as the real API returns it (request settings echoed)
+            return {"id": rid, "object": "response", "created_at": created, "status": status,
+                    "background": False, "error": None, "incomplete_details": None,
+                    "instructions": req.get("instructions"),
+                    "max_output_tokens": req.get("max_output_tokens"), "max_tool_calls": None,
+                    "model": model, "output": output, "parallel_tool_calls": True,
+                    "previous_response_id": req.get("previous_response_id"),
+                    "reasoning": {"effort": None, "summary": None}, "service_tier": "default",
+                    "store": req.get("store", True), "temperature": req.get("temperature", 1.0),
+                    "text": {"format": {"type": "text"}, "verbosity": "medium"},
+                    "tool_choice": "auto", "tools": [], "top_logprobs": 0,
+                    "top_p": req.get("top_p", 1.0), "truncation": "disabled", "usage": usage,
+                    "user": None, "metadata": req.get("metadata") or {}}
+
+        def part(t):
+            return {"type": "output_text", "annotations": [], "logprobs": [], "text": t}
+
+        def message(status, content):
+            return {"id": mid, "type": "message", "status": status, "content": content,
+                    "role": "assistant"}
+
+        if not req.get("stream"):
+            return self.send_json(200, response("completed", [message("completed", [part(text)])], usage))
+
+        seq = iter(range(1 << 30))
+
+        def ev(etype, **fields):
+            self.write_event({"type": etype, "sequence_number": next(seq), **fields}, etype)
+
+        where = {"item_id": mid, "output_index": 0, "content_index": 0}
+        self.start_stream()
+        ev("response.created", response=response("in_progress", [], None))
+        ev("response.in_progress", response=response("in_progress", [], None))
+        ev("response.output_item.added", output_index=0, item=message("in_progress", []))
+        ev("response.content_part.added", **where, part=part(""))
+        for _ in range(s["chunks"]):
+            time.sleep(s["chunk_delay_ms"] / 1000)
+            ev("response.output_text.delta", **where, delta=CHUNK_TEXT, logprobs=[])
+        ev("response.output_text.done", **where, text=text, logprobs=[])
+        ev("response.content_part.done", **where, part=part(text))
+        done = message("completed", [part(text)])
+        ev("response.output_item.done", output_index=0, item=done)
+        ev("response.completed", response=response("completed", [done], usage))
+        self.end_stream()
+
+    # ---- OpenAI Embeddings ----------------------------------------------
+
+    def openai_embeddings(self, req, s):
+        model = req.get("model") or "mock-embedding"
+        inputs = req.get("input")
+        # a string, a list of strings, a list of token ids, or a list of token-id lists
+        if isinstance(inputs, str) or (isinstance(inputs, list) and inputs
+                                       and all(isinstance(t, int) for t in inputs)):
+            inputs = [inputs]
+        if not isinstance(inputs, list) or not inputs:
+            return self.send_error_json(400, "input must be a string or a non-empty array")
+        dims = req.get("dimensions") or 8
+        fmt = req.get("encoding_format") or "float"
+        if not isinstance(dims, int) or not 1 <= dims <= 4096 or fmt not in ("float", "base64"):
+            return self.send_error_json(400, "invalid dimensions or encoding_format")
+        data = []
+        for i, item in enumerate(inputs):
+            seed = sum(json.dumps(item).encode()) + i
+            vec = [round(((seed * (k + 7)) % 1000) / 1000 - 0.5, 6) for k in range(dims)]
+            emb = base64.b64encode(struct.pack(f"<{dims}f", *vec)).decode() if fmt == "base64" else vec
+            data.append({"object": "embedding", "index": i, "embedding": emb})
+        resp = {"object": "list", "data": data, "model": model}
+        if not s["no_usage"]:
+            resp["usage"] = {"prompt_tokens": s["prompt_tokens"], "total_tokens": s["prompt_tokens"]}
+        self.send_json(200, resp)
 
     # ---- Anthropic ------------------------------------------------------
 
