@@ -8,8 +8,9 @@ tests/test_monitoring_stack.py.
         --targets ai-gateway=127.0.0.1:8080,127.0.0.1:8090 --targets node=127.0.0.1:9100 \\
         [--rename ai-gateway=llm-edge] [--interval 5s] [-o OUT]
 
-A job given --targets gets one static_configs group with exactly those targets; its other
-static groups and service discovery blocks (file_sd_configs, ...) are dropped. The edit is
+A job given --targets gets one static_configs group with exactly those targets and the labels
+of its first static group (e.g. `site`: every label the config gives its targets is kept); its
+other static groups and service discovery blocks (file_sd_configs, ...) are dropped. The edit is
 line-based (standard library only: no YAML module needed) and keeps comments; it expects the
 block style of Prometheus' documentation. Check the result with `promtool check config`."""
 
@@ -73,6 +74,38 @@ def rewrite(text, base_dir, targets=None, rename=None, interval=None):
             j -= 1
         return j
 
+    def group_labels(start, stop, key_indent):
+        """The `labels:` block of the first group of the static_configs block lines[start:stop]
+        (key on line start-1 at key_indent), re-indented for a group written at key_indent + 2."""
+        first = None
+        for j in range(start, stop):
+            if not _blank(lines[j]) and lines[j].lstrip().startswith("- "):
+                first = j
+                break
+        if first is None:
+            return []
+        item = _indent(lines[first])
+        # the group's lines, its "- " replaced by spaces: every key of the group at item + 2
+        group = [" " * (item + 2) + lines[first].lstrip()[2:]]
+        for ln in lines[first + 1:stop]:
+            if not _blank(ln) and _indent(ln) <= item:
+                break       # the next group
+            group.append(ln)
+        out_lines = []
+        for k, ln in enumerate(group):
+            m = KEY.match(ln)
+            if m and not m.group(2) and m.group(3) == "labels" and _indent(ln) == item + 2:
+                shift = (key_indent + 4) - _indent(ln)
+                out_lines.append(" " * (key_indent + 4) + ln.lstrip())
+                for sub in group[k + 1:]:
+                    if _blank(sub):
+                        continue
+                    if _indent(sub) <= item + 2:
+                        break
+                    out_lines.append(" " * (_indent(sub) + shift) + sub.lstrip())
+                break
+        return out_lines
+
     def close_job():
         # a target job without any static_configs gets one at its end
         if job in targets and job not in done_static:
@@ -117,11 +150,13 @@ def rewrite(text, base_dir, targets=None, rename=None, interval=None):
         if job is not None and m and not m.group(2) and ind == job_item_indent + 2:
             key = m.group(3)
             if job in targets and (key == "static_configs" or key.endswith("_sd_configs")):
+                end = skip_block(i, ind)
                 if key == "static_configs" and job not in done_static:
                     out.append(f"{' ' * ind}static_configs:")
                     out.append(f"{' ' * ind}  - targets: {_flow_list(targets[job])}")
+                    out.extend(group_labels(i + 1, end, ind))
                     done_static.add(job)
-                i = skip_block(i, ind)
+                i = end
                 continue
 
         if job is not None and m and m.group(3) == "files" and job not in targets:

@@ -402,6 +402,9 @@ def test_config_rewrite_for_other_ports_and_job_names(tmp_path):
     assert "job_name: edge" in out and "job_name: ai-gateway" not in out
     assert 'targets: ["127.0.0.1:1", "127.0.0.1:2"]' in out
     assert 'targets: ["127.0.0.1:3"]' in out
+    # the labels the config gives the replaced targets are kept on the new ones
+    assert re.search(r'- targets: \["127\.0\.0\.1:1", "127\.0\.0\.1:2"\]\n\s+labels:\n\s+site: local\n',
+                     out), out
     assert "file_sd_configs" not in out
     assert re.search(r"scrape_interval: 2s", out) and "evaluation_interval: 2s" in out
     assert f'"{MON}/rules/*.yml"' in out
@@ -426,4 +429,5 @@ def test_scripts_monitoring_check_mode(tmp_path):
     assert r.returncode == 0, r.stdout + r.stderr
     cfg = (tmp_path / "prometheus.yml").read_text()
     assert 'targets: ["127.0.0.1:18080"]' in cfg
+    assert re.search(r'- targets: \["127\.0\.0\.1:18080"\]\n\s+labels:\n\s+site: local\n', cfg), cfg
     assert 'targets: ["127.0.0.1:19100"]' in cfg and 'targets: ["127.0.0.1:19090"]' in cfg

@@ -323,6 +323,10 @@ def test_stack_end_to_end(stack):
     instances = [f"127.0.0.1:{g.port}" for g in gws]
     up = f'count(up{{job="{JOB}"}} == 1)'
     wait_value(prom, up, 2)
+    # the target labels of monitoring/prometheus.yml survive the rewrite (scripts/monitoring)
+    _, _, ups = prom.query(f'up{{job="{JOB}"}}')
+    assert sorted((m["instance"], m.get("site")) for m, _ in ups) == \
+        sorted((f"127.0.0.1:{g.port}", "local") for g in gws), ups
 
     # Round 1 creates every series; once Prometheus has scraped it, round 2 makes them grow, so
     # every rate() over the test's few seconds is positive.
