@@ -2,19 +2,30 @@
 two workers, lua-nginx-module and the mock LLM upstream.
 
 Token totals, cost, TTFT, the token budget, the accuracy gauge and the SSE/JSON usage parser
-(fed at every possible chunk boundary)."""
+(fed at every possible chunk boundary); the endpoint label, API keys as the only source of the
+tenant, /metrics for the scrapers only, the /v1/models cache, the OpenAI SDK (Responses and
+Embeddings APIs) through the gateway, the mock LLM itself and scripts/run."""
+import base64
 import http.client
 import json
 import os
 import random
 import re
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import tempfile
 import time
+import urllib.error
+import urllib.request
 from collections import Counter, defaultdict
 
 import pytest
 
 import gm
-from gm import MockLLM, Nginx, free_port, histogram_consistent, wait_for
+from gm import MockLLM, Nginx, free_port, histogram_consistent, settle, wait_for
 
 pytestmark = pytest.mark.skipif(not gm.HAVE_LUA, reason="needs Debian's lua-nginx-module")
 
@@ -22,18 +33,52 @@ CONF_PATH = os.path.join(gm.ROOT, "nginx-conf", "ai-gateway.conf")
 # What gm.Nginx(lua=True) puts in the http block itself.
 HARNESS_LUA_PATH = f'lua_package_path "{gm.ROOT}/lua/?.lua;/usr/share/lua/5.1/?.lua;;";'
 
+# The demo's API keys (nginx-conf/ai-gateway.conf) and the namespaces they map to.
+DEMO_KEYS = {"wechat": "sk-demo-wechat", "support": "sk-demo-support", "free-tier": "sk-demo-free",
+             "premium": "sk-demo-premium", "internal": "sk-demo-internal"}
+# Namespaces the tests add to the demo's key map (key sk-test-NS), so that each test has figures
+# of its own.
+TEST_NAMESPACES = ["tok-a", "tok-b", "tok-c", "ttft", "quiet", "quiet-err", "abort", "ep", "sec",
+                   "browser", "sdk", "cache"]
+# The endpoint label's values (map $uri $gateway_endpoint).
+ENDPOINTS = {"/v1/chat/completions", "/v1/messages", "/v1/responses", "/v1/embeddings",
+             "/v1/models", "other"}
+KEY_MAP = "map $gateway_api_key $gateway_namespace {\n"
 
-def gateway_http(upstream_port, extra="", keep_lua_path=False):
+
+def key(ns):
+    return DEMO_KEYS.get(ns) or f"sk-test-{ns}"
+
+
+def auth(ns):
+    return {"Authorization": f"Bearer {key(ns)}"}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def private_module_copy():
+    """nginx loads a private copy of the module: a concurrent scripts/build cannot crash it."""
+    saved = gm.MODULE
+    gm.MODULE = gm.private_module_copy()
+    yield
+    gm.MODULE = saved
+
+
+def gateway_http(upstream_port, extra="", keep_lua_path=False, test_keys=True):
     """The gateway template with its placeholders substituted, ready for gm.Nginx: `@PORT@`
-    becomes the harness's `{port}`. gm.Nginx(lua=True) adds the same lua_package_path line
-    itself and nginx rejects a duplicate, so the template's line is checked to be identical
-    and dropped (unless keep_lua_path, for a wrapper that adds none)."""
+    becomes the harness's `{port}`, `@PREFIX@` its `{dir}`. gm.Nginx(lua=True) adds the same
+    lua_package_path line itself and nginx rejects a duplicate, so the template's line is checked
+    to be identical and dropped (unless keep_lua_path, for a wrapper that adds none). With
+    test_keys, the keys of TEST_NAMESPACES are added to the template's key map."""
     with open(CONF_PATH) as f:
         text = f.read()
     assert "{port}" not in text and "{dir}" not in text, "the harness would substitute these"
     text = (text.replace("@PORT@", "{port}").replace("@UPSTREAM_PORT@", str(upstream_port))
-            .replace("@ROOT@", gm.ROOT))
+            .replace("@ROOT@", gm.ROOT).replace("@PREFIX@", "{dir}"))
     assert not re.search(r"@[A-Z_]+@", text), "unknown placeholder left"
+    if test_keys:
+        assert text.count(KEY_MAP) == 1, "the key map is not where the tests expect it"
+        text = text.replace(KEY_MAP, KEY_MAP + "".join(f"    sk-test-{ns} {ns};\n"
+                                                       for ns in TEST_NAMESPACES))
     lines = text.splitlines()
     paths = [l for l in lines if l.strip().startswith("lua_package_path")]
     assert [p.strip() for p in paths] == [HARNESS_LUA_PATH]
@@ -67,9 +112,9 @@ def post(n, path, body, headers=None):
 
 
 def logged(n, total):
-    """Waits until nginx has logged `total` requests to /v1/ (the log phase runs after the
-    client has its response) and returns the metrics."""
-    return wait_for(n.metrics, lambda m: m.total("http_requests_total", endpoint="/v1/") >= total,
+    """Waits until nginx has logged `total` API requests (the log phase runs after the client has
+    its response) and returns the metrics."""
+    return wait_for(n.metrics, lambda m: m.total("http_requests_total") >= total,
                     what="requests logged")
 
 
@@ -77,16 +122,18 @@ def logged(n, total):
 def gateway():
     with MockLLM("--chunk-delay-ms", "1") as mock:
         with Nginx(gateway_http(mock.port), workers=2, lua=True) as n:
-            n.sent = 0  # requests sent to /v1/ so far, for logged()
+            n.sent = 0  # API requests sent so far (the ones the module records), for logged()
             yield n
             assert not n.crashes(), n.crashes()
-            assert "[error]" not in n.error_log() and "[alert]" not in n.error_log(), \
-                n.error_log()[-3000:]
+            # (the refused /metrics scrapes of test_metrics_only_from_the_scrapers log errors)
+            log = "\n".join(l for l in n.error_log().splitlines()
+                            if "access forbidden by rule" not in l)
+            assert "[error]" not in log and "[alert]" not in log, log[-3000:]
 
 
 def test_template_as_a_whole_passes_nginx_t():
     """The template with its own lua_package_path (as scripts/run wraps it) is a valid config."""
-    http = gateway_http(free_port(), keep_lua_path=True)
+    http = gateway_http(free_port(), keep_lua_path=True, test_keys=False)
     main = "".join(f"load_module {m};\n" for m in gm.LUA_MODULES)
     n = Nginx(http, lua=False, main=main)
     try:
@@ -101,7 +148,7 @@ def test_template_as_a_whole_passes_nginx_t():
 STYLES = ["openai-json", "openai-sse", "openai-sse-nousage", "anthropic-json", "anthropic-sse",
           "openai-json-nousage"]
 MODELS = ["gpt-4o", "gpt-4o-mini", "claude-sonnet", "mystery-model"]
-NAMESPACES = ["tok-a", "tok-b", ""]
+NAMESPACES = ["tok-a", "tok-b", "tok-c"]
 
 
 def make_request(style, model, ns, p, c, cached, reasoning, chunks, extra_headers=None):
@@ -115,8 +162,11 @@ def make_request(style, model, ns, p, c, cached, reasoning, chunks, extra_header
     headers = {"Content-Type": "application/json", "X-Mock-Prompt-Tokens": str(p),
                "X-Mock-Completion-Tokens": str(c), "X-Mock-Cached-Tokens": str(cached),
                "X-Mock-Reasoning-Tokens": str(reasoning), "X-Mock-Chunks": str(chunks)}
-    if ns:
-        headers["X-Namespace"] = ns
+    # the tenant is the one of the API key: OpenAI clients send a bearer token, Anthropic's x-api-key
+    if openai:
+        headers["Authorization"] = f"Bearer {key(ns)}"
+    else:
+        headers["x-api-key"] = key(ns)
     if style == "openai-json-nousage":
         headers["X-Mock-No-Usage"] = "1"
     headers.update(extra_headers or {})
@@ -279,14 +329,14 @@ def test_ttft_reflects_upstream_delay(gateway):
 
 def test_requests_without_model_or_usage_record_no_model_series(gateway):
     n = gateway
-    h = {"X-Namespace": "quiet"}
+    h = auth("quiet")
     assert n.get("/v1/models", h)[0] == 200
     assert n.get("/healthz", h)[0] == 200
     # not JSON: no model; the mock answers 400 without usage
     assert n.get("/v1/chat/completions", h, "POST", b"hello")[0] == 400
     # an upstream error with a model: a model series, but no tokens
     s, _, _ = post(n, "/v1/chat/completions", {"model": "gpt-4o"},
-                   {"X-Namespace": "quiet-err", "X-Mock-Status": "503"})
+                   {**auth("quiet-err"), "X-Mock-Status": "503"})
     assert s == 503
     n.sent += 3
     m = logged(n, n.sent)
@@ -304,15 +354,17 @@ def test_requests_without_model_or_usage_record_no_model_series(gateway):
 # ---- token budget ----------------------------------------------------------------------------
 
 def test_token_budget_near_limit_then_rejects(gateway):
-    """free-tier: 2000 tokens per minute, "near" from 1600 on (see the map in the template)."""
+    """free-tier (key sk-demo-free): 2000 tokens per minute, "near" from 1600 on (see the maps in
+    the template). Every request also claims `X-Namespace: internal` (the unlimited tier): the
+    tenant comes from the key alone, so it is limited and counted as free-tier all the same."""
     n = gateway
     if time.time() % 60 > 50:  # keep the sequence inside one budget window
         time.sleep(61 - time.time() % 60)
-    ns = {"X-Namespace": "free-tier"}
+    claim = {"X-Namespace": "internal", "X-Tenant": "internal"}
 
     def send(style, p, c, cached=0):
         method, path, headers, body = make_request(style, "claude-sonnet", "free-tier", p, c,
-                                                   cached, 0, 2)
+                                                   cached, 0, 2, claim)
         conn = http.client.HTTPConnection("127.0.0.1", n.port, timeout=10)
         conn.request(method, path, body=body, headers=headers)
         r = conn.getresponse()
@@ -345,6 +397,9 @@ def test_token_budget_near_limit_then_rejects(gateway):
     assert m.get1("model_requests_total", model="claude-sonnet", namespace="free-tier",
                   status="error") == 1
     assert m.get1("errors_total", error_type="rate_limited", namespace="free-tier", upstream="") == 1
+    # the claimed namespace got nothing
+    assert m.total("http_requests_total", namespace="free-tier") == 4
+    assert not [k for k in m if dict(k[1]).get("namespace") == "internal"]
 
 
 # ---- the accuracy gauge (custom metric from the design documents) -----------------------------
@@ -597,3 +652,417 @@ def test_aborted_stream_still_reports_the_input_tokens(gateway):
     assert m.get1("model_time_to_first_token_seconds_count", model="claude-sonnet", namespace="abort") == 1
     assert m.get1("model_tokens_input_total", model="claude-sonnet", namespace="abort") == 1000, \
         "input tokens of an aborted stream were not recorded (add_tokens from log_by_lua)"
+
+
+# ---- the endpoint label -----------------------------------------------------------------------
+
+def test_endpoint_label_is_the_api_operation(gateway):
+    """endpoint/path is the API operation (map $uri $gateway_endpoint), a bounded set: the design's
+    gateway_requests_total{path="/v1/chat/completions"} matches; anything else is "other"."""
+    n = gateway
+    ns = "ep"
+    h = {**auth(ns), "Content-Type": "application/json"}
+    reqs = [
+        make_request("openai-json", "gpt-4o", ns, 10, 5, 0, 0, 1),
+        make_request("openai-sse", "gpt-4o", ns, 10, 5, 0, 0, 1),
+        make_request("anthropic-json", "claude-sonnet", ns, 10, 5, 0, 0, 1),
+        ("POST", "/v1/responses", h, json.dumps({"model": "gpt-4o", "input": "hi"}).encode()),
+        ("POST", "/v1/embeddings", h, json.dumps({"model": "text-embedding-3-small",
+                                                  "input": "hi"}).encode()),
+        ("GET", "/v1/models", auth(ns), None),
+        ("GET", "/v1/chat/completions?debug=1", auth(ns), None),  # the mock: 405; args ignored
+        ("POST", "/v1//chat/completions", h, json.dumps({"model": "gpt-4o"}).encode()),  # $uri: merged
+    ] + [("GET", f"/v1/made-up/{i}?x={i}", auth(ns), None) for i in range(5)]
+    results = fetch_all(n.port, reqs, threads=4)
+    assert [r[0] for r in results] == [200] * 6 + [405, 200] + [404] * 5, [r[2][:200] for r in results]
+    n.sent += len(reqs)
+    m = logged(n, n.sent)
+    got = Counter()
+    for labels, v in m.select("http_requests_total", namespace=ns).items():
+        got[dict(labels)["endpoint"]] += v
+    assert got == {"/v1/chat/completions": 4, "/v1/messages": 1, "/v1/responses": 1,
+                   "/v1/embeddings": 1, "/v1/models": 1, "other": 5}, got
+    # the design seed's query, and the per-endpoint latency
+    assert m.total("gateway_requests_total", path="/v1/chat/completions", namespace=ns) == 4
+    assert m.total("http_request_duration_seconds_count", endpoint="/v1/responses", namespace=ns) == 1
+    # over everything recorded so far: only the bounded set of values
+    assert {dict(k)["endpoint"] for k in m.select("http_requests_total")} <= ENDPOINTS
+    assert {dict(k)["path"] for k in m.select("gateway_requests_total")} <= ENDPOINTS
+
+
+def test_browser_requests_leave_no_series(gateway):
+    """Only the API locations record: a browser's GET / or /favicon.ico, /healthz and /metrics
+    are not API traffic and leave no series."""
+    n = gateway
+    before = n.metrics()
+    conn = http.client.HTTPConnection("127.0.0.1", n.port, timeout=10)
+    statuses = []
+    for path in ("/", "/favicon.ico", "/healthz", "/robots.txt", "/metrics", "/v1/models"):
+        h = {"User-Agent": "Mozilla/5.0", "Accept": "text/html"}
+        if path == "/v1/models":
+            h.update(auth("browser"))
+        conn.request("GET", path, headers=h)
+        r = conn.getresponse()
+        r.read()
+        statuses.append(r.status)
+    conn.close()
+    assert statuses == [200, 404, 200, 404, 200, 200]
+    # nginx logs a request before it reads the next one from the connection: once the last one
+    # (an API request) is counted, the others have been through the log phase too
+    n.sent += 1
+    m = logged(n, n.sent)
+    assert m.get1("http_requests_total", method="GET", endpoint="/v1/models", status_code="200",
+                  namespace="browser", upstream="llm") + \
+        m.get1("http_requests_total", method="GET", endpoint="/v1/models", status_code="200",
+               namespace="browser", upstream="") == 1
+    assert m.total("http_requests_total") == before.total("http_requests_total") + 1
+    assert m.total("gateway_requests_total") == before.total("gateway_requests_total") + 1
+    new = [k for k in m if k not in before and not k[0].startswith(("nginx_", "gateway_metrics_"))]
+    assert new and all(dict(k[1]).get("namespace") == "browser" for k in new), new
+
+
+# ---- tenants from API keys, the scrapers only on /metrics --------------------------------------
+
+def test_unknown_or_missing_api_key_is_refused(gateway):
+    """No valid key: 401 with OpenAI's error body, never proxied (X-Mock-Status would show), and
+    recorded as a client error of namespace "" (no model, no tokens). A namespace header or a key
+    in the wrong place is not a key."""
+    n = gateway
+    body = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
+    cases = [{}, {"Authorization": "Bearer sk-not-a-key"}, {"Authorization": "Bearer "},
+             {"Authorization": "sk-demo-wechat"}, {"Authorization": "Basic c2stZGVtby13ZWNoYXQ="},
+             {"x-api-key": "sk-demo-wechat-2"}, {"X-Namespace": "internal"},
+             {"X-Namespace": "wechat", "Authorization": "Bearer wechat"}]
+    for h in cases:
+        s, b, headers = post(n, "/v1/chat/completions", body, {**h, "X-Mock-Status": "500"})
+        assert s == 401, (h, b)
+        assert headers["Content-Type"] == "application/json"
+        err = json.loads(b)["error"]
+        assert err["type"] == "invalid_request_error" and err["code"] == "invalid_api_key", err
+        assert err["message"]
+    s, _, headers = n.get("/v1/models", {"Authorization": "Bearer sk-nope"})
+    assert s == 401 and "X-Cache" not in headers   # refused before the cache
+    # the OpenAI SDK sees its AuthenticationError
+    import openai
+    with pytest.raises(openai.AuthenticationError) as e:
+        openai.OpenAI(base_url=n.url("/v1"), api_key="sk-wrong", max_retries=0).chat.completions.create(
+            model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
+    assert e.value.code == "invalid_api_key"
+    refused = len(cases) + 2
+    n.sent += refused
+    m = logged(n, n.sent)
+    assert m.total("http_requests_total", namespace="") == refused
+    assert m.total("http_requests_total", namespace="", status_code="401") == refused
+    assert m.get1("errors_total", error_type="client_error", namespace="", upstream="") == refused
+    assert m.get1("namespace_requests_total", namespace="", status="error") == refused
+    assert m.get1("namespace_requests_total", namespace="", status="success") == 0
+    assert not m.select("model_requests_total", namespace="")
+    assert not m.select("namespace_tokens_total", namespace="")
+
+
+def test_client_api_key_is_not_forwarded(gateway):
+    """The provider never sees the client's key (Authorization / x-api-key are replaced)."""
+    n = gateway
+    for path, body, h in (
+            ("/v1/chat/completions", {"model": "gpt-4o", "messages": []}, auth("sec")),
+            ("/v1/responses", {"model": "gpt-4o", "input": "hi", "stream": True}, auth("sec")),
+            ("/v1/messages", {"model": "claude-sonnet", "messages": []}, {"x-api-key": key("sec")})):
+        s, b, headers = post(n, path, body, {**h, "X-Mock-Echo-Headers": "1"})
+        assert s == 200, b
+        seen = json.loads(headers["X-Mock-Request-Headers"])
+        assert seen.get("x-mock-echo-headers") == "1", seen   # the echo works
+        assert "authorization" not in seen and "x-api-key" not in seen, seen
+        assert key("sec") not in json.dumps(seen)
+    n.sent += 3
+    logged(n, n.sent)
+
+
+def bound_get(source, port, path):
+    """GET `path` from the source address `source` (all of 127.0.0.0/8 is loopback on Linux)."""
+    with socket.socket() as s:
+        s.settimeout(10)
+        s.bind((source, 0))
+        s.connect(("127.0.0.1", port))
+        s.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+        raw = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            raw += chunk
+    return int(raw.split(b" ", 2)[1])
+
+
+def test_metrics_only_from_the_scrapers(gateway):
+    """/metrics names every tenant, model and cost: allowed from the listed addresses (loopback
+    here), refused from any other; so is the accuracy endpoint. The API itself is open."""
+    n = gateway
+    assert bound_get("127.0.0.1", n.port, "/metrics") == 200
+    assert bound_get("127.0.0.2", n.port, "/metrics") == 403
+    assert bound_get("127.0.0.3", n.port, "/metrics?x") == 403
+    assert bound_get("127.0.0.2", n.port, "/gateway/accuracy") == 403
+    assert bound_get("127.0.0.2", n.port, "/healthz") == 200
+    with open(CONF_PATH) as f:
+        conf = f.read()
+    loc = re.search(r"location = /metrics \{(.*?)\}", conf, re.S).group(1)
+    assert "deny all;" in loc and "allow 127.0.0.1;" in loc and "scrapers" in conf
+
+
+# ---- the OpenAI SDK through the gateway: Responses and Embeddings -----------------------------
+
+def mock_usage(p, c, cached=0, reasoning=0, chunks=3):
+    return {"X-Mock-Prompt-Tokens": str(p), "X-Mock-Completion-Tokens": str(c),
+            "X-Mock-Cached-Tokens": str(cached), "X-Mock-Reasoning-Tokens": str(reasoning),
+            "X-Mock-Chunks": str(chunks)}
+
+
+RESPONSE_EVENTS = (["response.created", "response.in_progress", "response.output_item.added",
+                    "response.content_part.added"] + ["response.output_text.delta"] * 3 +
+                   ["response.output_text.done", "response.content_part.done",
+                    "response.output_item.done", "response.completed"])
+
+
+def test_openai_sdk_responses_and_embeddings_exact_tokens(gateway):
+    """client.responses.create (JSON and stream), client.responses.stream and
+    client.embeddings.create of the real openai SDK through the demo: the SDK parses every
+    answer, and the token counters are exactly the provider's usage."""
+    import openai
+    n = gateway
+    client = openai.OpenAI(base_url=n.url("/v1"), api_key=key("sdk"), max_retries=0, timeout=30)
+
+    r = client.responses.create(model="gpt-4o", input="hi", extra_headers=mock_usage(700, 40, 512, 16))
+    assert r.object == "response" and r.status == "completed" and r.id.startswith("resp_")
+    assert r.output_text == "tok " * 3
+    assert (r.usage.input_tokens, r.usage.output_tokens, r.usage.total_tokens) == (700, 40, 740)
+    assert r.usage.input_tokens_details.cached_tokens == 512
+    assert r.usage.output_tokens_details.reasoning_tokens == 16
+
+    events = list(client.responses.create(model="gpt-4o", input="hi", stream=True,
+                                          extra_headers=mock_usage(300, 90, 0, 30)))
+    assert [e.type for e in events] == RESPONSE_EVENTS
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    assert "".join(e.delta for e in events if e.type == "response.output_text.delta") == "tok " * 3
+    assert events[-1].response.usage.output_tokens == 90
+    assert events[-1].response.output_text == "tok " * 3
+
+    with client.responses.stream(model="gpt-4o-mini", input="hi",
+                                 extra_headers=mock_usage(50, 20, 10, 0, chunks=2)) as stream:
+        deltas = [e.delta for e in stream if e.type == "response.output_text.delta"]
+        final = stream.get_final_response()
+    assert deltas == ["tok "] * 2 and final.usage.total_tokens == 70
+
+    emb = client.embeddings.create(model="text-embedding-3-small", input=["a", "b", "c"],
+                                   extra_headers={"X-Mock-Prompt-Tokens": "17"})
+    assert [d.index for d in emb.data] == [0, 1, 2] and len(emb.data[0].embedding) == 8
+    assert (emb.usage.prompt_tokens, emb.usage.total_tokens) == (17, 17)
+    emb = client.embeddings.create(model="text-embedding-3-small", input="a", dimensions=4,
+                                   encoding_format="float", extra_headers={"X-Mock-Prompt-Tokens": "5"})
+    assert len(emb.data[0].embedding) == 4
+
+    n.sent += 5
+    m = logged(n, n.sent)
+    gpt4o, mini, embed = (dict(model=x, namespace="sdk") for x in
+                          ("gpt-4o", "gpt-4o-mini", "text-embedding-3-small"))
+    assert m.get1("model_tokens_input_total", **gpt4o) == 1000
+    assert m.get1("model_tokens_output_total", **gpt4o) == 130
+    assert m.get1("model_tokens_input_total", **mini) == 50
+    assert m.get1("model_tokens_output_total", **mini) == 20
+    assert m.get1("model_tokens_input_total", **embed) == 22
+    assert m.get1("model_tokens_output_total", **embed) == 0
+    want = {"input": 1072, "output": 150, "cached_input": 522, "reasoning": 46}
+    for t, v in want.items():
+        assert m.get1("namespace_tokens_total", namespace="sdk", token_type=t) == v, t
+    # streams: time to first token; JSON: none
+    assert m.get1("model_time_to_first_token_seconds_count", **gpt4o) == 1
+    assert m.get1("model_time_to_first_token_seconds_count", **mini) == 1
+    assert m.get1("model_time_to_first_token_seconds_count", **embed) == 0
+    table = prices()
+    assert m.get1("model_cost_usd_total", **gpt4o) == pytest.approx(
+        cost(table["gpt-4o"], (1000, 130, 512, 46)), rel=1e-9)
+    assert m.get1("model_cost_usd_total", **embed) == pytest.approx(
+        cost(table["text-embedding-3-small"], (22, 0, 0, 0)), rel=1e-9)
+    assert m.total("http_requests_total", endpoint="/v1/responses", namespace="sdk") == 3
+    assert m.total("http_requests_total", endpoint="/v1/embeddings", namespace="sdk") == 2
+
+
+# ---- the cached model list --------------------------------------------------------------------
+
+def test_models_list_is_cached_and_counted():
+    """GET /v1/models through proxy_cache: the first request fills the cache (MISS), the next
+    ones HIT, on either worker (proxy_cache_lock: a request that finds the entry being filled
+    waits for it), and cache_misses_total / cache_hits_total are what the X-Cache headers said.
+    A gateway of its own, so its cache starts empty."""
+    with MockLLM() as mock:
+        with Nginx(gateway_http(mock.port), workers=2, lua=True) as n:
+            said = []
+            for i in range(16):   # a new connection each: the requests spread over the workers
+                h = auth("cache") if i % 2 else {"x-api-key": key("cache")}
+                s, body, headers = n.get("/v1/models", h)
+                assert s == 200 and json.loads(body)["object"] == "list", body
+                said.append(headers["X-Cache"])
+            # (an entry lives 10 s: a request that late would say EXPIRED, a miss)
+            assert said[0] == "MISS" and "HIT" in said, said
+            assert set(said[1:]) <= {"HIT", "EXPIRED"}, said
+            s, _, headers = n.get("/v1/models", {"Authorization": "Bearer sk-nope"})
+            assert s == 401 and "X-Cache" not in headers
+            m = settle(n, lambda m: m.total("http_requests_total") >= 17)
+            assert m.total("http_requests_total") == 17
+            misses = sum(x in ("MISS", "EXPIRED") for x in said)
+            assert m.get1("cache_misses_total", cache_type="proxy_cache") == misses
+            assert m.get1("cache_hits_total", cache_type="proxy_cache") == said.count("HIT")
+            assert m.total("http_requests_total", endpoint="/v1/models", namespace="cache") == 16
+
+
+# ---- the mock LLM -----------------------------------------------------------------------------
+
+def test_mock_llm_answers_a_browser_and_speaks_the_openai_wire_formats(mock_llm):
+    base = f"http://127.0.0.1:{mock_llm.port}"
+
+    def call(path, method="GET", body=None, headers=None):
+        req = urllib.request.Request(base + path, method=method, headers=headers or {},
+                                     data=json.dumps(body).encode() if body is not None else None)
+        try:
+            with urllib.request.urlopen(req, timeout=10) as r:
+                return r.status, dict(r.headers), r.read()
+        except urllib.error.HTTPError as e:
+            return e.code, dict(e.headers), e.read()
+
+    # the URL scripts/run prints, and what a browser asks for next
+    for path in ("/", "/favicon.ico", "/index.html"):
+        s, h, b = call(path, headers={"Accept": "text/html"})
+        assert s == 200 and h["Content-Type"].startswith("text/html"), (path, s)
+        for api in (b"/v1/chat/completions", b"/v1/responses", b"/v1/embeddings", b"/v1/messages"):
+            assert api in b
+    s, h, b = call("/v1/models")
+    assert s == 200 and json.loads(b)["object"] == "list"
+    assert call("/v1/models", "HEAD")[0] == 200
+    s, h, b = call("/v1/chat/completions")
+    assert s == 405 and h["Allow"] == "POST"
+    assert call("/v1/unknown", "POST", {})[0] == 404
+
+    # Responses, JSON: the response object of the real API
+    s, h, b = call("/v1/responses", "POST", {"model": "gpt-4o", "input": "hi"}, mock_usage(70, 30, 64, 12, 2))
+    r = json.loads(b)
+    assert s == 200 and r["object"] == "response" and r["id"].startswith("resp_")
+    assert r["status"] == "completed" and r["model"] == "gpt-4o" and isinstance(r["created_at"], int)
+    assert len(r["output"]) == 1
+    msg = r["output"][0]
+    assert msg["type"] == "message" and msg["id"].startswith("msg_") and msg["role"] == "assistant"
+    assert msg["status"] == "completed"
+    assert msg["content"] == [{"type": "output_text", "text": "tok tok ", "annotations": [], "logprobs": []}]
+    assert r["usage"] == {"input_tokens": 70, "input_tokens_details": {"cached_tokens": 64},
+                          "output_tokens": 30, "output_tokens_details": {"reasoning_tokens": 12},
+                          "total_tokens": 100}
+    s, h, b = call("/v1/responses", "POST", {"model": "m", "input": "hi"}, {"X-Mock-No-Usage": "1"})
+    assert s == 200 and json.loads(b)["usage"] is None
+
+    # Responses, stream: `event: TYPE` + `data: {"type": TYPE, "sequence_number": i, ...}`
+    s, h, b = call("/v1/responses", "POST", {"model": "gpt-4o", "input": "hi", "stream": True},
+                   mock_usage(70, 30, 64, 12, 3))
+    assert s == 200 and h["Content-Type"] == "text/event-stream"
+    blocks = b.decode().split("\n\n")
+    assert blocks[-1] == ""
+    events = []
+    for blk in blocks[:-1]:
+        ev, data = blk.split("\n")
+        assert ev.startswith("event: ") and data.startswith("data: ")
+        obj = json.loads(data[6:])
+        assert obj["type"] == ev[7:]
+        events.append(obj)
+    assert [e["type"] for e in events] == RESPONSE_EVENTS
+    assert [e["sequence_number"] for e in events] == list(range(len(events)))
+    assert events[0]["response"]["status"] == "in_progress" and events[0]["response"]["usage"] is None
+    item_id = events[2]["item"]["id"]
+    for e in events[3:9]:
+        assert (e["item_id"], e["output_index"], e["content_index"]) == (item_id, 0, 0)
+    assert [e["delta"] for e in events[4:7]] == ["tok "] * 3
+    assert events[7]["text"] == "tok " * 3 and events[8]["part"]["text"] == "tok " * 3
+    assert events[9]["item"]["status"] == "completed"
+    done = events[-1]["response"]
+    assert done["status"] == "completed" and done["output"] == [events[9]["item"]]
+    assert done["usage"]["input_tokens"] == 70 and done["usage"]["total_tokens"] == 100
+
+    # Embeddings: float and base64 (the openai SDK's default), usage.prompt_tokens = total_tokens
+    s, h, b = call("/v1/embeddings", "POST", {"model": "e", "input": ["x", "y"], "dimensions": 3},
+                   {"X-Mock-Prompt-Tokens": "9"})
+    e = json.loads(b)
+    assert s == 200 and e["object"] == "list" and e["model"] == "e"
+    assert [(d["object"], d["index"], len(d["embedding"])) for d in e["data"]] == \
+        [("embedding", 0, 3), ("embedding", 1, 3)]
+    assert e["usage"] == {"prompt_tokens": 9, "total_tokens": 9}
+    s, h, b = call("/v1/embeddings", "POST", {"model": "e", "input": "x", "encoding_format": "base64"})
+    vec = struct.unpack("<8f", base64.b64decode(json.loads(b)["data"][0]["embedding"]))
+    assert len(vec) == 8 and all(-1 <= v <= 1 for v in vec)
+
+
+# ---- scripts/run ------------------------------------------------------------------------------
+
+def test_scripts_run_side_by_side():
+    """Two scripts/run on different ports: a run directory each (.run/demo-PORT: config, pid
+    file, logs, cache), the mock next to each gateway, the zone notice printed once per start
+    (no second copy from a separate `nginx -t`), the banner with API keys; stopping one leaves
+    the other running."""
+    runs = []
+    try:
+        for _ in range(2):
+            port, upstream = free_port(), free_port()
+            out, err = tempfile.TemporaryFile(), tempfile.TemporaryFile()
+            env = dict(os.environ, GM_PORT=str(port), GM_UPSTREAM_PORT=str(upstream),
+                       GM_MODULE=gm.MODULE)
+            env.pop("GM_CONF", None)
+            p = subprocess.Popen([os.path.join(gm.ROOT, "scripts/run")], env=env, stdout=out,
+                                 stderr=err, stdin=subprocess.DEVNULL, start_new_session=True)
+            runs.append(dict(p=p, port=port, upstream=upstream, out=out, err=err,
+                             dir=os.path.join(gm.ROOT, ".run", f"demo-{port}")))
+
+        def text(f):
+            f.seek(0)
+            return f.read().decode(errors="replace")
+
+        for r in runs:
+            wait_for(lambda: r["p"].poll() is not None or "Ctrl-C to stop" in text(r["out"]),
+                     lambda done: done, timeout=60, what="scripts/run banner")
+            assert r["p"].poll() is None, text(r["out"]) + text(r["err"])
+        for r in runs:
+            with open(os.path.join(r["dir"], "nginx.conf")) as f:
+                assert f"listen 127.0.0.1:{r['port']};" in f.read()
+            with open(os.path.join(r["dir"], "nginx.pid")) as f:
+                r["nginx"] = int(f.read())
+            os.kill(r["nginx"], 0)
+            req = urllib.request.Request(f"http://127.0.0.1:{r['port']}/v1/models",
+                                         headers=auth("wechat"))
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                assert resp.status == 200 and resp.headers["X-Cache"] in ("MISS", "HIT")
+            with urllib.request.urlopen(f"http://127.0.0.1:{r['upstream']}/", timeout=10) as resp:
+                assert resp.status == 200
+            banner, errors = text(r["out"]), text(r["err"])
+            assert errors.count('zone "gateway_metrics" initialised') == 1, errors
+            assert "syntax is ok" not in errors and "test is successful" not in errors
+            assert f"http://127.0.0.1:{r['upstream']}/" in banner and r["dir"] in banner
+            for k in DEMO_KEYS.values():
+                assert k in banner
+            assert "Authorization: Bearer sk-demo-" in banner and "X-Namespace" not in banner
+        assert runs[0]["nginx"] != runs[1]["nginx"]
+
+        # stop the first (Ctrl-C in a terminal; SIGTERM here: a background job ignores SIGINT)
+        runs[0]["p"].send_signal(signal.SIGTERM)
+        runs[0]["p"].wait(20)
+        wait_for(lambda: os.path.exists(f"/proc/{runs[0]['nginx']}"), lambda alive: not alive,
+                 timeout=20, what="first nginx gone")
+        second = runs[1]
+        with urllib.request.urlopen(f"http://127.0.0.1:{second['port']}/healthz", timeout=10) as resp:
+            assert resp.status == 200
+        with open(os.path.join(second["dir"], "nginx.pid")) as f:
+            assert int(f.read()) == second["nginx"]
+    finally:
+        for r in runs:
+            if r["p"].poll() is None:
+                r["p"].send_signal(signal.SIGTERM)
+                try:
+                    r["p"].wait(20)
+                except subprocess.TimeoutExpired:
+                    os.killpg(r["p"].pid, signal.SIGKILL)
+                    r["p"].wait(5)
+            r["out"].close()
+            r["err"].close()
+            shutil.rmtree(r["dir"], ignore_errors=True)

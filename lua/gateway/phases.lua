@@ -1,7 +1,8 @@
 -- gateway.phases: the Lua side of the example AI gateway (nginx-conf/ai-gateway.conf).
 --
---   access         model from the JSON request body -> gm.set_model; token budget per namespace
---                  (429 when spent, a rate-limit hit when near it)
+--   access         no namespace (unknown or missing API key) -> 401; model from the JSON
+--                  request body -> gm.set_model; token budget per namespace (429 when spent, a
+--                  rate-limit hit when near it)
 --   header_filter  decides how to read the response: SSE stream, JSON body, or not at all
 --   body_filter    reads usage from the response as it passes (never changes it): the first
 --                  content token of a stream -> gm.first_token; at the end -> gm.add_tokens once
@@ -9,6 +10,7 @@
 --   accuracy       content handler: POSTed evaluation results -> model_accuracy_percent gauge
 --
 -- Settings come from nginx variables, so the conf stays the one place to configure:
+--   $gateway_namespace      the tenant of the request's API key ("" when the key is unknown)
 --   $gateway_token_budget   tokens per window for this request's namespace (empty or 0: none)
 -- and from _M.options (set them in init_by_lua if the defaults do not fit).
 
@@ -32,7 +34,8 @@ local WARN = ngx.WARN
 local _M = { _VERSION = "0.1.0" }
 
 _M.options = {
-    namespace_var = "http_x_namespace",  -- the same value as gateway_metrics_namespace
+    namespace_var = "gateway_namespace", -- the same value as gateway_metrics_namespace
+    require_namespace = true,             -- requests without a namespace get 401
     budget_var = "gateway_token_budget",
     budget_dict = "gateway_token_budget", -- lua_shared_dict
     window = 60,                          -- seconds
@@ -99,10 +102,33 @@ local function reject(ns, budget, used, retry_after)
     return ngx.exit(ngx.HTTP_OK)
 end
 
+-- OpenAI's answer to a bad key, so that SDKs raise their AuthenticationError.
+local function unauthorized()
+    local body = cjson.encode {
+        error = {
+            message = "Incorrect or missing API key: send `Authorization: Bearer <key>` "
+                      .. "(or `x-api-key: <key>`) with a key of this gateway.",
+            type = "invalid_request_error",
+            param = cjson.null,
+            code = "invalid_api_key",
+        },
+    }
+    ngx.status = 401
+    ngx.header["Content-Type"] = "application/json"
+    ngx.header["WWW-Authenticate"] = 'Bearer realm="gateway"'
+    ngx.header["Content-Length"] = #body
+    ngx.print(body)
+    return ngx.exit(ngx.HTTP_OK)
+end
+
 function _M.access()
     local o = _M.options
     local ctx = { ns = ngx.var[o.namespace_var] or "" }
     ngx.ctx.gateway = ctx
+    if ctx.ns == "" and o.require_namespace then
+        -- Not proxied; recorded by the module as a client error of namespace "".
+        return unauthorized()
+    end
 
     local method = ngx.req.get_method()
     if method == "POST" or method == "PUT" or method == "PATCH" then
