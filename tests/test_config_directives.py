@@ -47,6 +47,8 @@ BAD = [
     ("gateway_metrics_counter;", "", "gateway_metrics_counter"),
     ("gateway_metrics_zone gm2 1m;", "", "gateway_metrics_zone"),
     ("gateway_metrics_max_series 4294967297;", "", "gateway_metrics_max_series"),
+    ("gateway_metrics_max_series +5;", "", "gateway_metrics_max_series"),
+    ("gateway_metrics_max_series 1_000;", "", "gateway_metrics_max_series"),
     ("gateway_metrics on off;", "", "gateway_metrics"),
 ]
 

@@ -2,7 +2,7 @@
 import http.client
 import time
 
-from gm import MockLLM, Nginx, parse, settle, wait_for
+from gm import Gate, Nginx, parse, settle, wait_for
 from gm import private_module  # noqa: F401 (autouse: nginx loads a private copy of the module)
 
 CONF = """
@@ -19,7 +19,6 @@ CONF = """
     }
 """
 CHAT = b'{"model": "m", "messages": [{"role": "user", "content": "hi"}]}'
-DELAY_MS = 2000
 
 
 def connections(n, per_worker):
@@ -46,10 +45,10 @@ def connections(n, per_worker):
 
 
 def start_slow(conns, ns):
+    """Requests that stay in flight: the gate (the upstream) holds them until release()."""
     for c in conns:
         c.request("POST", "/v1/chat/completions", body=CHAT,
-                  headers={"X-Namespace": ns, "X-Mock-Delay-Ms": str(DELAY_MS),
-                           "Content-Type": "application/json"})
+                  headers={"X-Namespace": ns, "Content-Type": "application/json"})
 
 
 def finish(c):
@@ -76,48 +75,52 @@ class Gauge:
 
 
 def test_active_connections():
-    with MockLLM() as mock, Nginx(CONF.replace("{mock}", str(mock.port))) as n:
+    with Gate() as gate, Nginx(CONF.replace("{mock}", str(gate.port))) as n:
         g = Gauge(n)
         ns = "act"
         # 1. 16 slow requests in flight at once, 8 on each worker
         socks = connections(n, 8)
         start_slow(socks, ns)
-        wait_for(lambda: g(ns), lambda v: v == 16, timeout=DELAY_MS / 1000 - 0.3,
-                 interval=0.02, what="16 in flight")
+        wait_for(lambda: g(ns), lambda v: v == 16, interval=0.02, what="16 in flight")
         # other namespaces are not affected by fast traffic
         for _ in range(5):
             assert n.get("/fast/x", {"X-Namespace": "other"})[0] == 200
         assert g(ns) == 16
+        gate.release()
         results = [finish(s) for s in socks]
         assert [r[0] for r in results] == [200] * 16
         assert len({r[1] for r in results}) == 2, results
         wait_for(lambda: g(ns), lambda v: v == 0, timeout=5, what="back to 0")
 
         # 2. 10 in flight, 5 clients hang up, 5 finish
+        gate.hold()
         socks = connections(n, 5)
         start_slow(socks, ns)
-        wait_for(lambda: g(ns), lambda v: v == 10, timeout=DELAY_MS / 1000 - 0.3,
-                 interval=0.02, what="10 in flight")
+        wait_for(lambda: g(ns), lambda v: v == 10, interval=0.02, what="10 in flight")
         for c in socks[:5]:  # (alternating workers: both have aborts)
             c.close()
-        wait_for(lambda: g(ns), lambda v: v == 5, timeout=DELAY_MS / 1000, interval=0.02,
-                 what="5 left after the aborts")
+        wait_for(lambda: g(ns), lambda v: v == 5, interval=0.02, what="5 left after the aborts")
+        gate.release()
         assert [finish(s)[0] for s in socks[5:]] == [200] * 5
         wait_for(lambda: g(ns), lambda v: v == 0, timeout=5, what="back to 0")
         assert max(g.seen) == 16
 
         m = settle(n, lambda m: m.total("http_requests_total", namespace=ns) >= 26)
+        # Clients gone before the upstream answered: the gateway's responses, not the upstream's.
         assert m.get1("http_requests_total", method="POST", endpoint="/v1/", status_code="499",
-                      namespace=ns, upstream="llm") == 5
+                      namespace=ns, upstream="") == 5
+        assert m.get1("errors_total", error_type="client_closed", namespace=ns, upstream="") == 5
+        assert m.get1("upstream_requests_total", upstream="llm", status="error") == 0
         assert m.get1("http_requests_total", method="POST", endpoint="/v1/", status_code="200",
                       namespace=ns, upstream="llm") == 21
 
         # 3. the gauge did not drift (a negative internal value would be hidden by a 0 on the
         # page but show here as fewer than 3)
+        gate.hold()
         socks = connections(n, 2)[:3]
         start_slow(socks, ns)
-        wait_for(lambda: g(ns), lambda v: v == 3, timeout=DELAY_MS / 1000 - 0.3,
-                 interval=0.02, what="3 in flight")
+        wait_for(lambda: g(ns), lambda v: v == 3, interval=0.02, what="3 in flight")
+        gate.release()
         assert [finish(s)[0] for s in socks] == [200] * 3
         wait_for(lambda: g(ns), lambda v: v == 0, timeout=5, what="back to 0")
         time.sleep(0.3)

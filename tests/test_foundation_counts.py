@@ -6,12 +6,12 @@ import threading
 import time
 from collections import Counter
 
-from gm import (MockLLM, Nginx, free_port, histogram_consistent, run_concurrent, wait_for)
+from gm import (Gate, MockLLM, Nginx, histogram_consistent, run_concurrent, wait_for)
 from gm import private_module  # noqa: F401 (autouse: nginx loads a private copy of the module)
 
 CONF = """
     upstream llm { server 127.0.0.1:{mock} max_fails=0; keepalive 32; }
-    upstream llm_slow { server 127.0.0.1:{mock} max_fails=0; }
+    upstream llm_slow { server 127.0.0.1:{held} max_fails=0; }  # a gm.Gate, never released
     upstream dead { server 127.0.0.1:{closed} max_fails=0; }
     limit_req_zone "all" zone=lr:1m rate=1r/m;
     gateway_metrics_zone gm 8m;
@@ -35,12 +35,8 @@ CONF = """
         location /slow/ {
             proxy_pass http://llm_slow;
             proxy_read_timeout 200ms;
-            proxy_set_header X-Mock-Delay-Ms 1000;
         }
-        location /abort/ {
-            proxy_pass http://llm_slow;
-            proxy_set_header X-Mock-Delay-Ms 1500;
-        }
+        location /abort/ { proxy_pass http://llm_slow; }
         location /upload/ { client_max_body_size 1k; return 200; }
         location = /five { return 500; }
         location = /limited {
@@ -115,9 +111,14 @@ def abort_requests(port, ns, n, scrape):
 
 
 def test_exact_counts_in_every_view():
-    closed = free_port()  # nothing listens there: connection refused -> 502
-    with MockLLM() as mock:
-        conf = CONF.replace("{mock}", str(mock.port)).replace("{closed}", str(closed))
+    # A port bound and not listening: connection refused -> 502. (A port only picked free could
+    # be taken by another process before nginx connects to it.)
+    dead = socket.socket()
+    dead.bind(("127.0.0.1", 0))
+    closed = dead.getsockname()[1]
+    with dead, MockLLM() as mock, Gate() as gate:
+        conf = (CONF.replace("{mock}", str(mock.port)).replace("{closed}", str(closed))
+                .replace("{held}", str(gate.port)))
         with Nginx(conf) as n:
             rnd = random.Random(1234)
             ks = kinds(mock.port)
@@ -136,7 +137,7 @@ def test_exact_counts_in_every_view():
                     headers["Content-Type"] = "application/json"
                 plan.append((method, path, headers, body))
                 expect.append((method, endpoint, status, ns, upstream))
-            # a few 504s (proxy_read_timeout 200ms < 1 s upstream delay)
+            # a few 504s (the gate never answers within proxy_read_timeout 200ms)
             for i in range(8):
                 ns = NAMESPACES[i % 4]
                 plan.append(("POST", "/slow/chat/completions",
@@ -183,7 +184,8 @@ def test_exact_counts_in_every_view():
             abort_ns = "aborted"
             abort_requests(n.port, abort_ns, 4, n.metrics)
             for _ in range(4):
-                expect.append(("POST", "/abort/", 499, abort_ns, "llm_slow"))
+                # gone before the upstream answered: the gateway's response, not the upstream's
+                expect.append(("POST", "/abort/", 499, abort_ns, ""))
             # the 499s are recorded once nginx notices the closed sockets
             recorded = [e for e in expect if e[4] is not None]
             m = wait_for(n.metrics, lambda m: m.total("http_requests_total") == len(recorded),
@@ -219,7 +221,8 @@ def check_views(m, recorded):
         gw[(me, ep, ns)] += c
         hist[(me, ep, ns, up)] += c
         nsv[(ns, "error" if is_error(st) else "success")] += c
-        upv[(up, "error" if is_error(st) else "success")] += c
+        if up:  # only responses that came from an upstream
+            upv[(up, "error" if is_error(st) else "success")] += c
         if is_error(st):
             errs[(ERROR_TYPE[st], ns, up)] += c
     assert labels_of(m, "gateway_requests_total", ["method", "path", "namespace"]) == dict(gw)

@@ -104,22 +104,27 @@ def test_reload_with_new_buckets():
             # only the new bucket layout is shown ...
             assert les(m, h) == {"0.05", "0.5", "5", "50", "+Inf"}, (h, les(m, h))
         check(m)
-        # ... with the observations made since the reload
-        assert m.get1("http_request_duration_seconds_count", method="GET", endpoint="/v1/",
-                      namespace="r", upstream="") == 30
-        assert m.get1("http_request_duration_seconds_bucket", method="GET", endpoint="/v1/",
-                      namespace="r", upstream="", le="0.05") == 30
-        # back to the first layout: its series come back with their old observations
+        # ... with every observation: the ones made before the change (all under 0.1 s) in the
+        # smallest new bucket that surely holds them (0.5), so _count never goes back
+        hist = dict(method="GET", endpoint="/v1/", namespace="r", upstream="")
+        assert m.get1("http_request_duration_seconds_count", **hist) == 80
+        assert m.get1("http_request_duration_seconds_bucket", le="0.05", **hist) == 30
+        assert m.get1("http_request_duration_seconds_bucket", le="0.5", **hist) == 80
+        # back to the first layout: the same totals in its buckets (the 0.05 s bucket of the
+        # second layout lands in 0.1): no counter, no bucket went down
         n.write(conf(buckets="gateway_metrics_buckets 0.1 1 10;"))
         n.reload()
+        m = n.metrics()
+        assert m.get1("http_request_duration_seconds_count", **hist) == 80
+        assert m.get1("http_request_duration_seconds_bucket", le="0.1", **hist) == 80
         traffic(n, 4, 0)
         m = n.metrics()
         assert ok_count(m) == 84
         for h in HISTS:
             assert les(m, h) == {"0.1", "1", "10", "+Inf"}
         check(m)
-        assert m.get1("http_request_duration_seconds_count", method="GET", endpoint="/v1/",
-                      namespace="r", upstream="") >= 4
+        assert m.get1("http_request_duration_seconds_count", **hist) == 84
+        assert m.get1("http_request_duration_seconds_bucket", le="0.1", **hist) == 84
         assert n.crashes() == []
 
 

@@ -82,6 +82,17 @@ pub fn bucket_index(bounds: &[f64], v: f64) -> usize {
     }
 }
 
+/// Where each bucket of a histogram recorded with the bounds `from` goes among the buckets of
+/// `to` (both with `+Inf` last): the smallest `to` bucket whose bound is at least the `from`
+/// bucket's, the one that surely holds every observation the `from` bucket counted. Cumulative
+/// counts stay monotone and the total count is unchanged.
+pub fn remap(from: &[f64], to: &[f64]) -> Vec<usize> {
+    from.iter()
+        .map(|&b| bucket_index(to, b))
+        .chain(std::iter::once(to.len()))
+        .collect()
+}
+
 /// The `le` label value of a bound, formatted as Prometheus clients do (`1.0` → `"1"` is fine
 /// for parsers; we keep the shortest round-trip form).
 pub fn format_bound(b: f64) -> String {
@@ -95,6 +106,16 @@ pub fn format_bound(b: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn remap_puts_each_bucket_where_its_observations_surely_are() {
+        let to = [0.1, 0.3, 0.5];
+        // 0.2 -> le 0.3; 0.3 -> le 0.3; 0.6 -> +Inf; +Inf -> +Inf
+        assert_eq!(remap(&[0.2, 0.3, 0.6], &to), vec![1, 1, 3, 3]);
+        assert_eq!(remap(&[0.001, 0.002], &to), vec![0, 0, 3]);
+        assert_eq!(remap(&to, &to), vec![0, 1, 2, 3]);
+        assert_eq!(remap(&[], &to), vec![3]);
+    }
 
     #[test]
     fn parse_accepts_increasing_bounds() {

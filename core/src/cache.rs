@@ -13,8 +13,8 @@
 
 use std::sync::atomic::AtomicU64;
 
-/// Label values per cached key (the built-in families have at most five).
-pub const MAX_VALUES: usize = 5;
+/// Label values per cached key (the built-in families have at most six).
+pub const MAX_VALUES: usize = 6;
 /// Bytes beyond the first and last 8 of long byte values, in total, that an entry can hold.
 pub const VALUE_BYTES: usize = 64;
 

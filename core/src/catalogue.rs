@@ -8,7 +8,8 @@
 /// Stored family ids (series header `family` field). Declared families use name hashes with the
 /// top bit set (see [`crate::hash::family_id`]), so they never collide with these.
 pub mod fam {
-    /// `{method, endpoint, status_code, namespace, upstream}`: duration histogram.
+    /// `{method, endpoint, status_code, namespace, upstream, cut}`: duration histogram. `cut` is
+    /// empty for a response sent whole, else the [`super::CutReason`] label of how it was cut.
     pub const REQUEST: u32 = 1;
     /// `{namespace}`: in-flight requests, an i64 gauge.
     pub const ACTIVE: u32 = 2;
@@ -29,8 +30,14 @@ pub mod fam {
 }
 
 /// Label names of the stored families, in key order.
-pub const REQUEST_LABELS: [&str; 5] =
-    ["method", "endpoint", "status_code", "namespace", "upstream"];
+pub const REQUEST_LABELS: [&str; 6] = [
+    "method",
+    "endpoint",
+    "status_code",
+    "namespace",
+    "upstream",
+    "cut",
+];
 pub const ACTIVE_LABELS: [&str; 1] = ["namespace"];
 pub const MODEL_REQUEST_LABELS: [&str; 3] = ["model", "namespace", "status"];
 pub const MODEL_LABELS: [&str; 2] = ["model", "namespace"];
@@ -77,8 +84,37 @@ pub fn error_type(code: u16) -> Option<&'static str> {
     })
 }
 
+/// Why a response whose status and header were sent did not reach the client whole. nginx's
+/// status code stays what it was (usually 200); these make the request an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CutReason {
+    /// The client closed the connection (or a write to it failed) before the end.
+    ClientClosed,
+    /// The client did not take the response within `send_timeout`.
+    ClientTimeout,
+    /// The upstream sent nothing for its read timeout in the middle of the body.
+    UpstreamTimeout,
+    /// The upstream closed or reset the connection, or sent a malformed body, mid-body.
+    UpstreamError,
+    /// The response ended without its last part for another reason (e.g. a handler error).
+    Incomplete,
+}
+
+impl CutReason {
+    /// The `error_type` label (and the stored `cut` label).
+    pub fn label(self) -> &'static str {
+        match self {
+            CutReason::ClientClosed => "client_closed",
+            CutReason::ClientTimeout => "client_timeout",
+            CutReason::UpstreamTimeout => "upstream_timeout",
+            CutReason::UpstreamError => "upstream_error",
+            CutReason::Incomplete => "incomplete_response",
+        }
+    }
+}
+
 /// Every `error_type` value, for documentation and tests.
-pub const ERROR_TYPES: [&str; 10] = [
+pub const ERROR_TYPES: [&str; 11] = [
     "client_timeout",
     "request_too_large",
     "rate_limited",
@@ -89,6 +125,7 @@ pub const ERROR_TYPES: [&str; 10] = [
     "upstream_timeout",
     "server_error",
     "unknown",
+    "incomplete_response",
 ];
 
 /// Parses a stored `status_code` label.

@@ -134,10 +134,14 @@ impl<'a> Collected<'a> {
 enum Col {
     /// The stored label at this index, as is.
     Label(usize),
-    /// `success`/`error` from the `status_code` label at this index.
-    StatusClass(usize),
-    /// `error_type` from the `status_code` label; series that are not errors are skipped.
-    ErrorType(usize),
+    /// `success`/`error` from the `status_code` label at the first index: `error` whatever the
+    /// code when the `cut` label at the second index is set (the body was cut short).
+    StatusClass(usize, usize),
+    /// `error_type`: the `cut` label at the second index when set, else from the `status_code`
+    /// label at the first; series that are not errors are skipped.
+    ErrorType(usize, usize),
+    /// The stored label at this index; series where it is empty are skipped.
+    NonEmpty(usize),
 }
 
 const MAX_LABELS: usize = 16;
@@ -159,21 +163,30 @@ fn project(key: &[u8], cols: &[Col], out: &mut Vec<u8>) -> Option<()> {
         }
         let v: &[u8] = match *c {
             Col::Label(j) => vals.get(j).copied().unwrap_or(b""),
-            Col::StatusClass(j) => {
+            Col::StatusClass(j, cut) => {
                 let raw = vals.get(j).copied().unwrap_or(b"");
                 if raw == crate::labels::OVERFLOW_VALUE.as_bytes() {
                     raw
+                } else if !vals.get(cut).copied().unwrap_or(b"").is_empty() {
+                    b"error"
                 } else {
                     catalogue::status_class(catalogue::parse_status(raw)).as_bytes()
                 }
             }
-            Col::ErrorType(j) => {
+            Col::ErrorType(j, cut) => {
                 let raw = vals.get(j).copied().unwrap_or(b"");
                 if raw == crate::labels::OVERFLOW_VALUE.as_bytes() {
                     return None;
                 }
-                catalogue::error_type(catalogue::parse_status(raw))?.as_bytes()
+                match vals.get(cut).copied().unwrap_or(b"") {
+                    b"" => catalogue::error_type(catalogue::parse_status(raw))?.as_bytes(),
+                    cut => cut,
+                }
             }
+            Col::NonEmpty(j) => match vals.get(j).copied().unwrap_or(b"") {
+                b"" => return None,
+                v => v,
+            },
         };
         out.extend_from_slice(v);
     }
@@ -294,6 +307,42 @@ fn hist_count(values: &[AtomicU64]) -> u64 {
         .fold(0u64, |a, w| a.wrapping_add(w.load(Ordering::Relaxed)))
 }
 
+/// Prepares, for the histogram `h`, where the buckets of every layout the zone knows go among
+/// `h`'s buckets: series recorded before a bucket change (the zone keeps them across reloads)
+/// are shown in the current buckets, so `_count` and every cumulative bucket stay monotone
+/// whatever the changes (see [`crate::buckets::remap`]).
+fn set_remap(remap: &mut Vec<Option<Vec<usize>>>, store: &Store, h: HistSpec) {
+    remap.clear();
+    remap.push(None);
+    for id in 1..=crate::store::MAX_LAYOUTS as u8 {
+        let map = if id == h.layout {
+            Some((0..=h.bounds.len()).collect())
+        } else {
+            store
+                .layout_bounds(id)
+                .map(|from| crate::buckets::remap(&from, h.bounds))
+        };
+        remap.push(map);
+    }
+}
+
+/// The bucket map of a stored histogram series, if its layout is known and its values fit it.
+fn bucket_map<'m>(remap: &'m [Option<Vec<usize>>], it: &Item) -> Option<&'m [usize]> {
+    let map = remap.get(usize::from(it.layout))?.as_deref()?;
+    (it.values.len() == map.len() + 1).then_some(map)
+}
+
+/// Adds a stored histogram (`[buckets.., +Inf, sum]`, not cumulative) into an aggregate of the
+/// current buckets and the sum's f64 bits.
+fn add_histogram(a: &mut [u64], map: &[usize], values: &[AtomicU64]) {
+    let nb = a.len() - 1;
+    for (&to, x) in map.iter().zip(values) {
+        let b = &mut a[to.min(nb - 1)];
+        *b = b.wrapping_add(x.load(Ordering::Relaxed));
+    }
+    a[nb] = (f64::from_bits(a[nb]) + load_f64(&values[map.len()])).to_bits();
+}
+
 /// Renders `/metrics` into `out` (appending), in one go.
 pub fn render(store: &Store, spec: &RenderSpec, out: &mut Vec<u8>) {
     let mut r = Render::new(store, spec);
@@ -355,7 +404,7 @@ enum Stage {
 }
 
 /// The request views, from the stored `REQUEST` series
-/// (`{method, endpoint, status_code, namespace, upstream}`).
+/// (`{method, endpoint, status_code, namespace, upstream, cut}`).
 const REQUEST_VIEWS: [(bool, View); 7] = {
     use Col::*;
     const fn v(
@@ -399,21 +448,21 @@ const REQUEST_VIEWS: [(bool, View); 7] = {
         )),
         (false, v(
             "namespace_requests_total",
-            "Requests per namespace; status is success (HTTP status below 400) or error.",
+            "Requests per namespace; status is error for an HTTP status of 400 or more or a response cut short.",
             &["namespace", "status"],
-            &[Label(3), StatusClass(2)],
+            &[Label(3), StatusClass(2, 5)],
         )),
         (false, v(
             "upstream_requests_total",
-            "Requests per upstream; status is success (HTTP status below 400) or error.",
+            "Responses that came from an upstream; status is error for an HTTP status of 400 or more or a response cut short.",
             &["upstream", "status"],
-            &[Label(4), StatusClass(2)],
+            &[NonEmpty(4), StatusClass(2, 5)],
         )),
         (false, v(
             "errors_total",
-            "Requests that ended in an HTTP error, by error type.",
+            "Requests that ended in an HTTP error or whose response was cut short, by error type.",
             &["error_type", "namespace", "upstream"],
-            &[ErrorType(2), Label(3), Label(4)],
+            &[ErrorType(2, 5), Label(3), Label(4)],
         )),
     ]
 };
@@ -586,11 +635,13 @@ pub struct Render<'a> {
 /// Buffers reused by the stages.
 struct Scratch<'a> {
     g: Groups,
+    /// For the histogram being rendered: per stored layout id, where that layout's buckets go
+    /// among the current ones (`None`: the layout is unknown to the zone).
+    remap: Vec<Option<Vec<usize>>>,
     le: Vec<String>,
     labels: Vec<u8>,
     proj: Vec<u8>,
     tmp: Vec<u8>,
-    buckets: Vec<u64>,
     /// Label names of each declared family.
     custom_names: Vec<Vec<&'a str>>,
 }
@@ -636,11 +687,11 @@ impl<'a> Render<'a> {
             c: Collected::new(),
             w: Scratch {
                 g: Groups::new(),
+                remap: Vec::new(),
                 le: Vec::new(),
                 labels: Vec::with_capacity(512),
                 proj: Vec::with_capacity(256),
                 tmp: Vec::new(),
-                buckets: Vec::new(),
                 custom_names,
             },
         }
@@ -749,6 +800,7 @@ impl<'a> Render<'a> {
             if self.cur == 0 {
                 // Per group: the buckets, then the sum (f64 bits).
                 w.g.reset(nb + 1, items.len());
+                set_remap(&mut w.remap, &self.store, h);
             }
             while let Some(it) = items.get(self.cur) {
                 if *left == 0 {
@@ -756,17 +808,11 @@ impl<'a> Render<'a> {
                 }
                 *left -= 1;
                 self.cur += 1;
-                // Series of an older bucket layout (before a reload) are not comparable; their
-                // counts still reach the counter views.
-                if it.layout != h.layout || it.values.len() != nb + 1 {
+                let Some(map) = bucket_map(&w.remap, it) else {
                     continue;
-                }
+                };
                 if project(c.key(it), v.cols, &mut w.proj).is_some() {
-                    let a = w.g.get(&w.proj);
-                    for (b, x) in a[..nb].iter_mut().zip(it.values) {
-                        *b = b.wrapping_add(x.load(Ordering::Relaxed));
-                    }
-                    a[nb] = (f64::from_bits(a[nb]) + load_f64(&it.values[nb])).to_bits();
+                    add_histogram(w.g.get(&w.proj), map, it.values);
                 }
             }
             enc.family(v.name, v.help, MetricType::Histogram);
@@ -960,12 +1006,51 @@ impl<'a> Render<'a> {
             if f.kind == CustomKind::Histogram {
                 w.le.clear();
                 w.le.extend(f.bounds.iter().map(|&b| format_bound(b)));
-                w.buckets.clear();
-                w.buckets.resize(nb, 0);
             }
             self.phase = 1;
         }
         let items = c.custom.get(&f.id).map_or(&[][..], |v| v.as_slice());
+        if f.kind == CustomKind::Histogram {
+            // A label set may be stored under several layouts (bucket changes across
+            // reloads): summed per label set, in the current buckets.
+            let h = HistSpec {
+                bounds: &f.bounds,
+                layout: *layout,
+            };
+            if self.phase == 1 {
+                if self.cur == 0 {
+                    w.g.reset(nb + 1, items.len());
+                    set_remap(&mut w.remap, &self.store, h);
+                }
+                while let Some(it) = items.get(self.cur) {
+                    if *left == 0 {
+                        return false;
+                    }
+                    *left -= 1;
+                    self.cur += 1;
+                    let key = c.key(it);
+                    if !has_arity(key, names.len()) {
+                        continue;
+                    }
+                    if let Some(map) = bucket_map(&w.remap, it) {
+                        add_histogram(w.g.get(key), map, it.values);
+                    }
+                }
+                self.phase = 2;
+                self.cur = 0;
+            }
+            while self.cur < w.g.len() {
+                if *left == 0 {
+                    return false;
+                }
+                spend(left, nb + 2);
+                set_labels(&mut w.labels, names, w.g.key(self.cur));
+                let a = w.g.vals(self.cur);
+                enc.histogram(&f.name, &w.labels, &w.le, &a[..nb], f64::from_bits(a[nb]));
+                self.cur += 1;
+            }
+            return true;
+        }
         while let Some(it) = items.get(self.cur) {
             if *left == 0 {
                 return false;
@@ -976,21 +1061,8 @@ impl<'a> Render<'a> {
             if it.values.len() != n_values || !has_arity(key, names.len()) {
                 continue;
             }
-            if f.kind == CustomKind::Histogram {
-                if it.layout != *layout {
-                    continue;
-                }
-                spend(left, nb + 1);
-                for (b, x) in w.buckets.iter_mut().zip(it.values) {
-                    *b = x.load(Ordering::Relaxed);
-                }
-                set_labels(&mut w.labels, names, key);
-                let sum = load_f64(&it.values[nb]);
-                enc.histogram(&f.name, &w.labels, &w.le, &w.buckets, sum);
-            } else {
-                set_labels(&mut w.labels, names, key);
-                enc.sample_f64(&f.name, &w.labels, load_f64(&it.values[0]));
-            }
+            set_labels(&mut w.labels, names, key);
+            enc.sample_f64(&f.name, &w.labels, load_f64(&it.values[0]));
         }
         true
     }

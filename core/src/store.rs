@@ -6,8 +6,13 @@
 //!
 //! Layout (word offsets):
 //! ```text
-//! [ header | bucket-layout table | hash index | main heap | overflow reserve ]
+//! [ header | bucket-layout table | lane table | hash index | main heap | overflow reserve ]
 //! ```
+//! * Only the words before the heap are metadata that formatting writes: a fresh mapping is
+//!   already zero, and heap words are only read once an insert has written and published them
+//!   (a 2 GB zone costs nothing until series fill it).
+//! * The lane table gives every live worker process a number of its own (see
+//!   [`Store::claim_lane`]): per-process series (the in-flight gauge) are keyed by it.
 //! * The hash index is open-addressed with linear probing; a slot holds
 //!   `(hash >> 32) << 32 | entry_offset` and never changes once set (series are never removed),
 //!   so lookups are lock-free: an update of an existing series is one probe plus atomic adds.
@@ -26,7 +31,7 @@ use crate::labels::StackKey;
 
 const MAGIC: u64 = 0x4757_4d45_5452_4943; // "GWMETRIC"
 /// Bumped whenever the region layout changes; a region with another version is re-initialised.
-pub const FORMAT_VERSION: u64 = 1;
+pub const FORMAT_VERSION: u64 = 2;
 
 /// Maximum number of distinct bucket layouts a zone remembers (a reload may add one).
 pub const MAX_LAYOUTS: usize = 16;
@@ -56,7 +61,10 @@ const H_DROPS: usize = 24; // DropReason::COUNT words
 const H_SELF: usize = 40; // SelfCounter::COUNT words
 const HEADER_WORDS: usize = 64;
 const LAYOUT_TABLE: usize = HEADER_WORDS;
-const INDEX_START: usize = LAYOUT_TABLE + MAX_LAYOUTS * LAYOUT_WORDS;
+/// Lanes: one word per worker process that holds one, its pid (0: free).
+pub const MAX_LANES: usize = 256;
+const LANE_TABLE: usize = LAYOUT_TABLE + MAX_LAYOUTS * LAYOUT_WORDS;
+const INDEX_START: usize = LANE_TABLE + MAX_LANES;
 
 /// Smallest region the store accepts, in bytes.
 pub const MIN_REGION_BYTES: usize = 64 * 1024;
@@ -72,15 +80,19 @@ pub enum DropReason {
     Lost = 2,
     /// The histogram's bucket layout could not be registered in the zone.
     LayoutTableFull = 3,
+    /// A worker process found no free lane (see [`Store::claim_lane`]): its in-flight requests
+    /// are not in the gauge.
+    NoLane = 4,
 }
 
 impl DropReason {
-    pub const COUNT: usize = 4;
+    pub const COUNT: usize = 5;
     pub const ALL: [DropReason; Self::COUNT] = [
         DropReason::ZoneFull,
         DropReason::MaxSeries,
         DropReason::Lost,
         DropReason::LayoutTableFull,
+        DropReason::NoLane,
     ];
 
     /// The value of the `reason` label in the self-metrics.
@@ -90,6 +102,7 @@ impl DropReason {
             DropReason::MaxSeries => "max_series",
             DropReason::Lost => "lost",
             DropReason::LayoutTableFull => "layout_table_full",
+            DropReason::NoLane => "worker_lanes_full",
         }
     }
 }
@@ -258,13 +271,27 @@ fn words_for(bytes: usize) -> usize {
 
 impl<'a> Store<'a> {
     /// Formats `region` as an empty table (the caller holds it exclusively, e.g. at zone creation).
+    /// Clears the metadata (header, tables, index) and leaves the heap untouched: its words are
+    /// written by the inserts that publish them.
     pub fn format(region: &'a [AtomicU64], now_unix: u64) -> Result<Store<'a>, StoreError> {
+        Self::format_inner(region, now_unix, false)
+    }
+
+    /// [`Store::format`] for a region known to be all zero (a shared mapping nginx has just
+    /// created): writes only the header words, so memory the store has not used yet stays
+    /// untouched (not even paged in).
+    pub fn format_zeroed(region: &'a [AtomicU64], now_unix: u64) -> Result<Store<'a>, StoreError> {
+        Self::format_inner(region, now_unix, true)
+    }
+
+    fn format_inner(
+        region: &'a [AtomicU64],
+        now_unix: u64,
+        zeroed: bool,
+    ) -> Result<Store<'a>, StoreError> {
         let total = region.len();
         if total * 8 < MIN_REGION_BYTES {
             return Err(StoreError::RegionTooSmall(total * 8));
-        }
-        for w in region {
-            w.store(0, Ordering::Relaxed);
         }
         // One index slot per 24 heap words keeps the index at ~1/3 of the region for tiny
         // series and ~6% for histogram series, and the load factor under 3/4 in practice.
@@ -278,6 +305,11 @@ impl<'a> Store<'a> {
         // The overflow reserve: room for a few hundred overflow series whatever the zone size.
         let reserve = (heap / 32).clamp(1024, 32 * 1024);
         let main_end = total - reserve;
+        if !zeroed {
+            for w in &region[..main_start] {
+                w.store(0, Ordering::Relaxed);
+            }
+        }
         let set = |i: usize, v: u64| region[i].store(v, Ordering::Relaxed);
         set(H_VERSION, FORMAT_VERSION);
         set(H_TOTAL_WORDS, total as u64);
@@ -329,9 +361,11 @@ impl<'a> Store<'a> {
     }
 
     /// Opens the region if it holds a table, formats it otherwise. Returns whether it was reused.
+    /// `zeroed`: the region is known to be all zero (see [`Store::format_zeroed`]).
     pub fn open_or_format(
         region: &'a [AtomicU64],
         now_unix: u64,
+        zeroed: bool,
     ) -> Result<(Store<'a>, bool), StoreError> {
         match Store::open(region) {
             Ok(s) => Ok((s, true)),
@@ -340,7 +374,7 @@ impl<'a> Store<'a> {
                     .iter()
                     .take(HEADER_WORDS)
                     .any(|w| w.load(Ordering::Relaxed) != 0);
-                let s = Store::format(region, now_unix)?;
+                let s = Self::format_inner(region, now_unix, zeroed && !had_data)?;
                 if had_data {
                     s.bump_self(SelfCounter::ZoneResets, 1);
                 }
@@ -363,6 +397,48 @@ impl<'a> Store<'a> {
     /// Unix time at which the zone was formatted (for `*_start_time_seconds`).
     pub fn created(&self) -> u64 {
         self.hdr(H_CREATED)
+    }
+
+    /// Claims a lane for the process `pid`: a number no other live process of the zone holds,
+    /// reused from processes that are gone (`alive` says whether a pid still runs). A worker
+    /// keeps its lane while it runs, through reloads: the new workers of a reload take other
+    /// lanes while the old ones finish their requests. `None`: every lane is held by a live
+    /// process.
+    pub fn claim_lane(&self, pid: u64, alive: impl Fn(u64) -> bool) -> Option<u32> {
+        if pid == 0 {
+            return None;
+        }
+        let lanes = self.w.get(LANE_TABLE..LANE_TABLE + MAX_LANES)?;
+        if let Some(i) = lanes.iter().position(|l| l.load(Ordering::Acquire) == pid) {
+            return Some(i as u32);
+        }
+        for (i, l) in lanes.iter().enumerate() {
+            let holder = l.load(Ordering::Acquire);
+            if (holder == 0 || !alive(holder))
+                && l.compare_exchange(holder, pid, Ordering::AcqRel, Ordering::Relaxed)
+                    .is_ok()
+            {
+                return Some(i as u32);
+            }
+        }
+        None
+    }
+
+    /// Gives a lane back (a worker that exits). Only its holder can.
+    pub fn release_lane(&self, lane: u32, pid: u64) {
+        if let Some(l) = self.w.get(LANE_TABLE + lane as usize) {
+            let _ = l.compare_exchange(pid, 0, Ordering::AcqRel, Ordering::Relaxed);
+        }
+    }
+
+    /// The pid holding a lane (0: free).
+    pub fn lane_holder(&self, lane: u32) -> u64 {
+        if lane as usize >= MAX_LANES {
+            return 0;
+        }
+        self.w
+            .get(LANE_TABLE + lane as usize)
+            .map_or(0, |l| l.load(Ordering::Acquire))
     }
 
     /// Registers a bucket layout (or finds it) and returns its 1-based id.

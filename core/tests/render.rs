@@ -312,7 +312,7 @@ gateway_requests_total{method="GET",path="/v1/models",namespace="ns-b"} 1
     );
     assert_eq!(
         block(&p, "namespace_requests_total"),
-        r#"# HELP namespace_requests_total Requests per namespace; status is success (HTTP status below 400) or error.
+        r#"# HELP namespace_requests_total Requests per namespace; status is error for an HTTP status of 400 or more or a response cut short.
 # TYPE namespace_requests_total counter
 namespace_requests_total{namespace="ns-a",status="success"} 2
 namespace_requests_total{namespace="ns-a",status="error"} 2
@@ -321,7 +321,7 @@ namespace_requests_total{namespace="ns-b",status="error"} 2
     );
     assert_eq!(
         block(&p, "upstream_requests_total"),
-        r#"# HELP upstream_requests_total Requests per upstream; status is success (HTTP status below 400) or error.
+        r#"# HELP upstream_requests_total Responses that came from an upstream; status is error for an HTTP status of 400 or more or a response cut short.
 # TYPE upstream_requests_total counter
 upstream_requests_total{upstream="up1",status="success"} 2
 upstream_requests_total{upstream="up1",status="error"} 2
@@ -330,7 +330,7 @@ upstream_requests_total{upstream="up2",status="error"} 2
     );
     assert_eq!(
         block(&p, "errors_total"),
-        r#"# HELP errors_total Requests that ended in an HTTP error, by error type.
+        r#"# HELP errors_total Requests that ended in an HTTP error or whose response was cut short, by error type.
 # TYPE errors_total counter
 errors_total{error_type="upstream_timeout",namespace="ns-a",upstream="up1"} 1
 errors_total{error_type="client_closed",namespace="ns-b",upstream="up2"} 1
@@ -532,6 +532,7 @@ gateway_metrics_dropped_updates_total{zone="gm",reason="zone_full"} 0
 gateway_metrics_dropped_updates_total{zone="gm",reason="max_series"} 2
 gateway_metrics_dropped_updates_total{zone="gm",reason="lost"} 0
 gateway_metrics_dropped_updates_total{zone="gm",reason="layout_table_full"} 1
+gateway_metrics_dropped_updates_total{zone="gm",reason="worker_lanes_full"} 0
 "#
     );
     let z = [("zone", "gm")];
@@ -620,7 +621,7 @@ fn an_empty_store_renders_every_family() {
 }
 
 #[test]
-fn old_layout_series_count_in_counter_views_only() {
+fn old_layout_series_are_shown_in_the_current_buckets() {
     let r = region(256 << 10);
     let s = Store::format(&r, 1).unwrap();
     let lock = CheckedLock::default();
@@ -690,125 +691,166 @@ fn old_layout_series_count_in_counter_views_only() {
         ),
         Some(1.0)
     );
-    // Histogram views: only the current layout.
+    // Histogram views: every layout, each old bucket in the smallest current bucket that
+    // surely holds its observations (0.2 -> le 1, 0.5 -> le 1, 2.0 and +Inf -> +Inf).
     let h = [
         ("method", "GET"),
         ("endpoint", "/v1/chat"),
         ("namespace", "ns"),
         ("upstream", "up"),
     ];
-    assert_eq!(e.get("http_request_duration_seconds_count", &h), Some(1.0));
-    assert_eq!(e.get("http_request_duration_seconds_sum", &h), Some(0.5));
-    assert_eq!(e.samples("http_request_duration_seconds_count").count(), 1);
+    let bucket = |e: &common::Exposition, le: &str| {
+        let mut l = h.to_vec();
+        l.push(("le", le));
+        e.get("http_request_duration_seconds_bucket", &l)
+    };
+    assert_eq!(e.get("http_request_duration_seconds_count", &h), Some(4.0));
+    let sum = e.get("http_request_duration_seconds_sum", &h).unwrap();
+    assert!((sum - 3.7).abs() < 1e-9, "{sum}");
+    assert_eq!(bucket(&e, "0.1"), Some(0.0));
+    assert_eq!(bucket(&e, "1"), Some(3.0));
+    assert_eq!(bucket(&e, "+Inf"), Some(4.0));
+    assert_eq!(e.samples("http_request_duration_seconds_count").count(), 2);
+    let old = [
+        ("method", "GET"),
+        ("endpoint", "/v1/old"),
+        ("namespace", "ns"),
+        ("upstream", "up"),
+    ];
     assert_eq!(
-        e.samples("gateway_request_duration_seconds_count").count(),
-        1
+        e.get("http_request_duration_seconds_count", &old),
+        Some(1.0)
     );
     let le: Vec<&str> = e
         .samples("http_request_duration_seconds_bucket")
+        .filter(|s| s.label("endpoint") == Some("/v1/chat"))
         .map(|s| s.label("le").unwrap())
         .collect();
     assert_eq!(le, ["0.1", "1", "+Inf"]);
 
-    // Rendered against the old layout instead, the other series are the histogram ones.
-    let p = page(&s, &spec(1, &[]));
+    // Rolled back to the first layout: the same totals, in its buckets.
+    let sp = RenderSpec {
+        duration: HistSpec {
+            bounds: &old_same_len,
+            layout: 1,
+        },
+        ..spec(1, &[])
+    };
+    let p = page(&s, &sp);
     let e = parse_ok(p.as_bytes());
-    assert_eq!(e.get("http_request_duration_seconds_count", &h), Some(2.0));
-    assert_eq!(e.samples("http_request_duration_seconds_count").count(), 2);
+    assert_eq!(e.get("http_request_duration_seconds_count", &h), Some(4.0));
+    assert_eq!(bucket(&e, "0.2"), Some(2.0));
+    assert_eq!(bucket(&e, "2"), Some(3.0));
+    assert_eq!(bucket(&e, "+Inf"), Some(4.0));
 }
 
 #[test]
-fn overflow_series_in_the_views() {
+fn bucket_changes_back_and_forth_keep_every_count_monotone() {
+    // Reloads alternate between layouts while requests are recorded: at every step, rendered
+    // with the layout then current, `_count` equals the requests so far and no cumulative bucket
+    // of a layout goes down between two renders with that layout.
+    let r = region(256 << 10);
+    let s = Store::format(&r, 1).unwrap();
+    let lock = CheckedLock::default();
+    let layouts: [&[f64]; 3] = [&[0.1, 0.3, 0.5], &[0.001, 0.002, 0.003], &[0.25, 1.0]];
+    let ids: Vec<u8> = layouts
+        .iter()
+        .map(|b| s.register_layout(&lock, b).unwrap())
+        .collect();
+    let k = req_key("GET", "/", "200", "ns", "up");
+    let mut last: Vec<Option<Vec<f64>>> = vec![None; 3];
+    let mut n = 0.0;
+    for step in 0..12 {
+        let l = [0, 1, 0, 2, 1, 0][step % 6];
+        let bounds = layouts[l];
+        let v = values(&s, req_kind(ids[l], bounds.len()), &k, 5);
+        for i in 0..5 {
+            store::observe(v, bounds, 0.2 + 0.1 * i as f64);
+            n += 1.0;
+        }
+        let sp = RenderSpec {
+            duration: HistSpec {
+                bounds,
+                layout: ids[l],
+            },
+            ..spec(ids[l], &[])
+        };
+        let e = parse_ok(page(&s, &sp).as_bytes());
+        let h = [
+            ("method", "GET"),
+            ("endpoint", "/"),
+            ("namespace", "ns"),
+            ("upstream", "up"),
+        ];
+        assert_eq!(e.get("http_request_duration_seconds_count", &h), Some(n));
+        let buckets: Vec<f64> = e
+            .samples("http_request_duration_seconds_bucket")
+            .map(|s| s.value)
+            .collect();
+        assert_eq!(buckets.len(), bounds.len() + 1);
+        if let Some(prev) = &last[l] {
+            for (a, b) in prev.iter().zip(&buckets) {
+                assert!(
+                    b >= a,
+                    "step {step}: bucket went down {prev:?} -> {buckets:?}"
+                );
+            }
+        }
+        last[l] = Some(buckets);
+    }
+}
+
+#[test]
+fn cut_responses_are_errors_and_gateway_responses_are_not_upstream_ones() {
     let r = region(256 << 10);
     let s = Store::format(&r, 1).unwrap();
     layouts(&s);
-    let lock = CheckedLock::default();
-    let limits = Limits { max_series: 2 };
-    let mut reasons = Vec::new();
-    for (i, code) in ["200", "404", "504", "200", "500"].iter().enumerate() {
-        let k = req_key("GET", &format!("/e{i}"), code, "ns", "up");
-        let (v, why) = series(&s, &lock, limits, req_kind(1, 2), &k, 5);
-        store::observe(v.unwrap(), &BOUNDS, 0.5);
-        reasons.push(why);
-    }
-    assert_eq!(
-        reasons,
-        [
-            None,
-            None,
-            Some(DropReason::MaxSeries),
-            Some(DropReason::MaxSeries),
-            Some(DropReason::MaxSeries)
-        ]
-    );
-    let p = page(&s, &spec(1, &[]));
-    let e = parse_ok(p.as_bytes());
-    let o = "__overflow__";
-    assert_eq!(
-        e.get(
-            "http_requests_total",
-            &[
-                ("method", o),
-                ("endpoint", o),
-                ("status_code", o),
-                ("namespace", o),
-                ("upstream", o)
-            ]
-        ),
-        Some(3.0)
-    );
-    assert_eq!(
+    let rec = |labels: [&str; 6]| {
+        let v = values(&s, req_kind(1, BOUNDS.len()), &key(&labels), 6);
+        store::observe(v, &BOUNDS, 0.5);
+    };
+    rec(["POST", "/v1/chat", "200", "a", "llm", ""]);
+    rec(["POST", "/v1/chat", "200", "a", "llm", "client_closed"]);
+    rec(["POST", "/v1/chat", "200", "a", "llm", "upstream_timeout"]);
+    rec(["POST", "/v1/chat", "429", "a", "", ""]);
+    rec(["POST", "/v1/chat", "499", "a", "", ""]);
+    let e = parse_ok(page(&s, &spec(1, &[])).as_bytes());
+    // nginx's status stays the status_code label.
+    let full = [
+        ("method", "POST"),
+        ("endpoint", "/v1/chat"),
+        ("status_code", "200"),
+        ("namespace", "a"),
+        ("upstream", "llm"),
+    ];
+    assert_eq!(e.get("http_requests_total", &full), Some(3.0));
+    let ns = |st| {
         e.get(
             "namespace_requests_total",
-            &[("namespace", o), ("status", o)]
-        ),
-        Some(3.0)
-    );
-    assert_eq!(
-        e.get("upstream_requests_total", &[("upstream", o), ("status", o)]),
-        Some(3.0)
-    );
-    // Overflowed requests have no status: no error type.
-    assert_eq!(e.samples("errors_total").count(), 1);
-    assert_eq!(
+            &[("namespace", "a"), ("status", st)],
+        )
+    };
+    assert_eq!((ns("success"), ns("error")), (Some(1.0), Some(4.0)));
+    let up = |st| {
+        e.get(
+            "upstream_requests_total",
+            &[("upstream", "llm"), ("status", st)],
+        )
+    };
+    assert_eq!((up("success"), up("error")), (Some(1.0), Some(2.0)));
+    // The gateway's own responses are not the upstream's.
+    assert_eq!(e.samples("upstream_requests_total").count(), 2);
+    let err = |t, u| {
         e.get(
             "errors_total",
-            &[
-                ("error_type", "client_error"),
-                ("namespace", "ns"),
-                ("upstream", "up")
-            ]
-        ),
-        Some(1.0)
-    );
-    assert_eq!(
-        e.get(
-            "http_request_duration_seconds_count",
-            &[
-                ("method", o),
-                ("endpoint", o),
-                ("namespace", o),
-                ("upstream", o)
-            ]
-        ),
-        Some(3.0)
-    );
-    let z = [("zone", "gm")];
-    assert_eq!(e.get("gateway_metrics_series", &z), Some(2.0));
-    assert_eq!(e.get("gateway_metrics_overflow_series", &z), Some(1.0));
-    assert_eq!(
-        e.get(
-            "gateway_metrics_dropped_updates_total",
-            &[("zone", "gm"), ("reason", "max_series")]
-        ),
-        Some(3.0)
-    );
-    // The overflow series comes after the others.
-    let http: Vec<&str> = e
-        .samples("http_requests_total")
-        .map(|s| s.label("endpoint").unwrap())
-        .collect();
-    assert_eq!(http, ["/e0", "/e1", o]);
+            &[("error_type", t), ("namespace", "a"), ("upstream", u)],
+        )
+    };
+    assert_eq!(err("client_closed", "llm"), Some(1.0));
+    assert_eq!(err("upstream_timeout", "llm"), Some(1.0));
+    assert_eq!(err("rate_limited", ""), Some(1.0));
+    assert_eq!(err("client_closed", ""), Some(1.0));
+    assert_eq!(e.samples("errors_total").count(), 4);
 }
 
 #[test]

@@ -416,9 +416,10 @@ fn max_series_directive(mc: &mut MainConf, a: &[&[u8]], _: usize) -> Result<(), 
         return Err(ConfError::msg("is duplicate"));
     }
     let v = text(a[0])?;
-    mc.max_series = v
-        .parse::<u64>()
-        .ok()
+    // Digits only: Rust's parser also takes a leading `+`.
+    mc.max_series = Some(v)
+        .filter(|v| v.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|v| v.parse::<u64>().ok())
         .filter(|&n| (1..=1 << 32).contains(&n))
         .ok_or_else(|| ConfError::Invalid("number of series (1..4294967296)", v.into()))?;
     mc.max_series_set = true;
@@ -670,5 +671,20 @@ fn custom_directive(mc: &mut MainConf, kind: CustomKind, a: &[&[u8]]) -> Result<
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {}
+/// The current cycle's main conf (works without a request: timers, init_worker).
+pub(crate) fn cycle_main_conf<'a>() -> Option<&'a MainConf> {
+    // SAFETY: ngx_cycle is the live cycle of this worker; its http conf ctx (if any) holds the
+    // main confs of all http modules.
+    unsafe {
+        let cycle = ptr::read_volatile(ptr::addr_of!(ngx_cycle));
+        if cycle.is_null() || (*cycle).conf_ctx.is_null() {
+            return None;
+        }
+        let http = *(*cycle).conf_ctx.add(ngx_http_module.index) as *mut ngx_http_conf_ctx_t;
+        if http.is_null() {
+            return None;
+        }
+        let mc = *(*http).main_conf.add(crate::module().ctx_index) as *const MainConf;
+        mc.as_ref()
+    }
+}

@@ -29,18 +29,21 @@ unsafe impl Sync for WorkerCache {}
 
 static CACHE: WorkerCache = WorkerCache(RefCell::new(SeriesCache::new(CACHE_SLOTS)));
 
-/// This worker's slot number as a label value (the in-flight gauge's second label), set once
-/// per process in `init_process`.
-static mut WORKER_SLOT: ([u8; 20], usize) = ([0; 20], 0);
+/// This worker's lane in the zone (see `Store::claim_lane`), as a label value (the in-flight
+/// gauge's second label), claimed once per process in `init_process`; empty when it has none.
+static mut WORKER_LANE: ([u8; 20], usize, u32) = ([0; 20], 0, 0);
 
-fn worker_slot() -> &'static [u8] {
+fn worker_lane() -> &'static [u8] {
     // SAFETY: written once in init_process, before the worker serves any request; only read
     // afterwards, on the worker's one event-loop thread.
     unsafe {
-        let (buf, len) = &*ptr::addr_of!(WORKER_SLOT);
+        let (buf, len, _) = &*ptr::addr_of!(WORKER_LANE);
         &buf[..*len]
     }
 }
+
+/// The next body filter (nginx's filter chain is a linked list of function pointers).
+static mut NEXT_BODY_FILTER: ngx_http_output_body_filter_pt = None;
 
 pub unsafe extern "C" fn postconfiguration(cf: *mut ngx_conf_t) -> ngx_int_t {
     // SAFETY: nginx calls this with the http block's conf; the core module's main conf holds
@@ -83,6 +86,9 @@ pub unsafe extern "C" fn postconfiguration(cf: *mut ngx_conf_t) -> ngx_int_t {
                 RENDER_POOL.store(true, Ordering::Relaxed);
             }
         }
+        // Watches response bodies for their end (see `body_filter`).
+        NEXT_BODY_FILTER = ngx_http_top_body_filter;
+        ngx_http_top_body_filter = Some(body_filter);
         for (phase, handler) in [
             (
                 ngx_http_phases_NGX_HTTP_PRECONTENT_PHASE,
@@ -140,10 +146,36 @@ pub unsafe extern "C" fn init_process(_cycle: *mut ngx_cycle_t) -> ngx_int_t {
         if RENDER_POOL.load(Ordering::Relaxed) {
             libc::mallopt(libc::M_MMAP_THRESHOLD, 512 * 1024);
         }
-        let slot = &mut *ptr::addr_of_mut!(WORKER_SLOT);
-        slot.1 = gateway_metrics_core::expo::format_u64(&mut slot.0, ngx_worker as u64).len();
+        // A lane of its own: the new workers of a reload do not share the in-flight series of
+        // the old ones still finishing their requests.
+        let lane = crate::conf::cycle_main_conf()
+            .and_then(|mc| mc.zone.as_ref())
+            .and_then(|z| z.store())
+            .and_then(|s| s.claim_lane(ngx_pid as u64, pid_alive));
+        let slot = &mut *ptr::addr_of_mut!(WORKER_LANE);
+        if let Some(lane) = lane {
+            slot.1 = gateway_metrics_core::expo::format_u64(&mut slot.0, lane.into()).len();
+            slot.2 = lane;
+        }
     }
     NGX_OK as ngx_int_t
+}
+
+/// A worker that exits gives its lane back (its in-flight requests are all done).
+pub unsafe extern "C" fn exit_process(_cycle: *mut ngx_cycle_t) {
+    // SAFETY: as in init_process; the zone stays mapped until the process exits.
+    unsafe {
+        let (_, len, lane) = *ptr::addr_of!(WORKER_LANE);
+        if len == 0 {
+            return;
+        }
+        if let Some(store) = crate::conf::cycle_main_conf()
+            .and_then(|mc| mc.zone.as_ref())
+            .and_then(|z| z.store())
+        {
+            store.release_lane(lane, ngx_pid as u64);
+        }
+    }
 }
 
 /// The zone, its store and lock, when the request should be recorded.
@@ -217,25 +249,26 @@ impl Target<'_> {
     }
 
     /// The `REQUEST` series of these labels (method, endpoint, status code, namespace,
-    /// upstream). When method, endpoint and upstream have identities (the usual case: a known
-    /// method, the location's name, the proxied upstream block or none), the cache is asked with
-    /// a packed key: those three and the status code take one word triple, the namespace
-    /// another.
+    /// upstream, cut). When method, endpoint and upstream have identities (the usual case: a
+    /// known method, the location's name, the proxied upstream block or none), the cache is
+    /// asked with a packed key: those three, the status code and the cut take one word triple,
+    /// the namespace another.
     #[inline(always)]
     fn request_series(
         &self,
         r: *mut ngx_http_request_t,
         layout: u8,
         n_values: u8,
-        labels: &[Label; 5],
+        labels: &[Label; 6],
         status: ngx_uint_t,
     ) -> Option<&'static [AtomicU64]> {
-        let [method, endpoint, _, ns, upstream] = labels;
+        let [method, endpoint, _, ns, upstream, cut] = labels;
         let packable = method.id != 0
             && method.id < 1 << 31
             && endpoint.id != 0
             && upstream.id != 0
-            && status < 1 << 32;
+            && status < 1 << 24
+            && cut.id < 1 << 8;
         if !packable {
             return self.series(r, fam::REQUEST, layout, n_values, labels);
         }
@@ -245,7 +278,11 @@ impl Target<'_> {
             n_values,
         };
         let ks = [
-            [method.id << 32 | status as u64, endpoint.id, upstream.id],
+            [
+                method.id << 32 | cut.id << 24 | status as u64,
+                endpoint.id,
+                upstream.id,
+            ],
             bytes_words(ns.bytes),
         ];
         let mut cache = CACHE.0.try_borrow_mut().ok()?;
@@ -309,16 +346,21 @@ unsafe fn enter(r: *mut ngx_http_request_t) {
         if ctx.active.is_some() || ctx.logged {
             return;
         }
+        let lane = worker_lane();
+        if lane.is_empty() {
+            t.store.count_drop(DropReason::NoLane, 1);
+            return;
+        }
         let ns = request::label(r, lc.namespace, &lc.headers[0]);
-        // One series per namespace and worker slot, owned by the pid that last used it: a
+        // One series per namespace and worker lane, owned by the pid that last used it: a
         // worker killed with requests in flight leaves a series whose owner is dead; the
-        // renderer skips it and the respawned worker of that slot resets it.
+        // renderer skips it and the next worker of that lane resets it.
         if let Some(v) = t.series(
             r,
             fam::ACTIVE,
             0,
             2,
-            &[Label::bytes(ns), Label::with_id(1, worker_slot())],
+            &[Label::bytes(ns), Label::with_id(1, lane)],
         ) {
             let me = ngx_pid as u64;
             let owner = v[1].load(Ordering::Relaxed);
@@ -378,7 +420,11 @@ unsafe fn record(r: *mut ngx_http_request_t) {
         let method = request::method(rr);
         let mut status_buf = [0u8; 20];
         let status_label = status_label(&mut status_buf, status);
-        let class = catalogue::status_class(status.min(u16::MAX as ngx_uint_t) as u16);
+        let cut = request::cut_reason(rr, ctx.as_deref(), status);
+        let class = match cut {
+            Some(_) => "error",
+            None => catalogue::status_class(status.min(u16::MAX as ngx_uint_t) as u16),
+        };
         let model: &[u8] = match ctx.as_deref() {
             Some(ReqCtx { model: Some(m), .. }) => m.as_slice(),
             _ if lc.model.is_null() => b"",
@@ -394,6 +440,9 @@ unsafe fn record(r: *mut ngx_http_request_t) {
             Label::with_id(status as u64 | 1 << 40, status_label),
             Label::bytes(ns),
             upstream,
+            cut.map_or(Label::with_id(1, b""), |c| {
+                Label::with_id(2 + c as u64, c.label().as_bytes())
+            }),
         ];
         if let Some(v) = t.request_series(r, t.zone.layouts[0], hist_words(0), &labels, status) {
             observe(v, &mc.bounds[0], duration);
@@ -538,5 +587,49 @@ fn record_auto_events(t: &Target, r: *mut ngx_http_request_t, ns: &[u8], st: req
     };
     if let Some(v) = t.series(r, fam::CACHE, 0, 2, &[Label::with_id(1, b"proxy_cache")]) {
         add_u64(&v[slot], 1);
+    }
+}
+
+/// Notes, for the log phase, that a response's body went out whole (its last buffer passed)
+/// and when a proxied body last carried data. Only looks at the buffers: the response is
+/// passed on unchanged, at once.
+unsafe extern "C" fn body_filter(r: *mut ngx_http_request_t, chain: *mut ngx_chain_t) -> ngx_int_t {
+    // SAFETY: nginx passes a live request and its output chain.
+    let _ = catch_unwind(AssertUnwindSafe(|| unsafe { watch_body(r, chain) }));
+    // SAFETY: NEXT_BODY_FILTER was set in postconfiguration, before any request.
+    match unsafe { *ptr::addr_of!(NEXT_BODY_FILTER) } {
+        Some(next) => unsafe { next(r, chain) },
+        None => NGX_OK as ngx_int_t,
+    }
+}
+
+/// # Safety
+/// `r` must be a live request and `chain` null or its output chain.
+unsafe fn watch_body(r: *mut ngx_http_request_t, chain: *mut ngx_chain_t) {
+    // SAFETY: forwarded contract; the chain's links and buffers are live.
+    unsafe {
+        if (*r).main != r || chain.is_null() || request::loc_conf(r).enable != 1 {
+            return;
+        }
+        let (mut last, mut data) = (false, false);
+        let mut cl = chain;
+        while !cl.is_null() {
+            let b = (*cl).buf;
+            if !b.is_null() {
+                last |= (*b).last_buf() != 0;
+                data |= (*b).pos != (*b).last || (*b).in_file() != 0;
+            }
+            cl = (*cl).next;
+        }
+        let proxied = data && !(*r).upstream.is_null();
+        if !(last || proxied) {
+            return;
+        }
+        if let Some(ctx) = request::ctx(r) {
+            ctx.complete |= last;
+            if proxied {
+                ctx.last_body_msec = request::now_msec();
+            }
+        }
     }
 }

@@ -8,7 +8,6 @@
 
 use std::ffi::{c_char, c_double, c_int, CStr};
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::ptr;
 
 use gateway_metrics_core::api;
 use gateway_metrics_core::catalogue::fam;
@@ -18,7 +17,7 @@ use gateway_metrics_core::series_of;
 use gateway_metrics_core::store::{add_f64, add_u64, observe, set_f64, SelfCounter, SeriesKind};
 use nginx_sys::*;
 
-use crate::conf::{MainConf, MAX_CUSTOM_LABELS};
+use crate::conf::{cycle_main_conf, MainConf, MAX_CUSTOM_LABELS};
 use crate::request;
 
 /// A byte string passed from Lua (pointer and length of a Lua string).
@@ -48,24 +47,6 @@ fn api(err: *mut *const c_char, f: impl FnOnce() -> ApiResult) -> c_int {
             }
             -1
         }
-    }
-}
-
-/// The current cycle's main conf (works without a request: timers, init_worker).
-fn cycle_main_conf<'a>() -> Option<&'a MainConf> {
-    // SAFETY: ngx_cycle is the live cycle of this worker; its http conf ctx (if any) holds the
-    // main confs of all http modules.
-    unsafe {
-        let cycle = ptr::read_volatile(ptr::addr_of!(ngx_cycle));
-        if cycle.is_null() || (*cycle).conf_ctx.is_null() {
-            return None;
-        }
-        let http = *(*cycle).conf_ctx.add(ngx_http_module.index) as *mut ngx_http_conf_ctx_t;
-        if http.is_null() {
-            return None;
-        }
-        let mc = *(*http).main_conf.add(crate::module().ctx_index) as *const MainConf;
-        mc.as_ref()
     }
 }
 

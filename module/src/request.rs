@@ -4,6 +4,7 @@ use std::ptr;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use gateway_metrics_core::cache::Label;
+use gateway_metrics_core::catalogue::CutReason;
 use gateway_metrics_core::labels::{edge_words, header_matches, short_eq};
 use nginx_sys::*;
 
@@ -24,6 +25,10 @@ pub struct ReqCtx {
     pub first_token_ms: Option<u64>,
     /// Set once the log phase has recorded the request; later Lua calls are refused.
     pub logged: bool,
+    /// The response's last buffer went through the body filters: its body was complete.
+    pub complete: bool,
+    /// When the last body data of a proxied response went through (`ngx_current_msec`).
+    pub last_body_msec: ngx_msec_t,
 }
 
 impl ReqCtx {
@@ -228,8 +233,11 @@ pub unsafe fn endpoint<'a>(r: *mut ngx_http_request_t, lc: &LocConf) -> Label<'a
     }
 }
 
-/// The upstream label: `gateway_metrics_upstream`, else the upstream nginx used, else `""`.
-/// A configured upstream block is identified by its address (its host never changes).
+/// The upstream label: `gateway_metrics_upstream`, else the upstream whose response this is,
+/// else `""`. A response is the upstream's when nginx got a status from it or failed talking to
+/// it (502, 504); everything else is the gateway's own: `return`, Lua's `ngx.exit`, limit
+/// rejections, cache hits, and a client gone before the upstream answered. A configured
+/// upstream block is identified by its address (its host never changes).
 ///
 /// # Safety
 /// `r` must be a live request.
@@ -241,7 +249,9 @@ pub unsafe fn upstream<'a>(r: *mut ngx_http_request_t, lc: &LocConf) -> Label<'a
     // SAFETY: r->upstream and its confs stay valid until the request is freed.
     unsafe {
         let u = (*r).upstream;
-        if u.is_null() {
+        // u->state is the current try's; its status stays 0 until the upstream answers or
+        // nginx gives up on it.
+        if u.is_null() || (*u).state.is_null() || (*(*u).state).status == 0 {
             return Label::with_id(1, b"");
         }
         if !(*u).upstream.is_null() {
@@ -252,6 +262,66 @@ pub unsafe fn upstream<'a>(r: *mut ngx_http_request_t, lc: &LocConf) -> Label<'a
         }
         Label::with_id(1, b"")
     }
+}
+
+/// Why a response whose header went out did not reach the client whole, if it did not: the
+/// client closed or timed out (nginx marks the connection), else the response's last buffer
+/// never went through the body filters (upstream reset or timed out mid-body, handler error).
+/// Responses without a body (HEAD, 204, 304), upgraded connections and statuses that are
+/// errors anyway are never cut.
+pub fn cut_reason(
+    r: &ngx_http_request_t,
+    ctx: Option<&ReqCtx>,
+    status: ngx_uint_t,
+) -> Option<CutReason> {
+    if r.header_sent() == 0 || !(200..400).contains(&status) {
+        return None;
+    }
+    // SAFETY: the request's connection is live.
+    let c = unsafe { &*r.connection };
+    if c.timedout() != 0 {
+        return Some(CutReason::ClientTimeout);
+    }
+    if c.error() != 0 {
+        return Some(CutReason::ClientClosed);
+    }
+    if r.header_only() != 0 || ctx.is_some_and(|c| c.complete) {
+        return None;
+    }
+    if r.upstream.is_null() {
+        return Some(CutReason::Incomplete);
+    }
+    // SAFETY: r->upstream and its conf stay valid until the request is freed.
+    let (u, conf) = unsafe {
+        (
+            &*r.upstream,
+            r.upstream.as_ref().and_then(|u| u.conf.as_ref()),
+        )
+    };
+    // nginx resets the upstream's read timer whenever data comes: the body stopped for the
+    // whole read timeout when the last data (or, without any, the header) is that old.
+    let last = match ctx.map_or(0, |c| c.last_body_msec) {
+        0 if u.state.is_null() => return Some(CutReason::UpstreamError),
+        // SAFETY: the upstream state lives in the request pool.
+        0 => match unsafe { (*u.state).header_time } {
+            ngx_msec_t::MAX => u.start_time,
+            h => u.start_time.wrapping_add(h),
+        },
+        t => t,
+    };
+    let idle = now_msec().wrapping_sub(last);
+    match conf {
+        Some(conf) if conf.read_timeout > 0 && idle >= conf.read_timeout => {
+            Some(CutReason::UpstreamTimeout)
+        }
+        _ => Some(CutReason::UpstreamError),
+    }
+}
+
+/// nginx's monotonic millisecond clock of the current event loop iteration.
+pub fn now_msec() -> ngx_msec_t {
+    // SAFETY: a plain global of the worker, updated on its event loop (this thread).
+    unsafe { ptr::read_volatile(ptr::addr_of!(ngx_current_msec)) }
 }
 
 /// The method label; a method nginx knows is identified by its number (nginx sets the name

@@ -121,26 +121,43 @@ impl ZoneCtx {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
-        let (store, kept) = Store::open_or_format(words, now).map_err(|e| e.to_string())?;
+        // A zone nginx has just mapped is all zero: formatting it writes only its header.
+        let (store, kept) =
+            Store::open_or_format(words, now, !reused).map_err(|e| e.to_string())?;
         self.region = region as *const AtomicU64;
         let lock = self.lock();
         // SAFETY: main is this cycle's main conf.
         let mc = unsafe { &*self.main };
-        for (i, b) in mc.bounds.iter().enumerate() {
-            self.layouts[i] = store.register_layout(&lock, b).unwrap_or(0);
-        }
-        self.custom = mc
-            .custom
-            .iter()
-            .map(|f| {
-                let layout = if f.bounds.is_empty() {
-                    0
-                } else {
-                    store.register_layout(&lock, &f.bounds).unwrap_or(0)
-                };
-                (f.clone(), layout)
+        // A layout the zone cannot remember fails the configuration (a reload keeps the running
+        // one): recording with another layout's bounds would put observations in wrong buckets.
+        let register = |bounds: &[f64], what: &str| {
+            store.register_layout(&lock, bounds).map_err(|e| {
+                format!(
+                    "cannot register the bucket layout of {what}: {e} (a zone remembers {} \
+                     distinct layouts for the series it keeps; restore an earlier bucket list, \
+                     or rename or resize the zone to start a new one)",
+                    gateway_metrics_core::store::MAX_LAYOUTS
+                )
             })
-            .collect();
+        };
+        let names = [
+            "gateway_metrics_buckets",
+            "gateway_metrics_ttft_buckets",
+            "gateway_metrics_throughput_buckets",
+        ];
+        for (i, b) in mc.bounds.iter().enumerate() {
+            self.layouts[i] = register(b, names[i])?;
+        }
+        let mut custom = Vec::with_capacity(mc.custom.len());
+        for f in &mc.custom {
+            let layout = if f.bounds.is_empty() {
+                0
+            } else {
+                register(&f.bounds, &format!("histogram \"{}\"", f.name))?
+            };
+            custom.push((f.clone(), layout));
+        }
+        self.custom = custom;
         Ok(kept)
     }
 }
