@@ -624,6 +624,17 @@ def test_json_parser_and_tail_fallback(parser_port):
     tail = json.dumps(openai)[-5000:]
     assert ask(tail) == ["nil", "1234,56,1000,20"]
     assert ask(json.dumps({"object": "list", "data": []})) == ["nil", "nil"]
+    # OpenAI Responses: input_tokens includes the cached ones, output_tokens the reasoning ones
+    responses = {"id": "resp_1", "object": "response", "status": "completed", "output": [
+        {"type": "message", "content": [{"type": "output_text", "text": '"usage": {}', "annotations": []}]}],
+        "usage": {"input_tokens": 700, "input_tokens_details": {"cached_tokens": 512},
+                  "output_tokens": 40, "output_tokens_details": {"reasoning_tokens": 16},
+                  "total_tokens": 740}}
+    assert ask(json.dumps(responses)) == ["700,40,512,16", "700,40,512,16"]
+    # OpenAI Embeddings: prompt tokens only
+    embeddings = {"object": "list", "data": [{"object": "embedding", "index": 0, "embedding": [0.5]}],
+                  "model": "e", "usage": {"prompt_tokens": 17, "total_tokens": 17}}
+    assert ask(json.dumps(embeddings)) == ["17,0,0,0", "17,0,0,0"]
     assert ask(json.dumps({"usage": {"prompt_tokens": 1, "completion_tokens": 2}})[:-3]) == ["nil", "nil"]
 
 
