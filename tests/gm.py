@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -52,6 +53,9 @@ class Nginx:
         # temp paths (proxy_cache, buffered bodies).
         os.chmod(self.dir, 0o755)
         self.port = port or free_port()
+        # A port from free_port() was free when picked: another process (tests run in parallel)
+        # may bind it before nginx does; start() then picks another one.
+        self.auto_port = port is None
         self.lua = lua
         for d in ("logs", "tmp"):
             os.makedirs(os.path.join(self.dir, d), exist_ok=True)
@@ -60,6 +64,7 @@ class Nginx:
         self.proc_started = False
 
     def write(self, http, workers=2, main=""):
+        self.written = (http, workers, main)
         loads = ""
         if self.lua:
             loads = "".join(f"load_module {m};\n" for m in LUA_MODULES)
@@ -93,7 +98,14 @@ http {{
         return r.returncode, r.stderr
 
     def start(self):
-        r = self.cmd()
+        for attempt in range(5):
+            r = self.cmd()
+            taken = f"bind() to 127.0.0.1:{self.port} failed (98: Address already in use)"
+            if r.returncode == 0 or not (self.auto_port and taken in r.stderr) or attempt == 4:
+                break
+            self.port = free_port()  # taken since free_port() picked it: another one
+            self.write(*self.written)
+            os.remove(os.path.join(self.dir, "logs/error.log"))  # (its [emerg] is not this run's)
         if r.returncode != 0:
             raise RuntimeError(f"nginx failed to start: {r.stderr}\n{self.error_log()}")
         self.proc_started = True
@@ -257,6 +269,99 @@ class MockLLM:
         self.stop()
 
 
+class Gate:
+    """An HTTP upstream on a free loopback port that holds every request until release(). A test
+    that needs requests in flight waits for them (wait_arrived, or a gauge) instead of racing a
+    fixed upstream delay that a loaded machine can outrun. Answers 200 with a small JSON body and
+    `Connection: close`; hold() makes it hold the requests that arrive from then on."""
+
+    BODY = b'{"object":"gate"}'
+
+    def __init__(self):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(512)
+        self.port = self.sock.getsockname()[1]
+        self.cond = threading.Condition()
+        self.arrived = 0        # requests read so far
+        self.released = False
+        self.releases = 0       # release() calls: a request held before one is answered
+        self.closed = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(c,), daemon=True).start()
+
+    def _serve(self, c):
+        try:
+            with c:
+                c.settimeout(300)
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    chunk = c.recv(65536)
+                    if not chunk:
+                        return
+                    data += chunk
+                head, _, body = data.partition(b"\r\n\r\n")
+                length = re.search(rb"\r\ncontent-length:[ \t]*(\d+)", head, re.I)
+                while length and len(body) < int(length.group(1)):
+                    chunk = c.recv(65536)
+                    if not chunk:
+                        return
+                    body += chunk
+                with self.cond:
+                    self.arrived += 1
+                    self.cond.notify_all()
+                    seen = self.releases
+                    self.cond.wait_for(lambda: self.released or self.releases != seen
+                                       or self.closed)
+                    if self.closed:
+                        return
+                c.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                          b"Content-Length: %d\r\nConnection: close\r\n\r\n%s"
+                          % (len(self.BODY), self.BODY))
+        except OSError:
+            pass  # nginx gave up on the request (client gone, timeout, worker killed)
+
+    def wait_arrived(self, n, timeout=30.0):
+        """Waits until `n` requests in all have arrived (and are held, unless released)."""
+        with self.cond:
+            if not self.cond.wait_for(lambda: self.arrived >= n, timeout):
+                raise TimeoutError(f"gate: {self.arrived} of {n} requests arrived in {timeout}s")
+
+    def release(self):
+        """Answers the held requests, and the next ones at once."""
+        with self.cond:
+            self.released = True
+            self.releases += 1
+            self.cond.notify_all()
+
+    def hold(self):
+        with self.cond:
+            self.released = False
+
+    def close(self):
+        with self.cond:
+            self.closed = True
+            self.cond.notify_all()
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)  # wakes the accept()
+        except OSError:
+            pass
+        self.sock.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
 # ---- generic helpers (appended for the foundation tests) -------------------------------------
 
 def wait_for(fn, pred, timeout=10.0, interval=0.05, what="condition"):
@@ -341,6 +446,8 @@ def private_module_copy():
         d = tempfile.mkdtemp(prefix="gm-module-")
         os.chmod(d, 0o755)
         dst = os.path.join(d, os.path.basename(MODULE))
+        wait_for(lambda: os.path.exists(MODULE), bool, timeout=300, interval=1,
+                 what=f"{MODULE} (being built?)")
         for _ in range(20):  # until the copy is not torn by a concurrent build
             shutil.copyfile(MODULE, dst)
             with open(MODULE, "rb") as a, open(dst, "rb") as b:
