@@ -1,19 +1,23 @@
 """Automatic rate-limit and cache events: nginx's own limit_req / limit_conn / proxy_cache (read
 from $limit_req_status, $limit_conn_status and $upstream_cache_status at the log phase), checked
-against what the client saw, with two workers and the mock LLM upstream."""
+against what the client saw, with two workers and the mock LLM upstream (the proxy_cache tests:
+one worker, see nginx1)."""
 import os
+import threading
 import time
 import pytest
 
-from gm import MockLLM, Nginx, run_concurrent, wait_for
+from gm import Gate, MockLLM, Nginx, run_concurrent, wait_for
 
 CONF = """
-    limit_req_zone $binary_remote_addr zone=strict:1m rate=1r/s;
-    limit_req_zone $binary_remote_addr zone=strict503:1m rate=1r/s;
+    # 1r/m: only the first request of the test passes, however long its ten requests take
+    limit_req_zone $binary_remote_addr zone=strict:1m rate=1r/m;
+    limit_req_zone $binary_remote_addr zone=strict503:1m rate=1r/m;
     limit_req_zone $binary_remote_addr zone=burst:1m rate=10r/s;
     limit_conn_zone $binary_remote_addr zone=conn:1m;
     proxy_cache_path {dir}/cache levels=1:2 keys_zone=llmcache:1m max_size=10m inactive=10m use_temp_path=off;
     upstream llm { server 127.0.0.1:%(mock)d; keepalive 8; }
+    upstream held { server 127.0.0.1:%(held)d; }  # gm.Gate: answers when the test says so
 
     gateway_metrics_zone gm 8m;
     gateway_metrics on;
@@ -43,8 +47,7 @@ CONF = """
         location /conn/ {
             limit_conn conn 1;
             limit_conn_status 429;
-            proxy_set_header X-Mock-Delay-Ms 400;
-            proxy_pass http://llm/v1/;
+            proxy_pass http://held;
         }
         location /cached/ {
             proxy_cache llmcache;
@@ -56,7 +59,7 @@ CONF = """
         location /short/ {
             proxy_cache llmcache;
             proxy_cache_key $request_uri;
-            proxy_cache_valid 200 1s;
+            proxy_cache_valid 200 2s;
             proxy_pass http://llm/v1/;
         }
         location /plain/ { proxy_pass http://llm/v1/; }
@@ -66,22 +69,45 @@ CONF = """
 
 
 @pytest.fixture(scope="module")
-def nginx():
-    with MockLLM() as mock:
-        n = Nginx(CONF % {"mock": mock.port}, workers=2)
-        # gm.Nginx's prefix is mkdtemp's 0700 root directory, but the workers run as "nobody":
-        # let them reach the cache directory the master creates (and chowns) inside it.
-        os.chmod(n.dir, 0o711)
-        with n:
-            n.sent = 0
-            yield n
-            assert not n.crashes()
+def upstreams():
+    with MockLLM() as mock, Gate() as gate:
+        yield mock, gate
 
 
-def sent(n, k):
-    """Waits until `k` more requests (besides /metrics) have been logged."""
+def start(upstreams, workers):
+    mock, gate = upstreams
+    n = Nginx(CONF % {"mock": mock.port, "held": gate.port}, workers=workers)
+    # gm.Nginx's prefix is mkdtemp's 0700 root directory, but the workers run as "nobody":
+    # let them reach the cache directory the master creates (and chowns) inside it.
+    os.chmod(n.dir, 0o711)
+    n.sent = 0
+    n.gate = gate
+    return n
+
+
+@pytest.fixture(scope="module")
+def nginx(upstreams):
+    with start(upstreams, 2) as n:
+        yield n
+        assert not n.crashes()
+
+
+@pytest.fixture(scope="module")
+def nginx1(upstreams):
+    """One worker, for proxy_cache: nginx commits a cache entry after it has sent the response,
+    so with two workers the next request can reach the other worker before the entry exists
+    (a second MISS). One worker handles that next request only after the commit."""
+    with start(upstreams, 1) as n:
+        yield n
+        assert not n.crashes()
+
+
+def sent(n, k, pred=lambda m: True):
+    """Waits until `k` more requests (besides /metrics) have been logged, and pred(metrics)
+    holds: the module records a request's limiter and cache events just after its
+    http_requests_total sample, so a scrape can see the count a moment before the events."""
     n.sent += k
-    return wait_for(n.metrics, lambda m: m.total("http_requests_total") >= n.sent,
+    return wait_for(n.metrics, lambda m: m.total("http_requests_total") >= n.sent and pred(m),
                     what="requests logged")
 
 
@@ -98,9 +124,9 @@ def test_limit_req_nodelay_rejections(nginx, path, code):
     codes = [s for s, _, _ in statuses]
     rejected = codes.count(code)
     assert set(codes) <= {200, code}
-    assert 1 <= codes.count(200) <= 2 and rejected >= 8, codes
+    assert codes.count(200) == 1 and rejected == 9, codes
     assert [h["X-Limit-Req"] for s, _, h in statuses if s == code] == ["REJECTED"] * rejected
-    m = sent(n, 10)
+    m = sent(n, 10, lambda m: rl(m, ns, "limit_req") == (rejected, rejected))
     assert rl(m, ns, "limit_req") == (rejected, rejected)
     assert rl(m, ns, "limit_conn") == (0, 0)
 
@@ -114,19 +140,31 @@ def test_limit_req_burst_delays_without_violations(nginx):
     assert [s for s, _ in res] == [200] * 6
     delayed = [h["X-Limit-Req"] for _, h in res].count("DELAYED")
     assert delayed >= 1, [h["X-Limit-Req"] for _, h in res]
-    m = sent(n, 6)
+    m = sent(n, 6, lambda m: rl(m, "lr-burst", "limit_req") == (delayed, 0))
     assert rl(m, "lr-burst", "limit_req") == (delayed, 0)
 
 
 def test_limit_conn_rejections(nginx):
     n = nginx
-    reqs = [("GET", "/conn/models", {"X-Namespace": "lc"}, None) for _ in range(4)]
-    res = run_concurrent(n.port, reqs, threads=4)
-    codes = [s for s, _ in res]
+    # The first request holds the only connection slot while the gate holds its upstream
+    # answer: the next three are rejected whatever the timing, then the first one completes.
+    first = []
+    n.gate.hold()
+    arrived = n.gate.arrived
+    t = threading.Thread(target=lambda: first.append(n.get("/conn/models", {"X-Namespace": "lc"})))
+    t.start()
+    try:
+        n.gate.wait_arrived(arrived + 1)
+        res = [n.get("/conn/models", {"X-Namespace": "lc"}) for _ in range(3)]
+    finally:
+        n.gate.release()
+        t.join(30)
+    res = first + res
+    codes = [s for s, _, _ in res]
     rejected = codes.count(429)
-    assert 1 <= rejected <= 3 and codes.count(200) == 4 - rejected, codes
-    assert [h["X-Limit-Conn"] for s, h in res if s == 429] == ["REJECTED"] * rejected
-    m = sent(n, 4)
+    assert codes == [200, 429, 429, 429], codes
+    assert [h["X-Limit-Conn"] for s, _, h in res if s == 429] == ["REJECTED"] * rejected
+    m = sent(n, 4, lambda m: rl(m, "lc", "limit_conn") == (rejected, rejected))
     assert rl(m, "lc", "limit_conn") == (rejected, rejected)
     assert rl(m, "lc", "limit_req") == (0, 0)
 
@@ -136,8 +174,8 @@ def cache(m):
             m.get1("cache_misses_total", cache_type="proxy_cache"))
 
 
-def test_proxy_cache_miss_then_hits(nginx):
-    n = nginx
+def test_proxy_cache_miss_then_hits(nginx1):
+    n = nginx1
     before = cache(n.metrics())
     seen = [n.get("/cached/models")[2]["X-Cache"] for _ in range(6)]
     assert seen == ["MISS"] + ["HIT"] * 5
@@ -147,21 +185,26 @@ def test_proxy_cache_miss_then_hits(nginx):
                     b'{"model":"m"}')
     assert s == 200 and h.get("X-Cache", "") == ""
     assert n.get("/plain/models")[2].get("X-Cache", "") == ""
-    m = sent(n, 9)
+    m = sent(n, 9, lambda m: cache(m) == (before[0] + 5, before[1] + 2))
     hits, misses = cache(m)
     assert (hits - before[0], misses - before[1]) == (5, 2)
 
 
-def test_proxy_cache_expired_is_a_miss(nginx):
-    n = nginx
+def test_proxy_cache_expired_is_a_miss(nginx1):
+    n = nginx1
     before = cache(n.metrics())
-    assert n.get("/short/models")[2]["X-Cache"] == "MISS"
-    assert n.get("/short/models")[2]["X-Cache"] == "HIT"
-    time.sleep(2.1)  # nginx compares whole seconds: valid_sec < now
-    assert n.get("/short/models")[2]["X-Cache"] == "EXPIRED"
-    m = sent(n, 3)
-    hits, misses = cache(m)
-    assert (hits - before[0], misses - before[1]) == (1, 2)
+    # Valid 2 s on nginx's whole-second clock: fresh for at least 2 s after the MISS, EXPIRED
+    # 2 to 3 s after it. Ask until nginx says EXPIRED rather than guess when that is.
+    seen = []
+    deadline = time.time() + 30
+    while not seen or seen[-1] != "EXPIRED":
+        assert time.time() < deadline, f"not EXPIRED after 30 s: {seen}"
+        seen.append(n.get("/short/models")[2]["X-Cache"])
+        time.sleep(0.1)
+    assert seen[0] == "MISS" and seen[1] == "HIT" and set(seen[1:-1]) == {"HIT"}, seen
+    hits = seen.count("HIT")
+    m = sent(n, len(seen), lambda m: cache(m) == (before[0] + hits, before[1] + 2))
+    assert cache(m) == (before[0] + hits, before[1] + 2), (seen, before, cache(m))
 
 
 def test_no_limit_or_cache_events_elsewhere(nginx):
