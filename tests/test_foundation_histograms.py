@@ -1,6 +1,5 @@
 """Histograms under load: every scrape valid and consistent, counters monotone; custom buckets."""
 import threading
-import time
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -71,8 +70,9 @@ def test_scrapes_under_load_are_consistent_and_monotone():
         prev = None
         scrapes = 0
         try:
-            deadline = time.time() + 40
-            while scrapes < 50 and time.time() < deadline:
+            # 50 scrapes however long they take (promtool is slow on a busy machine): a count
+            # reached within a fixed time would measure the machine, not the module
+            while scrapes < 50:
                 text = n.scrape()  # promtool check included
                 m = parse(text)
                 for h in HISTOGRAMS:
@@ -112,7 +112,10 @@ def test_custom_buckets_give_exactly_those_bounds():
         reqs += [slow_req(250)] * medium + [slow_req(1200)] * slow
         res = run_concurrent(n.port, reqs, threads=8)
         assert [r[0] for r in res] == [200] * len(reqs)
-        settle(n, lambda m: m.total("http_requests_total") >= len(reqs))
+        low = 0.25 * medium + 1.2 * slow  # (the module adds a request's _sum after its bucket)
+        settle(n, lambda m: m.total("http_requests_total") >= len(reqs) and m.get1(
+            "http_request_duration_seconds_sum", method="POST", endpoint="/v1/", namespace="b",
+            upstream="llm") >= low)
         text = n.scrape()
         promtool_check(text)
         m = parse(text)
@@ -132,6 +135,6 @@ def test_custom_buckets_give_exactly_those_bounds():
         assert b("+Inf", "/v1/") == medium + slow
         s = m.get1("http_request_duration_seconds_sum", method="POST", endpoint="/v1/",
                    namespace="b", upstream="llm")
-        assert 0.25 * medium + 1.2 * slow <= s < 0.25 * medium + 1.2 * slow + 2.0
+        assert low <= s < low + 2.0
         g = m.select("gateway_request_duration_seconds_bucket", path="/v1/", le="1")
         assert list(g.values()) == [medium]
