@@ -2,7 +2,7 @@
 give exactly what nginx's variable gives (repeated headers, case, `-`/`_`, missing header)."""
 import socket
 
-from gm import Nginx
+from gm import Nginx, settle
 
 CONF = """
     gateway_metrics_zone gm 4m;
@@ -57,7 +57,7 @@ def test_header_labels_match_nginx_variables():
                 seen = raw(n.port, hs)
                 key = (seen["x-seen-ns"], seen["x-seen-model"])
                 expect[key] = expect.get(key, 0) + 1
-            m = n.metrics()
+            m = settle(n, lambda m: m.total("http_requests_total") >= len(cases))
             got = {}
             for labels, v in m.select("http_requests_total").items():
                 got[dict(labels)["namespace"]] = got.get(dict(labels)["namespace"], 0) + v
