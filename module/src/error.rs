@@ -42,6 +42,9 @@ pub enum HandlerError {
     /// The client did not take the response within `send_timeout`.
     #[error("client timed out")]
     ClientTimedOut,
+    /// The exporter asked for in a subrequest (SSI, `ngx.location.capture`).
+    #[error("the metrics page cannot be served in a subrequest")]
+    Subrequest,
 }
 
 impl HandlerError {
@@ -50,7 +53,9 @@ impl HandlerError {
         match self {
             HandlerError::MethodNotAllowed => NGX_HTTP_NOT_ALLOWED as ngx_int_t,
             HandlerError::ZoneUnavailable => NGX_HTTP_SERVICE_UNAVAILABLE as ngx_int_t,
-            HandlerError::NoMemory => NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t,
+            HandlerError::NoMemory | HandlerError::Subrequest => {
+                NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t
+            }
             HandlerError::Aborted => NGX_ERROR as ngx_int_t,
             // nginx terminates the request (no error page: the header is out).
             HandlerError::ClientTimedOut => NGX_HTTP_REQUEST_TIME_OUT as ngx_int_t,

@@ -47,6 +47,16 @@ unsafe fn export(r: *mut ngx_http_request_t) -> Result<ngx_int_t, HandlerError> 
         if (*r).method & (NGX_HTTP_GET | NGX_HTTP_HEAD) as ngx_uint_t == 0 {
             return Err(HandlerError::MethodNotAllowed);
         }
+        if (*r).main != r {
+            // The page is sent in slices paced by the connection; inside another response
+            // (SSI, `ngx.location.capture`...) it would be cut short.
+            ngx::ngx_log_error!(
+                NGX_LOG_ERR,
+                (*(*r).connection).log,
+                "gateway_metrics_exporter: the metrics page cannot be served in a subrequest"
+            );
+            return Err(HandlerError::Subrequest);
+        }
         let rc = ngx_http_discard_request_body(r);
         if rc != NGX_OK as ngx_int_t {
             return Ok(rc);
@@ -77,6 +87,13 @@ unsafe fn set_headers(r: *mut ngx_http_request_t, length: Option<usize>) {
     // Up to ';': what gzip_types and friends compare against.
     rr.headers_out.content_type_len = "text/plain".len();
     rr.headers_out.content_type_lowcase = ptr::null_mut();
+    // A response that names its charset is left alone by the charset filter (`charset`,
+    // `source_charset`): the page stays UTF-8 and its Content-Type whole. (The header filter
+    // writes `content_type` as is: it already ends in this charset.)
+    rr.headers_out.charset = ngx_str_t {
+        len: "utf-8".len(),
+        data: c"utf-8".as_ptr() as *mut u8,
+    };
     rr.headers_out.content_length_n = length.map_or(-1, |l| l as off_t);
 }
 
@@ -161,6 +178,9 @@ struct Pacing {
     sampled_own: AtomicU64,
     /// Scrapes this worker started (they are requests too, not traffic to protect).
     scrapes: AtomicU64,
+    /// Time the event loop spent on scrapes (slices and their write events), all of them:
+    /// a scrape's wake-up delayed by another scrape is not other traffic.
+    work_ns: AtomicU64,
 }
 
 static PACING: Pacing = Pacing {
@@ -170,6 +190,7 @@ static PACING: Pacing = Pacing {
     sampled: AtomicU64::new(0),
     sampled_own: AtomicU64::new(0),
     scrapes: AtomicU64::new(0),
+    work_ns: AtomicU64::new(0),
 };
 
 impl Pacing {
@@ -278,9 +299,9 @@ struct Slicer {
     busy: VecDeque<usize>,
     /// Every buffer is in flight: the write event resumes the scrape.
     wait_writable: bool,
-    /// End of the last slice, and the time spent in our write handler since.
+    /// End of the last slice, and `Pacing::work_ns` then.
     last_end: u64,
-    own_ns: u64,
+    work_at_end: u64,
     /// The pacing deadline our timer was armed for.
     armed_for: u64,
 }
@@ -353,7 +374,7 @@ unsafe fn start_slices(
                 busy: VecDeque::with_capacity(BUFFERS),
                 wait_writable: false,
                 last_end: 0,
-                own_ns: 0,
+                work_at_end: 0,
                 armed_for: 0,
             },
         );
@@ -366,6 +387,9 @@ unsafe fn start_slices(
         ev.log = (*rr.connection).log;
         *rr.ctx.add(crate::module().ctx_index) = s as *mut std::ffi::c_void;
         rr.write_event_handler = Some(slicer_write);
+        // A client that goes away ends the scrape at once (HTTP/2 reports it through the read
+        // event only), instead of at the send timeout.
+        rr.read_event_handler = Some(ngx_http_test_reading);
         match (*s).advance(Wake::Start) {
             Next::Finalize(rc) => Ok(rc),
             Next::Wait => {
@@ -429,12 +453,14 @@ impl Slicer {
     /// The request must be live (as for all methods below).
     unsafe fn advance(&mut self, wake: Wake) -> Next {
         let now = now_ns();
-        // How long the loop took to come back after the last slice, our own write events aside.
+        // How long the loop took to come back after the last slice, the time it spent on
+        // scrapes (this one's write events, other scrapes' slices) aside.
+        let scrapes = PACING
+            .work_ns
+            .load(Relaxed)
+            .saturating_sub(self.work_at_end);
         if wake == Wake::Posted
-            && now
-                .saturating_sub(self.last_end)
-                .saturating_sub(self.own_ns)
-                > BUSY_GAP_NS
+            && now.saturating_sub(self.last_end).saturating_sub(scrapes) > BUSY_GAP_NS
         {
             PACING.busy(now);
         }
@@ -522,8 +548,9 @@ impl Slicer {
             }
             self.reclaim();
             let end = now_ns().max(t0);
+            let work = PACING.work_ns.fetch_add(end - t0, Relaxed) + (end - t0);
             self.last_end = end;
-            self.own_ns = 0;
+            self.work_at_end = work;
             PACING.next_at.store(
                 (t0 + PACE * (end - t0)).max(end + BUSY_INTERVAL_NS),
                 Relaxed,
@@ -558,8 +585,10 @@ impl Slicer {
         let t0 = now_ns();
         // SAFETY: forwarded contract.
         let resume = unsafe { self.flush() };
-        // Not other traffic: the loop's time spent on this scrape.
-        self.own_ns += now_ns().saturating_sub(t0);
+        // Not other traffic: the loop's time spent on a scrape.
+        PACING
+            .work_ns
+            .fetch_add(now_ns().saturating_sub(t0), Relaxed);
         match resume {
             // SAFETY: forwarded contract.
             Ok(true) => unsafe { self.advance(Wake::Writable) },

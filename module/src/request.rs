@@ -298,8 +298,9 @@ pub fn cut_reason(
             r.upstream.as_ref().and_then(|u| u.conf.as_ref()),
         )
     };
-    // nginx resets the upstream's read timer whenever data comes: the body stopped for the
-    // whole read timeout when the last data (or, without any, the header) is that old.
+    // nginx re-arms the upstream's read timer whenever data comes (moving it only when it
+    // moves by more than NGX_TIMER_LAZY_DELAY, 300 ms): the body stopped for the read timeout
+    // when the last data (or, without any, the header) is that old, less that slack.
     let last = match ctx.map_or(0, |c| c.last_body_msec) {
         0 if u.state.is_null() => return Some(CutReason::UpstreamError),
         // SAFETY: the upstream state lives in the request pool.
@@ -311,12 +312,15 @@ pub fn cut_reason(
     };
     let idle = now_msec().wrapping_sub(last);
     match conf {
-        Some(conf) if conf.read_timeout > 0 && idle >= conf.read_timeout => {
+        Some(conf) if conf.read_timeout > 0 && idle + TIMER_LAZY_DELAY >= conf.read_timeout => {
             Some(CutReason::UpstreamTimeout)
         }
         _ => Some(CutReason::UpstreamError),
     }
 }
+
+/// `NGX_TIMER_LAZY_DELAY` (a C macro bindgen does not see).
+const TIMER_LAZY_DELAY: ngx_msec_t = 300;
 
 /// nginx's monotonic millisecond clock of the current event loop iteration.
 pub fn now_msec() -> ngx_msec_t {
