@@ -4,12 +4,13 @@ import os
 import shutil
 import subprocess
 import tempfile
+import time
 import urllib.parse
 import urllib.request
 
 import pytest
 
-from gm import Nginx, free_port, parse, run_concurrent, wait_for, wait_port
+from gm import Nginx, free_port, parse, run_concurrent, wait_for
 from gm import private_module  # noqa: F401 (autouse: nginx loads a private copy of the module)
 
 PROMETHEUS = "/usr/bin/prometheus"
@@ -30,8 +31,9 @@ CONF = """
 class Prometheus:
     def __init__(self, target_port):
         self.dir = tempfile.mkdtemp(prefix="gm-prom-")
-        self.port = free_port()
-        cfg = os.path.join(self.dir, "prometheus.yml")
+        self.port = None
+        self.proc = None
+        self.cfg = cfg = os.path.join(self.dir, "prometheus.yml")
         with open(cfg, "w") as f:
             f.write(f"""global:
   scrape_interval: 1s
@@ -45,15 +47,28 @@ scrape_configs:
       - targets: ["127.0.0.1:{target_port}"]
 """)
         self.log = open(os.path.join(self.dir, "prometheus.log"), "w")
-        self.proc = subprocess.Popen(
-            [PROMETHEUS, f"--config.file={cfg}", f"--storage.tsdb.path={self.dir}/data",
-             f"--web.listen-address=127.0.0.1:{self.port}"],
-            stdout=self.log, stderr=subprocess.STDOUT)
 
-    def ready(self, timeout=30):
-        wait_port(self.port, timeout)
-        wait_for(lambda: self._get("/-/ready")[0], lambda s: s == 200, timeout=timeout,
-                 what="prometheus ready")
+    def ready(self, timeout=30, attempts=3):
+        """Starts Prometheus on a free port and waits until it is ready. The port was only free
+        when picked: another process (tests run in parallel) may bind it first, then ours exits
+        and another server may answer there. So: ready *and* ours (its storage path), else
+        another port."""
+        for attempt in range(attempts):
+            self.port = free_port()
+            data = f"{self.dir}/data{attempt}"
+            self.proc = subprocess.Popen(
+                [PROMETHEUS, f"--config.file={self.cfg}", f"--storage.tsdb.path={data}",
+                 f"--web.listen-address=127.0.0.1:{self.port}"],
+                stdout=self.log, stderr=subprocess.STDOUT)
+            deadline = time.time() + timeout
+            while time.time() < deadline and self.proc.poll() is None:
+                status, body = self._get("/api/v1/status/flags")
+                if status == 200 and json.loads(body)["data"].get("storage.tsdb.path") == data \
+                        and self._get("/-/ready")[0] == 200:
+                    return
+                time.sleep(0.1)
+            self._kill()
+        raise AssertionError(f"prometheus did not start:\n{self.logs()}")
 
     def _get(self, path):
         try:
@@ -78,13 +93,22 @@ scrape_configs:
         with open(os.path.join(self.dir, "prometheus.log"), errors="replace") as f:
             return f.read()[-3000:]
 
+    def settled(self, expr, pred, timeout=30):
+        """The value of `expr` once pred(value) holds: a scrape that failed on a busy machine
+        (1 s scrape timeout) leaves the target down and its series stale until the next one."""
+        return wait_for(lambda: self.query(expr), pred, timeout=timeout, interval=0.2, what=expr)
+
+    def _kill(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
     def stop(self):
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        self._kill()
         self.log.close()
         shutil.rmtree(self.dir, ignore_errors=True)
 
@@ -107,16 +131,21 @@ def test_prometheus_scrapes_exact_counts():
             except TimeoutError:
                 raise AssertionError(f"prometheus never saw {ok + bad}; its log:\n{p.logs()}")
             assert got == ok + bad
-            assert p.query('up{job="gateway"}') == 1.0
-            assert p.query('sum(errors_total{namespace="promtest",error_type="client_error"})') == bad
-            assert p.query('sum(namespace_requests_total{namespace="promtest",status="success"})') == ok
-            assert p.query('sum(http_request_duration_seconds_count{namespace="promtest"})') == ok + bad
+            exact = lambda want: lambda v: v == want  # noqa: E731
+            assert p.settled('up{job="gateway"}', exact(1.0)) == 1.0
+            assert p.settled('sum(errors_total{namespace="promtest",error_type="client_error"})',
+                             exact(bad)) == bad
+            assert p.settled('sum(namespace_requests_total{namespace="promtest",status="success"})',
+                             exact(ok)) == ok
+            assert p.settled('sum(http_request_duration_seconds_count{namespace="promtest"})',
+                             exact(ok + bad)) == ok + bad
             # Prometheus ingested the histogram as such: histogram_quantile works on it
-            q = p.query('histogram_quantile(0.5, sum by (le) '
-                        '(http_request_duration_seconds_bucket{namespace="promtest"}))')
+            q = p.settled('histogram_quantile(0.5, sum by (le) '
+                          '(http_request_duration_seconds_bucket{namespace="promtest"}))',
+                          lambda q: q is not None and 0 <= q <= 0.005)
             assert q is not None and 0 <= q <= 0.005
             # the scrapes produced no rejected samples (Prometheus's own counters)
-            assert p.query('scrape_samples_scraped{job="gateway"}') > 0
+            assert p.settled('scrape_samples_scraped{job="gateway"}', lambda v: v and v > 0) > 0
             status, body = p._get("/metrics")
             assert status == 200
             own = parse(body.decode())
