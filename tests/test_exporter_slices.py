@@ -118,6 +118,19 @@ def open_scrape(port, rcvbuf=None, request=b"GET /metrics HTTP/1.1\r\nHost: x\r\
     return s
 
 
+def stalled(n, s):
+    """Whether nginx's side of scrape socket `s` holds data the client has no room for (the
+    client's window is closed): the scrape now waits for the client."""
+    peer = s.getsockname()[1]
+    with open("/proc/net/tcp") as f:
+        for line in f.readlines()[1:]:
+            fields = line.split()
+            local, remote = fields[1].split(":"), fields[2].split(":")
+            if int(local[1], 16) == n.port and int(remote[1], 16) == peer:
+                return int(fields[4].split(":")[0], 16) > 0  # tx_queue
+    return False
+
+
 def read_until_closed_or(s, n=None):
     """Reads until the server closes, or until n bytes."""
     data = bytearray()
@@ -285,7 +298,7 @@ def test_slow_reader_does_not_hold_up_the_worker():
         rss0 = rss_kb(pid)
         s = open_scrape(n.port, rcvbuf=16384)
         first = read_until_closed_or(s, 100_000)
-        time.sleep(0.5)  # the socket is full: the scrape waits for the client
+        wait_for(lambda: stalled(n, s), bool, what="the scrape waiting for its client")
         lat = []
         c = http.client.HTTPConnection("127.0.0.1", n.port, timeout=10)
         for i in range(200):
@@ -333,17 +346,19 @@ def test_client_gone_mid_page():
         # Stalled first, then gone.
         s = open_scrape(n.port, rcvbuf=4096)
         s.recv(1000)
-        time.sleep(0.3)
+        wait_for(lambda: stalled(n, s), bool, what="the scrape waiting for its client")
         s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         s.close()
-        time.sleep(0.3)
+        # Every scrape's connection is closed and freed once the worker has seen the client
+        # go (this one is then the only one writing): wait for that, not for a fixed time.
+        writing = lambda t: re.search(r"^nginx_connections_writing (\d+)$", t, re.M)  # noqa: E731
+        wait_for(lambda: n.scrape(check=False), lambda t: writing(t) is None
+                 or writing(t).group(1) == "1", what="the aborted scrapes freed")
         for i in range(3):
             text = n.scrape(check=i == 0)
             assert 'gateway_metrics_series{zone="gm"} 2000\n' in text
         assert n.worker_pids() == [pid]
-        # Every scrape's connection was closed and freed (this one is the only one writing).
-        writing = re.search(r"^nginx_connections_writing (\d+)$", text, re.M)
-        assert writing is None or writing.group(1) == "1", writing
+        assert writing(text) is None or writing(text).group(1) == "1", writing(text)
         clean(n)
 
 
