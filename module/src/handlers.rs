@@ -154,7 +154,10 @@ pub unsafe extern "C" fn init_process(_cycle: *mut ngx_cycle_t) -> ngx_int_t {
             .and_then(|s| s.claim_lane(ngx_pid as u64, pid_alive));
         let slot = &mut *ptr::addr_of_mut!(WORKER_LANE);
         if let Some(lane) = lane {
-            slot.1 = gateway_metrics_core::expo::format_u64(&mut slot.0, lane.into()).len();
+            let mut digits = [0u8; 20];
+            let text = gateway_metrics_core::expo::format_u64(&mut digits, lane.into());
+            slot.0[..text.len()].copy_from_slice(text);
+            slot.1 = text.len();
             slot.2 = lane;
         }
     }
