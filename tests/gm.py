@@ -110,7 +110,21 @@ http {{
             raise RuntimeError(f"nginx failed to start: {r.stderr}\n{self.error_log()}")
         self.proc_started = True
         wait_port(self.port)
+        # `nginx` returns as soon as its daemon has the listening sockets (a connection then
+        # succeeds), maybe before that daemon has written its pid file and forked the workers
+        # (tests look at worker_pids()): wait for those too.
+        workers = self.written[1]
+        if "master_process off" not in self.written[2]:
+            want = workers if isinstance(workers, int) else 1
+            wait_for(self._children, lambda c: c is not None and len(c) >= want, timeout=30,
+                     what="nginx's worker processes")
         return self
+
+    def _children(self):
+        try:
+            return self.worker_pids()
+        except (FileNotFoundError, ValueError):  # no pid file yet, or half written
+            return None
 
     def master_pid(self):
         with open(os.path.join(self.dir, "nginx.pid")) as f:
