@@ -1,0 +1,201 @@
+"""The exporter at its edges: scrapes that overlap share the worker's scrape budget instead of
+throttling each other, a client that goes away ends its scrape at once (HTTP/1.1 and HTTP/2),
+subrequests are refused with a clear error instead of a page cut short, and the page keeps its
+bytes and Content-Type under charset filters."""
+
+import os
+import signal
+import subprocess
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+import gm
+from gm import Nginx, run_concurrent, wait_for
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+def nginx_has(flag):
+    r = subprocess.run([gm.NGINX, "-V"], capture_output=True, text=True)
+    return flag in r.stderr
+
+
+def fill(n, count, prefix="ns"):
+    reqs = [("GET", "/r", {"X-Namespace": f"{prefix}{i:05d}"}, None) for i in range(count)]
+    res = run_concurrent(n.port, reqs, threads=8)
+    assert {s for s, _ in res} == {200}
+    wait_for(lambda: n.get("/metrics")[1].count(b'http_requests_total{'), lambda c: c >= count,
+             timeout=30, what="all namespaces recorded")
+
+
+def scrape_bytes(port, path="/metrics"):
+    import urllib.request
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=120) as r:
+        return r.read()
+
+
+def test_overlapping_scrapes_share_the_worker_instead_of_crawling():
+    conf = """
+        gateway_metrics_zone gm 64m;
+        gateway_metrics_namespace $http_x_namespace;
+        server {
+            listen 127.0.0.1:{port};
+            gateway_metrics on;
+            location = /r { return 200 "ok\\n"; }
+            location = /metrics { gateway_metrics off; gateway_metrics_exporter; }
+        }
+    """
+    with Nginx(conf, workers=1) as n:
+        fill(n, 3000)
+        size = len(scrape_bytes(n.port))
+        assert size > 5_000_000, size
+        t0 = time.time()
+        for _ in range(2):
+            assert len(scrape_bytes(n.port)) >= size
+        one_after_the_other = time.time() - t0
+        t0 = time.time()
+        with ThreadPoolExecutor(2) as ex:
+            sizes = list(ex.map(lambda _: len(scrape_bytes(n.port)), range(2)))
+        together = time.time() - t0
+        assert min(sizes) >= size
+        # Before, the second scrape's slices counted as traffic and both crawled at ~16 KiB per
+        # 1.5 ms (x36); sharing the worker, two at once take about as long as two in a row.
+        assert together < 3 * one_after_the_other + 1.0, (together, one_after_the_other)
+
+
+H2_CONF = """
+    gateway_metrics_zone gm 64m;
+    gateway_metrics_namespace $http_x_namespace;
+    server {
+        listen 127.0.0.1:{port} http2;
+        listen 127.0.0.1:%d;
+        gateway_metrics on;
+        send_timeout 60s;
+        gzip on;
+        gzip_types text/plain;
+        location = /r { return 200 "ok\\n"; }
+        location = /metrics { gateway_metrics off; gateway_metrics_exporter; }
+        location = /status { stub_status; }
+    }
+"""
+
+needs_h2 = pytest.mark.skipif(not nginx_has("--with-http_v2_module"),
+                              reason="nginx built without HTTP/2")
+
+
+def h2_gateway(namespaces):
+    """An HTTP/2 (prior knowledge) gateway, plus an HTTP/1.1 port to fill it quickly."""
+    h1 = gm.free_port()
+    n = Nginx(H2_CONF % h1, workers=1).start()
+    reqs = [("GET", "/r", {"X-Namespace": f"h{i:05d}"}, None) for i in range(namespaces)]
+    assert {s for s, _ in run_concurrent(h1, reqs, threads=8)} == {200}
+    wait_for(lambda: scrape_bytes(h1).count(b"http_requests_total{"),
+             lambda c: c >= namespaces, timeout=30, what="all namespaces recorded")
+    return n, h1
+
+
+def active_connections(port):
+    """stub_status' count (this request's connection included)."""
+    import urllib.request
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/status", timeout=30) as r:
+        return int(r.read().decode().split("Active connections:")[1].split()[0])
+
+
+@needs_h2
+def test_http2_scrapes_whose_client_left_end_at_once():
+    n, h1 = h2_gateway(2000)
+    try:
+        base = active_connections(h1)
+        # 10 clients with 1 KiB flow-control windows: nginx waits for window updates, not for
+        # the socket; then they close cleanly (nothing unread: a FIN, not a reset)
+        p = subprocess.Popen(["h2load", "-n", "10", "-c", "10", "-w", "10", "-W", "16",
+                              f"http://127.0.0.1:{n.port}/metrics"], stdout=subprocess.DEVNULL)
+        try:
+            wait_for(lambda: active_connections(h1), lambda c: c >= base + 10,
+                     what="10 scrapes under way")
+        finally:
+            p.send_signal(signal.SIGINT)
+            p.wait(30)
+        # nginx reports the close through the read event only: the scrapes end now, not at
+        # send_timeout (60 s)
+        wait_for(lambda: active_connections(h1), lambda c: c == base, timeout=10,
+                 what="the abandoned scrapes closed")
+        assert n.crashes() == []
+    finally:
+        n.__exit__()
+
+
+@needs_h2
+def test_http2_gzip_scrapes_on_shared_connections_finish():
+    n, h1 = h2_gateway(3000)
+    try:
+        size = len(scrape_bytes(h1))
+        assert size > 5_000_000, size
+        # 3 connections, 30 scrapes, gzip, several streams at once on each connection
+        r = subprocess.run(["h2load", "-n", "30", "-c", "3", "-m", "4",
+                            "-H", "Accept-Encoding: gzip", f"http://127.0.0.1:{n.port}/metrics"],
+                           capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert "30 succeeded, 0 failed, 0 errored, 0 timeout" in r.stdout, r.stdout
+        assert "30 2xx" in r.stdout, r.stdout
+        assert n.crashes() == []
+    finally:
+        n.__exit__()
+
+
+def test_the_exporter_in_a_subrequest_is_refused_with_a_clear_error():
+    conf = """
+        gateway_metrics_zone gm 4m;
+        server {
+            listen 127.0.0.1:{port};
+            gateway_metrics on;
+            location = /page.html {
+                ssi on;
+                default_type text/html;
+                return 200 '<p>before</p><!--# include virtual="/metrics" --><p>after</p>';
+            }
+            location = /metrics { gateway_metrics off; gateway_metrics_exporter; }
+        }
+    """
+    with Nginx(conf) as n:
+        status, body, _ = n.get("/page.html")
+        assert status == 200
+        assert b"<p>before</p>" in body and b"<p>after</p>" in body
+        assert b"# HELP" not in body
+        assert b"500 Internal Server Error" in body  # what SSI includes for a failed include
+        assert "the metrics page cannot be served in a subrequest" in n.error_log()
+        # the page itself still works
+        assert n.metrics()
+        assert n.crashes() == []
+
+
+def test_charset_filters_leave_the_page_alone():
+    conf = """
+        gateway_metrics_zone gm 4m;
+        gateway_metrics_namespace $http_x_namespace;
+        include /etc/nginx/win-utf;
+        server {
+            listen 127.0.0.1:{port};
+            gateway_metrics on;
+            charset windows-1251;
+            source_charset utf-8;
+            location = /r { return 200 "ok\\n"; }
+            location = /metrics { gateway_metrics off; gateway_metrics_exporter; }
+            location = /plain { gateway_metrics off; charset off; gateway_metrics_exporter; }
+        }
+    """
+    if not os.path.exists("/etc/nginx/win-utf"):
+        pytest.skip("no /etc/nginx/win-utf")
+    with Nginx(conf, workers=1) as n:
+        ns = "привет"
+        assert n.get("/r", {"X-Namespace": ns.encode().decode("latin-1")})[0] == 200
+        wait_for(lambda: n.get("/plain")[1], lambda b: ns.encode() in b, what="recorded")
+        status, body, headers = n.get("/metrics")
+        assert status == 200
+        assert headers["Content-Type"] == CONTENT_TYPE
+        assert ns.encode() in body
+        _, plain, plain_headers = n.get("/plain")
+        assert plain_headers["Content-Type"] == CONTENT_TYPE
+        gm.promtool_check(body.decode("utf-8"))
