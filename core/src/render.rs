@@ -343,6 +343,65 @@ fn add_histogram(a: &mut [u64], map: &[usize], values: &[AtomicU64]) {
     a[nb] = (f64::from_bits(a[nb]) + load_f64(&values[map.len()])).to_bits();
 }
 
+/// Sums the stored histograms `items` (from the walk `c`) into `w.g`, in `h`'s buckets, grouped
+/// by the key `group` makes of each stored key (`None`: skipped). Resumable from `cur`; true once
+/// every item is summed.
+#[allow(clippy::too_many_arguments)]
+fn sum_histograms(
+    c: &Collected,
+    items: &[Item],
+    w: &mut Scratch,
+    store: &Store,
+    h: HistSpec,
+    cur: &mut usize,
+    left: &mut usize,
+    group: impl Fn(&[u8], &mut Vec<u8>) -> Option<()>,
+) -> bool {
+    if *cur == 0 {
+        // Per group: the buckets, then the sum (f64 bits).
+        w.g.reset(h.bounds.len() + 2, items.len());
+        set_remap(&mut w.remap, store, h);
+    }
+    while let Some(it) = items.get(*cur) {
+        if *left == 0 {
+            return false;
+        }
+        *left -= 1;
+        *cur += 1;
+        let Some(map) = bucket_map(&w.remap, it) else {
+            continue;
+        };
+        if group(c.key(it), &mut w.proj).is_some() {
+            add_histogram(w.g.get(&w.proj), map, it.values);
+        }
+    }
+    true
+}
+
+/// Writes the histograms summed in `w.g` (labels `names`, buckets `w.le`), from `cur` on;
+/// true once all are written.
+fn emit_histograms(
+    enc: &mut Encoder,
+    w: &mut Scratch,
+    name: &str,
+    names: &[&str],
+    cur: &mut usize,
+    left: &mut usize,
+) -> bool {
+    let nb = w.le.len() + 1;
+    while *cur < w.g.len() {
+        if *left == 0 {
+            return false;
+        }
+        spend(left, nb + 2);
+        set_labels(&mut w.labels, names, w.g.key(*cur));
+        let a = w.g.vals(*cur);
+        enc.histogram(name, &w.labels, &w.le, &a[..nb], f64::from_bits(a[nb]));
+        *cur += 1;
+    }
+    true
+}
+
 /// Renders `/metrics` into `out` (appending), in one go.
 pub fn render(store: &Store, spec: &RenderSpec, out: &mut Vec<u8>) {
     let mut r = Render::new(store, spec);
@@ -629,11 +688,13 @@ pub struct Render<'a> {
     cur: usize,
     walk: usize,
     c: Collected<'a>,
-    w: Scratch<'a>,
+    w: Scratch,
+    /// Label names of each declared family.
+    custom_names: Vec<Vec<&'a str>>,
 }
 
 /// Buffers reused by the stages.
-struct Scratch<'a> {
+struct Scratch {
     g: Groups,
     /// For the histogram being rendered: per stored layout id, where that layout's buckets go
     /// among the current ones (`None`: the layout is unknown to the zone).
@@ -642,8 +703,6 @@ struct Scratch<'a> {
     labels: Vec<u8>,
     proj: Vec<u8>,
     tmp: Vec<u8>,
-    /// Label names of each declared family.
-    custom_names: Vec<Vec<&'a str>>,
 }
 
 /// Builds the label set of a sample from a (projected) key.
@@ -692,8 +751,8 @@ impl<'a> Render<'a> {
                 labels: Vec::with_capacity(512),
                 proj: Vec::with_capacity(256),
                 tmp: Vec::new(),
-                custom_names,
             },
+            custom_names,
         }
     }
 
@@ -793,27 +852,13 @@ impl<'a> Render<'a> {
             Layout::Ttft => self.spec.ttft,
             Layout::Throughput => self.spec.throughput,
         };
-        let nb = h.bounds.len() + 1;
         let (c, w) = (&self.c, &mut self.w);
         let items = c.family(v.family);
         if self.phase == 0 {
-            if self.cur == 0 {
-                // Per group: the buckets, then the sum (f64 bits).
-                w.g.reset(nb + 1, items.len());
-                set_remap(&mut w.remap, &self.store, h);
-            }
-            while let Some(it) = items.get(self.cur) {
-                if *left == 0 {
-                    return false;
-                }
-                *left -= 1;
-                self.cur += 1;
-                let Some(map) = bucket_map(&w.remap, it) else {
-                    continue;
-                };
-                if project(c.key(it), v.cols, &mut w.proj).is_some() {
-                    add_histogram(w.g.get(&w.proj), map, it.values);
-                }
+            let cols = v.cols;
+            let group = |key: &[u8], out: &mut Vec<u8>| project(key, cols, out);
+            if !sum_histograms(c, items, w, &self.store, h, &mut self.cur, left, group) {
+                return false;
             }
             enc.family(v.name, v.help, MetricType::Histogram);
             spend(left, 1);
@@ -822,17 +867,7 @@ impl<'a> Render<'a> {
             self.phase = 1;
             self.cur = 0;
         }
-        while self.cur < w.g.len() {
-            if *left == 0 {
-                return false;
-            }
-            spend(left, nb + 2);
-            set_labels(&mut w.labels, v.labels, w.g.key(self.cur));
-            let a = w.g.vals(self.cur);
-            enc.histogram(v.name, &w.labels, &w.le, &a[..nb], f64::from_bits(a[nb]));
-            self.cur += 1;
-        }
-        true
+        emit_histograms(enc, w, v.name, v.labels, &mut self.cur, left)
     }
 
     /// `active_connections`: the stored series are `{namespace, worker slot}` with values
@@ -992,9 +1027,8 @@ impl<'a> Render<'a> {
             return true;
         };
         let (c, w) = (&self.c, &mut self.w);
-        let names = &w.custom_names[i];
+        let names = &self.custom_names[i];
         let n_values = usize::from(f.n_values());
-        let nb = f.bounds.len() + 1;
         if self.phase == 0 {
             let t = match f.kind {
                 CustomKind::Counter => MetricType::Counter,
@@ -1018,38 +1052,20 @@ impl<'a> Render<'a> {
                 layout: *layout,
             };
             if self.phase == 1 {
-                if self.cur == 0 {
-                    w.g.reset(nb + 1, items.len());
-                    set_remap(&mut w.remap, &self.store, h);
-                }
-                while let Some(it) = items.get(self.cur) {
-                    if *left == 0 {
-                        return false;
-                    }
-                    *left -= 1;
-                    self.cur += 1;
-                    let key = c.key(it);
-                    if !has_arity(key, names.len()) {
-                        continue;
-                    }
-                    if let Some(map) = bucket_map(&w.remap, it) {
-                        add_histogram(w.g.get(key), map, it.values);
-                    }
+                let arity = names.len();
+                let group = |key: &[u8], out: &mut Vec<u8>| {
+                    has_arity(key, arity).then(|| {
+                        out.clear();
+                        out.extend_from_slice(key);
+                    })
+                };
+                if !sum_histograms(c, items, w, &self.store, h, &mut self.cur, left, group) {
+                    return false;
                 }
                 self.phase = 2;
                 self.cur = 0;
             }
-            while self.cur < w.g.len() {
-                if *left == 0 {
-                    return false;
-                }
-                spend(left, nb + 2);
-                set_labels(&mut w.labels, names, w.g.key(self.cur));
-                let a = w.g.vals(self.cur);
-                enc.histogram(&f.name, &w.labels, &w.le, &a[..nb], f64::from_bits(a[nb]));
-                self.cur += 1;
-            }
-            return true;
+            return emit_histograms(enc, w, &f.name, names, &mut self.cur, left);
         }
         while let Some(it) = items.get(self.cur) {
             if *left == 0 {

@@ -385,7 +385,8 @@ unsafe fn start_slices(
         ev.data = s as *mut std::ffi::c_void;
         ev.handler = Some(slice_event);
         ev.log = (*rr.connection).log;
-        *rr.ctx.add(crate::module().ctx_index) = s as *mut std::ffi::c_void;
+        let ctx = crate::request::ctx(r).ok_or(HandlerError::Aborted)?;
+        ctx.exporter = s as *mut std::ffi::c_void;
         rr.write_event_handler = Some(slicer_write);
         // A client that goes away ends the scrape at once (HTTP/2 reports it through the read
         // event only), instead of at the send timeout.
@@ -432,9 +433,12 @@ unsafe extern "C" fn slice_event(ev: *mut ngx_event_t) {
 
 /// The request's write event handler while slicing (nginx runs posted requests after it).
 unsafe extern "C" fn slicer_write(r: *mut ngx_http_request_t) {
-    // SAFETY: r is live; its ctx holds the Slicer set by start_slices (in its pool).
+    // SAFETY: r is live; its context holds the Slicer set by start_slices (in its pool).
     unsafe {
-        let s = *(*r).ctx.add(crate::module().ctx_index) as *mut Slicer;
+        let Some(ctx) = crate::request::find_ctx(r) else {
+            return;
+        };
+        let s = ctx.exporter as *mut Slicer;
         if s.is_null() {
             return;
         }
@@ -724,6 +728,8 @@ unsafe fn render_in_pool(r: *mut ngx_http_request_t, t: &Target) -> Option<ngx_i
         if job.is_null() || task.is_null() {
             return None;
         }
+        // (Before the task is posted: once it runs, this request must not render inline.)
+        crate::request::ctx(r)?.exporter = job as *mut std::ffi::c_void;
         (*task).ctx = job as *mut std::ffi::c_void;
         (*task).handler = Some(render_task);
         (*task).event.data = r as *mut std::ffi::c_void;
@@ -733,7 +739,6 @@ unsafe fn render_in_pool(r: *mut ngx_http_request_t, t: &Target) -> Option<ngx_i
         {
             return None;
         }
-        *rr.ctx.add(crate::module().ctx_index) = job as *mut std::ffi::c_void;
         let main = &mut *rr.main;
         main.set_blocked(main.blocked() + 1);
         main.set_count(main.count() + 1);
@@ -785,7 +790,7 @@ unsafe extern "C" fn render_done(ev: *mut ngx_event_t) {
         let rr = &mut *r;
         // The handler below may free the request: keep the connection (it outlives it).
         let c = rr.connection;
-        let job = *rr.ctx.add(crate::module().ctx_index) as *mut RenderJob;
+        let job = render_job(r);
         if !job.is_null() {
             (*job).done = true;
         }
@@ -800,11 +805,21 @@ unsafe extern "C" fn render_done(ev: *mut ngx_event_t) {
     }
 }
 
+/// The request's RenderJob set by render_in_pool (null if none).
+///
+/// # Safety
+/// `r` must be a live request.
+#[cfg(ngx_feature = "threads")]
+unsafe fn render_job(r: *mut ngx_http_request_t) -> *mut RenderJob {
+    // SAFETY: forwarded contract.
+    unsafe { crate::request::find_ctx(r) }.map_or(ptr::null_mut(), |c| c.exporter as *mut RenderJob)
+}
+
 #[cfg(ngx_feature = "threads")]
 unsafe extern "C" fn send_rendered(r: *mut ngx_http_request_t) {
     // SAFETY: r is live; its ctx holds the RenderJob set by render_in_pool.
     unsafe {
-        let job = *(*r).ctx.add(crate::module().ctx_index) as *mut RenderJob;
+        let job = render_job(r);
         if (*r).aio() != 0 || (!job.is_null() && !(*job).done) {
             // A write event before the render finished: nothing to send yet.
             return;

@@ -87,8 +87,10 @@ pub unsafe extern "C" fn postconfiguration(cf: *mut ngx_conf_t) -> ngx_int_t {
             }
         }
         // Watches response bodies for their end (see `body_filter`).
-        NEXT_BODY_FILTER = ngx_http_top_body_filter;
-        ngx_http_top_body_filter = Some(body_filter);
+        if mc.used {
+            NEXT_BODY_FILTER = ngx_http_top_body_filter;
+            ngx_http_top_body_filter = Some(body_filter);
+        }
         for (phase, handler) in [
             (
                 ngx_http_phases_NGX_HTTP_PRECONTENT_PHASE,
@@ -423,7 +425,8 @@ unsafe fn record(r: *mut ngx_http_request_t) {
         let method = request::method(rr);
         let mut status_buf = [0u8; 20];
         let status_label = status_label(&mut status_buf, status);
-        let cut = request::cut_reason(rr, ctx.as_deref(), status);
+        let complete = request::body_complete(r, ctx.as_deref());
+        let cut = request::cut_reason(rr, ctx.as_deref(), complete, status);
         let class = match cut {
             Some(_) => "error",
             None => catalogue::status_class(status.min(u16::MAX as ngx_uint_t) as u16),
@@ -624,13 +627,11 @@ unsafe fn watch_body(r: *mut ngx_http_request_t, chain: *mut ngx_chain_t) {
             }
             cl = (*cl).next;
         }
-        let proxied = data && !(*r).upstream.is_null();
-        if !(last || proxied) {
-            return;
+        if last {
+            request::mark_complete(r);
         }
-        if let Some(ctx) = request::ctx(r) {
-            ctx.complete |= last;
-            if proxied {
+        if data && !(*r).upstream.is_null() {
+            if let Some(ctx) = request::find_ctx(r) {
                 ctx.last_body_msec = request::now_msec();
             }
         }

@@ -12,7 +12,6 @@ use crate::conf::{HeaderName, LocConf, MainConf};
 
 /// What the module remembers about one request (the main request), across internal redirects.
 /// Lives in the request pool; its destructor runs when the request is freed, aborted or not.
-#[derive(Default)]
 pub struct ReqCtx {
     /// The `active_connections` gauge this request incremented, until decremented.
     pub active: Option<&'static AtomicU64>,
@@ -29,6 +28,24 @@ pub struct ReqCtx {
     pub complete: bool,
     /// When the last body data of a proxied response went through (`ngx_current_msec`).
     pub last_body_msec: ngx_msec_t,
+    /// The exporter's state for this request (a scrape in progress), in the request pool.
+    pub exporter: *mut std::ffi::c_void,
+}
+
+impl Default for ReqCtx {
+    fn default() -> Self {
+        ReqCtx {
+            active: None,
+            model: None,
+            tokens: [0; 4],
+            has_tokens: false,
+            first_token_ms: None,
+            logged: false,
+            complete: false,
+            last_body_msec: 0,
+            exporter: ptr::null_mut(),
+        }
+    }
 }
 
 impl ReqCtx {
@@ -53,19 +70,68 @@ unsafe extern "C" fn drop_req_ctx(data: *mut std::ffi::c_void) {
     unsafe { ptr::drop_in_place(data as *mut ReqCtx) };
 }
 
-/// The request context if the request has one. Found by its pool cleanup, which (unlike
-/// `r->ctx`) survives internal redirects.
+/// The main request's slot in `r->ctx`: null, [`COMPLETE_MARK`], or its [`ReqCtx`]. nginx clears
+/// it on internal redirects; the context itself (in the pool) survives them and is found again
+/// by its pool cleanup.
+///
+/// # Safety
+/// `r` must be a live request.
+unsafe fn slot(r: *mut ngx_http_request_t) -> *mut *mut std::ffi::c_void {
+    // SAFETY: every request has a ctx array of ngx_http_max_module entries.
+    unsafe { (*(*r).main).ctx.add(crate::module().ctx_index) }
+}
+
+/// The slot's value when the response's last buffer passed before the request had a context
+/// (contexts are 8-aligned pool memory: never 1). Saves making one just for that.
+const COMPLETE_MARK: usize = 1;
+
+/// Did the response's last buffer pass (see `handlers::body_filter`)?
+///
+/// # Safety
+/// `r` must be a live request.
+pub unsafe fn body_complete(r: *mut ngx_http_request_t, ctx: Option<&ReqCtx>) -> bool {
+    // SAFETY: forwarded contract.
+    ctx.is_some_and(|c| c.complete) || unsafe { *slot(r) } as usize == COMPLETE_MARK
+}
+
+/// Notes that the response's last buffer passed, in the context or, without one, in the slot.
+///
+/// # Safety
+/// `r` must be a live request.
+pub unsafe fn mark_complete(r: *mut ngx_http_request_t) {
+    // SAFETY: forwarded contract; a slot above the mark is the request's context.
+    unsafe {
+        let s = slot(r);
+        match *s as usize {
+            0 => *s = COMPLETE_MARK as *mut std::ffi::c_void,
+            COMPLETE_MARK => {}
+            p => (*(p as *mut ReqCtx)).complete = true,
+        }
+    }
+}
+
+/// The request context if the request has one: from the slot, else by its pool cleanup (after
+/// an internal redirect), which is then put back in the slot.
 ///
 /// # Safety
 /// `r` must be a live request.
 pub unsafe fn find_ctx<'a>(r: *mut ngx_http_request_t) -> Option<&'a mut ReqCtx> {
-    // SAFETY: the pool's cleanup list is a valid singly linked list.
+    // SAFETY: the slot holds a context of this request or less; the pool's cleanup list is a
+    // valid singly linked list.
     unsafe {
+        let s = slot(r);
+        let v = *s as usize;
+        if v > COMPLETE_MARK {
+            return Some(&mut *(v as *mut ReqCtx));
+        }
         let want = drop_req_ctx as unsafe extern "C" fn(*mut std::ffi::c_void) as usize;
         let mut c = (*(*(*r).main).pool).cleanup;
         while !c.is_null() {
             if (*c).handler.map(|h| h as usize) == Some(want) {
-                return Some(&mut *((*c).data as *mut ReqCtx));
+                let ctx = &mut *((*c).data as *mut ReqCtx);
+                ctx.complete |= v == COMPLETE_MARK;
+                *s = ctx as *mut ReqCtx as *mut std::ffi::c_void;
+                return Some(ctx);
             }
             c = (*c).next;
         }
@@ -91,6 +157,9 @@ pub unsafe fn ctx<'a>(r: *mut ngx_http_request_t) -> Option<&'a mut ReqCtx> {
         let p = (*cln).data as *mut ReqCtx;
         ptr::write(p, ReqCtx::default());
         (*cln).handler = Some(drop_req_ctx);
+        let s = slot(r);
+        (*p).complete = *s as usize == COMPLETE_MARK;
+        *s = p as *mut std::ffi::c_void;
         Some(&mut *p)
     }
 }
@@ -272,6 +341,7 @@ pub unsafe fn upstream<'a>(r: *mut ngx_http_request_t, lc: &LocConf) -> Label<'a
 pub fn cut_reason(
     r: &ngx_http_request_t,
     ctx: Option<&ReqCtx>,
+    complete: bool,
     status: ngx_uint_t,
 ) -> Option<CutReason> {
     if r.header_sent() == 0 || !(200..400).contains(&status) {
@@ -285,7 +355,7 @@ pub fn cut_reason(
     if c.error() != 0 {
         return Some(CutReason::ClientClosed);
     }
-    if r.header_only() != 0 || ctx.is_some_and(|c| c.complete) {
+    if r.header_only() != 0 || complete {
         return None;
     }
     if r.upstream.is_null() {
