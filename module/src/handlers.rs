@@ -425,7 +425,7 @@ unsafe fn record(r: *mut ngx_http_request_t) {
         let method = request::method(rr);
         let mut status_buf = [0u8; 20];
         let status_label = status_label(&mut status_buf, status);
-        let complete = request::body_complete(r, ctx.as_deref());
+        let complete = || request::body_complete(r, ctx.as_deref());
         let cut = request::cut_reason(rr, ctx.as_deref(), complete, status);
         let class = match cut {
             Some(_) => "error",
@@ -614,7 +614,7 @@ unsafe extern "C" fn body_filter(r: *mut ngx_http_request_t, chain: *mut ngx_cha
 unsafe fn watch_body(r: *mut ngx_http_request_t, chain: *mut ngx_chain_t) {
     // SAFETY: forwarded contract; the chain's links and buffers are live.
     unsafe {
-        if (*r).main != r || chain.is_null() || request::loc_conf(r).enable != 1 {
+        if (*r).main != r {
             return;
         }
         let (mut last, mut data) = (false, false);
@@ -627,10 +627,15 @@ unsafe fn watch_body(r: *mut ngx_http_request_t, chain: *mut ngx_chain_t) {
             }
             cl = (*cl).next;
         }
+        // Only the end of a body, and a proxied body's data, are of interest.
+        let proxied = data && !(*r).upstream.is_null();
+        if !(last || proxied) || request::loc_conf(r).enable != 1 {
+            return;
+        }
         if last {
             request::mark_complete(r);
         }
-        if data && !(*r).upstream.is_null() {
+        if proxied {
             if let Some(ctx) = request::find_ctx(r) {
                 ctx.last_body_msec = request::now_msec();
             }

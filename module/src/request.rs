@@ -341,7 +341,7 @@ pub unsafe fn upstream<'a>(r: *mut ngx_http_request_t, lc: &LocConf) -> Label<'a
 pub fn cut_reason(
     r: &ngx_http_request_t,
     ctx: Option<&ReqCtx>,
-    complete: bool,
+    complete: impl FnOnce() -> bool,
     status: ngx_uint_t,
 ) -> Option<CutReason> {
     if r.header_sent() == 0 || !(200..400).contains(&status) {
@@ -355,7 +355,7 @@ pub fn cut_reason(
     if c.error() != 0 {
         return Some(CutReason::ClientClosed);
     }
-    if r.header_only() != 0 || complete {
+    if r.header_only() != 0 || complete() {
         return None;
     }
     if r.upstream.is_null() {
