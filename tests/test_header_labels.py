@@ -57,7 +57,10 @@ def test_header_labels_match_nginx_variables():
                 seen = raw(n.port, hs)
                 key = (seen["x-seen-ns"], seen["x-seen-model"])
                 expect[key] = expect.get(key, 0) + 1
-            m = settle(n, lambda m: m.total("http_requests_total") >= len(cases))
+            # (a request's model series is recorded just after its request series)
+            with_model = sum(c for (_, model), c in expect.items() if model)
+            m = settle(n, lambda m: m.total("http_requests_total") >= len(cases)
+                       and m.total("model_requests_total") >= with_model)
             got = {}
             for labels, v in m.select("http_requests_total").items():
                 got[dict(labels)["namespace"]] = got.get(dict(labels)["namespace"], 0) + v

@@ -24,7 +24,9 @@ def test_model_from_a_variable_without_lua():
         n.get("/v1/chat", {"X-Namespace": "t1", "X-Model": "claude"})
         n.get("/v1/chat", {"X-Namespace": "t1"})  # no model: no model series
         # The client may have the whole response before the log phase has run.
-        m = gm.settle(n, lambda m: m.total("http_requests_total") >= 6)
+        # (and the model series just after the request series)
+        m = gm.settle(n, lambda m: m.total("http_requests_total") >= 6
+                      and m.total("model_requests_total") >= 5)
         assert m.get1("model_requests_total", model="gpt-4o", namespace="t1", status="success") == 3
         assert m.get1("model_requests_total", model="gpt-4o", namespace="t1", status="error") == 1
         assert m.get1("model_requests_total", model="claude", namespace="t1", status="success") == 1
