@@ -402,8 +402,9 @@ impl<'a> Store<'a> {
     /// Claims a lane for the process `pid`: a number no other live process of the zone holds,
     /// reused from processes that are gone (`alive` says whether a pid still runs). A worker
     /// keeps its lane while it runs, through reloads: the new workers of a reload take other
-    /// lanes while the old ones finish their requests. `None`: every lane is held by a live
-    /// process.
+    /// lanes while the old ones finish their requests. A lane is free again once its holder is
+    /// gone (not when it starts exiting: its last requests may still decrement its series).
+    /// `None`: every lane is held by a live process.
     pub fn claim_lane(&self, pid: u64, alive: impl Fn(u64) -> bool) -> Option<u32> {
         if pid == 0 {
             return None;
@@ -422,13 +423,6 @@ impl<'a> Store<'a> {
             }
         }
         None
-    }
-
-    /// Gives a lane back (a worker that exits). Only its holder can.
-    pub fn release_lane(&self, lane: u32, pid: u64) {
-        if let Some(l) = self.w.get(LANE_TABLE + lane as usize) {
-            let _ = l.compare_exchange(pid, 0, Ordering::AcqRel, Ordering::Relaxed);
-        }
     }
 
     /// The pid holding a lane (0: free).

@@ -1117,17 +1117,17 @@ fn lanes_are_exclusive_among_live_processes_and_reused_from_dead_ones() {
     // Asking again gives the same lane.
     assert_eq!(s.claim_lane(100, alive), Some(a));
     assert_eq!(s.lane_holder(a), 100);
-    // The old workers exit (one gives its lane back, one is killed): their lanes are reused.
-    s.release_lane(a, 100);
-    assert_eq!(s.lane_holder(a), 0);
+    // While the old workers still run (exiting), their lanes stay theirs.
+    live.borrow_mut().insert(202);
+    let g = s.claim_lane(202, alive).unwrap();
+    assert!(![a, b, c, d].contains(&g));
+    // Once they are gone (exited or killed), their lanes are reused.
     live.borrow_mut().remove(&100);
     live.borrow_mut().remove(&101);
     let e = claim(300).unwrap();
     let f = claim(301).unwrap();
     assert_eq!(HashSet::from([e, f]), HashSet::from([a, b]));
-    // Only the holder releases.
-    s.release_lane(c, 999);
-    assert_eq!(s.lane_holder(c), 200);
+    assert_eq!((s.lane_holder(e), s.lane_holder(c)), (300, 200));
     // Every lane held by a live process: none left.
     for pid in 1000..1000 + store::MAX_LANES as u64 {
         live.borrow_mut().insert(pid);

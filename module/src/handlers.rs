@@ -31,13 +31,13 @@ static CACHE: WorkerCache = WorkerCache(RefCell::new(SeriesCache::new(CACHE_SLOT
 
 /// This worker's lane in the zone (see `Store::claim_lane`), as a label value (the in-flight
 /// gauge's second label), claimed once per process in `init_process`; empty when it has none.
-static mut WORKER_LANE: ([u8; 20], usize, u32) = ([0; 20], 0, 0);
+static mut WORKER_LANE: ([u8; 20], usize) = ([0; 20], 0);
 
 fn worker_lane() -> &'static [u8] {
     // SAFETY: written once in init_process, before the worker serves any request; only read
     // afterwards, on the worker's one event-loop thread.
     unsafe {
-        let (buf, len, _) = &*ptr::addr_of!(WORKER_LANE);
+        let (buf, len) = &*ptr::addr_of!(WORKER_LANE);
         &buf[..*len]
     }
 }
@@ -160,27 +160,9 @@ pub unsafe extern "C" fn init_process(_cycle: *mut ngx_cycle_t) -> ngx_int_t {
             let text = gateway_metrics_core::expo::format_u64(&mut digits, lane.into());
             slot.0[..text.len()].copy_from_slice(text);
             slot.1 = text.len();
-            slot.2 = lane;
         }
     }
     NGX_OK as ngx_int_t
-}
-
-/// A worker that exits gives its lane back (its in-flight requests are all done).
-pub unsafe extern "C" fn exit_process(_cycle: *mut ngx_cycle_t) {
-    // SAFETY: as in init_process; the zone stays mapped until the process exits.
-    unsafe {
-        let (_, len, lane) = *ptr::addr_of!(WORKER_LANE);
-        if len == 0 {
-            return;
-        }
-        if let Some(store) = crate::conf::cycle_main_conf()
-            .and_then(|mc| mc.zone.as_ref())
-            .and_then(|z| z.store())
-        {
-            store.release_lane(lane, ngx_pid as u64);
-        }
-    }
 }
 
 /// The zone, its store and lock, when the request should be recorded.

@@ -192,7 +192,6 @@ pub static mut ngx_http_gateway_metrics_module: ngx_module_t = ngx_module_t {
     type_: NGX_HTTP_MODULE as ngx_uint_t,
     init_module: Some(handlers::init_module),
     init_process: Some(handlers::init_process),
-    exit_process: Some(handlers::exit_process),
     ..ngx_module_t::default()
 };
 
