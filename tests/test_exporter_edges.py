@@ -89,8 +89,18 @@ needs_h2 = pytest.mark.skipif(not nginx_has("--with-http_v2_module"),
 
 def h2_gateway(namespaces):
     """An HTTP/2 (prior knowledge) gateway, plus an HTTP/1.1 port to fill it quickly."""
-    h1 = gm.free_port()
-    n = Nginx(H2_CONF % h1, workers=1).start()
+    for _ in range(5):
+        h1 = gm.free_port()
+        n = Nginx(H2_CONF % h1, workers=1)
+        try:
+            n.start()
+            break
+        except RuntimeError as e:  # the second port was taken meanwhile: another one
+            n.__exit__()
+            if "Address already in use" not in str(e):
+                raise
+    else:
+        raise RuntimeError("no free port pair")
     reqs = [("GET", "/r", {"X-Namespace": f"h{i:05d}"}, None) for i in range(namespaces)]
     assert {s for s, _ in run_concurrent(h1, reqs, threads=8)} == {200}
     wait_for(lambda: scrape_bytes(h1).count(b"http_requests_total{"),
