@@ -489,3 +489,48 @@ def _private_module_fixture():
 
 
 private_module = _private_module_fixture()
+
+
+def listener_inodes(port, host="127.0.0.1"):
+    """Socket inodes of the TCP sockets LISTENing on host:port (IPv4), from /proc/net/tcp."""
+    want = "%s:%04X" % ("".join("%02X" % int(b) for b in reversed(host.split("."))), port)
+    out = set()
+    with open("/proc/net/tcp") as f:
+        next(f)
+        for line in f:
+            fields = line.split()
+            if fields[1] == want and fields[3] == "0A":  # 0A: TCP_LISTEN
+                out.add(int(fields[9]))
+    return out
+
+
+def _socket_inodes(pid):
+    out = set()
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return out
+    for fd in fds:
+        try:
+            link = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if link.startswith("socket:["):
+            out.add(int(link[8:-1]))
+    return out
+
+
+def owns_listener(pid, port, host="127.0.0.1"):
+    """Whether process `pid` holds a socket listening on host:port. A port picked by free_port()
+    and then bound by a child process may have been taken meanwhile by another test's server: an
+    answer on the port alone does not say it is ours."""
+    inodes = listener_inodes(port, host)
+    return bool(inodes and inodes & _socket_inodes(pid))
+
+
+def listener_pids(port, host="127.0.0.1"):
+    """The processes holding a socket listening on host:port."""
+    inodes = listener_inodes(port, host)
+    if not inodes:
+        return set()
+    return {int(p) for p in os.listdir("/proc") if p.isdigit() and inodes & _socket_inodes(p)}

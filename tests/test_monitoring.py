@@ -10,12 +10,12 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.request
 
 import pytest
 
-from gm import ROOT, Nginx, free_port
+import gm
+from gm import ROOT, Nginx, free_port, wait_for
 
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
 import monitoring_config  # noqa: E402
@@ -321,28 +321,25 @@ def exposition_names(text):
     return names
 
 
-def node_exporter_names(attempts=3):
-    """Sample names of a node_exporter started on a free port (another try when the port was
-    taken meanwhile: tests run in parallel)."""
+def node_exporter_names(attempts=5):
+    """Sample names of a node_exporter started on a free port. The port was free when picked:
+    another server (tests run in parallel) may take it before ours binds it, and ours then exits
+    while the other one answers. So the page is read only once the listening socket is seen to
+    be our process's own (another port and another try otherwise)."""
     for _ in range(attempts):
         port = free_port()
         with tempfile.TemporaryFile() as log:
             p = subprocess.Popen([NODE_EXPORTER, f"--web.listen-address=127.0.0.1:{port}"],
                                  stdout=log, stderr=log)
             try:
-                deadline = time.time() + 20
-                while time.time() < deadline and p.poll() is None:
-                    try:
-                        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics",
-                                                    timeout=5) as r:
-                            text = r.read().decode()
-                    except OSError:
-                        time.sleep(0.1)
-                        continue
-                    time.sleep(0.3)      # one that lost the port to another server exits by now
-                    if p.poll() is None and "node_exporter_build_info" in text:
-                        return exposition_names(text)
-                    break
+                wait_for(lambda: p.poll() is not None or gm.owns_listener(p.pid, port), bool,
+                         timeout=20, what="node_exporter listening")
+                if p.poll() is not None:
+                    continue     # it lost the port: another one
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as r:
+                    text = r.read().decode()
+                assert "node_exporter_build_info" in text, text[:2000]
+                return exposition_names(text)
             finally:
                 if p.poll() is None:
                     p.terminate()
@@ -421,7 +418,10 @@ def test_config_rewrite_for_other_ports_and_job_names(tmp_path):
 
 @needs_promtool
 def test_scripts_monitoring_check_mode(tmp_path):
-    """`scripts/monitoring --check` writes and checks the stack's config without starting it."""
+    """`scripts/monitoring --check` writes and checks the stack's config without starting it.
+    Fixed ports are safe here: in --check mode scripts/monitoring neither probes nor binds them
+    (pick_port skips the busy check, and it exits after `promtool check config`, before
+    starting node_exporter or Prometheus); they only end up in the config text."""
     env = dict(os.environ, GM_MONITORING_DIR=str(tmp_path), GM_PORT="18080",
                GM_NODE_EXPORTER_PORT="19100", GM_PROMETHEUS_PORT="19090")
     r = subprocess.run([os.path.join(ROOT, "scripts/monitoring"), "--check"], env=env,
