@@ -245,6 +245,9 @@ fn conf_result(
 ) -> *mut c_char {
     match r {
         Ok(()) => ptr::null_mut(),
+        // nginx's own wording, as for its own directives: it logs
+        // `"<directive>" directive <returned string>`.
+        Err(ConfError::Duplicate) => c"is duplicate".as_ptr() as *mut c_char,
         Err(e) => {
             // SAFETY: nginx passes the command being parsed.
             let name = unsafe { (*cmd).name.as_bytes() };
@@ -313,7 +316,7 @@ pub unsafe extern "C" fn set_zone(
 
 fn zone_directive(cf: *mut ngx_conf_t, mc: &mut MainConf, a: &[&[u8]]) -> Result<(), ConfError> {
     if !mc.zone.is_null() {
-        return Err(ConfError::msg("is duplicate"));
+        return Err(ConfError::Duplicate);
     }
     let name = a[0];
     if name.is_empty()
@@ -363,7 +366,7 @@ pub unsafe extern "C" fn set_enable(
     let (lc, a, mc) = unsafe { (&mut *(conf as *mut LocConf), args(cf), main_conf_of(cf)) };
     let r = (|| {
         if lc.enable != UNSET {
-            return Err(ConfError::msg("is duplicate"));
+            return Err(ConfError::Duplicate);
         }
         lc.enable = match a[0] {
             b"on" => 1,
@@ -394,7 +397,7 @@ pub unsafe extern "C" fn set_buckets(
 
 fn buckets_directive(mc: &mut MainConf, a: &[&[u8]], which: usize) -> Result<(), ConfError> {
     if mc.bounds_set[which] {
-        return Err(ConfError::msg("is duplicate"));
+        return Err(ConfError::Duplicate);
     }
     let strs = a.iter().map(|b| text(b)).collect::<Result<Vec<_>, _>>()?;
     mc.bounds[which] = parse_bounds(strs)?;
@@ -413,7 +416,7 @@ pub unsafe extern "C" fn set_max_series(
 
 fn max_series_directive(mc: &mut MainConf, a: &[&[u8]], _: usize) -> Result<(), ConfError> {
     if mc.max_series_set {
-        return Err(ConfError::msg("is duplicate"));
+        return Err(ConfError::Duplicate);
     }
     let v = text(a[0])?;
     // Digits only: Rust's parser also takes a leading `+`.
@@ -456,7 +459,7 @@ pub unsafe extern "C" fn set_render_pool(
 
 fn render_pool_directive(mc: &mut MainConf, a: &[&[u8]], _: usize) -> Result<(), ConfError> {
     if mc.render_pool_name.is_some() {
-        return Err(ConfError::msg("is duplicate"));
+        return Err(ConfError::Duplicate);
     }
     if a[0].is_empty() {
         return Err(ConfError::msg("empty thread pool name"));

@@ -6,9 +6,12 @@ use nginx_sys::{
     NGX_HTTP_REQUEST_TIME_OUT, NGX_HTTP_SERVICE_UNAVAILABLE,
 };
 
-/// A configuration error; logged as `<message> in "<directive>" directive`.
+/// A configuration error; logged as `<message> in "<directive>" directive`, except
+/// [`ConfError::Duplicate`], which nginx words itself (`"<directive>" directive is duplicate`).
 #[derive(Debug, thiserror::Error)]
 pub enum ConfError {
+    #[error("is duplicate")]
+    Duplicate,
     #[error("{0}")]
     Msg(&'static str),
     #[error("invalid {0} \"{1}\"")]

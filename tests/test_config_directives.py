@@ -84,3 +84,20 @@ def test_every_directive_together_passes():
     """
     with Nginx(BASE.format(http=http, server="location /v1/ { gateway_metrics off; return 200; }")) as n:
         assert n.get("/metrics")[0] == 200
+
+
+@pytest.mark.parametrize("http,directive", [
+    ("gateway_metrics_zone gm2 1m;", "gateway_metrics_zone"),
+    ("gateway_metrics_max_series 5; gateway_metrics_max_series 6;", "gateway_metrics_max_series"),
+    ("gateway_metrics_buckets 1; gateway_metrics_buckets 2;", "gateway_metrics_buckets"),
+    ("gateway_metrics_render_thread_pool off; gateway_metrics_render_thread_pool off;",
+     "gateway_metrics_render_thread_pool"),
+])
+def test_duplicates_are_worded_as_nginx_words_its_own(http, directive):
+    n = Nginx(BASE.format(http=http, server=""))
+    try:
+        rc, err = n.test_config()
+    finally:
+        n.__exit__()
+    assert rc != 0
+    assert f'[emerg]' in err and f'"{directive}" directive is duplicate in ' in err, err
