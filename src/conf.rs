@@ -151,10 +151,6 @@ pub unsafe extern "C" fn create_main_conf(cf: *mut ngx_conf_t) -> *mut c_void {
     unsafe { pool_alloc((*cf).pool, conf) as *mut c_void }
 }
 
-pub unsafe extern "C" fn init_main_conf(_cf: *mut ngx_conf_t, _conf: *mut c_void) -> *mut c_char {
-    ptr::null_mut()
-}
-
 pub unsafe extern "C" fn create_loc_conf(cf: *mut ngx_conf_t) -> *mut c_void {
     // SAFETY: nginx passes a valid conf with a pool; LocConf is plain data.
     unsafe {

@@ -3,7 +3,7 @@
 use std::cell::RefCell;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::ptr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use gateway_metrics_core::cache::{bytes_words, Label, SeriesCache};
 use gateway_metrics_core::catalogue::{self, fam, tokens};
@@ -61,7 +61,6 @@ pub unsafe extern "C" fn postconfiguration(cf: *mut ngx_conf_t) -> ngx_int_t {
         let ctx = (*cf).ctx as *mut ngx_http_conf_ctx_t;
         let cmcf =
             *(*ctx).main_conf.add(ngx_http_core_module.ctx_index) as *mut ngx_http_core_main_conf_t;
-        RENDER_POOL.store(false, Ordering::Relaxed);
         #[cfg(ngx_feature = "threads")]
         if mc.exporter {
             // Off unless configured: the pool's threads would put every libc call of the
@@ -83,7 +82,6 @@ pub unsafe extern "C" fn postconfiguration(cf: *mut ngx_conf_t) -> ngx_int_t {
                 if mc.render_pool.is_null() {
                     return NGX_ERROR as ngx_int_t;
                 }
-                RENDER_POOL.store(true, Ordering::Relaxed);
             }
         }
         // Watches response bodies for their end (see `body_filter`).
@@ -132,25 +130,24 @@ pub unsafe extern "C" fn init_module(cycle: *mut ngx_cycle_t) -> ngx_int_t {
     NGX_OK as ngx_int_t
 }
 
-/// Whether the running configuration renders `/metrics` in a thread pool (set by the master in
-/// postconfiguration, inherited by the workers).
-static RENDER_POOL: AtomicBool = AtomicBool::new(false);
-
 /// Per worker: large allocations (rendered pages, megabytes each, made in up to 32 render
 /// threads) go straight to mmap and back to the system when freed, instead of staying cached in
 /// glibc's per-thread arenas (whose dynamic threshold would otherwise grow to the page size).
 pub unsafe extern "C" fn init_process(_cycle: *mut ngx_cycle_t) -> ngx_int_t {
     // SAFETY: mallopt only changes allocator tuning; called before any render thread runs.
-    // WORKER_SLOT is written before the worker serves requests (see worker_slot).
+    // WORKER_LANE is written before the worker serves requests (see worker_lane).
     unsafe {
+        // The configuration this worker runs (not a global set by the master's last parse: a
+        // reload that failed after postconfiguration must not change what respawned workers do).
+        let mc = crate::conf::cycle_main_conf();
         // Only with a render pool: a fixed threshold also switches off glibc's dynamic trim
         // threshold, which makes every malloc of ordinary traffic slower.
-        if RENDER_POOL.load(Ordering::Relaxed) {
+        if mc.is_some_and(|mc| !mc.render_pool.is_null()) {
             libc::mallopt(libc::M_MMAP_THRESHOLD, 512 * 1024);
         }
         // A lane of its own: the new workers of a reload do not share the in-flight series of
         // the old ones still finishing their requests.
-        let lane = crate::conf::cycle_main_conf()
+        let lane = mc
             .and_then(|mc| mc.zone.as_ref())
             .and_then(|z| z.store())
             .and_then(|s| s.claim_lane(ngx_pid as u64, pid_alive));
@@ -307,7 +304,7 @@ pub fn pid_alive(pid: u64) -> bool {
     };
     // SAFETY: signal 0 only checks for the process's existence.
     let rc = unsafe { kill(pid, 0) };
-    rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(1 /* EPERM */)
+    rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }
 
 /// Counts the request as in flight once it has passed the access phases (so a namespace set

@@ -175,7 +175,7 @@ static mut MODULE_CTX: ngx_http_module_t = ngx_http_module_t {
     preconfiguration: None,
     postconfiguration: Some(handlers::postconfiguration),
     create_main_conf: Some(conf::create_main_conf),
-    init_main_conf: Some(conf::init_main_conf),
+    init_main_conf: None,
     create_srv_conf: None,
     merge_srv_conf: None,
     create_loc_conf: Some(conf::create_loc_conf),

@@ -296,9 +296,8 @@ pub unsafe extern "C" fn gateway_metrics_custom(
         if n_labels > 0 && labels.is_null() {
             return Err(c"null labels");
         }
-        if !value.is_finite() {
-            return Err(c"value must be a finite number");
-        }
+        // (The fuzzed check of core, not a copy of it.)
+        let value = api::metric_value(value, (f.kind, op) == (CustomKind::Counter, OP_INC))?;
         let mut vals: [&[u8]; MAX_CUSTOM_LABELS] = [&[]; MAX_CUSTOM_LABELS];
         for (j, v) in vals.iter_mut().enumerate().take(n_labels) {
             // SAFETY: per the contract, labels has n_labels entries.
@@ -310,9 +309,6 @@ pub unsafe extern "C" fn gateway_metrics_custom(
         let layout = z.custom.get(i).map_or(0, |c| c.1);
         match (f.kind, op) {
             (CustomKind::Counter, OP_INC) => {
-                if value < 0.0 {
-                    return Err(c"counter increment must not be negative");
-                }
                 update(z, &store, f.id, 0, 1, k, |v| add_f64(&v[0], value))
             }
             (CustomKind::Gauge, OP_INC) => {

@@ -12,7 +12,8 @@ from gm import Nginx, settle, wait_for
 
 pytestmark = pytest.mark.skipif(not gm.HAVE_LUA, reason="needs Debian's lua-nginx-module")
 
-C_ERRORS = set(re.findall(r'c"([^"]*)"', open(os.path.join(gm.ROOT, "src/lua_api.rs")).read()))
+C_ERRORS = set(re.findall(r'c"([^"]*)"', "".join(
+    open(os.path.join(gm.ROOT, f)).read() for f in ("src/lua_api.rs", "core/src/api.rs"))))
 
 C = "hostile_events_total"      # counter {kind}
 G = "hostile_level"             # gauge {a, b}

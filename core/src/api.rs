@@ -1,6 +1,8 @@
 //! Argument checks of the calls Lua makes (the module's C ABI), kept here so that they can be
 //! tested and fuzzed without nginx.
 
+use std::ffi::CStr;
+
 /// Largest token count accepted in one call: beyond any real response, below f64's exact range.
 pub const MAX_TOKENS: f64 = 1e12;
 /// Longest string argument accepted (label values are cut to 256 bytes later anyway).
@@ -15,12 +17,13 @@ pub fn token_count(v: f64) -> Option<u64> {
     }
 }
 
-/// A value for a declared metric: finite; counters also need it non-negative.
-pub fn metric_value(v: f64, counter: bool) -> Result<f64, &'static str> {
+/// A value for a declared metric: finite; a counter's increment also non-negative. The error is
+/// what the C ABI hands back to Lua.
+pub fn metric_value(v: f64, counter_increment: bool) -> Result<f64, &'static CStr> {
     if !v.is_finite() {
-        Err("value must be a finite number")
-    } else if counter && v < 0.0 {
-        Err("counter increment must not be negative")
+        Err(c"value must be a finite number")
+    } else if counter_increment && v < 0.0 {
+        Err(c"counter increment must not be negative")
     } else {
         Ok(v)
     }

@@ -30,20 +30,8 @@ pub mod fam {
 }
 
 /// Label names of the stored families, in key order.
-pub const REQUEST_LABELS: [&str; 6] = [
-    "method",
-    "endpoint",
-    "status_code",
-    "namespace",
-    "upstream",
-    "cut",
-];
 pub const ACTIVE_LABELS: [&str; 1] = ["namespace"];
-pub const MODEL_REQUEST_LABELS: [&str; 3] = ["model", "namespace", "status"];
 pub const MODEL_LABELS: [&str; 2] = ["model", "namespace"];
-pub const RATE_LIMIT_LABELS: [&str; 2] = ["namespace", "rule_type"];
-pub const CACHE_LABELS: [&str; 1] = ["cache_type"];
-pub const UNPRICED_LABELS: [&str; 1] = ["model"];
 
 /// Value slots of a `MODEL_TOKENS` series.
 pub mod tokens {

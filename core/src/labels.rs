@@ -99,14 +99,6 @@ pub struct KeyBuilder {
 }
 
 impl KeyBuilder {
-    /// An empty builder that has not allocated yet (usable in `const` contexts).
-    pub const fn empty() -> Self {
-        KeyBuilder {
-            buf: Vec::new(),
-            n: 0,
-        }
-    }
-
     pub fn new() -> Self {
         KeyBuilder {
             buf: Vec::with_capacity(256),

@@ -112,8 +112,9 @@ impl DropReason {
 pub enum SelfCounter {
     /// Calls from Lua rejected for bad arguments.
     InvalidCalls = 0,
-    /// Requests whose model had no price in the price table.
-    UnpricedModels = 1,
+    /// Unused (unpriced models are a family of their own); the word keeps its place in the
+    /// zone's format.
+    Reserved = 1,
     /// Zone re-initialisations because the region did not hold this module's layout.
     ZoneResets = 2,
 }

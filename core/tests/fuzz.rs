@@ -170,6 +170,17 @@ proptest! {
     }
 
     #[test]
+    fn metric_values_accept_finite_numbers_and_no_negative_increments(v in any::<f64>(), counter in any::<bool>()) {
+        match api::metric_value(v, counter) {
+            Ok(x) => {
+                prop_assert!(v.is_finite() && !(counter && v < 0.0));
+                prop_assert_eq!(x.to_bits(), v.to_bits());
+            }
+            Err(_) => prop_assert!(!v.is_finite() || (counter && v < 0.0)),
+        }
+    }
+
+    #[test]
     fn store_survives_arbitrary_keys(keys in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..200), 1..200)) {
         let mem: Vec<AtomicU64> = common::region(128 * 1024);
         let store = Store::format(&mem, 1).unwrap();

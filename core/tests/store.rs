@@ -612,10 +612,10 @@ fn counters_and_warnings() {
     assert_eq!(s.created(), 42);
     s.count_drop(DropReason::LayoutTableFull, 3);
     s.bump_self(SelfCounter::InvalidCalls, 2);
-    s.bump_self(SelfCounter::UnpricedModels, 5);
+    s.bump_self(SelfCounter::Reserved, 5);
     assert_eq!(s.drops(DropReason::LayoutTableFull), 3);
     assert_eq!(s.self_counter(SelfCounter::InvalidCalls), 2);
-    assert_eq!(s.self_counter(SelfCounter::UnpricedModels), 5);
+    assert_eq!(s.self_counter(SelfCounter::Reserved), 5);
     assert_eq!(s.self_counter(SelfCounter::ZoneResets), 0);
 
     assert!(s.should_warn(1000, 60));
