@@ -101,34 +101,6 @@ pub struct HeaderName {
 
 const UNSET: ngx_flag_t = -1;
 
-/// Allocates `value` in `pool` and registers its destructor there.
-///
-/// # Safety
-/// `pool` must be a valid nginx pool.
-pub unsafe fn pool_alloc<T>(pool: *mut ngx_pool_t, value: T) -> *mut T {
-    // SAFETY: ngx_pcalloc returns memory aligned for any type or null; the cleanup runs once,
-    // when the pool is destroyed.
-    unsafe {
-        let cln = ngx_pool_cleanup_add(pool, 0);
-        if cln.is_null() {
-            return ptr::null_mut();
-        }
-        let p = ngx_pcalloc(pool, std::mem::size_of::<T>()) as *mut T;
-        if p.is_null() {
-            return ptr::null_mut();
-        }
-        ptr::write(p, value);
-        (*cln).handler = Some(drop_in_pool::<T>);
-        (*cln).data = p as *mut c_void;
-        p
-    }
-}
-
-unsafe extern "C" fn drop_in_pool<T>(data: *mut c_void) {
-    // SAFETY: `data` is the value written by pool_alloc, dropped exactly once here.
-    unsafe { ptr::drop_in_place(data as *mut T) };
-}
-
 pub unsafe extern "C" fn create_main_conf(cf: *mut ngx_conf_t) -> *mut c_void {
     let conf = MainConf {
         zone: ptr::null_mut(),
@@ -148,7 +120,7 @@ pub unsafe extern "C" fn create_main_conf(cf: *mut ngx_conf_t) -> *mut c_void {
         render_pool: ptr::null_mut(),
     };
     // SAFETY: nginx passes a valid conf with a pool.
-    unsafe { pool_alloc((*cf).pool, conf) as *mut c_void }
+    unsafe { crate::boundary::pool_alloc((*cf).pool, conf) as *mut c_void }
 }
 
 pub unsafe extern "C" fn create_loc_conf(cf: *mut ngx_conf_t) -> *mut c_void {
@@ -275,7 +247,7 @@ pub unsafe fn main_conf_of<'a>(cf: *mut ngx_conf_t) -> &'a mut MainConf {
     // SAFETY: in the http block cf->ctx is an ngx_http_conf_ctx_t.
     unsafe {
         let ctx = (*cf).ctx as *mut ngx_http_conf_ctx_t;
-        &mut *(*(*ctx).main_conf.add(crate::module().ctx_index) as *mut MainConf)
+        &mut *(*(*ctx).main_conf.add(crate::boundary::module().ctx_index) as *mut MainConf)
     }
 }
 
@@ -334,7 +306,7 @@ fn zone_directive(cf: *mut ngx_conf_t, mc: &mut MainConf, a: &[&[u8]]) -> Result
             )
         })?;
     // SAFETY: cf is the conf being parsed; mc lives in its pool for the whole cycle.
-    mc.zone = unsafe { zone::add_zone(cf, name, size, mc)? };
+    mc.zone = unsafe { zone::add_zone(cf, name, size)? };
     Ok(())
 }
 
@@ -683,7 +655,7 @@ pub(crate) fn cycle_main_conf<'a>() -> Option<&'a MainConf> {
         if http.is_null() {
             return None;
         }
-        let mc = *(*http).main_conf.add(crate::module().ctx_index) as *const MainConf;
+        let mc = *(*http).main_conf.add(crate::boundary::module().ctx_index) as *const MainConf;
         mc.as_ref()
     }
 }

@@ -112,7 +112,7 @@ unsafe fn send_page(r: *mut ngx_http_request_t, body: Vec<u8>) -> Result<ngx_int
             return Ok(rc);
         }
         // The rendered page is handed to nginx as is (no copy); the pool frees it.
-        let body = crate::conf::pool_alloc(rr.pool, body);
+        let body = crate::boundary::pool_alloc(rr.pool, body);
         if body.is_null() {
             return Err(HandlerError::NoMemory);
         }
@@ -362,7 +362,7 @@ unsafe fn start_slices(
             }
         }
         let spec = page_spec(t.mc, t.zone);
-        let s = crate::conf::pool_alloc(
+        let s = crate::boundary::pool_alloc(
             rr.pool,
             Slicer {
                 r,
@@ -527,8 +527,7 @@ impl Slicer {
                     (*b).end = p.add(out.capacity());
                     (*b).set_memory(1);
                 }
-                (*b).tag =
-                    ptr::addr_of_mut!(crate::ngx_http_gateway_metrics_module) as ngx_buf_tag_t;
+                (*b).tag = crate::boundary::module_tag() as ngx_buf_tag_t;
                 if done {
                     (*b).set_last_buf(if r == (*r).main { 1 } else { 0 });
                     (*b).set_last_in_chain(1);
@@ -715,7 +714,7 @@ unsafe fn render_in_pool(r: *mut ngx_http_request_t, t: &Target) -> Option<ngx_i
     // free it) and its count is raised (it stays open until send_rendered finalizes it).
     unsafe {
         let rr = &mut *r;
-        let job = crate::conf::pool_alloc(
+        let job = crate::boundary::pool_alloc(
             rr.pool,
             RenderJob {
                 mc: t.mc,

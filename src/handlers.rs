@@ -13,7 +13,7 @@ use nginx_sys::*;
 
 use crate::conf::MainConf;
 use crate::request::{self, ReqCtx};
-use crate::zone::{ShmLock, ZoneCtx};
+use crate::zone::{ShmLock, ZoneCtx, ZoneSpec};
 
 /// Entries of the per-worker series cache (about 150 bytes each).
 const CACHE_SLOTS: usize = 1024;
@@ -57,6 +57,14 @@ pub unsafe extern "C" fn postconfiguration(cf: *mut ngx_conf_t) -> ngx_int_t {
                 "\"gateway_metrics\" and \"gateway_metrics_exporter\" need a \"gateway_metrics_zone\" in the http block"
             );
             return NGX_ERROR as ngx_int_t;
+        }
+        // The zone's series are shaped by the settings of the whole block, known only now.
+        if let Some(zone) = mc.zone.as_mut() {
+            zone.spec = ZoneSpec {
+                max_series: mc.max_series,
+                bounds: mc.bounds.clone(),
+                custom: mc.custom.clone(),
+            };
         }
         let ctx = (*cf).ctx as *mut ngx_http_conf_ctx_t;
         let cmcf =

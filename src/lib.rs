@@ -5,6 +5,7 @@
 //! `/metrics` content handler and the C-ABI functions Lua calls. Everything that can be written
 //! without nginx lives in `gateway-metrics-core`.
 
+mod boundary;
 mod conf;
 mod error;
 mod exporter;
@@ -196,9 +197,3 @@ pub static mut ngx_http_gateway_metrics_module: ngx_module_t = ngx_module_t {
 };
 
 ngx::ngx_modules!(ngx_http_gateway_metrics_module);
-
-/// The module object, for `ctx_index` lookups.
-fn module() -> &'static ngx_module_t {
-    // SAFETY: nginx writes the module's indexes once while loading it, before any handler runs.
-    unsafe { &*ptr::addr_of!(ngx_http_gateway_metrics_module) }
-}

@@ -78,7 +78,7 @@ unsafe extern "C" fn drop_req_ctx(data: *mut std::ffi::c_void) {
 /// `r` must be a live request.
 unsafe fn slot(r: *mut ngx_http_request_t) -> *mut *mut std::ffi::c_void {
     // SAFETY: every request has a ctx array of ngx_http_max_module entries.
-    unsafe { (*(*r).main).ctx.add(crate::module().ctx_index) }
+    unsafe { (*(*r).main).ctx.add(crate::boundary::module().ctx_index) }
 }
 
 /// The slot's value when the response's last buffer passed before the request had a context
@@ -168,14 +168,14 @@ pub unsafe fn ctx<'a>(r: *mut ngx_http_request_t) -> Option<&'a mut ReqCtx> {
 /// `r` must be a live request.
 pub unsafe fn loc_conf<'a>(r: *const ngx_http_request_t) -> &'a LocConf {
     // SAFETY: every http request has the loc confs of all http modules.
-    unsafe { &*(*(*r).loc_conf.add(crate::module().ctx_index) as *const LocConf) }
+    unsafe { &*(*(*r).loc_conf.add(crate::boundary::module().ctx_index) as *const LocConf) }
 }
 
 /// # Safety
 /// `r` must be a live request.
 pub unsafe fn main_conf<'a>(r: *const ngx_http_request_t) -> &'a MainConf {
     // SAFETY: as above, for the main confs.
-    unsafe { &*(*(*r).main_conf.add(crate::module().ctx_index) as *const MainConf) }
+    unsafe { &*(*(*r).main_conf.add(crate::boundary::module().ctx_index) as *const MainConf) }
 }
 
 /// A label's value: read straight from the request header when the configured value is one

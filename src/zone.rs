@@ -12,13 +12,24 @@ use gateway_metrics_core::render::CustomFamily;
 use gateway_metrics_core::store::{InsertLock, Limits, Store};
 use nginx_sys::*;
 
-use crate::conf::MainConf;
 use crate::error::ConfError;
+
+/// What the zone is configured with: the http block's settings that shape its series, handed
+/// over once the block is parsed (postconfiguration), before nginx initialises the zone.
+#[derive(Default)]
+pub struct ZoneSpec {
+    /// `gateway_metrics_max_series`.
+    pub max_series: u64,
+    /// Duration, TTFT and throughput bucket bounds.
+    pub bounds: [Vec<f64>; 3],
+    /// The declared families, in declaration order.
+    pub custom: Vec<CustomFamily>,
+}
 
 /// Per-cycle state of the zone, allocated in the configuration pool.
 pub struct ZoneCtx {
     pub name: String,
-    pub main: *mut MainConf,
+    pub spec: ZoneSpec,
     shpool: *mut ngx_slab_pool_t,
     region: *const AtomicU64,
     words: usize,
@@ -63,9 +74,8 @@ impl ZoneCtx {
     }
 
     pub fn limits(&self) -> Limits {
-        // SAFETY: main points at the cycle's main conf, which outlives the ctx.
         Limits {
-            max_series: unsafe { (*self.main).max_series },
+            max_series: self.spec.max_series,
         }
     }
 
@@ -126,8 +136,7 @@ impl ZoneCtx {
             Store::open_or_format(words, now, !reused).map_err(|e| e.to_string())?;
         self.region = region as *const AtomicU64;
         let lock = self.lock();
-        // SAFETY: main is this cycle's main conf.
-        let mc = unsafe { &*self.main };
+        let spec = &self.spec;
         // A layout the zone cannot remember fails the configuration (a reload keeps the running
         // one): recording with another layout's bounds would put observations in wrong buckets.
         let register = |bounds: &[f64], what: &str| {
@@ -145,11 +154,11 @@ impl ZoneCtx {
             "gateway_metrics_ttft_buckets",
             "gateway_metrics_throughput_buckets",
         ];
-        for (i, b) in mc.bounds.iter().enumerate() {
+        for (i, b) in spec.bounds.iter().enumerate() {
             self.layouts[i] = register(b, names[i])?;
         }
-        let mut custom = Vec::with_capacity(mc.custom.len());
-        for f in &mc.custom {
+        let mut custom = Vec::with_capacity(spec.custom.len());
+        for f in &spec.custom {
             let layout = if f.bounds.is_empty() {
                 0
             } else {
@@ -165,16 +174,15 @@ impl ZoneCtx {
 /// Adds the zone while parsing `gateway_metrics_zone`.
 ///
 /// # Safety
-/// `cf` must be the conf being parsed and `mc` this cycle's main conf.
+/// `cf` must be the conf being parsed.
 pub unsafe fn add_zone(
     cf: *mut ngx_conf_t,
     name: &[u8],
     size: usize,
-    mc: &mut MainConf,
 ) -> Result<*mut ZoneCtx, ConfError> {
     let ctx = ZoneCtx {
         name: String::from_utf8_lossy(name).into_owned(),
-        main: mc as *mut MainConf,
+        spec: ZoneSpec::default(),
         shpool: ptr::null_mut(),
         region: ptr::null(),
         words: 0,
@@ -183,7 +191,7 @@ pub unsafe fn add_zone(
     };
     // SAFETY: cf is valid; the name is copied into the pool because nginx keeps the pointer.
     unsafe {
-        let ctx = crate::conf::pool_alloc((*cf).pool, ctx);
+        let ctx = crate::boundary::pool_alloc((*cf).pool, ctx);
         if ctx.is_null() {
             return Err(ConfError::msg("out of memory"));
         }
@@ -196,7 +204,7 @@ pub unsafe fn add_zone(
             len: name.len(),
             data,
         };
-        let tag = ptr::addr_of_mut!(crate::ngx_http_gateway_metrics_module) as *mut c_void;
+        let tag = crate::boundary::module_tag();
         let zone = ngx_shared_memory_add(cf, &mut zname, size, tag);
         if zone.is_null() {
             return Err(ConfError::msg("cannot add shared memory zone"));

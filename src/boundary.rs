@@ -1,0 +1,47 @@
+//! The boundary with nginx that every other file builds on: the module object's indexes and
+//! values kept in nginx pools. Imports nothing of this crate but the module object.
+
+use std::ffi::c_void;
+use std::ptr;
+
+use nginx_sys::*;
+
+/// The module object, for `ctx_index` lookups.
+pub fn module() -> &'static ngx_module_t {
+    // SAFETY: nginx writes the module's indexes once while loading it, before any handler runs.
+    unsafe { &*ptr::addr_of!(crate::ngx_http_gateway_metrics_module) }
+}
+
+/// The module object's address, as nginx's tags want it (shm zones, buffers).
+pub fn module_tag() -> *mut c_void {
+    ptr::addr_of_mut!(crate::ngx_http_gateway_metrics_module) as *mut c_void
+}
+
+/// Allocates `value` in `pool` and registers its destructor there.
+///
+/// # Safety
+/// `pool` must be a valid nginx pool.
+pub unsafe fn pool_alloc<T>(pool: *mut ngx_pool_t, value: T) -> *mut T {
+    // (Not the ngx crate's allocator: it does not check the cleanup for null.)
+    // SAFETY: ngx_pcalloc returns memory aligned for any type or null; the cleanup runs once,
+    // when the pool is destroyed.
+    unsafe {
+        let cln = ngx_pool_cleanup_add(pool, 0);
+        if cln.is_null() {
+            return ptr::null_mut();
+        }
+        let p = ngx_pcalloc(pool, std::mem::size_of::<T>()) as *mut T;
+        if p.is_null() {
+            return ptr::null_mut();
+        }
+        ptr::write(p, value);
+        (*cln).handler = Some(drop_in_pool::<T>);
+        (*cln).data = p as *mut c_void;
+        p
+    }
+}
+
+unsafe extern "C" fn drop_in_pool<T>(data: *mut c_void) {
+    // SAFETY: `data` is the value written by pool_alloc, dropped exactly once here.
+    unsafe { ptr::drop_in_place(data as *mut T) };
+}
