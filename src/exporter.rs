@@ -25,7 +25,8 @@ use nginx_sys::*;
 
 use crate::conf::MainConf;
 use crate::error::HandlerError;
-use crate::handlers::{pid_alive, target, Target};
+use crate::request::{target, Target};
+use crate::zone::pid_alive;
 use crate::zone::ZoneCtx;
 
 /// `gateway_metrics_exporter`: renders the zone as the Prometheus text format.

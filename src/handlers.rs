@@ -8,12 +8,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use gateway_metrics_core::cache::{bytes_words, Label, SeriesCache};
 use gateway_metrics_core::catalogue::{self, fam, tokens};
 use gateway_metrics_core::series_cached;
-use gateway_metrics_core::store::{add_f64, add_u64, observe, DropReason, SeriesKind, Store};
+use gateway_metrics_core::store::{add_f64, add_u64, observe, DropReason, SeriesKind};
 use nginx_sys::*;
 
-use crate::conf::MainConf;
-use crate::request::{self, ReqCtx};
-use crate::zone::{ShmLock, ZoneCtx, ZoneSpec};
+use crate::request::{self, ReqCtx, Target};
+use crate::zone::ZoneSpec;
 
 /// Entries of the per-worker series cache (about 150 bytes each).
 const CACHE_SLOTS: usize = 1024;
@@ -158,7 +157,7 @@ pub unsafe extern "C" fn init_process(_cycle: *mut ngx_cycle_t) -> ngx_int_t {
         let lane = mc
             .and_then(|mc| mc.zone.as_ref())
             .and_then(|z| z.store())
-            .and_then(|s| s.claim_lane(ngx_pid as u64, pid_alive));
+            .and_then(|s| s.claim_lane(ngx_pid as u64, crate::zone::pid_alive));
         let slot = &mut *ptr::addr_of_mut!(WORKER_LANE);
         if let Some(lane) = lane {
             let mut digits = [0u8; 20];
@@ -168,32 +167,6 @@ pub unsafe extern "C" fn init_process(_cycle: *mut ngx_cycle_t) -> ngx_int_t {
         }
     }
     NGX_OK as ngx_int_t
-}
-
-/// The zone, its store and lock, when the request should be recorded.
-pub(crate) struct Target<'a> {
-    pub(crate) mc: &'a MainConf,
-    pub(crate) zone: &'a ZoneCtx,
-    pub(crate) store: Store<'static>,
-    pub(crate) lock: ShmLock,
-}
-
-/// # Safety
-/// `r` must be a live request.
-pub(crate) unsafe fn target<'a>(r: *mut ngx_http_request_t) -> Option<Target<'a>> {
-    // SAFETY: forwarded contract; the zone ctx lives as long as the cycle.
-    unsafe {
-        let mc = request::main_conf(r);
-        let zone = mc.zone.as_ref()?;
-        let store = zone.store()?;
-        let lock = zone.lock();
-        Some(Target {
-            mc,
-            zone,
-            store,
-            lock,
-        })
-    }
 }
 
 impl Target<'_> {
@@ -305,16 +278,6 @@ impl Target<'_> {
     }
 }
 
-/// Is the process alive? (`kill(pid, 0)`: EPERM still means it exists.)
-pub fn pid_alive(pid: u64) -> bool {
-    let Ok(pid) = i32::try_from(pid) else {
-        return false;
-    };
-    // SAFETY: signal 0 only checks for the process's existence.
-    let rc = unsafe { kill(pid, 0) };
-    rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
-}
-
 /// Counts the request as in flight once it has passed the access phases (so a namespace set
 /// by rewrite/access Lua code is seen). Never affects the request.
 pub unsafe extern "C" fn precontent_handler(r: *mut ngx_http_request_t) -> ngx_int_t {
@@ -332,7 +295,7 @@ unsafe fn enter(r: *mut ngx_http_request_t) {
         if (*r).main != r || lc.enable != 1 {
             return;
         }
-        let Some(t) = target(r) else { return };
+        let Some(t) = request::target(r) else { return };
         // One walk of the pool's cleanups finds (or creates) the context.
         let Some(ctx) = request::ctx(r) else { return };
         if ctx.active.is_some() || ctx.logged {
@@ -357,7 +320,7 @@ unsafe fn enter(r: *mut ngx_http_request_t) {
             let me = ngx_pid as u64;
             let owner = v[1].load(Ordering::Relaxed);
             if owner != me {
-                let stale = owner != 0 && !pid_alive(owner);
+                let stale = owner != 0 && !crate::zone::pid_alive(owner);
                 if owner == 0 || stale {
                     let claimed = v[1]
                         .compare_exchange(owner, me, Ordering::Relaxed, Ordering::Relaxed)
@@ -402,7 +365,7 @@ unsafe fn record(r: *mut ngx_http_request_t) {
         if lc.enable != 1 {
             return;
         }
-        let Some(t) = target(r) else { return };
+        let Some(t) = request::target(r) else { return };
         let rr = &*r;
         let status = request::status(rr);
         let duration = request::request_seconds(rr);

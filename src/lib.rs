@@ -7,6 +7,7 @@
 
 mod boundary;
 mod conf;
+mod directives;
 mod error;
 mod exporter;
 mod handlers;
@@ -60,14 +61,14 @@ static mut COMMANDS: [ngx_command_t; 17] = [
     cmd(
         c"gateway_metrics_zone",
         HTTP_MAIN | NGX_CONF_TAKE2 as ngx_uint_t,
-        conf::set_zone,
+        directives::set_zone,
         MAIN_CONF_OFFSET,
         0,
     ),
     cmd(
         c"gateway_metrics",
         HTTP_ANY | NGX_CONF_FLAG as ngx_uint_t,
-        conf::set_enable,
+        directives::set_enable,
         LOC_CONF_OFFSET,
         0,
     ),
@@ -102,70 +103,70 @@ static mut COMMANDS: [ngx_command_t; 17] = [
     cmd(
         c"gateway_metrics_buckets",
         HTTP_MAIN | NGX_CONF_1MORE as ngx_uint_t,
-        conf::set_buckets,
+        directives::set_buckets,
         MAIN_CONF_OFFSET,
         0,
     ),
     cmd(
         c"gateway_metrics_ttft_buckets",
         HTTP_MAIN | NGX_CONF_1MORE as ngx_uint_t,
-        conf::set_buckets,
+        directives::set_buckets,
         MAIN_CONF_OFFSET,
         1,
     ),
     cmd(
         c"gateway_metrics_throughput_buckets",
         HTTP_MAIN | NGX_CONF_1MORE as ngx_uint_t,
-        conf::set_buckets,
+        directives::set_buckets,
         MAIN_CONF_OFFSET,
         2,
     ),
     cmd(
         c"gateway_metrics_max_series",
         HTTP_MAIN | NGX_CONF_TAKE1 as ngx_uint_t,
-        conf::set_max_series,
+        directives::set_max_series,
         MAIN_CONF_OFFSET,
         0,
     ),
     cmd(
         c"gateway_metrics_exporter",
         (NGX_HTTP_LOC_CONF | NGX_CONF_NOARGS) as ngx_uint_t,
-        conf::set_exporter,
+        directives::set_exporter,
         LOC_CONF_OFFSET,
         0,
     ),
     cmd(
         c"gateway_metrics_model_price",
         HTTP_MAIN | NGX_CONF_1MORE as ngx_uint_t,
-        conf::set_price,
+        directives::set_price,
         MAIN_CONF_OFFSET,
         0,
     ),
     cmd(
         c"gateway_metrics_counter",
         HTTP_MAIN | NGX_CONF_1MORE as ngx_uint_t,
-        conf::set_custom,
+        directives::set_custom,
         MAIN_CONF_OFFSET,
         0,
     ),
     cmd(
         c"gateway_metrics_gauge",
         HTTP_MAIN | NGX_CONF_1MORE as ngx_uint_t,
-        conf::set_custom,
+        directives::set_custom,
         MAIN_CONF_OFFSET,
         1,
     ),
     cmd(
         c"gateway_metrics_histogram",
         HTTP_MAIN | NGX_CONF_1MORE as ngx_uint_t,
-        conf::set_custom,
+        directives::set_custom,
         MAIN_CONF_OFFSET,
         2,
     ),
     cmd(
         c"gateway_metrics_render_thread_pool",
         HTTP_MAIN | NGX_CONF_TAKE1 as ngx_uint_t,
-        conf::set_render_pool,
+        directives::set_render_pool,
         MAIN_CONF_OFFSET,
         0,
     ),

@@ -6,9 +6,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use gateway_metrics_core::cache::Label;
 use gateway_metrics_core::catalogue::CutReason;
 use gateway_metrics_core::labels::{edge_words, header_matches, short_eq};
+use gateway_metrics_core::store::Store;
 use nginx_sys::*;
 
 use crate::conf::{HeaderName, LocConf, MainConf};
+use crate::zone::{ShmLock, ZoneCtx};
 
 /// What the module remembers about one request (the main request), across internal redirects.
 /// Lives in the request pool; its destructor runs when the request is freed, aborted or not.
@@ -509,4 +511,30 @@ fn upstream_cache(r: &ngx_http_request_t) -> UpstreamCache {
 #[cfg(not(ngx_feature = "http_cache"))]
 fn upstream_cache(_: &ngx_http_request_t) -> UpstreamCache {
     UpstreamCache::None
+}
+
+/// The zone, its store and lock, when the request should be recorded.
+pub(crate) struct Target<'a> {
+    pub(crate) mc: &'a MainConf,
+    pub(crate) zone: &'a ZoneCtx,
+    pub(crate) store: Store<'static>,
+    pub(crate) lock: ShmLock,
+}
+
+/// # Safety
+/// `r` must be a live request.
+pub(crate) unsafe fn target<'a>(r: *mut ngx_http_request_t) -> Option<Target<'a>> {
+    // SAFETY: forwarded contract; the zone ctx lives as long as the cycle.
+    unsafe {
+        let mc = main_conf(r);
+        let zone = mc.zone.as_ref()?;
+        let store = zone.store()?;
+        let lock = zone.lock();
+        Some(Target {
+            mc,
+            zone,
+            store,
+            lock,
+        })
+    }
 }

@@ -255,3 +255,13 @@ unsafe extern "C" fn init_zone(zone: *mut ngx_shm_zone_t, data: *mut c_void) -> 
         }
     }
 }
+
+/// Is the process alive? (`kill(pid, 0)`: EPERM still means it exists.)
+pub fn pid_alive(pid: u64) -> bool {
+    let Ok(pid) = i32::try_from(pid) else {
+        return false;
+    };
+    // SAFETY: signal 0 only checks for the process's existence.
+    let rc = unsafe { kill(pid, 0) };
+    rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}

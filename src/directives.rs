@@ -1,0 +1,442 @@
+//! The directives: each handler converts nginx's pointers in its first lines, then runs safe
+//! code that checks the arguments and fills the confs (conf.rs); errors are logged in nginx's
+//! wording, naming the directive.
+
+use std::ffi::{c_char, c_void};
+use std::ptr;
+
+use gateway_metrics_core::buckets::{parse_bounds, DEFAULT_DURATION_BUCKETS};
+use gateway_metrics_core::hash::family_id;
+use gateway_metrics_core::labels::{valid_label_name, valid_metric_name};
+use gateway_metrics_core::render::{CustomFamily, CustomKind};
+use nginx_sys::*;
+
+use crate::conf::*;
+use crate::error::ConfError;
+use crate::zone;
+
+/// Turns a directive handler's result into nginx's convention, logging errors with the
+/// directive's name.
+fn conf_result(
+    cf: *mut ngx_conf_t,
+    cmd: *mut ngx_command_t,
+    r: Result<(), ConfError>,
+) -> *mut c_char {
+    match r {
+        Ok(()) => ptr::null_mut(),
+        // nginx's own wording, as for its own directives: it logs
+        // `"<directive>" directive <returned string>`.
+        Err(ConfError::Duplicate) => c"is duplicate".as_ptr() as *mut c_char,
+        Err(e) => {
+            // SAFETY: nginx passes the command being parsed.
+            let name = unsafe { (*cmd).name.as_bytes() };
+            let name = String::from_utf8_lossy(name);
+            ngx::ngx_conf_log_error!(NGX_LOG_EMERG, cf, "{e} in \"{name}\" directive");
+            ngx::core::NGX_CONF_ERROR
+        }
+    }
+}
+
+/// The directive's arguments after its name.
+///
+/// # Safety
+/// `cf` must be the conf being parsed.
+unsafe fn args<'a>(cf: *mut ngx_conf_t) -> Vec<&'a [u8]> {
+    // SAFETY: cf->args is an array of ngx_str_t, element 0 being the directive name.
+    unsafe {
+        let a = &*(*cf).args;
+        let elts = std::slice::from_raw_parts(a.elts as *const ngx_str_t, a.nelts);
+        elts[1..].iter().map(|s| s.as_bytes()).collect()
+    }
+}
+
+fn text(b: &[u8]) -> Result<&str, ConfError> {
+    std::str::from_utf8(b).map_err(|_| ConfError::msg("argument is not valid UTF-8"))
+}
+
+/// The common frame of the main-conf directives: converts nginx's pointers, then runs the
+/// safe `f` with the conf, the arguments and the command's `offset` (which selects a variant).
+///
+/// # Safety
+/// `cf`, `cmd` and `conf` must be what nginx passes to a main-conf directive handler.
+unsafe fn main_directive(
+    cf: *mut ngx_conf_t,
+    cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+    f: impl FnOnce(&mut MainConf, &[&[u8]], usize) -> Result<(), ConfError>,
+) -> *mut c_char {
+    // SAFETY: per the function contract, conf is this module's main conf.
+    let (mc, a, which) = unsafe { (&mut *(conf as *mut MainConf), args(cf), (*cmd).offset) };
+    conf_result(cf, cmd, f(mc, &a, which))
+}
+
+pub unsafe extern "C" fn set_zone(
+    cf: *mut ngx_conf_t,
+    cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    // SAFETY: called by nginx for this module's main conf while parsing.
+    let (mc, a) = unsafe { (&mut *(conf as *mut MainConf), args(cf)) };
+    let r = zone_directive(cf, mc, &a);
+    conf_result(cf, cmd, r)
+}
+
+fn zone_directive(cf: *mut ngx_conf_t, mc: &mut MainConf, a: &[&[u8]]) -> Result<(), ConfError> {
+    if !mc.zone.is_null() {
+        return Err(ConfError::Duplicate);
+    }
+    let name = a[0];
+    if name.is_empty()
+        || !name
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || *b == b'_' || *b == b'-')
+    {
+        return Err(ConfError::Invalid(
+            "zone name",
+            String::from_utf8_lossy(name).into(),
+        ));
+    }
+    let size = parse_size(a[1])
+        .filter(|&s| (MIN_ZONE_SIZE..=MAX_ZONE_SIZE).contains(&s))
+        .ok_or_else(|| {
+            ConfError::Invalid(
+                "zone size (128k to 16g)",
+                String::from_utf8_lossy(a[1]).into(),
+            )
+        })?;
+    // SAFETY: cf is the conf being parsed; mc lives in its pool for the whole cycle.
+    mc.zone = unsafe { zone::add_zone(cf, name, size)? };
+    Ok(())
+}
+
+/// Parses an nginx size (`32m`, `512k`, `1048576`).
+pub fn parse_size(b: &[u8]) -> Option<usize> {
+    let s = std::str::from_utf8(b).ok()?;
+    let (num, mul) = match s.as_bytes().last()? {
+        b'k' | b'K' => (&s[..s.len() - 1], 1024),
+        b'm' | b'M' => (&s[..s.len() - 1], 1024 * 1024),
+        b'g' | b'G' => (&s[..s.len() - 1], 1024 * 1024 * 1024),
+        _ => (s, 1),
+    };
+    if num.is_empty() || !num.bytes().all(|c| c.is_ascii_digit()) {
+        return None;
+    }
+    num.parse::<usize>().ok()?.checked_mul(mul)
+}
+
+pub unsafe extern "C" fn set_enable(
+    cf: *mut ngx_conf_t,
+    cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    // SAFETY: called by nginx for this module's loc conf while parsing the http block.
+    let (lc, a, mc) = unsafe { (&mut *(conf as *mut LocConf), args(cf), main_conf_of(cf)) };
+    let r = (|| {
+        if lc.enable != UNSET {
+            return Err(ConfError::Duplicate);
+        }
+        lc.enable = match a[0] {
+            b"on" => 1,
+            b"off" => 0,
+            v => {
+                return Err(ConfError::Invalid(
+                    "value, must be \"on\" or \"off\"",
+                    String::from_utf8_lossy(v).into(),
+                ))
+            }
+        };
+        if lc.enable == 1 {
+            mc.used = true;
+        }
+        Ok(())
+    })();
+    conf_result(cf, cmd, r)
+}
+
+pub unsafe extern "C" fn set_buckets(
+    cf: *mut ngx_conf_t,
+    cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    // SAFETY: nginx calls this for the main conf; the offset selects the histogram.
+    unsafe { main_directive(cf, cmd, conf, buckets_directive) }
+}
+
+fn buckets_directive(mc: &mut MainConf, a: &[&[u8]], which: usize) -> Result<(), ConfError> {
+    if mc.bounds_set[which] {
+        return Err(ConfError::Duplicate);
+    }
+    let strs = a.iter().map(|b| text(b)).collect::<Result<Vec<_>, _>>()?;
+    mc.bounds[which] = parse_bounds(strs)?;
+    mc.bounds_set[which] = true;
+    Ok(())
+}
+
+pub unsafe extern "C" fn set_max_series(
+    cf: *mut ngx_conf_t,
+    cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    // SAFETY: nginx calls this for the main conf.
+    unsafe { main_directive(cf, cmd, conf, max_series_directive) }
+}
+
+fn max_series_directive(mc: &mut MainConf, a: &[&[u8]], _: usize) -> Result<(), ConfError> {
+    if mc.max_series_set {
+        return Err(ConfError::Duplicate);
+    }
+    let v = text(a[0])?;
+    // Digits only: Rust's parser also takes a leading `+`.
+    mc.max_series = Some(v)
+        .filter(|v| v.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|v| v.parse::<u64>().ok())
+        .filter(|&n| (1..=1 << 32).contains(&n))
+        .ok_or_else(|| ConfError::Invalid("number of series (1..4294967296)", v.into()))?;
+    mc.max_series_set = true;
+    Ok(())
+}
+
+pub unsafe extern "C" fn set_exporter(
+    cf: *mut ngx_conf_t,
+    cmd: *mut ngx_command_t,
+    _conf: *mut c_void,
+) -> *mut c_char {
+    // SAFETY: in a location block cf->ctx is an ngx_http_conf_ctx_t whose loc_conf holds the
+    // core module's location conf.
+    unsafe {
+        let ctx = (*cf).ctx as *mut ngx_http_conf_ctx_t;
+        let clcf =
+            *(*ctx).loc_conf.add(ngx_http_core_module.ctx_index) as *mut ngx_http_core_loc_conf_t;
+        (*clcf).handler = Some(crate::exporter::exporter_handler);
+        let mc = main_conf_of(cf);
+        mc.used = true;
+        mc.exporter = true;
+    }
+    conf_result(cf, cmd, Ok(()))
+}
+
+pub unsafe extern "C" fn set_render_pool(
+    cf: *mut ngx_conf_t,
+    cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    // SAFETY: nginx calls this for the main conf.
+    unsafe { main_directive(cf, cmd, conf, render_pool_directive) }
+}
+
+fn render_pool_directive(mc: &mut MainConf, a: &[&[u8]], _: usize) -> Result<(), ConfError> {
+    if mc.render_pool_name.is_some() {
+        return Err(ConfError::Duplicate);
+    }
+    if a[0].is_empty() {
+        return Err(ConfError::msg("empty thread pool name"));
+    }
+    if a[0] == b"off" {
+        mc.render_pool_name = Some(None);
+        return Ok(());
+    }
+    if cfg!(not(ngx_feature = "threads")) {
+        return Err(ConfError::msg(
+            "nginx was built without thread pools (--with-threads)",
+        ));
+    }
+    mc.render_pool_name = Some(Some(a[0].to_vec()));
+    Ok(())
+}
+
+pub unsafe extern "C" fn set_price(
+    cf: *mut ngx_conf_t,
+    cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    // SAFETY: nginx calls this for the main conf.
+    unsafe { main_directive(cf, cmd, conf, |mc, a, _| price_directive(mc, a)) }
+}
+
+fn price_directive(mc: &mut MainConf, a: &[&[u8]]) -> Result<(), ConfError> {
+    let model = a[0];
+    if model.is_empty() {
+        return Err(ConfError::msg("empty model name"));
+    }
+    if mc.prices.contains_key(model) {
+        return Err(ConfError::Invalid(
+            "duplicate price for model",
+            String::from_utf8_lossy(model).into(),
+        ));
+    }
+    if a.len() < 2 {
+        return Err(ConfError::msg(
+            "no prices given (input=USD output=USD [cached_input=USD] per 1M tokens)",
+        ));
+    }
+    let mut p = Price::default();
+    let mut seen = [false; 3];
+    for arg in &a[1..] {
+        let s = text(arg)?;
+        let (k, v) = s
+            .split_once('=')
+            .ok_or_else(|| ConfError::Invalid("price", s.into()))?;
+        let v: f64 = v
+            .parse()
+            .ok()
+            .filter(|x: &f64| x.is_finite() && *x >= 0.0)
+            .ok_or_else(|| ConfError::Invalid("price", s.into()))?;
+        let i = match k {
+            "input" => 0,
+            "output" => 1,
+            "cached_input" => 2,
+            _ => {
+                return Err(ConfError::Invalid(
+                    "price key (input, output, cached_input)",
+                    k.into(),
+                ))
+            }
+        };
+        if seen[i] {
+            return Err(ConfError::Invalid("duplicate price key", k.into()));
+        }
+        seen[i] = true;
+        match i {
+            0 => p.input = v,
+            1 => p.output = v,
+            _ => p.cached_input = Some(v),
+        }
+    }
+    mc.prices.insert(model.to_vec(), p);
+    Ok(())
+}
+
+/// Names the module emits itself; declared families may not reuse them.
+const RESERVED_PREFIXES: [&str; 12] = [
+    "http_request",
+    "gateway_request",
+    "namespace_",
+    "upstream_requests",
+    "errors_total",
+    "active_connections",
+    "model_",
+    "rate_limit_",
+    "cache_",
+    "gateway_metrics_",
+    "nginx_",
+    "up",
+];
+
+pub unsafe extern "C" fn set_custom(
+    cf: *mut ngx_conf_t,
+    cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    // SAFETY: nginx calls this for the main conf; the offset selects the type.
+    unsafe {
+        main_directive(cf, cmd, conf, |mc, a, which| {
+            let kind = match which {
+                0 => CustomKind::Counter,
+                1 => CustomKind::Gauge,
+                _ => CustomKind::Histogram,
+            };
+            custom_directive(mc, kind, a)
+        })
+    }
+}
+
+fn custom_directive(mc: &mut MainConf, kind: CustomKind, a: &[&[u8]]) -> Result<(), ConfError> {
+    let name = text(a[0])?;
+    // ':' is reserved for recording rules; promtool warns about it in exposed names.
+    if !valid_metric_name(name) || name.contains(':') {
+        return Err(ConfError::Invalid("metric name", name.into()));
+    }
+    if mc.custom.iter().any(|f| f.name == name) {
+        return Err(ConfError::Invalid("duplicate metric", name.into()));
+    }
+    let builtin = RESERVED_PREFIXES.iter().any(|p| {
+        if *p == "up" {
+            name == "up"
+        } else {
+            name.starts_with(p)
+        }
+    });
+    // model_accuracy_percent is in our design documents as a custom metric: allow model_*
+    // names that the module does not emit itself.
+    let emitted = [
+        "model_requests_total",
+        "model_request_duration_seconds",
+        "model_tokens_input_total",
+        "model_tokens_output_total",
+        "model_cost_usd_total",
+        "model_time_to_first_token_seconds",
+        "model_throughput_tokens_per_second",
+    ];
+    if (builtin && !name.starts_with("model_")) || emitted.contains(&name) {
+        return Err(ConfError::Invalid(
+            "metric name: the module emits it itself",
+            name.into(),
+        ));
+    }
+    // Prometheus naming rules that keep the page lint-clean and the sample names unambiguous
+    // (a histogram "x" owns x_bucket, x_sum and x_count).
+    if kind == CustomKind::Counter && !name.ends_with("_total") {
+        return Err(ConfError::Invalid(
+            "counter name (must end in _total)",
+            name.into(),
+        ));
+    }
+    if kind != CustomKind::Counter
+        && ["_total", "_bucket", "_sum", "_count", "_created"]
+            .iter()
+            .any(|s| name.ends_with(s))
+    {
+        return Err(ConfError::Invalid(
+            "metric name (only counters end in _total; _bucket, _sum, _count and _created are reserved)",
+            name.into(),
+        ));
+    }
+    let id = family_id(name);
+    if mc.custom.iter().any(|f| f.id == id) {
+        return Err(ConfError::Invalid(
+            "metric name (hash collision, rename it)",
+            name.into(),
+        ));
+    }
+    let help = text(a.get(1).copied().unwrap_or(b""))?.to_string();
+    if help.trim().is_empty() {
+        return Err(ConfError::msg("missing help text (NAME \"help\" LABEL...)"));
+    }
+    let mut labels = Vec::new();
+    let mut bounds = Vec::new();
+    for arg in a.iter().skip(2) {
+        let s = text(arg)?;
+        if let Some(list) = s.strip_prefix("buckets=") {
+            if kind != CustomKind::Histogram {
+                return Err(ConfError::msg("buckets= is only valid for histograms"));
+            }
+            if !bounds.is_empty() {
+                return Err(ConfError::msg("duplicate buckets="));
+            }
+            bounds = parse_bounds(list.split(','))?;
+            continue;
+        }
+        if !valid_label_name(s) {
+            return Err(ConfError::Invalid("label name", s.into()));
+        }
+        if labels.iter().any(|l: &String| l == s) {
+            return Err(ConfError::Invalid("duplicate label name", s.into()));
+        }
+        labels.push(s.to_string());
+    }
+    if labels.len() > MAX_CUSTOM_LABELS {
+        return Err(ConfError::msg("too many labels (at most 8)"));
+    }
+    if kind == CustomKind::Histogram && bounds.is_empty() {
+        bounds = DEFAULT_DURATION_BUCKETS.to_vec();
+    }
+    mc.custom.push(CustomFamily {
+        name: name.to_string(),
+        help,
+        kind,
+        labels,
+        bounds,
+        id,
+    });
+    Ok(())
+}
