@@ -8,6 +8,7 @@ use std::ptr;
 use gateway_metrics_core::buckets::{
     DEFAULT_DURATION_BUCKETS, DEFAULT_THROUGHPUT_BUCKETS, DEFAULT_TTFT_BUCKETS,
 };
+use gateway_metrics_core::config::Price;
 use gateway_metrics_core::labels::{edge_words, header_variable};
 use gateway_metrics_core::render::CustomFamily;
 use nginx_sys::*;
@@ -17,34 +18,10 @@ use crate::zone::ZoneCtx;
 /// Default cardinality cap: enough for many tenants x models x endpoints, small enough that a
 /// label-cardinality attack cannot fill a default-sized zone.
 pub const DEFAULT_MAX_SERIES: u64 = 50_000;
-/// Most labels a declared family may have.
-pub const MAX_CUSTOM_LABELS: usize = 8;
 /// Smallest zone accepted by `gateway_metrics_zone`.
 pub const MIN_ZONE_SIZE: usize = 128 * 1024;
 /// Largest zone: index slots hold 32-bit word offsets (32 GiB), with margin.
 pub const MAX_ZONE_SIZE: usize = 16 << 30;
-
-/// USD per 1M tokens.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct Price {
-    pub input: f64,
-    pub output: f64,
-    /// Price of cached input tokens; the input price when not given.
-    pub cached_input: Option<f64>,
-}
-
-impl Price {
-    /// Cost in USD. `cached` and `reasoning` are parts of `input` and `output` (as providers
-    /// report them), so cached tokens are billed at the cached price instead of the input price.
-    pub fn cost(&self, input: u64, output: u64, cached: u64) -> f64 {
-        let cached = cached.min(input);
-        let cached_price = self.cached_input.unwrap_or(self.input);
-        ((input - cached) as f64 * self.input
-            + cached as f64 * cached_price
-            + output as f64 * self.output)
-            / 1_000_000.0
-    }
-}
 
 pub struct MainConf {
     /// The zone's per-cycle context; null without `gateway_metrics_zone`.

@@ -5,9 +5,8 @@
 use std::ffi::{c_char, c_void};
 use std::ptr;
 
-use gateway_metrics_core::buckets::{parse_bounds, DEFAULT_DURATION_BUCKETS};
-use gateway_metrics_core::hash::family_id;
-use gateway_metrics_core::labels::{valid_label_name, valid_metric_name};
+use gateway_metrics_core::buckets::parse_bounds;
+use gateway_metrics_core::config::Price;
 use gateway_metrics_core::render::{CustomFamily, CustomKind};
 use nginx_sys::*;
 
@@ -264,64 +263,16 @@ fn price_directive(mc: &mut MainConf, a: &[&[u8]]) -> Result<(), ConfError> {
             String::from_utf8_lossy(model).into(),
         ));
     }
-    if a.len() < 2 {
-        return Err(ConfError::msg(
-            "no prices given (input=USD output=USD [cached_input=USD] per 1M tokens)",
-        ));
-    }
-    let mut p = Price::default();
-    let mut seen = [false; 3];
-    for arg in &a[1..] {
-        let s = text(arg)?;
-        let (k, v) = s
-            .split_once('=')
-            .ok_or_else(|| ConfError::Invalid("price", s.into()))?;
-        let v: f64 = v
-            .parse()
-            .ok()
-            .filter(|x: &f64| x.is_finite() && *x >= 0.0)
-            .ok_or_else(|| ConfError::Invalid("price", s.into()))?;
-        let i = match k {
-            "input" => 0,
-            "output" => 1,
-            "cached_input" => 2,
-            _ => {
-                return Err(ConfError::Invalid(
-                    "price key (input, output, cached_input)",
-                    k.into(),
-                ))
-            }
-        };
-        if seen[i] {
-            return Err(ConfError::Invalid("duplicate price key", k.into()));
-        }
-        seen[i] = true;
-        match i {
-            0 => p.input = v,
-            1 => p.output = v,
-            _ => p.cached_input = Some(v),
-        }
-    }
+    let args = a[1..]
+        .iter()
+        .map(|b| text(b))
+        .collect::<Result<Vec<_>, _>>()?;
+    let p = Price::parse(&args)?;
     mc.prices.insert(model.to_vec(), p);
     Ok(())
 }
 
 /// Names the module emits itself; declared families may not reuse them.
-const RESERVED_PREFIXES: [&str; 12] = [
-    "http_request",
-    "gateway_request",
-    "namespace_",
-    "upstream_requests",
-    "errors_total",
-    "active_connections",
-    "model_",
-    "rate_limit_",
-    "cache_",
-    "gateway_metrics_",
-    "nginx_",
-    "up",
-];
-
 pub unsafe extern "C" fn set_custom(
     cf: *mut ngx_conf_t,
     cmd: *mut ngx_command_t,
@@ -341,102 +292,8 @@ pub unsafe extern "C" fn set_custom(
 }
 
 fn custom_directive(mc: &mut MainConf, kind: CustomKind, a: &[&[u8]]) -> Result<(), ConfError> {
-    let name = text(a[0])?;
-    // ':' is reserved for recording rules; promtool warns about it in exposed names.
-    if !valid_metric_name(name) || name.contains(':') {
-        return Err(ConfError::Invalid("metric name", name.into()));
-    }
-    if mc.custom.iter().any(|f| f.name == name) {
-        return Err(ConfError::Invalid("duplicate metric", name.into()));
-    }
-    let builtin = RESERVED_PREFIXES.iter().any(|p| {
-        if *p == "up" {
-            name == "up"
-        } else {
-            name.starts_with(p)
-        }
-    });
-    // model_accuracy_percent is in our design documents as a custom metric: allow model_*
-    // names that the module does not emit itself.
-    let emitted = [
-        "model_requests_total",
-        "model_request_duration_seconds",
-        "model_tokens_input_total",
-        "model_tokens_output_total",
-        "model_cost_usd_total",
-        "model_time_to_first_token_seconds",
-        "model_throughput_tokens_per_second",
-    ];
-    if (builtin && !name.starts_with("model_")) || emitted.contains(&name) {
-        return Err(ConfError::Invalid(
-            "metric name: the module emits it itself",
-            name.into(),
-        ));
-    }
-    // Prometheus naming rules that keep the page lint-clean and the sample names unambiguous
-    // (a histogram "x" owns x_bucket, x_sum and x_count).
-    if kind == CustomKind::Counter && !name.ends_with("_total") {
-        return Err(ConfError::Invalid(
-            "counter name (must end in _total)",
-            name.into(),
-        ));
-    }
-    if kind != CustomKind::Counter
-        && ["_total", "_bucket", "_sum", "_count", "_created"]
-            .iter()
-            .any(|s| name.ends_with(s))
-    {
-        return Err(ConfError::Invalid(
-            "metric name (only counters end in _total; _bucket, _sum, _count and _created are reserved)",
-            name.into(),
-        ));
-    }
-    let id = family_id(name);
-    if mc.custom.iter().any(|f| f.id == id) {
-        return Err(ConfError::Invalid(
-            "metric name (hash collision, rename it)",
-            name.into(),
-        ));
-    }
-    let help = text(a.get(1).copied().unwrap_or(b""))?.to_string();
-    if help.trim().is_empty() {
-        return Err(ConfError::msg("missing help text (NAME \"help\" LABEL...)"));
-    }
-    let mut labels = Vec::new();
-    let mut bounds = Vec::new();
-    for arg in a.iter().skip(2) {
-        let s = text(arg)?;
-        if let Some(list) = s.strip_prefix("buckets=") {
-            if kind != CustomKind::Histogram {
-                return Err(ConfError::msg("buckets= is only valid for histograms"));
-            }
-            if !bounds.is_empty() {
-                return Err(ConfError::msg("duplicate buckets="));
-            }
-            bounds = parse_bounds(list.split(','))?;
-            continue;
-        }
-        if !valid_label_name(s) {
-            return Err(ConfError::Invalid("label name", s.into()));
-        }
-        if labels.iter().any(|l: &String| l == s) {
-            return Err(ConfError::Invalid("duplicate label name", s.into()));
-        }
-        labels.push(s.to_string());
-    }
-    if labels.len() > MAX_CUSTOM_LABELS {
-        return Err(ConfError::msg("too many labels (at most 8)"));
-    }
-    if kind == CustomKind::Histogram && bounds.is_empty() {
-        bounds = DEFAULT_DURATION_BUCKETS.to_vec();
-    }
-    mc.custom.push(CustomFamily {
-        name: name.to_string(),
-        help,
-        kind,
-        labels,
-        bounds,
-        id,
-    });
+    let args = a.iter().map(|b| text(b)).collect::<Result<Vec<_>, _>>()?;
+    let family = CustomFamily::declare(kind, &args, &mc.custom)?;
+    mc.custom.push(family);
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! Errors of the glue and the one place that maps request errors to nginx status codes.
 
 use gateway_metrics_core::buckets::BucketsError;
+use gateway_metrics_core::config::ConfigError;
 use nginx_sys::{
     ngx_int_t, NGX_ERROR, NGX_HTTP_INTERNAL_SERVER_ERROR, NGX_HTTP_NOT_ALLOWED,
     NGX_HTTP_REQUEST_TIME_OUT, NGX_HTTP_SERVICE_UNAVAILABLE,
@@ -18,6 +19,8 @@ pub enum ConfError {
     Invalid(&'static str, String),
     #[error(transparent)]
     Buckets(#[from] BucketsError),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
     #[error("{0}")]
     Other(String),
 }

@@ -11,13 +11,14 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use gateway_metrics_core::api;
 use gateway_metrics_core::catalogue::fam;
+use gateway_metrics_core::config::MAX_CUSTOM_LABELS;
 use gateway_metrics_core::labels::sanitize_into;
 use gateway_metrics_core::render::CustomKind;
 use gateway_metrics_core::series_of;
 use gateway_metrics_core::store::{add_f64, add_u64, observe, set_f64, SelfCounter, SeriesKind};
 use nginx_sys::*;
 
-use crate::conf::{cycle_main_conf, MainConf, MAX_CUSTOM_LABELS};
+use crate::conf::{cycle_main_conf, MainConf};
 use crate::request;
 
 /// A byte string passed from Lua (pointer and length of a Lua string).

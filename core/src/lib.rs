@@ -7,6 +7,7 @@ pub mod api;
 pub mod buckets;
 pub mod cache;
 pub mod catalogue;
+pub mod config;
 pub mod expo;
 pub mod hash;
 pub mod labels;
