@@ -12,7 +12,11 @@ mod error;
 mod exporter;
 mod handlers;
 mod lua_api;
+mod pacing;
+mod page;
+mod render_pool;
 mod request;
+mod slicer;
 mod zone;
 
 use std::ffi::{c_char, c_void};

@@ -1,0 +1,88 @@
+//! What the `/metrics` page is: its response header fields and what the renderer needs from
+//! the configuration, the zone and nginx's own counters.
+
+use std::ptr;
+
+use gateway_metrics_core::expo::CONTENT_TYPE;
+use gateway_metrics_core::render::{HistSpec, NginxStats, RenderSpec};
+use nginx_sys::*;
+
+use crate::conf::MainConf;
+use crate::zone::{pid_alive, ZoneCtx};
+
+/// Sets the status and header fields of the page; `length`: the Content-Length, if known.
+///
+/// # Safety
+/// `r` must be a live request.
+pub unsafe fn set_headers(r: *mut ngx_http_request_t, length: Option<usize>) {
+    // SAFETY: forwarded contract; CONTENT_TYPE is static.
+    let rr = unsafe { &mut *r };
+    rr.headers_out.status = NGX_HTTP_OK as ngx_uint_t;
+    rr.headers_out.content_type = ngx_str_t {
+        len: CONTENT_TYPE.len(),
+        data: CONTENT_TYPE.as_ptr() as *mut u8,
+    };
+    // Up to ';': what gzip_types and friends compare against.
+    rr.headers_out.content_type_len = "text/plain".len();
+    rr.headers_out.content_type_lowcase = ptr::null_mut();
+    // A response that names its charset is left alone by the charset filter (`charset`,
+    // `source_charset`): the page stays UTF-8 and its Content-Type whole. (The header filter
+    // writes `content_type` as is: it already ends in this charset.)
+    rr.headers_out.charset = ngx_str_t {
+        len: "utf-8".len(),
+        data: c"utf-8".as_ptr() as *mut u8,
+    };
+    rr.headers_out.content_length_n = length.map_or(-1, |l| l as off_t);
+}
+
+/// What the renderer needs, from the configuration and the zone.
+pub fn page_spec<'a>(mc: &'a MainConf, zone: &'a ZoneCtx) -> RenderSpec<'a> {
+    RenderSpec {
+        zone_name: &zone.name,
+        max_series: mc.max_series,
+        duration: HistSpec {
+            bounds: &mc.bounds[0],
+            layout: zone.layouts[0],
+        },
+        ttft: HistSpec {
+            bounds: &mc.bounds[1],
+            layout: zone.layouts[1],
+        },
+        throughput: HistSpec {
+            bounds: &mc.bounds[2],
+            layout: zone.layouts[2],
+        },
+        custom: &zone.custom,
+        nginx: nginx_stats(),
+        alive: Some(pid_alive),
+    }
+}
+
+#[cfg(gm_stat_stub)]
+fn nginx_stats() -> Option<NginxStats> {
+    // SAFETY: with stub_status compiled in, nginx points these at shared atomic counters before
+    // any request is served.
+    unsafe {
+        let read = |p: *mut ngx_atomic_t| {
+            if p.is_null() {
+                0
+            } else {
+                ptr::read_volatile(p) as u64
+            }
+        };
+        Some(NginxStats {
+            active: read(ngx_stat_active),
+            reading: read(ngx_stat_reading),
+            writing: read(ngx_stat_writing),
+            waiting: read(ngx_stat_waiting),
+            accepted: read(ngx_stat_accepted),
+            handled: read(ngx_stat_handled),
+            requests: read(ngx_stat_requests),
+        })
+    }
+}
+
+#[cfg(not(gm_stat_stub))]
+fn nginx_stats() -> Option<NginxStats> {
+    None
+}
