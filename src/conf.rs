@@ -46,13 +46,27 @@ pub struct MainConf {
 #[repr(C)]
 pub struct LocConf {
     pub enable: ngx_flag_t,
-    pub namespace: *mut ngx_http_complex_value_t,
-    pub upstream: *mut ngx_http_complex_value_t,
-    pub endpoint: *mut ngx_http_complex_value_t,
-    pub model: *mut ngx_http_complex_value_t,
-    /// For namespace, upstream, endpoint and model: the header when the value is exactly one
-    /// `$http_*` variable (read directly, see `request::label`), else empty names.
-    pub headers: [HeaderName; 4],
+    pub namespace: LabelSource,
+    pub upstream: LabelSource,
+    pub endpoint: LabelSource,
+    pub model: LabelSource,
+}
+
+/// Where a label's value comes from (`gateway_metrics_namespace` and the like).
+#[repr(C)]
+pub struct LabelSource {
+    /// The configured complex value (null: not configured). nginx's
+    /// `ngx_http_set_complex_value_slot` writes it: the directive's offset points here.
+    pub cv: *mut ngx_http_complex_value_t,
+    /// The header, when the value is exactly one `$http_*` variable (read directly, see
+    /// `request::label`); empty names otherwise.
+    pub header: HeaderName,
+}
+
+impl LabelSource {
+    pub fn is_set(&self) -> bool {
+        !self.cv.is_null()
+    }
 }
 
 /// A request header a label reads directly.
@@ -134,22 +148,19 @@ pub unsafe extern "C" fn merge_loc_conf(
         conf.enable = if prev.enable == UNSET { 0 } else { prev.enable };
     }
     for (c, p) in [
-        (&mut conf.namespace, prev.namespace),
-        (&mut conf.upstream, prev.upstream),
-        (&mut conf.endpoint, prev.endpoint),
-        (&mut conf.model, prev.model),
+        (&mut conf.namespace, &prev.namespace),
+        (&mut conf.upstream, &prev.upstream),
+        (&mut conf.endpoint, &prev.endpoint),
+        (&mut conf.model, &prev.model),
     ] {
-        if c.is_null() {
-            *c = p;
+        if c.cv.is_null() {
+            c.cv = p.cv;
         }
-    }
-    let cvs = [conf.namespace, conf.upstream, conf.endpoint, conf.model];
-    for (h, cv) in conf.headers.iter_mut().zip(cvs) {
-        if cv.is_null() {
+        if c.cv.is_null() {
             continue;
         }
         // SAFETY: cv is a compiled complex value in the conf pool; its value is the source.
-        let source = unsafe { (*cv).value.as_bytes() };
+        let source = unsafe { (*c.cv).value.as_bytes() };
         if let Some(name) = header_variable(source) {
             let dashed: Vec<u8> = name
                 .iter()
@@ -160,7 +171,7 @@ pub unsafe extern "C" fn merge_loc_conf(
                 let (Some(var), Some(dash)) = (conf_str(cf, &name), conf_str(cf, &dashed)) else {
                     return ngx::core::NGX_CONF_ERROR;
                 };
-                *h = HeaderName {
+                c.header = HeaderName {
                     var,
                     dashed: dash,
                     hash: dashed.iter().fold(0 as ngx_uint_t, |a, &b| {

@@ -306,7 +306,7 @@ unsafe fn enter(r: *mut ngx_http_request_t) {
             t.store.count_drop(DropReason::NoLane, 1);
             return;
         }
-        let ns = request::label(r, lc.namespace, &lc.headers[0]);
+        let ns = request::label(r, &lc.namespace);
         // One series per namespace and worker lane, owned by the pid that last used it: a
         // worker killed with requests in flight leaves a series whose owner is dead; the
         // renderer skips it and the next worker of that lane resets it.
@@ -369,7 +369,7 @@ unsafe fn record(r: *mut ngx_http_request_t) {
         let rr = &*r;
         let status = request::status(rr);
         let duration = request::request_seconds(rr);
-        let ns = request::label(r, lc.namespace, &lc.headers[0]);
+        let ns = request::label(r, &lc.namespace);
         let upstream = request::upstream(r, lc);
         let endpoint = request::endpoint(r, lc);
         let method = request::method(rr);
@@ -383,8 +383,7 @@ unsafe fn record(r: *mut ngx_http_request_t) {
         };
         let model: &[u8] = match ctx.as_deref() {
             Some(ReqCtx { model: Some(m), .. }) => m.as_slice(),
-            _ if lc.model.is_null() => b"",
-            _ => request::label(r, lc.model, &lc.headers[3]),
+            _ => request::label(r, &lc.model),
         };
         let auto = request::limiter_and_cache_status(rr);
         let mc = t.mc;

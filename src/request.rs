@@ -9,7 +9,7 @@ use gateway_metrics_core::labels::{edge_words, header_matches, short_eq};
 use gateway_metrics_core::store::Store;
 use nginx_sys::*;
 
-use crate::conf::{HeaderName, LocConf, MainConf};
+use crate::conf::{HeaderName, LabelSource, LocConf, MainConf};
 use crate::zone::{ShmLock, ZoneCtx};
 
 /// What the module remembers about one request (the main request), across internal redirects.
@@ -181,15 +181,12 @@ pub unsafe fn main_conf<'a>(r: *const ngx_http_request_t) -> &'a MainConf {
 }
 
 /// A label's value: read straight from the request header when the configured value is one
-/// `$http_*` variable (`name` non-empty), else through nginx's complex value.
+/// `$http_*` variable, else through nginx's complex value; `""` when not configured.
 ///
 /// # Safety
-/// `r` must be a live request; `cv` and `name` from its location conf.
-pub unsafe fn label<'a>(
-    r: *mut ngx_http_request_t,
-    cv: *mut ngx_http_complex_value_t,
-    name: &HeaderName,
-) -> &'a [u8] {
+/// `r` must be a live request; `source` from its location conf.
+pub unsafe fn label<'a>(r: *mut ngx_http_request_t, source: &LabelSource) -> &'a [u8] {
+    let (cv, name) = (source.cv, &source.header);
     if name.var.len == 0 {
         // SAFETY: forwarded contract.
         return unsafe { eval(r, cv) };
@@ -292,9 +289,9 @@ pub fn status(r: &ngx_http_request_t) -> ngx_uint_t {
 /// # Safety
 /// `r` must be a live request.
 pub unsafe fn endpoint<'a>(r: *mut ngx_http_request_t, lc: &LocConf) -> Label<'a> {
-    if !lc.endpoint.is_null() {
+    if lc.endpoint.is_set() {
         // SAFETY: forwarded contract.
-        return Label::bytes(unsafe { label(r, lc.endpoint, &lc.headers[2]) });
+        return Label::bytes(unsafe { label(r, &lc.endpoint) });
     }
     // SAFETY: the core module's loc conf exists for every request.
     unsafe {
@@ -313,9 +310,9 @@ pub unsafe fn endpoint<'a>(r: *mut ngx_http_request_t, lc: &LocConf) -> Label<'a
 /// # Safety
 /// `r` must be a live request.
 pub unsafe fn upstream<'a>(r: *mut ngx_http_request_t, lc: &LocConf) -> Label<'a> {
-    if !lc.upstream.is_null() {
+    if lc.upstream.is_set() {
         // SAFETY: forwarded contract.
-        return Label::bytes(unsafe { label(r, lc.upstream, &lc.headers[1]) });
+        return Label::bytes(unsafe { label(r, &lc.upstream) });
     }
     // SAFETY: r->upstream and its confs stay valid until the request is freed.
     unsafe {
