@@ -5,9 +5,7 @@ use std::collections::BTreeMap;
 use std::ffi::{c_char, c_void};
 use std::ptr;
 
-use gateway_metrics_core::buckets::{
-    DEFAULT_DURATION_BUCKETS, DEFAULT_THROUGHPUT_BUCKETS, DEFAULT_TTFT_BUCKETS,
-};
+use gateway_metrics_core::buckets::Histograms;
 use gateway_metrics_core::config::Price;
 use gateway_metrics_core::labels::{edge_words, header_variable};
 use gateway_metrics_core::render::CustomFamily;
@@ -26,9 +24,9 @@ pub const MAX_ZONE_SIZE: usize = 16 << 30;
 pub struct MainConf {
     /// The zone's per-cycle context; null without `gateway_metrics_zone`.
     pub zone: *mut ZoneCtx,
-    /// Duration, TTFT and throughput bucket bounds.
-    pub bounds: [Vec<f64>; 3],
-    pub bounds_set: [bool; 3],
+    /// The built-in histograms' bucket bounds, and whether their directive was given.
+    pub bounds: Histograms<Vec<f64>>,
+    pub bounds_set: Histograms<bool>,
     pub max_series: u64,
     pub max_series_set: bool,
     pub prices: BTreeMap<Vec<u8>, Price>,
@@ -88,12 +86,8 @@ pub const UNSET: ngx_flag_t = -1;
 pub unsafe extern "C" fn create_main_conf(cf: *mut ngx_conf_t) -> *mut c_void {
     let conf = MainConf {
         zone: ptr::null_mut(),
-        bounds: [
-            DEFAULT_DURATION_BUCKETS.to_vec(),
-            DEFAULT_TTFT_BUCKETS.to_vec(),
-            DEFAULT_THROUGHPUT_BUCKETS.to_vec(),
-        ],
-        bounds_set: [false; 3],
+        bounds: Histograms::default_bounds(),
+        bounds_set: Histograms::default(),
         max_series: DEFAULT_MAX_SERIES,
         max_series_set: false,
         prices: BTreeMap::new(),

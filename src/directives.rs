@@ -5,7 +5,7 @@
 use std::ffi::{c_char, c_void};
 use std::ptr;
 
-use gateway_metrics_core::buckets::parse_bounds;
+use gateway_metrics_core::buckets::{parse_bounds, Histogram};
 use gateway_metrics_core::config::Price;
 use gateway_metrics_core::render::{CustomFamily, CustomKind};
 use nginx_sys::*;
@@ -54,7 +54,7 @@ fn text(b: &[u8]) -> Result<&str, ConfError> {
 }
 
 /// The common frame of the main-conf directives: converts nginx's pointers, then runs the
-/// safe `f` with the conf, the arguments and the command's `offset` (which selects a variant).
+/// safe `f` with the conf and the arguments.
 ///
 /// # Safety
 /// `cf`, `cmd` and `conf` must be what nginx passes to a main-conf directive handler.
@@ -62,11 +62,11 @@ unsafe fn main_directive(
     cf: *mut ngx_conf_t,
     cmd: *mut ngx_command_t,
     conf: *mut c_void,
-    f: impl FnOnce(&mut MainConf, &[&[u8]], usize) -> Result<(), ConfError>,
+    f: impl FnOnce(&mut MainConf, &[&[u8]]) -> Result<(), ConfError>,
 ) -> *mut c_char {
     // SAFETY: per the function contract, conf is this module's main conf.
-    let (mc, a, which) = unsafe { (&mut *(conf as *mut MainConf), args(cf), (*cmd).offset) };
-    conf_result(cf, cmd, f(mc, &a, which))
+    let (mc, a) = unsafe { (&mut *(conf as *mut MainConf), args(cf)) };
+    conf_result(cf, cmd, f(mc, &a))
 }
 
 pub unsafe extern "C" fn set_zone(
@@ -152,22 +152,39 @@ pub unsafe extern "C" fn set_enable(
     conf_result(cf, cmd, r)
 }
 
-pub unsafe extern "C" fn set_buckets(
+pub unsafe extern "C" fn set_duration_buckets(
     cf: *mut ngx_conf_t,
     cmd: *mut ngx_command_t,
     conf: *mut c_void,
 ) -> *mut c_char {
-    // SAFETY: nginx calls this for the main conf; the offset selects the histogram.
-    unsafe { main_directive(cf, cmd, conf, buckets_directive) }
+    // SAFETY: nginx calls this for the main conf.
+    unsafe { main_directive(cf, cmd, conf, |mc, a| buckets(mc, a, Histogram::Duration)) }
 }
 
-fn buckets_directive(mc: &mut MainConf, a: &[&[u8]], which: usize) -> Result<(), ConfError> {
-    if mc.bounds_set[which] {
+pub unsafe extern "C" fn set_ttft_buckets(
+    cf: *mut ngx_conf_t,
+    cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    // SAFETY: nginx calls this for the main conf.
+    unsafe { main_directive(cf, cmd, conf, |mc, a| buckets(mc, a, Histogram::Ttft)) }
+}
+
+pub unsafe extern "C" fn set_throughput_buckets(
+    cf: *mut ngx_conf_t,
+    cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    // SAFETY: nginx calls this for the main conf.
+    unsafe { main_directive(cf, cmd, conf, |mc, a| buckets(mc, a, Histogram::Throughput)) }
+}
+
+fn buckets(mc: &mut MainConf, a: &[&[u8]], which: Histogram) -> Result<(), ConfError> {
+    if std::mem::replace(mc.bounds_set.get_mut(which), true) {
         return Err(ConfError::Duplicate);
     }
     let strs = a.iter().map(|b| text(b)).collect::<Result<Vec<_>, _>>()?;
-    mc.bounds[which] = parse_bounds(strs)?;
-    mc.bounds_set[which] = true;
+    *mc.bounds.get_mut(which) = parse_bounds(strs)?;
     Ok(())
 }
 
@@ -180,7 +197,7 @@ pub unsafe extern "C" fn set_max_series(
     unsafe { main_directive(cf, cmd, conf, max_series_directive) }
 }
 
-fn max_series_directive(mc: &mut MainConf, a: &[&[u8]], _: usize) -> Result<(), ConfError> {
+fn max_series_directive(mc: &mut MainConf, a: &[&[u8]]) -> Result<(), ConfError> {
     if mc.max_series_set {
         return Err(ConfError::Duplicate);
     }
@@ -223,7 +240,7 @@ pub unsafe extern "C" fn set_render_pool(
     unsafe { main_directive(cf, cmd, conf, render_pool_directive) }
 }
 
-fn render_pool_directive(mc: &mut MainConf, a: &[&[u8]], _: usize) -> Result<(), ConfError> {
+fn render_pool_directive(mc: &mut MainConf, a: &[&[u8]]) -> Result<(), ConfError> {
     if mc.render_pool_name.is_some() {
         return Err(ConfError::Duplicate);
     }
@@ -249,7 +266,7 @@ pub unsafe extern "C" fn set_price(
     conf: *mut c_void,
 ) -> *mut c_char {
     // SAFETY: nginx calls this for the main conf.
-    unsafe { main_directive(cf, cmd, conf, |mc, a, _| price_directive(mc, a)) }
+    unsafe { main_directive(cf, cmd, conf, price_directive) }
 }
 
 fn price_directive(mc: &mut MainConf, a: &[&[u8]]) -> Result<(), ConfError> {
@@ -273,20 +290,41 @@ fn price_directive(mc: &mut MainConf, a: &[&[u8]]) -> Result<(), ConfError> {
 }
 
 /// Names the module emits itself; declared families may not reuse them.
-pub unsafe extern "C" fn set_custom(
+pub unsafe extern "C" fn set_counter(
     cf: *mut ngx_conf_t,
     cmd: *mut ngx_command_t,
     conf: *mut c_void,
 ) -> *mut c_char {
-    // SAFETY: nginx calls this for the main conf; the offset selects the type.
+    // SAFETY: nginx calls this for the main conf.
     unsafe {
-        main_directive(cf, cmd, conf, |mc, a, which| {
-            let kind = match which {
-                0 => CustomKind::Counter,
-                1 => CustomKind::Gauge,
-                _ => CustomKind::Histogram,
-            };
-            custom_directive(mc, kind, a)
+        main_directive(cf, cmd, conf, |mc, a| {
+            custom_directive(mc, CustomKind::Counter, a)
+        })
+    }
+}
+
+pub unsafe extern "C" fn set_gauge(
+    cf: *mut ngx_conf_t,
+    cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    // SAFETY: nginx calls this for the main conf.
+    unsafe {
+        main_directive(cf, cmd, conf, |mc, a| {
+            custom_directive(mc, CustomKind::Gauge, a)
+        })
+    }
+}
+
+pub unsafe extern "C" fn set_histogram(
+    cf: *mut ngx_conf_t,
+    cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    // SAFETY: nginx calls this for the main conf.
+    unsafe {
+        main_directive(cf, cmd, conf, |mc, a| {
+            custom_directive(mc, CustomKind::Histogram, a)
         })
     }
 }

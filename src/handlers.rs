@@ -387,7 +387,7 @@ unsafe fn record(r: *mut ngx_http_request_t) {
         };
         let auto = request::limiter_and_cache_status(rr);
         let mc = t.mc;
-        let hist_words = |i: usize| (mc.bounds[i].len() + 2) as u8;
+        let hist_words = |b: &[f64]| (b.len() + 2) as u8;
 
         let labels = [
             method,
@@ -399,8 +399,10 @@ unsafe fn record(r: *mut ngx_http_request_t) {
                 Label::with_id(2 + c as u64, c.label().as_bytes())
             }),
         ];
-        if let Some(v) = t.request_series(r, t.zone.layouts[0], hist_words(0), &labels, status) {
-            observe(v, &mc.bounds[0], duration);
+        let (bounds, layouts) = (&mc.bounds, &t.zone.layouts);
+        let words = hist_words(&bounds.duration);
+        if let Some(v) = t.request_series(r, layouts.duration, words, &labels, status) {
+            observe(v, &bounds.duration, duration);
         }
 
         let reqctx = ctx.as_deref();
@@ -412,14 +414,8 @@ unsafe fn record(r: *mut ngx_http_request_t) {
                 Label::bytes(ns),
                 Label::with_id(class_id, class.as_bytes()),
             ];
-            if let Some(v) = t.series(
-                r,
-                fam::MODEL_REQUEST,
-                t.zone.layouts[0],
-                hist_words(0),
-                &labels,
-            ) {
-                observe(v, &mc.bounds[0], duration);
+            if let Some(v) = t.series(r, fam::MODEL_REQUEST, layouts.duration, words, &labels) {
+                observe(v, &bounds.duration, duration);
             }
             let ttft = reqctx.and_then(|c| c.first_token_ms).map(|ms| {
                 let start = rr.start_sec as u64 * 1000 + rr.start_msec as u64;
@@ -427,8 +423,9 @@ unsafe fn record(r: *mut ngx_http_request_t) {
             });
             let labels = [Label::bytes(model), Label::bytes(ns)];
             if let Some(ttft) = ttft {
-                if let Some(v) = t.series(r, fam::TTFT, t.zone.layouts[1], hist_words(1), &labels) {
-                    observe(v, &mc.bounds[1], ttft);
+                let words = hist_words(&bounds.ttft);
+                if let Some(v) = t.series(r, fam::TTFT, layouts.ttft, words, &labels) {
+                    observe(v, &bounds.ttft, ttft);
                 }
             }
             if let Some(c) = reqctx.filter(|c| c.has_tokens) {
@@ -499,11 +496,11 @@ fn record_tokens(
         if let Some(v) = t.series(
             r,
             fam::THROUGHPUT,
-            t.zone.layouts[2],
-            (mc.bounds[2].len() + 2) as u8,
+            t.zone.layouts.throughput,
+            (mc.bounds.throughput.len() + 2) as u8,
             labels,
         ) {
-            observe(v, &mc.bounds[2], output as f64 / generation);
+            observe(v, &mc.bounds.throughput, output as f64 / generation);
         }
     }
 }

@@ -41,16 +41,16 @@ pub fn page_spec<'a>(mc: &'a MainConf, zone: &'a ZoneCtx) -> RenderSpec<'a> {
         zone_name: &zone.name,
         max_series: mc.max_series,
         duration: HistSpec {
-            bounds: &mc.bounds[0],
-            layout: zone.layouts[0],
+            bounds: &mc.bounds.duration,
+            layout: zone.layouts.duration,
         },
         ttft: HistSpec {
-            bounds: &mc.bounds[1],
-            layout: zone.layouts[1],
+            bounds: &mc.bounds.ttft,
+            layout: zone.layouts.ttft,
         },
         throughput: HistSpec {
-            bounds: &mc.bounds[2],
-            layout: zone.layouts[2],
+            bounds: &mc.bounds.throughput,
+            layout: zone.layouts.throughput,
         },
         custom: &zone.custom,
         nginx: nginx_stats(),

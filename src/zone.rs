@@ -8,6 +8,7 @@ use std::ffi::c_void;
 use std::ptr;
 use std::sync::atomic::AtomicU64;
 
+use gateway_metrics_core::buckets::{Histogram, Histograms};
 use gateway_metrics_core::render::CustomFamily;
 use gateway_metrics_core::store::{InsertLock, Limits, Store};
 use nginx_sys::*;
@@ -20,8 +21,8 @@ use crate::error::ConfError;
 pub struct ZoneSpec {
     /// `gateway_metrics_max_series`.
     pub max_series: u64,
-    /// Duration, TTFT and throughput bucket bounds.
-    pub bounds: [Vec<f64>; 3],
+    /// The built-in histograms' bucket bounds.
+    pub bounds: Histograms<Vec<f64>>,
     /// The declared families, in declaration order.
     pub custom: Vec<CustomFamily>,
 }
@@ -33,8 +34,8 @@ pub struct ZoneCtx {
     shpool: *mut ngx_slab_pool_t,
     region: *const AtomicU64,
     words: usize,
-    /// Layout ids of the duration, TTFT and throughput histograms (0: not registered).
-    pub layouts: [u8; 3],
+    /// Layout ids of the built-in histograms (0: not registered).
+    pub layouts: Histograms<u8>,
     /// The declared families with their layout ids (0 for non-histograms), in declaration
     /// order: built once here, in the shape the renderer takes.
     pub custom: Vec<(CustomFamily, u8)>,
@@ -149,13 +150,8 @@ impl ZoneCtx {
                 )
             })
         };
-        let names = [
-            "gateway_metrics_buckets",
-            "gateway_metrics_ttft_buckets",
-            "gateway_metrics_throughput_buckets",
-        ];
-        for (i, b) in spec.bounds.iter().enumerate() {
-            self.layouts[i] = register(b, names[i])?;
+        for h in Histogram::ALL {
+            *self.layouts.get_mut(h) = register(spec.bounds.get(h), h.directive())?;
         }
         let mut custom = Vec::with_capacity(spec.custom.len());
         for f in &spec.custom {
@@ -186,7 +182,7 @@ pub unsafe fn add_zone(
         shpool: ptr::null_mut(),
         region: ptr::null(),
         words: 0,
-        layouts: [0; 3],
+        layouts: Histograms::default(),
         custom: Vec::new(),
     };
     // SAFETY: cf is valid; the name is copied into the pool because nginx keeps the pointer.

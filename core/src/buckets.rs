@@ -82,6 +82,67 @@ pub fn bucket_index(bounds: &[f64], v: f64) -> usize {
     }
 }
 
+/// The built-in histograms, each configured with its own bucket list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Histogram {
+    /// Request duration (`gateway_metrics_buckets`).
+    Duration,
+    /// Time to first token (`gateway_metrics_ttft_buckets`).
+    Ttft,
+    /// Output tokens per second (`gateway_metrics_throughput_buckets`).
+    Throughput,
+}
+
+impl Histogram {
+    pub const ALL: [Histogram; 3] = [Histogram::Duration, Histogram::Ttft, Histogram::Throughput];
+
+    /// The directive that sets its buckets.
+    pub fn directive(self) -> &'static str {
+        match self {
+            Histogram::Duration => "gateway_metrics_buckets",
+            Histogram::Ttft => "gateway_metrics_ttft_buckets",
+            Histogram::Throughput => "gateway_metrics_throughput_buckets",
+        }
+    }
+}
+
+/// One value per built-in histogram (its bounds, whether they were set, its layout id...).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Histograms<T> {
+    pub duration: T,
+    pub ttft: T,
+    pub throughput: T,
+}
+
+impl<T> Histograms<T> {
+    pub fn get(&self, h: Histogram) -> &T {
+        match h {
+            Histogram::Duration => &self.duration,
+            Histogram::Ttft => &self.ttft,
+            Histogram::Throughput => &self.throughput,
+        }
+    }
+
+    pub fn get_mut(&mut self, h: Histogram) -> &mut T {
+        match h {
+            Histogram::Duration => &mut self.duration,
+            Histogram::Ttft => &mut self.ttft,
+            Histogram::Throughput => &mut self.throughput,
+        }
+    }
+}
+
+impl Histograms<Vec<f64>> {
+    /// The default bucket lists.
+    pub fn default_bounds() -> Self {
+        Histograms {
+            duration: DEFAULT_DURATION_BUCKETS.to_vec(),
+            ttft: DEFAULT_TTFT_BUCKETS.to_vec(),
+            throughput: DEFAULT_THROUGHPUT_BUCKETS.to_vec(),
+        }
+    }
+}
+
 /// Where each bucket of a histogram recorded with the bounds `from` goes among the buckets of
 /// `to` (both with `+Inf` last): the smallest `to` bucket whose bound is at least the `from`
 /// bucket's, the one that surely holds every observation the `from` bucket counted. Cumulative
