@@ -254,6 +254,14 @@ impl Target<'_> {
         if let Some(v) = cache.get_packed(kind.bits(), &ks, ns.bytes) {
             return Some(v);
         }
+        // SAFETY: r is live; its connection's log is valid.
+        let log = unsafe { (*(*r).connection).log };
+        ngx::ngx_log_debug_mask!(
+            DebugMask::Http,
+            log,
+            "gateway_metrics: series cache miss (namespace \"{}\"): looking in the zone",
+            String::from_utf8_lossy(ns.bytes)
+        );
         let (v, own) = self.cached(r, &mut cache, kind, labels);
         if let (Some(v), true) = (v, own) {
             cache.insert_packed(kind.bits(), &ks, ns.bytes, v);
@@ -386,6 +394,19 @@ unsafe fn record(r: *mut ngx_http_request_t) {
             _ => request::label(r, &lc.model),
         };
         let auto = request::limiter_and_cache_status(rr);
+        ngx::ngx_log_debug_mask!(
+            DebugMask::Http,
+            (*rr.connection).log,
+            "gateway_metrics: method \"{}\" endpoint \"{}\" status {} namespace \"{}\" upstream \"{}\" cut {:?} model \"{}\" body whole {}",
+            String::from_utf8_lossy(method.bytes),
+            String::from_utf8_lossy(endpoint.bytes),
+            status,
+            String::from_utf8_lossy(ns),
+            String::from_utf8_lossy(upstream.bytes),
+            cut.map(|c| c.label()),
+            String::from_utf8_lossy(model),
+            complete()
+        );
         let mc = t.mc;
         let hist_words = |b: &[f64]| (b.len() + 2) as u8;
 

@@ -1,6 +1,10 @@
 """Table-driven `nginx -t` checks for the directives not covered in test_foundation_config.py:
 each bad use fails with an [emerg] naming the directive; a config using every directive passes."""
+import subprocess
+
 import pytest
+
+import gm
 
 from gm import Nginx
 
@@ -101,3 +105,26 @@ def test_duplicates_are_worded_as_nginx_words_its_own(http, directive):
         n.__exit__()
     assert rc != 0
     assert f'[emerg]' in err and f'"{directive}" directive is duplicate in ' in err, err
+
+
+@pytest.mark.skipif("--with-debug" not in subprocess.run(
+    [gm.NGINX, "-V"], capture_output=True, text=True).stderr,
+    reason="nginx built without --with-debug")
+def test_debug_log_shows_label_resolution_and_cache_misses():
+    conf = BASE.format(http="gateway_metrics on; gateway_metrics_namespace $http_x_ns;",
+                       server="location = /r { return 200; }")
+    n = Nginx(conf, workers=1)
+    n.write(conf, 1, "")
+    with open(n.conf) as f:
+        text = f.read().replace("error_log " + n.dir + "/logs/error.log notice;",
+                                "error_log " + n.dir + "/logs/error.log debug;")
+    with open(n.conf, "w") as f:
+        f.write(text)
+    with n:
+        for _ in range(3):
+            assert n.get("/r", {"X-Ns": "dbg"})[0] == 200
+        line = 'gateway_metrics: method "GET" endpoint "/r" status 200 namespace "dbg"'
+        # (a request's lines are written together, in its log phase)
+        log = gm.wait_for(n.error_log, lambda t: t.count(line) >= 3, what="3 requests logged")
+    # the first request of a label set misses the worker's series cache, the next ones do not
+    assert log.count('series cache miss (namespace "dbg")') == 1, log
