@@ -21,6 +21,17 @@ pub const MIN_ZONE_SIZE: usize = 128 * 1024;
 /// Largest zone: index slots hold 32-bit word offsets (32 GiB), with margin.
 pub const MAX_ZONE_SIZE: usize = 16 << 30;
 
+/// How `/metrics` is rendered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RenderMode {
+    /// Not configured: in slices on the event loop.
+    Default,
+    /// `gateway_metrics_render_thread_pool off`: in slices on the event loop.
+    Slices,
+    /// In a thread of this nginx thread pool, in one piece.
+    ThreadPool(Vec<u8>),
+}
+
 pub struct MainConf {
     /// The zone's per-cycle context; null without `gateway_metrics_zone`.
     pub zone: *mut ZoneCtx,
@@ -35,8 +46,8 @@ pub struct MainConf {
     pub used: bool,
     /// Some location has `gateway_metrics_exporter`.
     pub exporter: bool,
-    /// `gateway_metrics_render_thread_pool`: `None` until set, `Some(None)` for `off`.
-    pub render_pool_name: Option<Option<Vec<u8>>>,
+    /// How `/metrics` is rendered (`gateway_metrics_render_thread_pool`).
+    pub render_mode: RenderMode,
     /// The thread pool `/metrics` is rendered in (null: render in the event loop).
     pub render_pool: *mut std::ffi::c_void,
 }
@@ -94,7 +105,7 @@ pub unsafe extern "C" fn create_main_conf(cf: *mut ngx_conf_t) -> *mut c_void {
         custom: Vec::new(),
         used: false,
         exporter: false,
-        render_pool_name: None,
+        render_mode: RenderMode::Default,
         render_pool: ptr::null_mut(),
     };
     // SAFETY: nginx passes a valid conf with a pool.

@@ -241,14 +241,14 @@ pub unsafe extern "C" fn set_render_pool(
 }
 
 fn render_pool_directive(mc: &mut MainConf, a: &[&[u8]]) -> Result<(), ConfError> {
-    if mc.render_pool_name.is_some() {
+    if mc.render_mode != RenderMode::Default {
         return Err(ConfError::Duplicate);
     }
     if a[0].is_empty() {
         return Err(ConfError::msg("empty thread pool name"));
     }
     if a[0] == b"off" {
-        mc.render_pool_name = Some(None);
+        mc.render_mode = RenderMode::Slices;
         return Ok(());
     }
     if cfg!(not(ngx_feature = "threads")) {
@@ -256,7 +256,7 @@ fn render_pool_directive(mc: &mut MainConf, a: &[&[u8]]) -> Result<(), ConfError
             "nginx was built without thread pools (--with-threads)",
         ));
     }
-    mc.render_pool_name = Some(Some(a[0].to_vec()));
+    mc.render_mode = RenderMode::ThreadPool(a[0].to_vec());
     Ok(())
 }
 

@@ -11,6 +11,8 @@ use gateway_metrics_core::series_cached;
 use gateway_metrics_core::store::{add_f64, add_u64, observe, DropReason, SeriesKind};
 use nginx_sys::*;
 
+#[cfg(ngx_feature = "threads")]
+use crate::conf::RenderMode;
 use crate::request::{self, ReqCtx, Target};
 use crate::zone::ZoneSpec;
 
@@ -73,8 +75,7 @@ pub unsafe extern "C" fn postconfiguration(cf: *mut ngx_conf_t) -> ngx_int_t {
             // Off unless configured: the pool's threads would put every libc call of the
             // worker on its multi-threaded path (slower for all traffic); the default renders
             // in bounded slices on the event loop instead.
-            let name = mc.render_pool_name.clone().flatten();
-            if let Some(name) = name {
+            if let RenderMode::ThreadPool(name) = mc.render_mode.clone() {
                 // nginx keeps the name: copy it into the configuration pool.
                 let data = ngx_pnalloc((*cf).pool, name.len()) as *mut u8;
                 if data.is_null() {

@@ -284,13 +284,14 @@ pub unsafe extern "C" fn gateway_metrics_custom(
     api(err, || {
         // SAFETY: forwarded contract.
         let name = unsafe { bytes(name, name_len)? };
-        let (mc, z, store) = zone()?;
-        let i = mc
+        let (_, z, store) = zone()?;
+        // The zone's list: each family with its bucket layout.
+        let (f, layout) = z
             .custom
             .iter()
-            .position(|f| f.name.as_bytes() == name)
+            .find(|(f, _)| f.name.as_bytes() == name)
+            .map(|(f, layout)| (f, *layout))
             .ok_or(c"undeclared metric")?;
-        let f = &mc.custom[i];
         if n_labels != f.labels.len() || n_labels > MAX_CUSTOM_LABELS {
             return Err(c"wrong number of label values");
         }
@@ -307,7 +308,6 @@ pub unsafe extern "C" fn gateway_metrics_custom(
             *v = unsafe { bytes(l.data, l.len)? };
         }
         let k = &vals[..n_labels];
-        let layout = z.custom.get(i).map_or(0, |c| c.1);
         match (f.kind, op) {
             (CustomKind::Counter, OP_INC) => {
                 update(z, &store, f.id, 0, 1, k, |v| add_f64(&v[0], value))
