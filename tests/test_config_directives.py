@@ -1,4 +1,4 @@
-"""Table-driven `nginx -t` checks for the directives not covered in test_foundation_config.py:
+"""Table-driven `nginx -t` checks for the directives not covered in test_config_errors.py:
 each bad use fails with an [emerg] naming the directive; a config using every directive passes."""
 import subprocess
 
