@@ -572,6 +572,7 @@ unsafe extern "C" fn body_filter(r: *mut ngx_http_request_t, chain: *mut ngx_cha
     let _ = catch_unwind(AssertUnwindSafe(|| unsafe { watch_body(r, chain) }));
     // SAFETY: NEXT_BODY_FILTER was set in postconfiguration, before any request.
     match unsafe { *ptr::addr_of!(NEXT_BODY_FILTER) } {
+        // SAFETY: the next filter takes what ours was given.
         Some(next) => unsafe { next(r, chain) },
         None => NGX_OK as ngx_int_t,
     }
