@@ -69,6 +69,21 @@ unsafe fn main_directive(
     conf_result(cf, cmd, f(mc, &a))
 }
 
+/// An `extern "C"` handler of a main-conf directive: converts nginx's pointers, then runs the
+/// safe `$f(main conf, arguments)` (see [`main_directive`]).
+macro_rules! main_directive_handler {
+    ($name:ident, $f:expr) => {
+        pub unsafe extern "C" fn $name(
+            cf: *mut ngx_conf_t,
+            cmd: *mut ngx_command_t,
+            conf: *mut c_void,
+        ) -> *mut c_char {
+            // SAFETY: nginx calls this for the main conf of the http block.
+            unsafe { main_directive(cf, cmd, conf, $f) }
+        }
+    };
+}
+
 pub unsafe extern "C" fn set_zone(
     cf: *mut ngx_conf_t,
     cmd: *mut ngx_command_t,
@@ -90,18 +105,15 @@ fn zone_directive(cf: *mut ngx_conf_t, mc: &mut MainConf, a: &[&[u8]]) -> Result
             .iter()
             .all(|b| b.is_ascii_alphanumeric() || *b == b'_' || *b == b'-')
     {
-        return Err(ConfError::Invalid(
+        return Err(ConfError::invalid(
             "zone name",
-            String::from_utf8_lossy(name).into(),
+            String::from_utf8_lossy(name),
         ));
     }
     let size = parse_size(a[1])
         .filter(|&s| (MIN_ZONE_SIZE..=MAX_ZONE_SIZE).contains(&s))
         .ok_or_else(|| {
-            ConfError::Invalid(
-                "zone size (128k to 16g)",
-                String::from_utf8_lossy(a[1]).into(),
-            )
+            ConfError::invalid("zone size (128k to 16g)", String::from_utf8_lossy(a[1]))
         })?;
     // SAFETY: cf is the conf being parsed; mc lives in its pool for the whole cycle.
     mc.zone = unsafe { zone::add_zone(cf, name, size)? };
@@ -138,9 +150,9 @@ pub unsafe extern "C" fn set_enable(
             b"on" => 1,
             b"off" => 0,
             v => {
-                return Err(ConfError::Invalid(
+                return Err(ConfError::invalid(
                     "value, must be \"on\" or \"off\"",
-                    String::from_utf8_lossy(v).into(),
+                    String::from_utf8_lossy(v),
                 ))
             }
         };
@@ -152,32 +164,19 @@ pub unsafe extern "C" fn set_enable(
     conf_result(cf, cmd, r)
 }
 
-pub unsafe extern "C" fn set_duration_buckets(
-    cf: *mut ngx_conf_t,
-    cmd: *mut ngx_command_t,
-    conf: *mut c_void,
-) -> *mut c_char {
-    // SAFETY: nginx calls this for the main conf.
-    unsafe { main_directive(cf, cmd, conf, |mc, a| buckets(mc, a, Histogram::Duration)) }
-}
+main_directive_handler!(set_duration_buckets, |mc, a| buckets(
+    mc,
+    a,
+    Histogram::Duration
+));
 
-pub unsafe extern "C" fn set_ttft_buckets(
-    cf: *mut ngx_conf_t,
-    cmd: *mut ngx_command_t,
-    conf: *mut c_void,
-) -> *mut c_char {
-    // SAFETY: nginx calls this for the main conf.
-    unsafe { main_directive(cf, cmd, conf, |mc, a| buckets(mc, a, Histogram::Ttft)) }
-}
+main_directive_handler!(set_ttft_buckets, |mc, a| buckets(mc, a, Histogram::Ttft));
 
-pub unsafe extern "C" fn set_throughput_buckets(
-    cf: *mut ngx_conf_t,
-    cmd: *mut ngx_command_t,
-    conf: *mut c_void,
-) -> *mut c_char {
-    // SAFETY: nginx calls this for the main conf.
-    unsafe { main_directive(cf, cmd, conf, |mc, a| buckets(mc, a, Histogram::Throughput)) }
-}
+main_directive_handler!(set_throughput_buckets, |mc, a| buckets(
+    mc,
+    a,
+    Histogram::Throughput
+));
 
 fn buckets(mc: &mut MainConf, a: &[&[u8]], which: Histogram) -> Result<(), ConfError> {
     if std::mem::replace(mc.bounds_set.get_mut(which), true) {
@@ -188,14 +187,7 @@ fn buckets(mc: &mut MainConf, a: &[&[u8]], which: Histogram) -> Result<(), ConfE
     Ok(())
 }
 
-pub unsafe extern "C" fn set_max_series(
-    cf: *mut ngx_conf_t,
-    cmd: *mut ngx_command_t,
-    conf: *mut c_void,
-) -> *mut c_char {
-    // SAFETY: nginx calls this for the main conf.
-    unsafe { main_directive(cf, cmd, conf, max_series_directive) }
-}
+main_directive_handler!(set_max_series, max_series_directive);
 
 fn max_series_directive(mc: &mut MainConf, a: &[&[u8]]) -> Result<(), ConfError> {
     if mc.max_series_set {
@@ -207,7 +199,7 @@ fn max_series_directive(mc: &mut MainConf, a: &[&[u8]]) -> Result<(), ConfError>
         .filter(|v| v.bytes().all(|b| b.is_ascii_digit()))
         .and_then(|v| v.parse::<u64>().ok())
         .filter(|&n| (1..=1 << 32).contains(&n))
-        .ok_or_else(|| ConfError::Invalid("number of series (1..4294967296)", v.into()))?;
+        .ok_or_else(|| ConfError::invalid("number of series (1..4294967296)", v))?;
     mc.max_series_set = true;
     Ok(())
 }
@@ -231,14 +223,7 @@ pub unsafe extern "C" fn set_exporter(
     conf_result(cf, cmd, Ok(()))
 }
 
-pub unsafe extern "C" fn set_render_pool(
-    cf: *mut ngx_conf_t,
-    cmd: *mut ngx_command_t,
-    conf: *mut c_void,
-) -> *mut c_char {
-    // SAFETY: nginx calls this for the main conf.
-    unsafe { main_directive(cf, cmd, conf, render_pool_directive) }
-}
+main_directive_handler!(set_render_pool, render_pool_directive);
 
 fn render_pool_directive(mc: &mut MainConf, a: &[&[u8]]) -> Result<(), ConfError> {
     if mc.render_mode != RenderMode::Default {
@@ -260,14 +245,7 @@ fn render_pool_directive(mc: &mut MainConf, a: &[&[u8]]) -> Result<(), ConfError
     Ok(())
 }
 
-pub unsafe extern "C" fn set_price(
-    cf: *mut ngx_conf_t,
-    cmd: *mut ngx_command_t,
-    conf: *mut c_void,
-) -> *mut c_char {
-    // SAFETY: nginx calls this for the main conf.
-    unsafe { main_directive(cf, cmd, conf, price_directive) }
-}
+main_directive_handler!(set_price, price_directive);
 
 fn price_directive(mc: &mut MainConf, a: &[&[u8]]) -> Result<(), ConfError> {
     let model = a[0];
@@ -275,9 +253,9 @@ fn price_directive(mc: &mut MainConf, a: &[&[u8]]) -> Result<(), ConfError> {
         return Err(ConfError::msg("empty model name"));
     }
     if mc.prices.contains_key(model) {
-        return Err(ConfError::Invalid(
+        return Err(ConfError::invalid(
             "duplicate price for model",
-            String::from_utf8_lossy(model).into(),
+            String::from_utf8_lossy(model),
         ));
     }
     let args = a[1..]
@@ -289,45 +267,23 @@ fn price_directive(mc: &mut MainConf, a: &[&[u8]]) -> Result<(), ConfError> {
     Ok(())
 }
 
-/// Names the module emits itself; declared families may not reuse them.
-pub unsafe extern "C" fn set_counter(
-    cf: *mut ngx_conf_t,
-    cmd: *mut ngx_command_t,
-    conf: *mut c_void,
-) -> *mut c_char {
-    // SAFETY: nginx calls this for the main conf.
-    unsafe {
-        main_directive(cf, cmd, conf, |mc, a| {
-            custom_directive(mc, CustomKind::Counter, a)
-        })
-    }
-}
+main_directive_handler!(set_counter, |mc, a| custom_directive(
+    mc,
+    CustomKind::Counter,
+    a
+));
 
-pub unsafe extern "C" fn set_gauge(
-    cf: *mut ngx_conf_t,
-    cmd: *mut ngx_command_t,
-    conf: *mut c_void,
-) -> *mut c_char {
-    // SAFETY: nginx calls this for the main conf.
-    unsafe {
-        main_directive(cf, cmd, conf, |mc, a| {
-            custom_directive(mc, CustomKind::Gauge, a)
-        })
-    }
-}
+main_directive_handler!(set_gauge, |mc, a| custom_directive(
+    mc,
+    CustomKind::Gauge,
+    a
+));
 
-pub unsafe extern "C" fn set_histogram(
-    cf: *mut ngx_conf_t,
-    cmd: *mut ngx_command_t,
-    conf: *mut c_void,
-) -> *mut c_char {
-    // SAFETY: nginx calls this for the main conf.
-    unsafe {
-        main_directive(cf, cmd, conf, |mc, a| {
-            custom_directive(mc, CustomKind::Histogram, a)
-        })
-    }
-}
+main_directive_handler!(set_histogram, |mc, a| custom_directive(
+    mc,
+    CustomKind::Histogram,
+    a
+));
 
 fn custom_directive(mc: &mut MainConf, kind: CustomKind, a: &[&[u8]]) -> Result<(), ConfError> {
     let args = a.iter().map(|b| text(b)).collect::<Result<Vec<_>, _>>()?;

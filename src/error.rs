@@ -9,16 +9,11 @@ use nginx_sys::{
 
 /// A configuration error; logged as `<message> in "<directive>" directive`, except
 /// [`ConfError::Duplicate`], which nginx words itself (`"<directive>" directive is duplicate`).
+/// Errors of the arguments themselves are core's [`ConfigError`].
 #[derive(Debug, thiserror::Error)]
 pub enum ConfError {
     #[error("is duplicate")]
     Duplicate,
-    #[error("{0}")]
-    Msg(&'static str),
-    #[error("invalid {0} \"{1}\"")]
-    Invalid(&'static str, String),
-    #[error(transparent)]
-    Buckets(#[from] BucketsError),
     #[error(transparent)]
     Config(#[from] ConfigError),
     #[error("{0}")]
@@ -27,7 +22,18 @@ pub enum ConfError {
 
 impl ConfError {
     pub fn msg(m: &'static str) -> Self {
-        ConfError::Msg(m)
+        ConfError::Config(ConfigError::Msg(m))
+    }
+
+    /// `invalid <what> "<value>"`.
+    pub fn invalid(what: &'static str, value: impl Into<String>) -> Self {
+        ConfError::Config(ConfigError::Invalid(what, value.into()))
+    }
+}
+
+impl From<BucketsError> for ConfError {
+    fn from(e: BucketsError) -> Self {
+        ConfError::Config(e.into())
     }
 }
 
