@@ -392,6 +392,7 @@ unsafe fn record(r: *mut ngx_http_request_t) {
         };
         let model: &[u8] = match ctx.as_deref() {
             Some(ReqCtx { model: Some(m), .. }) => m.as_slice(),
+            _ if !lc.model.is_set() => b"",
             _ => request::label(r, &lc.model),
         };
         let auto = request::limiter_and_cache_status(rr);
