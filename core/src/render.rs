@@ -343,9 +343,40 @@ fn add_histogram(a: &mut [u64], map: &[usize], values: &[AtomicU64]) {
     a[nb] = (f64::from_bits(a[nb]) + load_f64(&values[map.len()])).to_bits();
 }
 
-/// Sums the stored histograms `items` (from the walk `c`) into `w.g`, in `h`'s buckets, grouped
-/// by the key `group` makes of each stored key (`None`: skipped). Resumable from `cur`; true once
-/// every item is summed.
+/// The aggregation of every view: sums the stored series `items` (from the walk `c`) into
+/// `g`, `width` words per group, the group of each series being the key `group` makes of it
+/// (`None`: skipped) and its contribution what `add` adds. Resumable from `cur` within the
+/// budget `left`; true once every item is summed.
+#[allow(clippy::too_many_arguments)]
+fn sum_groups<'a>(
+    c: &Collected<'a>,
+    items: &[Item<'a>],
+    g: &mut Groups,
+    proj: &mut Vec<u8>,
+    width: usize,
+    cur: &mut usize,
+    left: &mut usize,
+    group: impl Fn(&Item<'a>, &[u8], &mut Vec<u8>) -> Option<()>,
+    add: impl Fn(&mut [u64], &Item<'a>),
+) -> bool {
+    if *cur == 0 {
+        g.reset(width, items.len());
+    }
+    while let Some(it) = items.get(*cur) {
+        if *left == 0 {
+            return false;
+        }
+        *left -= 1;
+        *cur += 1;
+        if group(it, c.key(it), proj).is_some() {
+            add(g.get(proj), it);
+        }
+    }
+    true
+}
+
+/// [`sum_groups`] for histograms: each stored series in `h`'s buckets, whatever its layout
+/// (buckets, then the sum's f64 bits, per group).
 #[allow(clippy::too_many_arguments)]
 fn sum_histograms(
     c: &Collected,
@@ -358,24 +389,27 @@ fn sum_histograms(
     group: impl Fn(&[u8], &mut Vec<u8>) -> Option<()>,
 ) -> bool {
     if *cur == 0 {
-        // Per group: the buckets, then the sum (f64 bits).
-        w.g.reset(h.bounds.len() + 2, items.len());
         set_remap(&mut w.remap, store, h);
     }
-    while let Some(it) = items.get(*cur) {
-        if *left == 0 {
-            return false;
-        }
-        *left -= 1;
-        *cur += 1;
-        let Some(map) = bucket_map(&w.remap, it) else {
-            continue;
-        };
-        if group(c.key(it), &mut w.proj).is_some() {
-            add_histogram(w.g.get(&w.proj), map, it.values);
-        }
-    }
-    true
+    let remap = &w.remap;
+    sum_groups(
+        c,
+        items,
+        &mut w.g,
+        &mut w.proj,
+        h.bounds.len() + 2,
+        cur,
+        left,
+        |it, key, out| {
+            bucket_map(remap, it)?;
+            group(key, out)
+        },
+        |a, it| {
+            if let Some(map) = bucket_map(remap, it) {
+                add_histogram(a, map, it.values);
+            }
+        },
+    )
 }
 
 /// Writes the histograms summed in `w.g` (labels `names`, buckets `w.le`), from `cur` on;
@@ -815,19 +849,20 @@ impl<'a> Render<'a> {
         let (c, w) = (&self.c, &mut self.w);
         let items = c.family(v.family);
         if self.phase == 0 {
-            if self.cur == 0 {
-                w.g.reset(1, items.len());
-            }
-            while let Some(it) = items.get(self.cur) {
-                if *left == 0 {
-                    return false;
-                }
-                *left -= 1;
-                self.cur += 1;
-                if project(c.key(it), v.cols, &mut w.proj).is_some() {
-                    let a = w.g.get(&w.proj);
-                    a[0] = a[0].wrapping_add(val.of(it.values));
-                }
+            let cols = v.cols;
+            let summed = sum_groups(
+                c,
+                items,
+                &mut w.g,
+                &mut w.proj,
+                1,
+                &mut self.cur,
+                left,
+                |_, key, out| project(key, cols, out),
+                |a, it| a[0] = a[0].wrapping_add(val.of(it.values)),
+            );
+            if !summed {
+                return false;
             }
             enc.family(v.name, v.help, MetricType::Counter);
             spend(left, 1);
@@ -877,32 +912,37 @@ impl<'a> Render<'a> {
         let (c, w) = (&self.c, &mut self.w);
         let items = c.family(fam::ACTIVE);
         if self.phase == 0 {
-            if self.cur == 0 {
-                w.g.reset(1, items.len());
-            }
-            while let Some(it) = items.get(self.cur) {
-                if *left == 0 {
-                    return false;
-                }
-                *left -= 1;
-                self.cur += 1;
-                let key = c.key(it);
-                let shape_ok = (it.values.len() == 1 && has_arity(key, 1))
-                    || (it.values.len() == 2 && has_arity(key, 2));
-                if !shape_ok {
-                    continue;
-                }
-                if let (Some(owner), Some(alive)) = (it.values.get(1), self.spec.alive) {
-                    let pid = owner.load(Ordering::Relaxed);
-                    if pid != 0 && !alive(pid) {
-                        continue;
+            let alive = self.spec.alive;
+            let summed = sum_groups(
+                c,
+                items,
+                &mut w.g,
+                &mut w.proj,
+                1,
+                &mut self.cur,
+                left,
+                |it, key, out| {
+                    let shape_ok = (it.values.len() == 1 && has_arity(key, 1))
+                        || (it.values.len() == 2 && has_arity(key, 2));
+                    if !shape_ok {
+                        return None;
                     }
-                }
-                let v = (it.values[0].load(Ordering::Relaxed) as i64).max(0);
-                if project(key, &[Col::Label(0)], &mut w.proj).is_some() {
-                    let a = w.g.get(&w.proj);
+                    // In-flight requests of a dead worker (killed mid-request) no longer are.
+                    if let (Some(owner), Some(alive)) = (it.values.get(1), alive) {
+                        let pid = owner.load(Ordering::Relaxed);
+                        if pid != 0 && !alive(pid) {
+                            return None;
+                        }
+                    }
+                    project(key, &[Col::Label(0)], out)
+                },
+                |a, it| {
+                    let v = (it.values[0].load(Ordering::Relaxed) as i64).max(0);
                     a[0] = (a[0] as i64).saturating_add(v) as u64;
-                }
+                },
+            );
+            if !summed {
+                return false;
             }
             enc.family(
                 "active_connections",
@@ -936,23 +976,25 @@ impl<'a> Render<'a> {
         let (c, w) = (&self.c, &mut self.w);
         let items = c.family(fam::MODEL_TOKENS);
         if self.phase == 0 {
-            if self.cur == 0 {
-                w.g.reset(4, items.len());
-            }
-            while let Some(it) = items.get(self.cur) {
-                if *left == 0 {
-                    return false;
-                }
-                *left -= 1;
-                self.cur += 1;
-                if project(c.key(it), &[Col::Label(1)], &mut w.proj).is_some() {
-                    let a = w.g.get(&w.proj);
+            let summed = sum_groups(
+                c,
+                items,
+                &mut w.g,
+                &mut w.proj,
+                4,
+                &mut self.cur,
+                left,
+                |_, key, out| project(key, &[Col::Label(1)], out),
+                |a, it| {
                     for (i, slot) in a.iter_mut().enumerate() {
                         *slot = slot.wrapping_add(
                             it.values.get(i).map_or(0, |x| x.load(Ordering::Relaxed)),
                         );
                     }
-                }
+                },
+            );
+            if !summed {
+                return false;
             }
             enc.family(
                 NAME,
