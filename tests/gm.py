@@ -283,24 +283,17 @@ class MockLLM:
         self.stop()
 
 
-class Gate:
-    """An HTTP upstream on a free loopback port that holds every request until release(). A test
-    that needs requests in flight waits for them (wait_arrived, or a gauge) instead of racing a
-    fixed upstream delay that a loaded machine can outrun. Answers 200 with a small JSON body and
-    `Connection: close`; hold() makes it hold the requests that arrive from then on."""
+class LoopbackServer:
+    """A TCP server on a free loopback port serving each connection in a thread of its own:
+    subclasses define _serve(conn) and call start() once their state is set."""
 
-    BODY = b'{"object":"gate"}'
-
-    def __init__(self):
+    def __init__(self, backlog=512):
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(512)
+        self.sock.listen(backlog)
         self.port = self.sock.getsockname()[1]
-        self.cond = threading.Condition()
-        self.arrived = 0        # requests read so far
-        self.released = False
-        self.releases = 0       # release() calls: a request held before one is answered
-        self.closed = False
+
+    def start(self):
         threading.Thread(target=self._accept, daemon=True).start()
 
     def _accept(self):
@@ -310,6 +303,24 @@ class Gate:
             except OSError:
                 return
             threading.Thread(target=self._serve, args=(c,), daemon=True).start()
+
+
+class Gate(LoopbackServer):
+    """An HTTP upstream on a free loopback port that holds every request until release(). A test
+    that needs requests in flight waits for them (wait_arrived, or a gauge) instead of racing a
+    fixed upstream delay that a loaded machine can outrun. Answers 200 with a small JSON body and
+    `Connection: close`; hold() makes it hold the requests that arrive from then on."""
+
+    BODY = b'{"object":"gate"}'
+
+    def __init__(self):
+        super().__init__()
+        self.cond = threading.Condition()
+        self.arrived = 0        # requests read so far
+        self.released = False
+        self.releases = 0       # release() calls: a request held before one is answered
+        self.closed = False
+        self.start()
 
     def _serve(self, c):
         try:

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from gm import Nginx, wait_for
+from gm import LoopbackServer, Nginx, wait_for
 
 N_CHUNKS = 40
 
@@ -25,28 +25,17 @@ def sse_chunk(i):
     return b"data: " + json.dumps(body).encode() + b"\n\n"
 
 
-class ScriptedUpstream:
+class ScriptedUpstream(LoopbackServer):
     """An HTTP/1.1 upstream whose behaviour the request path picks:
     /<kind>/<mode>: mode `complete` (40 chunks, then the end), `reset-3` (3 chunks, then a TCP
     reset), `close-3` (3 chunks, then a close without the last chunk), `stall-3` (3 chunks, then
     nothing until the test ends), `big` (4 MiB at once, Content-Length)."""
 
     def __init__(self, gap=0.05):
+        super().__init__(backlog=64)
         self.gap = gap
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(64)
-        self.port = self.sock.getsockname()[1]
         self.closing = threading.Event()
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self):
-        while True:
-            try:
-                c, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(c,), daemon=True).start()
+        self.start()
 
     def _serve(self, c):
         try:
