@@ -1,10 +1,22 @@
-//! The boundary with nginx that every other file builds on: the module object's indexes and
-//! values kept in nginx pools. Imports nothing of this crate but the module object.
+//! The boundary with nginx that every other file builds on: the module as the `ngx` crate's
+//! [`HttpModule`] (whose typed accessors find its confs), the module object's tag, directive
+//! arguments and values kept in nginx pools. Imports nothing of this crate but the module object.
 
 use std::ffi::c_void;
 use std::ptr;
 
 use nginx_sys::*;
+use ngx::http::HttpModule;
+
+/// This module, for the `ngx` crate's conf accessors: `Module::main_conf(cf)`,
+/// `Module::location_conf(r)` (conf.rs says which types they are).
+pub struct Module;
+
+impl HttpModule for Module {
+    fn module() -> &'static ngx_module_t {
+        module()
+    }
+}
 
 /// The module object, for `ctx_index` lookups.
 pub fn module() -> &'static ngx_module_t {
@@ -44,4 +56,18 @@ pub unsafe fn pool_alloc<T>(pool: *mut ngx_pool_t, value: T) -> *mut T {
 unsafe extern "C" fn drop_in_pool<T>(data: *mut c_void) {
     // SAFETY: `data` is the value written by pool_alloc, dropped exactly once here.
     unsafe { ptr::drop_in_place(data as *mut T) };
+}
+
+/// The arguments of the directive being parsed, after its name.
+pub fn directive_args(cf: &ngx_conf_t) -> Vec<&[u8]> {
+    // SAFETY: while a directive is parsed, cf->args is an array of ngx_str_t whose element 0 is
+    // the directive's name; the strings live in the configuration pool.
+    let all: &[ngx_str_t] = unsafe { (*cf.args).as_slice() };
+    all.iter().skip(1).map(|s| s.as_bytes()).collect()
+}
+
+/// A copy of `bytes` in the configuration pool (for names nginx keeps a pointer to).
+pub fn conf_copy(cf: &ngx_conf_t, bytes: &[u8]) -> Option<ngx_str_t> {
+    // SAFETY: cf->pool is the configuration's pool, alive for the whole cycle.
+    unsafe { ngx_str_t::from_bytes(cf.pool, bytes) }
 }

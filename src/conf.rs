@@ -10,8 +10,21 @@ use gateway_metrics_core::config::Price;
 use gateway_metrics_core::labels::{edge_words, header_variable};
 use gateway_metrics_core::render::CustomFamily;
 use nginx_sys::*;
+use ngx::http::{HttpModuleConfExt, HttpModuleLocationConf, HttpModuleMainConf};
 
+use crate::boundary::{conf_copy, Module};
 use crate::zone::ZoneCtx;
+
+// SAFETY: create_main_conf/create_loc_conf below make the confs nginx stores for this module:
+// a MainConf and a LocConf.
+unsafe impl HttpModuleMainConf for Module {
+    type MainConf = MainConf;
+}
+
+// SAFETY: as above.
+unsafe impl HttpModuleLocationConf for Module {
+    type LocationConf = LocConf;
+}
 
 /// Default cardinality cap: enough for many tenants x models x endpoints, small enough that a
 /// label-cardinality attack cannot fill a default-sized zone.
@@ -123,99 +136,101 @@ pub unsafe extern "C" fn create_loc_conf(cf: *mut ngx_conf_t) -> *mut c_void {
     }
 }
 
-/// A copy of `bytes` in the configuration pool.
-///
-/// # Safety
-/// `cf` must be a valid configuration context.
-unsafe fn conf_str(cf: *mut ngx_conf_t, bytes: &[u8]) -> Option<ngx_str_t> {
-    // SAFETY: forwarded contract; the pool returns `len` writable bytes or null.
-    unsafe {
-        let data = ngx_pnalloc((*cf).pool, bytes.len()) as *mut u8;
-        if data.is_null() {
-            return None;
-        }
-        ptr::copy_nonoverlapping(bytes.as_ptr(), data, bytes.len());
-        Some(ngx_str_t {
-            len: bytes.len(),
-            data,
-        })
-    }
-}
-
 pub unsafe extern "C" fn merge_loc_conf(
     cf: *mut ngx_conf_t,
     parent: *mut c_void,
     child: *mut c_void,
 ) -> *mut c_char {
-    // SAFETY: nginx passes the two LocConf created by create_loc_conf.
-    let (prev, conf) = unsafe { (&*(parent as *const LocConf), &mut *(child as *mut LocConf)) };
-    if conf.enable == UNSET {
-        conf.enable = if prev.enable == UNSET { 0 } else { prev.enable };
+    // SAFETY: nginx passes the conf being parsed and the two LocConf made by create_loc_conf.
+    let (cf, prev, conf) = unsafe {
+        (
+            &*cf,
+            &*(parent as *const LocConf),
+            &mut *(child as *mut LocConf),
+        )
+    };
+    match conf.merge(cf, prev) {
+        Some(()) => ptr::null_mut(),
+        None => ngx::core::NGX_CONF_ERROR,
     }
-    for (c, p) in [
-        (&mut conf.namespace, &prev.namespace),
-        (&mut conf.upstream, &prev.upstream),
-        (&mut conf.endpoint, &prev.endpoint),
-        (&mut conf.model, &prev.model),
-    ] {
-        if c.cv.is_null() {
-            c.cv = p.cv;
+}
+
+impl LocConf {
+    /// Takes what this level does not set from the level above; `None` when out of memory.
+    fn merge(&mut self, cf: &ngx_conf_t, prev: &LocConf) -> Option<()> {
+        if self.enable == UNSET {
+            self.enable = if prev.enable == UNSET { 0 } else { prev.enable };
         }
-        if c.cv.is_null() {
-            continue;
-        }
-        // SAFETY: cv is a compiled complex value in the conf pool; its value is the source.
-        let source = unsafe { (*c.cv).value.as_bytes() };
-        if let Some(name) = header_variable(source) {
-            let dashed: Vec<u8> = name
-                .iter()
-                .map(|&b| if b == b'_' { b'-' } else { b })
-                .collect();
-            // SAFETY: cf is valid; the copies live as long as the conf pool.
-            unsafe {
-                let (Some(var), Some(dash)) = (conf_str(cf, &name), conf_str(cf, &dashed)) else {
-                    return ngx::core::NGX_CONF_ERROR;
-                };
-                c.header = HeaderName {
-                    var,
-                    dashed: dash,
-                    hash: dashed.iter().fold(0 as ngx_uint_t, |a, &b| {
-                        a.wrapping_mul(31).wrapping_add(b.into())
-                    }),
-                    words: edge_words(&dashed),
-                };
+        for (c, p) in [
+            (&mut self.namespace, &prev.namespace),
+            (&mut self.upstream, &prev.upstream),
+            (&mut self.endpoint, &prev.endpoint),
+            (&mut self.model, &prev.model),
+        ] {
+            if c.cv.is_null() {
+                c.cv = p.cv;
             }
+            c.header = HeaderName::of(cf, c.cv)?;
         }
-    }
-    ptr::null_mut()
-}
-
-/// The module's main conf while parsing.
-///
-/// # Safety
-/// `cf` must be inside the http block.
-pub unsafe fn main_conf_of<'a>(cf: *mut ngx_conf_t) -> &'a mut MainConf {
-    // SAFETY: in the http block cf->ctx is an ngx_http_conf_ctx_t.
-    unsafe {
-        let ctx = (*cf).ctx as *mut ngx_http_conf_ctx_t;
-        &mut *(*(*ctx).main_conf.add(crate::boundary::module().ctx_index) as *mut MainConf)
+        Some(())
     }
 }
 
-/// The current cycle's main conf (works without a request: timers, init_worker).
-pub(crate) fn cycle_main_conf<'a>() -> Option<&'a MainConf> {
-    // SAFETY: ngx_cycle is the live cycle of this worker; its http conf ctx (if any) holds the
-    // main confs of all http modules.
-    unsafe {
-        let cycle = ptr::read_volatile(ptr::addr_of!(ngx_cycle));
-        if cycle.is_null() || (*cycle).conf_ctx.is_null() {
-            return None;
-        }
-        let http = *(*cycle).conf_ctx.add(ngx_http_module.index) as *mut ngx_http_conf_ctx_t;
-        if http.is_null() {
-            return None;
-        }
-        let mc = *(*http).main_conf.add(crate::boundary::module().ctx_index) as *const MainConf;
-        mc.as_ref()
+impl HeaderName {
+    /// The header a label reads directly when its value is exactly one `$http_*` variable;
+    /// empty names otherwise.
+    fn of(cf: &ngx_conf_t, cv: *const ngx_http_complex_value_t) -> Option<HeaderName> {
+        // SAFETY: a set cv is a compiled complex value in the conf pool.
+        let source = match unsafe { cv.as_ref() } {
+            Some(cv) => cv.value.as_bytes(),
+            None => return Some(HeaderName::NONE),
+        };
+        let Some(name) = header_variable(source) else {
+            return Some(HeaderName::NONE);
+        };
+        let mut dashed: Vec<u8> = name
+            .iter()
+            .map(|&b| if b == b'_' { b'-' } else { b })
+            .collect();
+        // SAFETY: ngx_hash_key only reads `len` bytes.
+        let hash = unsafe { ngx_hash_key(dashed.as_mut_ptr(), dashed.len()) };
+        Some(HeaderName {
+            var: conf_copy(cf, &name)?,
+            dashed: conf_copy(cf, &dashed)?,
+            hash,
+            words: edge_words(&dashed),
+        })
     }
+
+    const NONE: HeaderName = HeaderName {
+        var: ngx_str_t::empty(),
+        dashed: ngx_str_t::empty(),
+        hash: 0,
+        words: [0; 2],
+    };
+}
+
+/// The current cycle's main conf (works without a request: timers, init_worker, Lua).
+pub(crate) fn cycle_main_conf() -> Option<&'static MainConf> {
+    // SAFETY: ngx_cycle is the live cycle of this worker (or of the master while it starts one).
+    let cycle = unsafe { ptr::read_volatile(ptr::addr_of!(ngx_cycle)).as_ref()? };
+    if cycle.conf_ctx.is_null() {
+        return None;
+    }
+    Module::main_conf(cycle)
+}
+
+/// The main conf of the http block being parsed.
+pub(crate) fn parsing_main_conf(cf: &ngx_conf_t) -> Option<&'static mut MainConf> {
+    Module::main_conf_mut(cf)
+}
+
+/// The location conf `r` runs with.
+pub(crate) fn loc_conf(r: &impl HttpModuleConfExt) -> Option<&'static LocConf> {
+    Module::location_conf(r)
+}
+
+/// The main conf `r` runs with.
+pub(crate) fn main_conf(r: &impl HttpModuleConfExt) -> Option<&'static MainConf> {
+    Module::main_conf(r)
 }

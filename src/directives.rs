@@ -9,43 +9,27 @@ use gateway_metrics_core::buckets::{parse_bounds, Histogram};
 use gateway_metrics_core::config::Price;
 use gateway_metrics_core::render::{CustomFamily, CustomKind};
 use nginx_sys::*;
+use ngx::http::{HttpModuleLocationConf, NgxHttpCoreModule};
 
+use crate::boundary::directive_args;
 use crate::conf::*;
 use crate::error::ConfError;
 use crate::zone;
 
 /// Turns a directive handler's result into nginx's convention, logging errors with the
 /// directive's name.
-fn conf_result(
-    cf: *mut ngx_conf_t,
-    cmd: *mut ngx_command_t,
-    r: Result<(), ConfError>,
-) -> *mut c_char {
+fn conf_result(cf: &ngx_conf_t, cmd: &ngx_command_t, r: Result<(), ConfError>) -> *mut c_char {
     match r {
         Ok(()) => ptr::null_mut(),
         // nginx's own wording, as for its own directives: it logs
         // `"<directive>" directive <returned string>`.
         Err(ConfError::Duplicate) => c"is duplicate".as_ptr() as *mut c_char,
         Err(e) => {
-            // SAFETY: nginx passes the command being parsed.
-            let name = unsafe { (*cmd).name.as_bytes() };
-            let name = String::from_utf8_lossy(name);
+            let name = String::from_utf8_lossy(cmd.name.as_bytes());
+            let cf = cf as *const ngx_conf_t as *mut ngx_conf_t;
             ngx::ngx_conf_log_error!(NGX_LOG_EMERG, cf, "{e} in \"{name}\" directive");
             ngx::core::NGX_CONF_ERROR
         }
-    }
-}
-
-/// The directive's arguments after its name.
-///
-/// # Safety
-/// `cf` must be the conf being parsed.
-unsafe fn args<'a>(cf: *mut ngx_conf_t) -> Vec<&'a [u8]> {
-    // SAFETY: cf->args is an array of ngx_str_t, element 0 being the directive name.
-    unsafe {
-        let a = &*(*cf).args;
-        let elts = std::slice::from_raw_parts(a.elts as *const ngx_str_t, a.nelts);
-        elts[1..].iter().map(|s| s.as_bytes()).collect()
     }
 }
 
@@ -53,20 +37,15 @@ fn text(b: &[u8]) -> Result<&str, ConfError> {
     std::str::from_utf8(b).map_err(|_| ConfError::msg("argument is not valid UTF-8"))
 }
 
-/// The common frame of the main-conf directives: converts nginx's pointers, then runs the
-/// safe `f` with the conf and the arguments.
-///
-/// # Safety
-/// `cf`, `cmd` and `conf` must be what nginx passes to a main-conf directive handler.
-unsafe fn main_directive(
-    cf: *mut ngx_conf_t,
-    cmd: *mut ngx_command_t,
-    conf: *mut c_void,
+/// The common frame of the main-conf directives: runs the safe `f` with the conf and the
+/// arguments, and reports its result.
+fn main_directive(
+    cf: &ngx_conf_t,
+    cmd: &ngx_command_t,
+    mc: &mut MainConf,
     f: impl FnOnce(&mut MainConf, &[&[u8]]) -> Result<(), ConfError>,
 ) -> *mut c_char {
-    // SAFETY: per the function contract, conf is this module's main conf.
-    let (mc, a) = unsafe { (&mut *(conf as *mut MainConf), args(cf)) };
-    conf_result(cf, cmd, f(mc, &a))
+    conf_result(cf, cmd, f(mc, &directive_args(cf)))
 }
 
 /// An `extern "C"` handler of a main-conf directive: converts nginx's pointers, then runs the
@@ -78,8 +57,10 @@ macro_rules! main_directive_handler {
             cmd: *mut ngx_command_t,
             conf: *mut c_void,
         ) -> *mut c_char {
-            // SAFETY: nginx calls this for the main conf of the http block.
-            unsafe { main_directive(cf, cmd, conf, $f) }
+            // SAFETY: nginx calls this with the conf being parsed, this command and this
+            // module's main conf.
+            let (cf, cmd, mc) = unsafe { (&*cf, &*cmd, &mut *(conf as *mut MainConf)) };
+            main_directive(cf, cmd, mc, $f)
         }
     };
 }
@@ -89,17 +70,19 @@ pub unsafe extern "C" fn set_zone(
     cmd: *mut ngx_command_t,
     conf: *mut c_void,
 ) -> *mut c_char {
-    // SAFETY: called by nginx for this module's main conf while parsing.
-    let (mc, a) = unsafe { (&mut *(conf as *mut MainConf), args(cf)) };
-    let r = zone_directive(cf, mc, &a);
+    // SAFETY: called by nginx with the conf being parsed, this command and this module's main
+    // conf.
+    let (cf, cmd, mc) = unsafe { (&mut *cf, &*cmd, &mut *(conf as *mut MainConf)) };
+    let r = zone_directive(cf, mc);
     conf_result(cf, cmd, r)
 }
 
-fn zone_directive(cf: *mut ngx_conf_t, mc: &mut MainConf, a: &[&[u8]]) -> Result<(), ConfError> {
+fn zone_directive(cf: &mut ngx_conf_t, mc: &mut MainConf) -> Result<(), ConfError> {
     if !mc.zone.is_null() {
         return Err(ConfError::Duplicate);
     }
-    let name = a[0];
+    let a = directive_args(cf);
+    let (name, size) = (a[0], a[1]);
     if name.is_empty()
         || !name
             .iter()
@@ -110,29 +93,26 @@ fn zone_directive(cf: *mut ngx_conf_t, mc: &mut MainConf, a: &[&[u8]]) -> Result
             String::from_utf8_lossy(name),
         ));
     }
-    let size = parse_size(a[1])
+    let size = parse_size(size)
         .filter(|&s| (MIN_ZONE_SIZE..=MAX_ZONE_SIZE).contains(&s))
         .ok_or_else(|| {
-            ConfError::invalid("zone size (128k to 16g)", String::from_utf8_lossy(a[1]))
+            ConfError::invalid("zone size (128k to 16g)", String::from_utf8_lossy(size))
         })?;
-    // SAFETY: cf is the conf being parsed; mc lives in its pool for the whole cycle.
-    mc.zone = unsafe { zone::add_zone(cf, name, size)? };
+    let name = name.to_vec();
+    mc.zone = zone::add_zone(cf, &name, size)?;
     Ok(())
 }
 
-/// Parses an nginx size (`32m`, `512k`, `1048576`).
-pub fn parse_size(b: &[u8]) -> Option<usize> {
-    let s = std::str::from_utf8(b).ok()?;
-    let (num, mul) = match s.as_bytes().last()? {
-        b'k' | b'K' => (&s[..s.len() - 1], 1024),
-        b'm' | b'M' => (&s[..s.len() - 1], 1024 * 1024),
-        b'g' | b'G' => (&s[..s.len() - 1], 1024 * 1024 * 1024),
-        _ => (s, 1),
+/// An nginx size (`32m`, `512k`, `1048576`, and `2g`): `ngx_parse_offset`, the parser that also
+/// takes gigabytes (`ngx_parse_size` stops at megabytes).
+fn parse_size(b: &[u8]) -> Option<usize> {
+    let mut s = ngx_str_t {
+        len: b.len(),
+        data: b.as_ptr() as *mut u8,
     };
-    if num.is_empty() || !num.bytes().all(|c| c.is_ascii_digit()) {
-        return None;
-    }
-    num.parse::<usize>().ok()?.checked_mul(mul)
+    // SAFETY: ngx_parse_offset only reads the string's bytes.
+    let n = unsafe { ngx_parse_offset(&mut s) };
+    usize::try_from(n).ok()
 }
 
 pub unsafe extern "C" fn set_enable(
@@ -140,9 +120,12 @@ pub unsafe extern "C" fn set_enable(
     cmd: *mut ngx_command_t,
     conf: *mut c_void,
 ) -> *mut c_char {
-    // SAFETY: called by nginx for this module's loc conf while parsing the http block.
-    let (lc, a, mc) = unsafe { (&mut *(conf as *mut LocConf), args(cf), main_conf_of(cf)) };
+    // SAFETY: called by nginx with the conf being parsed, this command and this module's loc
+    // conf, inside the http block.
+    let (cf, cmd, lc) = unsafe { (&*cf, &*cmd, &mut *(conf as *mut LocConf)) };
+    let a = directive_args(cf);
     let r = (|| {
+        let mc = parsing_main_conf(cf).ok_or(ConfError::msg("no http block"))?;
         if lc.enable != UNSET {
             return Err(ConfError::Duplicate);
         }
@@ -209,18 +192,18 @@ pub unsafe extern "C" fn set_exporter(
     cmd: *mut ngx_command_t,
     _conf: *mut c_void,
 ) -> *mut c_char {
-    // SAFETY: in a location block cf->ctx is an ngx_http_conf_ctx_t whose loc_conf holds the
-    // core module's location conf.
-    unsafe {
-        let ctx = (*cf).ctx as *mut ngx_http_conf_ctx_t;
-        let clcf =
-            *(*ctx).loc_conf.add(ngx_http_core_module.ctx_index) as *mut ngx_http_core_loc_conf_t;
-        (*clcf).handler = Some(crate::exporter::exporter_handler);
-        let mc = main_conf_of(cf);
+    // SAFETY: called by nginx with the conf being parsed (a location) and this command.
+    let (cf, cmd) = unsafe { (&*cf, &*cmd) };
+    let r = (|| {
+        let clcf = NgxHttpCoreModule::location_conf_mut(cf).ok_or(ConfError::msg("no location"))?;
+        // The exporter answers the location's requests itself (its content handler).
+        clcf.handler = Some(crate::exporter::exporter_handler);
+        let mc = parsing_main_conf(cf).ok_or(ConfError::msg("no http block"))?;
         mc.used = true;
         mc.exporter = true;
-    }
-    conf_result(cf, cmd, Ok(()))
+        Ok(())
+    })();
+    conf_result(cf, cmd, r)
 }
 
 main_directive_handler!(set_render_pool, render_pool_directive);

@@ -11,10 +11,11 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use nginx_sys::*;
 
+use crate::conf::main_conf;
 use crate::error::HandlerError;
 #[cfg(ngx_feature = "threads")]
 use crate::render_pool::render_in_pool;
-use crate::request::{target, Target};
+use crate::request::Target;
 use crate::slicer::start_slices;
 
 /// `gateway_metrics_exporter`: renders the zone as the Prometheus text format.
@@ -52,7 +53,9 @@ unsafe fn export(r: *mut ngx_http_request_t) -> Result<ngx_int_t, HandlerError> 
         }
         // 'static: the confs and the zone ctx live in the cycle's pool, which a worker keeps
         // until it exits; the request (and a Slicer holding them) ends before.
-        let t: Target<'static> = target(r).ok_or(HandlerError::ZoneUnavailable)?;
+        let t: Target<'static> = main_conf(&*r)
+            .and_then(|mc| Target::of(mc, (*(*r).connection).log))
+            .ok_or(HandlerError::ZoneUnavailable)?;
         #[cfg(ngx_feature = "threads")]
         if let Some(rc) = render_in_pool(r, &t) {
             return Ok(rc);

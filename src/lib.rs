@@ -14,6 +14,7 @@ mod handlers;
 mod lua_api;
 mod pacing;
 mod page;
+mod recording;
 mod render_pool;
 mod request;
 mod slicer;

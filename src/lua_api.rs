@@ -88,7 +88,7 @@ unsafe fn req_ctx<'a>(
         return Err(c"no request");
     }
     // SAFETY: per the function contract.
-    let ctx = unsafe { request::ctx(r) }.ok_or(c"out of memory")?;
+    let ctx = request::ctx(unsafe { &*r }).ok_or(c"out of memory")?;
     if ctx.logged {
         return Err(c"request already logged");
     }

@@ -88,7 +88,7 @@ pub unsafe fn render_in_pool(r: *mut ngx_http_request_t, t: &Target) -> Option<n
             return None;
         }
         // (Before the task is posted: once it runs, this request must not render inline.)
-        crate::request::ctx(r)?.exporter = job as *mut std::ffi::c_void;
+        crate::request::ctx(rr)?.exporter = job as *mut std::ffi::c_void;
         (*task).ctx = job as *mut std::ffi::c_void;
         (*task).handler = Some(render_task);
         (*task).event.data = r as *mut std::ffi::c_void;
@@ -167,7 +167,8 @@ unsafe extern "C" fn render_done(ev: *mut ngx_event_t) {
 /// `r` must be a live request.
 unsafe fn render_job(r: *mut ngx_http_request_t) -> *mut RenderJob {
     // SAFETY: forwarded contract.
-    unsafe { crate::request::find_ctx(r) }.map_or(ptr::null_mut(), |c| c.exporter as *mut RenderJob)
+    crate::request::find_ctx(unsafe { &*r })
+        .map_or(ptr::null_mut(), |c| c.exporter as *mut RenderJob)
 }
 
 unsafe extern "C" fn send_rendered(r: *mut ngx_http_request_t) {

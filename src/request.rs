@@ -1,4 +1,5 @@
-//! Per-request access: confs, label values, and the request's metrics context.
+//! Per-request access: the request's metrics context, its label values, and the snapshot of a
+//! finished request ([`Finished`]) that recording works from without seeing the request.
 
 use std::ptr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -8,6 +9,7 @@ use gateway_metrics_core::catalogue::CutReason;
 use gateway_metrics_core::labels::{edge_words, header_matches, short_eq};
 use gateway_metrics_core::store::Store;
 use nginx_sys::*;
+use ngx::http::{HttpModuleLocationConf, NgxHttpCoreModule, Request};
 
 use crate::conf::{HeaderName, LabelSource, LocConf, MainConf};
 use crate::zone::{ShmLock, ZoneCtx};
@@ -76,11 +78,9 @@ unsafe extern "C" fn drop_req_ctx(data: *mut std::ffi::c_void) {
 /// it on internal redirects; the context itself (in the pool) survives them and is found again
 /// by its pool cleanup.
 ///
-/// # Safety
-/// `r` must be a live request.
-unsafe fn slot(r: *mut ngx_http_request_t) -> *mut *mut std::ffi::c_void {
-    // SAFETY: every request has a ctx array of ngx_http_max_module entries.
-    unsafe { (*(*r).main).ctx.add(crate::boundary::module().ctx_index) }
+fn slot(r: &ngx_http_request_t) -> *mut *mut std::ffi::c_void {
+    // SAFETY: every request has a main request with a ctx array of ngx_http_max_module entries.
+    unsafe { (*r.main).ctx.add(crate::boundary::module().ctx_index) }
 }
 
 /// The slot's value when the response's last buffer passed before the request had a context
@@ -88,20 +88,14 @@ unsafe fn slot(r: *mut ngx_http_request_t) -> *mut *mut std::ffi::c_void {
 const COMPLETE_MARK: usize = 1;
 
 /// Did the response's last buffer pass (see `handlers::body_filter`)?
-///
-/// # Safety
-/// `r` must be a live request.
-pub unsafe fn body_complete(r: *mut ngx_http_request_t, ctx: Option<&ReqCtx>) -> bool {
-    // SAFETY: forwarded contract.
+fn body_complete(r: &ngx_http_request_t, ctx: Option<&ReqCtx>) -> bool {
+    // SAFETY: the slot is the request's.
     ctx.is_some_and(|c| c.complete) || unsafe { *slot(r) } as usize == COMPLETE_MARK
 }
 
 /// Notes that the response's last buffer passed, in the context or, without one, in the slot.
-///
-/// # Safety
-/// `r` must be a live request.
-pub unsafe fn mark_complete(r: *mut ngx_http_request_t) {
-    // SAFETY: forwarded contract; a slot above the mark is the request's context.
+pub fn mark_complete(r: &ngx_http_request_t) {
+    // SAFETY: the slot is the request's; a value above the mark is the request's context.
     unsafe {
         let s = slot(r);
         match *s as usize {
@@ -114,10 +108,8 @@ pub unsafe fn mark_complete(r: *mut ngx_http_request_t) {
 
 /// The request context if the request has one: from the slot, else by its pool cleanup (after
 /// an internal redirect), which is then put back in the slot.
-///
-/// # Safety
-/// `r` must be a live request.
-pub unsafe fn find_ctx<'a>(r: *mut ngx_http_request_t) -> Option<&'a mut ReqCtx> {
+#[allow(clippy::mut_from_ref)] // the context is the request's, in its pool, used by one thread
+pub fn find_ctx(r: &ngx_http_request_t) -> Option<&mut ReqCtx> {
     // SAFETY: the slot holds a context of this request or less; the pool's cleanup list is a
     // valid singly linked list.
     unsafe {
@@ -127,7 +119,7 @@ pub unsafe fn find_ctx<'a>(r: *mut ngx_http_request_t) -> Option<&'a mut ReqCtx>
             return Some(&mut *(v as *mut ReqCtx));
         }
         let want = drop_req_ctx as unsafe extern "C" fn(*mut std::ffi::c_void) as usize;
-        let mut c = (*(*(*r).main).pool).cleanup;
+        let mut c = (*(*r.main).pool).cleanup;
         while !c.is_null() {
             if (*c).handler.map(|h| h as usize) == Some(want) {
                 let ctx = &mut *((*c).data as *mut ReqCtx);
@@ -142,16 +134,14 @@ pub unsafe fn find_ctx<'a>(r: *mut ngx_http_request_t) -> Option<&'a mut ReqCtx>
 }
 
 /// The request context, created on first use.
-///
-/// # Safety
-/// `r` must be a live request.
-pub unsafe fn ctx<'a>(r: *mut ngx_http_request_t) -> Option<&'a mut ReqCtx> {
+#[allow(clippy::mut_from_ref)] // as find_ctx
+pub fn ctx(r: &ngx_http_request_t) -> Option<&mut ReqCtx> {
     // SAFETY: see find_ctx; the main request's pool outlives every use of the context.
     unsafe {
         if let Some(c) = find_ctx(r) {
             return Some(c);
         }
-        let pool = (*(*r).main).pool;
+        let pool = (*r.main).pool;
         let cln = ngx_pool_cleanup_add(pool, std::mem::size_of::<ReqCtx>());
         if cln.is_null() {
             return None;
@@ -166,36 +156,18 @@ pub unsafe fn ctx<'a>(r: *mut ngx_http_request_t) -> Option<&'a mut ReqCtx> {
     }
 }
 
-/// # Safety
-/// `r` must be a live request.
-pub unsafe fn loc_conf<'a>(r: *const ngx_http_request_t) -> &'a LocConf {
-    // SAFETY: every http request has the loc confs of all http modules.
-    unsafe { &*(*(*r).loc_conf.add(crate::boundary::module().ctx_index) as *const LocConf) }
-}
-
-/// # Safety
-/// `r` must be a live request.
-pub unsafe fn main_conf<'a>(r: *const ngx_http_request_t) -> &'a MainConf {
-    // SAFETY: as above, for the main confs.
-    unsafe { &*(*(*r).main_conf.add(crate::boundary::module().ctx_index) as *const MainConf) }
-}
-
 /// A label's value: read straight from the request header when the configured value is one
 /// `$http_*` variable, else through nginx's complex value; `""` when not configured.
-///
-/// # Safety
-/// `r` must be a live request; `source` from its location conf.
-pub unsafe fn label<'a>(r: *mut ngx_http_request_t, source: &LabelSource) -> &'a [u8] {
+pub fn label<'r>(r: &'r Request, source: &LabelSource) -> &'r [u8] {
     let (cv, name) = (source.cv, &source.header);
     if name.var.len == 0 {
-        // SAFETY: forwarded contract.
-        return unsafe { eval(r, cv) };
+        return eval(r, cv);
     }
     // SAFETY: the header list and its strings live in the request pool.
     unsafe {
         let want_len = name.var.len;
         let mut found: Option<&[u8]> = None;
-        let mut part: *const ngx_list_part_t = &(*r).headers_in.headers.part;
+        let mut part: *const ngx_list_part_t = &r.as_ref().headers_in.headers.part;
         while !part.is_null() {
             let elts = (*part).elts as *const ngx_table_elt_t;
             for i in 0..(*part).nelts {
@@ -212,7 +184,7 @@ pub unsafe fn label<'a>(r: *mut ngx_http_request_t, source: &LabelSource) -> &'a
                         // Repeated header: let nginx decide what the variable gives.
                         return eval(r, cv);
                     }
-                    found = Some(str_bytes(&h.value));
+                    found = Some(h.value.as_bytes());
                 }
             }
             part = (*part).next;
@@ -226,52 +198,24 @@ pub unsafe fn label<'a>(r: *mut ngx_http_request_t, source: &LabelSource) -> &'a
 fn header_is(h: &ngx_table_elt_t, name: &HeaderName) -> bool {
     // SAFETY: the caller checked lowcase_key is set; it has key.len bytes; the names live in
     // the conf pool.
-    let (key, want, dashed) = unsafe {
-        (
-            std::slice::from_raw_parts(h.lowcase_key, h.key.len),
-            str_bytes(&name.var),
-            str_bytes(&name.dashed),
-        )
-    };
+    let key = unsafe { std::slice::from_raw_parts(h.lowcase_key, h.key.len) };
+    let (want, dashed) = (name.var.as_bytes(), name.dashed.as_bytes());
     // The usual spelling first (nginx's hash and one compare); then what the variable also
     // matches (`_` in its name stands for `-` or `_`).
     (h.hash == name.hash && short_eq(key, dashed)) || header_matches(key, want)
 }
 
 /// Evaluates a complex value; `""` when unset or on error (the label reports what it got).
-///
-/// # Safety
-/// `r` must be a live request and `cv` null or a complex value compiled for it.
-pub unsafe fn eval<'a>(r: *mut ngx_http_request_t, cv: *mut ngx_http_complex_value_t) -> &'a [u8] {
-    if cv.is_null() {
-        return b"";
-    }
-    let mut v = ngx_str_t {
-        len: 0,
-        data: ptr::null_mut(),
-    };
-    // SAFETY: the result points into the request pool or the cv's constant.
-    unsafe {
-        if ngx_http_complex_value(r, cv, &mut v) != NGX_OK as ngx_int_t {
-            return b"";
-        }
-        str_bytes(&v)
-    }
-}
-
-/// # Safety
-/// `s` must be null-data/zero-length or point at `len` readable bytes living for `'a`.
-pub unsafe fn str_bytes<'a>(s: &ngx_str_t) -> &'a [u8] {
-    if s.len == 0 || s.data.is_null() {
-        &[]
-    } else {
-        // SAFETY: per the function contract.
-        unsafe { std::slice::from_raw_parts(s.data, s.len) }
+fn eval(r: &Request, cv: *const ngx_http_complex_value_t) -> &[u8] {
+    // SAFETY: a set cv was compiled for this request's configuration.
+    match unsafe { cv.as_ref() } {
+        Some(cv) => r.get_complex_value(cv).map_or(b"", |v| v.as_bytes()),
+        None => b"",
     }
 }
 
 /// The status nginx logs as `$status`.
-pub fn status(r: &ngx_http_request_t) -> ngx_uint_t {
+fn status(r: &ngx_http_request_t) -> ngx_uint_t {
     if r.err_status != 0 {
         r.err_status
     } else if r.headers_out.status != 0 {
@@ -285,19 +229,13 @@ pub fn status(r: &ngx_http_request_t) -> ngx_uint_t {
 
 /// The endpoint label: `gateway_metrics_endpoint`, else the matched location's name (whose
 /// identity, for the series cache, is the location's address: its name never changes).
-///
-/// # Safety
-/// `r` must be a live request.
-pub unsafe fn endpoint<'a>(r: *mut ngx_http_request_t, lc: &LocConf) -> Label<'a> {
+fn endpoint<'r>(r: &'r Request, lc: &LocConf) -> Label<'r> {
     if lc.endpoint.is_set() {
-        // SAFETY: forwarded contract.
-        return Label::bytes(unsafe { label(r, &lc.endpoint) });
+        return Label::bytes(label(r, &lc.endpoint));
     }
-    // SAFETY: the core module's loc conf exists for every request.
-    unsafe {
-        let clcf =
-            *(*r).loc_conf.add(ngx_http_core_module.ctx_index) as *const ngx_http_core_loc_conf_t;
-        Label::with_id(clcf as u64, str_bytes(&(*clcf).name))
+    match NgxHttpCoreModule::location_conf(r) {
+        Some(clcf) => Label::with_id(clcf as *const _ as u64, clcf.name.as_bytes()),
+        None => Label::with_id(1, b""),
     }
 }
 
@@ -306,27 +244,23 @@ pub unsafe fn endpoint<'a>(r: *mut ngx_http_request_t, lc: &LocConf) -> Label<'a
 /// it (502, 504); everything else is the gateway's own: `return`, Lua's `ngx.exit`, limit
 /// rejections, cache hits, and a client gone before the upstream answered. A configured
 /// upstream block is identified by its address (its host never changes).
-///
-/// # Safety
-/// `r` must be a live request.
-pub unsafe fn upstream<'a>(r: *mut ngx_http_request_t, lc: &LocConf) -> Label<'a> {
+fn upstream<'r>(r: &'r Request, lc: &LocConf) -> Label<'r> {
     if lc.upstream.is_set() {
-        // SAFETY: forwarded contract.
-        return Label::bytes(unsafe { label(r, &lc.upstream) });
+        return Label::bytes(label(r, &lc.upstream));
     }
     // SAFETY: r->upstream and its confs stay valid until the request is freed.
     unsafe {
-        let u = (*r).upstream;
+        let u = r.as_ref().upstream;
         // u->state is the current try's; its status stays 0 until the upstream answers or
         // nginx gives up on it.
         if u.is_null() || (*u).state.is_null() || (*(*u).state).status == 0 {
             return Label::with_id(1, b"");
         }
         if !(*u).upstream.is_null() {
-            return Label::with_id((*u).upstream as u64, str_bytes(&(*(*u).upstream).host));
+            return Label::with_id((*u).upstream as u64, (*(*u).upstream).host.as_bytes());
         }
         if !(*u).resolved.is_null() {
-            return Label::bytes(str_bytes(&(*(*u).resolved).host));
+            return Label::bytes((*(*u).resolved).host.as_bytes());
         }
         Label::with_id(1, b"")
     }
@@ -337,7 +271,7 @@ pub unsafe fn upstream<'a>(r: *mut ngx_http_request_t, lc: &LocConf) -> Label<'a
 /// never went through the body filters (upstream reset or timed out mid-body, handler error).
 /// Responses without a body (HEAD, 204, 304), upgraded connections and statuses that are
 /// errors anyway are never cut.
-pub fn cut_reason(
+fn cut_reason(
     r: &ngx_http_request_t,
     ctx: Option<&ReqCtx>,
     complete: impl FnOnce() -> bool,
@@ -399,9 +333,8 @@ pub fn now_msec() -> ngx_msec_t {
 
 /// The method label; a method nginx knows is identified by its number (nginx sets the name
 /// from it: `GET` is always `NGX_HTTP_GET`).
-pub fn method(r: &ngx_http_request_t) -> Label<'_> {
-    // SAFETY: method_name points into the request's buffers or at a static string.
-    let name = unsafe { str_bytes(&r.method_name) };
+fn method(r: &ngx_http_request_t) -> Label<'_> {
+    let name = r.method_name.as_bytes();
     if r.method == NGX_HTTP_UNKNOWN as ngx_uint_t {
         Label::bytes(name)
     } else {
@@ -418,10 +351,9 @@ pub fn now_ms() -> u64 {
     }
 }
 
-/// Request time in seconds, as `$request_time` measures it.
-pub fn request_seconds(r: &ngx_http_request_t) -> f64 {
-    let start = (r.start_sec as u64) * 1000 + r.start_msec as u64;
-    now_ms().saturating_sub(start) as f64 / 1000.0
+/// When the request started, ms since the epoch.
+fn start_ms(r: &ngx_http_request_t) -> u64 {
+    (r.start_sec as u64) * 1000 + r.start_msec as u64
 }
 
 /// A limiter's verdict for the request (`$limit_req_status` / `$limit_conn_status`).
@@ -468,7 +400,7 @@ const LIMIT_CONN_REJECTED_DRY_RUN: u32 = 3;
 /// Reads what the limiters and the cache recorded in the request, straight from its fields
 /// (what the `$limit_*_status` / `$upstream_cache_status` variables print, without evaluating
 /// variables on every request).
-pub fn limiter_and_cache_status(r: &ngx_http_request_t) -> AutoStatus {
+fn limiter_and_cache_status(r: &ngx_http_request_t) -> AutoStatus {
     // SAFETY: r->main is the live main request.
     let main = unsafe { &*r.main };
     let limit_req = match main.limit_req_status() {
@@ -510,28 +442,92 @@ fn upstream_cache(_: &ngx_http_request_t) -> UpstreamCache {
     UpstreamCache::None
 }
 
-/// The zone, its store and lock, when the request should be recorded.
+/// The zone, its store and lock, where a request (or a Lua call, or a scrape) records or reads.
 pub(crate) struct Target<'a> {
     pub(crate) mc: &'a MainConf,
     pub(crate) zone: &'a ZoneCtx,
     pub(crate) store: Store<'static>,
     pub(crate) lock: ShmLock,
+    /// Where warnings go (the request's connection log, or the cycle's).
+    pub(crate) log: *mut ngx_log_t,
 }
 
-/// # Safety
-/// `r` must be a live request.
-pub(crate) unsafe fn target<'a>(r: *mut ngx_http_request_t) -> Option<Target<'a>> {
-    // SAFETY: forwarded contract; the zone ctx lives as long as the cycle.
-    unsafe {
-        let mc = main_conf(r);
-        let zone = mc.zone.as_ref()?;
-        let store = zone.store()?;
-        let lock = zone.lock();
+impl<'a> Target<'a> {
+    /// The zone of `mc`, once it is initialised.
+    pub(crate) fn of(mc: &'a MainConf, log: *mut ngx_log_t) -> Option<Target<'a>> {
+        // SAFETY: the zone ctx lives in the configuration pool as long as the cycle.
+        let zone = unsafe { mc.zone.as_ref()? };
         Some(Target {
             mc,
             zone,
-            store,
-            lock,
+            store: zone.store()?,
+            lock: zone.lock(),
+            log,
         })
+    }
+}
+
+/// What the log phase records of a finished request: read from the request once, so that the
+/// recording code never sees the request itself.
+pub struct Finished<'r> {
+    pub method: Label<'r>,
+    pub endpoint: Label<'r>,
+    /// The status nginx logs (`$status`).
+    pub status: ngx_uint_t,
+    pub namespace: &'r [u8],
+    pub upstream: Label<'r>,
+    /// Why the response did not reach the client whole, if it did not.
+    pub cut: Option<CutReason>,
+    /// `""` without one.
+    pub model: &'r [u8],
+    /// Seconds, as `$request_time` measures them.
+    pub duration: f64,
+    /// Time to the first token, seconds.
+    pub ttft: Option<f64>,
+    /// Tokens reported for the request (input, output, cached input, reasoning).
+    pub tokens: Option<[u64; 4]>,
+    pub auto: AutoStatus,
+}
+
+impl<'r> Finished<'r> {
+    /// Reads the finished main request `r` (with its location conf and metrics context).
+    pub fn read(r: &'r Request, lc: &'r LocConf, ctx: Option<&'r ReqCtx>) -> Finished<'r> {
+        let rr: &ngx_http_request_t = r.as_ref();
+        let status = status(rr);
+        let complete = || body_complete(rr, ctx);
+        let start = start_ms(rr);
+        let f = Finished {
+            method: method(rr),
+            endpoint: endpoint(r, lc),
+            status,
+            namespace: label(r, &lc.namespace),
+            upstream: upstream(r, lc),
+            cut: cut_reason(rr, ctx, complete, status),
+            model: match ctx {
+                Some(ReqCtx { model: Some(m), .. }) => m.as_slice(),
+                _ if !lc.model.is_set() => b"",
+                _ => label(r, &lc.model),
+            },
+            duration: now_ms().saturating_sub(start) as f64 / 1000.0,
+            ttft: ctx
+                .and_then(|c| c.first_token_ms)
+                .map(|ms| ms.saturating_sub(start) as f64 / 1000.0),
+            tokens: ctx.filter(|c| c.has_tokens).map(|c| c.tokens),
+            auto: limiter_and_cache_status(rr),
+        };
+        ngx::ngx_log_debug_mask!(
+            DebugMask::Http,
+            r.log(),
+            "gateway_metrics: method \"{}\" endpoint \"{}\" status {} namespace \"{}\" upstream \"{}\" cut {:?} model \"{}\" body whole {}",
+            String::from_utf8_lossy(f.method.bytes),
+            String::from_utf8_lossy(f.endpoint.bytes),
+            f.status,
+            String::from_utf8_lossy(f.namespace),
+            String::from_utf8_lossy(f.upstream.bytes),
+            f.cut.map(|c| c.label()),
+            String::from_utf8_lossy(f.model),
+            complete()
+        );
+        f
     }
 }

@@ -151,7 +151,7 @@ pub unsafe fn start_slices(
         ev.data = s as *mut std::ffi::c_void;
         ev.handler = Some(slice_event);
         ev.log = (*rr.connection).log;
-        let ctx = crate::request::ctx(r).ok_or(HandlerError::Aborted)?;
+        let ctx = crate::request::ctx(rr).ok_or(HandlerError::Aborted)?;
         ctx.exporter = s as *mut std::ffi::c_void;
         rr.write_event_handler = Some(slicer_write);
         // A client that goes away ends the scrape at once (HTTP/2 reports it through the read
@@ -201,7 +201,7 @@ unsafe extern "C" fn slice_event(ev: *mut ngx_event_t) {
 unsafe extern "C" fn slicer_write(r: *mut ngx_http_request_t) {
     // SAFETY: r is live; its context holds the Slicer set by start_slices (in its pool).
     unsafe {
-        let Some(ctx) = crate::request::find_ctx(r) else {
+        let Some(ctx) = crate::request::find_ctx(&*r) else {
             return;
         };
         let s = ctx.exporter as *mut Slicer;

@@ -168,14 +168,7 @@ impl ZoneCtx {
 }
 
 /// Adds the zone while parsing `gateway_metrics_zone`.
-///
-/// # Safety
-/// `cf` must be the conf being parsed.
-pub unsafe fn add_zone(
-    cf: *mut ngx_conf_t,
-    name: &[u8],
-    size: usize,
-) -> Result<*mut ZoneCtx, ConfError> {
+pub fn add_zone(cf: &mut ngx_conf_t, name: &[u8], size: usize) -> Result<*mut ZoneCtx, ConfError> {
     let ctx = ZoneCtx {
         name: String::from_utf8_lossy(name).into_owned(),
         spec: ZoneSpec::default(),
@@ -185,36 +178,26 @@ pub unsafe fn add_zone(
         layouts: Histograms::default(),
         custom: Vec::new(),
     };
-    // SAFETY: cf is valid; the name is copied into the pool because nginx keeps the pointer.
-    unsafe {
-        let ctx = crate::boundary::pool_alloc((*cf).pool, ctx);
-        if ctx.is_null() {
-            return Err(ConfError::msg("out of memory"));
-        }
-        let data = ngx_pnalloc((*cf).pool, name.len()) as *mut u8;
-        if data.is_null() {
-            return Err(ConfError::msg("out of memory"));
-        }
-        ptr::copy_nonoverlapping(name.as_ptr(), data, name.len());
-        let mut zname = ngx_str_t {
-            len: name.len(),
-            data,
-        };
-        let tag = crate::boundary::module_tag();
-        let zone = ngx_shared_memory_add(cf, &mut zname, size, tag);
-        if zone.is_null() {
-            return Err(ConfError::msg("cannot add shared memory zone"));
-        }
-        if !(*zone).data.is_null() {
-            return Err(ConfError::Other(format!(
-                "zone \"{}\" is already used",
-                String::from_utf8_lossy(name)
-            )));
-        }
-        (*zone).init = Some(init_zone);
-        (*zone).data = ctx as *mut c_void;
-        Ok(ctx)
+    // SAFETY: the configuration's pool lives as long as the cycle the zone context serves.
+    let ctx = unsafe { crate::boundary::pool_alloc(cf.pool, ctx) };
+    // nginx keeps the name's pointer: it goes into the pool too.
+    let mut zname = crate::boundary::conf_copy(cf, name);
+    let (false, Some(zname)) = (ctx.is_null(), zname.as_mut()) else {
+        return Err(ConfError::msg("out of memory"));
+    };
+    let tag = crate::boundary::module_tag();
+    // SAFETY: cf is the conf being parsed; nginx returns its zone entry (new or of this name).
+    let zone = unsafe { ngx_shared_memory_add(cf, zname, size, tag).as_mut() }
+        .ok_or(ConfError::msg("cannot add shared memory zone"))?;
+    if !zone.data.is_null() {
+        return Err(ConfError::Other(format!(
+            "zone \"{}\" is already used",
+            String::from_utf8_lossy(name)
+        )));
     }
+    zone.init = Some(init_zone);
+    zone.data = ctx as *mut c_void;
+    Ok(ctx)
 }
 
 unsafe extern "C" fn init_zone(zone: *mut ngx_shm_zone_t, data: *mut c_void) -> ngx_int_t {

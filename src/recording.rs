@@ -1,0 +1,351 @@
+//! Recording into the zone: the in-flight gauge, a finished request's families ([`record`], from
+//! the snapshot [`Finished`]), through the worker's series cache. Never sees a request.
+
+use std::cell::RefCell;
+use std::ptr;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use gateway_metrics_core::cache::{bytes_words, Label, SeriesCache};
+use gateway_metrics_core::catalogue::{self, fam, tokens};
+use gateway_metrics_core::series_cached;
+use gateway_metrics_core::store::{add_f64, add_u64, observe, DropReason, SeriesKind};
+use nginx_sys::*;
+
+use crate::request::{self, AutoStatus, Finished, Limit, ReqCtx, Target, UpstreamCache};
+
+/// Entries of the per-worker series cache (about 150 bytes each).
+const CACHE_SLOTS: usize = 1024;
+
+/// The worker's cache of series it recorded before (see `gateway_metrics_core::cache`). A plain
+/// static, not a `thread_local!` (whose access from a dynamically loaded library costs a TLS
+/// lookup per use).
+struct WorkerCache(RefCell<SeriesCache<'static>>);
+
+// SAFETY: only the worker's event-loop thread records (phase handlers and Lua calls); render
+// threads never touch it.
+unsafe impl Sync for WorkerCache {}
+
+static CACHE: WorkerCache = WorkerCache(RefCell::new(SeriesCache::new(CACHE_SLOTS)));
+
+/// This worker's lane in the zone (see `Store::claim_lane`), as a label value (the in-flight
+/// gauge's second label), claimed once per process in `init_process`; empty when it has none.
+static mut WORKER_LANE: ([u8; 20], usize) = ([0; 20], 0);
+
+/// Sets this worker's lane label (from `init_process`, before the worker serves requests).
+pub fn set_worker_lane(lane: u32) {
+    // SAFETY: see worker_lane: called once, before any reader.
+    let slot = unsafe { &mut *ptr::addr_of_mut!(WORKER_LANE) };
+    let mut digits = [0u8; 20];
+    let text = gateway_metrics_core::expo::format_u64(&mut digits, lane.into());
+    slot.0[..text.len()].copy_from_slice(text);
+    slot.1 = text.len();
+}
+
+fn worker_lane() -> &'static [u8] {
+    // SAFETY: written once in init_process, before the worker serves any request; only read
+    // afterwards, on the worker's one event-loop thread.
+    unsafe {
+        let (buf, len) = &*ptr::addr_of!(WORKER_LANE);
+        &buf[..*len]
+    }
+}
+
+impl Target<'_> {
+    /// The value words of the series of these labels (own or overflow), warning about
+    /// drops once per burst.
+    #[inline(always)]
+    fn series<const N: usize>(
+        &self,
+        family: u32,
+        layout: u8,
+        n_values: u8,
+        labels: &[Label; N],
+    ) -> Option<&'static [AtomicU64]> {
+        let kind = SeriesKind {
+            family,
+            layout,
+            n_values,
+        };
+        let mut cache = CACHE.0.try_borrow_mut().ok()?;
+        self.cached(&mut cache, kind, labels).0
+    }
+
+    /// `series_cached`, warning about a drop; also says whether the series is the labels' own.
+    #[inline(always)]
+    fn cached<const N: usize>(
+        &self,
+        cache: &mut SeriesCache<'static>,
+        kind: SeriesKind,
+        labels: &[Label; N],
+    ) -> (Option<&'static [AtomicU64]>, bool) {
+        let (v, reason) = series_cached(
+            cache,
+            &self.store,
+            &self.lock,
+            self.zone.limits(),
+            kind,
+            labels,
+        );
+        if let Some(reason) = reason {
+            self.warn(reason);
+        }
+        (v, reason.is_none())
+    }
+
+    /// The `REQUEST` series of these labels (method, endpoint, status code, namespace,
+    /// upstream, cut). When method, endpoint and upstream have identities (the usual case: a
+    /// known method, the location's name, the proxied upstream block or none), the cache is
+    /// asked with a packed key: those three, the status code and the cut take one word triple,
+    /// the namespace another.
+    #[inline(always)]
+    fn request_series(
+        &self,
+        layout: u8,
+        n_values: u8,
+        labels: &[Label; 6],
+        status: ngx_uint_t,
+    ) -> Option<&'static [AtomicU64]> {
+        let [method, endpoint, _, ns, upstream, cut] = labels;
+        let packable = method.id != 0
+            && method.id < 1 << 31
+            && endpoint.id != 0
+            && upstream.id != 0
+            && status < 1 << 24
+            && cut.id < 1 << 8;
+        if !packable {
+            return self.series(fam::REQUEST, layout, n_values, labels);
+        }
+        let kind = SeriesKind {
+            family: fam::REQUEST,
+            layout,
+            n_values,
+        };
+        let ks = [
+            [
+                method.id << 32 | cut.id << 24 | status as u64,
+                endpoint.id,
+                upstream.id,
+            ],
+            bytes_words(ns.bytes),
+        ];
+        let mut cache = CACHE.0.try_borrow_mut().ok()?;
+        if let Some(v) = cache.get_packed(kind.bits(), &ks, ns.bytes) {
+            return Some(v);
+        }
+        ngx::ngx_log_debug_mask!(
+            DebugMask::Http,
+            self.log,
+            "gateway_metrics: series cache miss (namespace \"{}\"): looking in the zone",
+            String::from_utf8_lossy(ns.bytes)
+        );
+        let (v, own) = self.cached(&mut cache, kind, labels);
+        if let (Some(v), true) = (v, own) {
+            cache.insert_packed(kind.bits(), &ks, ns.bytes, v);
+        }
+        v
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn warn(&self, reason: DropReason) {
+        if self.store.should_warn(request::now_ms() / 1000, 60) {
+            ngx::ngx_log_error!(
+                NGX_LOG_WARN,
+                self.log,
+                "gateway_metrics: zone \"{}\" is dropping new series ({}); their updates go to the \"__overflow__\" series and are counted in gateway_metrics_dropped_updates_total (next warning in 60s at the earliest)",
+                self.zone.name,
+                reason.label()
+            );
+        }
+    }
+}
+
+/// Counts a request of namespace `ns` as in flight (once per request).
+pub fn enter(t: &Target, ctx: &mut ReqCtx, ns: &[u8]) {
+    if ctx.active.is_some() || ctx.logged {
+        return;
+    }
+    let lane = worker_lane();
+    if lane.is_empty() {
+        t.store.count_drop(DropReason::NoLane, 1);
+        return;
+    }
+    // One series per namespace and worker lane, owned by the pid that last used it: a
+    // worker killed with requests in flight leaves a series whose owner is dead; the
+    // renderer skips it and the next worker of that lane resets it.
+    if let Some(v) = t.series(
+        fam::ACTIVE,
+        0,
+        2,
+        &[Label::bytes(ns), Label::with_id(1, lane)],
+    ) {
+        // SAFETY: ngx_pid is this process's pid, set before any request.
+        let me = unsafe { ngx_pid } as u64;
+        let owner = v[1].load(Ordering::Relaxed);
+        if owner != me {
+            let stale = owner != 0 && !crate::zone::pid_alive(owner);
+            if owner == 0 || stale {
+                let claimed = v[1]
+                    .compare_exchange(owner, me, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_ok();
+                // A dead owner's in-flight count is void: start from zero.
+                if claimed && stale {
+                    v[0].store(0, Ordering::Relaxed);
+                }
+            }
+        }
+        add_u64(&v[0], 1);
+        ctx.active = Some(&v[0]);
+    }
+}
+
+/// Records a finished request: one stored series update for the request families, plus the
+/// model, token and automatic limiter/cache events when there are any.
+pub fn record(t: &Target, f: &Finished) {
+    let (mc, status) = (t.mc, f.status);
+    let mut status_buf = [0u8; 20];
+    let status_label = status_label(&mut status_buf, status);
+    let class = match f.cut {
+        Some(_) => "error",
+        None => catalogue::status_class(status.min(u16::MAX as ngx_uint_t) as u16),
+    };
+    let hist_words = |b: &[f64]| (b.len() + 2) as u8;
+    let labels = [
+        f.method,
+        f.endpoint,
+        Label::with_id(status as u64 | 1 << 40, status_label),
+        Label::bytes(f.namespace),
+        f.upstream,
+        f.cut.map_or(Label::with_id(1, b""), |c| {
+            Label::with_id(2 + c as u64, c.label().as_bytes())
+        }),
+    ];
+    let (bounds, layouts) = (&mc.bounds, &t.zone.layouts);
+    let words = hist_words(&bounds.duration);
+    if let Some(v) = t.request_series(layouts.duration, words, &labels, status) {
+        observe(v, &bounds.duration, f.duration);
+    }
+
+    let (model, ns) = (f.model, f.namespace);
+    if !model.is_empty() || f.tokens.is_some() {
+        let class_id = if class == "success" { 1 } else { 2 };
+        let labels = [
+            Label::bytes(model),
+            Label::bytes(ns),
+            Label::with_id(class_id, class.as_bytes()),
+        ];
+        if let Some(v) = t.series(fam::MODEL_REQUEST, layouts.duration, words, &labels) {
+            observe(v, &bounds.duration, f.duration);
+        }
+        let labels = [Label::bytes(model), Label::bytes(ns)];
+        if let Some(ttft) = f.ttft {
+            let words = hist_words(&bounds.ttft);
+            if let Some(v) = t.series(fam::TTFT, layouts.ttft, words, &labels) {
+                observe(v, &bounds.ttft, ttft);
+            }
+        }
+        if let Some(tokens) = &f.tokens {
+            record_tokens(t, &labels, tokens, f.duration, f.ttft);
+        }
+    }
+    if f.auto.any() {
+        record_auto_events(t, ns, &f.auto);
+    }
+}
+
+/// "100" to "999", three bytes each: the `status_code` label without formatting.
+static STATUS_DIGITS: [u8; 2700] = {
+    let mut t = [0u8; 2700];
+    let mut s = 100;
+    while s < 1000 {
+        let i = (s - 100) * 3;
+        t[i] = b'0' + (s / 100) as u8;
+        t[i + 1] = b'0' + (s / 10 % 10) as u8;
+        t[i + 2] = b'0' + (s % 10) as u8;
+        s += 1;
+    }
+    t
+};
+
+/// The `status_code` label.
+fn status_label(buf: &mut [u8; 20], status: ngx_uint_t) -> &[u8] {
+    if (100..1000).contains(&status) {
+        let i = (status - 100) * 3;
+        &STATUS_DIGITS[i..i + 3]
+    } else {
+        gateway_metrics_core::expo::format_u64(buf, status as u64)
+    }
+}
+
+fn record_tokens(
+    t: &Target,
+    labels: &[Label; 2],
+    tokens: &[u64; 4],
+    duration: f64,
+    ttft: Option<f64>,
+) {
+    let mc = t.mc;
+    let model = labels[0].bytes;
+    if let Some(v) = t.series(fam::MODEL_TOKENS, 0, tokens::N_VALUES, labels) {
+        for (i, n) in tokens.iter().enumerate() {
+            if *n > 0 {
+                add_u64(&v[i], *n);
+            }
+        }
+        match mc.prices.get(model) {
+            Some(p) => add_f64(&v[tokens::COST], p.cost(tokens[0], tokens[1], tokens[2])),
+            None => {
+                if let Some(u) = t.series(fam::UNPRICED, 0, 1, &[Label::bytes(model)]) {
+                    add_u64(&u[0], 1);
+                }
+            }
+        }
+    }
+    let output = tokens[tokens::OUTPUT];
+    let generation = duration - ttft.unwrap_or(0.0);
+    if output > 0 && generation > 0.0 {
+        if let Some(v) = t.series(
+            fam::THROUGHPUT,
+            t.zone.layouts.throughput,
+            (mc.bounds.throughput.len() + 2) as u8,
+            labels,
+        ) {
+            observe(v, &mc.bounds.throughput, output as f64 / generation);
+        }
+    }
+}
+
+/// What `$limit_req_status`, `$limit_conn_status` and `$upstream_cache_status` report, as events.
+fn record_auto_events(t: &Target, ns: &[u8], st: &AutoStatus) {
+    for (status, rule, id) in [
+        (st.limit_req, "limit_req", 1),
+        (st.limit_conn, "limit_conn", 2),
+    ] {
+        let (hit, violation) = match status {
+            Limit::Delayed | Limit::DryRun => (true, false),
+            Limit::Rejected => (true, true),
+            Limit::None => (false, false),
+        };
+        if hit {
+            if let Some(v) = t.series(
+                fam::RATE_LIMIT,
+                0,
+                2,
+                &[Label::bytes(ns), Label::with_id(id, rule.as_bytes())],
+            ) {
+                add_u64(&v[0], 1);
+                if violation {
+                    add_u64(&v[1], 1);
+                }
+            }
+        }
+    }
+    let slot = match st.cache {
+        UpstreamCache::Hit => 0,
+        UpstreamCache::Miss => 1,
+        UpstreamCache::None => return,
+    };
+    if let Some(v) = t.series(fam::CACHE, 0, 2, &[Label::with_id(1, b"proxy_cache")]) {
+        add_u64(&v[slot], 1);
+    }
+}
