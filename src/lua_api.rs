@@ -18,8 +18,8 @@ use gateway_metrics_core::series_of;
 use gateway_metrics_core::store::{add_f64, add_u64, observe, set_f64, SelfCounter, SeriesKind};
 use nginx_sys::*;
 
-use crate::conf::{cycle_main_conf, MainConf};
-use crate::request;
+use crate::conf::cycle_main_conf;
+use crate::request::{self, Target};
 
 /// A byte string passed from Lua (pointer and length of a Lua string).
 #[repr(C)]
@@ -31,20 +31,16 @@ pub struct GatewayMetricsStr {
 type ApiResult = Result<(), &'static CStr>;
 
 /// Runs `f`, maps its result to the C convention and counts rejected calls.
-fn api(err: *mut *const c_char, f: impl FnOnce() -> ApiResult) -> c_int {
+fn api(err: Option<&mut *const c_char>, f: impl FnOnce() -> ApiResult) -> c_int {
     let r = catch_unwind(AssertUnwindSafe(f)).unwrap_or(Err(c"internal error"));
     match r {
         Ok(()) => 0,
         Err(msg) => {
-            if !err.is_null() {
-                // SAFETY: the caller passed a writable `const char *[1]`.
-                unsafe { *err = msg.as_ptr() };
+            if let Some(err) = err {
+                *err = msg.as_ptr();
             }
-            if let Some(mc) = cycle_main_conf() {
-                // SAFETY: the zone ctx lives as long as the cycle.
-                if let Some(store) = unsafe { mc.zone.as_ref() }.and_then(|z| z.store()) {
-                    store.bump_self(SelfCounter::InvalidCalls, 1);
-                }
+            if let Ok(t) = zone() {
+                t.store.bump_self(SelfCounter::InvalidCalls, 1);
             }
             -1
         }
@@ -106,7 +102,8 @@ pub unsafe extern "C" fn gateway_metrics_set_model(
     len: usize,
     err: *mut *const c_char,
 ) -> c_int {
-    api(err, || {
+    // SAFETY: `err` is null or a writable `const char *[1]` (the function's contract).
+    api(unsafe { err.as_mut() }, || {
         // SAFETY: forwarded contract.
         let (ctx, m) = unsafe { (req_ctx(r)?, bytes(model, len)?) };
         let mut clean = Vec::with_capacity(m.len().min(256));
@@ -129,7 +126,8 @@ pub unsafe extern "C" fn gateway_metrics_add_tokens(
     reasoning: c_double,
     err: *mut *const c_char,
 ) -> c_int {
-    api(err, || {
+    // SAFETY: `err` is null or a writable `const char *[1]` (the function's contract).
+    api(unsafe { err.as_mut() }, || {
         let n = [
             count(input, c"invalid input token count")?,
             count(output, c"invalid output token count")?,
@@ -155,7 +153,8 @@ pub unsafe extern "C" fn gateway_metrics_first_token(
     r: *mut ngx_http_request_t,
     err: *mut *const c_char,
 ) -> c_int {
-    api(err, || {
+    // SAFETY: `err` is null or a writable `const char *[1]` (the function's contract).
+    api(unsafe { err.as_mut() }, || {
         // SAFETY: forwarded contract.
         let ctx = unsafe { req_ctx(r)? };
         if ctx.first_token_ms.is_none() {
@@ -165,25 +164,19 @@ pub unsafe extern "C" fn gateway_metrics_first_token(
     })
 }
 
-/// The zone's store and lock, from the current cycle.
-fn zone<'a>() -> Result<
-    (
-        &'a MainConf,
-        &'a crate::zone::ZoneCtx,
-        gateway_metrics_core::store::Store<'static>,
-    ),
-    &'static CStr,
-> {
+/// The zone of the current cycle (Lua calls come without a request, e.g. from timers).
+fn zone() -> Result<Target<'static>, &'static CStr> {
     let mc = cycle_main_conf().ok_or(c"no http configuration")?;
-    // SAFETY: the zone ctx lives as long as the cycle.
-    let z = unsafe { mc.zone.as_ref() }.ok_or(c"no gateway_metrics_zone configured")?;
-    let s = z.store().ok_or(c"metrics zone not ready")?;
-    Ok((mc, z, s))
+    if mc.zone.is_null() {
+        return Err(c"no gateway_metrics_zone configured");
+    }
+    // SAFETY: ngx_cycle is the worker's live cycle; its log outlives the call.
+    let log = unsafe { (*ngx_cycle).log };
+    Target::of(mc, log).ok_or(c"metrics zone not ready")
 }
 
 fn update(
-    z: &crate::zone::ZoneCtx,
-    store: &gateway_metrics_core::store::Store,
+    t: &Target,
     family: u32,
     layout: u8,
     n_values: u8,
@@ -196,7 +189,7 @@ fn update(
         n_values,
     };
     // An existing series is found from the values joined on the stack: no allocation per call.
-    if let (Some(v), _) = series_of(store, &z.lock(), z.limits(), kind, values) {
+    if let (Some(v), _) = series_of(&t.store, &t.lock, t.zone.limits(), kind, values) {
         f(v);
     }
     // A redirected or lost update is counted by the store; it is not the caller's error.
@@ -216,7 +209,8 @@ pub unsafe extern "C" fn gateway_metrics_rate_limit(
     rejected: c_int,
     err: *mut *const c_char,
 ) -> c_int {
-    api(err, || {
+    // SAFETY: `err` is null or a writable `const char *[1]` (the function's contract).
+    api(unsafe { err.as_mut() }, || {
         // SAFETY: forwarded contract.
         let (ns, rule) = unsafe {
             (
@@ -227,8 +221,8 @@ pub unsafe extern "C" fn gateway_metrics_rate_limit(
         if rule.is_empty() {
             return Err(c"empty rule_type");
         }
-        let (_, z, store) = zone()?;
-        update(z, &store, fam::RATE_LIMIT, 0, 2, &[ns, rule], |v| {
+        let t = zone()?;
+        update(&t, fam::RATE_LIMIT, 0, 2, &[ns, rule], |v| {
             add_u64(&v[0], 1);
             if rejected != 0 {
                 add_u64(&v[1], 1);
@@ -248,14 +242,15 @@ pub unsafe extern "C" fn gateway_metrics_cache(
     hit: c_int,
     err: *mut *const c_char,
 ) -> c_int {
-    api(err, || {
+    // SAFETY: `err` is null or a writable `const char *[1]` (the function's contract).
+    api(unsafe { err.as_mut() }, || {
         // SAFETY: forwarded contract.
-        let t = unsafe { bytes(cache_type, len)? };
-        if t.is_empty() {
+        let kind = unsafe { bytes(cache_type, len)? };
+        if kind.is_empty() {
             return Err(c"empty cache_type");
         }
-        let (_, z, store) = zone()?;
-        update(z, &store, fam::CACHE, 0, 2, &[t], |v| {
+        let t = zone()?;
+        update(&t, fam::CACHE, 0, 2, &[kind], |v| {
             add_u64(&v[if hit != 0 { 0 } else { 1 }], 1)
         })
     })
@@ -281,12 +276,14 @@ pub unsafe extern "C" fn gateway_metrics_custom(
     value: c_double,
     err: *mut *const c_char,
 ) -> c_int {
-    api(err, || {
+    // SAFETY: `err` is null or a writable `const char *[1]` (the function's contract).
+    api(unsafe { err.as_mut() }, || {
         // SAFETY: forwarded contract.
         let name = unsafe { bytes(name, name_len)? };
-        let (_, z, store) = zone()?;
+        let t = zone()?;
         // The zone's list: each family with its bucket layout.
-        let (f, layout) = z
+        let (f, layout) = t
+            .zone
             .custom
             .iter()
             .find(|(f, _)| f.name.as_bytes() == name)
@@ -309,20 +306,14 @@ pub unsafe extern "C" fn gateway_metrics_custom(
         }
         let k = &vals[..n_labels];
         match (f.kind, op) {
-            (CustomKind::Counter, OP_INC) => {
-                update(z, &store, f.id, 0, 1, k, |v| add_f64(&v[0], value))
-            }
-            (CustomKind::Gauge, OP_INC) => {
-                update(z, &store, f.id, 0, 1, k, |v| add_f64(&v[0], value))
-            }
-            (CustomKind::Gauge, OP_SET) => {
-                update(z, &store, f.id, 0, 1, k, |v| set_f64(&v[0], value))
-            }
+            (CustomKind::Counter, OP_INC) => update(&t, f.id, 0, 1, k, |v| add_f64(&v[0], value)),
+            (CustomKind::Gauge, OP_INC) => update(&t, f.id, 0, 1, k, |v| add_f64(&v[0], value)),
+            (CustomKind::Gauge, OP_SET) => update(&t, f.id, 0, 1, k, |v| set_f64(&v[0], value)),
             (CustomKind::Histogram, OP_OBSERVE) => {
                 if layout == 0 {
                     return Err(c"histogram bucket layout not registered");
                 }
-                update(z, &store, f.id, layout, f.n_values(), k, |v| {
+                update(&t, f.id, layout, f.n_values(), k, |v| {
                     observe(v, &f.bounds, value)
                 })
             }

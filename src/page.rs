@@ -4,7 +4,7 @@
 use std::ptr;
 
 use gateway_metrics_core::expo::CONTENT_TYPE;
-use gateway_metrics_core::render::{HistSpec, NginxStats, RenderSpec};
+use gateway_metrics_core::render::{NginxStats, RenderSpec};
 use nginx_sys::*;
 
 use crate::conf::MainConf;
@@ -37,25 +37,14 @@ pub unsafe fn set_headers(r: *mut ngx_http_request_t, length: Option<usize>) {
 
 /// What the renderer needs, from the configuration and the zone.
 pub fn page_spec<'a>(mc: &'a MainConf, zone: &'a ZoneCtx) -> RenderSpec<'a> {
-    RenderSpec {
-        zone_name: &zone.name,
-        max_series: mc.max_series,
-        duration: HistSpec {
-            bounds: &mc.bounds.duration,
-            layout: zone.layouts.duration,
-        },
-        ttft: HistSpec {
-            bounds: &mc.bounds.ttft,
-            layout: zone.layouts.ttft,
-        },
-        throughput: HistSpec {
-            bounds: &mc.bounds.throughput,
-            layout: zone.layouts.throughput,
-        },
-        custom: &zone.custom,
-        nginx: nginx_stats(),
-        alive: Some(pid_alive),
-    }
+    RenderSpec::new(
+        &zone.name,
+        mc.max_series,
+        &mc.bounds,
+        &zone.layouts,
+        &zone.custom,
+    )
+    .with(nginx_stats(), pid_alive)
 }
 
 #[cfg(gm_stat_stub)]

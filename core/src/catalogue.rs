@@ -5,6 +5,8 @@
 //! `gateway_requests_total`, `namespace_requests_total`, `errors_total`, ...) are views of it,
 //! summed when `/metrics` is rendered. That keeps a request to one lookup and a few atomic adds.
 
+use crate::expo::MetricType;
+
 /// Stored family ids (series header `family` field). Declared families use name hashes with the
 /// top bit set (see [`crate::hash::family_id`]), so they never collide with these.
 pub mod fam {
@@ -29,9 +31,111 @@ pub mod fam {
     pub const UNPRICED: u32 = 9;
 }
 
-/// Label names of the stored families, in key order.
-pub const ACTIVE_LABELS: [&str; 1] = ["namespace"];
-pub const MODEL_LABELS: [&str; 2] = ["model", "namespace"];
+/// One family of the exposition: name, help text, type and label names. The renderer writes
+/// these, the check of declared families refuses their names ([`crate::config::reserved_name`])
+/// and the README's metric tables list them (a test compares): one place for all three.
+#[derive(Debug)]
+pub struct Family {
+    pub name: &'static str,
+    pub help: &'static str,
+    pub kind: MetricType,
+    pub labels: &'static [&'static str],
+}
+
+/// Declares the families (`ID = "name", Kind, [labels], "help";`) and [`FAMILIES`], in page order.
+macro_rules! families {
+    ($($id:ident = $name:literal, $kind:ident, [$($label:literal),*], $help:literal;)*) => {
+        /// The built-in families, one constant each.
+        pub mod families {
+            use super::{Family, MetricType};
+            $(
+                #[doc = $help]
+                pub const $id: Family = Family {
+                    name: $name,
+                    help: $help,
+                    kind: MetricType::$kind,
+                    labels: &[$($label),*],
+                };
+            )*
+        }
+        /// Every built-in family, in the order of the page.
+        pub const FAMILIES: &[&Family] = &[$(&families::$id),*];
+    };
+}
+
+families! {
+    HTTP_REQUESTS = "http_requests_total", Counter,
+        ["method", "endpoint", "status_code", "namespace", "upstream"],
+        "HTTP requests handled by the gateway.";
+    HTTP_REQUEST_DURATION = "http_request_duration_seconds", Histogram,
+        ["method", "endpoint", "namespace", "upstream"],
+        "HTTP request duration in seconds, from the first request byte to the last response byte.";
+    GATEWAY_REQUESTS = "gateway_requests_total", Counter, ["method", "path", "namespace"],
+        "Gateway requests by method, path and namespace.";
+    GATEWAY_REQUEST_DURATION = "gateway_request_duration_seconds", Histogram,
+        ["method", "path", "namespace"],
+        "Gateway request duration in seconds by method, path and namespace.";
+    NAMESPACE_REQUESTS = "namespace_requests_total", Counter, ["namespace", "status"],
+        "Requests per namespace; status is error for an HTTP status of 400 or more or a response cut short.";
+    UPSTREAM_REQUESTS = "upstream_requests_total", Counter, ["upstream", "status"],
+        "Responses that came from an upstream; status is error for an HTTP status of 400 or more or a response cut short.";
+    ERRORS = "errors_total", Counter, ["error_type", "namespace", "upstream"],
+        "Requests that ended in an HTTP error or whose response was cut short, by error type.";
+    ACTIVE_CONNECTIONS = "active_connections", Gauge, ["namespace"],
+        "Requests in flight per namespace (past the access phases, not yet finalized).";
+    MODEL_REQUESTS = "model_requests_total", Counter, ["model", "namespace", "status"],
+        "Requests per model; status is success (HTTP status below 400) or error.";
+    MODEL_REQUEST_DURATION = "model_request_duration_seconds", Histogram, ["model", "namespace"],
+        "Model request duration in seconds.";
+    MODEL_TOKENS_INPUT = "model_tokens_input_total", Counter, ["model", "namespace"],
+        "Input (prompt) tokens as reported by the provider, cached input included.";
+    MODEL_TOKENS_OUTPUT = "model_tokens_output_total", Counter, ["model", "namespace"],
+        "Output (completion) tokens as reported by the provider, reasoning included.";
+    NAMESPACE_TOKENS = "namespace_tokens_total", Counter, ["namespace", "token_type"],
+        "Tokens per namespace by type: input and output are the provider's totals; cached_input and reasoning are the parts of them the provider reported separately.";
+    MODEL_COST = "model_cost_usd_total", Counter, ["model", "namespace"],
+        "Cost in USD from the configured price table (gateway_metrics_model_price).";
+    MODEL_TTFT = "model_time_to_first_token_seconds", Histogram, ["model", "namespace"],
+        "Time to first token of streamed responses, in seconds.";
+    MODEL_THROUGHPUT = "model_throughput_tokens_per_second", Histogram, ["model", "namespace"],
+        "Output tokens per second of generation time (request time minus time to first token when known).";
+    RATE_LIMIT_HITS = "rate_limit_hits_total", Counter, ["namespace", "rule_type"],
+        "Requests that hit a rate limit (delayed, throttled or rejected).";
+    RATE_LIMIT_VIOLATIONS = "rate_limit_violations_total", Counter, ["namespace", "rule_type"],
+        "Requests rejected by a rate limit.";
+    CACHE_HITS = "cache_hits_total", Counter, ["cache_type"], "Cache lookups that hit.";
+    CACHE_MISSES = "cache_misses_total", Counter, ["cache_type"], "Cache lookups that missed.";
+    ZONE_SIZE = "gateway_metrics_zone_size_bytes", Gauge, ["zone"],
+        "Size of the metrics shared memory zone.";
+    ZONE_USED = "gateway_metrics_zone_used_bytes", Gauge, ["zone"], "Bytes of the zone in use.";
+    ZONE_FREE = "gateway_metrics_zone_free_bytes", Gauge, ["zone"], "Bytes of the zone still free.";
+    SERIES = "gateway_metrics_series", Gauge, ["zone"],
+        "Series stored in the zone (overflow series excluded).";
+    OVERFLOW_SERIES = "gateway_metrics_overflow_series", Gauge, ["zone"],
+        "Overflow series (label values __overflow__) in the zone.";
+    MAX_SERIES = "gateway_metrics_max_series", Gauge, ["zone"],
+        "The cardinality cap (gateway_metrics_max_series).";
+    START_TIME = "gateway_metrics_start_time_seconds", Gauge, ["zone"],
+        "Unix time at which the zone was created; counters restart from zero after it changes.";
+    DROPPED_UPDATES = "gateway_metrics_dropped_updates_total", Counter, ["zone", "reason"],
+        "Updates that did not reach their own series (redirected to the overflow series, or lost), by reason.";
+    INVALID_CALLS = "gateway_metrics_invalid_calls_total", Counter, ["zone"],
+        "Calls from Lua rejected for invalid arguments.";
+    ZONE_RESETS = "gateway_metrics_zone_resets_total", Counter, ["zone"],
+        "Times the zone was re-initialised because it held an incompatible layout.";
+    UNPRICED = "gateway_metrics_unpriced_model_requests_total", Counter, ["model"],
+        "Requests with token usage for a model that has no gateway_metrics_model_price entry (cost not counted).";
+    NGINX_ACTIVE = "nginx_connections_active", Gauge, [],
+        "Active client connections, including waiting ones.";
+    NGINX_READING = "nginx_connections_reading", Gauge, [],
+        "Connections where nginx is reading the request header.";
+    NGINX_WRITING = "nginx_connections_writing", Gauge, [],
+        "Connections where nginx is writing the response.";
+    NGINX_WAITING = "nginx_connections_waiting", Gauge, [], "Idle keep-alive connections.";
+    NGINX_ACCEPTED = "nginx_connections_accepted_total", Counter, [], "Client connections accepted.";
+    NGINX_HANDLED = "nginx_connections_handled_total", Counter, [], "Client connections handled.";
+    NGINX_REQUESTS = "nginx_http_requests_total", Counter, [], "Client requests.";
+}
 
 /// Value slots of a `MODEL_TOKENS` series.
 pub mod tokens {
@@ -127,6 +231,48 @@ pub fn parse_status(v: &[u8]) -> u16 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn family_names_are_unique_and_labels_prometheus_names() {
+        let mut names: Vec<&str> = FAMILIES.iter().map(|f| f.name).collect();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), FAMILIES.len());
+        for f in FAMILIES {
+            assert!(crate::labels::valid_metric_name(f.name), "{}", f.name);
+            assert_eq!(
+                f.kind == MetricType::Counter,
+                f.name.ends_with("_total"),
+                "{}",
+                f.name
+            );
+            assert!(!f.help.is_empty());
+        }
+    }
+
+    /// The README's metric tables list every family with its labels.
+    #[test]
+    fn readme_lists_every_family() {
+        let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"))
+            .expect("README.md");
+        for f in FAMILIES {
+            let row = readme
+                .lines()
+                .filter(|l| l.starts_with('|') && l.contains(&format!("`{}`", f.name)))
+                .find(|l| {
+                    let kind = l.split('|').nth(2).unwrap_or("").trim();
+                    ["counter", "gauge", "histogram"].contains(&kind)
+                })
+                .unwrap_or_else(|| panic!("README has no table row for {}", f.name));
+            for l in f.labels {
+                assert!(
+                    row.contains(l),
+                    "README row of {} lacks label {l}: {row}",
+                    f.name
+                );
+            }
+        }
+    }
 
     #[test]
     fn status_classes() {

@@ -3,6 +3,7 @@
 //! arguments, call these and log the error naming the directive.
 
 use crate::buckets::{parse_bounds, BucketsError, DEFAULT_DURATION_BUCKETS};
+use crate::catalogue::FAMILIES;
 use crate::hash::family_id;
 use crate::labels::{valid_label_name, valid_metric_name};
 use crate::render::{CustomFamily, CustomKind};
@@ -87,38 +88,28 @@ impl Price {
     }
 }
 
-/// Name prefixes of the families the module emits (and `up`, Prometheus' own): a declared
-/// family may not take them.
-const RESERVED_PREFIXES: [&str; 11] = [
+/// Name prefixes kept for the module's families, present and future (and `up`, Prometheus'
+/// own), beyond the names of the catalogue. `model_` is not one: other `model_*` names are free
+/// (`model_accuracy_percent` is a custom metric of the design documents).
+const RESERVED_PREFIXES: [&str; 10] = [
     "http_request",
     "gateway_request",
     "namespace_",
     "upstream_requests",
     "errors_total",
     "active_connections",
-    "model_",
     "rate_limit_",
     "cache_",
     "gateway_metrics_",
     "nginx_",
 ];
 
-/// The `model_` families the module emits; other `model_*` names are free
-/// (`model_accuracy_percent` is a custom metric of the design documents).
-const EMITTED_MODEL_FAMILIES: [&str; 7] = [
-    "model_requests_total",
-    "model_request_duration_seconds",
-    "model_tokens_input_total",
-    "model_tokens_output_total",
-    "model_cost_usd_total",
-    "model_time_to_first_token_seconds",
-    "model_throughput_tokens_per_second",
-];
-
-/// Is this name the module's own (or Prometheus' `up`)?
+/// Is this name the module's own (a family of the catalogue, or under one of its prefixes), or
+/// Prometheus' `up`?
 pub fn reserved_name(name: &str) -> bool {
-    let builtin = name == "up" || RESERVED_PREFIXES.iter().any(|p| name.starts_with(p));
-    (builtin && !name.starts_with("model_")) || EMITTED_MODEL_FAMILIES.contains(&name)
+    name == "up"
+        || RESERVED_PREFIXES.iter().any(|p| name.starts_with(p))
+        || FAMILIES.iter().any(|f| f.name == name)
 }
 
 impl CustomFamily {

@@ -8,8 +8,8 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::buckets::format_bound;
-use crate::catalogue::{self, fam, tokens};
+use crate::buckets::{format_bound, Histogram, Histograms};
+use crate::catalogue::{self, fam, families, tokens, Family};
 use crate::expo::{push_labels, Encoder, MetricType};
 use crate::labels::{split_key, SEP};
 use crate::store::{load_f64, DropReason, Entry, SelfCounter, Store};
@@ -79,6 +79,73 @@ pub struct RenderSpec<'a> {
     /// Is the process with this pid alive? In-flight gauges owned by a dead worker (killed
     /// while it had requests in flight) are not counted. `None`: all owners count as alive.
     pub alive: Option<fn(u64) -> bool>,
+}
+
+impl<'a> RenderSpec<'a> {
+    /// The page of a zone: its name and cap, the built-in histograms' bounds with the layout ids
+    /// the zone registered them under, and the declared families. Without nginx's figures and
+    /// with every in-flight owner alive until [`RenderSpec::with`] says otherwise.
+    pub fn new(
+        zone_name: &'a str,
+        max_series: u64,
+        bounds: &'a Histograms<Vec<f64>>,
+        layouts: &Histograms<u8>,
+        custom: &'a [(CustomFamily, u8)],
+    ) -> Self {
+        let hist = |h: Histogram| HistSpec {
+            bounds: bounds.get(h),
+            layout: *layouts.get(h),
+        };
+        RenderSpec {
+            zone_name,
+            max_series,
+            duration: hist(Histogram::Duration),
+            ttft: hist(Histogram::Ttft),
+            throughput: hist(Histogram::Throughput),
+            custom,
+            nginx: None,
+            alive: None,
+        }
+    }
+
+    /// The same spec with nginx's own figures and the liveness check of in-flight owners.
+    pub fn with(self, nginx: Option<NginxStats>, alive: fn(u64) -> bool) -> Self {
+        RenderSpec {
+            nginx,
+            alive: Some(alive),
+            ..self
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_spec_pairs_each_histogram_with_its_layout() {
+        let bounds = Histograms {
+            duration: vec![0.1, 1.0],
+            ttft: vec![0.5],
+            throughput: vec![10.0, 20.0, 40.0],
+        };
+        let layouts = Histograms {
+            duration: 3,
+            ttft: 1,
+            throughput: 2,
+        };
+        let spec = RenderSpec::new("gm", 7, &bounds, &layouts, &[]);
+        assert_eq!((spec.zone_name, spec.max_series), ("gm", 7));
+        assert_eq!(
+            (spec.duration.bounds, spec.duration.layout),
+            (&[0.1, 1.0][..], 3)
+        );
+        assert_eq!((spec.ttft.bounds, spec.ttft.layout), (&[0.5][..], 1));
+        assert_eq!(spec.throughput.layout, 2);
+        assert!(spec.nginx.is_none() && spec.alive.is_none());
+        let spec = spec.with(Some(NginxStats::default()), |pid| pid == 1);
+        assert!(spec.nginx.is_some() && spec.alive.is_some_and(|f| f(1) && !f(2)));
+    }
 }
 
 struct Item<'a> {
@@ -468,13 +535,12 @@ enum Layout {
     Throughput,
 }
 
-/// A family rendered from the series of one stored family.
+/// A family (of the catalogue) rendered from the series of one stored family: which of the
+/// stored labels (or values derived from them) make its labels.
 #[derive(Clone, Copy)]
 struct View {
     family: u32,
-    name: &'static str,
-    help: &'static str,
-    labels: &'static [&'static str],
+    def: &'static Family,
     cols: &'static [Col],
 }
 
@@ -497,82 +563,57 @@ enum Stage {
 }
 
 /// The request views, from the stored `REQUEST` series
-/// (`{method, endpoint, status_code, namespace, upstream, cut}`).
+/// (`{method, endpoint, status_code, namespace, upstream, cut}`); `true` for histograms.
 const REQUEST_VIEWS: [(bool, View); 7] = {
+    use families::*;
     use Col::*;
-    const fn v(
-        name: &'static str,
-        help: &'static str,
-        labels: &'static [&'static str],
-        cols: &'static [Col],
-    ) -> View {
+    const fn v(def: &'static Family, cols: &'static [Col]) -> View {
         View {
             family: fam::REQUEST,
-            name,
-            help,
-            labels,
+            def,
             cols,
         }
     }
     [
-        (false, v(
-            "http_requests_total",
-            "HTTP requests handled by the gateway.",
-            &["method", "endpoint", "status_code", "namespace", "upstream"],
-            &[Label(0), Label(1), Label(2), Label(3), Label(4)],
-        )),
-        (true, v(
-            "http_request_duration_seconds",
-            "HTTP request duration in seconds, from the first request byte to the last response byte.",
-            &["method", "endpoint", "namespace", "upstream"],
-            &[Label(0), Label(1), Label(3), Label(4)],
-        )),
-        (false, v(
-            "gateway_requests_total",
-            "Gateway requests by method, path and namespace.",
-            &["method", "path", "namespace"],
-            &[Label(0), Label(1), Label(3)],
-        )),
-        (true, v(
-            "gateway_request_duration_seconds",
-            "Gateway request duration in seconds by method, path and namespace.",
-            &["method", "path", "namespace"],
-            &[Label(0), Label(1), Label(3)],
-        )),
-        (false, v(
-            "namespace_requests_total",
-            "Requests per namespace; status is error for an HTTP status of 400 or more or a response cut short.",
-            &["namespace", "status"],
-            &[Label(3), StatusClass(2, 5)],
-        )),
-        (false, v(
-            "upstream_requests_total",
-            "Responses that came from an upstream; status is error for an HTTP status of 400 or more or a response cut short.",
-            &["upstream", "status"],
-            &[NonEmpty(4), StatusClass(2, 5)],
-        )),
-        (false, v(
-            "errors_total",
-            "Requests that ended in an HTTP error or whose response was cut short, by error type.",
-            &["error_type", "namespace", "upstream"],
-            &[ErrorType(2, 5), Label(3), Label(4)],
-        )),
+        (
+            false,
+            v(
+                &HTTP_REQUESTS,
+                &[Label(0), Label(1), Label(2), Label(3), Label(4)],
+            ),
+        ),
+        (
+            true,
+            v(
+                &HTTP_REQUEST_DURATION,
+                &[Label(0), Label(1), Label(3), Label(4)],
+            ),
+        ),
+        (false, v(&GATEWAY_REQUESTS, &[Label(0), Label(1), Label(3)])),
+        (
+            true,
+            v(&GATEWAY_REQUEST_DURATION, &[Label(0), Label(1), Label(3)]),
+        ),
+        (
+            false,
+            v(&NAMESPACE_REQUESTS, &[Label(3), StatusClass(2, 5)]),
+        ),
+        (
+            false,
+            v(&UPSTREAM_REQUESTS, &[NonEmpty(4), StatusClass(2, 5)]),
+        ),
+        (false, v(&ERRORS, &[ErrorType(2, 5), Label(3), Label(4)])),
     ]
 };
 
-const MODEL_COLS: &[Col] = &[Col::Label(0), Col::Label(1)];
-const MODEL_NAMES: &[&str] = &["model", "namespace"];
+/// Columns of the `{model, namespace}` (and `{namespace, rule_type}`) views: the stored labels.
+const TWO_COLS: &[Col] = &[Col::Label(0), Col::Label(1)];
 
 /// The stages in page order.
 fn stages(n_custom: usize, nginx: bool) -> Vec<Stage> {
+    use families::*;
     use Col::*;
-    let view = |family, name, help, labels, cols| View {
-        family,
-        name,
-        help,
-        labels,
-        cols,
-    };
+    let view = |family, def, cols| View { family, def, cols };
     let mut s = vec![Stage::Collect];
     for (histogram, v) in REQUEST_VIEWS {
         s.push(if histogram {
@@ -582,119 +623,43 @@ fn stages(n_custom: usize, nginx: bool) -> Vec<Stage> {
         });
     }
     s.push(Stage::Active);
-    s.push(Stage::Counter(
-        view(
-            fam::MODEL_REQUEST,
-            "model_requests_total",
-            "Requests per model; status is success (HTTP status below 400) or error.",
-            &["model", "namespace", "status"],
-            &[Label(0), Label(1), Label(2)],
-        ),
-        Val::HistCount,
-    ));
-    s.push(Stage::Histogram(
-        view(
-            fam::MODEL_REQUEST,
-            "model_request_duration_seconds",
-            "Model request duration in seconds.",
-            MODEL_NAMES,
-            MODEL_COLS,
-        ),
-        Layout::Duration,
-    ));
-    s.push(Stage::Counter(
-        view(
-            fam::MODEL_TOKENS,
-            "model_tokens_input_total",
-            "Input (prompt) tokens as reported by the provider, cached input included.",
-            MODEL_NAMES,
-            MODEL_COLS,
-        ),
-        Val::Slot(tokens::INPUT),
-    ));
-    s.push(Stage::Counter(
-        view(
-            fam::MODEL_TOKENS,
-            "model_tokens_output_total",
-            "Output (completion) tokens as reported by the provider, reasoning included.",
-            MODEL_NAMES,
-            MODEL_COLS,
-        ),
-        Val::Slot(tokens::OUTPUT),
-    ));
+    let model_requests = view(
+        fam::MODEL_REQUEST,
+        &MODEL_REQUESTS,
+        &[Label(0), Label(1), Label(2)],
+    );
+    s.push(Stage::Counter(model_requests, Val::HistCount));
+    let model_duration = view(fam::MODEL_REQUEST, &MODEL_REQUEST_DURATION, TWO_COLS);
+    s.push(Stage::Histogram(model_duration, Layout::Duration));
+    for (def, slot) in [
+        (&MODEL_TOKENS_INPUT, tokens::INPUT),
+        (&MODEL_TOKENS_OUTPUT, tokens::OUTPUT),
+    ] {
+        s.push(Stage::Counter(
+            view(fam::MODEL_TOKENS, def, TWO_COLS),
+            Val::Slot(slot),
+        ));
+    }
     s.push(Stage::NamespaceTokens);
     s.push(Stage::Cost);
     s.push(Stage::Histogram(
-        view(
-            fam::TTFT,
-            "model_time_to_first_token_seconds",
-            "Time to first token of streamed responses, in seconds.",
-            MODEL_NAMES,
-            MODEL_COLS,
-        ),
+        view(fam::TTFT, &MODEL_TTFT, TWO_COLS),
         Layout::Ttft,
     ));
-    s.push(Stage::Histogram(
-        view(
-            fam::THROUGHPUT,
-            "model_throughput_tokens_per_second",
-            "Output tokens per second of generation time (request time minus time to first token when known).",
-            MODEL_NAMES,
-            MODEL_COLS,
-        ),
-        Layout::Throughput,
-    ));
-    let rl: &[&str] = &["namespace", "rule_type"];
-    for (family, name, help, names, slot) in [
-        (
-            fam::RATE_LIMIT,
-            "rate_limit_hits_total",
-            "Requests that hit a rate limit (delayed, throttled or rejected).",
-            rl,
-            0,
-        ),
-        (
-            fam::RATE_LIMIT,
-            "rate_limit_violations_total",
-            "Requests rejected by a rate limit.",
-            rl,
-            1,
-        ),
-        (
-            fam::CACHE,
-            "cache_hits_total",
-            "Cache lookups that hit.",
-            &["cache_type"],
-            0,
-        ),
-        (
-            fam::CACHE,
-            "cache_misses_total",
-            "Cache lookups that missed.",
-            &["cache_type"],
-            1,
-        ),
+    let throughput = view(fam::THROUGHPUT, &MODEL_THROUGHPUT, TWO_COLS);
+    s.push(Stage::Histogram(throughput, Layout::Throughput));
+    for (family, def, cols, slot) in [
+        (fam::RATE_LIMIT, &RATE_LIMIT_HITS, TWO_COLS, 0),
+        (fam::RATE_LIMIT, &RATE_LIMIT_VIOLATIONS, TWO_COLS, 1),
+        (fam::CACHE, &CACHE_HITS, &[Label(0)][..], 0),
+        (fam::CACHE, &CACHE_MISSES, &[Label(0)][..], 1),
     ] {
-        let cols: &'static [Col] = if names.len() == 2 {
-            MODEL_COLS
-        } else {
-            &[Label(0)]
-        };
-        s.push(Stage::Counter(
-            view(family, name, help, names, cols),
-            Val::Slot(slot),
-        ));
+        s.push(Stage::Counter(view(family, def, cols), Val::Slot(slot)));
     }
     s.extend((0..n_custom).map(Stage::Custom));
     s.push(Stage::SelfMetrics);
     s.push(Stage::Counter(
-        view(
-            fam::UNPRICED,
-            "gateway_metrics_unpriced_model_requests_total",
-            "Requests with token usage for a model that has no gateway_metrics_model_price entry (cost not counted).",
-            &["model"],
-            &[Label(0)],
-        ),
+        view(fam::UNPRICED, &UNPRICED, &[Label(0)]),
         Val::Slot(0),
     ));
     if nginx {
@@ -864,7 +829,7 @@ impl<'a> Render<'a> {
             if !summed {
                 return false;
             }
-            enc.family(v.name, v.help, MetricType::Counter);
+            enc.family(v.def.name, v.def.help, MetricType::Counter);
             spend(left, 1);
             self.phase = 1;
             self.cur = 0;
@@ -874,8 +839,8 @@ impl<'a> Render<'a> {
                 return false;
             }
             *left -= 1;
-            set_labels(&mut w.labels, v.labels, w.g.key(self.cur));
-            enc.sample_u64(v.name, &w.labels, w.g.vals(self.cur)[0]);
+            set_labels(&mut w.labels, v.def.labels, w.g.key(self.cur));
+            enc.sample_u64(v.def.name, &w.labels, w.g.vals(self.cur)[0]);
             self.cur += 1;
         }
         true
@@ -895,14 +860,14 @@ impl<'a> Render<'a> {
             if !sum_histograms(c, items, w, &self.store, h, &mut self.cur, left, group) {
                 return false;
             }
-            enc.family(v.name, v.help, MetricType::Histogram);
+            enc.family(v.def.name, v.def.help, MetricType::Histogram);
             spend(left, 1);
             w.le.clear();
             w.le.extend(h.bounds.iter().map(|&b| format_bound(b)));
             self.phase = 1;
             self.cur = 0;
         }
-        emit_histograms(enc, w, v.name, v.labels, &mut self.cur, left)
+        emit_histograms(enc, w, v.def.name, v.def.labels, &mut self.cur, left)
     }
 
     /// `active_connections`: the stored series are `{namespace, worker slot}` with values
@@ -944,11 +909,8 @@ impl<'a> Render<'a> {
             if !summed {
                 return false;
             }
-            enc.family(
-                "active_connections",
-                "Requests in flight per namespace (past the access phases, not yet finalized).",
-                MetricType::Gauge,
-            );
+            let def = &families::ACTIVE_CONNECTIONS;
+            enc.family(def.name, def.help, def.kind);
             spend(left, 1);
             self.phase = 1;
             self.cur = 0;
@@ -958,12 +920,9 @@ impl<'a> Render<'a> {
                 return false;
             }
             *left -= 1;
-            set_labels(&mut w.labels, &catalogue::ACTIVE_LABELS, w.g.key(self.cur));
-            enc.sample_i64(
-                "active_connections",
-                &w.labels,
-                w.g.vals(self.cur)[0] as i64,
-            );
+            let def = &families::ACTIVE_CONNECTIONS;
+            set_labels(&mut w.labels, def.labels, w.g.key(self.cur));
+            enc.sample_i64(def.name, &w.labels, w.g.vals(self.cur)[0] as i64);
             self.cur += 1;
         }
         true
@@ -972,7 +931,7 @@ impl<'a> Render<'a> {
     /// `namespace_tokens_total`: one group per namespace and token type; cached_input and
     /// reasoning only once some were reported (they are parts of input and output).
     fn namespace_tokens(&mut self, enc: &mut Encoder, left: &mut usize) -> bool {
-        const NAME: &str = "namespace_tokens_total";
+        let def = &families::NAMESPACE_TOKENS;
         let (c, w) = (&self.c, &mut self.w);
         let items = c.family(fam::MODEL_TOKENS);
         if self.phase == 0 {
@@ -996,11 +955,7 @@ impl<'a> Render<'a> {
             if !summed {
                 return false;
             }
-            enc.family(
-                NAME,
-                "Tokens per namespace by type: input and output are the provider's totals; cached_input and reasoning are the parts of them the provider reported separately.",
-                MetricType::Counter,
-            );
+            enc.family(def.name, def.help, def.kind);
             spend(left, 1);
             self.phase = 1;
             self.cur = 0;
@@ -1022,8 +977,8 @@ impl<'a> Render<'a> {
                 w.tmp.extend_from_slice(k);
                 w.tmp.push(SEP);
                 w.tmp.extend_from_slice(t.as_bytes());
-                set_labels(&mut w.labels, &["namespace", "token_type"], &w.tmp);
-                enc.sample_u64(NAME, &w.labels, a[i]);
+                set_labels(&mut w.labels, def.labels, &w.tmp);
+                enc.sample_u64(def.name, &w.labels, a[i]);
             }
             self.cur += 1;
         }
@@ -1032,14 +987,10 @@ impl<'a> Render<'a> {
 
     /// `model_cost_usd_total`: one line per stored token series.
     fn cost(&mut self, enc: &mut Encoder, left: &mut usize) -> bool {
-        const NAME: &str = "model_cost_usd_total";
+        let def = &families::MODEL_COST;
         let (c, w) = (&self.c, &mut self.w);
         if self.phase == 0 {
-            enc.family(
-                NAME,
-                "Cost in USD from the configured price table (gateway_metrics_model_price).",
-                MetricType::Counter,
-            );
+            enc.family(def.name, def.help, def.kind);
             spend(left, 1);
             self.phase = 1;
         }
@@ -1051,14 +1002,13 @@ impl<'a> Render<'a> {
             *left -= 1;
             self.cur += 1;
             let key = c.key(it);
-            if it.values.len() != usize::from(tokens::N_VALUES)
-                || !has_arity(key, catalogue::MODEL_LABELS.len())
+            if it.values.len() != usize::from(tokens::N_VALUES) || !has_arity(key, def.labels.len())
             {
                 continue;
             }
             let cost = it.values.get(tokens::COST).map_or(0.0, load_f64);
-            set_labels(&mut w.labels, &catalogue::MODEL_LABELS, key);
-            enc.sample_f64(NAME, &w.labels, cost);
+            set_labels(&mut w.labels, def.labels, key);
+            enc.sample_f64(def.name, &w.labels, cost);
         }
         true
     }
@@ -1132,98 +1082,53 @@ impl<'a> Render<'a> {
         w.labels.clear();
         push_labels(&mut w.labels, &["zone"], &[spec.zone_name.as_bytes()]);
         let zone = w.labels.clone();
-        let gauges: [(&str, &str, u64); 7] = [
-            ("gateway_metrics_zone_size_bytes", "Size of the metrics shared memory zone.", u.region_bytes),
-            ("gateway_metrics_zone_used_bytes", "Bytes of the zone in use.", u.used_bytes),
-            ("gateway_metrics_zone_free_bytes", "Bytes of the zone still free.", u.free_bytes),
-            ("gateway_metrics_series", "Series stored in the zone (overflow series excluded).", u.series),
-            ("gateway_metrics_overflow_series", "Overflow series (label values __overflow__) in the zone.", u.overflow_series),
-            ("gateway_metrics_max_series", "The cardinality cap (gateway_metrics_max_series).", spec.max_series),
-            ("gateway_metrics_start_time_seconds", "Unix time at which the zone was created; counters restart from zero after it changes.", store.created()),
+        use families::*;
+        let gauges: [(&Family, u64); 7] = [
+            (&ZONE_SIZE, u.region_bytes),
+            (&ZONE_USED, u.used_bytes),
+            (&ZONE_FREE, u.free_bytes),
+            (&SERIES, u.series),
+            (&OVERFLOW_SERIES, u.overflow_series),
+            (&MAX_SERIES, spec.max_series),
+            (&START_TIME, store.created()),
         ];
-        for (name, help, v) in gauges {
-            enc.family(name, help, MetricType::Gauge);
-            enc.sample_u64(name, &zone, v);
+        for (def, v) in gauges {
+            enc.family(def.name, def.help, def.kind);
+            enc.sample_u64(def.name, &zone, v);
         }
-        enc.family(
-            "gateway_metrics_dropped_updates_total",
-            "Updates that did not reach their own series (redirected to the overflow series, or lost), by reason.",
-            MetricType::Counter,
-        );
+        let def = &DROPPED_UPDATES;
+        enc.family(def.name, def.help, def.kind);
         for r in DropReason::ALL {
             w.labels.clear();
             push_labels(
                 &mut w.labels,
-                &["zone", "reason"],
+                def.labels,
                 &[spec.zone_name.as_bytes(), r.label().as_bytes()],
             );
-            enc.sample_u64(
-                "gateway_metrics_dropped_updates_total",
-                &w.labels,
-                store.drops(r),
-            );
+            enc.sample_u64(def.name, &w.labels, store.drops(r));
         }
-        let counters: [(&str, &str, SelfCounter); 2] = [
-            (
-                "gateway_metrics_invalid_calls_total",
-                "Calls from Lua rejected for invalid arguments.",
-                SelfCounter::InvalidCalls,
-            ),
-            (
-                "gateway_metrics_zone_resets_total",
-                "Times the zone was re-initialised because it held an incompatible layout.",
-                SelfCounter::ZoneResets,
-            ),
-        ];
-        for (name, help, c) in counters {
-            enc.family(name, help, MetricType::Counter);
-            enc.sample_u64(name, &zone, store.self_counter(c));
+        for (def, c) in [
+            (&INVALID_CALLS, SelfCounter::InvalidCalls),
+            (&ZONE_RESETS, SelfCounter::ZoneResets),
+        ] {
+            enc.family(def.name, def.help, def.kind);
+            enc.sample_u64(def.name, &zone, store.self_counter(c));
         }
     }
 }
 
 fn nginx(enc: &mut Encoder, n: &NginxStats) {
-    let gauges = [
-        (
-            "nginx_connections_active",
-            "Active client connections, including waiting ones.",
-            n.active,
-        ),
-        (
-            "nginx_connections_reading",
-            "Connections where nginx is reading the request header.",
-            n.reading,
-        ),
-        (
-            "nginx_connections_writing",
-            "Connections where nginx is writing the response.",
-            n.writing,
-        ),
-        (
-            "nginx_connections_waiting",
-            "Idle keep-alive connections.",
-            n.waiting,
-        ),
-    ];
-    for (name, help, v) in gauges {
-        enc.family(name, help, MetricType::Gauge);
-        enc.sample_u64(name, b"", v);
-    }
-    let counters = [
-        (
-            "nginx_connections_accepted_total",
-            "Client connections accepted.",
-            n.accepted,
-        ),
-        (
-            "nginx_connections_handled_total",
-            "Client connections handled.",
-            n.handled,
-        ),
-        ("nginx_http_requests_total", "Client requests.", n.requests),
-    ];
-    for (name, help, v) in counters {
-        enc.family(name, help, MetricType::Counter);
-        enc.sample_u64(name, b"", v);
+    use families::*;
+    for (def, v) in [
+        (&NGINX_ACTIVE, n.active),
+        (&NGINX_READING, n.reading),
+        (&NGINX_WRITING, n.writing),
+        (&NGINX_WAITING, n.waiting),
+        (&NGINX_ACCEPTED, n.accepted),
+        (&NGINX_HANDLED, n.handled),
+        (&NGINX_REQUESTS, n.requests),
+    ] {
+        enc.family(def.name, def.help, def.kind);
+        enc.sample_u64(def.name, b"", v);
     }
 }
