@@ -237,6 +237,7 @@ impl Scanner {
         self.st = St::Start;
         self.depth = 0;
         self.skip = 0;
+        self.high = 0;
         self.facts = Facts::default();
         if !self.model.done {
             self.model.len = 0;
@@ -521,14 +522,16 @@ impl Scanner {
 
     fn model_bytes(&mut self, b: &[u8], i: usize) -> usize {
         let rest = &b[i..];
-        match memchr::memchr2(b'"', b'\\', rest) {
+        let end = memchr::memchr2(b'"', b'\\', rest);
+        if self.high != 0 && rest[0] != b'\\' {
+            // A high surrogate not followed by its low half.
+            self.model.push_char(0xFFFD);
+            self.high = 0;
+        }
+        match end {
             Some(j) => {
                 self.model.push(&rest[..j]);
                 if rest[j] == b'"' {
-                    if self.high != 0 {
-                        self.model.push_char(0xFFFD);
-                        self.high = 0;
-                    }
                     self.model.finish();
                     self.st = St::After;
                 } else {
@@ -663,5 +666,81 @@ impl Scanner {
                 self.stage_valid = true;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::usage::providers::{slot, ALL};
+
+    fn scan(json: &str, size: usize) -> Scanner {
+        let mut s = Scanner::new(ALL);
+        s.begin();
+        for piece in json.as_bytes().chunks(size.max(1)) {
+            s.feed(piece);
+        }
+        s.end();
+        s
+    }
+
+    #[test]
+    fn usage_only_at_its_place() {
+        let json = r#"{"choices":[{"delta":{"content":"say \"usage\":{\"prompt_tokens\":9}"},"x":{"usage":{"prompt_tokens":8}}}],
+            "tool":{"usage":{"prompt_tokens":7}},"usage":{"prompt_tokens":3,"completion_tokens":4}}"#;
+        for size in [1, 2, 7, json.len()] {
+            let s = scan(json, size);
+            assert!(s.ended_cleanly());
+            assert_eq!(s.facts.usage.get(slot::PROMPT), Some(3));
+            assert_eq!(s.facts.usage.get(slot::COMPLETION), Some(4));
+            assert_eq!(s.facts.content, crate::usage::providers::OPENAI);
+        }
+    }
+
+    #[test]
+    fn counts_must_be_plain_integers() {
+        let s = scan(
+            r#"{"usage":{"prompt_tokens":-1,"completion_tokens":2.0,"total_tokens":1e3,"input_tokens":"5"}}"#,
+            3,
+        );
+        assert!(!s.facts.usage.any());
+        assert!(s.facts.bad_count);
+        let s = scan(
+            r#"{"usage":{"prompt_tokens":1000000000000,"completion_tokens":1000000000001}}"#,
+            3,
+        );
+        assert_eq!(s.facts.usage.get(slot::PROMPT), Some(MAX_COUNT));
+        assert_eq!(s.facts.usage.get(slot::COMPLETION), None);
+    }
+
+    #[test]
+    fn model_is_unescaped_and_bounded() {
+        let s = scan(r#"{"model":"a\/b\u00e9\ud83d\ude00\n\ud800x"}"#, 1);
+        assert_eq!(s.model.get(), Some("a/bé😀\n\u{FFFD}x".as_bytes()));
+        let long = format!(r#"{{"model":"{}"}}"#, "é".repeat(200));
+        let s = scan(&long, 5);
+        let m = s.model.get().unwrap();
+        assert!(
+            m.len() <= MODEL_CAP && std::str::from_utf8(m).is_ok(),
+            "{}",
+            m.len()
+        );
+        // An empty model is none; the next one counts.
+        let s = scan(r#"{"model":"","message":{"model":"claude"}}"#, 2);
+        assert_eq!(s.model.get(), Some(&b"claude"[..]));
+    }
+
+    #[test]
+    fn broken_json_is_an_error() {
+        for bad in ["{\"a\":}", "[1,2", "{\"a\" 1}", "nope", "{}}", "{\"a\":[}"] {
+            let s = scan(bad, 1);
+            assert!(s.facts.error, "{bad}");
+        }
+        let s = scan(
+            " [ {\"usageMetadata\": {\"promptTokenCount\": 4}} , {} ] ",
+            1,
+        );
+        assert!(s.ended_cleanly());
+        assert_eq!(s.facts.usage.get(slot::G_PROMPT), Some(4));
     }
 }

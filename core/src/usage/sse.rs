@@ -201,3 +201,81 @@ impl Framer {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Records what the framer hands on, as `data`/`event` strings per dispatched event.
+    #[derive(Default)]
+    struct Rec {
+        data: Vec<u8>,
+        name: Vec<u8>,
+        lines: usize,
+        events: Vec<(String, String)>,
+    }
+
+    impl Sink for Rec {
+        fn data(&mut self, buf: &[u8], start: usize, end: usize, first: bool) {
+            if first {
+                if self.lines > 0 {
+                    self.data.push(b'\n');
+                }
+                self.lines += 1;
+            }
+            self.data.extend_from_slice(&buf[start..end]);
+        }
+        fn event_start(&mut self) {
+            self.name.clear();
+        }
+        fn event(&mut self, piece: &[u8]) {
+            self.name.extend_from_slice(piece);
+        }
+        fn dispatch(&mut self, _: &[u8]) -> bool {
+            if self.lines > 0 {
+                let d = String::from_utf8(std::mem::take(&mut self.data)).unwrap();
+                self.events
+                    .push((String::from_utf8(self.name.clone()).unwrap(), d));
+            }
+            self.lines = 0;
+            self.name.clear();
+            false
+        }
+        fn buffer_end(&mut self, _: &[u8]) {}
+    }
+
+    fn frame(body: &[u8], size: usize) -> Vec<(String, String)> {
+        let mut f = Framer::new();
+        let mut r = Rec::default();
+        for piece in body.chunks(size.max(1)) {
+            f.feed(piece, &mut r);
+        }
+        f.finish(&mut r);
+        r.events
+    }
+
+    fn ev(name: &str, data: &str) -> (String, String) {
+        (name.into(), data.into())
+    }
+
+    #[test]
+    fn line_ends_fields_and_comments() {
+        let body = b": keep-alive\r\n\r\nevent: a\r\ndata:x\r\ndata:  y\r\nid: 7\r\nretry: 5\r\n\r\ndata\rdata:z\r\rdata: {}\n\nevent:b\nfoo: bar\n\n: c\ndata: last";
+        let want = vec![
+            ev("a", "x\n y"),
+            ev("", "\nz"),
+            ev("", "{}"),
+            ev("", "last"),
+        ];
+        for size in [body.len(), 1, 2, 3, 5] {
+            assert_eq!(frame(body, size), want, "pieces of {size}");
+        }
+    }
+
+    #[test]
+    fn odd_lines_are_ignored() {
+        let body = b"datum: x\ndataa: y\nevent\ndata\n\n:\n\nverylongfieldname: z\ndata: 1\n\n";
+        assert_eq!(frame(body, 1), vec![ev("", ""), ev("", "1")]);
+        assert_eq!(frame(body, 100), vec![ev("", ""), ev("", "1")]);
+    }
+}
