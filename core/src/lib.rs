@@ -13,6 +13,7 @@ pub mod hash;
 pub mod labels;
 pub mod render;
 pub mod store;
+pub mod usage;
 
 use std::sync::atomic::AtomicU64;
 

@@ -1,6 +1,7 @@
 //! Property-based fuzzing of what hostile input reaches: label sanitising and escaping, the
-//! encoder (every page must parse), the store under arbitrary keys and updates, and the checks
-//! of Lua's arguments. `PROPTEST_CASES` sets the number of cases (scripts/fuzz runs many more).
+//! encoder (every page must parse), the store under arbitrary keys and updates, the checks of
+//! Lua's arguments, and the response-usage reader under hostile and mutated bodies (no panic,
+//! bounded state). `PROPTEST_CASES` sets the number of cases (scripts/fuzz runs many more).
 
 mod common;
 
@@ -15,6 +16,7 @@ use gateway_metrics_core::labels::{
 use gateway_metrics_core::render::{render, HistSpec, RenderSpec};
 use gateway_metrics_core::series;
 use gateway_metrics_core::store::{add_u64, observe, Limits, SeriesKind, Store};
+use gateway_metrics_core::usage::{Body, Format, UsageReader, CARRY_CAP};
 use proptest::prelude::*;
 
 /// Reverses the exposition escaping of a label value.
@@ -327,5 +329,72 @@ proptest! {
             prop_assert!(std::ptr::eq(want.unwrap(), got.unwrap()));
             prop_assert_eq!(want_drop.is_some(), got_drop.is_some());
         }
+    }
+}
+
+/// Feeds `body` to every reader kind in pieces cut at `cuts`: it must not panic, and its state
+/// must stay within its bound.
+fn read_usage_everywhere(body: &[u8], cuts: &[usize]) {
+    for format in [
+        Format::Auto,
+        Format::OpenAi,
+        Format::Anthropic,
+        Format::Gemini,
+    ] {
+        for kind in [Body::EventStream, Body::Json] {
+            let mut r = UsageReader::new(format, kind);
+            let bound = r.state_bytes();
+            assert!(bound <= std::mem::size_of::<UsageReader>() + CARRY_CAP);
+            let mut start = 0;
+            for &c in cuts.iter().chain(std::iter::once(&body.len())) {
+                let c = c.clamp(start, body.len());
+                r.feed(&body[start..c]);
+                start = c;
+                assert_eq!(r.state_bytes(), bound);
+            }
+            r.finish(cuts.len().is_multiple_of(2));
+            assert!(r
+                .model()
+                .is_none_or(|m| m.len() <= gateway_metrics_core::usage::MODEL_CAP));
+        }
+    }
+}
+
+fn sorted(mut cuts: Vec<usize>) -> Vec<usize> {
+    cuts.sort_unstable();
+    cuts
+}
+
+proptest! {
+    #[test]
+    fn usage_reader_survives_hostile_bytes(body in hostile_bytes(), cuts in proptest::collection::vec(0usize..600, 0..8)) {
+        read_usage_everywhere(&body, &sorted(cuts));
+    }
+
+    #[test]
+    fn usage_reader_survives_mutated_corpus(
+        pick in any::<usize>(),
+        edits in proptest::collection::vec((any::<usize>(), any::<u8>(), 0u8..4), 1..12),
+        cuts in proptest::collection::vec(any::<usize>(), 0..10),
+    ) {
+        let cases = common::corpus::load();
+        let mut body = cases[pick % cases.len()].body.clone();
+        for (at, byte, op) in edits {
+            let at = if body.is_empty() { 0 } else { at % body.len() };
+            match op {
+                0 if !body.is_empty() => body[at] = byte,
+                1 => body.insert(at, byte),
+                2 if !body.is_empty() => { body.remove(at); }
+                // Structure-heavy bytes: quotes, brackets, escapes, line ends.
+                _ => {
+                    let hot = br#""\{}[]:,"#;
+                    let hot = [hot.as_slice(), b"\n\r "].concat();
+                    body.insert(at, hot[usize::from(byte) % hot.len()]);
+                }
+            }
+        }
+        let len = body.len().max(1);
+        let cuts = sorted(cuts.into_iter().map(|c| c % len).collect());
+        read_usage_everywhere(&body, &cuts);
     }
 }

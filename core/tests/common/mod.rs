@@ -2,6 +2,8 @@
 //! Prometheus text exposition format (version 0.0.4) used to check every rendered page.
 #![allow(dead_code)]
 
+pub mod corpus;
+
 use std::cell::Cell;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -1,0 +1,470 @@
+//! Token usage, model and first-content time read from an LLM provider's response body as it
+//! streams past, without holding it and without parsing more of it than needed.
+//!
+//! The nginx body filter hands every buffer of the upstream response to [`UsageReader::feed`]
+//! (the bytes are only read) and ends with [`UsageReader::finish`]. The reader allocates once,
+//! at construction ([`CARRY_CAP`] bytes), and its state never grows: see
+//! [`UsageReader::state_bytes`].
+//!
+//! # Token types
+//! [`Tokens::input`] is every prompt token billed, including [`Tokens::cached_input`] (read from
+//! the prompt cache) and [`Tokens::cache_write`] (written to it); [`Tokens::output`] is every
+//! generated token billed, including [`Tokens::reasoning`]. So `input + output` is what was
+//! billed, and no token is counted twice. Per provider:
+//!
+//! | provider | input | cached_input | cache_write | output | reasoning |
+//! |---|---|---|---|---|---|
+//! | OpenAI Chat | `prompt_tokens` | `prompt_tokens_details.cached_tokens` | 0 | `completion_tokens` | `completion_tokens_details.reasoning_tokens` |
+//! | OpenAI Responses | `input_tokens` | `input_tokens_details.cached_tokens` | 0 | `output_tokens` | `output_tokens_details.reasoning_tokens` |
+//! | Anthropic | `input_tokens + cache_read_input_tokens + cache_creation_input_tokens` | `cache_read_input_tokens` | `cache_creation_input_tokens` (else `cache_creation.ephemeral_5m_input_tokens + ephemeral_1h_input_tokens`) | `output_tokens` | 0 |
+//! | Gemini | `promptTokenCount + toolUsePromptTokenCount` | `cachedContentTokenCount` | 0 | `candidatesTokenCount + thoughtsTokenCount` | `thoughtsTokenCount` |
+//!
+//! Usage is read at its provider's place only: OpenAI Chat and JSON bodies' top-level `usage`,
+//! Responses events' `response.usage`, Anthropic `message_start`'s `message.usage` and
+//! `message_delta`'s `usage`, Gemini's top-level `usageMetadata` (of every element when a JSON
+//! body is an array). Keys are compared byte for byte (providers never escape them). A count
+//! must be a non-negative integer ≤ 10^12; any other value is treated as missing, and a usage
+//! object without a valid count as no usage. Reports are merged field by field and the latest
+//! wins: all providers report running totals (Anthropic's `message_delta` and Gemini's chunks
+//! are cumulative), so nothing is ever added up. Anthropic `message_start`'s `output_tokens` is
+//! a placeholder and never read: a stream cut before `message_delta` reports output 0, while its
+//! input and cache counts (final from `message_start` on) stand. Parts are clamped to their
+//! whole (a `cached_tokens` above `prompt_tokens` is cut to it).
+//!
+//! The model is the first non-empty one met (Chat, Responses and Anthropic JSON top-level
+//! `model`, `response.model`, `message.model`, Gemini `modelVersion`), JSON-unescaped and at
+//! most [`MODEL_CAP`] bytes.
+//!
+//! # Cost
+//! SSE data payloads of up to [`CARRY_CAP`] bytes are looked at whole (in place when a buffer
+//! holds them, else gathered in the carry buffer); larger ones stream through the scanner. Once
+//! the stream is *settled* (provider known, first content seen, model known), a payload is only
+//! searched for a non-null `"usage…":` key with `memmem`; only a payload that has one is scanned.
+//! Settled streams therefore do not check the JSON of payloads without usage.
+//!
+//! Instructions measured with callgrind (`core/examples/usage_cost.rs`, release build, x86-64):
+//! see the table in that example's documentation.
+
+mod providers;
+mod scan;
+mod sse;
+
+use memchr::memmem::Finder;
+
+use providers::{Dialects, Raw, ANTHROPIC, GEMINI, OPENAI};
+use scan::{Scanner, Small};
+
+pub use scan::MODEL_CAP;
+
+/// Bytes of an SSE event's data gathered whole (and the reader's one allocation): a payload
+/// split across buffers is copied here; a larger one is scanned as it streams.
+pub const CARRY_CAP: usize = 4096;
+
+/// Which provider's fields to read. `Auto` decides from the first payload that shows evidence
+/// (event names, keys) and then reads that provider's fields only.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Format {
+    Auto,
+    /// Chat Completions and Responses.
+    OpenAi,
+    Anthropic,
+    Gemini,
+}
+
+/// How the body is framed (the glue decides from `Content-Type`).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Body {
+    /// One JSON value (an object, or an array of objects).
+    Json,
+    /// `text/event-stream`: JSON in `data:` fields.
+    EventStream,
+}
+
+/// Token counts in our convention (see the module documentation).
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub struct Tokens {
+    pub input: u64,
+    pub output: u64,
+    pub cached_input: u64,
+    pub cache_write: u64,
+    pub reasoning: u64,
+}
+
+/// What a body reported.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Outcome {
+    /// The complete body reported usage.
+    Usage(Tokens),
+    /// The body was cut, after these final or cumulative counts had arrived (never a
+    /// provisional one: see the module documentation).
+    Partial(Tokens),
+    /// The complete body reported no usage.
+    Absent,
+    /// The body was cut before any usage arrived.
+    Aborted,
+    /// The complete body reported no usage, and either could not be read as JSON where it was
+    /// looked at (the body, or a `data:` payload other than `[DONE]`), or had a usage object
+    /// without a valid count.
+    Malformed,
+}
+
+/// Reads one response body. See the module documentation.
+pub struct UsageReader {
+    body: Body,
+    /// BOM bytes matched at the start of the body (`BOM.len()` once past it).
+    bom: u8,
+    framer: sse::Framer,
+    events: Events,
+}
+
+const BOM: &[u8] = b"\xEF\xBB\xBF";
+
+impl UsageReader {
+    pub fn new(format: Format, body: Body) -> Self {
+        let dialect = match format {
+            Format::Auto => 0,
+            Format::OpenAi => OPENAI,
+            Format::Anthropic => ANTHROPIC,
+            Format::Gemini => GEMINI,
+        };
+        let mut scan = Scanner::new(if dialect == 0 {
+            providers::ALL
+        } else {
+            dialect
+        });
+        scan.begin();
+        UsageReader {
+            body,
+            bom: 0,
+            framer: sse::Framer::new(),
+            events: Events {
+                scan,
+                dialect,
+                stream: body == Body::EventStream,
+                name: Small::default(),
+                has_data: false,
+                len: 0,
+                pending: Pending::Empty,
+                carry: Vec::with_capacity(if body == Body::EventStream {
+                    CARRY_CAP
+                } else {
+                    0
+                }),
+                usage: Raw::default(),
+                ttft: false,
+                malformed: false,
+                bad_count: false,
+                finder: Finder::new(b"\"usage"),
+            },
+        }
+    }
+
+    /// Reads the next buffer of the body. Returns true exactly once: for the buffer that
+    /// completed the first event carrying generated content (never for a JSON body).
+    pub fn feed(&mut self, buf: &[u8]) -> bool {
+        let mut buf = buf;
+        if usize::from(self.bom) < BOM.len() {
+            buf = self.skip_bom(buf);
+        }
+        self.framed(buf)
+    }
+
+    fn framed(&mut self, buf: &[u8]) -> bool {
+        match self.body {
+            Body::EventStream => self.framer.feed(buf, &mut self.events),
+            Body::Json => {
+                self.events.scan.feed(buf);
+                false
+            }
+        }
+    }
+
+    /// Drops a UTF-8 byte order mark at the start of the body, also one split across buffers.
+    fn skip_bom<'b>(&mut self, buf: &'b [u8]) -> &'b [u8] {
+        let mut i = 0;
+        while i < buf.len() && usize::from(self.bom) < BOM.len() {
+            if buf[i] == BOM[usize::from(self.bom)] {
+                self.bom += 1;
+                i += 1;
+            } else {
+                // Not a BOM after all: what matched of it is body.
+                let matched = usize::from(self.bom);
+                self.bom = BOM.len() as u8;
+                if matched > 0 {
+                    self.framed(&BOM[..matched]);
+                }
+            }
+        }
+        &buf[i..]
+    }
+
+    /// Ends the body; `complete` says whether its last buffer was seen. A last event without
+    /// blank line is read (its first content is not reported any more).
+    pub fn finish(&mut self, complete: bool) -> Outcome {
+        let matched = usize::from(self.bom);
+        if matched < BOM.len() {
+            self.bom = BOM.len() as u8;
+            self.framed(&BOM[..matched]);
+        }
+        match self.body {
+            Body::EventStream => self.framer.finish(&mut self.events),
+            Body::Json => {
+                self.events.scan.end();
+                self.events.payload_end(&[]);
+            }
+        }
+        let e = &self.events;
+        let tokens = if e.usage.any() {
+            e.usage.normalise(e.dialect)
+        } else {
+            None
+        };
+        match (tokens, complete) {
+            (Some(t), true) => Outcome::Usage(t),
+            (Some(t), false) => Outcome::Partial(t),
+            (None, false) => Outcome::Aborted,
+            (None, true) if e.malformed || e.bad_count => Outcome::Malformed,
+            (None, true) => Outcome::Absent,
+        }
+    }
+
+    /// The response's model as the provider wrote it (JSON-unescaped, at most [`MODEL_CAP`]
+    /// bytes), once seen.
+    pub fn model(&self) -> Option<&[u8]> {
+        self.events.scan.model.get()
+    }
+
+    /// Bytes of state this reader holds (its struct and its one allocation); bounded by
+    /// `size_of::<UsageReader>() + CARRY_CAP` whatever it is fed.
+    pub fn state_bytes(&self) -> usize {
+        std::mem::size_of::<Self>() + self.events.carry.capacity()
+    }
+}
+
+/// Where the data of the event in progress is.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Pending {
+    Empty,
+    /// In the current buffer, in this range.
+    InBuf(usize, usize),
+    /// In `carry`.
+    Carry,
+    /// Larger than [`CARRY_CAP`]: streaming through the scanner.
+    Stream,
+}
+
+/// Everything but the SSE framing: the event being gathered and what the body said so far.
+struct Events {
+    scan: Scanner,
+    /// The provider (0 while `Auto` has no evidence).
+    dialect: Dialects,
+    stream: bool,
+    /// The `event:` name of the event in progress.
+    name: Small<48>,
+    /// The event has a `data:` field.
+    has_data: bool,
+    /// Bytes of data so far (with the `\n` joining lines).
+    len: usize,
+    pending: Pending,
+    carry: Vec<u8>,
+    usage: Raw,
+    ttft: bool,
+    malformed: bool,
+    bad_count: bool,
+    finder: Finder<'static>,
+}
+
+impl Events {
+    /// Whether nothing but usage can change what this body reported.
+    fn settled(&self) -> bool {
+        self.ttft && self.dialect != 0 && self.scan.model.known()
+    }
+
+    /// Appends bytes that are not (or no longer) in the current buffer; `InBuf` data must have
+    /// been spilled before.
+    fn push(&mut self, bytes: &[u8]) {
+        self.len += bytes.len();
+        if self.pending != Pending::Stream && self.len > CARRY_CAP {
+            self.scan.begin();
+            self.scan.feed(&self.carry);
+            self.carry.clear();
+            self.pending = Pending::Stream;
+        }
+        if self.pending == Pending::Stream {
+            self.scan.feed(bytes);
+        } else {
+            self.pending = Pending::Carry;
+            self.carry.extend_from_slice(bytes);
+        }
+    }
+
+    /// The data in the current buffer moves to `carry` (or the scanner, if too large).
+    fn spill(&mut self, buf: &[u8]) {
+        if let Pending::InBuf(a, b) = self.pending {
+            self.pending = Pending::Carry;
+            self.len -= b - a;
+            self.push(&buf[a..b]);
+        }
+    }
+
+    /// Reads a whole event's data (or a JSON body's end when the scanner already has it all).
+    fn payload(&mut self, p: &[u8]) -> bool {
+        let t = p.trim_ascii();
+        if t.is_empty() || t == b"[DONE]" {
+            return false;
+        }
+        if self.settled() {
+            let Some(at) = self.usage_at(p) else {
+                return false;
+            };
+            // Most usage keys are members of the top-level object (Chat, Gemini, Anthropic
+            // message_delta): read from the key on, assuming that, and keep the reading if the
+            // payload then ends exactly where that object does. In valid JSON that proves the
+            // assumption (a key after `{` or `,` opens a string; only a member of the top-level
+            // object is followed by its end), and nothing before the key matters once settled.
+            let before = p[..at].trim_ascii_end().last();
+            if matches!(before, Some(b'{' | b',')) {
+                self.scan.begin_member();
+                self.scan.feed(&p[at..]);
+                self.scan.end();
+                if self.scan.ended_cleanly() {
+                    return self.payload_end(p);
+                }
+            }
+        }
+        self.scan.begin();
+        self.scan.feed(p);
+        self.scan.end();
+        self.payload_end(p)
+    }
+
+    /// The first `"usage"` or `"usageMetadata"` key in `p` whose value is not `null`. Keys are
+    /// found by their bytes; every such key the scanner could read as usage is among them.
+    fn usage_at(&self, p: &[u8]) -> Option<usize> {
+        let ws = |p: &[u8], mut k: usize| {
+            while k < p.len() && matches!(p[k], b' ' | b'\n' | b'\r' | b'\t') {
+                k += 1;
+            }
+            k
+        };
+        let mut from = 0;
+        while let Some(j) = self.finder.find(&p[from..]) {
+            let at = from + j;
+            from = at + 1;
+            let rest = &p[at + 6..];
+            let k = if rest.starts_with(b"\"") {
+                at + 7
+            } else if rest.starts_with(b"Metadata\"") {
+                at + 15
+            } else {
+                continue;
+            };
+            let k = ws(p, k);
+            if p.get(k) != Some(&b':') {
+                continue;
+            }
+            let k = ws(p, k + 1);
+            if !p[k..].starts_with(b"null") {
+                return Some(at);
+            }
+        }
+        None
+    }
+
+    /// Takes in what the scanner found in a payload; returns whether it was the first content.
+    fn payload_end(&mut self, _p: &[u8]) -> bool {
+        let f = &self.scan.facts;
+        self.malformed |= f.error;
+        self.bad_count |= f.bad_count;
+        let kind = if self.name.is_empty() {
+            f.kind.get()
+        } else {
+            self.name.get()
+        };
+        if self.dialect == 0 {
+            let hints = f.hints | providers::kind_hints(kind);
+            if hints != 0 {
+                self.dialect = providers::pick(hints);
+                self.scan.allow = self.dialect;
+            }
+        }
+        self.usage.merge(&f.usage);
+        let allow = self.scan.allow;
+        let content = f.content & allow != 0
+            || (allow & OPENAI != 0 && f.delta && kind.ends_with(b".delta"))
+            || (allow & ANTHROPIC != 0 && kind == b"content_block_delta");
+        if content && self.stream && !self.ttft {
+            self.ttft = true;
+            return true;
+        }
+        false
+    }
+}
+
+impl sse::Sink for Events {
+    fn data(&mut self, buf: &[u8], start: usize, end: usize, first: bool) {
+        if first {
+            if self.has_data {
+                self.spill(buf);
+                self.push(b"\n");
+            }
+            self.has_data = true;
+        }
+        if start == end {
+            return;
+        }
+        match self.pending {
+            Pending::Empty if end - start <= CARRY_CAP => {
+                self.len = end - start;
+                self.pending = Pending::InBuf(start, end);
+            }
+            Pending::InBuf(a, b) if b == start && self.len + (end - start) <= CARRY_CAP => {
+                self.len += end - start;
+                self.pending = Pending::InBuf(a, end);
+            }
+            _ => {
+                self.spill(buf);
+                self.push(&buf[start..end]);
+            }
+        }
+    }
+
+    fn event_start(&mut self) {
+        self.name.clear();
+    }
+
+    fn event(&mut self, piece: &[u8]) {
+        self.name.push(piece);
+    }
+
+    fn dispatch(&mut self, buf: &[u8]) -> bool {
+        if !self.has_data {
+            self.name.clear();
+            return false;
+        }
+        let first = match self.pending {
+            Pending::Empty => false,
+            Pending::InBuf(a, b) => self.payload(&buf[a..b]),
+            Pending::Carry => {
+                let carry = std::mem::take(&mut self.carry);
+                let first = self.payload(&carry);
+                self.carry = carry;
+                first
+            }
+            Pending::Stream => {
+                self.scan.end();
+                self.payload_end(&[])
+            }
+        };
+        self.carry.clear();
+        self.pending = Pending::Empty;
+        self.has_data = false;
+        self.len = 0;
+        self.name.clear();
+        first
+    }
+
+    fn buffer_end(&mut self, buf: &[u8]) {
+        self.spill(buf);
+    }
+}

@@ -1,0 +1,281 @@
+//! `text/event-stream` framing (WHATWG HTML, "Server-sent events", event stream interpretation),
+//! in pieces of any size: line ends `\r\n`, `\n` or `\r` (also a `\r\n` split across buffers),
+//! comments, `data:` and `event:` fields with one optional space, unknown fields ignored, a blank
+//! line dispatching the event. Field values are handed on as ranges of the caller's buffer, so
+//! nothing is copied here; the line-start state holds at most a field name's few bytes.
+
+/// Receives a stream's fields. Ranges are into the `buf` given with them.
+pub(crate) trait Sink {
+    /// A piece of a `data:` line's value; `first` for its first piece.
+    fn data(&mut self, buf: &[u8], start: usize, end: usize, first: bool);
+    /// An `event:` line starts (its value replaces the event's type).
+    fn event_start(&mut self);
+    /// A piece of an `event:` line's value.
+    fn event(&mut self, piece: &[u8]);
+    /// A blank line: the event is complete. Returns whether it carried the first content.
+    fn dispatch(&mut self, buf: &[u8]) -> bool;
+    /// The end of `buf`: ranges into it are about to become invalid.
+    fn buffer_end(&mut self, buf: &[u8]);
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Field {
+    Data,
+    Event,
+    Ignored,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Line {
+    /// At the start of a line.
+    Start,
+    /// Reading a field name (its bytes so far in `name`).
+    Name,
+    /// Just after the colon: one space is dropped.
+    Space(Field),
+    Value(Field),
+}
+
+/// The longest field name we tell apart ("event"); a longer one is ignored.
+const NAME_CAP: usize = 5;
+
+/// See the module documentation.
+pub(crate) struct Framer {
+    line: Line,
+    /// The last byte seen was a `\r`: a `\n` right after it ends no further line.
+    after_cr: bool,
+    name: [u8; NAME_CAP],
+    name_len: u8,
+}
+
+impl Framer {
+    pub(crate) fn new() -> Self {
+        Framer {
+            line: Line::Start,
+            after_cr: false,
+            name: [0; NAME_CAP],
+            name_len: 0,
+        }
+    }
+
+    /// Frames `buf`; returns whether an event dispatched in it carried the first content.
+    pub(crate) fn feed<S: Sink>(&mut self, buf: &[u8], sink: &mut S) -> bool {
+        let mut first = false;
+        let mut i = 0;
+        let n = buf.len();
+        if self.after_cr && n > 0 {
+            self.after_cr = false;
+            if buf[0] == b'\n' {
+                i = 1;
+            }
+        }
+        while i < n {
+            match self.line {
+                Line::Start => {
+                    // The common line, recognised whole.
+                    if buf[i..].starts_with(b"data:") {
+                        i += 5;
+                        self.line = Line::Space(Field::Data);
+                        continue;
+                    }
+                    match buf[i] {
+                        b'\n' | b'\r' => {
+                            i = self.line_end(buf, i);
+                            first |= sink.dispatch(buf);
+                        }
+                        b':' => {
+                            self.line = Line::Value(Field::Ignored);
+                            i += 1;
+                        }
+                        _ => {
+                            self.name_len = 0;
+                            self.line = Line::Name;
+                        }
+                    }
+                }
+                Line::Name => {
+                    let c = buf[i];
+                    match c {
+                        b':' => {
+                            self.line = Line::Space(self.field());
+                            i += 1;
+                        }
+                        b'\n' | b'\r' => {
+                            // A field without a colon has an empty value.
+                            let f = self.field();
+                            self.value_start(f, sink);
+                            if f == Field::Data {
+                                sink.data(buf, i, i, true);
+                            }
+                            i = self.line_end(buf, i);
+                        }
+                        _ => {
+                            if usize::from(self.name_len) < NAME_CAP {
+                                self.name[usize::from(self.name_len)] = c;
+                            }
+                            self.name_len = self.name_len.saturating_add(1);
+                            i += 1;
+                        }
+                    }
+                }
+                Line::Space(f) => {
+                    if buf[i] == b' ' {
+                        i += 1;
+                    }
+                    self.value_start(f, sink);
+                    if f == Field::Data {
+                        sink.data(buf, i, i, true);
+                    }
+                    self.line = Line::Value(f);
+                }
+                Line::Value(f) => {
+                    let end = memchr::memchr2(b'\n', b'\r', &buf[i..]).map_or(n, |j| i + j);
+                    match f {
+                        Field::Data if end > i => sink.data(buf, i, end, false),
+                        Field::Event => sink.event(&buf[i..end]),
+                        _ => {}
+                    }
+                    i = if end < n { self.line_end(buf, end) } else { n };
+                }
+            }
+        }
+        sink.buffer_end(buf);
+        first
+    }
+
+    /// The end of the body: a last line without line end ends there, and a last event without
+    /// blank line is dispatched.
+    pub(crate) fn finish<S: Sink>(&mut self, sink: &mut S) {
+        match self.line {
+            Line::Start => {}
+            Line::Name => {
+                let f = self.field();
+                self.value_start(f, sink);
+                if f == Field::Data {
+                    sink.data(&[], 0, 0, true);
+                }
+            }
+            Line::Space(f) => {
+                self.value_start(f, sink);
+                if f == Field::Data {
+                    sink.data(&[], 0, 0, true);
+                }
+            }
+            Line::Value(_) => {}
+        }
+        self.line = Line::Start;
+        sink.dispatch(&[]);
+    }
+
+    fn field(&self) -> Field {
+        let len = usize::from(self.name_len);
+        if len > NAME_CAP {
+            return Field::Ignored;
+        }
+        match &self.name[..len] {
+            b"data" => Field::Data,
+            b"event" => Field::Event,
+            _ => Field::Ignored,
+        }
+    }
+
+    fn value_start<S: Sink>(&mut self, f: Field, sink: &mut S) {
+        if f == Field::Event {
+            sink.event_start();
+        }
+    }
+
+    /// Consumes the line end at `buf[i]` (`\n`, `\r`, or `\r\n`); returns the index after it.
+    fn line_end(&mut self, buf: &[u8], i: usize) -> usize {
+        self.line = Line::Start;
+        if buf[i] == b'\n' {
+            return i + 1;
+        }
+        match buf.get(i + 1) {
+            Some(b'\n') => i + 2,
+            Some(_) => i + 1,
+            None => {
+                self.after_cr = true;
+                i + 1
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Records what the framer hands on, as `data`/`event` strings per dispatched event.
+    #[derive(Default)]
+    struct Rec {
+        data: Vec<u8>,
+        name: Vec<u8>,
+        lines: usize,
+        events: Vec<(String, String)>,
+    }
+
+    impl Sink for Rec {
+        fn data(&mut self, buf: &[u8], start: usize, end: usize, first: bool) {
+            if first {
+                if self.lines > 0 {
+                    self.data.push(b'\n');
+                }
+                self.lines += 1;
+            }
+            self.data.extend_from_slice(&buf[start..end]);
+        }
+        fn event_start(&mut self) {
+            self.name.clear();
+        }
+        fn event(&mut self, piece: &[u8]) {
+            self.name.extend_from_slice(piece);
+        }
+        fn dispatch(&mut self, _: &[u8]) -> bool {
+            if self.lines > 0 {
+                let d = String::from_utf8(std::mem::take(&mut self.data)).unwrap();
+                self.events
+                    .push((String::from_utf8(self.name.clone()).unwrap(), d));
+            }
+            self.lines = 0;
+            self.name.clear();
+            false
+        }
+        fn buffer_end(&mut self, _: &[u8]) {}
+    }
+
+    fn frame(body: &[u8], size: usize) -> Vec<(String, String)> {
+        let mut f = Framer::new();
+        let mut r = Rec::default();
+        for piece in body.chunks(size.max(1)) {
+            f.feed(piece, &mut r);
+        }
+        f.finish(&mut r);
+        r.events
+    }
+
+    fn ev(name: &str, data: &str) -> (String, String) {
+        (name.into(), data.into())
+    }
+
+    #[test]
+    fn line_ends_fields_and_comments() {
+        let body = b": keep-alive\r\n\r\nevent: a\r\ndata:x\r\ndata:  y\r\nid: 7\r\nretry: 5\r\n\r\ndata\rdata:z\r\rdata: {}\n\nevent:b\nfoo: bar\n\n: c\ndata: last";
+        let want = vec![
+            ev("a", "x\n y"),
+            ev("", "\nz"),
+            ev("", "{}"),
+            ev("", "last"),
+        ];
+        for size in [body.len(), 1, 2, 3, 5] {
+            assert_eq!(frame(body, size), want, "pieces of {size}");
+        }
+    }
+
+    #[test]
+    fn odd_lines_are_ignored() {
+        let body = b"datum: x\ndataa: y\nevent\ndata\n\n:\n\nverylongfieldname: z\ndata: 1\n\n";
+        assert_eq!(frame(body, 1), vec![ev("", ""), ev("", "1")]);
+        assert_eq!(frame(body, 100), vec![ev("", ""), ev("", "1")]);
+    }
+}
