@@ -9,6 +9,7 @@ use gateway_metrics_core::buckets::Histograms;
 use gateway_metrics_core::config::Price;
 use gateway_metrics_core::labels::{edge_words, header_variable};
 use gateway_metrics_core::render::CustomFamily;
+use gateway_metrics_core::usage::Format;
 use nginx_sys::*;
 use ngx::http::{HttpModuleConfExt, HttpModuleLocationConf, HttpModuleMainConf};
 
@@ -72,6 +73,27 @@ pub struct LocConf {
     pub upstream: LabelSource,
     pub endpoint: LabelSource,
     pub model: LabelSource,
+    /// `gateway_metrics_usage`: [`USAGE_OFF`], [`UNSET`] or a [`UsageSetting`] as a number.
+    pub usage: ngx_int_t,
+}
+
+/// `gateway_metrics_usage off` (the default).
+pub const USAGE_OFF: ngx_int_t = 0;
+
+/// Which provider format `gateway_metrics_usage` reads (its values other than `off`).
+pub const USAGE_SETTINGS: [(&[u8], Format); 4] = [
+    (b"auto", Format::Auto),
+    (b"openai", Format::OpenAi),
+    (b"anthropic", Format::Anthropic),
+    (b"gemini", Format::Gemini),
+];
+
+impl LocConf {
+    /// The format the location reads responses' usage in, if it does.
+    pub fn usage_format(&self) -> Option<Format> {
+        let i = usize::try_from(self.usage).ok()?.checked_sub(1)?;
+        USAGE_SETTINGS.get(i).map(|s| s.1)
+    }
 }
 
 /// Where a label's value comes from (`gateway_metrics_namespace` and the like).
@@ -131,6 +153,7 @@ pub unsafe extern "C" fn create_loc_conf(cf: *mut ngx_conf_t) -> *mut c_void {
         let lc = ngx_pcalloc((*cf).pool, std::mem::size_of::<LocConf>()) as *mut LocConf;
         if !lc.is_null() {
             (*lc).enable = UNSET;
+            (*lc).usage = UNSET;
         }
         lc as *mut c_void
     }
@@ -160,6 +183,13 @@ impl LocConf {
     fn merge(&mut self, cf: &ngx_conf_t, prev: &LocConf) -> Option<()> {
         if self.enable == UNSET {
             self.enable = if prev.enable == UNSET { 0 } else { prev.enable };
+        }
+        if self.usage == UNSET {
+            self.usage = if prev.usage == UNSET {
+                USAGE_OFF
+            } else {
+                prev.usage
+            };
         }
         for (c, p) in [
             (&mut self.namespace, &prev.namespace),

@@ -147,6 +147,39 @@ pub unsafe extern "C" fn set_enable(
     conf_result(cf, cmd, r)
 }
 
+pub unsafe extern "C" fn set_usage(
+    cf: *mut ngx_conf_t,
+    cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    // SAFETY: called by nginx with the conf being parsed, this command and this module's loc
+    // conf.
+    let (cf, cmd, lc) = unsafe { (&*cf, &*cmd, &mut *(conf as *mut LocConf)) };
+    let r = usage_directive(lc, &directive_args(cf));
+    conf_result(cf, cmd, r)
+}
+
+fn usage_directive(lc: &mut LocConf, a: &[&[u8]]) -> Result<(), ConfError> {
+    if lc.usage != UNSET {
+        return Err(ConfError::Duplicate);
+    }
+    lc.usage = match a[0] {
+        b"off" => USAGE_OFF,
+        v => match USAGE_SETTINGS.iter().position(|s| s.0 == v) {
+            Some(i) => i as ngx_int_t + 1,
+            None => {
+                return Err(ConfError::invalid(
+                    "value, must be \"auto\", \"openai\", \"anthropic\", \"gemini\" or \"off\"",
+                    String::from_utf8_lossy(v),
+                ))
+            }
+        },
+    };
+    Ok(())
+}
+
+main_directive_handler!(set_tpot_buckets, |mc, a| buckets(mc, a, Histogram::Tpot));
+
 main_directive_handler!(set_duration_buckets, |mc, a| buckets(
     mc,
     a,

@@ -6,6 +6,7 @@
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::ptr;
 
+use gateway_metrics_core::catalogue::UsageMissing;
 use nginx_sys::*;
 use ngx::http::{HttpModuleMainConf, NgxHttpCoreModule, Request};
 
@@ -13,7 +14,7 @@ use ngx::http::{HttpModuleMainConf, NgxHttpCoreModule, Request};
 use crate::conf::RenderMode;
 use crate::conf::{cycle_main_conf, loc_conf, main_conf, parsing_main_conf, MainConf};
 use crate::recording;
-use crate::request::{self, Finished, Target};
+use crate::request::{self, Finished, Target, UsageState};
 use crate::zone::ZoneSpec;
 
 /// The next body filter (nginx's filter chain is a linked list of function pointers).
@@ -195,7 +196,7 @@ fn log(r: &Request) {
     let Some(t) = main_conf(r).and_then(|mc| Target::of(mc, r.log())) else {
         return;
     };
-    recording::record(&t, &Finished::read(r, lc, ctx.as_deref()));
+    recording::record(&t, &Finished::read(r, lc, ctx));
 }
 
 /// Notes, for the log phase, that a response's body went out whole (its last buffer passed)
@@ -217,6 +218,9 @@ fn watch_body(r: &ngx_http_request_t, chain: Option<&ngx_chain_t>) {
     if !std::ptr::eq(r.main, r) {
         return;
     }
+    let Some(lc) = loc_conf(r).filter(|lc| lc.enable == 1) else {
+        return;
+    };
     let (mut last, mut data) = (false, false);
     let mut cl = chain;
     while let Some(link) = cl {
@@ -230,15 +234,50 @@ fn watch_body(r: &ngx_http_request_t, chain: Option<&ngx_chain_t>) {
     }
     // Only the end of a body, and a proxied body's data, are of interest.
     let proxied = data && !r.upstream.is_null();
-    if !(last || proxied) || loc_conf(r).is_none_or(|lc| lc.enable != 1) {
+    if !(last || proxied) {
         return;
     }
     if last {
         request::mark_complete(r);
     }
-    if proxied {
-        if let Some(ctx) = request::find_ctx(r) {
-            ctx.last_body_msec = request::now_msec();
+    if !proxied {
+        return;
+    }
+    let Some(ctx) = request::find_ctx(r).or_else(|| {
+        // A context only for a response whose usage is read (else the slot's mark suffices).
+        lc.usage_format().and_then(|_| request::ctx(r))
+    }) else {
+        return;
+    };
+    ctx.last_body_msec = request::now_msec();
+    if let UsageState::Unread = ctx.usage {
+        ctx.usage = request::start_usage(r, lc);
+    }
+    let UsageState::Reading(reader) = &mut ctx.usage else {
+        return;
+    };
+    let mut first = false;
+    let mut cl = chain;
+    while let Some(link) = cl {
+        // SAFETY: as above.
+        if let Some(b) = unsafe { link.buf.as_ref() } {
+            if b.in_file() != 0 && b.temporary() == 0 && b.memory() == 0 && b.mmap() == 0 {
+                // Spilled to a temporary file by nginx's proxy buffering: not read back.
+                ctx.usage = UsageState::Missing(UsageMissing::Unreadable);
+                return;
+            }
+            if !b.pos.is_null() && b.last > b.pos {
+                // SAFETY: an in-memory buffer's bytes from pos to last are readable.
+                let bytes = unsafe {
+                    std::slice::from_raw_parts(b.pos, b.last.offset_from(b.pos) as usize)
+                };
+                first |= reader.feed(bytes);
+            }
         }
+        // SAFETY: as above.
+        cl = unsafe { link.next.as_ref() };
+    }
+    if first && ctx.first_token_ms.is_none() {
+        ctx.first_token_ms = Some(request::now_ms());
     }
 }

@@ -62,7 +62,7 @@ const CV_SLOT: unsafe extern "C" fn(
 ) -> *mut c_char = ngx_http_set_complex_value_slot;
 
 // The directive table. nginx walks it until the null command.
-static mut COMMANDS: [ngx_command_t; 17] = [
+static mut COMMANDS: [ngx_command_t; 19] = [
     cmd(
         c"gateway_metrics_zone",
         HTTP_MAIN | NGX_CONF_TAKE2 as ngx_uint_t,
@@ -165,6 +165,20 @@ static mut COMMANDS: [ngx_command_t; 17] = [
         c"gateway_metrics_histogram",
         HTTP_MAIN | NGX_CONF_1MORE as ngx_uint_t,
         directives::set_histogram,
+        MAIN_CONF_OFFSET,
+        0,
+    ),
+    cmd(
+        c"gateway_metrics_usage",
+        HTTP_ANY | NGX_CONF_TAKE1 as ngx_uint_t,
+        directives::set_usage,
+        LOC_CONF_OFFSET,
+        0,
+    ),
+    cmd(
+        c"gateway_metrics_tpot_buckets",
+        HTTP_MAIN | NGX_CONF_1MORE as ngx_uint_t,
+        directives::set_tpot_buckets,
         MAIN_CONF_OFFSET,
         0,
     ),

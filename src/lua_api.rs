@@ -16,6 +16,7 @@ use gateway_metrics_core::labels::sanitize_into;
 use gateway_metrics_core::render::CustomKind;
 use gateway_metrics_core::series_of;
 use gateway_metrics_core::store::{add_f64, add_u64, observe, set_f64, SelfCounter, SeriesKind};
+use gateway_metrics_core::usage::Tokens;
 use nginx_sys::*;
 
 use crate::conf::cycle_main_conf;
@@ -124,22 +125,26 @@ pub unsafe extern "C" fn gateway_metrics_add_tokens(
     output: c_double,
     cached_input: c_double,
     reasoning: c_double,
+    cache_write: c_double,
     err: *mut *const c_char,
 ) -> c_int {
     // SAFETY: `err` is null or a writable `const char *[1]` (the function's contract).
     api(unsafe { err.as_mut() }, || {
-        let n = [
-            count(input, c"invalid input token count")?,
-            count(output, c"invalid output token count")?,
-            count(cached_input, c"invalid cached_input token count")?,
-            count(reasoning, c"invalid reasoning token count")?,
-        ];
+        let n = Tokens {
+            input: count(input, c"invalid input token count")?,
+            output: count(output, c"invalid output token count")?,
+            cached_input: count(cached_input, c"invalid cached_input token count")?,
+            reasoning: count(reasoning, c"invalid reasoning token count")?,
+            cache_write: count(cache_write, c"invalid cache_write token count")?,
+        };
         // SAFETY: forwarded contract.
         let ctx = unsafe { req_ctx(r)? };
-        for (t, v) in ctx.tokens.iter_mut().zip(n) {
-            *t = t.saturating_add(v);
-        }
-        ctx.has_tokens = true;
+        let t = ctx.lua_tokens.get_or_insert_with(Tokens::default);
+        t.input = t.input.saturating_add(n.input);
+        t.output = t.output.saturating_add(n.output);
+        t.cached_input = t.cached_input.saturating_add(n.cached_input);
+        t.cache_write = t.cache_write.saturating_add(n.cache_write);
+        t.reasoning = t.reasoning.saturating_add(n.reasoning);
         Ok(())
     })
 }

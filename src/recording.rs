@@ -9,6 +9,7 @@ use gateway_metrics_core::cache::{bytes_words, Label, SeriesCache};
 use gateway_metrics_core::catalogue::{self, fam, tokens};
 use gateway_metrics_core::series_cached;
 use gateway_metrics_core::store::{add_f64, add_u64, observe, DropReason, SeriesKind};
+use gateway_metrics_core::usage::Tokens;
 use nginx_sys::*;
 
 use crate::request::{self, AutoStatus, Finished, Limit, ReqCtx, Target, UpstreamCache};
@@ -227,7 +228,7 @@ pub fn record(t: &Target, f: &Finished) {
     }
 
     let (model, ns) = (f.model, f.namespace);
-    if !model.is_empty() || f.tokens.is_some() {
+    if !model.is_empty() || f.tokens.is_some() || f.usage_missing.is_some() {
         let class_id = if class == "success" { 1 } else { 2 };
         let labels = [
             Label::bytes(model),
@@ -246,6 +247,16 @@ pub fn record(t: &Target, f: &Finished) {
         }
         if let Some(tokens) = &f.tokens {
             record_tokens(t, &labels, tokens, f.duration, f.ttft);
+        }
+        if let Some(why) = f.usage_missing {
+            let labels = [
+                Label::bytes(model),
+                Label::bytes(ns),
+                Label::with_id(1 + why as u64, why.label().as_bytes()),
+            ];
+            if let Some(v) = t.series(fam::USAGE_MISSING, 0, 1, &labels) {
+                add_u64(&v[0], 1);
+            }
         }
     }
     if f.auto.any() {
@@ -277,23 +288,26 @@ fn status_label(buf: &mut [u8; 20], status: ngx_uint_t) -> &[u8] {
     }
 }
 
-fn record_tokens(
-    t: &Target,
-    labels: &[Label; 2],
-    tokens: &[u64; 4],
-    duration: f64,
-    ttft: Option<f64>,
-) {
+fn record_tokens(t: &Target, labels: &[Label; 2], n: &Tokens, duration: f64, ttft: Option<f64>) {
     let mc = t.mc;
     let model = labels[0].bytes;
     if let Some(v) = t.series(fam::MODEL_TOKENS, 0, tokens::N_VALUES, labels) {
-        for (i, n) in tokens.iter().enumerate() {
-            if *n > 0 {
-                add_u64(&v[i], *n);
+        for (slot, count) in [
+            (tokens::INPUT, n.input),
+            (tokens::OUTPUT, n.output),
+            (tokens::CACHED_INPUT, n.cached_input),
+            (tokens::CACHE_WRITE, n.cache_write),
+            (tokens::REASONING, n.reasoning),
+        ] {
+            if count > 0 {
+                add_u64(&v[slot], count);
             }
         }
         match mc.prices.get(model) {
-            Some(p) => add_f64(&v[tokens::COST], p.cost(tokens[0], tokens[1], tokens[2])),
+            Some(p) => add_f64(
+                &v[tokens::COST],
+                p.cost(n.input, n.output, n.cached_input, n.cache_write),
+            ),
             None => {
                 if let Some(u) = t.series(fam::UNPRICED, 0, 1, &[Label::bytes(model)]) {
                     add_u64(&u[0], 1);
@@ -301,16 +315,20 @@ fn record_tokens(
             }
         }
     }
-    let output = tokens[tokens::OUTPUT];
+    let (bounds, layouts) = (&mc.bounds, &t.zone.layouts);
     let generation = duration - ttft.unwrap_or(0.0);
-    if output > 0 && generation > 0.0 {
-        if let Some(v) = t.series(
-            fam::THROUGHPUT,
-            t.zone.layouts.throughput,
-            (mc.bounds.throughput.len() + 2) as u8,
-            labels,
-        ) {
-            observe(v, &mc.bounds.throughput, output as f64 / generation);
+    if n.output > 0 && generation > 0.0 {
+        let words = (bounds.throughput.len() + 2) as u8;
+        if let Some(v) = t.series(fam::THROUGHPUT, layouts.throughput, words, labels) {
+            observe(v, &bounds.throughput, n.output as f64 / generation);
+        }
+    }
+    // OpenTelemetry GenAI's time per output token: the generation after the first token, per
+    // token after the first (streams only: without a first token there is no TTFT).
+    if let (Some(_), true) = (ttft, n.output >= 2) {
+        let words = (bounds.tpot.len() + 2) as u8;
+        if let Some(v) = t.series(fam::TPOT, layouts.tpot, words, labels) {
+            observe(v, &bounds.tpot, generation.max(0.0) / (n.output - 1) as f64);
         }
     }
 }

@@ -5,9 +5,11 @@ use std::ptr;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use gateway_metrics_core::cache::Label;
-use gateway_metrics_core::catalogue::CutReason;
+use gateway_metrics_core::catalogue::{CutReason, UsageMissing};
+use gateway_metrics_core::labels::sanitize_into;
 use gateway_metrics_core::labels::{edge_words, header_matches, short_eq};
 use gateway_metrics_core::store::Store;
+use gateway_metrics_core::usage::{Body, Outcome, Tokens, UsageReader};
 use nginx_sys::*;
 use ngx::http::{HttpModuleLocationConf, NgxHttpCoreModule, Request};
 
@@ -21,9 +23,11 @@ pub struct ReqCtx {
     pub active: Option<&'static AtomicU64>,
     /// Model set from Lua (`gm.set_model`), overriding `gateway_metrics_model`.
     pub model: Option<Vec<u8>>,
-    /// Tokens reported from Lua: input, output, cached input, reasoning.
-    pub tokens: [u64; 4],
-    pub has_tokens: bool,
+    /// Tokens reported from Lua (`gm.add_tokens`, summed). When there are any, they are what is
+    /// recorded: usage read from the response is not counted again.
+    pub lua_tokens: Option<Tokens>,
+    /// Reading the response's usage (`gateway_metrics_usage`).
+    pub usage: UsageState,
     /// When the first token was seen, ms since the epoch (`gm.first_token`).
     pub first_token_ms: Option<u64>,
     /// Set once the log phase has recorded the request; later Lua calls are refused.
@@ -41,8 +45,8 @@ impl Default for ReqCtx {
         ReqCtx {
             active: None,
             model: None,
-            tokens: [0; 4],
-            has_tokens: false,
+            lua_tokens: None,
+            usage: UsageState::Unread,
             first_token_ms: None,
             logged: false,
             complete: false,
@@ -50,6 +54,19 @@ impl Default for ReqCtx {
             exporter: ptr::null_mut(),
         }
     }
+}
+
+/// Where reading a response's usage stands.
+pub enum UsageState {
+    /// No body buffer has passed yet.
+    Unread,
+    /// The body is being read (one allocation per response, none per buffer).
+    Reading(Box<UsageReader>),
+    /// The body cannot be read, for this reason.
+    Missing(UsageMissing),
+    /// Nothing to read: usage is off, or the response is not one that reports usage (not an
+    /// upstream's 2xx).
+    Skipped,
 }
 
 impl ReqCtx {
@@ -484,18 +501,40 @@ pub struct Finished<'r> {
     pub duration: f64,
     /// Time to the first token, seconds.
     pub ttft: Option<f64>,
-    /// Tokens reported for the request (input, output, cached input, reasoning).
-    pub tokens: Option<[u64; 4]>,
+    /// Tokens reported for the request (by Lua, else read from the response).
+    pub tokens: Option<Tokens>,
+    /// Why the response's usage could not be read, when it was to be read.
+    pub usage_missing: Option<UsageMissing>,
     pub auto: AutoStatus,
 }
 
 impl<'r> Finished<'r> {
     /// Reads the finished main request `r` (with its location conf and metrics context).
-    pub fn read(r: &'r Request, lc: &'r LocConf, ctx: Option<&'r ReqCtx>) -> Finished<'r> {
+    pub fn read(r: &'r Request, lc: &'r LocConf, ctx: Option<&'r mut ReqCtx>) -> Finished<'r> {
         let rr: &ngx_http_request_t = r.as_ref();
         let status = status(rr);
-        let complete = || body_complete(rr, ctx);
         let start = start_ms(rr);
+        let mut ctx = ctx;
+        let whole = body_complete(rr, ctx.as_deref());
+        // The model the request set (Lua's, else the directive's) wins over the response's.
+        let lua_model = ctx.as_deref().is_some_and(|c| c.model.is_some());
+        let conf_model: &[u8] = if lc.model.is_set() {
+            label(r, &lc.model)
+        } else {
+            b""
+        };
+        let take_model = !lua_model && conf_model.is_empty();
+        let (tokens, usage_missing) = match ctx.as_deref_mut() {
+            Some(c) => c.usage_result(rr, lc, whole, take_model),
+            None => (None, unread_usage(rr, lc, whole)),
+        };
+        let ctx = ctx.map(|c| &*c);
+        let stored_model = ctx.and_then(|c| c.model.as_deref());
+        let model = match stored_model {
+            Some(m) if lua_model || conf_model.is_empty() => m,
+            _ => conf_model,
+        };
+        let complete = || whole;
         let f = Finished {
             method: method(rr),
             endpoint: endpoint(r, lc),
@@ -503,16 +542,13 @@ impl<'r> Finished<'r> {
             namespace: label(r, &lc.namespace),
             upstream: upstream(r, lc),
             cut: cut_reason(rr, ctx, complete, status),
-            model: match ctx {
-                Some(ReqCtx { model: Some(m), .. }) => m.as_slice(),
-                _ if !lc.model.is_set() => b"",
-                _ => label(r, &lc.model),
-            },
+            model,
             duration: now_ms().saturating_sub(start) as f64 / 1000.0,
             ttft: ctx
                 .and_then(|c| c.first_token_ms)
                 .map(|ms| ms.saturating_sub(start) as f64 / 1000.0),
-            tokens: ctx.filter(|c| c.has_tokens).map(|c| c.tokens),
+            tokens,
+            usage_missing,
             auto: limiter_and_cache_status(rr),
         };
         ngx::ngx_log_debug_mask!(
@@ -530,4 +566,81 @@ impl<'r> Finished<'r> {
         );
         f
     }
+}
+
+impl ReqCtx {
+    /// What the response said of its usage, once, at the log phase: the tokens to record, or
+    /// why there are none. Lua's tokens win over the response's. The response's model is kept
+    /// (sanitised, as `gm.set_model` does) when `take_model`.
+    fn usage_result(
+        &mut self,
+        r: &ngx_http_request_t,
+        lc: &LocConf,
+        whole: bool,
+        take_model: bool,
+    ) -> (Option<Tokens>, Option<UsageMissing>) {
+        let state = std::mem::replace(&mut self.usage, UsageState::Skipped);
+        if self.lua_tokens.is_some() {
+            return (self.lua_tokens, None);
+        }
+        match state {
+            UsageState::Unread => (None, unread_usage(r, lc, whole)),
+            UsageState::Skipped => (None, None),
+            UsageState::Missing(why) => (None, Some(why)),
+            UsageState::Reading(mut reader) => {
+                let outcome = reader.finish(whole);
+                if let (true, Some(m)) = (take_model, reader.model()) {
+                    let mut clean = Vec::with_capacity(m.len());
+                    sanitize_into(&mut clean, m);
+                    self.model = Some(clean);
+                }
+                match outcome {
+                    Outcome::Usage(t) | Outcome::Partial(t) => (Some(t), None),
+                    Outcome::Absent => (None, Some(UsageMissing::Absent)),
+                    Outcome::Aborted => (None, Some(UsageMissing::Aborted)),
+                    Outcome::Malformed => (None, Some(UsageMissing::Malformed)),
+                }
+            }
+        }
+    }
+}
+
+/// Usage of a response none of whose body passed: missing when the response should have had
+/// some (an upstream's 2xx with a body), because it was cut before its body, or had none.
+fn unread_usage(r: &ngx_http_request_t, lc: &LocConf, whole: bool) -> Option<UsageMissing> {
+    let reads = lc.usage_format().is_some() && usage_applies(r) && r.header_only() == 0;
+    reads.then_some(if whole {
+        UsageMissing::Absent
+    } else {
+        UsageMissing::Aborted
+    })
+}
+
+/// Is this a response whose usage is read: an upstream's 2xx?
+fn usage_applies(r: &ngx_http_request_t) -> bool {
+    !r.upstream.is_null() && (200..300).contains(&r.headers_out.status)
+}
+
+/// The usage reader for a response about to pass (its header is out), or why there is none.
+pub fn start_usage(r: &ngx_http_request_t, lc: &LocConf) -> UsageState {
+    let Some(format) = lc.usage_format() else {
+        return UsageState::Skipped;
+    };
+    if !usage_applies(r) {
+        return UsageState::Skipped;
+    }
+    // SAFETY: r->upstream is live (checked by usage_applies); its header elements are in the
+    // request pool. (gzip or other filters of this nginx may set the response's encoding: the
+    // upstream's is what the bytes passing here have.)
+    let encoding = unsafe { (*r.upstream).headers_in.content_encoding.as_ref() };
+    if encoding.is_some_and(|h| {
+        let v = h.value.as_bytes();
+        !v.is_empty() && !v.eq_ignore_ascii_case(b"identity")
+    }) {
+        return UsageState::Missing(UsageMissing::Encoded);
+    }
+    let ct = r.headers_out.content_type.as_bytes();
+    let sse = ct.len() >= 17 && ct[..17].eq_ignore_ascii_case(b"text/event-stream");
+    let body = if sse { Body::EventStream } else { Body::Json };
+    UsageState::Reading(Box::new(UsageReader::new(format, body)))
 }

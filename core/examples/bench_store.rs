@@ -88,6 +88,7 @@ fn main() {
             duration: HistSpec { bounds, layout },
             ttft: HistSpec { bounds, layout: 0 },
             throughput: HistSpec { bounds, layout: 0 },
+            tpot: HistSpec { bounds, layout: 0 },
             custom: &[],
             nginx: None,
             alive: None,

@@ -14,6 +14,12 @@ pub const DEFAULT_TTFT_BUCKETS: [f64; 12] = [
 pub const DEFAULT_THROUGHPUT_BUCKETS: [f64; 10] =
     [1.0, 5.0, 10.0, 20.0, 30.0, 50.0, 75.0, 100.0, 200.0, 500.0];
 
+/// Time per output token, seconds: the bounds OpenTelemetry's GenAI conventions advise for
+/// `gen_ai.server.time_per_output_token`.
+pub const DEFAULT_TPOT_BUCKETS: [f64; 13] = [
+    0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5,
+];
+
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum BucketsError {
     #[error("no bucket bounds given")]
@@ -91,10 +97,17 @@ pub enum Histogram {
     Ttft,
     /// Output tokens per second (`gateway_metrics_throughput_buckets`).
     Throughput,
+    /// Time per output token (`gateway_metrics_tpot_buckets`).
+    Tpot,
 }
 
 impl Histogram {
-    pub const ALL: [Histogram; 3] = [Histogram::Duration, Histogram::Ttft, Histogram::Throughput];
+    pub const ALL: [Histogram; 4] = [
+        Histogram::Duration,
+        Histogram::Ttft,
+        Histogram::Throughput,
+        Histogram::Tpot,
+    ];
 
     /// The directive that sets its buckets.
     pub fn directive(self) -> &'static str {
@@ -102,6 +115,7 @@ impl Histogram {
             Histogram::Duration => "gateway_metrics_buckets",
             Histogram::Ttft => "gateway_metrics_ttft_buckets",
             Histogram::Throughput => "gateway_metrics_throughput_buckets",
+            Histogram::Tpot => "gateway_metrics_tpot_buckets",
         }
     }
 }
@@ -112,6 +126,7 @@ pub struct Histograms<T> {
     pub duration: T,
     pub ttft: T,
     pub throughput: T,
+    pub tpot: T,
 }
 
 impl<T> Histograms<T> {
@@ -120,6 +135,7 @@ impl<T> Histograms<T> {
             Histogram::Duration => &self.duration,
             Histogram::Ttft => &self.ttft,
             Histogram::Throughput => &self.throughput,
+            Histogram::Tpot => &self.tpot,
         }
     }
 
@@ -128,6 +144,7 @@ impl<T> Histograms<T> {
             Histogram::Duration => &mut self.duration,
             Histogram::Ttft => &mut self.ttft,
             Histogram::Throughput => &mut self.throughput,
+            Histogram::Tpot => &mut self.tpot,
         }
     }
 }
@@ -139,6 +156,7 @@ impl Histograms<Vec<f64>> {
             duration: DEFAULT_DURATION_BUCKETS.to_vec(),
             ttft: DEFAULT_TTFT_BUCKETS.to_vec(),
             throughput: DEFAULT_THROUGHPUT_BUCKETS.to_vec(),
+            tpot: DEFAULT_TPOT_BUCKETS.to_vec(),
         }
     }
 }

@@ -29,6 +29,13 @@ pub mod fam {
     pub const CACHE: u32 = 8;
     /// `{model}`: requests whose model has no price.
     pub const UNPRICED: u32 = 9;
+    /// `{model, namespace, reason}`: responses whose usage could not be read, see
+    /// [`super::UsageMissing`].
+    pub const USAGE_MISSING: u32 = 10;
+    /// `{model, namespace}`: time-per-output-token histogram.
+    pub const TPOT: u32 = 11;
+    /// One more than the largest id above.
+    pub const END: usize = 12;
 }
 
 /// One family of the exposition: name, help text, type and label names. The renderer writes
@@ -92,13 +99,17 @@ families! {
     MODEL_TOKENS_OUTPUT = "model_tokens_output_total", Counter, ["model", "namespace"],
         "Output (completion) tokens as reported by the provider, reasoning included.";
     NAMESPACE_TOKENS = "namespace_tokens_total", Counter, ["namespace", "token_type"],
-        "Tokens per namespace by type: input and output are the provider's totals; cached_input and reasoning are the parts of them the provider reported separately.";
+        "Tokens per namespace by type: input and output are the provider's totals; cached_input, cache_write and reasoning are the parts of them the provider reported separately.";
     MODEL_COST = "model_cost_usd_total", Counter, ["model", "namespace"],
         "Cost in USD from the configured price table (gateway_metrics_model_price).";
     MODEL_TTFT = "model_time_to_first_token_seconds", Histogram, ["model", "namespace"],
         "Time to first token of streamed responses, in seconds.";
     MODEL_THROUGHPUT = "model_throughput_tokens_per_second", Histogram, ["model", "namespace"],
         "Output tokens per second of generation time (request time minus time to first token when known).";
+    MODEL_TPOT = "model_time_per_output_token_seconds", Histogram, ["model", "namespace"],
+        "Time per output token after the first, in seconds: (request time - time to first token) / (output tokens - 1), for streams of 2 or more output tokens.";
+    MODEL_USAGE_MISSING = "model_usage_missing_total", Counter, ["model", "namespace", "reason"],
+        "Responses whose token usage could not be read (never estimated), by reason.";
     RATE_LIMIT_HITS = "rate_limit_hits_total", Counter, ["namespace", "rule_type"],
         "Requests that hit a rate limit (delayed, throttled or rejected).";
     RATE_LIMIT_VIOLATIONS = "rate_limit_violations_total", Counter, ["namespace", "rule_type"],
@@ -145,7 +156,58 @@ pub mod tokens {
     pub const REASONING: usize = 3;
     /// f64 bits: USD.
     pub const COST: usize = 4;
-    pub const N_VALUES: u8 = 5;
+    /// Prompt-cache writes (after the cost: a series stored by an older build, without it,
+    /// keeps its first five slots' meaning).
+    pub const CACHE_WRITE: usize = 5;
+    pub const N_VALUES: u8 = 6;
+    /// The `token_type` label of each count slot, in `namespace_tokens_total`'s order; the
+    /// last three only appear once some were reported (they are parts of input and output).
+    pub const TYPES: [(usize, &str); 5] = [
+        (INPUT, "input"),
+        (OUTPUT, "output"),
+        (CACHED_INPUT, "cached_input"),
+        (CACHE_WRITE, "cache_write"),
+        (REASONING, "reasoning"),
+    ];
+}
+
+/// Why a response's token usage was not recorded (`model_usage_missing_total{reason}`). Usage is
+/// never estimated: a response without readable usage is counted here instead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UsageMissing {
+    /// The response was complete but carried no usage (e.g. an OpenAI stream requested without
+    /// `stream_options.include_usage`).
+    Absent,
+    /// The client or the upstream cut the response before the usage arrived.
+    Aborted,
+    /// The body had a `Content-Encoding` the module does not read (e.g. gzip).
+    Encoded,
+    /// The body was not what its format says (not JSON, a bad count).
+    Malformed,
+    /// Part of the body went to a temporary file (nginx's proxy buffers were full), which the
+    /// module does not read back.
+    Unreadable,
+}
+
+impl UsageMissing {
+    pub const ALL: [UsageMissing; 5] = [
+        UsageMissing::Absent,
+        UsageMissing::Aborted,
+        UsageMissing::Encoded,
+        UsageMissing::Malformed,
+        UsageMissing::Unreadable,
+    ];
+
+    /// The `reason` label.
+    pub fn label(self) -> &'static str {
+        match self {
+            UsageMissing::Absent => "absent",
+            UsageMissing::Aborted => "aborted",
+            UsageMissing::Encoded => "encoded",
+            UsageMissing::Malformed => "malformed",
+            UsageMissing::Unreadable => "unreadable",
+        }
+    }
 }
 
 /// `success` for 1xx-3xx, `error` otherwise (including 0: no response was produced).

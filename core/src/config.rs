@@ -30,18 +30,22 @@ pub struct Price {
     pub output: f64,
     /// Price of cached input tokens; the input price when not given.
     pub cached_input: Option<f64>,
+    /// Price of prompt-cache writes (Anthropic bills them above the input price); the input
+    /// price when not given.
+    pub cache_write: Option<f64>,
 }
 
 impl Price {
-    /// Parses `input=USD output=USD [cached_input=USD]` (any order, each key once).
+    /// Parses `input=USD output=USD [cached_input=USD] [cache_write=USD]` (any order, each key
+    /// once).
     pub fn parse(args: &[&str]) -> Result<Price, ConfigError> {
         if args.is_empty() {
             return Err(ConfigError::Msg(
-                "no prices given (input=USD output=USD [cached_input=USD] per 1M tokens)",
+                "no prices given (input=USD output=USD [cached_input=USD] [cache_write=USD] per 1M tokens)",
             ));
         }
         let mut p = Price::default();
-        let mut seen = [false; 3];
+        let mut seen = [false; 4];
         for s in args {
             let (k, v) = s
                 .split_once('=')
@@ -55,9 +59,10 @@ impl Price {
                 "input" => 0,
                 "output" => 1,
                 "cached_input" => 2,
+                "cache_write" => 3,
                 _ => {
                     return Err(ConfigError::Invalid(
-                        "price key (input, output, cached_input)",
+                        "price key (input, output, cached_input, cache_write)",
                         k.into(),
                     ))
                 }
@@ -69,20 +74,26 @@ impl Price {
             match i {
                 0 => p.input = v,
                 1 => p.output = v,
-                _ => p.cached_input = Some(v),
+                2 => p.cached_input = Some(v),
+                _ => p.cache_write = Some(v),
             }
         }
         Ok(p)
     }
 
-    /// Cost in USD. `cached` is part of `input` (as providers report it): cached tokens are
-    /// billed at the cached price instead of the input price; reasoning tokens are part of
-    /// `output` and billed with it.
-    pub fn cost(&self, input: u64, output: u64, cached: u64) -> f64 {
+    /// Cost in USD. `cached` and `cache_write` are parts of `input` (as the module counts them,
+    /// see the README's token table): they are billed at their own prices instead of the input
+    /// price; reasoning tokens are part of `output` and billed with it. Parts above the input
+    /// are capped (no negative count).
+    pub fn cost(&self, input: u64, output: u64, cached: u64, cache_write: u64) -> f64 {
         let cached = cached.min(input);
+        let cache_write = cache_write.min(input - cached);
+        let fresh = input - cached - cache_write;
         let cached_price = self.cached_input.unwrap_or(self.input);
-        ((input - cached) as f64 * self.input
+        let write_price = self.cache_write.unwrap_or(self.input);
+        (fresh as f64 * self.input
             + cached as f64 * cached_price
+            + cache_write as f64 * write_price
             + output as f64 * self.output)
             / 1_000_000.0
     }
@@ -236,22 +247,36 @@ mod tests {
             input: 2.5,
             output: 10.0,
             cached_input: Some(1.25),
+            cache_write: None,
         };
         // 1M input of which 400k cached, 200k output
-        let c = p.cost(1_000_000, 200_000, 400_000);
+        let c = p.cost(1_000_000, 200_000, 400_000, 0);
         assert!(
             (c - (0.6 * 2.5 + 0.4 * 1.25 + 0.2 * 10.0)).abs() < 1e-12,
             "{c}"
         );
         // cached above input is capped (no negative uncached count)
-        assert_eq!(p.cost(10, 0, 50), 10.0 * 1.25 / 1e6);
+        assert_eq!(p.cost(10, 0, 50, 0), 10.0 * 1.25 / 1e6);
         // without a cached price, cached tokens cost the input price
         let q = Price {
             cached_input: None,
             ..p
         };
-        assert_eq!(q.cost(100, 0, 40), q.cost(100, 0, 0));
-        assert_eq!(p.cost(0, 0, 0), 0.0);
+        assert_eq!(q.cost(100, 0, 40, 0), q.cost(100, 0, 0, 0));
+        assert_eq!(p.cost(0, 0, 0, 0), 0.0);
+        // cache writes at their price (Anthropic: 1.25x input), capped by what input leaves
+        let w = Price {
+            cache_write: Some(3.75),
+            ..p
+        };
+        let c = w.cost(1_000_000, 0, 200_000, 300_000);
+        assert!(
+            (c - (0.5 * 2.5 + 0.2 * 1.25 + 0.3 * 3.75)).abs() < 1e-12,
+            "{c}"
+        );
+        assert_eq!(w.cost(10, 0, 4, 50), (6.0 * 3.75 + 4.0 * 1.25) / 1e6);
+        // without a write price, writes cost the input price
+        assert_eq!(p.cost(100, 0, 0, 60), p.cost(100, 0, 0, 0));
     }
 
     #[test]

@@ -73,6 +73,7 @@ pub struct RenderSpec<'a> {
     pub duration: HistSpec<'a>,
     pub ttft: HistSpec<'a>,
     pub throughput: HistSpec<'a>,
+    pub tpot: HistSpec<'a>,
     /// Declared families with their layouts (0 for non-histograms).
     pub custom: &'a [(CustomFamily, u8)],
     pub nginx: Option<NginxStats>,
@@ -102,9 +103,20 @@ impl<'a> RenderSpec<'a> {
             duration: hist(Histogram::Duration),
             ttft: hist(Histogram::Ttft),
             throughput: hist(Histogram::Throughput),
+            tpot: hist(Histogram::Tpot),
             custom,
             nginx: None,
             alive: None,
+        }
+    }
+
+    /// The bounds and layout of a built-in histogram.
+    pub fn hist(&self, which: Histogram) -> HistSpec<'a> {
+        match which {
+            Histogram::Duration => self.duration,
+            Histogram::Ttft => self.ttft,
+            Histogram::Throughput => self.throughput,
+            Histogram::Tpot => self.tpot,
         }
     }
 
@@ -128,11 +140,13 @@ mod tests {
             duration: vec![0.1, 1.0],
             ttft: vec![0.5],
             throughput: vec![10.0, 20.0, 40.0],
+            tpot: vec![0.1],
         };
         let layouts = Histograms {
             duration: 3,
             ttft: 1,
             throughput: 2,
+            tpot: 4,
         };
         let spec = RenderSpec::new("gm", 7, &bounds, &layouts, &[]);
         assert_eq!((spec.zone_name, spec.max_series), ("gm", 7));
@@ -141,7 +155,7 @@ mod tests {
             (&[0.1, 1.0][..], 3)
         );
         assert_eq!((spec.ttft.bounds, spec.ttft.layout), (&[0.5][..], 1));
-        assert_eq!(spec.throughput.layout, 2);
+        assert_eq!((spec.throughput.layout, spec.tpot.layout), (2, 4));
         assert!(spec.nginx.is_none() && spec.alive.is_none());
         let spec = spec.with(Some(NginxStats::default()), |pid| pid == 1);
         assert!(spec.nginx.is_some() && spec.alive.is_some_and(|f| f(1) && !f(2)));
@@ -157,7 +171,7 @@ struct Item<'a> {
 /// The series of one walk, grouped by family, keys copied into one arena.
 struct Collected<'a> {
     arena: Vec<u8>,
-    builtin: [Vec<Item<'a>>; 10],
+    builtin: [Vec<Item<'a>>; fam::END],
     custom: std::collections::BTreeMap<u32, Vec<Item<'a>>>,
 }
 
@@ -527,14 +541,6 @@ impl Val {
     }
 }
 
-/// Which configured bucket layout a histogram view renders.
-#[derive(Clone, Copy)]
-enum Layout {
-    Duration,
-    Ttft,
-    Throughput,
-}
-
 /// A family (of the catalogue) rendered from the series of one stored family: which of the
 /// stored labels (or values derived from them) make its labels.
 #[derive(Clone, Copy)]
@@ -552,7 +558,7 @@ enum Stage {
     /// A counter view: the sum over stored series of a value, grouped by the view's columns.
     Counter(View, Val),
     /// A histogram view: stored histograms of the current layout, summed by the columns.
-    Histogram(View, Layout),
+    Histogram(View, Histogram),
     Active,
     NamespaceTokens,
     Cost,
@@ -617,7 +623,7 @@ fn stages(n_custom: usize, nginx: bool) -> Vec<Stage> {
     let mut s = vec![Stage::Collect];
     for (histogram, v) in REQUEST_VIEWS {
         s.push(if histogram {
-            Stage::Histogram(v, Layout::Duration)
+            Stage::Histogram(v, Histogram::Duration)
         } else {
             Stage::Counter(v, Val::HistCount)
         });
@@ -630,7 +636,7 @@ fn stages(n_custom: usize, nginx: bool) -> Vec<Stage> {
     );
     s.push(Stage::Counter(model_requests, Val::HistCount));
     let model_duration = view(fam::MODEL_REQUEST, &MODEL_REQUEST_DURATION, TWO_COLS);
-    s.push(Stage::Histogram(model_duration, Layout::Duration));
+    s.push(Stage::Histogram(model_duration, Histogram::Duration));
     for (def, slot) in [
         (&MODEL_TOKENS_INPUT, tokens::INPUT),
         (&MODEL_TOKENS_OUTPUT, tokens::OUTPUT),
@@ -644,10 +650,20 @@ fn stages(n_custom: usize, nginx: bool) -> Vec<Stage> {
     s.push(Stage::Cost);
     s.push(Stage::Histogram(
         view(fam::TTFT, &MODEL_TTFT, TWO_COLS),
-        Layout::Ttft,
+        Histogram::Ttft,
     ));
     let throughput = view(fam::THROUGHPUT, &MODEL_THROUGHPUT, TWO_COLS);
-    s.push(Stage::Histogram(throughput, Layout::Throughput));
+    s.push(Stage::Histogram(throughput, Histogram::Throughput));
+    s.push(Stage::Histogram(
+        view(fam::TPOT, &MODEL_TPOT, TWO_COLS),
+        Histogram::Tpot,
+    ));
+    let missing = view(
+        fam::USAGE_MISSING,
+        &MODEL_USAGE_MISSING,
+        &[Label(0), Label(1), Label(2)],
+    );
+    s.push(Stage::Counter(missing, Val::Slot(0)));
     for (family, def, cols, slot) in [
         (fam::RATE_LIMIT, &RATE_LIMIT_HITS, TWO_COLS, 0),
         (fam::RATE_LIMIT, &RATE_LIMIT_VIOLATIONS, TWO_COLS, 1),
@@ -846,12 +862,14 @@ impl<'a> Render<'a> {
         true
     }
 
-    fn histogram(&mut self, enc: &mut Encoder, left: &mut usize, v: &View, l: Layout) -> bool {
-        let h = match l {
-            Layout::Duration => self.spec.duration,
-            Layout::Ttft => self.spec.ttft,
-            Layout::Throughput => self.spec.throughput,
-        };
+    fn histogram(
+        &mut self,
+        enc: &mut Encoder,
+        left: &mut usize,
+        v: &View,
+        which: Histogram,
+    ) -> bool {
+        let h = self.spec.hist(which);
         let (c, w) = (&self.c, &mut self.w);
         let items = c.family(v.family);
         if self.phase == 0 {
@@ -940,14 +958,14 @@ impl<'a> Render<'a> {
                 items,
                 &mut w.g,
                 &mut w.proj,
-                4,
+                tokens::TYPES.len(),
                 &mut self.cur,
                 left,
                 |_, key, out| project(key, &[Col::Label(1)], out),
                 |a, it| {
-                    for (i, slot) in a.iter_mut().enumerate() {
-                        *slot = slot.wrapping_add(
-                            it.values.get(i).map_or(0, |x| x.load(Ordering::Relaxed)),
+                    for (sum, (slot, _)) in a.iter_mut().zip(tokens::TYPES) {
+                        *sum = sum.wrapping_add(
+                            it.values.get(slot).map_or(0, |x| x.load(Ordering::Relaxed)),
                         );
                     }
                 },
@@ -964,12 +982,9 @@ impl<'a> Render<'a> {
             if *left == 0 {
                 return false;
             }
-            spend(left, 4);
+            spend(left, tokens::TYPES.len());
             let (k, a) = (w.g.key(self.cur), w.g.vals(self.cur));
-            for (i, t) in ["input", "output", "cached_input", "reasoning"]
-                .iter()
-                .enumerate()
-            {
+            for (i, (_, t)) in tokens::TYPES.iter().enumerate() {
                 if i >= 2 && a[i] == 0 {
                     continue;
                 }

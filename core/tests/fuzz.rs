@@ -131,6 +131,7 @@ proptest! {
             duration: HistSpec { bounds: &bounds, layout },
             ttft: HistSpec { bounds: &bounds, layout: 0 },
             throughput: HistSpec { bounds: &bounds, layout: 0 },
+            tpot: HistSpec { bounds: &bounds, layout: 0 },
             custom: &[],
             nginx: None,
             alive: None,

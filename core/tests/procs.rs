@@ -316,6 +316,10 @@ fn forked_children_update_one_shared_zone() {
             bounds: &BOUNDS,
             layout: 1,
         },
+        tpot: HistSpec {
+            bounds: &BOUNDS,
+            layout: 1,
+        },
         custom: &[],
         nginx: None,
         alive: None,

@@ -69,6 +69,10 @@ fn spec<'a>(layout: u8, custom: &'a [(CustomFamily, u8)]) -> RenderSpec<'a> {
             bounds: &DEFAULT_THROUGHPUT_BUCKETS,
             layout: 3,
         },
+        tpot: HistSpec {
+            bounds: &DEFAULT_THROUGHPUT_BUCKETS,
+            layout: 3,
+        },
         custom,
         nginx: None,
         alive: None,
@@ -214,7 +218,7 @@ fn golden_store(s: &Store, custom: &[(CustomFamily, u8)]) {
     s.bump_self(SelfCounter::InvalidCalls, 6);
 }
 
-const FAMILIES: [(&str, &str); 38] = [
+const FAMILIES: [(&str, &str); 40] = [
     ("http_requests_total", "counter"),
     ("http_request_duration_seconds", "histogram"),
     ("gateway_requests_total", "counter"),
@@ -231,6 +235,8 @@ const FAMILIES: [(&str, &str); 38] = [
     ("model_cost_usd_total", "counter"),
     ("model_time_to_first_token_seconds", "histogram"),
     ("model_throughput_tokens_per_second", "histogram"),
+    ("model_time_per_output_token_seconds", "histogram"),
+    ("model_usage_missing_total", "counter"),
     ("rate_limit_hits_total", "counter"),
     ("rate_limit_violations_total", "counter"),
     ("cache_hits_total", "counter"),
@@ -419,7 +425,7 @@ model_tokens_output_total{model="gpt-4o",namespace="ns-b"} 1
     );
     assert_eq!(
         block(&p, "namespace_tokens_total"),
-        r#"# HELP namespace_tokens_total Tokens per namespace by type: input and output are the provider's totals; cached_input and reasoning are the parts of them the provider reported separately.
+        r#"# HELP namespace_tokens_total Tokens per namespace by type: input and output are the provider's totals; cached_input, cache_write and reasoning are the parts of them the provider reported separately.
 # TYPE namespace_tokens_total counter
 namespace_tokens_total{namespace="ns-a",token_type="input"} 100
 namespace_tokens_total{namespace="ns-a",token_type="output"} 40
@@ -606,7 +612,7 @@ fn an_empty_store_renders_every_family() {
     let p = page(&s, &spec(1, &custom));
     let e = parse_ok(p.as_bytes());
     let got: Vec<&str> = e.families.iter().map(|f| f.name.as_str()).collect();
-    let want: Vec<&str> = FAMILIES[..34].iter().map(|f| f.0).collect();
+    let want: Vec<&str> = FAMILIES[..36].iter().map(|f| f.0).collect();
     assert_eq!(got, want);
     for f in &e.families {
         let self_metric = f.name.starts_with("gateway_metrics_")
@@ -617,7 +623,7 @@ fn an_empty_store_renders_every_family() {
     let r = region(64 << 10);
     let s = Store::format(&r, 5).unwrap();
     let p = page(&s, &spec(1, &[]));
-    assert_eq!(parse_ok(p.as_bytes()).families.len(), 31);
+    assert_eq!(parse_ok(p.as_bytes()).families.len(), 33);
 }
 
 #[test]
@@ -1325,6 +1331,22 @@ fn full_store(s: &Store, custom: &[(CustomFamily, u8)]) {
             2,
         );
         store::observe(tp, &DEFAULT_THROUGHPUT_BUCKETS, i as f64);
+        // (The test spec gives time per output token the throughput bounds and layout.)
+        let tpot = values(
+            s,
+            kind(fam::TPOT, 3, 12),
+            &key(&[&format!("m{i}"), "ns"]),
+            2,
+        );
+        store::observe(tpot, &DEFAULT_THROUGHPUT_BUCKETS, i as f64);
+        let reason = ["absent", "aborted", "encoded"][i as usize % 3];
+        let um = values(
+            s,
+            kind(fam::USAGE_MISSING, 0, 1),
+            &key(&[&format!("m{i}"), "ns", reason]),
+            3,
+        );
+        store::add_u64(&um[0], 1);
         let mr = values(
             s,
             kind(fam::MODEL_REQUEST, 1, 4),

@@ -890,6 +890,7 @@ fn spec<'a>(bounds: &'a [f64]) -> RenderSpec<'a> {
         duration: HistSpec { bounds, layout: 1 },
         ttft: HistSpec { bounds, layout: 1 },
         throughput: HistSpec { bounds, layout: 1 },
+        tpot: HistSpec { bounds, layout: 1 },
         custom: &[],
         nginx: None,
         alive: None,

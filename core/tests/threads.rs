@@ -257,6 +257,10 @@ fn histograms_stay_consistent_while_rendered() {
             bounds: &BOUNDS,
             layout,
         },
+        tpot: HistSpec {
+            bounds: &BOUNDS,
+            layout,
+        },
         custom: &[],
         nginx: None,
         alive: None,

@@ -21,7 +21,7 @@ typedef struct {
 
 int gateway_metrics_set_model(void *r, const char *model, size_t len, const char **err);
 int gateway_metrics_add_tokens(void *r, double input, double output, double cached_input,
-                               double reasoning, const char **err);
+                               double reasoning, double cache_write, const char **err);
 int gateway_metrics_first_token(void *r, const char **err);
 int gateway_metrics_rate_limit(const char *namespace, size_t namespace_len, const char *rule_type,
                                size_t rule_type_len, int rejected, const char **err);
@@ -81,8 +81,9 @@ function _M.set_model(model)
 end
 
 --- Adds token usage to this request; calls accumulate, recorded once at the log phase.
--- cached_input and reasoning are the parts of input and output the provider reported.
-function _M.add_tokens(input, output, cached_input, reasoning)
+-- cached_input and cache_write (prompt-cache writes) are parts of input, reasoning is part of
+-- output, as the provider reported them (see the README's token table).
+function _M.add_tokens(input, output, cached_input, reasoning, cache_write)
     local i, err = number_arg(input, "input")
     if not i then return nil, err end
     local o
@@ -94,11 +95,14 @@ function _M.add_tokens(input, output, cached_input, reasoning)
     local rs
     rs, err = number_arg(reasoning, "reasoning", true)
     if not rs then return nil, err end
+    local cw
+    cw, err = number_arg(cache_write, "cache_write", true)
+    if not cw then return nil, err end
     local r = get_request()
     if not r then
         return nil, "no request"
     end
-    return result(C.gateway_metrics_add_tokens(r, i, o, c, rs, errp))
+    return result(C.gateway_metrics_add_tokens(r, i, o, c, rs, cw, errp))
 end
 
 --- Marks the time to first token of this (streamed) request; the first call wins.
