@@ -46,7 +46,7 @@
 //!
 //! Instructions per further chunk measured with callgrind (`core/examples/usage_cost.rs`,
 //! release, x86-64): OpenAI Chat 762, Anthropic 739, Responses 799, Gemini 4,556 (its every
-//! chunk carries usage, which is scanned); a typical 739-byte Chat JSON body 11,315. These are
+//! chunk carries usage, which is scanned); a typical 674-byte Chat JSON body 11,315. These are
 //! above the targets (≤ ~200 per chunk, ≤ 2,000 per body): see that example for where it goes.
 
 mod providers;
