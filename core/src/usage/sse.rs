@@ -78,6 +78,11 @@ impl Framer {
                         self.line = Line::Space(Field::Data);
                         continue;
                     }
+                    if buf[i..].starts_with(b"event:") {
+                        i += 6;
+                        self.line = Line::Space(Field::Event);
+                        continue;
+                    }
                     match buf[i] {
                         b'\n' | b'\r' => {
                             i = self.line_end(buf, i);
