@@ -202,6 +202,7 @@ pub fn enter(t: &Target, ctx: &mut ReqCtx, ns: &[u8]) {
 
 /// Records a finished request: one stored series update for the request families, plus the
 /// model, token and automatic limiter/cache events when there are any.
+#[inline(always)]
 pub fn record(t: &Target, f: &Finished) {
     let (mc, status) = (t.mc, f.status);
     let mut status_buf = [0u8; 20];

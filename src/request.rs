@@ -288,6 +288,7 @@ fn upstream<'r>(r: &'r Request, lc: &LocConf) -> Label<'r> {
 /// never went through the body filters (upstream reset or timed out mid-body, handler error).
 /// Responses without a body (HEAD, 204, 304), upgraded connections and statuses that are
 /// errors anyway are never cut.
+#[inline(always)]
 fn cut_reason(
     r: &ngx_http_request_t,
     ctx: Option<&ReqCtx>,
@@ -510,6 +511,7 @@ pub struct Finished<'r> {
 
 impl<'r> Finished<'r> {
     /// Reads the finished main request `r` (with its location conf and metrics context).
+    #[inline(always)]
     pub fn read(r: &'r Request, lc: &'r LocConf, ctx: Option<&'r mut ReqCtx>) -> Finished<'r> {
         let rr: &ngx_http_request_t = r.as_ref();
         let status = status(rr);
