@@ -218,9 +218,6 @@ fn watch_body(r: &ngx_http_request_t, chain: Option<&ngx_chain_t>) {
     if !std::ptr::eq(r.main, r) {
         return;
     }
-    let Some(lc) = loc_conf(r).filter(|lc| lc.enable == 1) else {
-        return;
-    };
     let (mut last, mut data) = (false, false);
     let mut cl = chain;
     while let Some(link) = cl {
@@ -237,6 +234,9 @@ fn watch_body(r: &ngx_http_request_t, chain: Option<&ngx_chain_t>) {
     if !(last || proxied) {
         return;
     }
+    let Some(lc) = loc_conf(r).filter(|lc| lc.enable == 1) else {
+        return;
+    };
     if last {
         request::mark_complete(r);
     }

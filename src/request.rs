@@ -13,7 +13,7 @@ use gateway_metrics_core::usage::{Body, Outcome, Tokens, UsageReader};
 use nginx_sys::*;
 use ngx::http::{HttpModuleLocationConf, NgxHttpCoreModule, Request};
 
-use crate::conf::{HeaderName, LabelSource, LocConf, MainConf};
+use crate::conf::{HeaderName, LabelSource, LocConf, MainConf, USAGE_OFF};
 use crate::zone::{ShmLock, ZoneCtx};
 
 /// What the module remembers about one request (the main request), across internal redirects.
@@ -105,6 +105,7 @@ fn slot(r: &ngx_http_request_t) -> *mut *mut std::ffi::c_void {
 const COMPLETE_MARK: usize = 1;
 
 /// Did the response's last buffer pass (see `handlers::body_filter`)?
+#[inline(always)]
 fn body_complete(r: &ngx_http_request_t, ctx: Option<&ReqCtx>) -> bool {
     // SAFETY: the slot is the request's.
     ctx.is_some_and(|c| c.complete) || unsafe { *slot(r) } as usize == COMPLETE_MARK
@@ -232,6 +233,7 @@ fn eval(r: &Request, cv: *const ngx_http_complex_value_t) -> &[u8] {
 }
 
 /// The status nginx logs as `$status`.
+#[inline(always)]
 fn status(r: &ngx_http_request_t) -> ngx_uint_t {
     if r.err_status != 0 {
         r.err_status
@@ -246,6 +248,7 @@ fn status(r: &ngx_http_request_t) -> ngx_uint_t {
 
 /// The endpoint label: `gateway_metrics_endpoint`, else the matched location's name (whose
 /// identity, for the series cache, is the location's address: its name never changes).
+#[inline(always)]
 fn endpoint<'r>(r: &'r Request, lc: &LocConf) -> Label<'r> {
     if lc.endpoint.is_set() {
         return Label::bytes(label(r, &lc.endpoint));
@@ -261,6 +264,7 @@ fn endpoint<'r>(r: &'r Request, lc: &LocConf) -> Label<'r> {
 /// it (502, 504); everything else is the gateway's own: `return`, Lua's `ngx.exit`, limit
 /// rejections, cache hits, and a client gone before the upstream answered. A configured
 /// upstream block is identified by its address (its host never changes).
+#[inline(always)]
 fn upstream<'r>(r: &'r Request, lc: &LocConf) -> Label<'r> {
     if lc.upstream.is_set() {
         return Label::bytes(label(r, &lc.upstream));
@@ -351,6 +355,7 @@ pub fn now_msec() -> ngx_msec_t {
 
 /// The method label; a method nginx knows is identified by its number (nginx sets the name
 /// from it: `GET` is always `NGX_HTTP_GET`).
+#[inline(always)]
 fn method(r: &ngx_http_request_t) -> Label<'_> {
     let name = r.method_name.as_bytes();
     if r.method == NGX_HTTP_UNKNOWN as ngx_uint_t {
@@ -370,6 +375,7 @@ pub fn now_ms() -> u64 {
 }
 
 /// When the request started, ms since the epoch.
+#[inline(always)]
 fn start_ms(r: &ngx_http_request_t) -> u64 {
     (r.start_sec as u64) * 1000 + r.start_msec as u64
 }
@@ -418,6 +424,7 @@ const LIMIT_CONN_REJECTED_DRY_RUN: u32 = 3;
 /// Reads what the limiters and the cache recorded in the request, straight from its fields
 /// (what the `$limit_*_status` / `$upstream_cache_status` variables print, without evaluating
 /// variables on every request).
+#[inline(always)]
 fn limiter_and_cache_status(r: &ngx_http_request_t) -> AutoStatus {
     // SAFETY: r->main is the live main request.
     let main = unsafe { &*r.main };
@@ -440,6 +447,7 @@ fn limiter_and_cache_status(r: &ngx_http_request_t) -> AutoStatus {
 }
 
 #[cfg(ngx_feature = "http_cache")]
+#[inline(always)]
 fn upstream_cache(r: &ngx_http_request_t) -> UpstreamCache {
     if r.upstream.is_null() {
         return UpstreamCache::None;
@@ -516,25 +524,18 @@ impl<'r> Finished<'r> {
         let rr: &ngx_http_request_t = r.as_ref();
         let status = status(rr);
         let start = start_ms(rr);
-        let mut ctx = ctx;
         let whole = body_complete(rr, ctx.as_deref());
-        // The model the request set (Lua's, else the directive's) wins over the response's.
-        let lua_model = ctx.as_deref().is_some_and(|c| c.model.is_some());
-        let conf_model: &[u8] = if lc.model.is_set() {
-            label(r, &lc.model)
-        } else {
-            b""
-        };
-        let take_model = !lua_model && conf_model.is_empty();
-        let (tokens, usage_missing) = match ctx.as_deref_mut() {
-            Some(c) => c.usage_result(rr, lc, whole, take_model),
-            None => (None, unread_usage(rr, lc, whole)),
-        };
-        let ctx = ctx.map(|c| &*c);
-        let stored_model = ctx.and_then(|c| c.model.as_deref());
-        let model = match stored_model {
-            Some(m) if lua_model || conf_model.is_empty() => m,
-            _ => conf_model,
+        let (model, tokens, usage_missing, ctx) = match ctx {
+            // The usual request: no Lua, no usage reading.
+            None if lc.usage == USAGE_OFF => {
+                let model: &[u8] = if lc.model.is_set() {
+                    label(r, &lc.model)
+                } else {
+                    b""
+                };
+                (model, None, None, None)
+            }
+            ctx => model_and_usage(r, lc, ctx, whole),
         };
         let complete = || whole;
         let f = Finished {
@@ -645,4 +646,34 @@ pub fn start_usage(r: &ngx_http_request_t, lc: &LocConf) -> UsageState {
     let sse = ct.len() >= 17 && ct[..17].eq_ignore_ascii_case(b"text/event-stream");
     let body = if sse { Body::EventStream } else { Body::Json };
     UsageState::Reading(Box::new(UsageReader::new(format, body)))
+}
+
+/// The model label and the tokens (or why there are none) of a request with a context or that
+/// reads its response's usage. The model the request set (Lua's, else the directive's) wins
+/// over the response's.
+#[inline(never)]
+fn model_and_usage<'r>(
+    r: &'r Request,
+    lc: &LocConf,
+    mut ctx: Option<&'r mut ReqCtx>,
+    whole: bool,
+) -> (&'r [u8], Option<Tokens>, Option<UsageMissing>, Option<&'r ReqCtx>) {
+    let rr: &ngx_http_request_t = r.as_ref();
+    let lua_model = ctx.as_deref().is_some_and(|c| c.model.is_some());
+    let conf_model: &[u8] = if lc.model.is_set() {
+        label(r, &lc.model)
+    } else {
+        b""
+    };
+    let take_model = !lua_model && conf_model.is_empty();
+    let (tokens, usage_missing) = match ctx.as_deref_mut() {
+        Some(c) => c.usage_result(rr, lc, whole, take_model),
+        None => (None, unread_usage(rr, lc, whole)),
+    };
+    let ctx = ctx.map(|c| &*c);
+    let model = match ctx.and_then(|c| c.model.as_deref()) {
+        Some(m) if lua_model || conf_model.is_empty() => m,
+        _ => conf_model,
+    };
+    (model, tokens, usage_missing, ctx)
 }

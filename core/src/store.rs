@@ -879,7 +879,7 @@ pub fn load_f64(w: &AtomicU64) -> f64 {
 /// Records one observation into a histogram series whose values are
 /// `[bucket_0 .. bucket_n (= +Inf), sum]`, buckets *not* cumulative: one atomic add picks the
 /// bucket, so the renderer's prefix sums are monotone and `+Inf` equals `_count` by construction.
-#[inline]
+#[inline(always)]
 pub fn observe(values: &[AtomicU64], bounds: &[f64], v: f64) {
     let n = bounds.len();
     if values.len() < n + 2 {
