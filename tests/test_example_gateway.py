@@ -25,8 +25,7 @@ from collections import Counter, defaultdict
 import pytest
 
 import gmharness as gm
-from gmharness import fixtures
-from gmharness import MockLLM, Nginx, free_port, histogram_consistent, wait_for
+from gmharness import MockLLM, Nginx, fixtures, free_port, histogram_consistent, wait_for
 
 pytestmark = pytest.mark.skipif(not gm.HAVE_LUA, reason="needs Debian's lua-nginx-module")
 
