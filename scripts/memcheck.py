@@ -3,18 +3,15 @@ import glob
 import http.client
 import os
 import re
-import subprocess
+import signal
+import socket
 import sys
 import tempfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "tests"))
-import gm  # noqa: E402
+import gmharness as gm
 
 so, n_requests = sys.argv[1], int(sys.argv[2])
-os.environ["GM_MODULE"] = so
-gm.MODULE = so
 
 HTTP = r"""
     gateway_metrics_zone gm 4m;
@@ -47,15 +44,15 @@ HTTP = r"""
     }
 """
 
-n = gm.Nginx(HTTP, workers=2, lua=True, main="")
 vgdir = tempfile.mkdtemp(prefix="gm-memcheck-")
-supp = os.path.join(ROOT, "scripts/memcheck.supp")
-cmd = ["valgrind", "--tool=memcheck", "--trace-children=yes", "--error-exitcode=99",
-       "--num-callers=30", f"--suppressions={supp}", "--gen-suppressions=all",
-       f"--log-file={vgdir}/vg.%p.log", gm.NGINX, "-p", n.dir, "-c", n.conf, "-g", "daemon off;"]
+supp = os.path.join(gm.ROOT, "scripts/memcheck.supp")
+valgrind = ["valgrind", "--tool=memcheck", "--trace-children=yes", "--error-exitcode=99",
+            "--num-callers=30", f"--suppressions={supp}", "--gen-suppressions=all",
+            f"--log-file={vgdir}/vg.%p.log"]
+n = gm.Nginx(HTTP, workers=2, lua=True, module=so, foreground=True, wrapper=valgrind,
+             prefix="gm-memcheck-nginx-")
 print("==> starting nginx under valgrind (slow)", flush=True)
-proc = subprocess.Popen(cmd)
-gm.wait_port(n.port, timeout=120)
+n.start(timeout=120)
 
 
 def traffic(count):
@@ -75,18 +72,22 @@ def traffic(count):
     c.close()
 
 
-traffic(n_requests // 2)
-for _ in range(2):
-    subprocess.run([gm.NGINX, "-p", n.dir, "-c", n.conf, "-s", "reload"], check=True)
-    time.sleep(8)  # workers start slowly under valgrind
-    traffic(n_requests // 4)
-# an aborted scrape
-s = __import__("socket").create_connection(("127.0.0.1", n.port))
-s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-s.close()
-time.sleep(1)
-subprocess.run([gm.NGINX, "-p", n.dir, "-c", n.conf, "-s", "quit"], check=False)
-proc.wait(timeout=180)
+try:
+    traffic(n_requests // 2)
+    for _ in range(2):
+        n.reload(wait=False)
+        time.sleep(8)  # workers start slowly under valgrind
+        traffic(n_requests // 4)
+    # an aborted scrape
+    s = socket.create_connection(("127.0.0.1", n.port))
+    s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+    s.close()
+    time.sleep(1)
+    # graceful: every process exits normally and valgrind writes its summary
+    if n.stop(signal.SIGQUIT, timeout=180) == -signal.SIGKILL:
+        sys.exit("nginx under valgrind did not exit within 180 s")
+finally:
+    gm.kill_started()
 
 bad = []
 for f in sorted(glob.glob(f"{vgdir}/vg.*.log")):

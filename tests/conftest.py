@@ -1,11 +1,8 @@
-import os
-import sys
-
 import pytest
 
-sys.path.insert(0, os.path.dirname(__file__))
-
-import gm  # noqa: E402
+# The harness is the gmharness package (scripts/gmharness), installed into the venv by
+# scripts/setup; pytest finds the test modules of this directory by itself.
+import gmharness as gm
 
 
 @pytest.fixture
@@ -15,4 +12,4 @@ def mock_llm():
 
 
 def pytest_report_header(config):
-    return [f"nginx: {gm.NGINX}", f"module: {gm.MODULE}", f"lua: {gm.HAVE_LUA}"]
+    return [f"nginx: {gm.NGINX}", f"module: {gm.env.MODULE}", f"lua: {gm.HAVE_LUA}"]

@@ -9,14 +9,14 @@ import subprocess
 
 import pytest
 
-import gm
+import gmharness as gm
 
 
 def test_bench_smoke_runs_and_prints_figures(tmp_path):
     for tool in ("valgrind", "callgrind_annotate", "wrk"):
         if not shutil.which(tool):
             pytest.skip(f"{tool} is not installed (scripts/setup installs it)")
-    env = dict(os.environ, GM_MODULE=gm.MODULE, GM_NGINX=gm.NGINX)
+    env = dict(os.environ, GM_MODULE=gm.env.MODULE, GM_NGINX=gm.NGINX)
     r = subprocess.run([os.path.join(gm.ROOT, "scripts/bench"), "--smoke", "--out", str(tmp_path)],
                        capture_output=True, text=True, timeout=600, env=env)
     out = r.stdout

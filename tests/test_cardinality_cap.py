@@ -1,8 +1,8 @@
 """Cardinality cap and full zones: overflow series, exact totals, drop counters, bounded logs."""
 import re
 
-from gm import Nginx, histogram_consistent, run_concurrent, settle
-from gm import private_module  # noqa: F401 (autouse: nginx loads a private copy of the module)
+from gmharness import Nginx, histogram_consistent, run_concurrent, settle
+from gmharness.fixtures import private_module  # noqa: F401 (autouse: nginx loads a private copy of the module)
 
 CONF = """
     gateway_metrics_zone {zone};

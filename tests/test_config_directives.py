@@ -4,9 +4,9 @@ import subprocess
 
 import pytest
 
-import gm
+import gmharness as gm
 
-from gm import Nginx
+from gmharness import Nginx
 
 BASE = """
     gateway_metrics_zone gm 1m;

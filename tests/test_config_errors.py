@@ -3,8 +3,8 @@ import shutil
 
 import pytest
 
-from gm import Nginx
-from gm import private_module  # noqa: F401 (autouse: nginx loads a private copy of the module)
+from gmharness import Nginx
+from gmharness.fixtures import private_module  # noqa: F401 (autouse: nginx loads a private copy of the module)
 
 ZONE = "gateway_metrics_zone gm 1m;"
 SERVER = """

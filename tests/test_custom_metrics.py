@@ -2,8 +2,8 @@
 concurrency render exactly, and bad declarations fail `nginx -t` naming the directive."""
 import pytest
 
-import gm
-from gm import Nginx, histogram_consistent, run_concurrent, wait_for
+import gmharness as gm
+from gmharness import Nginx, histogram_consistent, run_concurrent, wait_for
 
 pytestmark = pytest.mark.skipif(not gm.HAVE_LUA, reason="needs Debian's lua-nginx-module")
 

@@ -24,8 +24,8 @@ from collections import Counter, defaultdict
 
 import pytest
 
-import gm
-from gm import MockLLM, Nginx, free_port, histogram_consistent, wait_for
+import gmharness as gm
+from gmharness import MockLLM, Nginx, fixtures, free_port, histogram_consistent, wait_for
 
 pytestmark = pytest.mark.skipif(not gm.HAVE_LUA, reason="needs Debian's lua-nginx-module")
 
@@ -57,10 +57,10 @@ def auth(ns):
 @pytest.fixture(scope="module", autouse=True)
 def private_module_copy():
     """nginx loads a private copy of the module: a concurrent scripts/build cannot crash it."""
-    saved = gm.MODULE
-    gm.MODULE = gm.private_module_copy()
+    saved = gm.env.MODULE
+    gm.env.MODULE = fixtures.private_module_copy()
     yield
-    gm.MODULE = saved
+    gm.env.MODULE = saved
 
 
 def gateway_http(upstream_port, extra="", keep_lua_path=False, test_keys=True):
@@ -1229,7 +1229,7 @@ def test_scripts_run_side_by_side():
             port, upstream = free_port(), free_port()
             out, err = tempfile.TemporaryFile(), tempfile.TemporaryFile()
             env = dict(os.environ, GM_PORT=str(port), GM_UPSTREAM_PORT=str(upstream),
-                       GM_MODULE=gm.MODULE)
+                       GM_MODULE=gm.env.MODULE)
             env.pop("GM_CONF", None)
             p = subprocess.Popen([os.path.join(gm.ROOT, "scripts/run")], env=env, stdout=out,
                                  stderr=err, stdin=subprocess.DEVNULL, start_new_session=True)

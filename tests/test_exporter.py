@@ -3,8 +3,8 @@ import gzip
 import http.client
 import re
 
-from gm import Nginx, parse, promtool_check, raw_request, run_concurrent, settle
-from gm import private_module  # noqa: F401 (autouse: nginx loads a private copy of the module)
+from gmharness import Nginx, parse, promtool_check, raw_request, run_concurrent, settle
+from gmharness.fixtures import private_module  # noqa: F401 (autouse: nginx loads a private copy of the module)
 
 CONF = """
     gateway_metrics_zone gm 8m;

@@ -13,8 +13,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-import gm
-from gm import Nginx, run_concurrent, wait_for
+import gmharness as gm
+from gmharness import Nginx, run_concurrent, wait_for
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 

@@ -4,7 +4,7 @@ request is read) and in the thread pool (which must not answer a write event tha
 before the render is done)."""
 import http.client
 
-from gm import Nginx
+from gmharness import Nginx
 
 CONF = """
     gateway_metrics_zone gm 32m;

@@ -12,9 +12,9 @@ import time
 
 import pytest
 
-import gm
-from gm import Nginx, parse, promtool_check, raw_request, wait_for
-from gm import private_module  # noqa: F401 (autouse: nginx loads a private copy of the module)
+import gmharness as gm
+from gmharness import Nginx, parse, promtool_check, raw_request, wait_for
+from gmharness.fixtures import private_module  # noqa: F401 (autouse: nginx loads a private copy of the module)
 
 CONF = """
     gateway_metrics_zone gm 64m;

@@ -7,9 +7,9 @@ import subprocess
 import threading
 import time
 
-import gm
-from gm import Nginx, histogram_consistent, parse, promtool_check
-from gm import private_module  # noqa: F401 (autouse: nginx loads a private copy of the module)
+import gmharness as gm
+from gmharness import Nginx, histogram_consistent, parse, promtool_check
+from gmharness.fixtures import private_module  # noqa: F401 (autouse: nginx loads a private copy of the module)
 
 CONF = """
     gateway_metrics_zone gm 8m;

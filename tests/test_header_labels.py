@@ -2,7 +2,7 @@
 give exactly what nginx's variable gives (repeated headers, case, `-`/`_`, missing header)."""
 import socket
 
-from gm import Nginx, settle
+from gmharness import Nginx, settle
 
 CONF = """
     gateway_metrics_zone gm 4m;

@@ -3,9 +3,9 @@ import threading
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from gm import (MockLLM, Nginx, histogram_consistent, parse, promtool_check, run_concurrent,
+from gmharness import (MockLLM, Nginx, histogram_consistent, parse, promtool_check, run_concurrent,
                 settle)
-from gm import private_module  # noqa: F401 (autouse: nginx loads a private copy of the module)
+from gmharness.fixtures import private_module  # noqa: F401 (autouse: nginx loads a private copy of the module)
 
 CONF = """
     upstream llm { server 127.0.0.1:{mock} max_fails=0; keepalive 16; }

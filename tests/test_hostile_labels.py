@@ -1,6 +1,6 @@
 """Hostile label values from request headers: escaping, UTF-8 repair, truncation."""
-from gm import Nginx, histogram_consistent, parse, raw_request, settle
-from gm import private_module  # noqa: F401 (autouse: nginx loads a private copy of the module)
+from gmharness import Nginx, histogram_consistent, parse, raw_request, settle
+from gmharness.fixtures import private_module  # noqa: F401 (autouse: nginx loads a private copy of the module)
 
 CONF = """
     gateway_metrics_zone gm 16m;

@@ -2,8 +2,8 @@
 import http.client
 import time
 
-from gm import Gate, Nginx, parse, settle, wait_for
-from gm import private_module  # noqa: F401 (autouse: nginx loads a private copy of the module)
+from gmharness import Gate, Nginx, parse, settle, wait_for
+from gmharness.fixtures import private_module  # noqa: F401 (autouse: nginx loads a private copy of the module)
 
 CONF = """
     upstream llm { server 127.0.0.1:{mock} max_fails=0; }

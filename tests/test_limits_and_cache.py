@@ -7,7 +7,7 @@ import threading
 import time
 import pytest
 
-from gm import Gate, MockLLM, Nginx, run_concurrent, wait_for
+from gmharness import Gate, MockLLM, Nginx, run_concurrent, wait_for
 
 CONF = """
     # 1r/m: only the first request of the test passes, however long its ten requests take

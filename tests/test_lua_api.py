@@ -7,8 +7,8 @@ import re
 
 import pytest
 
-import gm
-from gm import Nginx, settle, wait_for
+import gmharness as gm
+from gmharness import Nginx, settle, wait_for
 
 pytestmark = pytest.mark.skipif(not gm.HAVE_LUA, reason="needs Debian's lua-nginx-module")
 

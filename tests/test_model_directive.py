@@ -1,6 +1,6 @@
 """`gateway_metrics_model`: the model label without Lua, and Lua's set_model overriding it."""
-import gm
-from gm import Nginx
+import gmharness as gm
+from gmharness import Nginx
 
 CONF = """
     gateway_metrics_zone gm 4m;

@@ -14,12 +14,10 @@ import urllib.request
 
 import pytest
 
-import gm
-from gm import ROOT, Nginx, free_port, wait_for
-
-sys.path.insert(0, os.path.join(ROOT, "scripts"))
-import monitoring_config  # noqa: E402
-import monitoring_promql as mp  # noqa: E402
+import gmharness as gm
+from gmharness import ROOT, Nginx, free_port, wait_for
+import monitoring_config
+import monitoring_promql as mp
 
 MON = os.path.join(ROOT, "monitoring")
 CONFIG = os.path.join(MON, "prometheus.yml")

@@ -12,7 +12,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 import urllib.error
@@ -23,11 +22,9 @@ from collections import namedtuple
 
 import pytest
 
-from gm import HAVE_LUA, ROOT, MockLLM, Nginx, free_port, owns_listener, run_concurrent, wait_for
-
-sys.path.insert(0, os.path.join(ROOT, "scripts"))
-import monitoring_config  # noqa: E402
-import monitoring_promql as mp  # noqa: E402
+from gmharness import HAVE_LUA, ROOT, MockLLM, Nginx, free_port, owns_listener, run_concurrent, wait_for
+import monitoring_config
+import monitoring_promql as mp
 
 PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
 NODE_EXPORTER = shutil.which("prometheus-node-exporter") or shutil.which("node_exporter")

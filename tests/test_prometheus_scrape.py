@@ -10,8 +10,8 @@ import urllib.request
 
 import pytest
 
-from gm import Nginx, free_port, parse, run_concurrent, wait_for
-from gm import private_module  # noqa: F401 (autouse: nginx loads a private copy of the module)
+from gmharness import Nginx, free_port, parse, run_concurrent, wait_for
+from gmharness.fixtures import private_module  # noqa: F401 (autouse: nginx loads a private copy of the module)
 
 PROMETHEUS = "/usr/bin/prometheus"
 

@@ -2,8 +2,8 @@
 zone size change starts a new zone."""
 import time
 
-from gm import Nginx, histogram_consistent, run_concurrent, settle
-from gm import private_module  # noqa: F401 (autouse: nginx loads a private copy of the module)
+from gmharness import Nginx, histogram_consistent, run_concurrent, settle
+from gmharness.fixtures import private_module  # noqa: F401 (autouse: nginx loads a private copy of the module)
 
 CONF = """
     gateway_metrics_zone gm {size};

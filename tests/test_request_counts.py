@@ -6,8 +6,8 @@ import threading
 import time
 from collections import Counter
 
-from gm import (Gate, MockLLM, Nginx, histogram_consistent, run_concurrent, wait_for)
-from gm import private_module  # noqa: F401 (autouse: nginx loads a private copy of the module)
+from gmharness import (Gate, MockLLM, Nginx, histogram_consistent, run_concurrent, wait_for)
+from gmharness.fixtures import private_module  # noqa: F401 (autouse: nginx loads a private copy of the module)
 
 CONF = """
     upstream llm { server 127.0.0.1:{mock} max_fails=0; keepalive 32; }

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from gm import LoopbackServer, Nginx, wait_for
+from gmharness import LoopbackServer, Nginx, wait_for
 
 N_CHUNKS = 40
 

@@ -1,5 +1,5 @@
 """Basic end-to-end checks: the module loads, records and exports."""
-from gm import Nginx, histogram_consistent, settle
+from gmharness import Nginx, histogram_consistent, settle
 
 BASIC = """
     gateway_metrics_zone gm 8m;

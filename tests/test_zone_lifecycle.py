@@ -10,8 +10,8 @@ import subprocess
 
 import pytest
 
-import gm
-from gm import Gate, Nginx, wait_for
+import gmharness as gm
+from gmharness import Gate, Nginx, wait_for
 
 
 def start_request(port, path, ns):
