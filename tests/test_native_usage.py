@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from gm import LoopbackServer, Nginx, settle
+from gmharness import LoopbackServer, Nginx, settle
 
 CORPUS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "usage_corpus")
 CASES = json.load(open(os.path.join(CORPUS, "cases.json")))
