@@ -60,6 +60,8 @@ pub struct MainConf {
     pub used: bool,
     /// Some location has `gateway_metrics_exporter`.
     pub exporter: bool,
+    /// Some location reads responses' usage (`gateway_metrics_usage`).
+    pub reads_usage: bool,
     /// How `/metrics` is rendered (`gateway_metrics_render_thread_pool`).
     pub render_mode: RenderMode,
     /// The thread pool `/metrics` is rendered in (null: render in the event loop).
@@ -140,6 +142,7 @@ pub unsafe extern "C" fn create_main_conf(cf: *mut ngx_conf_t) -> *mut c_void {
         custom: Vec::new(),
         used: false,
         exporter: false,
+        reads_usage: false,
         render_mode: RenderMode::Default,
         render_pool: ptr::null_mut(),
     };

@@ -155,7 +155,11 @@ pub unsafe extern "C" fn set_usage(
     // SAFETY: called by nginx with the conf being parsed, this command and this module's loc
     // conf.
     let (cf, cmd, lc) = unsafe { (&*cf, &*cmd, &mut *(conf as *mut LocConf)) };
-    let r = usage_directive(lc, &directive_args(cf));
+    let r = usage_directive(lc, &directive_args(cf)).and_then(|()| {
+        let mc = parsing_main_conf(cf).ok_or(ConfError::msg("no http block"))?;
+        mc.reads_usage |= lc.usage != USAGE_OFF;
+        Ok(())
+    });
     conf_result(cf, cmd, r)
 }
 

@@ -12,13 +12,17 @@ use ngx::http::{HttpModuleMainConf, NgxHttpCoreModule, Request};
 
 #[cfg(ngx_feature = "threads")]
 use crate::conf::RenderMode;
-use crate::conf::{cycle_main_conf, loc_conf, main_conf, parsing_main_conf, MainConf};
+use crate::conf::{
+    cycle_main_conf, loc_conf, main_conf, parsing_main_conf, LocConf, MainConf, USAGE_OFF,
+};
 use crate::recording;
 use crate::request::{self, Finished, Target, UsageState};
 use crate::zone::ZoneSpec;
 
-/// The next body filter (nginx's filter chain is a linked list of function pointers).
+/// The next body filters (nginx's filter chain is a linked list of function pointers), after
+/// ours: the one that watches for a body's end, and the one that reads usage.
 static mut NEXT_BODY_FILTER: ngx_http_output_body_filter_pt = None;
+static mut NEXT_USAGE_FILTER: ngx_http_output_body_filter_pt = None;
 
 pub unsafe extern "C" fn postconfiguration(cf: *mut ngx_conf_t) -> ngx_int_t {
     // SAFETY: nginx calls this with the conf of the http block just parsed.
@@ -54,12 +58,17 @@ fn configure(cf: &mut ngx_conf_t) -> Result<(), Option<&'static str>> {
     }
     #[cfg(ngx_feature = "threads")]
     add_render_pool(cf, mc)?;
-    // Watches response bodies for their end (see `body_filter`).
-    if mc.used {
-        // SAFETY: the filter chain is set up in postconfiguration, one module after the other.
-        unsafe {
+    // Watches response bodies for their end (see `body_filter`); reads their usage where
+    // some location asks for it (a filter of its own: no cost anywhere else).
+    // SAFETY: the filter chain is set up in postconfiguration, one module after the other.
+    unsafe {
+        if mc.used {
             NEXT_BODY_FILTER = ngx_http_top_body_filter;
             ngx_http_top_body_filter = Some(body_filter);
+        }
+        if mc.reads_usage {
+            NEXT_USAGE_FILTER = ngx_http_top_body_filter;
+            ngx_http_top_body_filter = Some(usage_filter);
         }
     }
     let cmcf = NgxHttpCoreModule::main_conf_mut(cf).ok_or(None)?;
@@ -234,22 +243,49 @@ fn watch_body(r: &ngx_http_request_t, chain: Option<&ngx_chain_t>) {
     if !(last || proxied) {
         return;
     }
-    let Some(lc) = loc_conf(r).filter(|lc| lc.enable == 1) else {
+    if loc_conf(r).is_none_or(|lc| lc.enable != 1) {
         return;
-    };
+    }
     if last {
         request::mark_complete(r);
     }
     if !proxied {
         return;
     }
-    let Some(ctx) = request::find_ctx(r).or_else(|| {
-        // A context only for a response whose usage is read (else the slot's mark suffices).
-        lc.usage_format().and_then(|_| request::ctx(r))
-    }) else {
+    if let Some(ctx) = request::find_ctx(r) {
+        ctx.last_body_msec = request::now_msec();
+    }
+}
+
+/// Reads the usage of responses in locations with `gateway_metrics_usage` (see
+/// `request::start_usage`): only looks at the buffers, which it passes on unchanged, at once.
+unsafe extern "C" fn usage_filter(
+    r: *mut ngx_http_request_t,
+    chain: *mut ngx_chain_t,
+) -> ngx_int_t {
+    // SAFETY: nginx passes a live request and its output chain (null or valid links).
+    let (req, links) = unsafe { (&*r, chain.as_ref()) };
+    let _ = catch_unwind(AssertUnwindSafe(|| {
+        let proxied = std::ptr::eq(req.main, req) && !req.upstream.is_null();
+        if let Some(lc) =
+            loc_conf(req).filter(|lc| proxied && lc.enable == 1 && lc.usage != USAGE_OFF)
+        {
+            read_usage(req, lc, links);
+        }
+    }));
+    // SAFETY: NEXT_USAGE_FILTER was set in postconfiguration, before any request.
+    match unsafe { *ptr::addr_of!(NEXT_USAGE_FILTER) } {
+        // SAFETY: the next filter takes what ours was given.
+        Some(next) => unsafe { next(r, chain) },
+        None => NGX_OK as ngx_int_t,
+    }
+}
+
+/// Hands the response's buffers to its usage reader (made at the first one).
+fn read_usage(r: &ngx_http_request_t, lc: &LocConf, chain: Option<&ngx_chain_t>) {
+    let Some(ctx) = request::ctx(r) else {
         return;
     };
-    ctx.last_body_msec = request::now_msec();
     if let UsageState::Unread = ctx.usage {
         ctx.usage = request::start_usage(r, lc);
     }
@@ -259,7 +295,7 @@ fn watch_body(r: &ngx_http_request_t, chain: Option<&ngx_chain_t>) {
     let mut first = false;
     let mut cl = chain;
     while let Some(link) = cl {
-        // SAFETY: as above.
+        // SAFETY: the chain's buffers are live while the filter runs.
         if let Some(b) = unsafe { link.buf.as_ref() } {
             if b.in_file() != 0 && b.temporary() == 0 && b.memory() == 0 && b.mmap() == 0 {
                 // Spilled to a temporary file by nginx's proxy buffering: not read back.
@@ -274,7 +310,7 @@ fn watch_body(r: &ngx_http_request_t, chain: Option<&ngx_chain_t>) {
                 first |= reader.feed(bytes);
             }
         }
-        // SAFETY: as above.
+        // SAFETY: as above, for the next link.
         cl = unsafe { link.next.as_ref() };
     }
     if first && ctx.first_token_ms.is_none() {

@@ -205,31 +205,20 @@ pub fn enter(t: &Target, ctx: &mut ReqCtx, ns: &[u8]) {
 #[inline(always)]
 pub fn record(t: &Target, f: &Finished) {
     let (mc, status) = (t.mc, f.status);
-    let mut status_buf = [0u8; 20];
-    let status_label = status_label(&mut status_buf, status);
     let class = match f.cut {
         Some(_) => "error",
         None => catalogue::status_class(status.min(u16::MAX as ngx_uint_t) as u16),
     };
     let hist_words = |b: &[f64]| (b.len() + 2) as u8;
-    let labels = [
-        f.method,
-        f.endpoint,
-        Label::with_id(status as u64 | 1 << 40, status_label),
-        Label::bytes(f.namespace),
-        f.upstream,
-        f.cut.map_or(Label::with_id(1, b""), |c| {
-            Label::with_id(2 + c as u64, c.label().as_bytes())
-        }),
-    ];
     let (bounds, layouts) = (&mc.bounds, &t.zone.layouts);
     let words = hist_words(&bounds.duration);
-    if let Some(v) = t.request_series(layouts.duration, words, &labels, status) {
+    if let Some(v) = t.request_series(layouts.duration, words, &f.request, status) {
         observe(v, &bounds.duration, f.duration);
     }
 
-    let (model, ns) = (f.model, f.namespace);
-    if !model.is_empty() || f.tokens.is_some() || f.usage_missing.is_some() {
+    let ns = f.namespace();
+    if let Some(llm) = &f.llm {
+        let model = llm.model;
         let class_id = if class == "success" { 1 } else { 2 };
         let labels = [
             Label::bytes(model),
@@ -240,16 +229,16 @@ pub fn record(t: &Target, f: &Finished) {
             observe(v, &bounds.duration, f.duration);
         }
         let labels = [Label::bytes(model), Label::bytes(ns)];
-        if let Some(ttft) = f.ttft {
+        if let Some(ttft) = llm.ttft {
             let words = hist_words(&bounds.ttft);
             if let Some(v) = t.series(fam::TTFT, layouts.ttft, words, &labels) {
                 observe(v, &bounds.ttft, ttft);
             }
         }
-        if let Some(tokens) = &f.tokens {
-            record_tokens(t, &labels, tokens, f.duration, f.ttft);
+        if let Some(tokens) = &llm.tokens {
+            record_tokens(t, &labels, tokens, f.duration, llm.ttft);
         }
-        if let Some(why) = f.usage_missing {
+        if let Some(why) = llm.usage_missing {
             let labels = [
                 Label::bytes(model),
                 Label::bytes(ns),
@@ -262,30 +251,6 @@ pub fn record(t: &Target, f: &Finished) {
     }
     if f.auto.any() {
         record_auto_events(t, ns, &f.auto);
-    }
-}
-
-/// "100" to "999", three bytes each: the `status_code` label without formatting.
-static STATUS_DIGITS: [u8; 2700] = {
-    let mut t = [0u8; 2700];
-    let mut s = 100;
-    while s < 1000 {
-        let i = (s - 100) * 3;
-        t[i] = b'0' + (s / 100) as u8;
-        t[i + 1] = b'0' + (s / 10 % 10) as u8;
-        t[i + 2] = b'0' + (s % 10) as u8;
-        s += 1;
-    }
-    t
-};
-
-/// The `status_code` label.
-fn status_label(buf: &mut [u8; 20], status: ngx_uint_t) -> &[u8] {
-    if (100..1000).contains(&status) {
-        let i = (status - 100) * 3;
-        &STATUS_DIGITS[i..i + 3]
-    } else {
-        gateway_metrics_core::expo::format_u64(buf, status as u64)
     }
 }
 

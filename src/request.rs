@@ -496,28 +496,47 @@ impl<'a> Target<'a> {
 /// What the log phase records of a finished request: read from the request once, so that the
 /// recording code never sees the request itself.
 pub struct Finished<'r> {
-    pub method: Label<'r>,
-    pub endpoint: Label<'r>,
+    /// The labels of the stored request series, in its key order (see [`RequestLabel`]): method, endpoint, status_code, namespace,
+    /// upstream, cut, built
+    /// here once: the recording takes them as they are.
+    pub request: [Label<'r>; 6],
     /// The status nginx logs (`$status`).
     pub status: ngx_uint_t,
-    pub namespace: &'r [u8],
-    pub upstream: Label<'r>,
     /// Why the response did not reach the client whole, if it did not.
     pub cut: Option<CutReason>,
-    /// `""` without one.
-    pub model: &'r [u8],
     /// Seconds, as `$request_time` measures them.
     pub duration: f64,
+    pub auto: AutoStatus,
+    /// The model families' part, when the request has a model, tokens or missing usage.
+    pub llm: Option<Llm<'r>>,
+}
+
+/// What a finished request says for the model families.
+pub struct Llm<'r> {
+    /// `""` without one.
+    pub model: &'r [u8],
     /// Time to the first token, seconds.
     pub ttft: Option<f64>,
     /// Tokens reported for the request (by Lua, else read from the response).
     pub tokens: Option<Tokens>,
     /// Why the response's usage could not be read, when it was to be read.
     pub usage_missing: Option<UsageMissing>,
-    pub auto: AutoStatus,
+}
+
+/// Positions in [`Finished::request`], whose order is the stored request series' key order:
+/// method, endpoint, status_code, namespace, upstream, cut.
+pub enum RequestLabel {
+    Method = 0,
+    Endpoint = 1,
+    Namespace = 3,
+    Upstream = 4,
 }
 
 impl<'r> Finished<'r> {
+    pub fn namespace(&self) -> &'r [u8] {
+        self.request[RequestLabel::Namespace as usize].bytes
+    }
+
     /// Reads the finished main request `r` (with its location conf and metrics context).
     #[inline(always)]
     pub fn read(r: &'r Request, lc: &'r LocConf, ctx: Option<&'r mut ReqCtx>) -> Finished<'r> {
@@ -525,7 +544,7 @@ impl<'r> Finished<'r> {
         let status = status(rr);
         let start = start_ms(rr);
         let whole = body_complete(rr, ctx.as_deref());
-        let (model, tokens, usage_missing, ctx) = match ctx {
+        let (llm, ctx) = match ctx {
             // The usual request: no Lua, no usage reading.
             None if lc.usage == USAGE_OFF => {
                 let model: &[u8] = if lc.model.is_set() {
@@ -533,38 +552,46 @@ impl<'r> Finished<'r> {
                 } else {
                     b""
                 };
-                (model, None, None, None)
+                let llm = (!model.is_empty()).then_some(Llm {
+                    model,
+                    ttft: None,
+                    tokens: None,
+                    usage_missing: None,
+                });
+                (llm, None)
             }
-            ctx => model_and_usage(r, lc, ctx, whole),
+            ctx => model_and_usage(r, lc, ctx, whole, start),
         };
         let complete = || whole;
+        let cut = cut_reason(rr, ctx, complete, status);
         let f = Finished {
-            method: method(rr),
-            endpoint: endpoint(r, lc),
+            request: [
+                method(rr),
+                endpoint(r, lc),
+                status_label(status),
+                Label::bytes(label(r, &lc.namespace)),
+                upstream(r, lc),
+                cut.map_or(Label::with_id(1, b""), |c| {
+                    Label::with_id(2 + c as u64, c.label().as_bytes())
+                }),
+            ],
             status,
-            namespace: label(r, &lc.namespace),
-            upstream: upstream(r, lc),
-            cut: cut_reason(rr, ctx, complete, status),
-            model,
+            cut,
             duration: now_ms().saturating_sub(start) as f64 / 1000.0,
-            ttft: ctx
-                .and_then(|c| c.first_token_ms)
-                .map(|ms| ms.saturating_sub(start) as f64 / 1000.0),
-            tokens,
-            usage_missing,
             auto: limiter_and_cache_status(rr),
+            llm,
         };
         ngx::ngx_log_debug_mask!(
             DebugMask::Http,
             r.log(),
             "gateway_metrics: method \"{}\" endpoint \"{}\" status {} namespace \"{}\" upstream \"{}\" cut {:?} model \"{}\" body whole {}",
-            String::from_utf8_lossy(f.method.bytes),
-            String::from_utf8_lossy(f.endpoint.bytes),
+            String::from_utf8_lossy(f.request[RequestLabel::Method as usize].bytes),
+            String::from_utf8_lossy(f.request[RequestLabel::Endpoint as usize].bytes),
             f.status,
-            String::from_utf8_lossy(f.namespace),
-            String::from_utf8_lossy(f.upstream.bytes),
+            String::from_utf8_lossy(f.namespace()),
+            String::from_utf8_lossy(f.request[RequestLabel::Upstream as usize].bytes),
             f.cut.map(|c| c.label()),
-            String::from_utf8_lossy(f.model),
+            String::from_utf8_lossy(f.llm.as_ref().map_or(&b""[..], |l| l.model)),
             complete()
         );
         f
@@ -648,16 +675,17 @@ pub fn start_usage(r: &ngx_http_request_t, lc: &LocConf) -> UsageState {
     UsageState::Reading(Box::new(UsageReader::new(format, body)))
 }
 
-/// The model label and the tokens (or why there are none) of a request with a context or that
-/// reads its response's usage. The model the request set (Lua's, else the directive's) wins
-/// over the response's.
+/// The model families' part of a request with a context or that reads its response's usage
+/// (`None` when it has no model, no tokens and no missing usage), and the context. The model
+/// the request set (Lua's, else the directive's) wins over the response's.
 #[inline(never)]
 fn model_and_usage<'r>(
     r: &'r Request,
     lc: &LocConf,
     mut ctx: Option<&'r mut ReqCtx>,
     whole: bool,
-) -> (&'r [u8], Option<Tokens>, Option<UsageMissing>, Option<&'r ReqCtx>) {
+    start: u64,
+) -> (Option<Llm<'r>>, Option<&'r ReqCtx>) {
     let rr: &ngx_http_request_t = r.as_ref();
     let lua_model = ctx.as_deref().is_some_and(|c| c.model.is_some());
     let conf_model: &[u8] = if lc.model.is_set() {
@@ -675,5 +703,64 @@ fn model_and_usage<'r>(
         Some(m) if lua_model || conf_model.is_empty() => m,
         _ => conf_model,
     };
-    (model, tokens, usage_missing, ctx)
+    let llm = (!model.is_empty() || tokens.is_some() || usage_missing.is_some()).then(|| Llm {
+        model,
+        ttft: ctx
+            .and_then(|c| c.first_token_ms)
+            .map(|ms| ms.saturating_sub(start) as f64 / 1000.0),
+        tokens,
+        usage_missing,
+    });
+    (llm, ctx)
+}
+
+/// "000" to "999", three bytes each: the `status_code` label without formatting.
+static STATUS_DIGITS: [u8; 3000] = {
+    let mut t = [0u8; 3000];
+    let mut s = 0;
+    while s < 1000 {
+        t[s * 3] = b'0' + (s / 100) as u8;
+        t[s * 3 + 1] = b'0' + (s / 10 % 10) as u8;
+        t[s * 3 + 2] = b'0' + (s % 10) as u8;
+        s += 1;
+    }
+    t
+};
+
+/// The `status_code` label: the status in decimal (`0` when no response was produced). nginx
+/// never sends a status above 999; one would show as `999+`.
+#[inline(always)]
+fn status_label(status: ngx_uint_t) -> Label<'static> {
+    let id = status as u64 | 1 << 40;
+    if status > 999 {
+        return Label::with_id(id, b"999+");
+    }
+    let skip = match status {
+        0..=9 => 2,
+        10..=99 => 1,
+        _ => 0,
+    };
+    Label::with_id(id, &STATUS_DIGITS[status * 3 + skip..status * 3 + 3])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_labels_are_the_decimal_status() {
+        for (s, text) in [
+            (0, "0"),
+            (9, "9"),
+            (42, "42"),
+            (200, "200"),
+            (499, "499"),
+            (999, "999"),
+        ] {
+            let l = status_label(s);
+            assert_eq!(l.bytes, text.as_bytes());
+            assert_eq!(l.id, s as u64 | 1 << 40);
+        }
+        assert_eq!(status_label(1234).bytes, b"999+");
+    }
 }

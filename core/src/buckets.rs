@@ -79,7 +79,7 @@ pub fn validate(bounds: &[f64]) -> Result<(), BucketsError> {
 
 /// Index of the bucket for `v`: the first bound `>= v` (Prometheus `le` semantics), or
 /// `bounds.len()` for the `+Inf` bucket. NaN lands in `+Inf`.
-#[inline]
+#[inline(always)]
 pub fn bucket_index(bounds: &[f64], v: f64) -> usize {
     if bounds.len() <= 16 {
         bounds.iter().position(|&b| v <= b).unwrap_or(bounds.len())

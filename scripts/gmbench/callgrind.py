@@ -79,7 +79,10 @@ def run(ctx):
                 srv = bench_nginx(pad + http, module=ctx.module if module else None, lua=lua,
                                   workers=1, single_process=True, name="cg", workdir=ctx.work,
                                   wrapper=["valgrind", "--tool=callgrind", "-q",
-                                           f"--callgrind-out-file={out}"])
+                                           f"--callgrind-out-file={out}"]
+                                  # per-instruction costs, for addr2line (GM_KEEP_TMP=1 keeps them)
+                                  + (["--dump-instr=yes"] if os.environ.get("GM_CG_INSTR")
+                                     else []))
                 try:
                     srv.start(timeout=180)
                     ok = gm.sequential(srv.port, raws[:warm + n])
