@@ -478,4 +478,20 @@ impl sse::Sink for Events {
     fn buffer_end(&mut self, buf: &[u8]) {
         self.spill(buf);
     }
+
+    #[inline]
+    fn idle(&self) -> bool {
+        !self.has_data
+    }
+
+    fn whole(&mut self, buf: &[u8], start: usize, end: usize) -> bool {
+        if end - start > CARRY_CAP {
+            self.data(buf, start, start, true);
+            self.data(buf, start, end, false);
+            return self.dispatch(buf);
+        }
+        let first = self.payload(&buf[start..end]);
+        self.name.clear();
+        first
+    }
 }
