@@ -184,8 +184,8 @@ impl Framer {
     }
 
     /// The end of the body: a last line without line end ends there, and a last event without
-    /// blank line is dispatched.
-    pub(crate) fn finish<S: Sink>(&mut self, sink: &mut S) {
+    /// blank line is dispatched. Returns whether that event carried the first content.
+    pub(crate) fn finish<S: Sink>(&mut self, sink: &mut S) -> bool {
         match self.line {
             Line::Start => {}
             Line::Name => {
@@ -204,7 +204,7 @@ impl Framer {
             Line::Value(_) => {}
         }
         self.line = Line::Start;
-        sink.dispatch(&[]);
+        sink.dispatch(&[])
     }
 
     fn field(&self) -> Field {
