@@ -194,3 +194,31 @@ fn state_is_bounded_and_allocated_once() {
     );
     assert_eq!(out, Outcome::Malformed);
 }
+
+#[test]
+fn first_content_in_the_last_event_is_reported_by_finish() {
+    let body = b"data: {\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\"}}]}\n\ndata: {\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hi\"}}],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":1}}";
+    for size in [body.len(), 7, 1] {
+        let mut r = UsageReader::new(Format::Auto, Body::EventStream);
+        for piece in body.chunks(size) {
+            assert!(!r.feed(piece));
+        }
+        assert!(!r.first_content_at_finish());
+        let out = r.finish(true);
+        assert_eq!(
+            out,
+            Outcome::Usage(Tokens {
+                input: 3,
+                output: 1,
+                ..Tokens::default()
+            })
+        );
+        assert!(r.first_content_at_finish(), "pieces of {size}");
+    }
+    // Content seen earlier is not reported again.
+    let mut r = UsageReader::new(Format::Auto, Body::EventStream);
+    assert!(r.feed(&chat_chunk("a").into_bytes()));
+    r.feed(chat_chunk("b").trim_end().as_bytes());
+    r.finish(true);
+    assert!(!r.first_content_at_finish());
+}

@@ -16,6 +16,12 @@ pub(crate) trait Sink {
     fn dispatch(&mut self, buf: &[u8]) -> bool;
     /// The end of `buf`: ranges into it are about to become invalid.
     fn buffer_end(&mut self, buf: &[u8]);
+    /// No `data:` line of the event in progress has been seen yet.
+    fn idle(&self) -> bool;
+    /// A whole event (asked only when [`Sink::idle`]) whose one `data:` line has the value
+    /// `buf[start..end]` and is followed by a blank line. The same as `data` twice and
+    /// `dispatch`.
+    fn whole(&mut self, buf: &[u8], start: usize, end: usize) -> bool;
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -72,10 +78,39 @@ impl Framer {
         while i < n {
             match self.line {
                 Line::Start => {
-                    // The common line, recognised whole.
+                    // The common line, recognised whole; the common event (`data: …` and a blank
+                    // line) is handed on at once, its line end and first `"u` found in one pass.
                     if buf[i..].starts_with(b"data:") {
-                        i += 5;
-                        self.line = Line::Space(Field::Data);
+                        let mut s = i + 5;
+                        if s == n {
+                            i = s;
+                            self.line = Line::Space(Field::Data);
+                            continue;
+                        }
+                        if buf[s] == b' ' {
+                            s += 1;
+                        }
+                        let end = memchr::memchr2(b'\n', b'\r', &buf[s..]).map_or(n, |j| s + j);
+                        let next = match &buf[end..] {
+                            [b'\n', b'\n', ..] => end + 2,
+                            [b'\r', b'\n', b'\r', b'\n', ..] => end + 4,
+                            _ => 0,
+                        };
+                        if next != 0 && sink.idle() {
+                            first |= sink.whole(buf, s, end);
+                            i = next;
+                            continue;
+                        }
+                        sink.data(buf, s, s, true);
+                        if end > s {
+                            sink.data(buf, s, end, false);
+                        }
+                        if end == n {
+                            self.line = Line::Value(Field::Data);
+                            i = n;
+                        } else {
+                            i = self.line_end(buf, end);
+                        }
                         continue;
                     }
                     if buf[i..].starts_with(b"event:") {
@@ -149,8 +184,8 @@ impl Framer {
     }
 
     /// The end of the body: a last line without line end ends there, and a last event without
-    /// blank line is dispatched.
-    pub(crate) fn finish<S: Sink>(&mut self, sink: &mut S) {
+    /// blank line is dispatched. Returns whether that event carried the first content.
+    pub(crate) fn finish<S: Sink>(&mut self, sink: &mut S) -> bool {
         match self.line {
             Line::Start => {}
             Line::Name => {
@@ -169,7 +204,7 @@ impl Framer {
             Line::Value(_) => {}
         }
         self.line = Line::Start;
-        sink.dispatch(&[]);
+        sink.dispatch(&[])
     }
 
     fn field(&self) -> Field {
@@ -247,6 +282,14 @@ mod tests {
             false
         }
         fn buffer_end(&mut self, _: &[u8]) {}
+        fn idle(&self) -> bool {
+            self.lines == 0
+        }
+        fn whole(&mut self, buf: &[u8], start: usize, end: usize) -> bool {
+            self.data(buf, start, start, true);
+            self.data(buf, start, end, false);
+            self.dispatch(buf)
+        }
     }
 
     fn frame(body: &[u8], size: usize) -> Vec<(String, String)> {
