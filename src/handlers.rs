@@ -16,7 +16,7 @@ use crate::conf::{
     cycle_main_conf, loc_conf, main_conf, parsing_main_conf, LocConf, MainConf, USAGE_OFF,
 };
 use crate::recording;
-use crate::request::{self, Finished, Target, UsageState};
+use crate::request::{self, Finished, Target, UsageRead, UsageState};
 use crate::zone::ZoneSpec;
 
 /// The next body filters (nginx's filter chain is a linked list of function pointers), after
@@ -292,7 +292,7 @@ fn read_usage(r: &ngx_http_request_t, lc: &LocConf, chain: Option<&ngx_chain_t>)
     let UsageState::Reading(reader) = &mut ctx.usage else {
         return;
     };
-    let mut first = false;
+    let (mut first, mut last) = (false, false);
     let mut cl = chain;
     while let Some(link) = cl {
         // SAFETY: the chain's buffers are live while the filter runs.
@@ -309,9 +309,16 @@ fn read_usage(r: &ngx_http_request_t, lc: &LocConf, chain: Option<&ngx_chain_t>)
                 };
                 first |= reader.feed(bytes);
             }
+            last |= b.last_buf() != 0;
         }
         // SAFETY: as above, for the next link.
         cl = unsafe { link.next.as_ref() };
+    }
+    if last {
+        // The body is whole: its usage is known now (Lua's log phase may ask for it).
+        let read = UsageRead::conclude(reader, true);
+        first |= reader.first_content_at_finish();
+        ctx.usage = UsageState::Read(read);
     }
     if first && ctx.first_token_ms.is_none() {
         ctx.first_token_ms = Some(request::now_ms());

@@ -20,7 +20,7 @@ use gateway_metrics_core::usage::Tokens;
 use nginx_sys::*;
 
 use crate::conf::cycle_main_conf;
-use crate::request::{self, Target};
+use crate::request::{self, Target, UsageState};
 
 /// A byte string passed from Lua (pointer and length of a Lua string).
 #[repr(C)]
@@ -164,6 +164,52 @@ pub unsafe extern "C" fn gateway_metrics_first_token(
         let ctx = unsafe { req_ctx(r)? };
         if ctx.first_token_ms.is_none() {
             ctx.first_token_ms = Some(request::now_ms());
+        }
+        Ok(())
+    })
+}
+
+/// The usage the module read from this request's response (`gateway_metrics_usage`), once its
+/// body is whole: `out` gets input, output, cached input, cache write and reasoning tokens.
+/// Refused while the body is still being read, and when the usage could not be read (the
+/// message says why), so that Lua (e.g. a token budget in `log_by_lua`) never takes a guess.
+///
+/// # Safety
+/// `r`: null or the current request; `out`: null or 5 writable doubles; `err`: null or writable.
+#[no_mangle]
+pub unsafe extern "C" fn gateway_metrics_response_usage(
+    r: *mut ngx_http_request_t,
+    out: *mut c_double,
+    err: *mut *const c_char,
+) -> c_int {
+    // SAFETY: `err` is null or a writable `const char *[1]` (the function's contract).
+    api(unsafe { err.as_mut() }, || {
+        if out.is_null() {
+            return Err(c"null output");
+        }
+        // SAFETY: forwarded contract.
+        let ctx = unsafe { req_ctx(r)? };
+        let t = match &ctx.usage {
+            UsageState::Read(read) => match &read.tokens {
+                Ok(t) => *t,
+                Err(why) => return Err(why.message()),
+            },
+            UsageState::Missing(why) => return Err(why.message()),
+            UsageState::Reading(_) => return Err(c"usage not read yet: the body is not complete"),
+            UsageState::Unread | UsageState::Skipped => {
+                return Err(c"no usage read for this response")
+            }
+        };
+        let counts = [
+            t.input,
+            t.output,
+            t.cached_input,
+            t.cache_write,
+            t.reasoning,
+        ];
+        for (i, n) in counts.into_iter().enumerate() {
+            // SAFETY: per the contract, out has 5 writable doubles.
+            unsafe { *out.add(i) = n as c_double };
         }
         Ok(())
     })

@@ -62,6 +62,8 @@ pub enum UsageState {
     Unread,
     /// The body is being read (one allocation per response, none per buffer).
     Reading(Box<UsageReader>),
+    /// The whole body was read (its last buffer passed): what it said.
+    Read(UsageRead),
     /// The body cannot be read, for this reason.
     Missing(UsageMissing),
     /// Nothing to read: usage is off, or the response is not one that reports usage (not an
@@ -598,6 +600,31 @@ impl<'r> Finished<'r> {
     }
 }
 
+/// What a response said of its usage once read to its end (or cut).
+pub struct UsageRead {
+    pub tokens: Result<Tokens, UsageMissing>,
+    /// The response's model, sanitised as `gm.set_model` does.
+    pub model: Option<Vec<u8>>,
+}
+
+impl UsageRead {
+    /// Ends the reading: `whole` says whether the body's last buffer passed.
+    pub fn conclude(reader: &mut UsageReader, whole: bool) -> UsageRead {
+        let tokens = match reader.finish(whole) {
+            Outcome::Usage(t) | Outcome::Partial(t) => Ok(t),
+            Outcome::Absent => Err(UsageMissing::Absent),
+            Outcome::Aborted => Err(UsageMissing::Aborted),
+            Outcome::Malformed => Err(UsageMissing::Malformed),
+        };
+        let model = reader.model().map(|m| {
+            let mut clean = Vec::with_capacity(m.len());
+            sanitize_into(&mut clean, m);
+            clean
+        });
+        UsageRead { tokens, model }
+    }
+}
+
 impl ReqCtx {
     /// What the response said of its usage, once, at the log phase: the tokens to record, or
     /// why there are none. Lua's tokens win over the response's. The response's model is kept
@@ -610,27 +637,36 @@ impl ReqCtx {
         take_model: bool,
     ) -> (Option<Tokens>, Option<UsageMissing>) {
         let state = std::mem::replace(&mut self.usage, UsageState::Skipped);
-        if self.lua_tokens.is_some() {
-            return (self.lua_tokens, None);
-        }
-        match state {
+        let native = match state {
             UsageState::Unread => (None, unread_usage(r, lc, whole)),
             UsageState::Skipped => (None, None),
             UsageState::Missing(why) => (None, Some(why)),
             UsageState::Reading(mut reader) => {
-                let outcome = reader.finish(whole);
-                if let (true, Some(m)) = (take_model, reader.model()) {
-                    let mut clean = Vec::with_capacity(m.len());
-                    sanitize_into(&mut clean, m);
-                    self.model = Some(clean);
-                }
-                match outcome {
-                    Outcome::Usage(t) | Outcome::Partial(t) => (Some(t), None),
-                    Outcome::Absent => (None, Some(UsageMissing::Absent)),
-                    Outcome::Aborted => (None, Some(UsageMissing::Aborted)),
-                    Outcome::Malformed => (None, Some(UsageMissing::Malformed)),
-                }
+                let read = UsageRead::conclude(&mut reader, whole);
+                self.take_read(read, take_model)
             }
+            UsageState::Read(read) => self.take_read(read, take_model),
+        };
+        // Tokens Lua reported win: the response's are not counted on top of them.
+        match self.lua_tokens {
+            Some(t) => (Some(t), None),
+            None => native,
+        }
+    }
+}
+
+impl ReqCtx {
+    fn take_read(
+        &mut self,
+        read: UsageRead,
+        take_model: bool,
+    ) -> (Option<Tokens>, Option<UsageMissing>) {
+        if take_model && read.model.is_some() {
+            self.model = read.model;
+        }
+        match read.tokens {
+            Ok(t) => (Some(t), None),
+            Err(why) => (None, Some(why)),
         }
     }
 }

@@ -295,3 +295,77 @@ def test_a_client_gone_mid_stream_is_an_error_with_usage_aborted(gw):
     assert m.total("model_requests_total", namespace="left", status="error") == 1
     assert m.get1("errors_total", error_type="client_closed", namespace="left",
                   upstream="corpus") == 1
+
+
+LUA_CONF = """
+    gateway_metrics_zone gm 4m;
+    gateway_metrics_namespace $http_x_namespace;
+    gateway_metrics_gauge lua_seen_usage "Usage Lua read back." namespace token_type;
+    upstream corpus {{ server 127.0.0.1:{up}; }}
+    server {{
+        listen 127.0.0.1:{{port}};
+        gateway_metrics on;
+        gateway_metrics_usage auto;
+        proxy_http_version 1.1;
+        proxy_buffering off;
+        location /readback/ {{
+            proxy_pass http://corpus/;
+            log_by_lua_block {{
+                local gm = require "resty.gateway_metrics"
+                local ns = ngx.var.http_x_namespace
+                local u, err = gm.response_usage()
+                if u then
+                    for k, v in pairs(u) do gm.set("lua_seen_usage", {{ ns, k }}, v) end
+                else
+                    gm.set("lua_seen_usage", {{ ns, err }}, -1)
+                end
+            }}
+        }}
+        location /luatokens/ {{
+            proxy_pass http://corpus/;
+            log_by_lua_block {{
+                local gm = require "resty.gateway_metrics"
+                assert(gm.add_tokens(7, 3, 0, 0, 2))
+            }}
+        }}
+        location = /metrics {{ gateway_metrics off; gateway_metrics_exporter; }}
+    }}
+"""
+
+
+@pytest.fixture(scope="module")
+def lua_gw():
+    up = CorpusUpstream()
+    n = Nginx(LUA_CONF.format(up=up.port), workers=1, lua=True)
+    with n:
+        yield n
+    up.sock.close()
+
+
+def test_lua_reads_the_usage_the_module_read_in_its_log_phase(lua_gw):
+    case = BY_FILE["anthropic_stream_cache.body"]
+    fetch(lua_gw.port, f"/readback/{case['file']}/random/2", "readback")
+    m = recorded(lua_gw, "readback",
+                 lambda m: len(m.select("lua_seen_usage", namespace="readback")) == 5)
+    seen = {dict(k)["token_type"]: v
+            for k, v in m.select("lua_seen_usage", namespace="readback").items()}
+    assert seen == {t: case[t] for t in TOKEN_TYPES}
+    # a response cut before its usage: Lua is told why, never given a number
+    cut = BY_FILE["openai_chat_stream_cut.body"]
+    fetch(lua_gw.port, f"/readback/{cut['file']}/whole/0", "readback-cut")
+    m = recorded(lua_gw, "readback-cut",
+                 lambda m: m.select("lua_seen_usage", namespace="readback-cut"))
+    reasons = {dict(k)["token_type"]: v
+               for k, v in m.select("lua_seen_usage", namespace="readback-cut").items()}
+    assert list(reasons.values()) == [-1] and "not complete" in next(iter(reasons)), reasons
+
+
+def test_tokens_lua_reported_are_not_counted_again(lua_gw):
+    """Lua's gm.add_tokens wins: the response's own usage is then not added on top."""
+    case = BY_FILE["openai_chat_stream.body"]
+    fetch(lua_gw.port, f"/luatokens/{case['file']}/whole/0", "lua-wins")
+    m = recorded(lua_gw, "lua-wins", lambda m: usage_of(m, "lua-wins")[0].get("input"))
+    tokens, missing, models = usage_of(m, "lua-wins")
+    assert tokens == {"input": 7, "output": 3, "cache_write": 2} and missing == {}
+    # the model still comes from the response
+    assert models == {(case["model"], "success"): 1.0}

@@ -198,6 +198,17 @@ impl UsageMissing {
         UsageMissing::Unreadable,
     ];
 
+    /// Why, for an error message (the Lua API's).
+    pub fn message(self) -> &'static std::ffi::CStr {
+        match self {
+            UsageMissing::Absent => c"usage missing: the response reported none",
+            UsageMissing::Aborted => c"usage missing: the response was cut before it",
+            UsageMissing::Encoded => c"usage missing: the body is compressed",
+            UsageMissing::Malformed => c"usage missing: the body could not be read",
+            UsageMissing::Unreadable => c"usage missing: the body went to a temporary file",
+        }
+    }
+
     /// The `reason` label.
     pub fn label(self) -> &'static str {
         match self {

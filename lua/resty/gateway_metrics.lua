@@ -23,6 +23,7 @@ int gateway_metrics_set_model(void *r, const char *model, size_t len, const char
 int gateway_metrics_add_tokens(void *r, double input, double output, double cached_input,
                                double reasoning, double cache_write, const char **err);
 int gateway_metrics_first_token(void *r, const char **err);
+int gateway_metrics_response_usage(void *r, double *out, const char **err);
 int gateway_metrics_rate_limit(const char *namespace, size_t namespace_len, const char *rule_type,
                                size_t rule_type_len, int rejected, const char **err);
 int gateway_metrics_cache(const char *cache_type, size_t len, int hit, const char **err);
@@ -103,6 +104,29 @@ function _M.add_tokens(input, output, cached_input, reasoning, cache_write)
         return nil, "no request"
     end
     return result(C.gateway_metrics_add_tokens(r, i, o, c, rs, cw, errp))
+end
+
+local usage_out = ffi.new("double[5]")
+
+--- The token usage the module read from this request's response (`gateway_metrics_usage`),
+-- once its body is whole: {input, output, cached_input, cache_write, reasoning}; nil and the
+-- reason otherwise (still streaming, not read, or missing: absent, cut, compressed...).
+function _M.response_usage()
+    local r = get_request()
+    if not r then
+        return nil, "no request"
+    end
+    local ok, err = result(C.gateway_metrics_response_usage(r, usage_out, errp))
+    if not ok then
+        return nil, err
+    end
+    return {
+        input = tonumber(usage_out[0]),
+        output = tonumber(usage_out[1]),
+        cached_input = tonumber(usage_out[2]),
+        cache_write = tonumber(usage_out[3]),
+        reasoning = tonumber(usage_out[4]),
+    }
 end
 
 --- Marks the time to first token of this (streamed) request; the first call wins.
