@@ -3,6 +3,7 @@
 
 Sections (each prints its figures and its ratio against a baseline measured in the same run):
   callgrind  CPU instructions per request (valgrind --tool=callgrind, difference of two runs)
+  usage      the same per proxied LLM request (JSON, SSE streams): native usage reading vs Lua
   wrk        throughput with and without the module (alternating runs, medians)
   scrape     /metrics render time and size by series count; harm to concurrent traffic
   memory     zone bytes per series, series that fit in a 32 MiB zone

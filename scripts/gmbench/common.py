@@ -92,12 +92,13 @@ KEEPALIVE = """    keepalive_requests 100000000;
 """
 
 
-def bench_nginx(http, module=None, lua=False, workers=1, name="bench", workdir=None, **kw):
+def bench_nginx(http, module=None, lua=False, workers=1, name="bench", workdir=None, lua_dirs=(),
+                **kw):
     """nginx in the foreground for a benchmark (`module` None: nginx alone); the Lua modules of
-    scripts/ (bench_*.lua) are found by `require`."""
+    scripts/ (bench_*.lua) and of `lua_dirs` are found by `require`."""
     return gm.Nginx(http, workers=workers, lua=lua, module=module, foreground=True,
                     prefix=f"gm-bench-{name}-", workdir=workdir, http_head=KEEPALIVE,
-                    lua_dirs=[os.path.join(gm.ROOT, "scripts")], **kw)
+                    lua_dirs=[os.path.join(gm.ROOT, "scripts"), *lua_dirs], **kw)
 
 
 # ---- output -----------------------------------------------------------------------------

@@ -74,6 +74,14 @@ def markdown(R, smoke):
     if cg and "added" in cg:
         a(f"| 1 | ≤ 600 instructions added per request (default families) | "
           f"{cg['added']['module']:,.0f} | {yes(cg.get('target_600_met'))} |")
+    us = R.get("usage")
+    if us and "added" in us and "usage" in us["added"]:
+        j = us["added"]["usage"]["/v1/json"]
+        k = us["per_chunk"]["usage"] - us["per_chunk"]["proxy"]
+        a(f"| 1u | native usage: ≤ 2,500 instructions added per JSON request | {j:,.0f} | "
+          f"{yes(j <= 2500)} |")
+        a(f"| 1u | native usage: ≤ 300 instructions added per further SSE chunk | {k:,.0f} | "
+          f"{yes(k <= 300)} |")
     if wk and "ratio_module" in wk:
         a(f"| 2 | throughput ratio ≥ 0.97 | {wk['ratio_module']:.3f} (per-round ratios: median "
           f"{wk.get('ratio_module_paired', float('nan')):.3f}) | {yes(wk.get('target_097_met'))} |")
@@ -101,6 +109,16 @@ def markdown(R, smoke):
         a(f"| 6 | exact counts with 2 workers | {w2['counted']:,.0f} of {w2['sent']:,} | "
           f"{yes(w2['exact'])} |")
     a("")
+    if us and "cost" in us:
+        a("## Native usage reading (callgrind, per proxied request)")
+        a("")
+        a("| configuration | JSON | SSE 4 chunks | SSE 20 | SSE 200 | per further chunk |")
+        a("|---|---|---|---|---|---|")
+        for name, c in us["cost"].items():
+            a(f"| {name} | " + " | ".join(f"{c[p]:,.0f}" for p in
+                                          ("/v1/json", "/v1/sse/4", "/v1/sse/20", "/v1/sse/200"))
+              + f" | {us['per_chunk'][name]:,.0f} |")
+        a("")
     if R.get("errors"):
         a("## Errors")
         a("")

@@ -1,0 +1,202 @@
+"""Section usage: CPU instructions per proxied LLM request (valgrind --tool=callgrind, the
+difference of two runs), for plain proxying, the module's default families, native usage reading
+(`gateway_metrics_usage auto`) and the example gateway as it read usage in Lua before
+(lua_example_baseline/), for a JSON response and SSE streams of 4, 20 and 200 content chunks;
+the cost of each further chunk is the slope between 20 and 200 chunks."""
+
+import json
+import os
+import signal
+import socket
+import threading
+import time
+
+import gmharness as gm
+
+from .callgrind import callgrind_total
+from .common import bench_nginx, fmt_int, head, say
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+CORPUS = os.path.join(gm.ROOT, "tests", "usage_corpus")
+STREAMS = (4, 20, 200)
+# Pause between SSE chunks: nginx (slowed down ~50x by valgrind) reads each chunk on its own, as
+# it does with real token streams.
+GAP = 0.004
+
+
+def sse_body(n):
+    """An OpenAI Chat Completions stream with `n` content chunks and the include_usage chunk."""
+    def chunk(delta, usage=None, choices=True):
+        o = {"id": "chatcmpl-bench", "object": "chat.completion.chunk", "created": 1700000000,
+             "model": "gpt-4o-mini-2024-07-18", "system_fingerprint": "fp_bench",
+             "choices": [{"index": 0, "delta": delta, "logprobs": None,
+                          "finish_reason": None}] if choices else [],
+             "usage": usage}
+        return b"data: " + json.dumps(o, separators=(",", ":")).encode() + b"\n\n"
+    out = [chunk({"role": "assistant", "content": ""})]
+    out += [chunk({"content": f" tok{i}"}) for i in range(n)]
+    out.append(chunk({}, {"prompt_tokens": 20, "completion_tokens": n, "total_tokens": 20 + n,
+                          "prompt_tokens_details": {"cached_tokens": 0},
+                          "completion_tokens_details": {"reasoning_tokens": 0}},
+                     choices=False))
+    out.append(b"data: [DONE]\n\n")
+    return out
+
+
+class Upstream(gm.LoopbackServer):
+    """Keep-alive HTTP/1.1 upstream: `/json` answers the corpus' Chat Completions JSON body,
+    `/sse/N` a stream of N content chunks, each sent on its own after a short pause."""
+
+    def __init__(self):
+        super().__init__(backlog=64)
+        with open(os.path.join(CORPUS, "openai_chat_json.body"), "rb") as f:
+            self.json = f.read()
+        self.streams = {n: sse_body(n) for n in STREAMS}
+        self.start()
+
+    def _serve(self, c):
+        c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        buf = b""
+        try:
+            while True:
+                while b"\r\n\r\n" not in buf:
+                    d = c.recv(65536)
+                    if not d:
+                        return
+                    buf += d
+                head_, _, rest = buf.partition(b"\r\n\r\n")
+                length = 0
+                for line in head_.split(b"\r\n")[1:]:
+                    k, _, v = line.partition(b":")
+                    if k.strip().lower() == b"content-length":
+                        length = int(v)
+                while len(rest) < length:
+                    rest += c.recv(65536)
+                buf = rest[length:]
+                path = head_.split(b" ")[1].decode()
+                if path.endswith("/json"):
+                    c.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                              b"Content-Length: %d\r\n\r\n%s" % (len(self.json), self.json))
+                    continue
+                n = int(path.rsplit("/", 1)[1])
+                c.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+                          b"Cache-Control: no-cache\r\nTransfer-Encoding: chunked\r\n\r\n")
+                for ev in self.streams[n]:
+                    c.sendall(b"%x\r\n%s\r\n" % (len(ev), ev))
+                    time.sleep(GAP)
+                c.sendall(b"0\r\n\r\n")
+        except OSError:
+            pass
+        finally:
+            c.close()
+
+
+LOCATION = """
+        location /v1/ {{
+            proxy_pass http://llm/;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_buffering off;
+{extra}
+        }}"""
+
+LUA_EXAMPLE = """
+            access_by_lua_block        { require("gateway_baseline.phases").access() }
+            header_filter_by_lua_block { require("gateway_baseline.phases").header_filter() }
+            body_filter_by_lua_block   { require("gateway_baseline.phases").body_filter() }
+            log_by_lua_block           { require("gateway_baseline.phases").log() }"""
+
+# name: (description, module?, lua?, http-level directives, location directives)
+VARIANTS = {
+    "proxy": ("plain proxy_pass (nginx alone)", False, False, "", ""),
+    "module": ("module, default families (usage not read)", True, False, "gateway_metrics on;", ""),
+    "usage": ("module + `gateway_metrics_usage auto`", True, False, "gateway_metrics on;",
+              "            gateway_metrics_usage auto;"),
+    "lua_example": ("module + the example's Lua usage parsing (before native reading)", True,
+                    True, "gateway_metrics on;", LUA_EXAMPLE),
+}
+
+
+def http_conf(up_port, module, http_extra, loc_extra):
+    zone = ("    gateway_metrics_zone gm 8m;\n    gateway_metrics_namespace $http_x_namespace;\n"
+            if module else "")
+    lua = ("    lua_shared_dict gateway_token_budget 1m;\n"
+           "    map $http_x_namespace $gateway_namespace { default $http_x_namespace; }\n"
+           "    map $http_x_namespace $gateway_token_budget { default \"\"; }\n"
+           if "gateway_baseline" in loc_extra else "")
+    return (f"{zone}{lua}    upstream llm {{ server 127.0.0.1:{up_port}; keepalive 4; }}\n"
+            "    server {\n        listen 127.0.0.1:{port};\n"
+            f"        {http_extra}\n" + LOCATION.format(extra=loc_extra) + "\n    }\n")
+
+
+def request(path):
+    body = json.dumps({"model": "gpt-4o-mini", "stream": path != "/v1/json",
+                       "messages": [{"role": "user", "content": "hi"}]}).encode()
+    return gm.request_bytes(path, {"X-Namespace": "bench", "Content-Type": "application/json"},
+                            method="POST", body=body)
+
+
+def run(ctx):
+    head("usage. native usage reading: CPU instructions per proxied request (callgrind)")
+    smoke = ctx.p is not None and ctx.p.get("cg_layouts") == 1
+    n1, n2 = (2, 5) if smoke else (5, 15)
+    warm = 3
+    names = [n for n in VARIANTS if gm.HAVE_LUA or not VARIANTS[n][2]]
+    paths = ["/v1/json"] + [f"/v1/sse/{n}" for n in STREAMS]
+    say(f"per request = (Ir(N={n2}) - Ir(N={n1})) / {n2 - n1}, {warm} warm-up requests, one "
+        f"keep-alive connection, worker_processes 1; SSE chunks {GAP * 1000:.0f} ms apart (read "
+        "one by one); per further chunk = (cost at 200 chunks - cost at 20) / 180")
+    up = Upstream()
+    cgdir = os.path.join(ctx.work, "callgrind-usage")
+    os.makedirs(cgdir, exist_ok=True)
+    res = {"method": {"n1": n1, "n2": n2, "warm": warm, "gap_ms": GAP * 1000}, "cost": {}}
+    try:
+        for name in names:
+            desc, module, lua, http_extra, loc_extra = VARIANTS[name]
+            http = http_conf(up.port, module, http_extra, loc_extra)
+            res["cost"][name] = {}
+            for path in paths:
+                irs = []
+                for n in (n1, n2):
+                    out = os.path.join(cgdir, f"{name}.{path.rsplit('/', 1)[-1]}.{n}.out")
+                    srv = bench_nginx(http, module=ctx.module if module else None, lua=lua,
+                                      workers=1, single_process=True, name="cgu",
+                                      workdir=ctx.work,
+                                      lua_dirs=[os.path.join(HERE, "lua_example_baseline")],
+                                      wrapper=["valgrind", "--tool=callgrind", "-q",
+                                               f"--callgrind-out-file={out}"])
+                    try:
+                        srv.start(timeout=180)
+                        ok = gm.sequential(srv.port, [request(path)] * (warm + n))
+                        if ok != warm + n:
+                            raise RuntimeError(f"{name} {path}: {warm + n - ok} requests failed")
+                        rc = srv.stop(signal.SIGQUIT, timeout=300)
+                        if rc != 0:
+                            raise RuntimeError(f"{name}: nginx under valgrind exited with {rc}")
+                    finally:
+                        srv.cleanup()
+                    irs.append(callgrind_total(out))
+                res["cost"][name][path] = (irs[1] - irs[0]) / (n2 - n1)
+            c = res["cost"][name]
+            say(f"  {name:12s} " + "  ".join(f"{p.rsplit('/', 2)[-1] if 'sse' not in p else 'sse' + p.rsplit('/', 1)[-1]}"
+                                            f" {fmt_int(c[p])}" for p in paths))
+    finally:
+        up.sock.close()
+    base = res["cost"]["proxy"]
+    res["added"], res["per_chunk"] = {}, {}
+    for name in names:
+        c = res["cost"][name]
+        added = {p: c[p] - base[p] for p in paths}
+        slope = (c["/v1/sse/200"] - c["/v1/sse/20"]) / 180
+        res["added"][name], res["per_chunk"][name] = added, slope
+        say(f"  -> {VARIANTS[name][0]}: JSON {fmt_int(added['/v1/json'])} added; SSE 4/20/200 "
+            f"chunks {fmt_int(added['/v1/sse/4'])} / {fmt_int(added['/v1/sse/20'])} / "
+            f"{fmt_int(added['/v1/sse/200'])} added; {slope:,.0f} per chunk"
+            + (f" ({slope - res['per_chunk']['proxy']:,.0f} over proxying)" if name != "proxy"
+               else ""))
+    if "usage" in names:
+        a, k = res["added"]["usage"], res["per_chunk"]["usage"] - res["per_chunk"]["proxy"]
+        say(f"  targets: JSON <= 2,500 added: {fmt_int(a['/v1/json'])} "
+            f"({'met' if a['/v1/json'] <= 2500 else 'missed'}); SSE <= 300 added per further "
+            f"chunk: {k:,.0f} ({'met' if k <= 300 else 'missed'})")
+    return res
