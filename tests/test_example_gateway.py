@@ -1,10 +1,12 @@
 """The example AI gateway (nginx-conf/ai-gateway.conf + lua/gateway/) end to end: real nginx with
 two workers, lua-nginx-module and the mock LLM upstream.
 
-Token totals, cost, TTFT, the token budget, the accuracy gauge and the SSE/JSON usage parser
-(fed at every possible chunk boundary); the endpoint label, API keys as the only source of the
-tenant, /metrics for the scrapers only, the /v1/models cache, the OpenAI SDK (Responses and
-Embeddings APIs) through the gateway, the mock LLM itself and scripts/run."""
+Token totals, cost, TTFT (read by the module: gateway_metrics_usage auto), the include_usage
+the gateway adds to OpenAI chat streams, the token budget and the Lua reader of the token total
+it is charged with (fed at every possible chunk boundary), the accuracy gauge; the endpoint
+label, API keys as the only source of the tenant, /metrics for the scrapers only, the
+/v1/models cache, the OpenAI SDK (Responses and Embeddings APIs) through the gateway, the mock
+LLM itself and scripts/run. The example without Lua: tests/test_example_native.py."""
 import base64
 import http.client
 import json
@@ -207,9 +209,10 @@ def expected_usage(style, p, c, cached, reasoning):
     """(input, output, cached_input, reasoning) the gateway must report, or None.
 
     OpenAI's prompt_tokens include the cached ones; Anthropic's input_tokens do not, so the
-    gateway reports input = input_tokens + cache_read_input_tokens for Anthropic. Streams
-    without stream_options.include_usage carry no usage: nothing is reported (never estimated)."""
-    if style in ("openai-sse-nousage", "openai-json-nousage"):
+    gateway reports input = input_tokens + cache_read_input_tokens for Anthropic. A chat stream
+    sent without stream_options.include_usage gets it from the gateway, so its usage counts too;
+    a response without usage (X-Mock-No-Usage) reports nothing (never estimated)."""
+    if style == "openai-json-nousage":
         return None
     if style.startswith("openai"):
         return (p, c, cached, reasoning)
@@ -258,7 +261,10 @@ def test_responses_pass_through_unchanged(workload):
             assert text.count('"tok "') == chunks, text
             if style.startswith("openai"):
                 assert text.rstrip().endswith("data: [DONE]")
-                assert (f'"prompt_tokens":{p},' in text) == (style == "openai-sse")
+                # (openai-sse-nousage: the include_usage the gateway added brings the usage
+                # chunk, just before [DONE])
+                assert f'"choices":[],"usage":{{"prompt_tokens":{p},' in text
+                assert text.rstrip().split("\n\n")[-2].startswith('data: {"id"')
             else:
                 assert "event: message_stop" in text
         else:
@@ -548,7 +554,7 @@ def test_accuracy_gauge(gateway):
     assert "# TYPE model_accuracy_percent gauge" in text
 
 
-# ---- the usage parser, chunked every possible way ---------------------------------------------
+# ---- the budget's token reader, chunked every possible way ------------------------------------
 
 PARSER_SERVER = r"""
 server {
@@ -557,22 +563,14 @@ server {
     client_body_buffer_size 1m;
     location = /stream {
         content_by_lua_block {
-            local cjson = require "cjson.safe"
             local usage = require "gateway.usage"
             ngx.req.read_body()
             local body = ngx.req.get_body_data()
-            local function canon(u)
-                if not u then return "nil" end
-                return string.format("%%d,%%d,%%d,%%d", u.input, u.output, u.cached, u.reasoning)
-            end
             local function run(chunks)
                 local s = usage.new_stream()
-                local firsts = 0
-                for _, c in ipairs(chunks) do
-                    if s:feed(c) then firsts = firsts + 1 end
-                end
-                if s:finish() then firsts = firsts + 1 end
-                return canon(s:result()) .. "|" .. firsts
+                for _, c in ipairs(chunks) do s:feed(c) end
+                s:finish()
+                return tostring(s:total())
             end
             local seen, n = {}, #body
             local function add(r) seen[r] = (seen[r] or 0) + 1 end
@@ -603,11 +601,14 @@ server {
             local usage = require "gateway.usage"
             ngx.req.read_body()
             local body = ngx.req.get_body_data()
-            local function canon(u)
-                if not u then return "nil" end
-                return string.format("%%d,%%d,%%d,%%d", u.input, u.output, u.cached, u.reasoning)
-            end
-            ngx.say(canon(usage.from_json(body)), " ", canon(usage.from_tail(body)))
+            ngx.say(tostring(usage.from_json(body)), " ", tostring(usage.from_tail(body)))
+        }
+    }
+    location = /include_usage {
+        content_by_lua_block {
+            local phases = require "gateway.phases"
+            ngx.req.read_body()
+            ngx.print(phases.with_include_usage(ngx.req.get_body_data()) or "nil")
         }
     }
 }
@@ -641,28 +642,24 @@ OPENAI_USAGE = {"prompt_tokens": 1234, "completion_tokens": 56, "total_tokens": 
                 "prompt_tokens_details": {"cached_tokens": 1000},
                 "completion_tokens_details": {"reasoning_tokens": 20}}
 
+# (name, body, the total every chunking must give: input + output as the provider bills them)
 PARSER_CASES = [
     # OpenAI with include_usage, CRLF line ends, comments, "usage": null on content chunks
     ("openai-crlf", sse([": keep-alive", ("", openai_chunk("")), ("", openai_chunk("Hel")),
                          ("", openai_chunk("lo \u00e9\u4e2d")), ("", openai_chunk(None)),
                          ("", openai_chunk(None, OPENAI_USAGE, choices=False)), ("", "[DONE]")],
                         eol="\r\n"),
-     "1234,56,1000,20|1"),
-    # role-only and empty deltas are not content; usage still counted
-    ("openai-no-content", sse([("", openai_chunk("")), ("", openai_chunk(None)),
-                               ("", openai_chunk(None, OPENAI_USAGE, choices=False)),
-                               ("", "[DONE]")]),
-     "1234,56,1000,20|0"),
-    # no include_usage: nothing reported, first token still seen
+     "1290"),
+    # no usage: nothing to charge
     ("openai-no-usage", sse([("", openai_chunk("a", with_usage_key=False)),
                              ("", openai_chunk("b", with_usage_key=False)), ("", "[DONE]")]),
-     "nil|1"),
-    # tool calls are content
-    ("openai-tools", sse([("", {"choices": [{"index": 0, "delta": {"tool_calls": [
-        {"index": 0, "function": {"arguments": "{"}}]}}], "usage": None}),
-        ("", openai_chunk(None, {"prompt_tokens": 5, "completion_tokens": 7}, choices=False))]),
-     "5,7,0,0|1"),
-    # Anthropic: input from message_start (+ cache), output from the LAST message_delta; ping
+     "nil"),
+    # usage in the chunk with the choices, and running totals on every chunk: the last wins
+    ("openai-running", sse([("", openai_chunk("a", {"prompt_tokens": 5, "completion_tokens": 1})),
+                            ("", openai_chunk("b", {"prompt_tokens": 5, "completion_tokens": 7}))]),
+     "12"),
+    # Anthropic: input from message_start (+ cache read and write), output from the LAST
+    # message_delta (message_start's output_tokens is provisional); ping; a quoted "usage"
     ("anthropic", sse([
         ("message_start", {"type": "message_start", "message": {"id": "m", "usage": {
             "input_tokens": 300, "cache_read_input_tokens": 4000,
@@ -672,25 +669,28 @@ PARSER_CASES = [
         ("ping", {"type": "ping"}),
         ("content_block_delta", {"type": "content_block_delta", "index": 0,
                                  "delta": {"type": "text_delta", "text": "Hi \"usage\": {"}}),
-        ("content_block_delta", {"type": "content_block_delta", "index": 0,
-                                 "delta": {"type": "text_delta", "text": "there"}}),
         ("content_block_stop", {"type": "content_block_stop", "index": 0}),
         ("message_delta", {"type": "message_delta", "delta": {"stop_reason": None},
                            "usage": {"output_tokens": 10}}),
         ("message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn"},
                            "usage": {"output_tokens": 42}}),
         ("message_stop", {"type": "message_stop"})]),
-     "4325,42,4000,0|1"),
+     "4367"),
+    # Anthropic cut after message_start: the input side only
+    ("anthropic-cut", sse([
+        ("message_start", {"type": "message_start", "message": {"id": "m", "usage": {
+            "input_tokens": 30, "output_tokens": 1}}})]),
+     "30"),
     # last event not terminated by a blank line (connection closed after it)
     ("unterminated", sse([("", openai_chunk("x"))]) +
      "data: " + json.dumps(openai_chunk(None, {"prompt_tokens": 9, "completion_tokens": 8},
                                         choices=False)),
-     "9,8,0,0|1"),
+     "17"),
     # one JSON document over several data: lines (joined with newlines, per the SSE spec)
     ("multiline-data", 'data: {"choices":[{"delta":{"content":"x"}}],\ndata: "usage":null}\n\n'
                        'data: {"choices":[],\ndata: "usage":{"prompt_tokens":3,\n'
                        'data: "completion_tokens":4}}\n\n',
-     "3,4,0,0|1"),
+     "7"),
     # OpenAI Responses API stream
     ("responses", sse([
         ("response.created", {"type": "response.created", "response": {"usage": None}}),
@@ -699,17 +699,25 @@ PARSER_CASES = [
             "input_tokens": 70, "input_tokens_details": {"cached_tokens": 64},
             "output_tokens": 30, "output_tokens_details": {"reasoning_tokens": 12},
             "total_tokens": 100}}})]),
-     "70,30,64,12|1"),
+     "100"),
+    # Gemini: running totals on every chunk, CRLF; thoughts are billed beside the candidates
+    ("gemini", sse([("", {"candidates": [{"content": {"parts": [{"text": "a"}]}}], "usageMetadata": {
+        "promptTokenCount": 9, "candidatesTokenCount": 1, "thoughtsTokenCount": 120}}),
+        ("", {"candidates": [{"content": {"parts": [{"text": "b"}]}, "finishReason": "STOP"}],
+              "usageMetadata": {"promptTokenCount": 9, "candidatesTokenCount": 12,
+                                "cachedContentTokenCount": 4, "thoughtsTokenCount": 120}})],
+                   eol="\r\n"),
+     "141"),
     # malformed JSON and bogus counts are ignored, never estimated
     ("garbage", "data: {not json\n\ndata: [1,2]\n\ndata: " +
      json.dumps({"choices": [], "usage": {"prompt_tokens": -5, "completion_tokens": 2.5}}) + "\n\n",
-     "nil|0"),
+     "nil"),
 ]
 
 
 @pytest.fixture(scope="module")
 def parser_port():
-    # a second nginx on the same template with a test-only server for the pure parser, on a
+    # a second nginx on the same template with a test-only server for the pure Lua parts, on a
     # second port of its own: Nginx.start() takes another {port} when that one was taken since
     # free_port() picked it, this one is retried here likewise
     with MockLLM() as mock:
@@ -732,45 +740,94 @@ def parser_port():
             n.__exit__(None, None, None)
 
 
-@pytest.mark.parametrize("name,body,want", PARSER_CASES, ids=[c[0] for c in PARSER_CASES])
-def test_stream_parser_any_chunking(parser_port, name, body, want):
-    conn = http.client.HTTPConnection("127.0.0.1", parser_port, timeout=30)
-    conn.request("POST", "/stream", body=body.encode())
+def ask_parser(port, path, body):
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    conn.request("POST", path, body=body.encode() if isinstance(body, str) else body)
     r = conn.getresponse()
     out = r.read().decode()
     assert r.status == 200, out
+    return out
+
+
+@pytest.mark.parametrize("name,body,want", PARSER_CASES, ids=[c[0] for c in PARSER_CASES])
+def test_budget_reader_any_chunking(parser_port, name, body, want):
+    out = ask_parser(parser_port, "/stream", body)
     assert out.split() == [want], f"{name}: results over all chunkings: {out.split()}"
 
 
-def test_json_parser_and_tail_fallback(parser_port):
+def test_budget_reader_json_and_tail_fallback(parser_port):
     def ask(body):
-        conn = http.client.HTTPConnection("127.0.0.1", parser_port, timeout=30)
-        conn.request("POST", "/json", body=body.encode())
-        r = conn.getresponse()
-        return r.read().decode().split()
+        return ask_parser(parser_port, "/json", body).split()
 
     anthropic = {"type": "message", "content": [{"type": "text", "text": 'say "usage": {"input_tokens": 1}'}],
                  "usage": {"input_tokens": 10, "output_tokens": 20, "cache_read_input_tokens": 5,
                            "cache_creation_input_tokens": 1}}
-    assert ask(json.dumps(anthropic)) == ["16,20,5,0", "16,20,5,0"]
+    assert ask(json.dumps(anthropic)) == ["36", "36"]
     openai = {"choices": [{"message": {"content": "x" * 200000}}], "usage": OPENAI_USAGE}
-    assert ask(json.dumps(openai)) == ["1234,56,1000,20", "1234,56,1000,20"]
+    assert ask(json.dumps(openai)) == ["1290", "1290"]
     # the tail of a huge body (its head cut off) still yields the usage
     tail = json.dumps(openai)[-5000:]
-    assert ask(tail) == ["nil", "1234,56,1000,20"]
+    assert ask(tail) == ["nil", "1290"]
     assert ask(json.dumps({"object": "list", "data": []})) == ["nil", "nil"]
-    # OpenAI Responses: input_tokens includes the cached ones, output_tokens the reasoning ones
     responses = {"id": "resp_1", "object": "response", "status": "completed", "output": [
         {"type": "message", "content": [{"type": "output_text", "text": '"usage": {}', "annotations": []}]}],
         "usage": {"input_tokens": 700, "input_tokens_details": {"cached_tokens": 512},
                   "output_tokens": 40, "output_tokens_details": {"reasoning_tokens": 16},
                   "total_tokens": 740}}
-    assert ask(json.dumps(responses)) == ["700,40,512,16", "700,40,512,16"]
-    # OpenAI Embeddings: prompt tokens only
+    assert ask(json.dumps(responses)) == ["740", "740"]
     embeddings = {"object": "list", "data": [{"object": "embedding", "index": 0, "embedding": [0.5]}],
                   "model": "e", "usage": {"prompt_tokens": 17, "total_tokens": 17}}
-    assert ask(json.dumps(embeddings)) == ["17,0,0,0", "17,0,0,0"]
+    assert ask(json.dumps(embeddings)) == ["17", "17"]
+    # Gemini: one response, and the JSON array of a stream without alt=sse (the last counts)
+    gemini = {"candidates": [], "usageMetadata": {"promptTokenCount": 8, "candidatesTokenCount": 17,
+                                                  "thoughtsTokenCount": 48}, "modelVersion": "g"}
+    assert ask(json.dumps(gemini)) == ["73", "73"]
+    first = {"usageMetadata": {"promptTokenCount": 8, "candidatesTokenCount": 1}}
+    assert ask(json.dumps([first, gemini])) == ["73", "73"]
     assert ask(json.dumps({"usage": {"prompt_tokens": 1, "completion_tokens": 2}})[:-3]) == ["nil", "nil"]
+
+
+INCLUDE_USAGE_CASES = [
+    # (request body, the body the provider gets; None: unchanged)
+    ('{"model":"m","stream":true,"messages":[]}',
+     '{"stream_options":{"include_usage":true},"model":"m","stream":true,"messages":[]}'),
+    # other stream_options keys survive, and so does everything else byte for byte ([] stays [],
+    # numbers keep their digits, escapes stay as sent)
+    ('{ "stream" : true , "stream_options" : { "continuous_usage_stats" : true }, "tools": [], '
+     '"temperature": 0.123456789012345678, "stop": ["\\n\\u00e9"]}',
+     '{ "stream" : true , "stream_options" : {"include_usage":true, "continuous_usage_stats" : true }, '
+     '"tools": [], "temperature": 0.123456789012345678, "stop": ["\\n\\u00e9"]}'),
+    ('{"stream":true,"stream_options":{"include_usage":false,"x":{"include_usage":1}}}',
+     '{"stream":true,"stream_options":{"include_usage":true,"x":{"include_usage":1}}}'),
+    ('{"stream":true,"stream_options":{}}', '{"stream":true,"stream_options":{"include_usage":true}}'),
+    ('{"stream":true,"stream_options":null}', '{"stream":true,"stream_options":{"include_usage":true}}'),
+    # a key inside a string or a nested object is not the top-level one
+    ('{"messages":[{"content":"\\"stream_options\\": {}"}],"meta":{"stream_options":1},"stream":true}',
+     '{"stream_options":{"include_usage":true},"messages":[{"content":"\\"stream_options\\": {}"}],'
+     '"meta":{"stream_options":1},"stream":true}'),
+    # nothing to do
+    ('{"stream":true,"stream_options":{"include_usage":true}}', None),
+    ('{"stream":false,"messages":[]}', None),
+    ('{"messages":[]}', None),
+    ('not json', None),
+    ('[{"stream":true}]', None),
+]
+
+
+@pytest.mark.parametrize("body,want", INCLUDE_USAGE_CASES)
+def test_include_usage_is_spliced_into_the_request(parser_port, body, want):
+    got = ask_parser(parser_port, "/include_usage", body)
+    if want is None:
+        assert got == "nil"
+        return
+    assert got == want
+    req, new = json.loads(body), json.loads(got)
+    assert new["stream_options"]["include_usage"] is True
+    old_opts = req.get("stream_options") or {}
+    assert {k: v for k, v in new["stream_options"].items() if k != "include_usage"} == \
+        {k: v for k, v in old_opts.items() if k != "include_usage"}
+    assert {k: v for k, v in new.items() if k != "stream_options"} == \
+        {k: v for k, v in req.items() if k != "stream_options"}
 
 
 def test_aborted_stream_still_reports_the_input_tokens(gateway):

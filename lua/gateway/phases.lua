@@ -1,12 +1,15 @@
 -- gateway.phases: the Lua side of the example AI gateway (nginx-conf/ai-gateway.conf).
 --
+-- The module reads the usage of every response itself (gateway_metrics_usage auto): tokens,
+-- cost, time to first token. Lua does what the module cannot:
 --   access         no namespace (unknown or missing API key) -> 401; model from the JSON
---                  request body -> gm.set_model; token budget per namespace (429 when spent, a
---                  rate-limit hit when near it)
---   header_filter  decides how to read the response: SSE stream, JSON body, or not at all
---   body_filter    reads usage from the response as it passes (never changes it): the first
---                  content token of a stream -> gm.first_token; at the end -> gm.add_tokens once
---   log            reports usage not reported yet (stream cut short), consumes the budget
+--                  request body -> gm.set_model; an OpenAI chat stream without
+--                  stream_options.include_usage gets it (else the stream carries no usage);
+--                  token budget per namespace (429 when spent, a rate-limit hit when near it)
+--   header_filter  X-Gateway-Token-Budget-Remaining; for a namespace with a budget, decides
+--                  how to read the response's token total (SSE stream, JSON body)
+--   body_filter    reads that total as the response passes (never changes it)
+--   log            charges the total to the namespace's budget
 --   accuracy       content handler: POSTed evaluation results -> model_accuracy_percent gauge
 --
 -- Settings come from nginx variables, so the conf stays the one place to configure:
@@ -26,6 +29,8 @@ local concat = table.concat
 local find = string.find
 local lower = string.lower
 local sub = string.sub
+local byte = string.byte
+local pcall = pcall
 local ceil = math.ceil
 local max = math.max
 local log = ngx.log
@@ -43,6 +48,7 @@ _M.options = {
     max_request_body = 8 * 1024 * 1024,   -- larger request bodies are not parsed for the model
     max_json_body = 8 * 1024 * 1024,      -- larger JSON responses: usage found in the tail
     json_tail = 64 * 1024,
+    include_usage_uri = "/v1/chat/completions", -- streams here get stream_options.include_usage
 }
 
 local lim  -- per worker, created on first use
@@ -121,6 +127,124 @@ local function unauthorized()
     return ngx.exit(ngx.HTTP_OK)
 end
 
+
+-- ---- stream_options.include_usage ------------------------------------------------------------
+-- The body is decoded with cjson to decide, and the change is spliced into the original text:
+-- re-encoding the whole body would alter what the client sent (Debian's lua-cjson turns [] into
+-- {} and keeps 14 significant digits). These helpers find byte spans in JSON that cjson has
+-- already accepted, so they need not validate it.
+
+local function skip_ws(s, i)
+    return find(s, "[^ \t\r\n]", i)
+end
+
+-- Index of the quote closing the string that starts at i.
+local function string_end(s, i)
+    local j = i + 1
+    while true do
+        local q = find(s, '["\\]', j)
+        if byte(s, q) == 92 then
+            j = q + 2
+        else
+            return q
+        end
+    end
+end
+
+-- Index of the last byte of the value that starts at i.
+local function value_end(s, i)
+    local c = byte(s, i)
+    if c == 34 then
+        return string_end(s, i)
+    end
+    if c == 123 or c == 91 then
+        local depth, j = 0, i
+        while true do
+            local k = find(s, '[{}%[%]"]', j)
+            local d = byte(s, k)
+            if d == 34 then
+                k = string_end(s, k)
+            elseif d == 123 or d == 91 then
+                depth = depth + 1
+            else
+                depth = depth - 1
+                if depth == 0 then
+                    return k
+                end
+            end
+            j = k + 1
+        end
+    end
+    return (find(s, "[,}%]%s]", i) or #s + 1) - 1 -- number, true, false, null
+end
+
+-- The members of the object at i ('{'), in order: { key, vs, ve } (value start and end).
+local function members(s, i)
+    local out = {}
+    local j = skip_ws(s, i + 1)
+    if byte(s, j) == 125 then
+        return out
+    end
+    while true do
+        local ke = string_end(s, j)
+        local vs = skip_ws(s, skip_ws(s, ke + 1) + 1) -- past the ':'
+        local ve = value_end(s, vs)
+        out[#out + 1] = { key = cjson.decode(sub(s, j, ke)), vs = vs, ve = ve }
+        j = skip_ws(s, ve + 1)
+        if byte(s, j) == 125 then
+            return out
+        end
+        j = skip_ws(s, j + 1) -- past the ','
+    end
+end
+
+-- The last member named `key` (cjson, like most parsers, keeps the last of duplicates).
+local function member(list, key)
+    local m
+    for i = 1, #list do
+        if list[i].key == key then
+            m = list[i]
+        end
+    end
+    return m
+end
+
+-- Inserts `text` as the first member of the object at i (with `n` members).
+local function insert_member(s, i, n, text)
+    return sub(s, 1, i) .. text .. (n > 0 and "," or "") .. sub(s, i + 1)
+end
+
+--- The body with stream_options.include_usage set to true, or nil when it needs no change
+-- (not a stream, already set, not a JSON object). Other stream_options keys are kept.
+function _M.with_include_usage(body)
+    local req = cjson.decode(body)
+    if type(req) ~= "table" or req.stream ~= true then
+        return nil
+    end
+    local so = req.stream_options
+    if type(so) == "table" and so.include_usage == true then
+        return nil
+    end
+    local top = skip_ws(body, 1)
+    if byte(body, top) ~= 123 then
+        return nil
+    end
+    local list = members(body, top)
+    local m = member(list, "stream_options")
+    if not m then
+        return insert_member(body, top, #list, '"stream_options":{"include_usage":true}')
+    end
+    if byte(body, m.vs) ~= 123 then -- null (or not an object): ours replaces it
+        return sub(body, 1, m.vs - 1) .. '{"include_usage":true}' .. sub(body, m.ve + 1)
+    end
+    local inner = members(body, m.vs)
+    local iu = member(inner, "include_usage")
+    if iu then -- false or anything not true: the gateway needs the usage (budget, metrics)
+        return sub(body, 1, iu.vs - 1) .. "true" .. sub(body, iu.ve + 1)
+    end
+    return insert_member(body, m.vs, #inner, '"include_usage":true')
+end
+
 function _M.access()
     local o = _M.options
     local ctx = { ns = ngx.var[o.namespace_var] or "" }
@@ -132,11 +256,22 @@ function _M.access()
 
     local method = ngx.req.get_method()
     if method == "POST" or method == "PUT" or method == "PATCH" then
-        local req = cjson.decode(request_body() or "")
+        local body = request_body() or ""
+        local req = cjson.decode(body)
+        -- The model the client asked for: the name the price table uses (a response may name
+        -- a dated version, e.g. gpt-4o-2024-08-06).
         if type(req) == "table" and type(req.model) == "string" and req.model ~= "" then
             local ok, err = gm.set_model(req.model)
             if not ok then
                 log(WARN, "gateway: set_model: ", err)
+            end
+        end
+        if type(req) == "table" and req.stream == true and ngx.var.uri == o.include_usage_uri then
+            local ok, new = pcall(_M.with_include_usage, body)
+            if not ok then
+                log(WARN, "gateway: include_usage: ", new)
+            elseif new then
+                ngx.req.set_body_data(new)
             end
         end
     end
@@ -171,14 +306,17 @@ function _M.header_filter()
     if ctx.remaining then
         ngx.header["X-Gateway-Token-Budget-Remaining"] = ctx.remaining
     end
+    -- The module counts the tokens; Lua reads the total only to charge a budget.
+    if not ctx.budget then
+        return
+    end
     local status = ngx.status
     if status < 200 or status >= 300 or ngx.req.get_method() == "HEAD" then
         return
     end
     local enc = ngx.header["Content-Encoding"]
     if enc and lower(enc) ~= "identity" then
-        -- proxy_set_header Accept-Encoding "" should prevent this; usage is not read then.
-        log(WARN, "gateway: compressed response (", enc, "), usage not recorded")
+        -- proxy_set_header Accept-Encoding "" prevents this; the module counts it as "encoded".
         return
     end
     local ct = lower(ngx.header["Content-Type"] or "")
@@ -189,71 +327,41 @@ function _M.header_filter()
         ctx.mode = "json"
         ctx.chunks, ctx.n, ctx.size = {}, 0, 0
     end
-    -- The body is only read, never changed, so Content-Length stays valid and is kept.
 end
 
-local function first_token(ctx)
-    if ctx.first then
+-- The response's token total, once (a JSON body whole, or its tail past max_json_body).
+local function read_total(ctx, complete)
+    if ctx.read then
         return
     end
-    ctx.first = true
-    local ok, err = gm.first_token()
-    if not ok then
-        log(WARN, "gateway: first_token: ", err)
-    end
-end
-
--- Reports the usage read so far, exactly once per response.
-local function report(ctx, complete)
-    if ctx.reported then
-        return
-    end
-    ctx.reported = true
-    local u
+    ctx.read = true
     if ctx.mode == "sse" then
-        u = ctx.parser:result()
-    elseif ctx.mode == "json" then
-        local text = concat(ctx.chunks, "", 1, ctx.n)
-        ctx.chunks = nil
-        if not ctx.overflow then
-            u = usage.from_json(text)
-        end
-        if not u and (ctx.overflow or not complete) then
-            u = usage.from_tail(text)
-        end
-    end
-    if not u then
+        ctx.parser:finish()
+        ctx.tokens = ctx.parser:total()
         return
     end
-    local ok, err = gm.add_tokens(u.input, u.output, u.cached, u.reasoning)
-    if not ok then
-        log(WARN, "gateway: add_tokens: ", err)
-        return
+    local text = concat(ctx.chunks, "", 1, ctx.n)
+    ctx.chunks = nil
+    local t
+    if not ctx.overflow then
+        t = usage.from_json(text)
     end
-    ctx.tokens = u.input + u.output
+    if not t and (ctx.overflow or not complete) then
+        t = usage.from_tail(text)
+    end
+    ctx.tokens = t
 end
 
 function _M.body_filter()
     local ctx = ngx.ctx.gateway
-    if not ctx or not ctx.mode or ctx.reported then
+    if not ctx or not ctx.mode or ctx.read then
         return
     end
     local chunk, eof = ngx.arg[1], ngx.arg[2]
     if ctx.mode == "sse" then
-        local p = ctx.parser
-        if p:feed(chunk) then
-            first_token(ctx)
-        end
-        if eof then
-            if p:finish() then
-                first_token(ctx)
-            end
-            report(ctx, true)
-        end
-        return
-    end
-    -- JSON: keep the body (or, past max_json_body, its tail) until the end.
-    if chunk ~= "" then
+        ctx.parser:feed(chunk)
+    elseif chunk ~= "" then
+        -- JSON: keep the body (or, past max_json_body, its tail) until the end.
         local n = ctx.n + 1
         ctx.chunks[n] = chunk
         ctx.n = n
@@ -265,30 +373,25 @@ function _M.body_filter()
         end
     end
     if eof then
-        report(ctx, true)
+        read_total(ctx, true)
     end
 end
 
 function _M.log()
     local ctx = ngx.ctx.gateway
-    if not ctx then
+    if not ctx or not ctx.budget then
         return
     end
-    if ctx.mode and not ctx.reported then
-        -- The body filter never saw the end (client or upstream went away): report what the
-        -- provider had said until then.
-        if ctx.mode == "sse" then
-            ctx.parser:finish()
-        end
-        report(ctx, false)
+    if ctx.mode then
+        -- (the body filter may never have seen the end: client or upstream gone; what the
+        -- provider had reported until then is billed all the same)
+        read_total(ctx, false)
     end
-    if ctx.budget and ctx.tokens then
-        local l = get_limiter()
-        if l then
-            local ok, err = l:consume(ctx.ns, ctx.tokens)
-            if not ok then
-                log(WARN, "gateway: token budget: ", err)
-            end
+    local l = ctx.tokens and get_limiter()
+    if l then
+        local ok, err = l:consume(ctx.ns, ctx.tokens)
+        if not ok then
+            log(WARN, "gateway: token budget: ", err)
         end
     end
 end

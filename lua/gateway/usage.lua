@@ -1,33 +1,31 @@
--- gateway.usage: token usage as the LLM provider reported it, from a response body.
+-- gateway.usage: the token total of a response, for the token budget only.
+--
+-- The module counts tokens itself (gateway_metrics_usage auto): tokens by type, cost, time to
+-- first token all come from its reading. This reader exists because the budget is charged in
+-- log_by_lua and the module has no getter for what it read (see nginx-conf/README.md); it keeps
+-- one number, input + output, and nothing else.
 --
 -- Pure Lua (only cjson.safe; no ngx.*), so it can be driven from tests chunk by chunk.
 --
---   usage.normalize(u)      provider `usage` object -> {input, output, cached, reasoning} | nil
---   usage.from_json(text)   a whole JSON response body -> normalized usage | nil
---   usage.from_tail(text)   the last `"usage":{...}` object in a (truncated) JSON body | nil
---   usage.new_stream()      an SSE parser: s:feed(chunk) -> true when this chunk carried the
---                           first content token; s:finish(); s:result() -> normalized | nil
+--   usage.from_json(text)   a whole JSON body (or a Gemini JSON array) -> total | nil
+--   usage.from_tail(text)   the last complete usage object in a (truncated) JSON body | nil
+--   usage.new_stream()      an SSE reader: s:feed(chunk); s:finish(); s:total() -> total | nil
 --
--- Normalized numbers follow the module's convention: `cached` is the part of `input` served
--- from the provider's prompt cache and `reasoning` the part of `output` spent on reasoning.
---
---   OpenAI Chat Completions   input = prompt_tokens (already includes cached_tokens),
---                             cached = prompt_tokens_details.cached_tokens,
---                             output = completion_tokens,
---                             reasoning = completion_tokens_details.reasoning_tokens
---   OpenAI Responses          input_tokens (includes input_tokens_details.cached_tokens),
---                             output_tokens, output_tokens_details.reasoning_tokens
---   Anthropic Messages        input_tokens does NOT include the cache: the total prompt is
---                             input = input_tokens + cache_read_input_tokens
---                                     + cache_creation_input_tokens,
---                             cached = cache_read_input_tokens, output = output_tokens
---
--- Numbers are never estimated: a count that is missing or not a non-negative integer is 0, and
--- a usage object without any count is no usage at all (nil).
+-- The total counts every token the provider bills on either side:
+--   OpenAI Chat         prompt_tokens + completion_tokens
+--   OpenAI Responses    input_tokens + output_tokens
+--   Anthropic           input_tokens + cache_read_input_tokens + cache_creation_input_tokens
+--                       + output_tokens (message_start's output_tokens is provisional: skipped)
+--   Gemini              promptTokenCount + toolUsePromptTokenCount + candidatesTokenCount
+--                       + thoughtsTokenCount
+-- Providers report totals, never increments (Anthropic's message_delta and Gemini's chunks are
+-- cumulative): a later report of a field replaces the earlier one. Nothing is estimated: a count
+-- that is not a non-negative integer is ignored, and no count at all is no total (nil).
 
 local cjson = require "cjson.safe"
 
 local type = type
+local next = next
 local find = string.find
 local sub = string.sub
 local byte = string.byte
@@ -35,15 +33,22 @@ local concat = table.concat
 local floor = math.floor
 local decode = cjson.decode
 
-local _M = { _VERSION = "0.1.0" }
+local _M = { _VERSION = "0.2.0" }
 
--- Longest partial SSE line kept between chunks; a longer one is skipped (it cannot be an event
--- this parser needs: usage events are a few hundred bytes).
+-- Longest partial SSE line kept between chunks; a longer one is skipped (usage events are a few
+-- hundred bytes).
 _M.MAX_LINE = 1024 * 1024
 
 local MAX_COUNT = 1e12
 
--- A provider token count, or nil when it is not a non-negative integer.
+-- The count fields, by the object that carries them.
+local FIELDS = {
+    usage = { "prompt_tokens", "completion_tokens", "input_tokens", "output_tokens",
+              "cache_read_input_tokens", "cache_creation_input_tokens" },
+    usageMetadata = { "promptTokenCount", "toolUsePromptTokenCount", "candidatesTokenCount",
+                      "thoughtsTokenCount" },
+}
+
 local function count(v)
     if type(v) ~= "number" or v ~= v or v < 0 or v > MAX_COUNT or floor(v) ~= v then
         return nil
@@ -51,56 +56,54 @@ local function count(v)
     return v
 end
 
-local function field(t, k)
-    if type(t) ~= "table" then
-        return nil
-    end
-    return count(t[k])
-end
-
---- Normalizes a provider's `usage` object (see the header). Returns nil when it has no counts.
-function _M.normalize(u)
+-- Copies the counts of usage object `u` (of kind "usage" or "usageMetadata") into `raw`.
+local function merge(raw, kind, u, provisional_output)
     if type(u) ~= "table" then
-        return nil
+        return
     end
-    local input, output, cached, reasoning
-    if u.prompt_tokens ~= nil or u.completion_tokens ~= nil then
-        -- OpenAI Chat Completions / Completions / Embeddings
-        input = count(u.prompt_tokens)
-        output = count(u.completion_tokens)
-        cached = field(u.prompt_tokens_details, "cached_tokens")
-        reasoning = field(u.completion_tokens_details, "reasoning_tokens")
-    elseif u.input_tokens_details ~= nil or u.output_tokens_details ~= nil
-        or (u.total_tokens ~= nil and u.cache_read_input_tokens == nil
-            and u.cache_creation_input_tokens == nil) then
-        -- OpenAI Responses API
-        input = count(u.input_tokens)
-        output = count(u.output_tokens)
-        cached = field(u.input_tokens_details, "cached_tokens")
-        reasoning = field(u.output_tokens_details, "reasoning_tokens")
-    else
-        -- Anthropic Messages
-        local fresh = count(u.input_tokens)
-        local read = count(u.cache_read_input_tokens)
-        local created = count(u.cache_creation_input_tokens)
-        if fresh or read or created then
-            input = (fresh or 0) + (read or 0) + (created or 0)
+    local names = FIELDS[kind]
+    for i = 1, #names do
+        local k = names[i]
+        local v = count(u[k])
+        if v and not (provisional_output and k == "output_tokens") then
+            raw[k] = v
         end
-        cached = read
-        output = count(u.output_tokens)
     end
-    if not (input or output or cached or reasoning) then
-        return nil
-    end
-    return {
-        input = input or 0,
-        output = output or 0,
-        cached = cached or 0,
-        reasoning = reasoning or 0,
-    }
 end
 
---- Usage of a whole (non-streamed) JSON response body.
+-- The usage objects of one decoded payload (a JSON body or an SSE event).
+local function collect(raw, obj)
+    if type(obj) ~= "table" then
+        return
+    end
+    local t = obj.type
+    if t == "message_start" and type(obj.message) == "table" then
+        merge(raw, "usage", obj.message.usage, true)
+    elseif type(obj.response) == "table" then -- OpenAI Responses events
+        merge(raw, "usage", obj.response.usage)
+    end
+    merge(raw, "usage", obj.usage)
+    merge(raw, "usageMetadata", obj.usageMetadata)
+end
+
+local function total(raw)
+    if next(raw) == nil then
+        return nil
+    end
+    local function g(k) return raw[k] or 0 end
+    if raw.promptTokenCount or raw.candidatesTokenCount or raw.thoughtsTokenCount
+        or raw.toolUsePromptTokenCount then
+        return g("promptTokenCount") + g("toolUsePromptTokenCount")
+            + g("candidatesTokenCount") + g("thoughtsTokenCount")
+    end
+    if raw.prompt_tokens or raw.completion_tokens then
+        return g("prompt_tokens") + g("completion_tokens")
+    end
+    return g("input_tokens") + g("cache_read_input_tokens") + g("cache_creation_input_tokens")
+        + g("output_tokens")
+end
+
+--- The total of a whole JSON body: one response, or Gemini's array of stream responses.
 function _M.from_json(text)
     if type(text) ~= "string" or text == "" then
         return nil
@@ -109,14 +112,15 @@ function _M.from_json(text)
     if type(obj) ~= "table" then
         return nil
     end
-    if type(obj.usage) == "table" then
-        return _M.normalize(obj.usage)
+    local raw = {}
+    if obj[1] ~= nil then
+        for i = 1, #obj do
+            collect(raw, obj[i])
+        end
+    else
+        collect(raw, obj)
     end
-    -- OpenAI Responses API wraps the response object in some envelopes.
-    if type(obj.response) == "table" then
-        return _M.normalize(obj.response.usage)
-    end
-    return nil
+    return total(raw)
 end
 
 -- End (inclusive) of the JSON object starting at `start` ('{'), or nil when it is cut off.
@@ -148,20 +152,22 @@ local function object_end(text, start)
     return nil
 end
 
---- The last complete `"usage": {...}` object in `text` (for bodies too large to keep whole:
--- providers put usage at the end). Inside JSON strings quotes are escaped, so the pattern only
--- matches real keys.
+--- The last complete `"usage": {...}` or `"usageMetadata": {...}` object in `text`, for
+-- bodies too large to keep whole (providers put usage at the end). Inside JSON strings quotes
+-- are escaped, so the pattern only matches real keys.
 function _M.from_tail(text)
     if type(text) ~= "string" then
         return nil
     end
-    local pos, last = 1, nil
+    local pos, last, kind = 1, nil, nil
     while true do
-        local s, e = find(text, '"usage"%s*:%s*{', pos)
+        local s, e, k = find(text, '"(usage%a*)"%s*:%s*{', pos)
         if not s then
             break
         end
-        last = e
+        if FIELDS[k] then
+            last, kind = e, k
+        end
         pos = e + 1
     end
     if not last then
@@ -171,7 +177,9 @@ function _M.from_tail(text)
     if not stop then
         return nil
     end
-    return _M.normalize(decode(sub(text, last, stop)))
+    local raw = {}
+    merge(raw, kind, decode(sub(text, last, stop)))
+    return total(raw)
 end
 
 -- ---- Server-sent events ---------------------------------------------------------------------
@@ -179,173 +187,66 @@ end
 local Stream = {}
 Stream.__index = Stream
 
---- A new SSE usage parser for one response.
+--- A new SSE reader for one response.
 function _M.new_stream()
     return setmetatable({
         buf = "",         -- the incomplete last line of the previous chunk
         skipping = false, -- dropping an over-long line up to its newline
-        event = nil,      -- `event:` of the event being assembled
-        data = nil,       -- its `data:` lines
-        first = false,    -- a content token was seen
-        openai = nil,     -- last non-null OpenAI-style usage object
-        anthropic = nil,  -- Anthropic usage merged from message_start and message_delta
-        events = 0,       -- events dispatched (for tests and debugging)
+        data = nil,       -- the `data:` lines of the event being assembled
+        raw = {},         -- counts reported so far, by provider field
     }, Stream)
 end
 
--- Whether a decoded event carries generated content (the first token for TTFT).
-local function nonempty(s)
-    return type(s) == "string" and s ~= ""
-end
-
-local function has_content(obj)
-    local t = obj.type
-    if t == "content_block_delta" then -- Anthropic: text, thinking or tool input
-        return true
-    end
-    if type(t) == "string" and find(t, "^response%.") then -- OpenAI Responses
-        return sub(t, -6) == ".delta" and nonempty(obj.delta)
-    end
-    local choices = obj.choices -- OpenAI Chat Completions / Completions
-    if type(choices) ~= "table" then
-        return false
-    end
-    for i = 1, #choices do
-        local c = choices[i]
-        if type(c) == "table" then
-            if nonempty(c.text) then
-                return true
-            end
-            local d = c.delta
-            if type(d) == "table" then
-                if nonempty(d.content) or nonempty(d.reasoning_content) or nonempty(d.reasoning)
-                    or nonempty(d.refusal) or (type(d.tool_calls) == "table" and #d.tool_calls > 0)
-                    or type(d.function_call) == "table" then
-                    return true
-                end
-            end
-        end
-    end
-    return false
-end
-
--- Anthropic counts are cumulative: a later event's value replaces an earlier one.
-local ANTHROPIC_FIELDS = { "input_tokens", "output_tokens", "cache_read_input_tokens",
-                           "cache_creation_input_tokens" }
-
-function Stream:merge_anthropic(u)
-    if type(u) ~= "table" then
-        return
-    end
-    local a = self.anthropic or {}
-    for i = 1, #ANTHROPIC_FIELDS do
-        local k = ANTHROPIC_FIELDS[i]
-        local v = count(u[k])
-        if v then
-            a[k] = v
-        end
-    end
-    self.anthropic = a
-end
-
--- Returns true when the event is the first one with content.
-function Stream:handle(obj)
-    local t = obj.type
-    if t == "message_start" then
-        if type(obj.message) == "table" then
-            self:merge_anthropic(obj.message.usage)
-        end
-    elseif t == "message_delta" then
-        self:merge_anthropic(obj.usage)
-    elseif t == "response.completed" or t == "response.incomplete" or t == "response.failed" then
-        if type(obj.response) == "table" and type(obj.response.usage) == "table" then
-            self.openai = obj.response.usage
-        end
-    elseif type(obj.usage) == "table" then -- OpenAI include_usage chunk ("usage":null elsewhere)
-        self.openai = obj.usage
-    end
-    if not self.first and has_content(obj) then
-        self.first = true
-        return true
-    end
-    return false
-end
-
 function Stream:dispatch(data)
-    self.events = self.events + 1
-    if data == "[DONE]" then
-        return false
-    end
-    -- Once the first token is known, only events that mention usage need decoding.
-    if self.first and not find(data, '"usage"', 1, true) then
-        return false
+    -- Only events that mention usage are decoded ("usage" and "usageMetadata").
+    if not find(data, '"usage', 1, true) then
+        return
     end
     local obj = decode(data)
     if type(obj) == "table" then
-        return self:handle(obj)
+        return collect(self.raw, obj)
     end
     -- Not one JSON document: tolerate payloads split over several data: lines.
-    local first = false
-    if find(data, "\n", 1, true) then
-        for line in string.gmatch(data, "[^\n]+") do
-            obj = decode(line)
-            if type(obj) == "table" and self:handle(obj) then
-                first = true
-            end
-        end
+    for line in string.gmatch(data, "[^\n]+") do
+        collect(self.raw, decode(line))
     end
-    return first
 end
 
--- One line (without its terminator). Returns true when it completed the first content event.
+-- One line, without its terminator.
 function Stream:line(line)
     if line == "" then
         local data = self.data
-        self.event, self.data = nil, nil
+        self.data = nil
         if data then
-            return self:dispatch(concat(data, "\n"))
+            self:dispatch(concat(data, "\n"))
         end
-        return false
+        return
     end
-    local c = byte(line, 1)
-    if c == 58 then -- ':' comment / keep-alive
-        return false
+    if sub(line, 1, 5) ~= "data:" then -- event:, id:, comments: nothing to read
+        return
     end
-    local colon = find(line, ":", 1, true)
-    local name, value
-    if colon then
-        name = sub(line, 1, colon - 1)
-        value = sub(line, colon + 1)
-        if byte(value, 1) == 32 then
-            value = sub(value, 2)
-        end
+    local value = sub(line, 6)
+    if byte(value, 1) == 32 then
+        value = sub(value, 2)
+    end
+    local d = self.data
+    if d then
+        d[#d + 1] = value
     else
-        name, value = line, ""
+        self.data = { value }
     end
-    if name == "data" then
-        local d = self.data
-        if d then
-            d[#d + 1] = value
-        else
-            self.data = { value }
-        end
-    elseif name == "event" then
-        self.event = value
-    end
-    return false
 end
 
---- Feeds the next chunk of the body. Returns true when it carried the first content token.
+--- Feeds the next chunk of the body.
 function Stream:feed(chunk)
     if type(chunk) ~= "string" or chunk == "" then
-        return false
+        return
     end
-    local first = false
     local pos = 1
     if self.skipping then
         local nl = find(chunk, "\n", 1, true)
         if not nl then
-            return false
+            return
         end
         self.skipping = false
         pos = nl + 1
@@ -364,9 +265,7 @@ function Stream:feed(chunk)
         if stop >= pos and byte(buf, stop) == 13 then -- CRLF
             stop = stop - 1
         end
-        if self:line(sub(buf, pos, stop)) then
-            first = true
-        end
+        self:line(sub(buf, pos, stop))
         pos = nl + 1
     end
     local rest = sub(buf, pos)
@@ -375,37 +274,25 @@ function Stream:feed(chunk)
         self.skipping = true
     end
     self.buf = rest
-    return first
 end
 
---- End of the body: a last line or event without its terminator is still processed.
--- Returns true when that completed the first content event.
+--- End of the body: a last line or event without its terminator is still read.
 function Stream:finish()
-    local first = false
     if self.buf ~= "" and not self.skipping then
         local rest = self.buf
         if byte(rest, -1) == 13 then
             rest = sub(rest, 1, -2)
         end
-        first = self:line(rest)
+        self:line(rest)
     end
     self.buf = ""
     self.skipping = false
-    if self:line("") then
-        first = true
-    end
-    return first
+    self:line("")
 end
 
---- The usage reported by the stream so far (normalized), or nil.
-function Stream:result()
-    if self.anthropic then
-        return _M.normalize(self.anthropic)
-    end
-    if self.openai then
-        return _M.normalize(self.openai)
-    end
-    return nil
+--- The total reported so far, or nil.
+function Stream:total()
+    return total(self.raw)
 end
 
 return _M
