@@ -831,9 +831,9 @@ def test_include_usage_is_spliced_into_the_request(parser_port, body, want):
 
 
 def test_aborted_stream_still_reports_the_input_tokens(gateway):
-    """A client that goes away mid-stream: the body filter never sees the end, so the gateway
-    reports what the provider had said (Anthropic's message_start: the input tokens) from
-    log_by_lua. The provider bills those tokens, so they must count."""
+    """A client that goes away mid-stream: the module counts what the provider had said until
+    then (Anthropic's message_start: the input tokens). The provider bills those tokens, so they
+    must count."""
     import socket
     n = gateway
     method, path, headers, body = make_request(
@@ -855,7 +855,7 @@ def test_aborted_stream_still_reports_the_input_tokens(gateway):
         assert m.total("http_requests_total", namespace="abort") == 1
         assert m.get1("model_time_to_first_token_seconds_count", **lab) == 1
         assert m.get1("model_tokens_input_total", **lab) == 1000, \
-            "input tokens of an aborted stream were not recorded (add_tokens from log_by_lua)"
+            "input tokens of an aborted stream were not recorded"
 
     settled(n, check)
 
