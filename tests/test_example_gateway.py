@@ -41,7 +41,7 @@ DEMO_KEYS = {"wechat": "sk-demo-wechat", "support": "sk-demo-support", "free-tie
 # Namespaces the tests add to the demo's key map (key sk-test-NS), so that each test has figures
 # of its own.
 TEST_NAMESPACES = ["tok-a", "tok-b", "tok-c", "ttft", "quiet", "quiet-err", "quiet-end", "abort",
-                   "ep", "sec", "browser", "sdk", "cache"]
+                   "ep", "sec", "browser", "sdk", "cache", "inc"]
 # The endpoint label's values (map $uri $gateway_endpoint).
 ENDPOINTS = {"/v1/chat/completions", "/v1/messages", "/v1/responses", "/v1/embeddings",
              "/v1/models", "other"}
@@ -858,6 +858,48 @@ def test_aborted_stream_still_reports_the_input_tokens(gateway):
             "input tokens of an aborted stream were not recorded"
 
     settled(n, check)
+
+
+def test_stream_without_include_usage_and_gemini_are_counted_and_charged(gateway):
+    """A chat stream whose stream_options lacks include_usage gets it from the gateway (its other
+    keys kept): the client sees the usage chunk, the module counts the tokens, the budget is
+    charged them; the same for Gemini (x-goog-api-key, the model from modelVersion)."""
+    n = gateway
+    h = {**auth("inc"), "Content-Type": "application/json"}
+    window = time.time() // 60
+    body = {"model": "gpt-4o-mini", "stream": True, "messages": [],
+            "stream_options": {"include_obfuscation": False}}
+    s, b, _ = n.get("/v1/chat/completions", {**h, **mock_usage(300, 40, 100, 8, chunks=2)}, "POST",
+                    json.dumps(body).encode())
+    events = [l[6:] for l in b.decode().split("\n") if l.startswith("data: ")]
+    assert s == 200 and events[-1] == "[DONE]"
+    last = json.loads(events[-2])
+    assert last["choices"] == [] and last["usage"]["prompt_tokens"] == 300
+    s, b, _ = n.get("/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse",
+                    {"x-goog-api-key": key("inc"), **mock_usage(90, 30, 0, 10, chunks=2)}, "POST",
+                    json.dumps({"contents": [{"parts": [{"text": "hi"}]}]}).encode())
+    assert s == 200 and b.count(b"usageMetadata") == 2
+    def check(m):
+        mini, gem = dict(model="gpt-4o-mini", namespace="inc"), dict(model="gemini-2.5-flash",
+                                                                      namespace="inc")
+        assert m.get1("model_tokens_input_total", **mini) == 300
+        assert m.get1("model_tokens_output_total", **mini) == 40
+        assert m.get1("model_tokens_input_total", **gem) == 90
+        assert m.get1("model_tokens_output_total", **gem) == 30
+        want = {"input": 390, "output": 70, "cached_input": 100, "reasoning": 18}
+        for t, v in want.items():
+            assert m.get1("namespace_tokens_total", namespace="inc", token_type=t) == v, t
+        assert m.get1("model_time_to_first_token_seconds_count", **mini) == 1
+        assert m.get1("model_time_to_first_token_seconds_count", **gem) == 1
+        assert m.total("http_requests_total", namespace="inc",
+                       endpoint="/v1beta/models/*:streamGenerateContent") == 1
+
+    # (recorded: the budget was charged before, in log_by_lua)
+    settled(n, check)
+    s, _, headers = n.get("/v1/chat/completions", {**h, "X-Mock-Usage": "none"}, "POST",
+                          json.dumps({"model": "gpt-4o-mini", "messages": []}).encode())
+    if time.time() // 60 == window:  # (the budget is per wall-clock minute)
+        assert int(headers["X-Gateway-Token-Budget-Remaining"]) == 1000000 - (340 + 120)
 
 
 # ---- the endpoint label -----------------------------------------------------------------------
