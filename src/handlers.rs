@@ -151,6 +151,9 @@ pub unsafe extern "C" fn init_process(_cycle: *mut ngx_cycle_t) -> ngx_int_t {
     if let Some(lane) = lane {
         recording::set_worker_lane(lane);
     }
+    if let Some(mc) = mc {
+        recording::size_cache(mc.max_series);
+    }
     NGX_OK as ngx_int_t
 }
 

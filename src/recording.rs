@@ -14,8 +14,22 @@ use nginx_sys::*;
 
 use crate::request::{self, AutoStatus, Finished, Limit, ReqCtx, Target, UpstreamCache};
 
-/// Entries of the per-worker series cache (about 150 bytes each).
+/// Entries of the per-worker series cache at first (about 250 bytes each); it doubles as it fills,
+/// up to [`cache_limit`].
 const CACHE_SLOTS: usize = 1024;
+
+/// The most entries the worker's cache grows to: four per series the zone may hold (a request
+/// updates up to six families), at most 64 Ki entries (16 MiB).
+pub fn cache_limit(max_series: u64) -> usize {
+    (max_series.saturating_mul(4)).clamp(CACHE_SLOTS as u64, 1 << 16) as usize
+}
+
+/// Sizes this worker's cache for the zone (from `init_process`, before any request).
+pub fn size_cache(max_series: u64) {
+    if let Ok(mut c) = CACHE.0.try_borrow_mut() {
+        c.grow_up_to(cache_limit(max_series));
+    }
+}
 
 /// The worker's cache of series it recorded before (see `gateway_metrics_core::cache`). A plain
 /// static, not a `thread_local!` (whose access from a dynamically loaded library costs a TLS

@@ -57,17 +57,44 @@ struct Entry<'a> {
     values: &'a [AtomicU64],
 }
 
-/// A direct-mapped cache of `slots` entries (a power of two), allocated on first insert.
+/// Entries per set: a key may live in any way of its set, so that a few keys whose hashes share
+/// a set do not evict each other (a direct-mapped table loses its hit rate to such conflicts,
+/// whose pattern also depends on addresses used as identities, hence on luck).
+pub const WAYS: usize = 4;
+
+/// A set-associative cache of `slots` entries (a power of two, [`WAYS`] per set), allocated on
+/// first insert, that doubles (up to `max_slots`) while it holds more than half as many keys
+/// as it has entries: small where few series are active, as large as needed where many are.
 pub struct SeriesCache<'a> {
+    /// The entries' tags, side by side (0: empty): a set's ways are checked in one cache line
+    /// before any entry is read.
+    tags: Vec<u64>,
     entries: Vec<Option<Entry<'a>>>,
     slots: usize,
+    max_slots: usize,
+    /// Entries in use.
+    used: usize,
+    /// The way to replace next in a full set (round robin over the whole cache: cheap, and no
+    /// key stays out for long).
+    victim: usize,
 }
 
-const K: u64 = 0x9E37_79B9_7F4A_7C15;
+const K1: u64 = 0x9E37_79B9_7F4A_7C15;
+const K2: u64 = 0xC2B2_AE3D_27D4_EB4F;
 
+/// One word into the running hash (a multiply carries each bit of `w` to the bits above it;
+/// [`finish`] brings the high bits down).
 #[inline(always)]
 fn mix(h: u64, w: u64) -> u64 {
-    (h ^ w).wrapping_mul(K).rotate_left(27)
+    (h ^ w).wrapping_mul(K1)
+}
+
+/// The final avalanche: every input bit reaches every bit of the tag, so the set index (its low
+/// bits) depends on every byte of the key, whatever the names look like.
+#[inline(always)]
+fn finish(h: u64) -> u64 {
+    let x = (h ^ (h >> 32)).wrapping_mul(K2);
+    x ^ (x >> 29)
 }
 
 #[inline(always)]
@@ -91,28 +118,49 @@ fn middle(b: &[u8]) -> &[u8] {
 }
 
 impl<'a> SeriesCache<'a> {
-    /// An empty cache of `slots` entries (rounded up to a power of two, at least 1).
+    /// An empty cache of `slots` entries (rounded up to a power of two, at least [`WAYS`]).
     pub const fn new(slots: usize) -> Self {
+        let slots = if slots < WAYS { WAYS } else { slots }.next_power_of_two();
         SeriesCache {
+            tags: Vec::new(),
             entries: Vec::new(),
-            slots: slots.next_power_of_two(),
+            slots,
+            max_slots: slots,
+            used: 0,
+            victim: 0,
         }
+    }
+
+    /// Lets the cache grow up to `max_slots` entries (rounded up to a power of two) as it fills.
+    pub fn grow_up_to(&mut self, max_slots: usize) {
+        self.max_slots = max_slots.next_power_of_two().max(self.slots);
+    }
+
+    /// Entries the cache holds (its size).
+    pub fn slots(&self) -> usize {
+        self.slots
     }
 
     #[inline(always)]
     fn tag(kind: u64, ks: &[Word3]) -> u64 {
         let mut h = mix(0x51ed_2701, kind);
         for k in ks {
-            h = mix(h, k[0] ^ k[1] ^ k[2].rotate_left(31));
+            h = mix(mix(mix(h, k[0]), k[1]), k[2]);
         }
-        h ^ (h >> 29)
+        finish(h) | 1
+    }
+
+    /// The first entry of the set of `tag`.
+    #[inline(always)]
+    fn set_of(&self, tag: u64) -> usize {
+        (tag as usize).wrapping_mul(WAYS) & (self.slots - 1)
     }
 
     /// The value words cached for this kind (`SeriesKind::bits`) and these labels. Generic over
     /// the number of labels so that each call site gets straight-line code.
     #[inline(always)]
     pub fn get<const N: usize>(&self, kind: u64, labels: &[Label; N]) -> Option<&'a [AtomicU64]> {
-        if N > MAX_VALUES || self.entries.is_empty() {
+        if N > MAX_VALUES {
             return None;
         }
         let mut ks = [[0u64; 3]; N];
@@ -140,7 +188,7 @@ impl<'a> SeriesCache<'a> {
         ks: &[Word3; N],
         long: &[u8],
     ) -> Option<&'a [AtomicU64]> {
-        if N > MAX_VALUES || self.entries.is_empty() {
+        if N > MAX_VALUES {
             return None;
         }
         let e = self.entry(kind, true, ks)?;
@@ -159,12 +207,21 @@ impl<'a> SeriesCache<'a> {
         ks: &[Word3; N],
     ) -> Option<&Entry<'a>> {
         let tag = Self::tag(kind, ks);
-        let e = self.entries[tag as usize & (self.slots - 1)].as_ref()?;
-        let mut same = e.tag == tag && e.kind == kind && e.n == N && e.packed == packed;
-        for (a, b) in e.k.iter().zip(ks) {
-            same &= a == b;
+        let set = self.set_of(tag);
+        let tags: &[u64; WAYS] = self.tags.get(set..set + WAYS)?.try_into().ok()?;
+        for (way, _) in tags.iter().enumerate().filter(|(_, &t)| t == tag) {
+            let Some(e) = &self.entries[set + way] else {
+                continue;
+            };
+            let mut same = e.kind == kind && e.n == N && e.packed == packed;
+            for (a, b) in e.k.iter().zip(ks) {
+                same &= a == b;
+            }
+            if same {
+                return Some(e);
+            }
         }
-        same.then_some(e)
+        None
     }
 
     /// Remembers where the series of these labels is. Keys whose long byte values do not fit
@@ -217,10 +274,49 @@ impl<'a> SeriesCache<'a> {
             at += m.len();
         }
         if self.entries.is_empty() {
+            self.tags = vec![0; self.slots];
             self.entries = (0..self.slots).map(|_| None).collect();
+        } else if self.slots < self.max_slots
+            && (self.used * 2 > self.slots || self.set_is_full(e.tag))
+        {
+            // Rather than evict, make room while the cache may still grow.
+            self.grow();
         }
-        let slot = e.tag as usize & (self.slots - 1);
-        self.entries[slot] = Some(e);
+        self.place(e);
+    }
+
+    fn set_is_full(&self, tag: u64) -> bool {
+        let set = self.set_of(tag);
+        self.tags[set..set + WAYS].iter().all(|&t| t != 0)
+    }
+
+    /// Doubles the table and puts every entry in its new set.
+    #[cold]
+    fn grow(&mut self) {
+        let old = std::mem::take(&mut self.entries);
+        self.slots *= 2;
+        self.tags = vec![0; self.slots];
+        self.entries = (0..self.slots).map(|_| None).collect();
+        self.used = 0;
+        for e in old.into_iter().flatten() {
+            self.place(e);
+        }
+    }
+
+    fn place(&mut self, e: Entry<'a>) {
+        let set = self.set_of(e.tag);
+        let way = match self.tags[set..set + WAYS].iter().position(|&t| t == 0) {
+            Some(free) => {
+                self.used += 1;
+                free
+            }
+            None => {
+                self.victim = self.victim.wrapping_add(1);
+                self.victim % WAYS
+            }
+        };
+        self.tags[set + way] = e.tag;
+        self.entries[set + way] = Some(e);
     }
 }
 
@@ -243,6 +339,37 @@ pub fn bytes_words(b: &[u8]) -> Word3 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Thousands of keys that differ only in their last bytes (`ns00000`...), or that are
+    /// random, or long, all stay cached in a table twice their number: the hash spreads every
+    /// byte, and the ways absorb the sets that get more than their share.
+    #[test]
+    fn thousands_of_similar_keys_all_stay_cached() {
+        let values = words(1);
+        for make in [
+            (|i: usize| format!("ns{i:05}")) as fn(usize) -> String,
+            |i| format!("tenant-{i}"),
+            |i| format!("{:010x}", (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 24),
+            |i| format!("a-rather-long-tenant-name-of-forty-{i:05}"),
+        ] {
+            let n = 5000;
+            let mut c = SeriesCache::new(64);
+            c.grow_up_to(4 * n);
+            let keys: Vec<String> = (0..n).map(make).collect();
+            for k in &keys {
+                let ks = [[7 << 32 | 200, 0x1000, 1], bytes_words(k.as_bytes())];
+                c.insert_packed(1, &ks, k.as_bytes(), &values);
+            }
+            let hits = keys
+                .iter()
+                .filter(|k| {
+                    let ks = [[7 << 32 | 200, 0x1000, 1], bytes_words(k.as_bytes())];
+                    c.get_packed(1, &ks, k.as_bytes()).is_some()
+                })
+                .count();
+            assert!(hits * 100 >= n * 97, "{} of {n} keys like {:?} cached", hits, keys[0]);
+        }
+    }
 
     fn words(n: usize) -> Vec<AtomicU64> {
         (0..n).map(|_| AtomicU64::new(0)).collect()
