@@ -167,6 +167,7 @@ impl UsageReader {
                 }),
                 usage: Raw::default(),
                 ttft: false,
+                chat: false,
                 malformed: false,
                 bad_count: false,
                 finder: Finder::new(b"\"usage"),
@@ -293,6 +294,9 @@ struct Events {
     carry: Vec<u8>,
     usage: Raw,
     ttft: bool,
+    /// An OpenAI stream whose content came in Chat Completions `choices`: its usage is the
+    /// top-level `usage` only.
+    chat: bool,
     malformed: bool,
     bad_count: bool,
     /// Finds `"usage` (and `"usageMetadata`) keys, built once.
@@ -334,6 +338,17 @@ impl Events {
 
     /// Reads a whole event's data (or a JSON body's end when the scanner already has it all).
     fn payload(&mut self, p: &[u8]) -> bool {
+        if self.settled() {
+            // Events that carry no usage by their name, and Chat chunks ending in
+            // `"usage":null}`, are not looked at further.
+            if self.name.is_empty() {
+                if self.chat && null_usage_tail(p) {
+                    return false;
+                }
+            } else if no_usage_event(self.name.get(), self.dialect) {
+                return false;
+            }
+        }
         let t = p.trim_ascii();
         if t.is_empty() || t == b"[DONE]" {
             return false;
@@ -412,7 +427,6 @@ impl Events {
     fn payload_end(&mut self, _p: &[u8]) -> bool {
         let f = &self.scan.facts;
         self.malformed |= f.error;
-        self.bad_count |= f.bad_count;
         let kind = if self.name.is_empty() {
             f.kind.get()
         } else {
@@ -425,17 +439,75 @@ impl Events {
                 self.scan.allow = self.dialect;
             }
         }
-        self.usage.merge(&f.usage);
+        // An event that by its name carries no usage: whatever it has is not read (see
+        // `no_usage_event`), also before the stream is settled.
+        if self.name.is_empty() || !no_usage_event(self.name.get(), self.dialect) {
+            self.bad_count |= f.bad_count;
+            self.usage.merge(&f.usage);
+        }
         let allow = self.scan.allow;
         let content = f.content & allow != 0
             || (allow & OPENAI != 0 && f.delta && kind.ends_with(b".delta"))
             || (allow & ANTHROPIC != 0 && kind == b"content_block_delta");
+        if f.content & OPENAI != 0 && allow == OPENAI {
+            self.chat = true;
+        }
         if content && self.stream && !self.ttft {
             self.ttft = true;
             return true;
         }
         false
     }
+}
+
+/// Whether an event of this `event:` name carries no usage in `dialect`'s protocol: Anthropic
+/// `content_block_*`, `ping` and `message_stop` (usage comes in `message_start` and
+/// `message_delta`), OpenAI Responses `response.<a>.<b>…` (items, parts, deltas: usage comes in
+/// the `response` of `response.<state>` events). A usage object in such an event is never read,
+/// so a settled stream skips its data unread.
+fn no_usage_event(name: &[u8], dialect: Dialects) -> bool {
+    match dialect {
+        ANTHROPIC => {
+            name.starts_with(b"content_block_") || name == b"ping" || name == b"message_stop"
+        }
+        OPENAI => name
+            .strip_prefix(b"response.")
+            .is_some_and(|rest| memchr::memchr(b'.', rest).is_some()),
+        _ => false,
+    }
+}
+
+#[inline]
+fn is_ws(c: u8) -> bool {
+    matches!(c, b' ' | b'\n' | b'\r' | b'\t')
+}
+
+/// Whether `p` ends with a `"usage": null` member closing its object: `"usage"`, after `{` or
+/// `,`, then `:`, `null` and `}` (whitespace allowed between them and at the end), and nothing
+/// after. The quote before `usage` is not escaped (it follows `{` or `,`), so it opens a key,
+/// and the `}` that ends the payload closes the top-level object: the payload's top-level
+/// `usage` is null. Providers send each key once per object, so a Chat chunk ending so has no
+/// usage (the one assumption; a payload that is not valid JSON is not checked in a settled
+/// stream anyway).
+#[inline]
+fn null_usage_tail(p: &[u8]) -> bool {
+    let mut e = p.len();
+    let back = |e: &mut usize, lit: &[u8]| {
+        while *e > 0 && is_ws(p[*e - 1]) {
+            *e -= 1;
+        }
+        if p[..*e].ends_with(lit) {
+            *e -= lit.len();
+            true
+        } else {
+            false
+        }
+    };
+    back(&mut e, b"}")
+        && back(&mut e, b"null")
+        && back(&mut e, b":")
+        && back(&mut e, b"\"usage\"")
+        && (back(&mut e, b",") || back(&mut e, b"{"))
 }
 
 impl sse::Sink for Events {
