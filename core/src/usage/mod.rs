@@ -167,6 +167,7 @@ impl UsageReader {
                 }),
                 usage: Raw::default(),
                 ttft: false,
+                settled: false,
                 chat: false,
                 malformed: false,
                 bad_count: false,
@@ -185,6 +186,7 @@ impl UsageReader {
         self.framed(buf)
     }
 
+    #[inline]
     fn framed(&mut self, buf: &[u8]) -> bool {
         match self.body {
             Body::EventStream => self.framer.feed(buf, &mut self.events),
@@ -196,6 +198,8 @@ impl UsageReader {
     }
 
     /// Drops a UTF-8 byte order mark at the start of the body, also one split across buffers.
+    #[cold]
+    #[inline(never)]
     fn skip_bom<'b>(&mut self, buf: &'b [u8]) -> &'b [u8] {
         let mut i = 0;
         while i < buf.len() && usize::from(self.bom) < BOM.len() {
@@ -294,6 +298,9 @@ struct Events {
     carry: Vec<u8>,
     usage: Raw,
     ttft: bool,
+    /// Nothing but usage can change what this body reported: first content seen, provider and
+    /// model known (kept by `payload_end`).
+    settled: bool,
     /// An OpenAI stream whose content came in Chat Completions `choices`: its usage is the
     /// top-level `usage` only.
     chat: bool,
@@ -305,8 +312,9 @@ struct Events {
 
 impl Events {
     /// Whether nothing but usage can change what this body reported.
+    #[inline]
     fn settled(&self) -> bool {
-        self.ttft && self.dialect != 0 && self.scan.model.known()
+        self.settled
     }
 
     /// Appends bytes that are not (or no longer) in the current buffer; `InBuf` data must have
@@ -328,8 +336,17 @@ impl Events {
     }
 
     /// The data in the current buffer moves to `carry` (or the scanner, if too large).
+    #[inline]
     fn spill(&mut self, buf: &[u8]) {
         if let Pending::InBuf(a, b) = self.pending {
+            self.spill_range(buf, a, b);
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn spill_range(&mut self, buf: &[u8], a: usize, b: usize) {
+        {
             self.pending = Pending::Carry;
             self.len -= b - a;
             self.push(&buf[a..b]);
@@ -452,11 +469,10 @@ impl Events {
         if f.content & OPENAI != 0 && allow == OPENAI {
             self.chat = true;
         }
-        if content && self.stream && !self.ttft {
-            self.ttft = true;
-            return true;
-        }
-        false
+        let first = content && self.stream && !self.ttft;
+        self.ttft |= first;
+        self.settled = self.ttft && self.dialect != 0 && self.scan.model.known();
+        first
     }
 }
 
@@ -491,6 +507,22 @@ fn is_ws(c: u8) -> bool {
 /// stream anyway).
 #[inline]
 fn null_usage_tail(p: &[u8]) -> bool {
+    // The common form (`,"usage":null}` ending the payload), compared as two words; any
+    // other goes the byte way.
+    const KEY: u64 = u64::from_le_bytes(*b"\0\"usage\"");
+    const NULL: u64 = u64::from_le_bytes(*b"e\":null}");
+    let n = p.len();
+    if n >= 14 {
+        let word = |at: usize| {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(&p[at..at + 8]);
+            u64::from_le_bytes(w)
+        };
+        if word(n - 8) == NULL && word(n - 14) & !0xFF == KEY && matches!(p[n - 14], b',' | b'{')
+        {
+            return true;
+        }
+    }
     let mut e = p.len();
     let back = |e: &mut usize, lit: &[u8]| {
         while *e > 0 && is_ws(p[*e - 1]) {
@@ -585,6 +617,17 @@ impl sse::Sink for Events {
     #[inline]
     fn idle(&self) -> bool {
         !self.has_data
+    }
+
+    #[inline]
+    fn whole_named(&mut self, buf: &[u8], name: &[u8], start: usize, end: usize) -> bool {
+        // Once settled, an event that by its name carries no usage is not looked at.
+        if self.settled() && no_usage_event(name, self.dialect) {
+            return false;
+        }
+        self.name.clear();
+        self.name.push(name);
+        self.whole(buf, start, end)
     }
 
     fn whole(&mut self, buf: &[u8], start: usize, end: usize) -> bool {
