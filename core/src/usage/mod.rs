@@ -346,11 +346,9 @@ impl Events {
     #[cold]
     #[inline(never)]
     fn spill_range(&mut self, buf: &[u8], a: usize, b: usize) {
-        {
-            self.pending = Pending::Carry;
-            self.len -= b - a;
-            self.push(&buf[a..b]);
-        }
+        self.pending = Pending::Carry;
+        self.len -= b - a;
+        self.push(&buf[a..b]);
     }
 
     /// Reads a whole event's data (or a JSON body's end when the scanner already has it all).
@@ -518,8 +516,7 @@ fn null_usage_tail(p: &[u8]) -> bool {
             w.copy_from_slice(&p[at..at + 8]);
             u64::from_le_bytes(w)
         };
-        if word(n - 8) == NULL && word(n - 14) & !0xFF == KEY && matches!(p[n - 14], b',' | b'{')
-        {
+        if word(n - 8) == NULL && word(n - 14) & !0xFF == KEY && matches!(p[n - 14], b',' | b'{') {
             return true;
         }
     }
@@ -649,8 +646,10 @@ mod tests {
     /// Collects the data of every event.
     #[derive(Default)]
     struct Payloads {
-        all: Vec<Vec<u8>>,
+        /// Each event's `event:` name and data.
+        all: Vec<(Vec<u8>, Vec<u8>)>,
         cur: Vec<u8>,
+        name: Vec<u8>,
         lines: usize,
     }
 
@@ -664,12 +663,18 @@ mod tests {
             }
             self.cur.extend_from_slice(&buf[start..end]);
         }
-        fn event_start(&mut self) {}
-        fn event(&mut self, _: &[u8]) {}
+        fn event_start(&mut self) {
+            self.name.clear();
+        }
+        fn event(&mut self, piece: &[u8]) {
+            self.name.extend_from_slice(piece);
+        }
         fn dispatch(&mut self, _: &[u8]) -> bool {
             if self.lines > 0 {
-                self.all.push(std::mem::take(&mut self.cur));
+                let name = self.name.clone();
+                self.all.push((name, std::mem::take(&mut self.cur)));
             }
+            self.name.clear();
             self.lines = 0;
             false
         }
@@ -684,8 +689,8 @@ mod tests {
         }
     }
 
-    /// Every SSE payload of the corpus, and every JSON body whole.
-    fn corpus_payloads() -> Vec<(String, Vec<u8>)> {
+    /// Every SSE event of the corpus (name and data), and every JSON body whole (no name).
+    fn corpus_payloads() -> Vec<(String, Vec<u8>, Vec<u8>)> {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/usage_corpus");
         let mut out = Vec::new();
         let mut names: Vec<_> = std::fs::read_dir(&dir)
@@ -702,10 +707,10 @@ mod tests {
             let mut sink = Payloads::default();
             framer.feed(&body, &mut sink);
             framer.finish(&mut sink);
-            for p in sink.all {
-                out.push((name.clone(), p));
+            for (event, p) in sink.all {
+                out.push((name.clone(), event, p));
             }
-            out.push((name, body));
+            out.push((name, Vec::new(), body));
         }
         out
     }
@@ -715,8 +720,8 @@ mod tests {
     /// finds no usage, and when it reads from the key on it reads what the full scan reads.
     #[test]
     fn fast_path_reads_what_the_full_scan_reads() {
-        let mut fast_reads = 0;
-        for (file, p) in corpus_payloads() {
+        let (mut fast_reads, mut gated, mut null_tails) = (0, 0, 0);
+        for (file, event, p) in corpus_payloads() {
             for format in [
                 Format::Auto,
                 Format::OpenAi,
@@ -735,6 +740,18 @@ mod tests {
                 let mut fast = UsageReader::new(format, Body::EventStream).events;
                 fast.scan.begin();
                 let what = format!("{file}: {:?} {format:?}", String::from_utf8_lossy(&p));
+                // The name gate drops nothing the full scan reads.
+                for dialect in [OPENAI, ANTHROPIC, GEMINI] {
+                    if no_usage_event(&event, dialect) {
+                        gated += 1;
+                        assert!(!usage.any() && !bad, "{what}: gated event has usage");
+                    }
+                }
+                // A payload ending in a null top-level usage has none the full scan reads.
+                if null_usage_tail(&p) {
+                    null_tails += 1;
+                    assert!(!usage.any() && !bad, "{what}: null tail but usage");
+                }
                 match fast.usage_only(&p) {
                     None => {
                         assert!(!usage.any() && !bad, "{what}: usage missed");
@@ -752,5 +769,128 @@ mod tests {
             }
         }
         assert!(fast_reads > 20, "the fast path read {fast_reads} payloads");
+        assert!(
+            gated > 20 && null_tails > 20,
+            "{gated} gated, {null_tails} null tails"
+        );
+    }
+
+    /// Reads a stream in the given pieces; returns the outcome and the model.
+    fn read(format: Format, body: &[u8], size: usize) -> (Outcome, Option<Vec<u8>>) {
+        let mut r = UsageReader::new(format, Body::EventStream);
+        for piece in body.chunks(size.max(1)) {
+            r.feed(piece);
+        }
+        let out = r.finish(true);
+        (out, r.model().map(<[u8]>::to_vec))
+    }
+
+    fn chat(rest: &str) -> String {
+        format!("data: {{\"model\":\"m\",\"choices\":[{{\"delta\":{{\"content\":\"hi\"}}}}]{rest}}}\n\n")
+    }
+
+    fn tokens(input: u64, output: u64) -> Outcome {
+        Outcome::Usage(Tokens {
+            input,
+            output,
+            ..Tokens::default()
+        })
+    }
+
+    #[test]
+    fn null_usage_tail_only_where_it_is_a_key() {
+        for (p, want) in [
+            (&br#"{"a":1,"usage":null}"#[..], true),
+            (br#"{"usage":null}"#, true),
+            (b"{\"a\":1 ,\n \"usage\" : null \r\n} \t", true),
+            (br#"{"a":"x\",\"usage\":null}"#, false),
+            (br#"{"a":"x\","usage":null}"#, true),
+            (br#"{"a":"x","usage":null,"b":1}"#, false),
+            (br#"{"a":{"usage":null}}"#, false),
+            (br#"{"a":"usage":null}"#, false),
+            (br#""usage":null}"#, false),
+            (br#"{"usage":nul}"#, false),
+            (br#"{"xusage":null}"#, false),
+        ] {
+            assert_eq!(null_usage_tail(p), want, "{}", String::from_utf8_lossy(p));
+        }
+    }
+
+    #[test]
+    fn settled_chat_chunks_with_usage_in_strings() {
+        // Settled (content, model), then chunks whose text quotes usage JSON, one of them
+        // ending like a null usage inside a string; the real usage comes last.
+        let mut body = chat(r#","usage":null"#);
+        body += &chat(r#","note":"tail ,"usage":null}","usage":null"#);
+        body += "data: {\"choices\":[{\"delta\":{\"content\":\"say ,\\\"usage\\\":null}\"}}]}\n\n";
+        body +=
+            "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":4}}\n\n";
+        body += &chat(r#","usage" : null "#);
+        for size in [body.len(), 1, 7, 64] {
+            let (out, model) = read(Format::Auto, body.as_bytes(), size);
+            assert_eq!(out, tokens(3, 4), "pieces of {size}");
+            assert_eq!(model.as_deref(), Some(&b"m"[..]));
+        }
+        // A usage object followed by a null `usage` inside a nested object still counts.
+        let body = chat(r#","usage":{"prompt_tokens":5,"completion_tokens":6},"x":{"usage":null}"#);
+        let body = chat("") + &body;
+        assert_eq!(read(Format::OpenAi, body.as_bytes(), 1000).0, tokens(5, 6));
+    }
+
+    #[test]
+    fn event_names_gate_only_what_cannot_carry_usage() {
+        let start = "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"model\":\"claude\",\"usage\":{\"input_tokens\":10,\"output_tokens\":1}}}\n\n";
+        let delta = "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"delta\":{\"type\":\"text_delta\",\"text\":\"hi\"}}\n\n";
+        // A usage object in an event whose name carries none is never read, settled or not.
+        let odd = "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"usage\":{\"output_tokens\":99}}\n\n";
+        // The name changes mid-event: the last `event:` line is the name.
+        let renamed = "event: content_block_delta\nevent: message_delta\ndata: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":7}}\n\n";
+        // No name: the default `message` is not gated.
+        let unnamed = "data: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":8}}\n\n";
+        let anth = |input, output| {
+            Outcome::Usage(Tokens {
+                input,
+                output,
+                ..Tokens::default()
+            })
+        };
+        for size in [10_000, 1, 5, 33] {
+            let body = [start, odd, delta, odd, renamed].concat();
+            assert_eq!(read(Format::Auto, body.as_bytes(), size).0, anth(10, 7));
+            let body = [start, delta, renamed, unnamed, odd].concat();
+            assert_eq!(read(Format::Auto, body.as_bytes(), size).0, anth(10, 8));
+            let body = [start, delta, "event: content_block_delta\r\nevent: message_delta\r\ndata: {\"usage\":{\"output_tokens\":3}}\r\n\r\n"].concat();
+            assert_eq!(
+                read(Format::Anthropic, body.as_bytes(), size).0,
+                anth(10, 3)
+            );
+        }
+        // Responses: `response.<a>.<b>` events are gated, `response.<state>` ones are not.
+        assert!(no_usage_event(b"response.output_text.delta", OPENAI));
+        assert!(no_usage_event(b"response.output_item.done", OPENAI));
+        assert!(!no_usage_event(b"response.completed", OPENAI));
+        assert!(!no_usage_event(b"response.failed", OPENAI));
+        assert!(!no_usage_event(b"content_block_delta", OPENAI));
+        assert!(!no_usage_event(b"response.output_text.delta", ANTHROPIC));
+        assert!(!no_usage_event(b"message_delta", ANTHROPIC));
+        assert!(!no_usage_event(b"message", ANTHROPIC));
+    }
+
+    #[test]
+    fn lone_cr_lines_are_framed_by_the_spec() {
+        // A stream that shows `\n` ends first and a lone `\r` later: the `\r` ends lines,
+        // here the data line and then the event (`\r\r`), so the usage is its own event.
+        let mut body = chat(r#","usage":null"#);
+        body += &chat(r#","usage":null"#);
+        body += "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":2}}\r\rdata: {\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":4}}\n\n";
+        body += "event: x\rdata: {\"choices\":[],\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":6}}\r\r";
+        for size in [body.len(), 1, 3, 100] {
+            assert_eq!(read(Format::Auto, body.as_bytes(), size).0, tokens(5, 6));
+        }
+        let body = body.replace(
+            "\"completion_tokens\":6}}\r\r",
+            "\"completion_tokens\":6}}\r\n\r\ndata: {\"usage\":null\r}\n\n",
+        );
+        assert_eq!(read(Format::Auto, body.as_bytes(), 10_000).0, tokens(5, 6));
     }
 }

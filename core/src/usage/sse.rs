@@ -84,10 +84,12 @@ fn name_end(buf: &[u8], a: usize) -> Option<usize> {
         Some(b'r') => HOT[1],
         _ => b"",
     };
-    if hot.len() >= 8 && rest.len() > hot.len() && words_eq(&rest[..hot.len()], hot) {
-        if matches!(rest[hot.len()], b'\n' | b'\r') {
-            return Some(a + hot.len());
-        }
+    if hot.len() >= 8
+        && rest.len() > hot.len()
+        && words_eq(&rest[..hot.len()], hot)
+        && matches!(rest[hot.len()], b'\n' | b'\r')
+    {
+        return Some(a + hot.len());
     }
     Some(a + memchr::memchr2(b'\n', b'\r', rest)?)
 }
@@ -440,6 +442,33 @@ mod tests {
         for size in [body.len(), 1, 2, 3, 5] {
             assert_eq!(frame(body, size), want, "pieces of {size}");
         }
+    }
+
+    #[test]
+    fn whole_events_frame_as_lines_do() {
+        // Whole-event steps (named, unnamed, hot names) against byte-by-byte framing, with
+        // every line end, lone `\r` inside what looks like one line, and names that change.
+        let bodies: [&[u8]; 6] = [
+            b"event: content_block_delta\ndata: {}\n\nevent: content_block_delta\r\ndata: a\r\n\r\ndata: b\n\n",
+            b"event: content_block_delta\rdata: x\r\revent: content_block_deltax\ndata: y\n\n",
+            b"event: response.output_text.delta\ndata: 1\revent: b\ndata: 2\n\ndata: 3\r\rdata: 4\n\n",
+            b"event: a\nevent: b\ndata: 5\n\nevent: c\ndata: 6\ndata: 7\n\nevent: d\ndata: 8\n\r\n",
+            b"event:content_block_delta\ndata:9\n\nevent:  r\ndata:  10\r\n\n\nevent: e\n\ndata: 11",
+            b"data: {\"usage\":null}\n\ndata: x\ry\n\ndata: z\r\n\r\nevent: content_block_delta\n",
+        ];
+        for body in bodies {
+            let want = frame(body, 1);
+            for size in [body.len(), 2, 5, 13] {
+                assert_eq!(frame(body, size), want, "{}", String::from_utf8_lossy(body));
+            }
+        }
+        assert_eq!(
+            frame(bodies[1], 100),
+            vec![
+                ev("content_block_delta", "x"),
+                ev("content_block_deltax", "y")
+            ]
+        );
     }
 
     #[test]
