@@ -31,6 +31,22 @@ pub(crate) trait Sink {
     }
 }
 
+/// The first `\n` or `\r` in `h`. On x86-64 with AVX2 the searcher is called directly (built
+/// once per process), which saves memchr's per-call dispatch (~25 instructions a line).
+#[inline(always)]
+fn line_end(h: &[u8]) -> Option<usize> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use memchr::arch::x86_64::avx2::memchr::Two;
+        use std::sync::OnceLock;
+        static AVX2: OnceLock<Option<Two>> = OnceLock::new();
+        if let Some(two) = AVX2.get_or_init(|| Two::new(b'\n', b'\r')) {
+            return two.find(h);
+        }
+    }
+    memchr::memchr2(b'\n', b'\r', h)
+}
+
 /// Hands on the whole events at `buf[i..]` (the sink being idle, at a line start): `data:` and
 /// `event:` + `data:` events ended by a blank line within `buf`. Returns where line-by-line
 /// framing goes on.
@@ -64,7 +80,7 @@ fn data_event(buf: &[u8], mut s: usize) -> Option<(usize, usize, usize)> {
     if buf.get(s) == Some(&b' ') {
         s += 1;
     }
-    let end = s + memchr::memchr2(b'\n', b'\r', buf.get(s..)?)?;
+    let end = s + line_end(buf.get(s..)?)?;
     let next = match &buf[end..] {
         [b'\n', b'\n', ..] => end + 2,
         [b'\r', b'\n', b'\r', b'\n', ..] => end + 4,
@@ -91,7 +107,7 @@ fn name_end(buf: &[u8], a: usize) -> Option<usize> {
     {
         return Some(a + hot.len());
     }
-    Some(a + memchr::memchr2(b'\n', b'\r', rest)?)
+    Some(a + line_end(rest)?)
 }
 
 /// `a == b` for slices of the same length ≥ 8, compared as (overlapping) 8-byte words.
@@ -205,7 +221,7 @@ impl Framer {
                         if buf[s] == b' ' {
                             s += 1;
                         }
-                        let end = memchr::memchr2(b'\n', b'\r', &buf[s..]).map_or(n, |j| s + j);
+                        let end = line_end(&buf[s..]).map_or(n, |j| s + j);
                         let next = match &buf[end..] {
                             [b'\n', b'\n', ..] => end + 2,
                             [b'\r', b'\n', b'\r', b'\n', ..] => end + 4,
@@ -293,7 +309,7 @@ impl Framer {
                     self.line = Line::Value(f);
                 }
                 Line::Value(f) => {
-                    let end = memchr::memchr2(b'\n', b'\r', &buf[i..]).map_or(n, |j| i + j);
+                    let end = line_end(&buf[i..]).map_or(n, |j| i + j);
                     match f {
                         Field::Data if end > i => sink.data(buf, i, end, false),
                         Field::Event => sink.event(&buf[i..end]),
