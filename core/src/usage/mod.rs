@@ -31,30 +31,47 @@
 //! input and cache counts (final from `message_start` on) stand. Parts are clamped to their
 //! whole (a `cached_tokens` above `prompt_tokens` is cut to it).
 //!
+//! An SSE event whose `event:` name says it carries no usage is never read for usage (nor for
+//! a bad count): Anthropic `content_block_*`, `ping` and `message_stop`, and OpenAI Responses
+//! `response.<a>.<b>…` events (items, parts, deltas; usage comes in `response.<state>`
+//! events). This holds only for a name actually sent (an event without `event:` line is
+//! `message`, never gated) and once the provider is known.
+//!
 //! The model is the first non-empty one met (Chat, Responses and Anthropic JSON top-level
 //! `model`, `response.model`, `message.model`, Gemini `modelVersion`), JSON-unescaped and at
 //! most [`MODEL_CAP`] bytes.
 //!
 //! # Cost
 //! SSE data payloads of up to [`CARRY_CAP`] bytes are looked at whole (in place when a buffer
-//! holds them, else gathered in the carry buffer); larger ones stream through the scanner. Once
-//! the stream is *settled* (provider known, first content seen, model known), a payload is only
-//! searched for a non-null `"usage…":` key with `memmem`; only a payload that has one is scanned,
-//! from that key on when it is a member of the top-level object (checked by the payload ending
-//! exactly with that object), else whole. Settled streams therefore do not check the JSON of
-//! payloads without usage.
+//! holds them, else gathered in the carry buffer); larger ones stream through the scanner.
 //!
-//! A `data:` line followed at once by a blank line (the common event) is framed in one step:
-//! one `memchr2` for its end, then the payload is read in place, without per-line state changes
-//! or gathering bookkeeping.
+//! Framing: an event made of one `data:` line (or one `event:` and one `data:` line) and a
+//! blank line, all in the buffer, is framed in one step: one `memchr2` (`\n`, `\r`) per line,
+//! the most frequent event names (`content_block_delta`, `response.output_text.delta`)
+//! compared as words instead. A single-byte `memchr` for `\n` alone is cheaper (~100 against
+//! ~120 instructions on a 260-byte line) but a lone `\r` inside the line would then need a
+//! second search to stay exact per the SSE spec (~240 together), so `memchr2` is kept.
+//!
+//! Once the stream is *settled* (provider known, first content seen, model known) only usage
+//! can change the result, and a payload is read as cheaply as its kind allows:
+//! - an event whose name carries no usage (see above) is skipped, its data unread;
+//! - a payload of a Chat Completions stream (no `event:` name) that ends in a top-level
+//!   `"usage":null}` (after `{` or `,`, whitespace allowed) is skipped after a few byte
+//!   compares. This assumes each key once per object, as every provider sends it: a
+//!   payload with a second, non-null top-level `usage` before would be missed;
+//! - any other payload is searched for a non-null `"usage…":` key with `memmem`; only one
+//!   that has one is scanned, from that key on when it is a member of the top-level object
+//!   (checked by the payload ending exactly with that object), else whole.
+//! Settled streams therefore do not check the JSON of payloads without usage.
 //!
 //! Instructions per further chunk measured with callgrind (`core/examples/usage_cost.rs`,
-//! release, x86-64; before this framing step in brackets): OpenAI Chat 650 (762), Anthropic
-//! 618 (739), Responses 678 (799), Gemini 4,432 (4,556: its every chunk carries usage, which
-//! the byte-level scanner reads); a typical 674-byte Chat JSON body 11,301 (11,315). Still
-//! above the targets (≤ ~200 per chunk, ≤ ~1,500 per body): about 120 go to the `memchr2` and
-//! 200 to the `memmem` over a ~250-byte line; a safe SSE2 single pass finding both (tried) cost
-//! ~300 and lost. Gemini and JSON bodies need a non-resumable fast parser (not written yet).
+//! release, x86-64; before this work in brackets): OpenAI Chat 292 (650), Anthropic
+//! `content_block_delta` 277 (618), Responses `output_text.delta` 344 (678), Gemini 4,333
+//! (4,432), a typical 674-byte Chat JSON body 11,147 (11,301). The streaming chunks are now
+//! the line search (~100–140 for a 100–260-byte line) plus ~150 of framing and hand-off; still
+//! above the ≤ ~200 target. Gemini (every chunk carries running usage, read by the byte-level
+//! scanner) and JSON bodies (the byte-level scanner, ~10–14 instructions a byte) have no fast
+//! path yet.
 //!
 //! The last event of a stream without blank line is read by [`UsageReader::finish`]; its first
 //! content is reported by [`UsageReader::first_content_at_finish`].
