@@ -62,6 +62,7 @@
 //! - any other payload is searched for a non-null `"usage…":` key with `memmem`; only one
 //!   that has one is scanned, from that key on when it is a member of the top-level object
 //!   (checked by the payload ending exactly with that object), else whole.
+//!
 //! Settled streams therefore do not check the JSON of payloads without usage.
 //!
 //! Instructions per further chunk measured with callgrind (`core/examples/usage_cost.rs`,
