@@ -637,7 +637,9 @@ impl sse::Sink for Events {
     #[inline]
     fn whole_named(&mut self, buf: &[u8], name: &[u8], start: usize, end: usize) -> bool {
         // Once settled, an event that by its name carries no usage is not looked at.
+        // (The name of an earlier `event:` line without data ends with this event too.)
         if self.settled() && no_usage_event(name, self.dialect) {
+            self.name.clear();
             return false;
         }
         self.name.clear();
@@ -883,6 +885,19 @@ mod tests {
                 anth(10, 3)
             );
         }
+        // A name left by an `event:` line in an earlier buffer is replaced, and ends with its
+        // event: the unnamed event after it is not gated.
+        let pieces = [
+            start,
+            delta,
+            "event: content_block_stop\n",
+            "event: content_block_delta\ndata: {}\n\ndata: {\"usage\":{\"output_tokens\":9}}\n\n",
+        ];
+        let mut r = UsageReader::new(Format::Auto, Body::EventStream);
+        for p in pieces {
+            r.feed(p.as_bytes());
+        }
+        assert_eq!(r.finish(true), anth(10, 9));
         // Responses: `response.<a>.<b>` events are gated, `response.<state>` ones are not.
         assert!(no_usage_event(b"response.output_text.delta", OPENAI));
         assert!(no_usage_event(b"response.output_item.done", OPENAI));
