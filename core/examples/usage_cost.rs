@@ -15,8 +15,8 @@
 //! | case | bytes | per chunk / body | before the settled-stream gates | target |
 //! |---|---|---|---|---|
 //! | `openai` Chat chunk, `"usage":null` | 261 | 292 | 650 | ≤ 200 |
-//! | `anthropic` `content_block_delta` (with `event:` line) | 130 | 277 | 618 | ≤ 200 |
-//! | `responses` `response.output_text.delta` | 214 | 344 | 678 | ≤ 200 |
+//! | `anthropic` `content_block_delta` (with `event:` line) | 130 | 278 | 618 | ≤ 200 |
+//! | `responses` `response.output_text.delta` | 214 | 345 | 678 | ≤ 200 |
 //! | `gemini` chunk with `usageMetadata` running totals | 334 | 4,333 | 4,432 | ≤ 400 |
 //! | `json` Chat Completions body, whole reader (new + feed + finish) | 674 | 11,147 | 11,301 | ≤ 1,500 |
 //!

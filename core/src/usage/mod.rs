@@ -67,7 +67,7 @@
 //!
 //! Instructions per further chunk measured with callgrind (`core/examples/usage_cost.rs`,
 //! release, x86-64; before this work in brackets): OpenAI Chat 292 (650), Anthropic
-//! `content_block_delta` 277 (618), Responses `output_text.delta` 344 (678), Gemini 4,333
+//! `content_block_delta` 278 (618), Responses `output_text.delta` 345 (678), Gemini 4,333
 //! (4,432), a typical 674-byte Chat JSON body 11,147 (11,301). The streaming chunks are now
 //! the line search (~100–140 for a 100–260-byte line) plus ~150 of framing and hand-off; still
 //! above the ≤ ~200 target. Gemini (every chunk carries running usage, read by the byte-level
