@@ -12,20 +12,23 @@
 //!
 //! Measured (Rust 1.95, release, x86-64, instructions):
 //!
-//! | case | bytes | per chunk / body | before whole-event framing | target |
+//! | case | bytes | per chunk / body | before the settled-stream gates | target |
 //! |---|---|---|---|---|
-//! | `openai` Chat chunk, `"usage":null` | 261 | 650 | 762 | ≤ 200 |
-//! | `anthropic` `content_block_delta` (with `event:` line) | 130 | 618 | 739 | ≤ 200 |
-//! | `responses` `response.output_text.delta` | 214 | 678 | 799 | ≤ 200 |
-//! | `gemini` chunk with `usageMetadata` running totals | 334 | 4,432 | 4,556 | ≤ 600 |
-//! | `json` Chat Completions body, whole reader (new + feed + finish) | 674 | 11,301 | 11,315 | ≤ 1,500 |
+//! | `openai` Chat chunk, `"usage":null` | 261 | 292 | 650 | ≤ 200 |
+//! | `anthropic` `content_block_delta` (with `event:` line) | 130 | 278 | 618 | ≤ 200 |
+//! | `responses` `response.output_text.delta` | 214 | 345 | 678 | ≤ 200 |
+//! | `gemini` chunk with `usageMetadata` running totals | 334 | 4,333 | 4,432 | ≤ 400 |
+//! | `json` Chat Completions body, whole reader (new + feed + finish) | 674 | 11,147 | 11,301 | ≤ 1,500 |
 //!
-//! Not yet at target. Where it goes (OpenAI chunk): `memchr2` for the line end ~120 and
-//! `memmem` for `"usage` ~200 over the ~250-byte line, the rest framing and the payload
-//! hand-off. A safe single pass (SSE2 blocks the compiler vectorises, finding line ends and
-//! `"u` at once) measured ~300 for the same line and lost to memchr's AVX2.
-//! Gemini chunks and JSON bodies run the byte-level scanner (~10–14 instructions a byte: keys
-//! are read byte by byte, and every token goes through the state dispatch).
+//! Streaming chunks: the settled stream skips events by name (Anthropic, Responses) and Chat
+//! chunks ending in `"usage":null}` by a tail compare, so no `memmem` runs; what is left is
+//! the line-end search (`memchr2`, called directly on AVX2: ~100 for the 130-byte Anthropic
+//! data line, ~120–140 for the 214–261-byte ones) and ~150 of framing and hand-off. Not yet at
+//! target. A single-byte `memchr` would save ~20 a line but needs a second search for lone `\r`
+//! line ends to stay exact, and lost (~240 together).
+//! Gemini chunks and JSON bodies still run the byte-level scanner (~10–14 instructions a
+//! byte: keys are read byte by byte, and every token goes through the state dispatch); their
+//! fast paths (deferred latest `usageMetadata`, search-then-verify for bodies) are not written.
 
 use std::hint::black_box;
 

@@ -31,30 +31,48 @@
 //! input and cache counts (final from `message_start` on) stand. Parts are clamped to their
 //! whole (a `cached_tokens` above `prompt_tokens` is cut to it).
 //!
+//! An SSE event whose `event:` name says it carries no usage is never read for usage (nor for
+//! a bad count): Anthropic `content_block_*`, `ping` and `message_stop`, and OpenAI Responses
+//! `response.<a>.<b>…` events (items, parts, deltas; usage comes in `response.<state>`
+//! events). This holds only for a name actually sent (an event without `event:` line is
+//! `message`, never gated) and once the provider is known.
+//!
 //! The model is the first non-empty one met (Chat, Responses and Anthropic JSON top-level
 //! `model`, `response.model`, `message.model`, Gemini `modelVersion`), JSON-unescaped and at
 //! most [`MODEL_CAP`] bytes.
 //!
 //! # Cost
 //! SSE data payloads of up to [`CARRY_CAP`] bytes are looked at whole (in place when a buffer
-//! holds them, else gathered in the carry buffer); larger ones stream through the scanner. Once
-//! the stream is *settled* (provider known, first content seen, model known), a payload is only
-//! searched for a non-null `"usage…":` key with `memmem`; only a payload that has one is scanned,
-//! from that key on when it is a member of the top-level object (checked by the payload ending
-//! exactly with that object), else whole. Settled streams therefore do not check the JSON of
-//! payloads without usage.
+//! holds them, else gathered in the carry buffer); larger ones stream through the scanner.
 //!
-//! A `data:` line followed at once by a blank line (the common event) is framed in one step:
-//! one `memchr2` for its end, then the payload is read in place, without per-line state changes
-//! or gathering bookkeeping.
+//! Framing: an event made of one `data:` line (or one `event:` and one `data:` line) and a
+//! blank line, all in the buffer, is framed in one step: one `memchr2` (`\n`, `\r`) per line,
+//! the most frequent event names (`content_block_delta`, `response.output_text.delta`)
+//! compared as words instead. A single-byte `memchr` for `\n` alone is cheaper (~100 against
+//! ~120 instructions on a 260-byte line) but a lone `\r` inside the line would then need a
+//! second search to stay exact per the SSE spec (~240 together), so `memchr2` is kept.
+//!
+//! Once the stream is *settled* (provider known, first content seen, model known) only usage
+//! can change the result, and a payload is read as cheaply as its kind allows:
+//! - an event whose name carries no usage (see above) is skipped, its data unread;
+//! - a payload of a Chat Completions stream (no `event:` name) that ends in a top-level
+//!   `"usage":null}` (after `{` or `,`, whitespace allowed) is skipped after a few byte
+//!   compares. This assumes each key once per object, as every provider sends it: a
+//!   payload with a second, non-null top-level `usage` before would be missed;
+//! - any other payload is searched for a non-null `"usage…":` key with `memmem`; only one
+//!   that has one is scanned, from that key on when it is a member of the top-level object
+//!   (checked by the payload ending exactly with that object), else whole.
+//!
+//! Settled streams therefore do not check the JSON of payloads without usage.
 //!
 //! Instructions per further chunk measured with callgrind (`core/examples/usage_cost.rs`,
-//! release, x86-64; before this framing step in brackets): OpenAI Chat 650 (762), Anthropic
-//! 618 (739), Responses 678 (799), Gemini 4,432 (4,556: its every chunk carries usage, which
-//! the byte-level scanner reads); a typical 674-byte Chat JSON body 11,301 (11,315). Still
-//! above the targets (≤ ~200 per chunk, ≤ ~1,500 per body): about 120 go to the `memchr2` and
-//! 200 to the `memmem` over a ~250-byte line; a safe SSE2 single pass finding both (tried) cost
-//! ~300 and lost. Gemini and JSON bodies need a non-resumable fast parser (not written yet).
+//! release, x86-64; before this work in brackets): OpenAI Chat 292 (650), Anthropic
+//! `content_block_delta` 278 (618), Responses `output_text.delta` 345 (678), Gemini 4,333
+//! (4,432), a typical 674-byte Chat JSON body 11,147 (11,301). The streaming chunks are now
+//! the line search (~100–140 for a 100–260-byte line) plus ~150 of framing and hand-off; still
+//! above the ≤ ~200 target. Gemini (every chunk carries running usage, read by the byte-level
+//! scanner) and JSON bodies (the byte-level scanner, ~10–14 instructions a byte) have no fast
+//! path yet.
 //!
 //! The last event of a stream without blank line is read by [`UsageReader::finish`]; its first
 //! content is reported by [`UsageReader::first_content_at_finish`].
@@ -167,6 +185,8 @@ impl UsageReader {
                 }),
                 usage: Raw::default(),
                 ttft: false,
+                settled: false,
+                chat: false,
                 malformed: false,
                 bad_count: false,
                 finder: Finder::new(b"\"usage"),
@@ -184,6 +204,7 @@ impl UsageReader {
         self.framed(buf)
     }
 
+    #[inline]
     fn framed(&mut self, buf: &[u8]) -> bool {
         match self.body {
             Body::EventStream => self.framer.feed(buf, &mut self.events),
@@ -195,6 +216,8 @@ impl UsageReader {
     }
 
     /// Drops a UTF-8 byte order mark at the start of the body, also one split across buffers.
+    #[cold]
+    #[inline(never)]
     fn skip_bom<'b>(&mut self, buf: &'b [u8]) -> &'b [u8] {
         let mut i = 0;
         while i < buf.len() && usize::from(self.bom) < BOM.len() {
@@ -293,6 +316,12 @@ struct Events {
     carry: Vec<u8>,
     usage: Raw,
     ttft: bool,
+    /// Nothing but usage can change what this body reported: first content seen, provider and
+    /// model known (kept by `payload_end`).
+    settled: bool,
+    /// An OpenAI stream whose content came in Chat Completions `choices`: its usage is the
+    /// top-level `usage` only.
+    chat: bool,
     malformed: bool,
     bad_count: bool,
     /// Finds `"usage` (and `"usageMetadata`) keys, built once.
@@ -301,8 +330,9 @@ struct Events {
 
 impl Events {
     /// Whether nothing but usage can change what this body reported.
+    #[inline]
     fn settled(&self) -> bool {
-        self.ttft && self.dialect != 0 && self.scan.model.known()
+        self.settled
     }
 
     /// Appends bytes that are not (or no longer) in the current buffer; `InBuf` data must have
@@ -324,16 +354,34 @@ impl Events {
     }
 
     /// The data in the current buffer moves to `carry` (or the scanner, if too large).
+    #[inline]
     fn spill(&mut self, buf: &[u8]) {
         if let Pending::InBuf(a, b) = self.pending {
-            self.pending = Pending::Carry;
-            self.len -= b - a;
-            self.push(&buf[a..b]);
+            self.spill_range(buf, a, b);
         }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn spill_range(&mut self, buf: &[u8], a: usize, b: usize) {
+        self.pending = Pending::Carry;
+        self.len -= b - a;
+        self.push(&buf[a..b]);
     }
 
     /// Reads a whole event's data (or a JSON body's end when the scanner already has it all).
     fn payload(&mut self, p: &[u8]) -> bool {
+        if self.settled() {
+            // Events that carry no usage by their name, and Chat chunks ending in
+            // `"usage":null}`, are not looked at further.
+            if self.name.is_empty() {
+                if self.chat && null_usage_tail(p) {
+                    return false;
+                }
+            } else if no_usage_event(self.name.get(), self.dialect) {
+                return false;
+            }
+        }
         let t = p.trim_ascii();
         if t.is_empty() || t == b"[DONE]" {
             return false;
@@ -412,7 +460,6 @@ impl Events {
     fn payload_end(&mut self, _p: &[u8]) -> bool {
         let f = &self.scan.facts;
         self.malformed |= f.error;
-        self.bad_count |= f.bad_count;
         let kind = if self.name.is_empty() {
             f.kind.get()
         } else {
@@ -425,17 +472,89 @@ impl Events {
                 self.scan.allow = self.dialect;
             }
         }
-        self.usage.merge(&f.usage);
+        // An event that by its name carries no usage: whatever it has is not read (see
+        // `no_usage_event`), also before the stream is settled.
+        if self.name.is_empty() || !no_usage_event(self.name.get(), self.dialect) {
+            self.bad_count |= f.bad_count;
+            self.usage.merge(&f.usage);
+        }
         let allow = self.scan.allow;
         let content = f.content & allow != 0
             || (allow & OPENAI != 0 && f.delta && kind.ends_with(b".delta"))
             || (allow & ANTHROPIC != 0 && kind == b"content_block_delta");
-        if content && self.stream && !self.ttft {
-            self.ttft = true;
+        if f.content & OPENAI != 0 && allow == OPENAI {
+            self.chat = true;
+        }
+        let first = content && self.stream && !self.ttft;
+        self.ttft |= first;
+        self.settled = self.ttft && self.dialect != 0 && self.scan.model.known();
+        first
+    }
+}
+
+/// Whether an event of this `event:` name carries no usage in `dialect`'s protocol: Anthropic
+/// `content_block_*`, `ping` and `message_stop` (usage comes in `message_start` and
+/// `message_delta`), OpenAI Responses `response.<a>.<b>…` (items, parts, deltas: usage comes in
+/// the `response` of `response.<state>` events). A usage object in such an event is never read,
+/// so a settled stream skips its data unread.
+fn no_usage_event(name: &[u8], dialect: Dialects) -> bool {
+    match dialect {
+        ANTHROPIC => {
+            name.starts_with(b"content_block_") || name == b"ping" || name == b"message_stop"
+        }
+        OPENAI => name
+            .strip_prefix(b"response.")
+            .is_some_and(|rest| memchr::memchr(b'.', rest).is_some()),
+        _ => false,
+    }
+}
+
+#[inline]
+fn is_ws(c: u8) -> bool {
+    matches!(c, b' ' | b'\n' | b'\r' | b'\t')
+}
+
+/// Whether `p` ends with a `"usage": null` member closing its object: `"usage"`, after `{` or
+/// `,`, then `:`, `null` and `}` (whitespace allowed between them and at the end), and nothing
+/// after. The quote before `usage` is not escaped (it follows `{` or `,`), so it opens a key,
+/// and the `}` that ends the payload closes the top-level object: the payload's top-level
+/// `usage` is null. Providers send each key once per object, so a Chat chunk ending so has no
+/// usage (the one assumption; a payload that is not valid JSON is not checked in a settled
+/// stream anyway).
+#[inline]
+fn null_usage_tail(p: &[u8]) -> bool {
+    // The common form (`,"usage":null}` ending the payload), compared as two words; any
+    // other goes the byte way.
+    const KEY: u64 = u64::from_le_bytes(*b"\0\"usage\"");
+    const NULL: u64 = u64::from_le_bytes(*b"e\":null}");
+    let n = p.len();
+    if n >= 14 {
+        let word = |at: usize| {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(&p[at..at + 8]);
+            u64::from_le_bytes(w)
+        };
+        if word(n - 8) == NULL && word(n - 14) & !0xFF == KEY && matches!(p[n - 14], b',' | b'{') {
             return true;
         }
-        false
     }
+    let mut e = p.len();
+    let back = |e: &mut usize, lit: &[u8]| {
+        while *e > 0 && is_ws(p[*e - 1]) {
+            *e -= 1;
+        }
+        if p[..*e].ends_with(lit) {
+            *e -= lit.len();
+            true
+        } else {
+            false
+        }
+    };
+    back(&mut e, b"}")
+        && back(&mut e, b"null")
+        && back(&mut e, b":")
+        && back(&mut e, b"\"usage\"")
+        && (back(&mut e, b",") || back(&mut e, b"{"))
 }
 
 impl sse::Sink for Events {
@@ -515,6 +634,19 @@ impl sse::Sink for Events {
         !self.has_data
     }
 
+    #[inline]
+    fn whole_named(&mut self, buf: &[u8], name: &[u8], start: usize, end: usize) -> bool {
+        // Once settled, an event that by its name carries no usage is not looked at.
+        // (The name of an earlier `event:` line without data ends with this event too.)
+        if self.settled() && no_usage_event(name, self.dialect) {
+            self.name.clear();
+            return false;
+        }
+        self.name.clear();
+        self.name.push(name);
+        self.whole(buf, start, end)
+    }
+
     fn whole(&mut self, buf: &[u8], start: usize, end: usize) -> bool {
         if end - start > CARRY_CAP {
             self.data(buf, start, start, true);
@@ -534,8 +666,10 @@ mod tests {
     /// Collects the data of every event.
     #[derive(Default)]
     struct Payloads {
-        all: Vec<Vec<u8>>,
+        /// Each event's `event:` name and data.
+        all: Vec<(Vec<u8>, Vec<u8>)>,
         cur: Vec<u8>,
+        name: Vec<u8>,
         lines: usize,
     }
 
@@ -549,12 +683,18 @@ mod tests {
             }
             self.cur.extend_from_slice(&buf[start..end]);
         }
-        fn event_start(&mut self) {}
-        fn event(&mut self, _: &[u8]) {}
+        fn event_start(&mut self) {
+            self.name.clear();
+        }
+        fn event(&mut self, piece: &[u8]) {
+            self.name.extend_from_slice(piece);
+        }
         fn dispatch(&mut self, _: &[u8]) -> bool {
             if self.lines > 0 {
-                self.all.push(std::mem::take(&mut self.cur));
+                let name = self.name.clone();
+                self.all.push((name, std::mem::take(&mut self.cur)));
             }
+            self.name.clear();
             self.lines = 0;
             false
         }
@@ -569,8 +709,8 @@ mod tests {
         }
     }
 
-    /// Every SSE payload of the corpus, and every JSON body whole.
-    fn corpus_payloads() -> Vec<(String, Vec<u8>)> {
+    /// Every SSE event of the corpus (name and data), and every JSON body whole (no name).
+    fn corpus_payloads() -> Vec<(String, Vec<u8>, Vec<u8>)> {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/usage_corpus");
         let mut out = Vec::new();
         let mut names: Vec<_> = std::fs::read_dir(&dir)
@@ -587,10 +727,10 @@ mod tests {
             let mut sink = Payloads::default();
             framer.feed(&body, &mut sink);
             framer.finish(&mut sink);
-            for p in sink.all {
-                out.push((name.clone(), p));
+            for (event, p) in sink.all {
+                out.push((name.clone(), event, p));
             }
-            out.push((name, body));
+            out.push((name, Vec::new(), body));
         }
         out
     }
@@ -600,8 +740,8 @@ mod tests {
     /// finds no usage, and when it reads from the key on it reads what the full scan reads.
     #[test]
     fn fast_path_reads_what_the_full_scan_reads() {
-        let mut fast_reads = 0;
-        for (file, p) in corpus_payloads() {
+        let (mut fast_reads, mut gated, mut null_tails) = (0, 0, 0);
+        for (file, event, p) in corpus_payloads() {
             for format in [
                 Format::Auto,
                 Format::OpenAi,
@@ -620,6 +760,18 @@ mod tests {
                 let mut fast = UsageReader::new(format, Body::EventStream).events;
                 fast.scan.begin();
                 let what = format!("{file}: {:?} {format:?}", String::from_utf8_lossy(&p));
+                // The name gate drops nothing the full scan reads.
+                for dialect in [OPENAI, ANTHROPIC, GEMINI] {
+                    if no_usage_event(&event, dialect) {
+                        gated += 1;
+                        assert!(!usage.any() && !bad, "{what}: gated event has usage");
+                    }
+                }
+                // A payload ending in a null top-level usage has none the full scan reads.
+                if null_usage_tail(&p) {
+                    null_tails += 1;
+                    assert!(!usage.any() && !bad, "{what}: null tail but usage");
+                }
                 match fast.usage_only(&p) {
                     None => {
                         assert!(!usage.any() && !bad, "{what}: usage missed");
@@ -637,5 +789,141 @@ mod tests {
             }
         }
         assert!(fast_reads > 20, "the fast path read {fast_reads} payloads");
+        assert!(
+            gated > 20 && null_tails > 20,
+            "{gated} gated, {null_tails} null tails"
+        );
+    }
+
+    /// Reads a stream in the given pieces; returns the outcome and the model.
+    fn read(format: Format, body: &[u8], size: usize) -> (Outcome, Option<Vec<u8>>) {
+        let mut r = UsageReader::new(format, Body::EventStream);
+        for piece in body.chunks(size.max(1)) {
+            r.feed(piece);
+        }
+        let out = r.finish(true);
+        (out, r.model().map(<[u8]>::to_vec))
+    }
+
+    fn chat(rest: &str) -> String {
+        format!("data: {{\"model\":\"m\",\"choices\":[{{\"delta\":{{\"content\":\"hi\"}}}}]{rest}}}\n\n")
+    }
+
+    fn tokens(input: u64, output: u64) -> Outcome {
+        Outcome::Usage(Tokens {
+            input,
+            output,
+            ..Tokens::default()
+        })
+    }
+
+    #[test]
+    fn null_usage_tail_only_where_it_is_a_key() {
+        for (p, want) in [
+            (&br#"{"a":1,"usage":null}"#[..], true),
+            (br#"{"usage":null}"#, true),
+            (b"{\"a\":1 ,\n \"usage\" : null \r\n} \t", true),
+            (br#"{"a":"x\",\"usage\":null}"#, false),
+            (br#"{"a":"x\","usage":null}"#, true),
+            (br#"{"a":"x","usage":null,"b":1}"#, false),
+            (br#"{"a":{"usage":null}}"#, false),
+            (br#"{"a":"usage":null}"#, false),
+            (br#""usage":null}"#, false),
+            (br#"{"usage":nul}"#, false),
+            (br#"{"xusage":null}"#, false),
+        ] {
+            assert_eq!(null_usage_tail(p), want, "{}", String::from_utf8_lossy(p));
+        }
+    }
+
+    #[test]
+    fn settled_chat_chunks_with_usage_in_strings() {
+        // Settled (content, model), then chunks whose text quotes usage JSON, one of them
+        // ending like a null usage inside a string; the real usage comes last.
+        let mut body = chat(r#","usage":null"#);
+        body += &chat(r#","note":"tail ,"usage":null}","usage":null"#);
+        body += "data: {\"choices\":[{\"delta\":{\"content\":\"say ,\\\"usage\\\":null}\"}}]}\n\n";
+        body +=
+            "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":4}}\n\n";
+        body += &chat(r#","usage" : null "#);
+        for size in [body.len(), 1, 7, 64] {
+            let (out, model) = read(Format::Auto, body.as_bytes(), size);
+            assert_eq!(out, tokens(3, 4), "pieces of {size}");
+            assert_eq!(model.as_deref(), Some(&b"m"[..]));
+        }
+        // A usage object followed by a null `usage` inside a nested object still counts.
+        let body = chat(r#","usage":{"prompt_tokens":5,"completion_tokens":6},"x":{"usage":null}"#);
+        let body = chat("") + &body;
+        assert_eq!(read(Format::OpenAi, body.as_bytes(), 1000).0, tokens(5, 6));
+    }
+
+    #[test]
+    fn event_names_gate_only_what_cannot_carry_usage() {
+        let start = "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"model\":\"claude\",\"usage\":{\"input_tokens\":10,\"output_tokens\":1}}}\n\n";
+        let delta = "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"delta\":{\"type\":\"text_delta\",\"text\":\"hi\"}}\n\n";
+        // A usage object in an event whose name carries none is never read, settled or not.
+        let odd = "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"usage\":{\"output_tokens\":99}}\n\n";
+        // The name changes mid-event: the last `event:` line is the name.
+        let renamed = "event: content_block_delta\nevent: message_delta\ndata: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":7}}\n\n";
+        // No name: the default `message` is not gated.
+        let unnamed = "data: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":8}}\n\n";
+        let anth = |input, output| {
+            Outcome::Usage(Tokens {
+                input,
+                output,
+                ..Tokens::default()
+            })
+        };
+        for size in [10_000, 1, 5, 33] {
+            let body = [start, odd, delta, odd, renamed].concat();
+            assert_eq!(read(Format::Auto, body.as_bytes(), size).0, anth(10, 7));
+            let body = [start, delta, renamed, unnamed, odd].concat();
+            assert_eq!(read(Format::Auto, body.as_bytes(), size).0, anth(10, 8));
+            let body = [start, delta, "event: content_block_delta\r\nevent: message_delta\r\ndata: {\"usage\":{\"output_tokens\":3}}\r\n\r\n"].concat();
+            assert_eq!(
+                read(Format::Anthropic, body.as_bytes(), size).0,
+                anth(10, 3)
+            );
+        }
+        // A name left by an `event:` line in an earlier buffer is replaced, and ends with its
+        // event: the unnamed event after it is not gated.
+        let pieces = [
+            start,
+            delta,
+            "event: content_block_stop\n",
+            "event: content_block_delta\ndata: {}\n\ndata: {\"usage\":{\"output_tokens\":9}}\n\n",
+        ];
+        let mut r = UsageReader::new(Format::Auto, Body::EventStream);
+        for p in pieces {
+            r.feed(p.as_bytes());
+        }
+        assert_eq!(r.finish(true), anth(10, 9));
+        // Responses: `response.<a>.<b>` events are gated, `response.<state>` ones are not.
+        assert!(no_usage_event(b"response.output_text.delta", OPENAI));
+        assert!(no_usage_event(b"response.output_item.done", OPENAI));
+        assert!(!no_usage_event(b"response.completed", OPENAI));
+        assert!(!no_usage_event(b"response.failed", OPENAI));
+        assert!(!no_usage_event(b"content_block_delta", OPENAI));
+        assert!(!no_usage_event(b"response.output_text.delta", ANTHROPIC));
+        assert!(!no_usage_event(b"message_delta", ANTHROPIC));
+        assert!(!no_usage_event(b"message", ANTHROPIC));
+    }
+
+    #[test]
+    fn lone_cr_lines_are_framed_by_the_spec() {
+        // A stream that shows `\n` ends first and a lone `\r` later: the `\r` ends lines,
+        // here the data line and then the event (`\r\r`), so the usage is its own event.
+        let mut body = chat(r#","usage":null"#);
+        body += &chat(r#","usage":null"#);
+        body += "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":2}}\r\rdata: {\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":4}}\n\n";
+        body += "event: x\rdata: {\"choices\":[],\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":6}}\r\r";
+        for size in [body.len(), 1, 3, 100] {
+            assert_eq!(read(Format::Auto, body.as_bytes(), size).0, tokens(5, 6));
+        }
+        let body = body.replace(
+            "\"completion_tokens\":6}}\r\r",
+            "\"completion_tokens\":6}}\r\n\r\ndata: {\"usage\":null\r}\n\n",
+        );
+        assert_eq!(read(Format::Auto, body.as_bytes(), 10_000).0, tokens(5, 6));
     }
 }
