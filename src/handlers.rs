@@ -145,9 +145,11 @@ pub unsafe extern "C" fn init_process(_cycle: *mut ngx_cycle_t) -> ngx_int_t {
     // the old ones still finishing their requests.
     // SAFETY: ngx_pid is this process's pid.
     let pid = unsafe { ngx_pid } as u64;
-    let lane = mc
-        .and_then(|mc| Target::of(mc, ptr::null_mut()))
-        .and_then(|t| t.store.claim_lane(pid, crate::zone::pid_alive));
+    let target = mc.and_then(|mc| Target::of(mc, ptr::null_mut()));
+    if let Some(t) = target {
+        recording::set_worker_target(t);
+    }
+    let lane = target.and_then(|t| t.store.claim_lane(pid, crate::zone::pid_alive));
     if let Some(lane) = lane {
         recording::set_worker_lane(lane);
     }
@@ -171,7 +173,7 @@ fn enter(r: &Request) {
     if !r.is_main() || lc.enable != 1 {
         return;
     }
-    let Some(t) = main_conf(r).and_then(|mc| Target::of(mc, r.log())) else {
+    let Some(t) = main_conf(r).and_then(|mc| recording::target(mc, r.log())) else {
         return;
     };
     // One walk of the pool's cleanups finds (or creates) the context.
@@ -205,10 +207,11 @@ fn log(r: &Request) {
     if lc.enable != 1 {
         return;
     }
-    let Some(t) = main_conf(r).and_then(|mc| Target::of(mc, r.log())) else {
+    let Some(t) = main_conf(r).and_then(|mc| recording::target(mc, r.log())) else {
         return;
     };
-    recording::record(&t, &Finished::read(r, lc, ctx));
+    let mut llm = None;
+    recording::record(&t, &Finished::read(r, lc, ctx, &mut llm));
 }
 
 /// Notes, for the log phase, that a response's body went out whole (its last buffer passed)

@@ -12,6 +12,7 @@ use gateway_metrics_core::store::{add_f64, add_u64, observe, DropReason, SeriesK
 use gateway_metrics_core::usage::Tokens;
 use nginx_sys::*;
 
+use crate::conf::MainConf;
 use crate::request::{self, AutoStatus, Finished, Limit, ReqCtx, Target, UpstreamCache};
 
 /// Entries of the per-worker series cache at first (about 250 bytes each); it doubles as it fills,
@@ -54,6 +55,26 @@ pub fn set_worker_lane(lane: u32) {
     let text = gateway_metrics_core::expo::format_u64(&mut digits, lane.into());
     slot.0[..text.len()].copy_from_slice(text);
     slot.1 = text.len();
+}
+
+/// This worker's zone as its cycle's configuration gives it, found once in `init_process`: the
+/// log phase takes it from here instead of resolving the zone and its store for every request.
+static mut WORKER_TARGET: Option<Target<'static>> = None;
+
+/// Remembers this worker's zone (from `init_process`, before the worker serves requests).
+pub fn set_worker_target(t: Target<'static>) {
+    // SAFETY: written once before any reader, then only read on the worker's one thread.
+    unsafe { *ptr::addr_of_mut!(WORKER_TARGET) = Some(t) };
+}
+
+/// The zone requests of `mc` record into, warnings going to `log`.
+#[inline(always)]
+pub fn target(mc: &'static MainConf, log: *mut ngx_log_t) -> Option<Target<'static>> {
+    // SAFETY: see set_worker_target.
+    match unsafe { &*ptr::addr_of!(WORKER_TARGET) } {
+        Some(t) if ptr::eq(t.mc, mc) => Some(Target { log, ..*t }),
+        _ => Target::of(mc, log),
+    }
 }
 
 fn worker_lane() -> &'static [u8] {
@@ -231,7 +252,7 @@ pub fn record(t: &Target, f: &Finished) {
     }
 
     let ns = f.namespace();
-    if let Some(llm) = &f.llm {
+    if let Some(llm) = f.llm {
         let model = llm.model;
         let class_id = if class == "success" { 1 } else { 2 };
         let labels = [

@@ -471,6 +471,7 @@ fn upstream_cache(_: &ngx_http_request_t) -> UpstreamCache {
 }
 
 /// The zone, its store and lock, where a request (or a Lua call, or a scrape) records or reads.
+#[derive(Clone, Copy)]
 pub(crate) struct Target<'a> {
     pub(crate) mc: &'a MainConf,
     pub(crate) zone: &'a ZoneCtx,
@@ -510,7 +511,8 @@ pub struct Finished<'r> {
     pub duration: f64,
     pub auto: AutoStatus,
     /// The model families' part, when the request has a model, tokens or missing usage.
-    pub llm: Option<Llm<'r>>,
+    /// (In the caller's slot: the usual request has none, and then nothing of it is written.)
+    pub llm: Option<&'r Llm<'r>>,
 }
 
 /// What a finished request says for the model families.
@@ -523,6 +525,25 @@ pub struct Llm<'r> {
     pub tokens: Option<Tokens>,
     /// Why the response's usage could not be read, when it was to be read.
     pub usage_missing: Option<UsageMissing>,
+}
+
+/// Says what the log phase read, under `--with-debug` (`debug_http`).
+#[cold]
+#[inline(never)]
+fn log_finished(r: &Request, f: &Finished, whole: bool) {
+    ngx::ngx_log_debug_mask!(
+        DebugMask::Http,
+        r.log(),
+        "gateway_metrics: method \"{}\" endpoint \"{}\" status {} namespace \"{}\" upstream \"{}\" cut {:?} model \"{}\" body whole {}",
+        String::from_utf8_lossy(f.request[RequestLabel::Method as usize].bytes),
+        String::from_utf8_lossy(f.request[RequestLabel::Endpoint as usize].bytes),
+        f.status,
+        String::from_utf8_lossy(f.namespace()),
+        String::from_utf8_lossy(f.request[RequestLabel::Upstream as usize].bytes),
+        f.cut.map(|c| c.label()),
+        String::from_utf8_lossy(f.llm.map_or(&b""[..], |l| l.model)),
+        whole
+    );
 }
 
 /// Positions in [`Finished::request`], whose order is the stored request series' key order:
@@ -541,12 +562,17 @@ impl<'r> Finished<'r> {
 
     /// Reads the finished main request `r` (with its location conf and metrics context).
     #[inline(always)]
-    pub fn read(r: &'r Request, lc: &'r LocConf, ctx: Option<&'r mut ReqCtx>) -> Finished<'r> {
+    pub fn read(
+        r: &'r Request,
+        lc: &'r LocConf,
+        ctx: Option<&'r mut ReqCtx>,
+        llm_slot: &'r mut Option<Llm<'r>>,
+    ) -> Finished<'r> {
         let rr: &ngx_http_request_t = r.as_ref();
         let status = status(rr);
         let start = start_ms(rr);
         let whole = body_complete(rr, ctx.as_deref());
-        let (llm, ctx) = match ctx {
+        let (llm, ctx): (Option<&Llm>, _) = match ctx {
             // The usual request: no Lua, no usage reading.
             None if lc.usage == USAGE_OFF => {
                 let model: &[u8] = if lc.model.is_set() {
@@ -554,15 +580,23 @@ impl<'r> Finished<'r> {
                 } else {
                     b""
                 };
-                let llm = (!model.is_empty()).then_some(Llm {
-                    model,
-                    ttft: None,
-                    tokens: None,
-                    usage_missing: None,
-                });
-                (llm, None)
+                if model.is_empty() {
+                    (None, None)
+                } else {
+                    let llm = llm_slot.insert(Llm {
+                        model,
+                        ttft: None,
+                        tokens: None,
+                        usage_missing: None,
+                    });
+                    (Some(&*llm), None)
+                }
             }
-            ctx => model_and_usage(r, lc, ctx, whole, start),
+            ctx => {
+                let (llm, ctx) = model_and_usage(r, lc, ctx, whole, start);
+                *llm_slot = llm;
+                (llm_slot.as_ref(), ctx)
+            }
         };
         let complete = || whole;
         let cut = cut_reason(rr, ctx, complete, status);
@@ -583,19 +617,7 @@ impl<'r> Finished<'r> {
             auto: limiter_and_cache_status(rr),
             llm,
         };
-        ngx::ngx_log_debug_mask!(
-            DebugMask::Http,
-            r.log(),
-            "gateway_metrics: method \"{}\" endpoint \"{}\" status {} namespace \"{}\" upstream \"{}\" cut {:?} model \"{}\" body whole {}",
-            String::from_utf8_lossy(f.request[RequestLabel::Method as usize].bytes),
-            String::from_utf8_lossy(f.request[RequestLabel::Endpoint as usize].bytes),
-            f.status,
-            String::from_utf8_lossy(f.namespace()),
-            String::from_utf8_lossy(f.request[RequestLabel::Upstream as usize].bytes),
-            f.cut.map(|c| c.label()),
-            String::from_utf8_lossy(f.llm.as_ref().map_or(&b""[..], |l| l.model)),
-            complete()
-        );
+        log_finished(r, &f, whole);
         f
     }
 }

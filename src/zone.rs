@@ -43,6 +43,7 @@ pub struct ZoneCtx {
 
 /// nginx's shm mutex of the zone's slab pool: works across processes and is force-unlocked by
 /// the master when a worker dies holding it.
+#[derive(Clone, Copy)]
 pub struct ShmLock(*mut ngx_shmtx_t);
 
 impl InsertLock for ShmLock {

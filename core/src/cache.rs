@@ -213,11 +213,12 @@ impl<'a> SeriesCache<'a> {
             let Some(e) = &self.entries[set + way] else {
                 continue;
             };
-            let mut same = e.kind == kind && e.n == N && e.packed == packed;
+            // One test at the end: N is a constant, so this is straight-line code.
+            let mut diff = (e.kind ^ kind) | (e.n ^ N) as u64 | u64::from(e.packed ^ packed);
             for (a, b) in e.k.iter().zip(ks) {
-                same &= a == b;
+                diff |= (a[0] ^ b[0]) | (a[1] ^ b[1]) | (a[2] ^ b[2]);
             }
-            if same {
+            if diff == 0 {
                 return Some(e);
             }
         }
@@ -349,7 +350,12 @@ mod tests {
         for make in [
             (|i: usize| format!("ns{i:05}")) as fn(usize) -> String,
             |i| format!("tenant-{i}"),
-            |i| format!("{:010x}", (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 24),
+            |i| {
+                format!(
+                    "{:010x}",
+                    (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 24
+                )
+            },
             |i| format!("a-rather-long-tenant-name-of-forty-{i:05}"),
         ] {
             let n = 5000;
@@ -367,7 +373,12 @@ mod tests {
                     c.get_packed(1, &ks, k.as_bytes()).is_some()
                 })
                 .count();
-            assert!(hits * 100 >= n * 97, "{} of {n} keys like {:?} cached", hits, keys[0]);
+            assert!(
+                hits * 100 >= n * 97,
+                "{} of {n} keys like {:?} cached",
+                hits,
+                keys[0]
+            );
         }
     }
 
