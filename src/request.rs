@@ -527,6 +527,15 @@ pub struct Llm<'r> {
     pub usage_missing: Option<UsageMissing>,
 }
 
+/// Is `debug_http` logging on for `log` (nginx built `--with-debug`, `error_log ... debug`)?
+/// Checked before calling anything, so that the usual request pays one test.
+#[inline(always)]
+pub fn debug_http(log: *mut ngx_log_t) -> bool {
+    // SAFETY: a request's or a cycle's log is always valid.
+    ngx::log::DEBUG
+        && unsafe { log.as_ref() }.is_some_and(|l| l.log_level & NGX_LOG_DEBUG_HTTP as usize != 0)
+}
+
 /// Says what the log phase read, under `--with-debug` (`debug_http`).
 #[cold]
 #[inline(never)]
@@ -617,7 +626,9 @@ impl<'r> Finished<'r> {
             auto: limiter_and_cache_status(rr),
             llm,
         };
-        log_finished(r, &f, whole);
+        if debug_http(r.log()) {
+            log_finished(r, &f, whole);
+        }
         f
     }
 }
