@@ -7,7 +7,7 @@ use std::ptr;
 
 use gateway_metrics_core::buckets::Histograms;
 use gateway_metrics_core::config::Price;
-use gateway_metrics_core::labels::{edge_words, header_variable};
+use gateway_metrics_core::labels::{edge_words, header_variable, single_variable};
 use gateway_metrics_core::render::CustomFamily;
 use gateway_metrics_core::usage::Format;
 use nginx_sys::*;
@@ -107,6 +107,9 @@ pub struct LabelSource {
     /// The header, when the value is exactly one `$http_*` variable (read directly, see
     /// `request::label`); empty names otherwise.
     pub header: HeaderName,
+    /// 1 + the variable's index when the value is exactly one other variable (read as an
+    /// indexed variable: no script, evaluated once per request); 0 otherwise.
+    pub variable: ngx_uint_t,
 }
 
 impl LabelSource {
@@ -204,9 +207,37 @@ impl LocConf {
                 c.cv = p.cv;
             }
             c.header = HeaderName::of(cf, c.cv)?;
+            c.variable = variable_of(cf, c.cv, &c.header);
         }
         Some(())
     }
+}
+
+/// 1 + the index of the one variable a complex value is, unless it is a header read directly;
+/// 0 otherwise.
+fn variable_of(
+    cf: &ngx_conf_t,
+    cv: *const ngx_http_complex_value_t,
+    header: &HeaderName,
+) -> ngx_uint_t {
+    // SAFETY: a set cv is a compiled complex value in the conf pool.
+    let Some(cv) = (unsafe { cv.as_ref() }) else {
+        return 0;
+    };
+    if header.var.len != 0 {
+        return 0;
+    }
+    let Some(name) = single_variable(cv.value.as_bytes()) else {
+        return 0;
+    };
+    let mut name = ngx_str_t {
+        len: name.len(),
+        data: name.as_ptr() as *mut u8,
+    };
+    // SAFETY: cf is the conf being merged (its ctx is the http block's); nginx copies the name.
+    // The variable exists: compiling the complex value looked it up.
+    let index = unsafe { ngx_http_get_variable_index(cf as *const _ as *mut _, &mut name) };
+    usize::try_from(index).map_or(0, |i| i + 1)
 }
 
 impl HeaderName {

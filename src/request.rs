@@ -181,7 +181,10 @@ pub fn ctx(r: &ngx_http_request_t) -> Option<&mut ReqCtx> {
 pub fn label<'r>(r: &'r Request, source: &LabelSource) -> &'r [u8] {
     let (cv, name) = (source.cv, &source.header);
     if name.var.len == 0 {
-        return eval(r, cv);
+        return match source.variable {
+            0 => eval(r, cv),
+            i => indexed(r, i - 1),
+        };
     }
     // SAFETY: the header list and its strings live in the request pool.
     unsafe {
@@ -223,6 +226,18 @@ fn header_is(h: &ngx_table_elt_t, name: &HeaderName) -> bool {
     // The usual spelling first (nginx's hash and one compare); then what the variable also
     // matches (`_` in its name stands for `-` or `_`).
     (h.hash == name.hash && short_eq(key, dashed)) || header_matches(key, want)
+}
+
+/// An indexed variable's value (nginx evaluates it once per request unless it is not
+/// cacheable); `""` when it is not found.
+fn indexed(r: &Request, index: ngx_uint_t) -> &[u8] {
+    let rp = r as *const Request as *mut ngx_http_request_t;
+    // SAFETY: the index was registered for this configuration; nginx returns the request's value
+    // (in its pool) or null.
+    match unsafe { ngx_http_get_flushed_variable(rp, index).as_ref() } {
+        Some(v) if v.valid() != 0 && v.not_found() == 0 => v.as_bytes(),
+        _ => b"",
+    }
 }
 
 /// Evaluates a complex value; `""` when unset or on error (the label reports what it got).

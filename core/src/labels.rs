@@ -470,6 +470,19 @@ pub fn header_variable(source: &[u8]) -> Option<Vec<u8>> {
     Some(suffix.to_vec())
 }
 
+/// If a label's configured value is exactly one variable (`$arg_ns`, `${upstream_addr}`), its
+/// name: the module then reads it as an indexed variable (evaluated once per request, shared by
+/// every label that names it) instead of running a complex value's script.
+pub fn single_variable(source: &[u8]) -> Option<&[u8]> {
+    let name = source.strip_prefix(b"$")?;
+    let name = match name.strip_prefix(b"{") {
+        Some(inner) => inner.strip_suffix(b"}")?,
+        None => name,
+    };
+    let ok = !name.is_empty() && name.iter().all(|b| b.is_ascii_alphanumeric() || *b == b'_');
+    ok.then_some(name)
+}
+
 /// Does a header (its lowercased name) match a `$http_*` variable suffix? As nginx does, `-`
 /// in the header name matches `_` in the variable name.
 #[inline]
@@ -479,6 +492,34 @@ pub fn header_matches(lowcase_key: &[u8], var_suffix: &[u8]) -> bool {
             .iter()
             .zip(var_suffix)
             .all(|(&h, &v)| h == v || (h == b'-' && v == b'_'))
+}
+
+#[cfg(test)]
+mod variable_tests {
+    use super::single_variable;
+
+    #[test]
+    fn only_one_whole_variable_is_a_single_variable() {
+        assert_eq!(single_variable(b"$arg_ns"), Some(&b"arg_ns"[..]));
+        assert_eq!(single_variable(b"${arg_model}"), Some(&b"arg_model"[..]));
+        for not in [
+            &b"$arg_ns-x"[..],
+            b"x$arg_ns",
+            b"$",
+            b"${}",
+            b"${arg",
+            b"$a$b",
+            b"plain",
+            b"",
+        ] {
+            assert_eq!(
+                single_variable(not),
+                None,
+                "{:?}",
+                String::from_utf8_lossy(not)
+            );
+        }
+    }
 }
 
 #[cfg(test)]
