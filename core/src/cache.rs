@@ -349,7 +349,12 @@ mod tests {
         for make in [
             (|i: usize| format!("ns{i:05}")) as fn(usize) -> String,
             |i| format!("tenant-{i}"),
-            |i| format!("{:010x}", (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 24),
+            |i| {
+                format!(
+                    "{:010x}",
+                    (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 24
+                )
+            },
             |i| format!("a-rather-long-tenant-name-of-forty-{i:05}"),
         ] {
             let n = 5000;
@@ -367,7 +372,12 @@ mod tests {
                     c.get_packed(1, &ks, k.as_bytes()).is_some()
                 })
                 .count();
-            assert!(hits * 100 >= n * 97, "{} of {n} keys like {:?} cached", hits, keys[0]);
+            assert!(
+                hits * 100 >= n * 97,
+                "{} of {n} keys like {:?} cached",
+                hits,
+                keys[0]
+            );
         }
     }
 

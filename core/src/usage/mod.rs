@@ -209,7 +209,12 @@ impl UsageReader {
         match self.body {
             Body::EventStream => self.framer.feed(buf, &mut self.events),
             Body::Json => {
-                self.events.scan.feed(buf);
+                // A body held whole by its first buffer (the usual case) is read by the
+                // recursive walk; anything it cannot prove goes the resumable way.
+                let scan = &mut self.events.scan;
+                if !(scan.at_start() && ends_a_value(buf) && scan.feed_whole(buf)) {
+                    scan.feed(buf);
+                }
                 false
             }
         }
@@ -394,7 +399,9 @@ impl Events {
             }
         }
         self.scan.begin();
-        self.scan.feed(p);
+        if !self.scan.feed_whole(p) {
+            self.scan.feed(p);
+        }
         self.scan.end();
         self.payload_end(p)
     }
@@ -411,6 +418,10 @@ impl Events {
         // object is followed by its end), and nothing before the key matters once settled.
         let before = p[..at].trim_ascii_end().last();
         if matches!(before, Some(b'{' | b',')) {
+            if self.scan.feed_members(&p[at..]) {
+                self.scan.end();
+                return Some(true);
+            }
             self.scan.begin_member();
             self.scan.feed(&p[at..]);
             self.scan.end();
@@ -507,6 +518,13 @@ fn no_usage_event(name: &[u8], dialect: Dialects) -> bool {
             .is_some_and(|rest| memchr::memchr(b'.', rest).is_some()),
         _ => false,
     }
+}
+
+/// Whether `buf` ends (whitespace aside) with a closing bracket: it may hold a whole JSON
+/// body, worth the whole-buffer walk.
+#[inline]
+fn ends_a_value(buf: &[u8]) -> bool {
+    matches!(buf.trim_ascii_end().last(), Some(b'}' | b']'))
 }
 
 #[inline]
@@ -792,6 +810,113 @@ mod tests {
         assert!(
             gated > 20 && null_tails > 20,
             "{gated} gated, {null_tails} null tails"
+        );
+    }
+
+    /// What a scanner read: facts and model, comparable.
+    fn reading(s: &Scanner) -> String {
+        let f = &s.facts;
+        format!(
+            "content {} delta {} hints {} kind {:?} usage {:?} bad {} error {} model {:?} clean {}",
+            f.content,
+            f.delta,
+            f.hints,
+            f.kind.get(),
+            f.usage,
+            f.bad_count,
+            f.error,
+            s.model.get(),
+            s.ended_cleanly()
+        )
+    }
+
+    /// Variants of a payload for the whole-walk comparison: itself, cut, bytes replaced by
+    /// ones that matter to JSON, bytes dropped.
+    fn variants(p: &[u8]) -> Vec<Vec<u8>> {
+        let mut out = vec![p.to_vec()];
+        let n = p.len();
+        let mut seed = n as u64 ^ 0x9E37_79B9_7F4A_7C15;
+        let mut next = |m: usize| {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (seed >> 33) as usize % m.max(1)
+        };
+        for _ in 0..12 {
+            let mut v = p.to_vec();
+            match next(3) {
+                0 => v.truncate(next(n + 1)),
+                1 if n > 0 => {
+                    let at = next(n);
+                    v[at] = b"{}[]\\\":,0-.en \"x"[next(16)];
+                }
+                _ if n > 0 => {
+                    v.remove(next(n));
+                }
+                _ => {}
+            }
+            out.push(v);
+        }
+        out
+    }
+
+    /// The whole-buffer walk reads exactly what the resumable scanner reads, for every corpus
+    /// payload and body (and damaged variants of them), every dialect setting, as a whole
+    /// payload and from every key on as the rest of a top-level object.
+    #[test]
+    fn whole_walk_reads_what_the_scanner_reads() {
+        let (mut whole, mut members) = (0, 0);
+        for (file, _, p) in corpus_payloads() {
+            for v in variants(&p) {
+                for format in [
+                    Format::Auto,
+                    Format::OpenAi,
+                    Format::Anthropic,
+                    Format::Gemini,
+                ] {
+                    let what = format!("{file}: {:?} {format:?}", String::from_utf8_lossy(&v));
+                    for known in [false, true] {
+                        let fresh = || {
+                            let mut s = UsageReader::new(format, Body::Json).events.scan;
+                            if known {
+                                s.begin();
+                                s.feed(br#"{"model":"m","modelVersion":"m"}"#);
+                                s.end();
+                            }
+                            s.begin();
+                            s
+                        };
+                        let mut full = fresh();
+                        full.feed(&v);
+                        let mut fast = fresh();
+                        if fast.feed_whole(&v) {
+                            whole += 1;
+                            assert!(full.ended_cleanly(), "{what}: accepted, scanner did not");
+                            assert_eq!(reading(&fast), reading(&full), "{what}");
+                        } else {
+                            assert_eq!(reading(&fast), reading(&fresh()), "{what}: undo");
+                        }
+                        // From each key on.
+                        for (at, _) in v.iter().enumerate().filter(|(_, &c)| c == b'"') {
+                            let mut full = fresh();
+                            full.begin_member();
+                            full.feed(&v[at..]);
+                            full.end();
+                            let mut fast = fresh();
+                            if fast.feed_members(&v[at..]) {
+                                members += 1;
+                                fast.end();
+                                assert!(full.ended_cleanly(), "{what} at {at}");
+                                assert_eq!(reading(&fast), reading(&full), "{what} at {at}");
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        assert!(
+            whole > 500 && members > 500,
+            "{whole} whole, {members} members"
         );
     }
 
