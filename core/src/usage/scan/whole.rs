@@ -306,11 +306,7 @@ impl Scanner {
                     self.facts.kind.over = true;
                 }
             }
-            Act::Content(d) | Act::AnyContent(d) => {
-                if !s.is_empty() {
-                    self.facts.content |= d;
-                }
-            }
+            Act::Content(d) | Act::AnyContent(d) if !s.is_empty() => self.facts.content |= d,
             Act::Delta => self.facts.delta |= !s.is_empty(),
             Act::Count(_) => self.facts.bad_count = true,
             _ => {}
