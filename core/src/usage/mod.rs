@@ -189,7 +189,6 @@ impl UsageReader {
                 chat: false,
                 malformed: false,
                 bad_count: false,
-                finder: Finder::new(b"\"usage"),
             },
         }
     }
@@ -329,8 +328,6 @@ struct Events {
     chat: bool,
     malformed: bool,
     bad_count: bool,
-    /// Finds `"usage` (and `"usageMetadata`) keys, built once.
-    finder: Finder<'static>,
 }
 
 impl Events {
@@ -444,7 +441,7 @@ impl Events {
         let mut from = 0;
         // The needle is 6 bytes: a shorter rest cannot hold it (and is not worth a search).
         while p.len() - from >= 6 {
-            let at = from + self.finder.find(&p[from..])?;
+            let at = from + usage_finder().find(&p[from..])?;
             from = at + 1;
             let rest = &p[at + 6..];
             let k = if rest.starts_with(b"\"") {
@@ -518,6 +515,13 @@ fn no_usage_event(name: &[u8], dialect: Dialects) -> bool {
             .is_some_and(|rest| memchr::memchr(b'.', rest).is_some()),
         _ => false,
     }
+}
+
+/// Finds `"usage` (and `"usageMetadata`) keys; built once per process (building one costs
+/// more than a JSON body's whole reading).
+fn usage_finder() -> &'static Finder<'static> {
+    static FINDER: std::sync::OnceLock<Finder<'static>> = std::sync::OnceLock::new();
+    FINDER.get_or_init(|| Finder::new(b"\"usage"))
 }
 
 /// Whether `buf` ends (whitespace aside) with a closing bracket: it may hold a whole JSON
@@ -918,6 +922,95 @@ mod tests {
             whole > 500 && members > 500,
             "{whole} whole, {members} members"
         );
+    }
+
+    /// JSON bodies read whole by the walk give what the resumable scanner gives when the same
+    /// body comes byte by byte, for every dialect setting; the traps of a key search are read
+    /// at their place only.
+    #[test]
+    fn json_bodies_whole_and_byte_by_byte() {
+        let u = r#"{"prompt_tokens":3,"completion_tokens":4}"#;
+        let bodies = [
+            // Nested `usage` at depth 2 and 3, before the top-level one.
+            (format!(r#"{{"model":"m","choices":[{{"usage":{{"prompt_tokens":9}}}}],"x":{{"usage":{{"prompt_tokens":8}}}},"usage":{u}}}"#), true),
+            // `usage` inside strings (escaped quotes), and a key-like string value.
+            (format!(r#"{{"model":"m","note":"\"usage\":{{\"prompt_tokens\":9}}","k":"usage","usage":{u}}}"#), true),
+            // Usage first, model last; usage last.
+            (format!(r#"{{"usage":{u},"choices":[{{"message":{{"content":"hi"}}}}],"model":"m"}}"#), true),
+            (format!(r#"{{"model":"m","choices":[],"usage":{u}}}"#), true),
+            // Pretty-printed.
+            (format!("{{\n  \"model\" : \"m\",\r\n\t\"usage\" :\n {{ \"prompt_tokens\" : 3 ,\n \"completion_tokens\": 4 }}\n}}\n\n"), true),
+            // A top-level duplicate key: merged field by field, the latest wins.
+            (format!(r#"{{"usage":{{"prompt_tokens":1,"completion_tokens":2}},"model":"m","usage":{{"prompt_tokens":5}}}}"#), true),
+            // Gemini streamGenerateContent without SSE: an array of responses.
+            (r#"[{"candidates":[{"content":{"parts":[{"text":"a"}]}}],"usageMetadata":{"promptTokenCount":2},"modelVersion":"g"},{"usageMetadata":{"promptTokenCount":3,"candidatesTokenCount":4}}]"#.to_string(), true),
+            // Escaped model (read the scanner's way), Anthropic with its cache fields.
+            (r#"{"type":"message","model":"cl\u00e9\/x","usage":{"input_tokens":10,"cache_read_input_tokens":5,"output_tokens":2}}"#.to_string(), true),
+            // Invalid counts, no usage, broken bodies: the walk gives up or agrees.
+            (r#"{"model":"m","usage":{"prompt_tokens":-1,"completion_tokens":"2"}}"#.to_string(), true),
+            (r#"{"model":"m","usage":{"prompt_tokens":3}} x"#.to_string(), false),
+            (r#"{"model":"m","usage":{"prompt_tokens":3},}"#.to_string(), false),
+            (r#"{"model":"m" "usage":{"prompt_tokens":3}}"#.to_string(), false),
+            // Broken inside `choices`: only read (and so only an error) where `choices` is tracked.
+            (r#"{"choices":[{"index" 0}],"usage":{"prompt_tokens":3}}"#.to_string(), false),
+        ];
+        for (body, walks) in &bodies {
+            for format in [
+                Format::Auto,
+                Format::OpenAi,
+                Format::Anthropic,
+                Format::Gemini,
+            ] {
+                let mut s = UsageReader::new(format, Body::Json).events.scan;
+                let tracked = !body.starts_with(r#"{"choices""#)
+                    || matches!(format, Format::Auto | Format::OpenAi);
+                assert_eq!(s.feed_whole(body.as_bytes()), *walks || !tracked, "{body}");
+                for complete in [true, false] {
+                    let mut whole = UsageReader::new(format, Body::Json);
+                    whole.feed(body.as_bytes());
+                    let mut bytes = UsageReader::new(format, Body::Json);
+                    for b in body.as_bytes().chunks(1) {
+                        bytes.feed(b);
+                    }
+                    assert_eq!(whole.finish(complete), bytes.finish(complete), "{body}");
+                    assert_eq!(whole.model(), bytes.model(), "{body}");
+                }
+                // Split inside the usage object: the first buffer is no whole body.
+                if let Some(at) = body.find("_tokens\":") {
+                    let mut split = UsageReader::new(format, Body::Json);
+                    split.feed(&body.as_bytes()[..at]);
+                    assert!(
+                        !split.events.scan.at_start()
+                            || body.as_bytes()[..at].trim_ascii().is_empty()
+                    );
+                    split.feed(&body.as_bytes()[at..]);
+                    let mut bytes = UsageReader::new(format, Body::Json);
+                    for b in body.as_bytes().chunks(1) {
+                        bytes.feed(b);
+                    }
+                    assert_eq!(split.finish(true), bytes.finish(true), "{body}");
+                }
+            }
+        }
+        // Spot checks of what is read.
+        let read = |body: &str| {
+            let mut r = UsageReader::new(Format::Auto, Body::Json);
+            r.feed(body.as_bytes());
+            r.finish(true)
+        };
+        assert_eq!(read(&bodies[0].0), tokens(3, 4));
+        assert_eq!(read(&bodies[1].0), tokens(3, 4));
+        assert_eq!(read(&bodies[5].0), tokens(5, 2));
+        assert_eq!(read(&bodies[6].0), tokens(3, 4));
+        // Bytes after a body read whole are read as the scanner reads them (an error).
+        let mut r = UsageReader::new(Format::Auto, Body::Json);
+        r.feed(bodies[3].0.as_bytes());
+        r.feed(b"  \n");
+        assert_eq!(r.finish(true), tokens(3, 4));
+        let mut r = UsageReader::new(Format::Auto, Body::Json);
+        r.feed(br#"{"model":"m"}"#);
+        r.feed(b"{}");
+        assert_eq!(r.finish(true), Outcome::Malformed);
     }
 
     /// Reads a stream in the given pieces; returns the outcome and the model.

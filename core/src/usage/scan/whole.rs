@@ -20,6 +20,10 @@ type Pos = Result<usize, Stop>;
 
 #[inline(always)]
 fn ws(b: &[u8], mut i: usize) -> usize {
+    // Most tokens follow each other without whitespace.
+    if i < b.len() && b[i] > b' ' {
+        return i;
+    }
     while i < b.len() && matches!(b[i], b' ' | b'\n' | b'\r' | b'\t') {
         i += 1;
     }
