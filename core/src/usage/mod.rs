@@ -939,9 +939,9 @@ mod tests {
             (format!(r#"{{"usage":{u},"choices":[{{"message":{{"content":"hi"}}}}],"model":"m"}}"#), true),
             (format!(r#"{{"model":"m","choices":[],"usage":{u}}}"#), true),
             // Pretty-printed.
-            (format!("{{\n  \"model\" : \"m\",\r\n\t\"usage\" :\n {{ \"prompt_tokens\" : 3 ,\n \"completion_tokens\": 4 }}\n}}\n\n"), true),
+            ("{\n  \"model\" : \"m\",\r\n\t\"usage\" :\n { \"prompt_tokens\" : 3 ,\n \"completion_tokens\": 4 }\n}\n\n".to_string(), true),
             // A top-level duplicate key: merged field by field, the latest wins.
-            (format!(r#"{{"usage":{{"prompt_tokens":1,"completion_tokens":2}},"model":"m","usage":{{"prompt_tokens":5}}}}"#), true),
+            (r#"{"usage":{"prompt_tokens":1,"completion_tokens":2},"model":"m","usage":{"prompt_tokens":5}}"#.to_string(), true),
             // Gemini streamGenerateContent without SSE: an array of responses.
             (r#"[{"candidates":[{"content":{"parts":[{"text":"a"}]}}],"usageMetadata":{"promptTokenCount":2},"modelVersion":"g"},{"usageMetadata":{"promptTokenCount":3,"candidatesTokenCount":4}}]"#.to_string(), true),
             // Escaped model (read the scanner's way), Anthropic with its cache fields.
