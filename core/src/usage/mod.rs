@@ -65,14 +65,27 @@
 //!
 //! Settled streams therefore do not check the JSON of payloads without usage.
 //!
+//! Reading itself: a payload (or JSON body) held whole in one buffer is read by a recursive
+//! walk over the slice (`scan/whole.rs`): string ends found eight bytes at a time, keys
+//! compared as slices against the same provider table, skipped containers bracket-counted.
+//! It reads exactly what the resumable scanner reads and accepts only what it can walk to the
+//! end without error; anything else (a body cut or split across buffers, broken JSON) is read
+//! by the resumable scanner, unchanged. A JSON body whose first buffer holds it whole is read
+//! so at `feed`; the scanner is then left where it would have been (`Done`), so bytes that
+//! still follow are read as before. The settled fast path reads from the usage key on with the
+//! same walk. Tested: walk against scanner on every corpus payload and damaged variants, every
+//! dialect setting (`whole_walk_reads_what_the_scanner_reads`), and JSON bodies whole against
+//! byte by byte (a unit test of traps, and a fuzz property).
+//!
 //! Instructions per further chunk measured with callgrind (`core/examples/usage_cost.rs`,
-//! release, x86-64; before this work in brackets): OpenAI Chat 292 (650), Anthropic
-//! `content_block_delta` 278 (618), Responses `output_text.delta` 345 (678), Gemini 4,333
-//! (4,432), a typical 674-byte Chat JSON body 11,147 (11,301). The streaming chunks are now
-//! the line search (~100–140 for a 100–260-byte line) plus ~150 of framing and hand-off; still
-//! above the ≤ ~200 target. Gemini (every chunk carries running usage, read by the byte-level
-//! scanner) and JSON bodies (the byte-level scanner, ~10–14 instructions a byte) have no fast
-//! path yet.
+//! release, x86-64; before this round in brackets): OpenAI Chat 288 (303), Anthropic
+//! `content_block_delta` 268 (278), Responses `output_text.delta` 345 (345), Gemini 2,954
+//! (4,402), a typical 674-byte Chat JSON body 6,995 (11,316). Targets not met: Gemini (≤ ~400)
+//! and JSON bodies (≤ ~1,500). The walk costs ~60–150 instructions per key/value (string-end
+//! search, provider-table lookup, dispatch); a Gemini chunk still walks its `usageMetadata`
+//! and the members after it, a JSON body every tracked member. The deferred, copy-only
+//! reading of Gemini's running `usageMetadata` (parsed once at the end or before a chunk that
+//! needs the full reading) is not written.
 //!
 //! The last event of a stream without blank line is read by [`UsageReader::finish`]; its first
 //! content is reported by [`UsageReader::first_content_at_finish`].
