@@ -398,4 +398,40 @@ proptest! {
         let cuts = sorted(cuts.into_iter().map(|c| c % len).collect());
         read_usage_everywhere(&body, &cuts);
     }
+
+    /// A JSON body fed whole (read by the whole-buffer walk when it can) reads as the same
+    /// body fed byte by byte (read by the resumable scanner), also when damaged.
+    #[test]
+    fn json_body_whole_reads_as_byte_by_byte(
+        pick in any::<usize>(),
+        edits in proptest::collection::vec((any::<usize>(), any::<u8>(), 0u8..4), 0..4),
+    ) {
+        let cases: Vec<_> = common::corpus::load()
+            .into_iter()
+            .filter(|c| c.kind == Body::Json)
+            .collect();
+        let mut body = cases[pick % cases.len()].body.clone();
+        for (at, byte, op) in edits {
+            let at = if body.is_empty() { 0 } else { at % body.len() };
+            let hot = b"\"\\{}[]:,0-e \n";
+            match op {
+                0 if !body.is_empty() => body[at] = hot[usize::from(byte) % hot.len()],
+                1 => body.insert(at, hot[usize::from(byte) % hot.len()]),
+                2 if !body.is_empty() => { body.remove(at); }
+                _ => body.truncate(at),
+            }
+        }
+        for format in [Format::Auto, Format::OpenAi, Format::Anthropic, Format::Gemini] {
+            for complete in [true, false] {
+                let mut whole = UsageReader::new(format, Body::Json);
+                whole.feed(&body);
+                let mut bytes = UsageReader::new(format, Body::Json);
+                for b in body.chunks(1) {
+                    bytes.feed(b);
+                }
+                prop_assert_eq!(whole.finish(complete), bytes.finish(complete));
+                prop_assert_eq!(whole.model(), bytes.model());
+            }
+        }
+    }
 }

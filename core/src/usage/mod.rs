@@ -65,14 +65,27 @@
 //!
 //! Settled streams therefore do not check the JSON of payloads without usage.
 //!
+//! Reading itself: a payload (or JSON body) held whole in one buffer is read by a recursive
+//! walk over the slice (`scan/whole.rs`): string ends found eight bytes at a time, keys
+//! compared as slices against the same provider table, skipped containers bracket-counted.
+//! It reads exactly what the resumable scanner reads and accepts only what it can walk to the
+//! end without error; anything else (a body cut or split across buffers, broken JSON) is read
+//! by the resumable scanner, unchanged. A JSON body whose first buffer holds it whole is read
+//! so at `feed`; the scanner is then left where it would have been (`Done`), so bytes that
+//! still follow are read as before. The settled fast path reads from the usage key on with the
+//! same walk. Tested: walk against scanner on every corpus payload and damaged variants, every
+//! dialect setting (`whole_walk_reads_what_the_scanner_reads`), and JSON bodies whole against
+//! byte by byte (a unit test of traps, and a fuzz property).
+//!
 //! Instructions per further chunk measured with callgrind (`core/examples/usage_cost.rs`,
-//! release, x86-64; before this work in brackets): OpenAI Chat 292 (650), Anthropic
-//! `content_block_delta` 278 (618), Responses `output_text.delta` 345 (678), Gemini 4,333
-//! (4,432), a typical 674-byte Chat JSON body 11,147 (11,301). The streaming chunks are now
-//! the line search (~100–140 for a 100–260-byte line) plus ~150 of framing and hand-off; still
-//! above the ≤ ~200 target. Gemini (every chunk carries running usage, read by the byte-level
-//! scanner) and JSON bodies (the byte-level scanner, ~10–14 instructions a byte) have no fast
-//! path yet.
+//! release, x86-64; before this round in brackets): OpenAI Chat 288 (303), Anthropic
+//! `content_block_delta` 268 (278), Responses `output_text.delta` 345 (345), Gemini 2,954
+//! (4,402), a typical 674-byte Chat JSON body 6,995 (11,316). Targets not met: Gemini (≤ ~400)
+//! and JSON bodies (≤ ~1,500). The walk costs ~60–150 instructions per key/value (string-end
+//! search, provider-table lookup, dispatch); a Gemini chunk still walks its `usageMetadata`
+//! and the members after it, a JSON body every tracked member. The deferred, copy-only
+//! reading of Gemini's running `usageMetadata` (parsed once at the end or before a chunk that
+//! needs the full reading) is not written.
 //!
 //! The last event of a stream without blank line is read by [`UsageReader::finish`]; its first
 //! content is reported by [`UsageReader::first_content_at_finish`].
@@ -189,7 +202,6 @@ impl UsageReader {
                 chat: false,
                 malformed: false,
                 bad_count: false,
-                finder: Finder::new(b"\"usage"),
             },
         }
     }
@@ -209,7 +221,12 @@ impl UsageReader {
         match self.body {
             Body::EventStream => self.framer.feed(buf, &mut self.events),
             Body::Json => {
-                self.events.scan.feed(buf);
+                // A body held whole by its first buffer (the usual case) is read by the
+                // recursive walk; anything it cannot prove goes the resumable way.
+                let scan = &mut self.events.scan;
+                if !(scan.at_start() && ends_a_value(buf) && scan.feed_whole(buf)) {
+                    scan.feed(buf);
+                }
                 false
             }
         }
@@ -324,8 +341,6 @@ struct Events {
     chat: bool,
     malformed: bool,
     bad_count: bool,
-    /// Finds `"usage` (and `"usageMetadata`) keys, built once.
-    finder: Finder<'static>,
 }
 
 impl Events {
@@ -394,7 +409,9 @@ impl Events {
             }
         }
         self.scan.begin();
-        self.scan.feed(p);
+        if !self.scan.feed_whole(p) {
+            self.scan.feed(p);
+        }
         self.scan.end();
         self.payload_end(p)
     }
@@ -411,6 +428,10 @@ impl Events {
         // object is followed by its end), and nothing before the key matters once settled.
         let before = p[..at].trim_ascii_end().last();
         if matches!(before, Some(b'{' | b',')) {
+            if self.scan.feed_members(&p[at..]) {
+                self.scan.end();
+                return Some(true);
+            }
             self.scan.begin_member();
             self.scan.feed(&p[at..]);
             self.scan.end();
@@ -433,7 +454,7 @@ impl Events {
         let mut from = 0;
         // The needle is 6 bytes: a shorter rest cannot hold it (and is not worth a search).
         while p.len() - from >= 6 {
-            let at = from + self.finder.find(&p[from..])?;
+            let at = from + usage_finder().find(&p[from..])?;
             from = at + 1;
             let rest = &p[at + 6..];
             let k = if rest.starts_with(b"\"") {
@@ -507,6 +528,20 @@ fn no_usage_event(name: &[u8], dialect: Dialects) -> bool {
             .is_some_and(|rest| memchr::memchr(b'.', rest).is_some()),
         _ => false,
     }
+}
+
+/// Finds `"usage` (and `"usageMetadata`) keys; built once per process (building one costs
+/// more than a JSON body's whole reading).
+fn usage_finder() -> &'static Finder<'static> {
+    static FINDER: std::sync::OnceLock<Finder<'static>> = std::sync::OnceLock::new();
+    FINDER.get_or_init(|| Finder::new(b"\"usage"))
+}
+
+/// Whether `buf` ends (whitespace aside) with a closing bracket: it may hold a whole JSON
+/// body, worth the whole-buffer walk.
+#[inline]
+fn ends_a_value(buf: &[u8]) -> bool {
+    matches!(buf.trim_ascii_end().last(), Some(b'}' | b']'))
 }
 
 #[inline]
@@ -793,6 +828,202 @@ mod tests {
             gated > 20 && null_tails > 20,
             "{gated} gated, {null_tails} null tails"
         );
+    }
+
+    /// What a scanner read: facts and model, comparable.
+    fn reading(s: &Scanner) -> String {
+        let f = &s.facts;
+        format!(
+            "content {} delta {} hints {} kind {:?} usage {:?} bad {} error {} model {:?} clean {}",
+            f.content,
+            f.delta,
+            f.hints,
+            f.kind.get(),
+            f.usage,
+            f.bad_count,
+            f.error,
+            s.model.get(),
+            s.ended_cleanly()
+        )
+    }
+
+    /// Variants of a payload for the whole-walk comparison: itself, cut, bytes replaced by
+    /// ones that matter to JSON, bytes dropped.
+    fn variants(p: &[u8]) -> Vec<Vec<u8>> {
+        let mut out = vec![p.to_vec()];
+        let n = p.len();
+        let mut seed = n as u64 ^ 0x9E37_79B9_7F4A_7C15;
+        let mut next = |m: usize| {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (seed >> 33) as usize % m.max(1)
+        };
+        for _ in 0..12 {
+            let mut v = p.to_vec();
+            match next(3) {
+                0 => v.truncate(next(n + 1)),
+                1 if n > 0 => {
+                    let at = next(n);
+                    v[at] = b"{}[]\\\":,0-.en \"x"[next(16)];
+                }
+                _ if n > 0 => {
+                    v.remove(next(n));
+                }
+                _ => {}
+            }
+            out.push(v);
+        }
+        out
+    }
+
+    /// The whole-buffer walk reads exactly what the resumable scanner reads, for every corpus
+    /// payload and body (and damaged variants of them), every dialect setting, as a whole
+    /// payload and from every key on as the rest of a top-level object.
+    #[test]
+    fn whole_walk_reads_what_the_scanner_reads() {
+        let (mut whole, mut members) = (0, 0);
+        for (file, _, p) in corpus_payloads() {
+            for v in variants(&p) {
+                for format in [
+                    Format::Auto,
+                    Format::OpenAi,
+                    Format::Anthropic,
+                    Format::Gemini,
+                ] {
+                    let what = format!("{file}: {:?} {format:?}", String::from_utf8_lossy(&v));
+                    for known in [false, true] {
+                        let fresh = || {
+                            let mut s = UsageReader::new(format, Body::Json).events.scan;
+                            if known {
+                                s.begin();
+                                s.feed(br#"{"model":"m","modelVersion":"m"}"#);
+                                s.end();
+                            }
+                            s.begin();
+                            s
+                        };
+                        let mut full = fresh();
+                        full.feed(&v);
+                        let mut fast = fresh();
+                        if fast.feed_whole(&v) {
+                            whole += 1;
+                            assert!(full.ended_cleanly(), "{what}: accepted, scanner did not");
+                            assert_eq!(reading(&fast), reading(&full), "{what}");
+                        } else {
+                            assert_eq!(reading(&fast), reading(&fresh()), "{what}: undo");
+                        }
+                        // From each key on.
+                        for (at, _) in v.iter().enumerate().filter(|(_, &c)| c == b'"') {
+                            let mut full = fresh();
+                            full.begin_member();
+                            full.feed(&v[at..]);
+                            full.end();
+                            let mut fast = fresh();
+                            if fast.feed_members(&v[at..]) {
+                                members += 1;
+                                fast.end();
+                                assert!(full.ended_cleanly(), "{what} at {at}");
+                                assert_eq!(reading(&fast), reading(&full), "{what} at {at}");
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        assert!(
+            whole > 500 && members > 500,
+            "{whole} whole, {members} members"
+        );
+    }
+
+    /// JSON bodies read whole by the walk give what the resumable scanner gives when the same
+    /// body comes byte by byte, for every dialect setting; the traps of a key search are read
+    /// at their place only.
+    #[test]
+    fn json_bodies_whole_and_byte_by_byte() {
+        let u = r#"{"prompt_tokens":3,"completion_tokens":4}"#;
+        let bodies = [
+            // Nested `usage` at depth 2 and 3, before the top-level one.
+            (format!(r#"{{"model":"m","choices":[{{"usage":{{"prompt_tokens":9}}}}],"x":{{"usage":{{"prompt_tokens":8}}}},"usage":{u}}}"#), true),
+            // `usage` inside strings (escaped quotes), and a key-like string value.
+            (format!(r#"{{"model":"m","note":"\"usage\":{{\"prompt_tokens\":9}}","k":"usage","usage":{u}}}"#), true),
+            // Usage first, model last; usage last.
+            (format!(r#"{{"usage":{u},"choices":[{{"message":{{"content":"hi"}}}}],"model":"m"}}"#), true),
+            (format!(r#"{{"model":"m","choices":[],"usage":{u}}}"#), true),
+            // Pretty-printed.
+            ("{\n  \"model\" : \"m\",\r\n\t\"usage\" :\n { \"prompt_tokens\" : 3 ,\n \"completion_tokens\": 4 }\n}\n\n".to_string(), true),
+            // A top-level duplicate key: merged field by field, the latest wins.
+            (r#"{"usage":{"prompt_tokens":1,"completion_tokens":2},"model":"m","usage":{"prompt_tokens":5}}"#.to_string(), true),
+            // Gemini streamGenerateContent without SSE: an array of responses.
+            (r#"[{"candidates":[{"content":{"parts":[{"text":"a"}]}}],"usageMetadata":{"promptTokenCount":2},"modelVersion":"g"},{"usageMetadata":{"promptTokenCount":3,"candidatesTokenCount":4}}]"#.to_string(), true),
+            // Escaped model (read the scanner's way), Anthropic with its cache fields.
+            (r#"{"type":"message","model":"cl\u00e9\/x","usage":{"input_tokens":10,"cache_read_input_tokens":5,"output_tokens":2}}"#.to_string(), true),
+            // Invalid counts, no usage, broken bodies: the walk gives up or agrees.
+            (r#"{"model":"m","usage":{"prompt_tokens":-1,"completion_tokens":"2"}}"#.to_string(), true),
+            (r#"{"model":"m","usage":{"prompt_tokens":3}} x"#.to_string(), false),
+            (r#"{"model":"m","usage":{"prompt_tokens":3},}"#.to_string(), false),
+            (r#"{"model":"m" "usage":{"prompt_tokens":3}}"#.to_string(), false),
+            // Broken inside `choices`: only read (and so only an error) where `choices` is tracked.
+            (r#"{"choices":[{"index" 0}],"usage":{"prompt_tokens":3}}"#.to_string(), false),
+        ];
+        for (body, walks) in &bodies {
+            for format in [
+                Format::Auto,
+                Format::OpenAi,
+                Format::Anthropic,
+                Format::Gemini,
+            ] {
+                let mut s = UsageReader::new(format, Body::Json).events.scan;
+                let tracked = !body.starts_with(r#"{"choices""#)
+                    || matches!(format, Format::Auto | Format::OpenAi);
+                assert_eq!(s.feed_whole(body.as_bytes()), *walks || !tracked, "{body}");
+                for complete in [true, false] {
+                    let mut whole = UsageReader::new(format, Body::Json);
+                    whole.feed(body.as_bytes());
+                    let mut bytes = UsageReader::new(format, Body::Json);
+                    for b in body.as_bytes().chunks(1) {
+                        bytes.feed(b);
+                    }
+                    assert_eq!(whole.finish(complete), bytes.finish(complete), "{body}");
+                    assert_eq!(whole.model(), bytes.model(), "{body}");
+                }
+                // Split inside the usage object: the first buffer is no whole body.
+                if let Some(at) = body.find("_tokens\":") {
+                    let mut split = UsageReader::new(format, Body::Json);
+                    split.feed(&body.as_bytes()[..at]);
+                    assert!(
+                        !split.events.scan.at_start()
+                            || body.as_bytes()[..at].trim_ascii().is_empty()
+                    );
+                    split.feed(&body.as_bytes()[at..]);
+                    let mut bytes = UsageReader::new(format, Body::Json);
+                    for b in body.as_bytes().chunks(1) {
+                        bytes.feed(b);
+                    }
+                    assert_eq!(split.finish(true), bytes.finish(true), "{body}");
+                }
+            }
+        }
+        // Spot checks of what is read.
+        let read = |body: &str| {
+            let mut r = UsageReader::new(Format::Auto, Body::Json);
+            r.feed(body.as_bytes());
+            r.finish(true)
+        };
+        assert_eq!(read(&bodies[0].0), tokens(3, 4));
+        assert_eq!(read(&bodies[1].0), tokens(3, 4));
+        assert_eq!(read(&bodies[5].0), tokens(5, 2));
+        assert_eq!(read(&bodies[6].0), tokens(3, 4));
+        // Bytes after a body read whole are read as the scanner reads them (an error).
+        let mut r = UsageReader::new(Format::Auto, Body::Json);
+        r.feed(bodies[3].0.as_bytes());
+        r.feed(b"  \n");
+        assert_eq!(r.finish(true), tokens(3, 4));
+        let mut r = UsageReader::new(Format::Auto, Body::Json);
+        r.feed(br#"{"model":"m"}"#);
+        r.feed(b"{}");
+        assert_eq!(r.finish(true), Outcome::Malformed);
     }
 
     /// Reads a stream in the given pieces; returns the outcome and the model.

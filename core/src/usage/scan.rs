@@ -7,6 +7,8 @@
 //! validator: it notices what breaks its walk (a stray byte, a mismatched bracket, an
 //! incomplete payload) and flags it, nothing more.
 
+mod whole;
+
 use super::providers::{self, Act, Dialects, Node, Raw, MAX_COUNT};
 
 /// The deepest path the provider table needs (top-level array, response, candidates, candidate,
@@ -262,6 +264,11 @@ impl Scanner {
         if !self.model.done {
             self.model.len = 0;
         }
+    }
+
+    /// Before any byte of the payload's top-level value (whitespace aside).
+    pub(crate) fn at_start(&self) -> bool {
+        self.st == St::Start
     }
 
     /// After [`Scanner::end`]: the walk reached the end of the top-level value without error.

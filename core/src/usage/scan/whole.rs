@@ -1,0 +1,334 @@
+//! The scanner's reading of a payload held whole in one buffer, by recursive descent instead of
+//! the byte-by-byte state machine: strings are skipped by searching their end, keys are
+//! compared as slices, skipped containers are walked by a tight bracket-counting loop.
+//!
+//! It reads exactly what [`Scanner::feed`] would read (the same [`providers`] table, the same
+//! number, literal and string rules, the same bound on tracked depth), but it only accepts a
+//! payload it can walk to the end without a single error: anything else (an incomplete value,
+//! a byte the scanner would stop at, a top-level value followed by more than whitespace)
+//! makes it give up, and the caller scans the payload the resumable way. So it never decides
+//! anything the scanner would decide differently: on success the scanner is left exactly as
+//! `feed` of the same bytes would have left it (`Done`, with the same facts and model).
+
+use super::{Scanner, St, MAX_TRACK};
+use crate::usage::providers::{self, Act, Node, Raw, MAX_COUNT};
+
+/// Gave up: the payload is not one the walk can prove it reads as the scanner does.
+struct Stop;
+
+type Pos = Result<usize, Stop>;
+
+#[inline(always)]
+fn ws(b: &[u8], mut i: usize) -> usize {
+    // Most tokens follow each other without whitespace.
+    if i < b.len() && b[i] > b' ' {
+        return i;
+    }
+    while i < b.len() && matches!(b[i], b' ' | b'\n' | b'\r' | b'\t') {
+        i += 1;
+    }
+    i
+}
+
+const ONES: u64 = 0x0101_0101_0101_0101;
+const HIGH: u64 = 0x8080_8080_8080_8080;
+
+/// The first `"` or `\` at or after `i`, eight bytes at a time (a word's lowest flagged byte
+/// is exact: the borrow of the zero-byte test only flags bytes above a true match).
+#[inline(always)]
+fn quote_or_escape(b: &[u8], mut i: usize) -> Option<usize> {
+    while let Some(w) = b.get(i..i + 8) {
+        let w = u64::from_le_bytes(w.try_into().ok()?);
+        let q = w ^ (ONES * u64::from(b'"'));
+        let e = w ^ (ONES * u64::from(b'\\'));
+        let m = (q.wrapping_sub(ONES) & !q | e.wrapping_sub(ONES) & !e) & HIGH;
+        if m != 0 {
+            return Some(i + (m.trailing_zeros() / 8) as usize);
+        }
+        i += 8;
+    }
+    while i < b.len() {
+        if matches!(b[i], b'"' | b'\\') {
+            return Some(i);
+        }
+        i += 1;
+    }
+    None
+}
+
+/// The closing quote of the string whose content starts at `i` (escapes skipped as the scanner
+/// skips them: the byte after a backslash, whatever it is), and whether it has escapes.
+#[inline(always)]
+fn string_end(b: &[u8], mut i: usize) -> Result<(usize, bool), Stop> {
+    let mut escaped = false;
+    loop {
+        let j = quote_or_escape(b, i).ok_or(Stop)?;
+        if b[j] == b'"' {
+            return Ok((j, escaped));
+        }
+        escaped = true;
+        i = j + 2;
+        if i > b.len() {
+            return Err(Stop);
+        }
+    }
+}
+
+/// Past a container the scanner skips (`b[i]` is its opening bracket): brackets outside
+/// strings are counted whatever their kind, as the scanner's skip does.
+fn skip_container(b: &[u8], mut i: usize) -> Pos {
+    let mut depth = 0u32;
+    while i < b.len() {
+        let c = b[i];
+        i += 1;
+        match c {
+            b'"' => i = string_end(b, i)?.0 + 1,
+            b'{' | b'[' => depth += 1,
+            b'}' | b']' => {
+                depth -= 1;
+                if depth == 0 {
+                    return Ok(i);
+                }
+            }
+            _ => {}
+        }
+    }
+    Err(Stop)
+}
+
+impl Scanner {
+    /// Reads `b` as one whole payload (the scanner must be just begun, before any byte of the
+    /// top-level value). Returns false and leaves the scanner just begun when it cannot prove
+    /// the reading; then feed the bytes the resumable way.
+    pub(crate) fn feed_whole(&mut self, b: &[u8]) -> bool {
+        debug_assert!(self.st == St::Start);
+        let known = self.model.done;
+        let i = ws(b, 0);
+        let read = match b.get(i) {
+            Some(b'{') => self.w_object(b, i + 1, Node::Root, 0, true),
+            Some(b'[') => self.w_array(b, i + 1, Node::TopArray, 0),
+            _ => Err(Stop),
+        };
+        match read {
+            Ok(end) if ws(b, end) == b.len() => {
+                self.st = St::Done;
+                self.depth = 0;
+                true
+            }
+            _ => {
+                self.undo(known);
+                false
+            }
+        }
+    }
+
+    /// Reads `b` as the rest of a top-level object from one of its keys on (as
+    /// [`Scanner::begin_member`] and `feed`): true when the walk ends with that object exactly
+    /// at the end of `b` (whitespace aside), as [`Scanner::ended_cleanly`] would say. False
+    /// leaves the scanner just begun.
+    pub(crate) fn feed_members(&mut self, b: &[u8]) -> bool {
+        self.begin();
+        let known = self.model.done;
+        match self.w_object(b, 0, Node::Root, 0, false) {
+            Ok(end) if ws(b, end) == b.len() => {
+                self.st = St::Done;
+                self.depth = 0;
+                true
+            }
+            _ => {
+                self.undo(known);
+                false
+            }
+        }
+    }
+
+    fn undo(&mut self, model_known: bool) {
+        if !model_known {
+            self.model.done = false;
+        }
+        self.begin();
+    }
+
+    /// The members of an object of meaning `node` from `i` (just after its `{`, or at a key when
+    /// `may_close` is false), opened at tracked depth `depth`; returns the position after its `}`.
+    fn w_object(&mut self, b: &[u8], i: usize, node: Node, depth: usize, may_close: bool) -> Pos {
+        let depth = depth + 1;
+        if node.is_usage() {
+            self.stage = Raw::default();
+            self.stage_valid = false;
+        }
+        let mut i = ws(b, i);
+        if may_close && b.get(i) == Some(&b'}') {
+            return Ok(self.w_close(node, i + 1));
+        }
+        loop {
+            if b.get(i) != Some(&b'"') {
+                return Err(Stop);
+            }
+            let k = i + 1;
+            let (e, escaped) = string_end(b, k)?;
+            // Our keys are plain: an escaped key is none of them (the scanner compares it as
+            // empty).
+            let key = if escaped { &[][..] } else { &b[k..e] };
+            let (act, hint) = providers::member(node, key, self.allow);
+            self.facts.hints |= hint;
+            i = ws(b, e + 1);
+            if b.get(i) != Some(&b':') {
+                return Err(Stop);
+            }
+            i = ws(b, i + 1);
+            i = ws(b, self.w_value(b, i, act, depth)?);
+            match b.get(i) {
+                Some(b',') => i = ws(b, i + 1),
+                Some(b'}') => return Ok(self.w_close(node, i + 1)),
+                _ => return Err(Stop),
+            }
+        }
+    }
+
+    fn w_close(&mut self, node: Node, end: usize) -> usize {
+        if node.is_usage() {
+            if self.stage_valid {
+                self.facts.usage.merge(&self.stage);
+            } else {
+                self.facts.bad_count = true;
+            }
+        }
+        end
+    }
+
+    /// The elements of an array of meaning `node` from `i` (just after its `[`).
+    fn w_array(&mut self, b: &[u8], i: usize, node: Node, depth: usize) -> Pos {
+        let depth = depth + 1;
+        let act = providers::element(node);
+        let mut i = ws(b, i);
+        if b.get(i) == Some(&b']') {
+            return Ok(i + 1);
+        }
+        loop {
+            i = ws(b, self.w_value(b, i, act, depth)?);
+            match b.get(i) {
+                Some(b',') => i = ws(b, i + 1),
+                Some(b']') => return Ok(i + 1),
+                _ => return Err(Stop),
+            }
+        }
+    }
+
+    /// The value at `b[i]` (not whitespace), read according to `act` inside `depth` tracked
+    /// containers; returns the position after it.
+    fn w_value(&mut self, b: &[u8], i: usize, act: Act, depth: usize) -> Pos {
+        let &c = b.get(i).ok_or(Stop)?;
+        if let Act::AnyContent(d) = act {
+            if c != b'n' {
+                self.facts.content |= d;
+            }
+        }
+        match c {
+            b'{' | b'[' => {
+                let array = c == b'[';
+                match act {
+                    Act::Open(node) if node.is_array() == array && depth < MAX_TRACK => {
+                        if array {
+                            self.w_array(b, i + 1, node, depth)
+                        } else {
+                            self.w_object(b, i + 1, node, depth, true)
+                        }
+                    }
+                    _ => skip_container(b, i),
+                }
+            }
+            b'"' => self.w_string(b, i + 1, act),
+            b'0'..=b'9' | b'-' => {
+                let mut num = u64::from(c.wrapping_sub(b'0'));
+                let mut bad = c == b'-';
+                let mut j = i + 1;
+                while j < b.len() {
+                    match b[j] {
+                        d @ b'0'..=b'9' => {
+                            num = num.saturating_mul(10).saturating_add(u64::from(d - b'0'));
+                        }
+                        b'.' | b'e' | b'E' | b'+' | b'-' => bad = true,
+                        _ => break,
+                    }
+                    j += 1;
+                }
+                if j == b.len() {
+                    return Err(Stop);
+                }
+                if let Act::Count(s) = act {
+                    if bad || num > MAX_COUNT {
+                        self.facts.bad_count = true;
+                    } else {
+                        self.stage.set(s, num);
+                        self.stage_valid = true;
+                    }
+                }
+                Ok(j)
+            }
+            b't' | b'f' | b'n' => {
+                if matches!(act, Act::Count(_)) && c != b'n' {
+                    self.facts.bad_count = true;
+                }
+                let mut j = i + 1;
+                while j < b.len() && b[j].is_ascii_alphabetic() {
+                    j += 1;
+                }
+                if j == b.len() {
+                    return Err(Stop);
+                }
+                Ok(j)
+            }
+            _ => Err(Stop),
+        }
+    }
+
+    /// A string value whose content starts at `i`; returns the position after its closing quote.
+    fn w_string(&mut self, b: &[u8], i: usize, act: Act) -> Pos {
+        let (e, escaped) = string_end(b, i)?;
+        let s = &b[i..e];
+        match act {
+            Act::Model if !self.model.done => {
+                if escaped {
+                    // Escapes (and surrogate pairs) the scanner's way, on this string alone.
+                    self.act = Act::Model;
+                    self.high = 0;
+                    self.st = St::Str;
+                    self.feed(&b[i..e + 1]);
+                    if self.st != St::After {
+                        return Err(Stop);
+                    }
+                } else {
+                    self.model.push(s);
+                    self.model.finish();
+                }
+            }
+            Act::Type => {
+                self.facts.kind.clear();
+                self.facts.kind.push(s);
+                if escaped {
+                    self.facts.kind.over = true;
+                }
+            }
+            Act::Content(d) | Act::AnyContent(d) if !s.is_empty() => self.facts.content |= d,
+            Act::Delta => self.facts.delta |= !s.is_empty(),
+            Act::Count(_) => self.facts.bad_count = true,
+            _ => {}
+        }
+        Ok(e + 1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::usage::providers::ALL;
+
+    #[test]
+    fn walks_a_body() {
+        let body = br#"{"id":"x","object":"chat.completion","model":"gpt","choices":[{"index":0,"message":{"content":"hi"}}],"usage":{"prompt_tokens":19,"completion_tokens":10,"prompt_tokens_details":{"cached_tokens":0}}}"#;
+        let mut s = Scanner::new(ALL);
+        s.begin();
+        assert!(s.feed_whole(body));
+    }
+}
