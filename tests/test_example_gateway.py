@@ -2,8 +2,8 @@
 two workers, lua-nginx-module and the mock LLM upstream.
 
 Token totals, cost, TTFT (read by the module: gateway_metrics_usage auto), the include_usage
-the gateway adds to OpenAI chat streams, the token budget and the Lua reader of the token total
-it is charged with (fed at every possible chunk boundary), the accuracy gauge; the endpoint
+the gateway adds to OpenAI chat streams (spliced into the request: every case), the token budget
+(charged with what the module read, gm.response_usage), the accuracy gauge; the endpoint
 label, API keys as the only source of the tenant, /metrics for the scrapers only, the
 /v1/models cache, the OpenAI SDK (Responses and Embeddings APIs) through the gateway, the mock
 LLM itself and scripts/run. The example without Lua: tests/test_example_native.py."""
@@ -44,7 +44,8 @@ TEST_NAMESPACES = ["tok-a", "tok-b", "tok-c", "ttft", "quiet", "quiet-err", "qui
                    "ep", "sec", "browser", "sdk", "cache", "inc"]
 # The endpoint label's values (map $uri $gateway_endpoint).
 ENDPOINTS = {"/v1/chat/completions", "/v1/messages", "/v1/responses", "/v1/embeddings",
-             "/v1/models", "other"}
+             "/v1/models", "/v1beta/models/*:generateContent",
+             "/v1beta/models/*:streamGenerateContent", "other"}
 KEY_MAP = "map $gateway_api_key $gateway_namespace {\n"
 
 
@@ -554,56 +555,13 @@ def test_accuracy_gauge(gateway):
     assert "# TYPE model_accuracy_percent gauge" in text
 
 
-# ---- the budget's token reader, chunked every possible way ------------------------------------
+# ---- the include_usage splice (pure Lua, driven through a test-only server) ------------------
 
 PARSER_SERVER = r"""
 server {
     listen 127.0.0.1:%d;
     gateway_metrics off;
     client_body_buffer_size 1m;
-    location = /stream {
-        content_by_lua_block {
-            local usage = require "gateway.usage"
-            ngx.req.read_body()
-            local body = ngx.req.get_body_data()
-            local function run(chunks)
-                local s = usage.new_stream()
-                for _, c in ipairs(chunks) do s:feed(c) end
-                s:finish()
-                return tostring(s:total())
-            end
-            local seen, n = {}, #body
-            local function add(r) seen[r] = (seen[r] or 0) + 1 end
-            add(run({ body }))
-            for i = 1, n - 1 do  -- every split in two
-                add(run({ body:sub(1, i), body:sub(i + 1) }))
-            end
-            local bytes = {}  -- one byte at a time
-            for i = 1, n do bytes[i] = body:sub(i, i) end
-            add(run(bytes))
-            math.randomseed(n)
-            for _ = 1, 200 do  -- random chunkings
-                local chunks, pos = {}, 1
-                while pos <= n do
-                    local len = math.random(1, 40)
-                    chunks[#chunks + 1] = body:sub(pos, pos + len - 1)
-                    pos = pos + len
-                end
-                add(run(chunks))
-            end
-            local keys = {}
-            for k in pairs(seen) do keys[#keys + 1] = k end
-            ngx.say(table.concat(keys, "\n"))
-        }
-    }
-    location = /json {
-        content_by_lua_block {
-            local usage = require "gateway.usage"
-            ngx.req.read_body()
-            local body = ngx.req.get_body_data()
-            ngx.say(tostring(usage.from_json(body)), " ", tostring(usage.from_tail(body)))
-        }
-    }
     location = /include_usage {
         content_by_lua_block {
             local phases = require "gateway.phases"
@@ -615,109 +573,9 @@ server {
 """
 
 
-def sse(events, eol="\n"):
-    out = []
-    for ev in events:
-        if isinstance(ev, str):
-            out.append(ev + eol)  # raw line(s)
-            continue
-        name, data = ev
-        if name:
-            out.append(f"event: {name}{eol}")
-        payload = data if isinstance(data, str) else json.dumps(data, separators=(",", ":"))
-        out.append(f"data: {payload}{eol}{eol}")
-    return "".join(out)
-
-
-def openai_chunk(content=None, usage=None, choices=True, with_usage_key=True):
-    c = {"id": "x", "object": "chat.completion.chunk", "model": "m",
-         "choices": [{"index": 0, "delta": {} if content is None else {"content": content},
-                      "finish_reason": None}] if choices else []}
-    if with_usage_key:
-        c["usage"] = usage
-    return c
-
-
-OPENAI_USAGE = {"prompt_tokens": 1234, "completion_tokens": 56, "total_tokens": 1290,
-                "prompt_tokens_details": {"cached_tokens": 1000},
-                "completion_tokens_details": {"reasoning_tokens": 20}}
-
-# (name, body, the total every chunking must give: input + output as the provider bills them)
-PARSER_CASES = [
-    # OpenAI with include_usage, CRLF line ends, comments, "usage": null on content chunks
-    ("openai-crlf", sse([": keep-alive", ("", openai_chunk("")), ("", openai_chunk("Hel")),
-                         ("", openai_chunk("lo \u00e9\u4e2d")), ("", openai_chunk(None)),
-                         ("", openai_chunk(None, OPENAI_USAGE, choices=False)), ("", "[DONE]")],
-                        eol="\r\n"),
-     "1290"),
-    # no usage: nothing to charge
-    ("openai-no-usage", sse([("", openai_chunk("a", with_usage_key=False)),
-                             ("", openai_chunk("b", with_usage_key=False)), ("", "[DONE]")]),
-     "nil"),
-    # usage in the chunk with the choices, and running totals on every chunk: the last wins
-    ("openai-running", sse([("", openai_chunk("a", {"prompt_tokens": 5, "completion_tokens": 1})),
-                            ("", openai_chunk("b", {"prompt_tokens": 5, "completion_tokens": 7}))]),
-     "12"),
-    # Anthropic: input from message_start (+ cache read and write), output from the LAST
-    # message_delta (message_start's output_tokens is provisional); ping; a quoted "usage"
-    ("anthropic", sse([
-        ("message_start", {"type": "message_start", "message": {"id": "m", "usage": {
-            "input_tokens": 300, "cache_read_input_tokens": 4000,
-            "cache_creation_input_tokens": 25, "output_tokens": 1}}}),
-        ("content_block_start", {"type": "content_block_start", "index": 0,
-                                 "content_block": {"type": "text", "text": ""}}),
-        ("ping", {"type": "ping"}),
-        ("content_block_delta", {"type": "content_block_delta", "index": 0,
-                                 "delta": {"type": "text_delta", "text": "Hi \"usage\": {"}}),
-        ("content_block_stop", {"type": "content_block_stop", "index": 0}),
-        ("message_delta", {"type": "message_delta", "delta": {"stop_reason": None},
-                           "usage": {"output_tokens": 10}}),
-        ("message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn"},
-                           "usage": {"output_tokens": 42}}),
-        ("message_stop", {"type": "message_stop"})]),
-     "4367"),
-    # Anthropic cut after message_start: the input side only
-    ("anthropic-cut", sse([
-        ("message_start", {"type": "message_start", "message": {"id": "m", "usage": {
-            "input_tokens": 30, "output_tokens": 1}}})]),
-     "30"),
-    # last event not terminated by a blank line (connection closed after it)
-    ("unterminated", sse([("", openai_chunk("x"))]) +
-     "data: " + json.dumps(openai_chunk(None, {"prompt_tokens": 9, "completion_tokens": 8},
-                                        choices=False)),
-     "17"),
-    # one JSON document over several data: lines (joined with newlines, per the SSE spec)
-    ("multiline-data", 'data: {"choices":[{"delta":{"content":"x"}}],\ndata: "usage":null}\n\n'
-                       'data: {"choices":[],\ndata: "usage":{"prompt_tokens":3,\n'
-                       'data: "completion_tokens":4}}\n\n',
-     "7"),
-    # OpenAI Responses API stream
-    ("responses", sse([
-        ("response.created", {"type": "response.created", "response": {"usage": None}}),
-        ("response.output_text.delta", {"type": "response.output_text.delta", "delta": "Hi"}),
-        ("response.completed", {"type": "response.completed", "response": {"usage": {
-            "input_tokens": 70, "input_tokens_details": {"cached_tokens": 64},
-            "output_tokens": 30, "output_tokens_details": {"reasoning_tokens": 12},
-            "total_tokens": 100}}})]),
-     "100"),
-    # Gemini: running totals on every chunk, CRLF; thoughts are billed beside the candidates
-    ("gemini", sse([("", {"candidates": [{"content": {"parts": [{"text": "a"}]}}], "usageMetadata": {
-        "promptTokenCount": 9, "candidatesTokenCount": 1, "thoughtsTokenCount": 120}}),
-        ("", {"candidates": [{"content": {"parts": [{"text": "b"}]}, "finishReason": "STOP"}],
-              "usageMetadata": {"promptTokenCount": 9, "candidatesTokenCount": 12,
-                                "cachedContentTokenCount": 4, "thoughtsTokenCount": 120}})],
-                   eol="\r\n"),
-     "141"),
-    # malformed JSON and bogus counts are ignored, never estimated
-    ("garbage", "data: {not json\n\ndata: [1,2]\n\ndata: " +
-     json.dumps({"choices": [], "usage": {"prompt_tokens": -5, "completion_tokens": 2.5}}) + "\n\n",
-     "nil"),
-]
-
-
 @pytest.fixture(scope="module")
 def parser_port():
-    # a second nginx on the same template with a test-only server for the pure Lua parts, on a
+    # a second nginx on the same template with a test-only server for the pure Lua part, on a
     # second port of its own: Nginx.start() takes another {port} when that one was taken since
     # free_port() picked it, this one is retried here likewise
     with MockLLM() as mock:
@@ -747,44 +605,6 @@ def ask_parser(port, path, body):
     out = r.read().decode()
     assert r.status == 200, out
     return out
-
-
-@pytest.mark.parametrize("name,body,want", PARSER_CASES, ids=[c[0] for c in PARSER_CASES])
-def test_budget_reader_any_chunking(parser_port, name, body, want):
-    out = ask_parser(parser_port, "/stream", body)
-    assert out.split() == [want], f"{name}: results over all chunkings: {out.split()}"
-
-
-def test_budget_reader_json_and_tail_fallback(parser_port):
-    def ask(body):
-        return ask_parser(parser_port, "/json", body).split()
-
-    anthropic = {"type": "message", "content": [{"type": "text", "text": 'say "usage": {"input_tokens": 1}'}],
-                 "usage": {"input_tokens": 10, "output_tokens": 20, "cache_read_input_tokens": 5,
-                           "cache_creation_input_tokens": 1}}
-    assert ask(json.dumps(anthropic)) == ["36", "36"]
-    openai = {"choices": [{"message": {"content": "x" * 200000}}], "usage": OPENAI_USAGE}
-    assert ask(json.dumps(openai)) == ["1290", "1290"]
-    # the tail of a huge body (its head cut off) still yields the usage
-    tail = json.dumps(openai)[-5000:]
-    assert ask(tail) == ["nil", "1290"]
-    assert ask(json.dumps({"object": "list", "data": []})) == ["nil", "nil"]
-    responses = {"id": "resp_1", "object": "response", "status": "completed", "output": [
-        {"type": "message", "content": [{"type": "output_text", "text": '"usage": {}', "annotations": []}]}],
-        "usage": {"input_tokens": 700, "input_tokens_details": {"cached_tokens": 512},
-                  "output_tokens": 40, "output_tokens_details": {"reasoning_tokens": 16},
-                  "total_tokens": 740}}
-    assert ask(json.dumps(responses)) == ["740", "740"]
-    embeddings = {"object": "list", "data": [{"object": "embedding", "index": 0, "embedding": [0.5]}],
-                  "model": "e", "usage": {"prompt_tokens": 17, "total_tokens": 17}}
-    assert ask(json.dumps(embeddings)) == ["17", "17"]
-    # Gemini: one response, and the JSON array of a stream without alt=sse (the last counts)
-    gemini = {"candidates": [], "usageMetadata": {"promptTokenCount": 8, "candidatesTokenCount": 17,
-                                                  "thoughtsTokenCount": 48}, "modelVersion": "g"}
-    assert ask(json.dumps(gemini)) == ["73", "73"]
-    first = {"usageMetadata": {"promptTokenCount": 8, "candidatesTokenCount": 1}}
-    assert ask(json.dumps([first, gemini])) == ["73", "73"]
-    assert ask(json.dumps({"usage": {"prompt_tokens": 1, "completion_tokens": 2}})[:-3]) == ["nil", "nil"]
 
 
 INCLUDE_USAGE_CASES = [

@@ -6,10 +6,8 @@
 --                  request body -> gm.set_model; an OpenAI chat stream without
 --                  stream_options.include_usage gets it (else the stream carries no usage);
 --                  token budget per namespace (429 when spent, a rate-limit hit when near it)
---   header_filter  X-Gateway-Token-Budget-Remaining; for a namespace with a budget, decides
---                  how to read the response's token total (SSE stream, JSON body)
---   body_filter    reads that total as the response passes (never changes it)
---   log            charges the total to the namespace's budget
+--   header_filter  X-Gateway-Token-Budget-Remaining
+--   log            charges the tokens the module read (gm.response_usage) to the budget
 --   accuracy       content handler: POSTed evaluation results -> model_accuracy_percent gauge
 --
 -- Settings come from nginx variables, so the conf stays the one place to configure:
@@ -19,15 +17,12 @@
 
 local gm = require "resty.gateway_metrics"
 local cjson = require "cjson.safe"
-local usage = require "gateway.usage"
 local limiter = require "gateway.limiter"
 
 local ngx = ngx
 local type = type
 local tonumber = tonumber
-local concat = table.concat
 local find = string.find
-local lower = string.lower
 local sub = string.sub
 local byte = string.byte
 local pcall = pcall
@@ -46,8 +41,6 @@ _M.options = {
     window = 60,                          -- seconds
     warn_ratio = 0.8,                     -- "near the limit" from this share of the budget
     max_request_body = 8 * 1024 * 1024,   -- larger request bodies are not parsed for the model
-    max_json_body = 8 * 1024 * 1024,      -- larger JSON responses: usage found in the tail
-    json_tail = 64 * 1024,
     include_usage_uri = "/v1/chat/completions", -- streams here get stream_options.include_usage
 }
 
@@ -300,80 +293,8 @@ end
 
 function _M.header_filter()
     local ctx = ngx.ctx.gateway
-    if not ctx then
-        return
-    end
-    if ctx.remaining then
+    if ctx and ctx.remaining then
         ngx.header["X-Gateway-Token-Budget-Remaining"] = ctx.remaining
-    end
-    -- The module counts the tokens; Lua reads the total only to charge a budget.
-    if not ctx.budget then
-        return
-    end
-    local status = ngx.status
-    if status < 200 or status >= 300 or ngx.req.get_method() == "HEAD" then
-        return
-    end
-    local enc = ngx.header["Content-Encoding"]
-    if enc and lower(enc) ~= "identity" then
-        -- proxy_set_header Accept-Encoding "" prevents this; the module counts it as "encoded".
-        return
-    end
-    local ct = lower(ngx.header["Content-Type"] or "")
-    if find(ct, "text/event-stream", 1, true) then
-        ctx.mode = "sse"
-        ctx.parser = usage.new_stream()
-    elseif find(ct, "json", 1, true) then
-        ctx.mode = "json"
-        ctx.chunks, ctx.n, ctx.size = {}, 0, 0
-    end
-end
-
--- The response's token total, once (a JSON body whole, or its tail past max_json_body).
-local function read_total(ctx, complete)
-    if ctx.read then
-        return
-    end
-    ctx.read = true
-    if ctx.mode == "sse" then
-        ctx.parser:finish()
-        ctx.tokens = ctx.parser:total()
-        return
-    end
-    local text = concat(ctx.chunks, "", 1, ctx.n)
-    ctx.chunks = nil
-    local t
-    if not ctx.overflow then
-        t = usage.from_json(text)
-    end
-    if not t and (ctx.overflow or not complete) then
-        t = usage.from_tail(text)
-    end
-    ctx.tokens = t
-end
-
-function _M.body_filter()
-    local ctx = ngx.ctx.gateway
-    if not ctx or not ctx.mode or ctx.read then
-        return
-    end
-    local chunk, eof = ngx.arg[1], ngx.arg[2]
-    if ctx.mode == "sse" then
-        ctx.parser:feed(chunk)
-    elseif chunk ~= "" then
-        -- JSON: keep the body (or, past max_json_body, its tail) until the end.
-        local n = ctx.n + 1
-        ctx.chunks[n] = chunk
-        ctx.n = n
-        ctx.size = ctx.size + #chunk
-        local o = _M.options
-        if ctx.size > o.max_json_body or (ctx.overflow and ctx.size > 2 * o.json_tail) then
-            local tail = sub(concat(ctx.chunks, "", 1, n), -o.json_tail)
-            ctx.chunks, ctx.n, ctx.size, ctx.overflow = { tail }, 1, #tail, true
-        end
-    end
-    if eof then
-        read_total(ctx, true)
     end
 end
 
@@ -382,14 +303,12 @@ function _M.log()
     if not ctx or not ctx.budget then
         return
     end
-    if ctx.mode then
-        -- (the body filter may never have seen the end: client or upstream gone; what the
-        -- provider had reported until then is billed all the same)
-        read_total(ctx, false)
-    end
-    local l = ctx.tokens and get_limiter()
+    -- What the module read from the response, once its body was whole; nothing when there was
+    -- no usage to read (an error status, none in the body, a stream cut short): never a guess.
+    local u = gm.response_usage()
+    local l = u and get_limiter()
     if l then
-        local ok, err = l:consume(ctx.ns, ctx.tokens)
+        local ok, err = l:consume(ctx.ns, u.input + u.output)
         if not ok then
             log(WARN, "gateway: token budget: ", err)
         end
