@@ -19,10 +19,8 @@ use crate::recording;
 use crate::request::{self, Finished, Target, UsageRead, UsageState};
 use crate::zone::ZoneSpec;
 
-/// The next body filters (nginx's filter chain is a linked list of function pointers), after
-/// ours: the one that watches for a body's end, and the one that reads usage.
+/// The next body filter (nginx's filter chain is a linked list of function pointers).
 static mut NEXT_BODY_FILTER: ngx_http_output_body_filter_pt = None;
-static mut NEXT_USAGE_FILTER: ngx_http_output_body_filter_pt = None;
 
 pub unsafe extern "C" fn postconfiguration(cf: *mut ngx_conf_t) -> ngx_int_t {
     // SAFETY: nginx calls this with the conf of the http block just parsed.
@@ -58,17 +56,17 @@ fn configure(cf: &mut ngx_conf_t) -> Result<(), Option<&'static str>> {
     }
     #[cfg(ngx_feature = "threads")]
     add_render_pool(cf, mc)?;
-    // Watches response bodies for their end (see `body_filter`); reads their usage where
-    // some location asks for it (a filter of its own: no cost anywhere else).
-    // SAFETY: the filter chain is set up in postconfiguration, one module after the other.
-    unsafe {
-        if mc.used {
+    // Watches response bodies for their end (see `body_filter`), and reads their usage too
+    // when some location asks for it (`usage_filter`: no cost where none does).
+    if mc.used {
+        // SAFETY: the filter chain is set up in postconfiguration, one module after the other.
+        unsafe {
             NEXT_BODY_FILTER = ngx_http_top_body_filter;
-            ngx_http_top_body_filter = Some(body_filter);
-        }
-        if mc.reads_usage {
-            NEXT_USAGE_FILTER = ngx_http_top_body_filter;
-            ngx_http_top_body_filter = Some(usage_filter);
+            ngx_http_top_body_filter = Some(if mc.reads_usage {
+                usage_filter
+            } else {
+                body_filter
+            });
         }
     }
     let cmcf = NgxHttpCoreModule::main_conf_mut(cf).ok_or(None)?;
@@ -263,8 +261,9 @@ fn watch_body(r: &ngx_http_request_t, chain: Option<&ngx_chain_t>) {
     }
 }
 
-/// Reads the usage of responses in locations with `gateway_metrics_usage` (see
-/// `request::start_usage`): only looks at the buffers, which it passes on unchanged, at once.
+/// `body_filter`'s work, and reading the usage of responses in locations with
+/// `gateway_metrics_usage` (see `request::start_usage`): only looks at the buffers, which it
+/// passes on unchanged, at once.
 unsafe extern "C" fn usage_filter(
     r: *mut ngx_http_request_t,
     chain: *mut ngx_chain_t,
@@ -278,9 +277,10 @@ unsafe extern "C" fn usage_filter(
         {
             read_usage(req, lc, links);
         }
+        watch_body(req, links);
     }));
-    // SAFETY: NEXT_USAGE_FILTER was set in postconfiguration, before any request.
-    match unsafe { *ptr::addr_of!(NEXT_USAGE_FILTER) } {
+    // SAFETY: NEXT_BODY_FILTER was set in postconfiguration, before any request.
+    match unsafe { *ptr::addr_of!(NEXT_BODY_FILTER) } {
         // SAFETY: the next filter takes what ours was given.
         Some(next) => unsafe { next(r, chain) },
         None => NGX_OK as ngx_int_t,

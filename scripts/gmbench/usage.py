@@ -142,6 +142,8 @@ def run(ctx):
     n1, n2 = (2, 5) if smoke else (5, 15)
     warm = 3
     names = [n for n in VARIANTS if gm.HAVE_LUA or not VARIANTS[n][2]]
+    if os.environ.get("GM_USAGE_VARIANTS"):  # e.g. "proxy,usage" while iterating
+        names = [n for n in names if n in os.environ["GM_USAGE_VARIANTS"].split(",")]
     paths = ["/v1/json"] + [f"/v1/sse/{n}" for n in STREAMS]
     say(f"per request = (Ir(N={n2}) - Ir(N={n1})) / {n2 - n1}, {warm} warm-up requests, one "
         f"keep-alive connection, worker_processes 1; SSE chunks {GAP * 1000:.0f} ms apart (read "
@@ -164,7 +166,9 @@ def run(ctx):
                                       workdir=ctx.work,
                                       lua_dirs=[os.path.join(HERE, "lua_example_baseline")],
                                       wrapper=["valgrind", "--tool=callgrind", "-q",
-                                               f"--callgrind-out-file={out}"])
+                                               f"--callgrind-out-file={out}"]
+                                      + (["--dump-instr=yes"] if os.environ.get("GM_CG_INSTR")
+                                         else []))
                     try:
                         srv.start(timeout=180)
                         ok = gm.sequential(srv.port, [request(path)] * (warm + n))
@@ -182,6 +186,8 @@ def run(ctx):
                                             f" {fmt_int(c[p])}" for p in paths))
     finally:
         up.sock.close()
+    if "proxy" not in res["cost"]:
+        return res
     base = res["cost"]["proxy"]
     res["added"], res["per_chunk"] = {}, {}
     for name in names:
