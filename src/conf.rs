@@ -6,6 +6,7 @@ use std::ffi::{c_char, c_void};
 use std::ptr;
 
 use gateway_metrics_core::buckets::Histograms;
+use gateway_metrics_core::catalogue::Views;
 use gateway_metrics_core::config::Price;
 use gateway_metrics_core::labels::{edge_words, header_variable, single_variable};
 use gateway_metrics_core::render::CustomFamily;
@@ -62,6 +63,9 @@ pub struct MainConf {
     pub exporter: bool,
     /// Some location reads responses' usage (`gateway_metrics_usage`).
     pub reads_usage: bool,
+    /// The families `/metrics` shows (`gateway_metrics_views`), and whether it was given.
+    pub views: Views,
+    pub views_set: bool,
     /// How `/metrics` is rendered (`gateway_metrics_render_thread_pool`).
     pub render_mode: RenderMode,
     /// The thread pool `/metrics` is rendered in (null: render in the event loop).
@@ -146,6 +150,8 @@ pub unsafe extern "C" fn create_main_conf(cf: *mut ngx_conf_t) -> *mut c_void {
         used: false,
         exporter: false,
         reads_usage: false,
+        views: Views::default(),
+        views_set: false,
         render_mode: RenderMode::Default,
         render_pool: ptr::null_mut(),
     };

@@ -6,6 +6,7 @@ use std::ffi::{c_char, c_void};
 use std::ptr;
 
 use gateway_metrics_core::buckets::{parse_bounds, Histogram};
+use gateway_metrics_core::catalogue::Views;
 use gateway_metrics_core::config::Price;
 use gateway_metrics_core::render::{CustomFamily, CustomKind};
 use nginx_sys::*;
@@ -241,6 +242,17 @@ pub unsafe extern "C" fn set_exporter(
         Ok(())
     })();
     conf_result(cf, cmd, r)
+}
+
+main_directive_handler!(set_views, views_directive);
+
+fn views_directive(mc: &mut MainConf, a: &[&[u8]]) -> Result<(), ConfError> {
+    if std::mem::replace(&mut mc.views_set, true) {
+        return Err(ConfError::Duplicate);
+    }
+    let args = a.iter().map(|b| text(b)).collect::<Result<Vec<_>, _>>()?;
+    mc.views = Views::parse(&args)?;
+    Ok(())
 }
 
 main_directive_handler!(set_render_pool, render_pool_directive);

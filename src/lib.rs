@@ -62,7 +62,7 @@ const CV_SLOT: unsafe extern "C" fn(
 ) -> *mut c_char = ngx_http_set_complex_value_slot;
 
 // The directive table. nginx walks it until the null command.
-static mut COMMANDS: [ngx_command_t; 19] = [
+static mut COMMANDS: [ngx_command_t; 20] = [
     cmd(
         c"gateway_metrics_zone",
         HTTP_MAIN | NGX_CONF_TAKE2 as ngx_uint_t,
@@ -179,6 +179,13 @@ static mut COMMANDS: [ngx_command_t; 19] = [
         c"gateway_metrics_tpot_buckets",
         HTTP_MAIN | NGX_CONF_1MORE as ngx_uint_t,
         directives::set_tpot_buckets,
+        MAIN_CONF_OFFSET,
+        0,
+    ),
+    cmd(
+        c"gateway_metrics_views",
+        HTTP_MAIN | NGX_CONF_1MORE as ngx_uint_t,
+        directives::set_views,
         MAIN_CONF_OFFSET,
         0,
     ),

@@ -37,14 +37,17 @@ pub unsafe fn set_headers(r: *mut ngx_http_request_t, length: Option<usize>) {
 
 /// What the renderer needs, from the configuration and the zone.
 pub fn page_spec<'a>(mc: &'a MainConf, zone: &'a ZoneCtx) -> RenderSpec<'a> {
-    RenderSpec::new(
-        &zone.name,
-        mc.max_series,
-        &mc.bounds,
-        &zone.layouts,
-        &zone.custom,
-    )
-    .with(nginx_stats(), pid_alive)
+    RenderSpec {
+        views: mc.views,
+        ..RenderSpec::new(
+            &zone.name,
+            mc.max_series,
+            &mc.bounds,
+            &zone.layouts,
+            &zone.custom,
+        )
+        .with(nginx_stats(), pid_alive)
+    }
 }
 
 #[cfg(gm_stat_stub)]

@@ -128,3 +128,27 @@ def test_debug_log_shows_label_resolution_and_cache_misses():
         log = gm.wait_for(n.error_log, lambda t: t.count(line) >= 3, what="3 requests logged")
     # the first request of a label set misses the worker's series cache, the next ones do not
     assert log.count('series cache miss (namespace "dbg")') == 1, log
+
+
+def test_views_switched_off_are_not_on_the_page():
+    """gateway_metrics_views: the gateway_* copies of the http_* families switched off; the
+    rest of the page is as always (and valid for promtool)."""
+    from gmharness import Nginx, settle
+    conf = """
+        gateway_metrics_zone gm 1m;
+        gateway_metrics_namespace $http_x_namespace;
+        gateway_metrics_views -gateway_requests_total -gateway_request_duration_seconds;
+        server {
+            listen 127.0.0.1:{port};
+            gateway_metrics on;
+            location /v1/ { return 200 "ok"; }
+            location = /metrics { gateway_metrics off; gateway_metrics_exporter; }
+        }
+    """
+    with Nginx(conf, workers=1) as n:
+        n.get("/v1/chat", headers={"X-Namespace": "views"})
+        m = settle(n, lambda m: m.total("http_requests_total", namespace="views") == 1)
+        assert m.total("http_requests_total", namespace="views") == 1
+        assert m.total("namespace_requests_total", namespace="views") == 1
+        names = {k[0] for k in m}
+        assert not any(x.startswith("gateway_request") for x in names), names

@@ -96,6 +96,27 @@ BAD = [
      "arguments"),
     ("exporter-in-server", http(server="gateway_metrics_exporter;"), "gateway_metrics_exporter",
      "not allowed here"),
+    ("usage-maybe", http(loc="gateway_metrics_usage maybe;"), "gateway_metrics_usage", "maybe"),
+    ("usage-no-args", http(loc="gateway_metrics_usage;"), "gateway_metrics_usage", "arguments"),
+    ("usage-duplicate", http(loc="gateway_metrics_usage auto; gateway_metrics_usage off;"),
+     "gateway_metrics_usage", "duplicate"),
+    ("tpot-buckets-x", http(main="gateway_metrics_tpot_buckets 0.1 x;"),
+     "gateway_metrics_tpot_buckets", "x"),
+    ("tpot-buckets-in-location", http(loc="gateway_metrics_tpot_buckets 1;"),
+     "gateway_metrics_tpot_buckets", "not allowed here"),
+    ("price-bad-cache-write", http(main="gateway_metrics_model_price m input=1 output=2 "
+                                        "cache_write=-1;"), "gateway_metrics_model_price",
+     "cache_write=-1"),
+    ("views-unknown", http(main="gateway_metrics_views -no_such_family;"),
+     "gateway_metrics_views", "-no_such_family"),
+    ("views-self-metrics", http(main="gateway_metrics_views -gateway_metrics_series;"),
+     "gateway_metrics_views", "self-metrics"),
+    ("views-no-args", http(main="gateway_metrics_views;"), "gateway_metrics_views", "arguments"),
+    ("views-duplicate", http(main="gateway_metrics_views -errors_total; "
+                                  "gateway_metrics_views -errors_total;"),
+     "gateway_metrics_views", "duplicate"),
+    ("views-in-location", http(loc="gateway_metrics_views -errors_total;"),
+     "gateway_metrics_views", "not allowed here"),
 ]
 
 
@@ -131,6 +152,17 @@ GOOD = [
     ("single-bucket", http(main="gateway_metrics_buckets 1;")),
     ("max-series-1", http(main="gateway_metrics_max_series 1;")),
     ("flag-case", http(loc="gateway_metrics on;")),
+    ("usage-every-format", http(server="gateway_metrics_usage openai;",
+                                loc="gateway_metrics_usage anthropic;").replace(
+        "location = /metrics {", "location /g { gateway_metrics_usage gemini; return 200; }\n"
+        "        location /a { gateway_metrics_usage auto; return 200; }\n"
+        "        location /o { gateway_metrics_usage off; return 200; }\n"
+        "        location = /metrics {")),
+    ("tpot-buckets-and-prices", http(main="gateway_metrics_tpot_buckets 0.01 0.1 1; "
+                                          "gateway_metrics_model_price m input=3 output=15 "
+                                          "cached_input=0.3 cache_write=3.75;")),
+    ("views", http(main="gateway_metrics_views -gateway_requests_total "
+                        "-gateway_request_duration_seconds +gateway_requests_total;")),
 ]
 
 

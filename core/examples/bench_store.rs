@@ -90,6 +90,7 @@ fn main() {
             throughput: HistSpec { bounds, layout: 0 },
             tpot: HistSpec { bounds, layout: 0 },
             custom: &[],
+            views: Default::default(),
             nginx: None,
             alive: None,
         };

@@ -148,6 +148,56 @@ families! {
     NGINX_REQUESTS = "nginx_http_requests_total", Counter, [], "Client requests.";
 }
 
+/// The families shown on the page: a bit per entry of [`FAMILIES`] (all by default).
+/// `gateway_metrics_views` switches off those an operator does not graph (e.g. the `gateway_*`
+/// copies of the `http_*` families); the zone's self-metrics always stay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Views(u64);
+
+impl Default for Views {
+    fn default() -> Self {
+        Views(u64::MAX)
+    }
+}
+
+impl Views {
+    /// Parses `gateway_metrics_views` arguments: `-family` switches one off, `+family` (or
+    /// `family`) back on, applied in order from all on.
+    pub fn parse(args: &[&str]) -> Result<Views, crate::config::ConfigError> {
+        use crate::config::ConfigError;
+        if args.is_empty() {
+            return Err(ConfigError::Msg("no families given (-family or +family)"));
+        }
+        let mut v = Views::default();
+        for a in args {
+            let (on, name) = match a.strip_prefix('-') {
+                Some(n) => (false, n),
+                None => (true, a.strip_prefix('+').unwrap_or(a)),
+            };
+            let i = FAMILIES
+                .iter()
+                .position(|f| f.name == name)
+                .ok_or_else(|| ConfigError::Invalid("family", (*a).into()))?;
+            if !on && FAMILIES[i].name.starts_with("gateway_metrics_") {
+                return Err(ConfigError::Invalid(
+                    "family: the zone's self-metrics cannot be switched off",
+                    (*a).into(),
+                ));
+            }
+            v.0 = if on { v.0 | 1 << i } else { v.0 & !(1 << i) };
+        }
+        Ok(v)
+    }
+
+    /// Is this family of the catalogue shown?
+    pub fn shows(self, def: &Family) -> bool {
+        FAMILIES
+            .iter()
+            .position(|f| std::ptr::eq(*f, def) || f.name == def.name)
+            .is_none_or(|i| self.0 & 1 << i != 0)
+    }
+}
+
 /// Value slots of a `MODEL_TOKENS` series.
 pub mod tokens {
     pub const INPUT: usize = 0;
@@ -304,6 +354,24 @@ pub fn parse_status(v: &[u8]) -> u16 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn views_switch_families_off_and_on_but_never_self_metrics() {
+        assert!(FAMILIES.len() <= 64, "Views holds a bit per family");
+        let v = Views::parse(&[
+            "-gateway_requests_total",
+            "-gateway_request_duration_seconds",
+        ])
+        .unwrap();
+        assert!(!v.shows(&families::GATEWAY_REQUESTS));
+        assert!(!v.shows(&families::GATEWAY_REQUEST_DURATION));
+        assert!(v.shows(&families::HTTP_REQUESTS));
+        let v = Views::parse(&["-errors_total", "+errors_total"]).unwrap();
+        assert_eq!(v, Views::default());
+        assert!(Views::parse(&["-no_such_family"]).is_err());
+        assert!(Views::parse(&["-gateway_metrics_series"]).is_err());
+        assert!(Views::parse(&[]).is_err());
+    }
 
     #[test]
     fn family_names_are_unique_and_labels_prometheus_names() {

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::buckets::{format_bound, Histogram, Histograms};
-use crate::catalogue::{self, fam, families, tokens, Family};
+use crate::catalogue::{self, fam, families, tokens, Family, Views};
 use crate::expo::{push_labels, Encoder, MetricType};
 use crate::labels::{split_key, SEP};
 use crate::store::{load_f64, DropReason, Entry, SelfCounter, Store};
@@ -77,6 +77,8 @@ pub struct RenderSpec<'a> {
     /// Declared families with their layouts (0 for non-histograms).
     pub custom: &'a [(CustomFamily, u8)],
     pub nginx: Option<NginxStats>,
+    /// The families shown (`gateway_metrics_views`).
+    pub views: Views,
     /// Is the process with this pid alive? In-flight gauges owned by a dead worker (killed
     /// while it had requests in flight) are not counted. `None`: all owners count as alive.
     pub alive: Option<fn(u64) -> bool>,
@@ -105,6 +107,7 @@ impl<'a> RenderSpec<'a> {
             throughput: hist(Histogram::Throughput),
             tpot: hist(Histogram::Tpot),
             custom,
+            views: Views::default(),
             nginx: None,
             alive: None,
         }
@@ -616,7 +619,7 @@ const REQUEST_VIEWS: [(bool, View); 7] = {
 const TWO_COLS: &[Col] = &[Col::Label(0), Col::Label(1)];
 
 /// The stages in page order.
-fn stages(n_custom: usize, nginx: bool) -> Vec<Stage> {
+fn stages(n_custom: usize, nginx: bool, views: Views) -> Vec<Stage> {
     use families::*;
     use Col::*;
     let view = |family, def, cols| View { family, def, cols };
@@ -681,6 +684,13 @@ fn stages(n_custom: usize, nginx: bool) -> Vec<Stage> {
     if nginx {
         s.push(Stage::Nginx);
     }
+    s.retain(|st| match st {
+        Stage::Counter(v, _) | Stage::Histogram(v, _) => views.shows(v.def),
+        Stage::Active => views.shows(&ACTIVE_CONNECTIONS),
+        Stage::NamespaceTokens => views.shows(&NAMESPACE_TOKENS),
+        Stage::Cost => views.shows(&MODEL_COST),
+        _ => true,
+    });
     s
 }
 
@@ -753,7 +763,7 @@ impl<'a> Render<'a> {
         Render {
             store: *store,
             spec: *spec,
-            stages: stages(spec.custom.len(), spec.nginx.is_some()),
+            stages: stages(spec.custom.len(), spec.nginx.is_some(), spec.views),
             stage: 0,
             phase: 0,
             cur: 0,
@@ -800,7 +810,7 @@ impl<'a> Render<'a> {
                 }
                 Stage::Nginx => {
                     if let Some(n) = self.spec.nginx {
-                        nginx(&mut enc, &n);
+                        nginx(&mut enc, &n, self.spec.views);
                     }
                     spend(&mut left, 21);
                     true
@@ -1132,7 +1142,7 @@ impl<'a> Render<'a> {
     }
 }
 
-fn nginx(enc: &mut Encoder, n: &NginxStats) {
+fn nginx(enc: &mut Encoder, n: &NginxStats, views: Views) {
     use families::*;
     for (def, v) in [
         (&NGINX_ACTIVE, n.active),
@@ -1143,7 +1153,9 @@ fn nginx(enc: &mut Encoder, n: &NginxStats) {
         (&NGINX_HANDLED, n.handled),
         (&NGINX_REQUESTS, n.requests),
     ] {
-        enc.family(def.name, def.help, def.kind);
-        enc.sample_u64(def.name, b"", v);
+        if views.shows(def) {
+            enc.family(def.name, def.help, def.kind);
+            enc.sample_u64(def.name, b"", v);
+        }
     }
 }

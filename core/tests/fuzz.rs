@@ -133,6 +133,7 @@ proptest! {
             throughput: HistSpec { bounds: &bounds, layout: 0 },
             tpot: HistSpec { bounds: &bounds, layout: 0 },
             custom: &[],
+            views: Default::default(),
             nginx: None,
             alive: None,
         };

@@ -321,6 +321,7 @@ fn forked_children_update_one_shared_zone() {
             layout: 1,
         },
         custom: &[],
+        views: Default::default(),
         nginx: None,
         alive: None,
     };

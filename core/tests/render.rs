@@ -74,6 +74,7 @@ fn spec<'a>(layout: u8, custom: &'a [(CustomFamily, u8)]) -> RenderSpec<'a> {
             layout: 3,
         },
         custom,
+        views: Default::default(),
         nginx: None,
         alive: None,
     }
@@ -1666,4 +1667,51 @@ mod steps_prop {
             parse_ok(&page);
         }
     }
+}
+
+#[test]
+fn views_switched_off_are_not_on_the_page_and_the_rest_is_unchanged() {
+    let r = region(256 << 10);
+    let s = Store::format(&r, 1_700_000_000).unwrap();
+    let custom = custom_families();
+    full_store(&s, &custom);
+    let all = page(&s, &full_spec(&custom));
+    let views = gateway_metrics_core::catalogue::Views::parse(&[
+        "-gateway_requests_total",
+        "-gateway_request_duration_seconds",
+        "-nginx_connections_waiting",
+    ])
+    .unwrap();
+    let fewer = page(
+        &s,
+        &RenderSpec {
+            views,
+            ..full_spec(&custom)
+        },
+    );
+    let e = parse_ok(fewer.as_bytes());
+    let names: Vec<&str> = e.families.iter().map(|f| f.name.as_str()).collect();
+    for gone in [
+        "gateway_requests_total",
+        "gateway_request_duration_seconds",
+        "nginx_connections_waiting",
+    ] {
+        assert!(!names.contains(&gone), "{gone} still on the page");
+    }
+    // every other family is there with the very same lines
+    let kept: Vec<&str> = all
+        .lines()
+        .filter(|l| {
+            !l.contains("gateway_requests_total")
+                && !l.contains("gateway_request_duration_seconds")
+                && !l.contains("nginx_connections_waiting")
+        })
+        .collect();
+    assert_eq!(kept, fewer.lines().collect::<Vec<_>>());
+    assert!(
+        fewer.len() < all.len() * 3 / 4,
+        "{} vs {}",
+        fewer.len(),
+        all.len()
+    );
 }

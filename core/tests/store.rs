@@ -892,6 +892,7 @@ fn spec<'a>(bounds: &'a [f64]) -> RenderSpec<'a> {
         throughput: HistSpec { bounds, layout: 1 },
         tpot: HistSpec { bounds, layout: 1 },
         custom: &[],
+        views: Default::default(),
         nginx: None,
         alive: None,
     }

@@ -262,6 +262,7 @@ fn histograms_stay_consistent_while_rendered() {
             layout,
         },
         custom: &[],
+        views: Default::default(),
         nginx: None,
         alive: None,
     };
