@@ -139,7 +139,7 @@ def request(path):
 def run(ctx):
     head("usage. native usage reading: CPU instructions per proxied request (callgrind)")
     smoke = ctx.p is not None and ctx.p.get("cg_layouts") == 1
-    n1, n2 = (2, 5) if smoke else (5, 15)
+    n1, n2 = (2, 5) if smoke else (10, 30)
     warm = 3
     names = [n for n in VARIANTS if gm.HAVE_LUA or not VARIANTS[n][2]]
     if os.environ.get("GM_USAGE_VARIANTS"):  # e.g. "proxy,usage" while iterating
