@@ -224,7 +224,7 @@ impl UsageReader {
                 // A body held whole by its first buffer (the usual case) is read by the
                 // recursive walk; anything it cannot prove goes the resumable way.
                 let scan = &mut self.events.scan;
-                if !(scan.at_start() && ends_a_value(buf) && scan.feed_whole(buf)) {
+                if !(scan.at_start() && ends_a_value(buf) && scan.feed_body(buf)) {
                     scan.feed(buf);
                 }
                 false
