@@ -202,6 +202,9 @@ impl UsageReader {
                 chat: false,
                 malformed: false,
                 bad_count: false,
+                tail: [0; TAIL_CAP],
+                tail_len: 0,
+                deferred: false,
             },
         }
     }
@@ -265,6 +268,7 @@ impl UsageReader {
         match self.body {
             Body::EventStream => {
                 self.first_at_finish = self.framer.finish(&mut self.events);
+                self.events.flush();
             }
             Body::Json => {
                 self.events.scan.end();
@@ -341,7 +345,15 @@ struct Events {
     chat: bool,
     malformed: bool,
     bad_count: bool,
+    /// Settled Gemini streams: the tail of the last payload read from its `usageMetadata` key
+    /// on (`tail[..tail_len]`), and whether it is still unread (deferred, see `defer`).
+    tail: [u8; TAIL_CAP],
+    tail_len: u16,
+    deferred: bool,
 }
+
+/// The longest payload tail (from the usage key on) a settled Gemini stream defers.
+const TAIL_CAP: usize = 512;
 
 impl Events {
     /// Whether nothing but usage can change what this body reported.
@@ -355,6 +367,7 @@ impl Events {
     fn push(&mut self, bytes: &[u8]) {
         self.len += bytes.len();
         if self.pending != Pending::Stream && self.len > CARRY_CAP {
+            self.flush();
             self.scan.begin();
             self.scan.feed(&self.carry);
             self.carry.clear();
@@ -408,6 +421,7 @@ impl Events {
                 Some(false) => {}
             }
         }
+        self.flush();
         self.scan.begin();
         if !self.scan.feed_whole(p) {
             self.scan.feed(p);
@@ -428,8 +442,25 @@ impl Events {
         // object is followed by its end), and nothing before the key matters once settled.
         let before = p[..at].trim_ascii_end().last();
         if matches!(before, Some(b'{' | b',')) {
-            if self.scan.feed_members(&p[at..]) {
+            let tail = &p[at..];
+            if self.dialect == GEMINI {
+                if self.tail_len > 0
+                    && same_but_counts(&self.tail[..usize::from(self.tail_len)], tail)
+                {
+                    // Read as the last tail was, with other counts: deferred (see `defer`).
+                    self.tail[..tail.len()].copy_from_slice(tail);
+                    self.tail_len = tail.len() as u16;
+                    self.deferred = true;
+                    return None;
+                }
+                self.flush();
+            }
+            if self.scan.feed_members(tail) {
                 self.scan.end();
+                if self.dialect == GEMINI && tail.len() <= TAIL_CAP {
+                    self.tail[..tail.len()].copy_from_slice(tail);
+                    self.tail_len = tail.len() as u16;
+                }
                 return Some(true);
             }
             self.scan.begin_member();
@@ -440,6 +471,29 @@ impl Events {
             }
         }
         Some(false)
+    }
+
+    /// Reads the deferred tail, if any: its usage merged where it would have been.
+    ///
+    /// A settled Gemini stream sends running totals in every chunk, the same members in the
+    /// same shape, only the numbers growing. A payload tail (from the usage key on) that is
+    /// byte for byte the last one read except for the digits of numbers of at most 12 digits
+    /// ([`same_but_counts`]) is read the same way: the same count members, each valid in both,
+    /// so its reading replaces every count the last one set and flags nothing new. Such a
+    /// tail is only copied over the last one and read here, before anything else is read
+    /// (another payload, a streamed one, the end), so usage is merged in the same order.
+    fn flush(&mut self) {
+        if !self.deferred {
+            return;
+        }
+        self.deferred = false;
+        let mut s = Scanner::new(self.scan.allow);
+        s.model = self.scan.model;
+        let tail = &self.tail[..usize::from(self.tail_len)];
+        let clean = s.feed_members(tail);
+        debug_assert!(clean, "a deferred tail reads as the one before it");
+        self.bad_count |= s.facts.bad_count;
+        self.usage.merge(&s.facts.usage);
     }
 
     /// The first `"usage"` or `"usageMetadata"` key in `p` whose value is not `null`. Keys are
@@ -535,6 +589,95 @@ fn no_usage_event(name: &[u8], dialect: Dialects) -> bool {
 fn usage_finder() -> &'static Finder<'static> {
     static FINDER: std::sync::OnceLock<Finder<'static>> = std::sync::OnceLock::new();
     FINDER.get_or_init(|| Finder::new(b"\"usage"))
+}
+
+/// Whether `new` is `old` with only numbers changed: equal bytes except runs of digits outside
+/// strings, each of at most 12 digits on both sides (so below 10^12: a valid count wherever a
+/// count is read, in both). Neither may hold a backslash (quotes then always delimit strings).
+/// Compared eight bytes at a time, quotes counted to know what is inside a string.
+fn same_but_counts(old: &[u8], new: &[u8]) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    // The bytes of `w` equal to `c`, flagged by their high bit, exactly (no borrow between
+    // bytes: each byte is tested on its own).
+    let eq = |w: u64, c: u8| {
+        let x = w ^ (ONES * u64::from(c));
+        !(((x & !HIGH) + !HIGH) | x) & HIGH
+    };
+    // Flagged bytes of a mask from `eq` (no popcount instruction on baseline x86-64).
+    let count = |m: u64| ((m >> 7).wrapping_mul(ONES) >> 56) as u32;
+    if new.len() > TAIL_CAP {
+        return false;
+    }
+    let (mut i, mut j) = (0, 0);
+    // Quotes seen before `i` (`j`): inside a string when odd (no backslashes).
+    let mut quotes = 0u32;
+    // Where the equal stretch being compared began (after the last digit runs).
+    let mut lo = 0;
+    loop {
+        while let (Some(a), Some(b)) = (old.get(i..i + 8), new.get(j..j + 8)) {
+            let a = u64::from_le_bytes(a.try_into().unwrap_or_default());
+            let b = u64::from_le_bytes(b.try_into().unwrap_or_default());
+            if eq(b, b'\\') != 0 {
+                return false;
+            }
+            let x = a ^ b;
+            if x != 0 {
+                // Up to the first differing byte.
+                let k = (x.trailing_zeros() / 8) as usize;
+                let below = (1u64 << (8 * k)) - 1;
+                quotes += count(eq(b, b'"') & below);
+                i += k;
+                j += k;
+                break;
+            }
+            quotes += count(eq(b, b'"'));
+            i += 8;
+            j += 8;
+        }
+        // Byte by byte up to a difference or the end.
+        while i < old.len() && j < new.len() && old[i] == new[j] {
+            match new[j] {
+                b'"' => quotes += 1,
+                b'\\' => return false,
+                _ => {}
+            }
+            i += 1;
+            j += 1;
+            if i % 8 == 0 {
+                break;
+            }
+        }
+        if i == old.len() && j == new.len() {
+            return true;
+        }
+        if i < old.len() && j < new.len() && old[i] == new[j] {
+            continue;
+        }
+        // A difference: digit runs outside strings on both sides.
+        if quotes % 2 == 1 {
+            return false;
+        }
+        let digit = |s: &[u8], k: usize| s.get(k).is_some_and(u8::is_ascii_digit);
+        let (mut a, mut b) = (i, j);
+        while a > lo && digit(old, a - 1) {
+            a -= 1;
+            b -= 1;
+        }
+        let (sa, sb) = (a, b);
+        while digit(old, a) {
+            a += 1;
+        }
+        while digit(new, b) {
+            b += 1;
+        }
+        if a == sa || b == sb || a - sa > 12 || b - sb > 12 || (a == i && b == j) {
+            return false;
+        }
+        i = a;
+        j = b;
+        lo = i;
+    }
 }
 
 /// Whether `buf` ends (whitespace aside) with a closing bracket: it may hold a whole JSON
