@@ -1192,6 +1192,181 @@ mod tests {
     }
 
     #[test]
+    fn same_but_counts_only_for_numbers() {
+        let base = br#""usageMetadata": {"promptTokenCount": 9,"candidatesTokenCount": 4},"modelVersion": "g-2.5","responseId": "ab12"}"#;
+        let yes = [
+            &base[..],
+            br#""usageMetadata": {"promptTokenCount": 9,"candidatesTokenCount": 1234},"modelVersion": "g-2.5","responseId": "ab12"}"#,
+            br#""usageMetadata": {"promptTokenCount": 10,"candidatesTokenCount": 5},"modelVersion": "g-2.5","responseId": "ab12"}"#,
+            br#""usageMetadata": {"promptTokenCount": 999999999999,"candidatesTokenCount": 0},"modelVersion": "g-2.5","responseId": "ab12"}"#,
+        ];
+        for new in yes {
+            assert!(
+                same_but_counts(base, new),
+                "{}",
+                String::from_utf8_lossy(new)
+            );
+        }
+        let no = [
+            // Digits inside strings (values, keys), a 13-digit count, other members,
+            // a backslash, a sign, a `#` after a quote (exact quote counting).
+            &br#""usageMetadata": {"promptTokenCount": 9,"candidatesTokenCount": 4},"modelVersion": "g-3.5","responseId": "ab12"}"#[..],
+            br#""usageMetadata": {"promptTokenCount": 9,"candidatesTokenCount": 4},"modelVersion": "g-2.5","responseId": "ab13"}"#,
+            br#""usageMetadata": {"promptTokenCount": 1000000000000,"candidatesTokenCount": 4},"modelVersion": "g-2.5","responseId": "ab12"}"#,
+            br#""usageMetadata": {"promptTokenCount": 9},"modelVersion": "g-2.5","responseId": "ab12"}"#,
+            br#""usageMetadata": {"promptTokenCount": 9,"candidatesTokenCount": -4},"modelVersion": "g-2.5","responseId": "ab12"}"#,
+            br#""usageMetadata": {"promptTokenCount": 9,"candidatesTokenCount": 4},"modelVersion": "g-2.5","responseId": "ab\12"}"#,
+            br#""usageMetadata": {"promptTokenCount": 9,"candidatesTokenCount": 4.0},"modelVersion": "g-2.5","responseId": "ab12"}"#,
+        ];
+        for new in no {
+            assert!(
+                !same_but_counts(base, new),
+                "{}",
+                String::from_utf8_lossy(new)
+            );
+        }
+        let a = br##""u":{"k1":1},"s":"#"##;
+        assert!(!same_but_counts(&a[..], br##""u":{"k2":1},"s":"#"##));
+        assert!(!same_but_counts(br##""x":"#1"}"##, br##""x":"#2"}"##));
+        assert!(!same_but_counts(br##""xyzw":"#1"}"##, br##""xyzw":"#2"}"##));
+        assert!(same_but_counts(
+            br##""x":"a#","n":1}"##,
+            br##""x":"a#","n":22}"##
+        ));
+    }
+
+    /// Settled Gemini streams whose usage changes shape (a count present in some chunks only,
+    /// an invalid one, a second usage key): the deferred reading gives what the field-by-field
+    /// merge of every chunk gives, whole and byte by byte, complete and cut.
+    #[test]
+    fn gemini_deferred_usage_merges_as_read() {
+        let chunk = |text: &str, usage: &str| {
+            format!("data: {{\"candidates\": [{{\"content\": {{\"parts\": [{{\"text\": \"{text}\"}}]}}}}],\"usageMetadata\": {{{usage}}},\"modelVersion\": \"g\",\"responseId\": \"r1\"}}\r\n\r\n")
+        };
+        let g = |p, c, t| Tokens {
+            input: p,
+            output: c + t,
+            cached_input: 0,
+            cache_write: 0,
+            reasoning: t,
+        };
+        let cases = [
+            (
+                vec![
+                    chunk(
+                        "a",
+                        r#""promptTokenCount": 9,"candidatesTokenCount": 1,"thoughtsTokenCount": 7"#,
+                    ),
+                    chunk(
+                        "b",
+                        r#""promptTokenCount": 9,"candidatesTokenCount": 2,"thoughtsTokenCount": 8"#,
+                    ),
+                    chunk("c", r#""promptTokenCount": 9,"candidatesTokenCount": 3"#),
+                    chunk("d", r#""promptTokenCount": 9,"candidatesTokenCount": 14"#),
+                ],
+                g(9, 14, 8),
+            ),
+            (
+                vec![
+                    chunk("a", r#""promptTokenCount": 9,"candidatesTokenCount": 1"#),
+                    chunk("b", r#""promptTokenCount": 9,"candidatesTokenCount": 2"#),
+                    chunk(
+                        "c",
+                        r#""promptTokenCount": 9,"candidatesTokenCount": 3000000000000"#,
+                    ),
+                    chunk("d", r#""promptTokenCount": 9,"candidatesTokenCount": 30"#),
+                    chunk("e", r#""promptTokenCount": 11,"candidatesTokenCount": 31"#),
+                ],
+                g(11, 31, 0),
+            ),
+            (
+                vec![
+                    chunk("a", r#""promptTokenCount": 9,"candidatesTokenCount": 1"#),
+                    chunk(
+                        "b",
+                        r#""promptTokenCount": 9,"candidatesTokenCount": 2,"thoughtsTokenCount": 5"#,
+                    ),
+                    chunk(
+                        "c",
+                        r#""promptTokenCount": 9,"candidatesTokenCount": 3,"thoughtsTokenCount": 6"#,
+                    ),
+                    chunk("d", r#""promptTokenCount": 9,"candidatesTokenCount": 4"#),
+                ],
+                g(9, 4, 6),
+            ),
+        ];
+        for (chunks, want) in &cases {
+            let body = chunks.concat();
+            for format in [Format::Auto, Format::Gemini] {
+                for size in [body.len(), 1, 7, 100] {
+                    for complete in [true, false] {
+                        let mut r = UsageReader::new(format, Body::EventStream);
+                        for piece in body.as_bytes().chunks(size) {
+                            r.feed(piece);
+                        }
+                        let out = r.finish(complete);
+                        let want = if complete {
+                            Outcome::Usage(*want)
+                        } else {
+                            Outcome::Partial(*want)
+                        };
+                        assert_eq!(out, want, "{format:?} {size}");
+                    }
+                }
+            }
+        }
+    }
+
+    /// `feed_body` (content members only checked) reads what `feed_whole` reads, content
+    /// flags aside, for every corpus payload and damaged variants, every dialect setting.
+    #[test]
+    fn body_walk_reads_what_the_whole_walk_reads() {
+        let mut accepted = 0;
+        let extra = [
+            // `usage` inside a nested object after the real one; a top-level `usage` that is
+            // no object; `model` inside `messages` before the top-level one.
+            r#"{"model":"m","usage":{"prompt_tokens":3,"completion_tokens":4},"x":{"usage":{"prompt_tokens":9}}}"#,
+            r#"{"model":"m","choices":[],"usage":7}"#,
+            r#"{"messages":[{"model":"no"}],"model":"m","choices":[{"message":{"content":"x"}}],"usage":{"prompt_tokens":3}}"#,
+            r#"{"choices":[{"index" 0}],"usage":{"prompt_tokens":3}}"#,
+            r#"{"choices":[{"index":0,}],"usage":{"prompt_tokens":3}}"#,
+            r#"{"choices":[{"a":[1}],"usage":{"prompt_tokens":3}}"#,
+            r#"{"candidates":[{"content":{"parts":[{"text":"a"}]}}],"usageMetadata":{"promptTokenCount":2},"modelVersion":"g"}"#,
+        ];
+        let mut all: Vec<Vec<u8>> = corpus_payloads().into_iter().map(|(_, _, p)| p).collect();
+        all.extend(extra.iter().map(|s| s.as_bytes().to_vec()));
+        for p in all {
+            for v in variants(&p) {
+                for format in [
+                    Format::Auto,
+                    Format::OpenAi,
+                    Format::Anthropic,
+                    Format::Gemini,
+                ] {
+                    let fresh = || {
+                        let mut s = UsageReader::new(format, Body::Json).events.scan;
+                        s.begin();
+                        s
+                    };
+                    let mut whole = fresh();
+                    let mut body = fresh();
+                    let what = format!("{:?} {format:?}", String::from_utf8_lossy(&v));
+                    if body.feed_body(&v) {
+                        accepted += 1;
+                        assert!(whole.feed_whole(&v), "{what}: accepted, whole walk did not");
+                        body.facts.content = whole.facts.content;
+                        body.facts.delta = whole.facts.delta;
+                        assert_eq!(reading(&body), reading(&whole), "{what}");
+                    } else {
+                        assert_eq!(reading(&body), reading(&fresh()), "{what}: undo");
+                    }
+                }
+            }
+        }
+        assert!(accepted > 300, "{accepted} accepted");
+    }
+
+    #[test]
     fn null_usage_tail_only_where_it_is_a_key() {
         for (p, want) in [
             (&br#"{"a":1,"usage":null}"#[..], true),
