@@ -77,15 +77,32 @@
 //! dialect setting (`whole_walk_reads_what_the_scanner_reads`), and JSON bodies whole against
 //! byte by byte (a unit test of traps, and a fuzz property).
 //!
+//! A JSON body read whole skims (`skim` in `scan/whole.rs`) its top-level content members
+//! (`choices`, `candidates`) instead of reading them: a strict JSON grammar check at every
+//! level, stricter than the scanner's walk, so a body is accepted only where the scanner reads
+//! it without error, and what those members would give (content flags, hints of the dialect
+//! their key already gives) does not change a JSON body's outcome. Tested against the whole
+//! walk (`body_walk_reads_what_the_whole_walk_reads`). Reading only the end and the start of a
+//! body (usage found backwards) was not done: staying exact needs the scanner's grammar checked
+//! at every tracked level between them and every top-level key looked up (a `message` or `type`
+//! key there changes the dialect `Auto` picks), which is the walk this already does.
+//!
+//! A settled Gemini stream defers its usage: a payload tail (from the `usageMetadata` key on)
+//! that is the last tail read byte for byte but for digit runs outside strings of at most 12
+//! digits (`same_but_counts`) is read as that one was, replacing every count it set; it is only
+//! copied (bounded, [`CARRY_CAP`] aside: 512 bytes) and read once, before anything else is
+//! read or at the end (`Events::flush`), so "latest wins, field by field" is kept exactly. A
+//! tail of another shape is read at once and becomes the one compared with.
+//!
 //! Instructions per further chunk measured with callgrind (`core/examples/usage_cost.rs`,
-//! release, x86-64; before this round in brackets): OpenAI Chat 288 (303), Anthropic
-//! `content_block_delta` 268 (278), Responses `output_text.delta` 345 (345), Gemini 2,954
-//! (4,402), a typical 674-byte Chat JSON body 6,995 (11,316). Targets not met: Gemini (≤ ~400)
-//! and JSON bodies (≤ ~1,500). The walk costs ~60–150 instructions per key/value (string-end
-//! search, provider-table lookup, dispatch); a Gemini chunk still walks its `usageMetadata`
-//! and the members after it, a JSON body every tracked member. The deferred, copy-only
-//! reading of Gemini's running `usageMetadata` (parsed once at the end or before a chunk that
-//! needs the full reading) is not written.
+//! release, x86-64; before this round in brackets): OpenAI Chat 298 (288), Anthropic
+//! `content_block_delta` 270 (268), Responses `output_text.delta` 346 (345), Gemini 1,919
+//! (2,954), a typical 674-byte Chat JSON body 6,970 (6,995). Targets not met: Gemini (≤ ~400)
+//! and JSON bodies (≤ ~1,500); the streams' few instructions up are noise of layout. A
+//! deferred Gemini chunk still costs the framing, the `memmem` for the usage key and the
+//! comparison (eight bytes at a time with quote counting, ~1,100 for a 200-byte tail); a JSON
+//! body the walk of every top-level member and of the usage object (~60–150 instructions per
+//! key/value: string-end search, provider-table lookup, dispatch).
 //!
 //! The last event of a stream without blank line is read by [`UsageReader::finish`]; its first
 //! content is reported by [`UsageReader::first_content_at_finish`].
