@@ -90,7 +90,7 @@
 //! A settled Gemini stream defers its usage: a payload tail (from the `usageMetadata` key on)
 //! that is the last tail read byte for byte but for digit runs outside strings of at most 12
 //! digits (`same_but_counts`) is read as that one was, replacing every count it set; it is only
-//! copied (bounded, [`CARRY_CAP`] aside: 512 bytes) and read once, before anything else is
+//! copied (into a fixed 512-byte buffer, `TAIL_CAP`) and read once, before anything else is
 //! read or at the end (`Events::flush`), so "latest wins, field by field" is kept exactly. A
 //! tail of another shape is read at once and becomes the one compared with.
 //!
