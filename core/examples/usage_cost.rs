@@ -11,28 +11,25 @@
 //! settled), as in a real stream. `json` reads N whole typical bodies, one reader each.
 //!
 //! Measured (Rust 1.95, release, x86-64, instructions; "before" is the same harness on the
-//! code before the whole-buffer walk, measured on the same machine):
+//! code before this round, measured on the same machine):
 //!
 //! | case | bytes | per chunk / body | before | target |
 //! |---|---|---|---|---|
-//! | `openai` Chat chunk, `"usage":null` | 261 | 288 | 303 | ≤ 200 |
-//! | `anthropic` `content_block_delta` (with `event:` line) | 130 | 268 | 278 | ≤ 200 |
-//! | `responses` `response.output_text.delta` | 214 | 345 | 345 | ≤ 200 |
-//! | `gemini` chunk with `usageMetadata` running totals | 334 | 2,954 | 4,402 | ≤ ~400 |
-//! | `json` Chat Completions body, whole reader (new + feed + finish) | 674 | 6,995 | 11,316 | ≤ ~1,500 |
+//! | `openai` Chat chunk, `"usage":null` | 261 | 298 | 288 | ≤ 200 |
+//! | `anthropic` `content_block_delta` (with `event:` line) | 130 | 270 | 268 | ≤ 200 |
+//! | `responses` `response.output_text.delta` | 214 | 346 | 345 | ≤ 200 |
+//! | `gemini` chunk with `usageMetadata` running totals | 334 | 1,919 | 2,954 | ≤ ~400 |
+//! | `json` Chat Completions body, whole reader (new + feed + finish) | 674 | 6,970 | 6,995 | ≤ ~1,500 |
 //!
-//! Streaming chunks: the settled stream skips events by name (Anthropic, Responses) and Chat
-//! chunks ending in `"usage":null}` by a tail compare, so no `memmem` runs; what is left is
-//! the line-end search (`memchr2`, called directly on AVX2: ~100 for the 130-byte Anthropic
-//! data line, ~120–140 for the 214–261-byte ones) and ~150 of framing and hand-off. Not yet at
-//! target. A single-byte `memchr` would save ~20 a line but needs a second search for lone `\r`
-//! line ends to stay exact, and lost (~240 together).
-//! Gemini chunks and JSON bodies are now read by the whole-buffer walk (`scan/whole.rs`)
-//! instead of the byte-level state machine: JSON bodies 38% fewer, Gemini chunks 33% fewer
-//! (the settled chunk walks from `usageMetadata` to its end). Both still far above target:
-//! the walk costs ~60–150 instructions per key or value (string-end search eight bytes at a
-//! time, the provider-table lookup, dispatch). Not written: the deferred Gemini reading (copy
-//! the latest `usageMetadata` object, parse once), and a cheaper per-token walk.
+//! Streaming chunks: unchanged this round (differences are layout noise); line-end search
+//! (`memchr2`) and ~150 of framing and hand-off remain.
+//! Gemini: a settled chunk whose usage tail differs from the last one read only in counts is
+//! copied and read once at the end (deferred); what is left is framing, the `memmem` for the
+//! key and the number-only comparison (~1,100 for the ~200-byte tail, eight bytes at a time).
+//! JSON bodies: `choices`/`candidates` are only grammar-checked (skimmed), a small gain; the
+//! rest is the walk of every top-level member and the usage object. Not written: a cheaper
+//! comparison (precomputed number positions of the stored tail), a dedicated usage-object
+//! parser, a cheaper per-token walk.
 
 use std::hint::black_box;
 

@@ -77,15 +77,32 @@
 //! dialect setting (`whole_walk_reads_what_the_scanner_reads`), and JSON bodies whole against
 //! byte by byte (a unit test of traps, and a fuzz property).
 //!
+//! A JSON body read whole skims (`skim` in `scan/whole.rs`) its top-level content members
+//! (`choices`, `candidates`) instead of reading them: a strict JSON grammar check at every
+//! level, stricter than the scanner's walk, so a body is accepted only where the scanner reads
+//! it without error, and what those members would give (content flags, hints of the dialect
+//! their key already gives) does not change a JSON body's outcome. Tested against the whole
+//! walk (`body_walk_reads_what_the_whole_walk_reads`). Reading only the end and the start of a
+//! body (usage found backwards) was not done: staying exact needs the scanner's grammar checked
+//! at every tracked level between them and every top-level key looked up (a `message` or `type`
+//! key there changes the dialect `Auto` picks), which is the walk this already does.
+//!
+//! A settled Gemini stream defers its usage: a payload tail (from the `usageMetadata` key on)
+//! that is the last tail read byte for byte but for digit runs outside strings of at most 12
+//! digits (`same_but_counts`) is read as that one was, replacing every count it set; it is only
+//! copied (into a fixed 512-byte buffer, `TAIL_CAP`) and read once, before anything else is
+//! read or at the end (`Events::flush`), so "latest wins, field by field" is kept exactly. A
+//! tail of another shape is read at once and becomes the one compared with.
+//!
 //! Instructions per further chunk measured with callgrind (`core/examples/usage_cost.rs`,
-//! release, x86-64; before this round in brackets): OpenAI Chat 288 (303), Anthropic
-//! `content_block_delta` 268 (278), Responses `output_text.delta` 345 (345), Gemini 2,954
-//! (4,402), a typical 674-byte Chat JSON body 6,995 (11,316). Targets not met: Gemini (≤ ~400)
-//! and JSON bodies (≤ ~1,500). The walk costs ~60–150 instructions per key/value (string-end
-//! search, provider-table lookup, dispatch); a Gemini chunk still walks its `usageMetadata`
-//! and the members after it, a JSON body every tracked member. The deferred, copy-only
-//! reading of Gemini's running `usageMetadata` (parsed once at the end or before a chunk that
-//! needs the full reading) is not written.
+//! release, x86-64; before this round in brackets): OpenAI Chat 298 (288), Anthropic
+//! `content_block_delta` 270 (268), Responses `output_text.delta` 346 (345), Gemini 1,919
+//! (2,954), a typical 674-byte Chat JSON body 6,970 (6,995). Targets not met: Gemini (≤ ~400)
+//! and JSON bodies (≤ ~1,500); the streams' few instructions up are noise of layout. A
+//! deferred Gemini chunk still costs the framing, the `memmem` for the usage key and the
+//! comparison (eight bytes at a time with quote counting, ~1,100 for a 200-byte tail); a JSON
+//! body the walk of every top-level member and of the usage object (~60–150 instructions per
+//! key/value: string-end search, provider-table lookup, dispatch).
 //!
 //! The last event of a stream without blank line is read by [`UsageReader::finish`]; its first
 //! content is reported by [`UsageReader::first_content_at_finish`].
@@ -202,6 +219,9 @@ impl UsageReader {
                 chat: false,
                 malformed: false,
                 bad_count: false,
+                tail: [0; TAIL_CAP],
+                tail_len: 0,
+                deferred: false,
             },
         }
     }
@@ -224,7 +244,7 @@ impl UsageReader {
                 // A body held whole by its first buffer (the usual case) is read by the
                 // recursive walk; anything it cannot prove goes the resumable way.
                 let scan = &mut self.events.scan;
-                if !(scan.at_start() && ends_a_value(buf) && scan.feed_whole(buf)) {
+                if !(scan.at_start() && ends_a_value(buf) && scan.feed_body(buf)) {
                     scan.feed(buf);
                 }
                 false
@@ -265,6 +285,7 @@ impl UsageReader {
         match self.body {
             Body::EventStream => {
                 self.first_at_finish = self.framer.finish(&mut self.events);
+                self.events.flush();
             }
             Body::Json => {
                 self.events.scan.end();
@@ -341,7 +362,15 @@ struct Events {
     chat: bool,
     malformed: bool,
     bad_count: bool,
+    /// Settled Gemini streams: the tail of the last payload read from its `usageMetadata` key
+    /// on (`tail[..tail_len]`), and whether it is still unread (deferred, see `defer`).
+    tail: [u8; TAIL_CAP],
+    tail_len: u16,
+    deferred: bool,
 }
+
+/// The longest payload tail (from the usage key on) a settled Gemini stream defers.
+const TAIL_CAP: usize = 512;
 
 impl Events {
     /// Whether nothing but usage can change what this body reported.
@@ -355,6 +384,7 @@ impl Events {
     fn push(&mut self, bytes: &[u8]) {
         self.len += bytes.len();
         if self.pending != Pending::Stream && self.len > CARRY_CAP {
+            self.flush();
             self.scan.begin();
             self.scan.feed(&self.carry);
             self.carry.clear();
@@ -408,6 +438,7 @@ impl Events {
                 Some(false) => {}
             }
         }
+        self.flush();
         self.scan.begin();
         if !self.scan.feed_whole(p) {
             self.scan.feed(p);
@@ -428,8 +459,25 @@ impl Events {
         // object is followed by its end), and nothing before the key matters once settled.
         let before = p[..at].trim_ascii_end().last();
         if matches!(before, Some(b'{' | b',')) {
-            if self.scan.feed_members(&p[at..]) {
+            let tail = &p[at..];
+            if self.dialect == GEMINI {
+                if self.tail_len > 0
+                    && same_but_counts(&self.tail[..usize::from(self.tail_len)], tail)
+                {
+                    // Read as the last tail was, with other counts: deferred (see `defer`).
+                    self.tail[..tail.len()].copy_from_slice(tail);
+                    self.tail_len = tail.len() as u16;
+                    self.deferred = true;
+                    return None;
+                }
+                self.flush();
+            }
+            if self.scan.feed_members(tail) {
                 self.scan.end();
+                if self.dialect == GEMINI && tail.len() <= TAIL_CAP {
+                    self.tail[..tail.len()].copy_from_slice(tail);
+                    self.tail_len = tail.len() as u16;
+                }
                 return Some(true);
             }
             self.scan.begin_member();
@@ -440,6 +488,29 @@ impl Events {
             }
         }
         Some(false)
+    }
+
+    /// Reads the deferred tail, if any: its usage merged where it would have been.
+    ///
+    /// A settled Gemini stream sends running totals in every chunk, the same members in the
+    /// same shape, only the numbers growing. A payload tail (from the usage key on) that is
+    /// byte for byte the last one read except for the digits of numbers of at most 12 digits
+    /// ([`same_but_counts`]) is read the same way: the same count members, each valid in both,
+    /// so its reading replaces every count the last one set and flags nothing new. Such a
+    /// tail is only copied over the last one and read here, before anything else is read
+    /// (another payload, a streamed one, the end), so usage is merged in the same order.
+    fn flush(&mut self) {
+        if !self.deferred {
+            return;
+        }
+        self.deferred = false;
+        let mut s = Scanner::new(self.scan.allow);
+        s.model = self.scan.model;
+        let tail = &self.tail[..usize::from(self.tail_len)];
+        let clean = s.feed_members(tail);
+        debug_assert!(clean, "a deferred tail reads as the one before it");
+        self.bad_count |= s.facts.bad_count;
+        self.usage.merge(&s.facts.usage);
     }
 
     /// The first `"usage"` or `"usageMetadata"` key in `p` whose value is not `null`. Keys are
@@ -535,6 +606,95 @@ fn no_usage_event(name: &[u8], dialect: Dialects) -> bool {
 fn usage_finder() -> &'static Finder<'static> {
     static FINDER: std::sync::OnceLock<Finder<'static>> = std::sync::OnceLock::new();
     FINDER.get_or_init(|| Finder::new(b"\"usage"))
+}
+
+/// Whether `new` is `old` with only numbers changed: equal bytes except runs of digits outside
+/// strings, each of at most 12 digits on both sides (so below 10^12: a valid count wherever a
+/// count is read, in both). Neither may hold a backslash (quotes then always delimit strings).
+/// Compared eight bytes at a time, quotes counted to know what is inside a string.
+fn same_but_counts(old: &[u8], new: &[u8]) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    // The bytes of `w` equal to `c`, flagged by their high bit, exactly (no borrow between
+    // bytes: each byte is tested on its own).
+    let eq = |w: u64, c: u8| {
+        let x = w ^ (ONES * u64::from(c));
+        !(((x & !HIGH) + !HIGH) | x) & HIGH
+    };
+    // Flagged bytes of a mask from `eq` (no popcount instruction on baseline x86-64).
+    let count = |m: u64| ((m >> 7).wrapping_mul(ONES) >> 56) as u32;
+    if new.len() > TAIL_CAP {
+        return false;
+    }
+    let (mut i, mut j) = (0, 0);
+    // Quotes seen before `i` (`j`): inside a string when odd (no backslashes).
+    let mut quotes = 0u32;
+    // Where the equal stretch being compared began (after the last digit runs).
+    let mut lo = 0;
+    loop {
+        while let (Some(a), Some(b)) = (old.get(i..i + 8), new.get(j..j + 8)) {
+            let a = u64::from_le_bytes(a.try_into().unwrap_or_default());
+            let b = u64::from_le_bytes(b.try_into().unwrap_or_default());
+            if eq(b, b'\\') != 0 {
+                return false;
+            }
+            let x = a ^ b;
+            if x != 0 {
+                // Up to the first differing byte.
+                let k = (x.trailing_zeros() / 8) as usize;
+                let below = (1u64 << (8 * k)) - 1;
+                quotes += count(eq(b, b'"') & below);
+                i += k;
+                j += k;
+                break;
+            }
+            quotes += count(eq(b, b'"'));
+            i += 8;
+            j += 8;
+        }
+        // Byte by byte up to a difference or the end.
+        while i < old.len() && j < new.len() && old[i] == new[j] {
+            match new[j] {
+                b'"' => quotes += 1,
+                b'\\' => return false,
+                _ => {}
+            }
+            i += 1;
+            j += 1;
+            if i % 8 == 0 {
+                break;
+            }
+        }
+        if i == old.len() && j == new.len() {
+            return true;
+        }
+        if i < old.len() && j < new.len() && old[i] == new[j] {
+            continue;
+        }
+        // A difference: digit runs outside strings on both sides.
+        if quotes % 2 == 1 {
+            return false;
+        }
+        let digit = |s: &[u8], k: usize| s.get(k).is_some_and(u8::is_ascii_digit);
+        let (mut a, mut b) = (i, j);
+        while a > lo && digit(old, a - 1) {
+            a -= 1;
+            b -= 1;
+        }
+        let (sa, sb) = (a, b);
+        while digit(old, a) {
+            a += 1;
+        }
+        while digit(new, b) {
+            b += 1;
+        }
+        if a == sa || b == sb || a - sa > 12 || b - sb > 12 || (a == i && b == j) {
+            return false;
+        }
+        i = a;
+        j = b;
+        lo = i;
+    }
 }
 
 /// Whether `buf` ends (whitespace aside) with a closing bracket: it may hold a whole JSON
@@ -1046,6 +1206,181 @@ mod tests {
             output,
             ..Tokens::default()
         })
+    }
+
+    #[test]
+    fn same_but_counts_only_for_numbers() {
+        let base = br#""usageMetadata": {"promptTokenCount": 9,"candidatesTokenCount": 4},"modelVersion": "g-2.5","responseId": "ab12"}"#;
+        let yes = [
+            &base[..],
+            br#""usageMetadata": {"promptTokenCount": 9,"candidatesTokenCount": 1234},"modelVersion": "g-2.5","responseId": "ab12"}"#,
+            br#""usageMetadata": {"promptTokenCount": 10,"candidatesTokenCount": 5},"modelVersion": "g-2.5","responseId": "ab12"}"#,
+            br#""usageMetadata": {"promptTokenCount": 999999999999,"candidatesTokenCount": 0},"modelVersion": "g-2.5","responseId": "ab12"}"#,
+        ];
+        for new in yes {
+            assert!(
+                same_but_counts(base, new),
+                "{}",
+                String::from_utf8_lossy(new)
+            );
+        }
+        let no = [
+            // Digits inside strings (values, keys), a 13-digit count, other members,
+            // a backslash, a sign, a `#` after a quote (exact quote counting).
+            &br#""usageMetadata": {"promptTokenCount": 9,"candidatesTokenCount": 4},"modelVersion": "g-3.5","responseId": "ab12"}"#[..],
+            br#""usageMetadata": {"promptTokenCount": 9,"candidatesTokenCount": 4},"modelVersion": "g-2.5","responseId": "ab13"}"#,
+            br#""usageMetadata": {"promptTokenCount": 1000000000000,"candidatesTokenCount": 4},"modelVersion": "g-2.5","responseId": "ab12"}"#,
+            br#""usageMetadata": {"promptTokenCount": 9},"modelVersion": "g-2.5","responseId": "ab12"}"#,
+            br#""usageMetadata": {"promptTokenCount": 9,"candidatesTokenCount": -4},"modelVersion": "g-2.5","responseId": "ab12"}"#,
+            br#""usageMetadata": {"promptTokenCount": 9,"candidatesTokenCount": 4},"modelVersion": "g-2.5","responseId": "ab\12"}"#,
+            br#""usageMetadata": {"promptTokenCount": 9,"candidatesTokenCount": 4.0},"modelVersion": "g-2.5","responseId": "ab12"}"#,
+        ];
+        for new in no {
+            assert!(
+                !same_but_counts(base, new),
+                "{}",
+                String::from_utf8_lossy(new)
+            );
+        }
+        let a = br##""u":{"k1":1},"s":"#"##;
+        assert!(!same_but_counts(&a[..], br##""u":{"k2":1},"s":"#"##));
+        assert!(!same_but_counts(br##""x":"#1"}"##, br##""x":"#2"}"##));
+        assert!(!same_but_counts(br##""xyzw":"#1"}"##, br##""xyzw":"#2"}"##));
+        assert!(same_but_counts(
+            br##""x":"a#","n":1}"##,
+            br##""x":"a#","n":22}"##
+        ));
+    }
+
+    /// Settled Gemini streams whose usage changes shape (a count present in some chunks only,
+    /// an invalid one, a second usage key): the deferred reading gives what the field-by-field
+    /// merge of every chunk gives, whole and byte by byte, complete and cut.
+    #[test]
+    fn gemini_deferred_usage_merges_as_read() {
+        let chunk = |text: &str, usage: &str| {
+            format!("data: {{\"candidates\": [{{\"content\": {{\"parts\": [{{\"text\": \"{text}\"}}]}}}}],\"usageMetadata\": {{{usage}}},\"modelVersion\": \"g\",\"responseId\": \"r1\"}}\r\n\r\n")
+        };
+        let g = |p, c, t| Tokens {
+            input: p,
+            output: c + t,
+            cached_input: 0,
+            cache_write: 0,
+            reasoning: t,
+        };
+        let cases = [
+            (
+                vec![
+                    chunk(
+                        "a",
+                        r#""promptTokenCount": 9,"candidatesTokenCount": 1,"thoughtsTokenCount": 7"#,
+                    ),
+                    chunk(
+                        "b",
+                        r#""promptTokenCount": 9,"candidatesTokenCount": 2,"thoughtsTokenCount": 8"#,
+                    ),
+                    chunk("c", r#""promptTokenCount": 9,"candidatesTokenCount": 3"#),
+                    chunk("d", r#""promptTokenCount": 9,"candidatesTokenCount": 14"#),
+                ],
+                g(9, 14, 8),
+            ),
+            (
+                vec![
+                    chunk("a", r#""promptTokenCount": 9,"candidatesTokenCount": 1"#),
+                    chunk("b", r#""promptTokenCount": 9,"candidatesTokenCount": 2"#),
+                    chunk(
+                        "c",
+                        r#""promptTokenCount": 9,"candidatesTokenCount": 3000000000000"#,
+                    ),
+                    chunk("d", r#""promptTokenCount": 9,"candidatesTokenCount": 30"#),
+                    chunk("e", r#""promptTokenCount": 11,"candidatesTokenCount": 31"#),
+                ],
+                g(11, 31, 0),
+            ),
+            (
+                vec![
+                    chunk("a", r#""promptTokenCount": 9,"candidatesTokenCount": 1"#),
+                    chunk(
+                        "b",
+                        r#""promptTokenCount": 9,"candidatesTokenCount": 2,"thoughtsTokenCount": 5"#,
+                    ),
+                    chunk(
+                        "c",
+                        r#""promptTokenCount": 9,"candidatesTokenCount": 3,"thoughtsTokenCount": 6"#,
+                    ),
+                    chunk("d", r#""promptTokenCount": 9,"candidatesTokenCount": 4"#),
+                ],
+                g(9, 4, 6),
+            ),
+        ];
+        for (chunks, want) in &cases {
+            let body = chunks.concat();
+            for format in [Format::Auto, Format::Gemini] {
+                for size in [body.len(), 1, 7, 100] {
+                    for complete in [true, false] {
+                        let mut r = UsageReader::new(format, Body::EventStream);
+                        for piece in body.as_bytes().chunks(size) {
+                            r.feed(piece);
+                        }
+                        let out = r.finish(complete);
+                        let want = if complete {
+                            Outcome::Usage(*want)
+                        } else {
+                            Outcome::Partial(*want)
+                        };
+                        assert_eq!(out, want, "{format:?} {size}");
+                    }
+                }
+            }
+        }
+    }
+
+    /// `feed_body` (content members only checked) reads what `feed_whole` reads, content
+    /// flags aside, for every corpus payload and damaged variants, every dialect setting.
+    #[test]
+    fn body_walk_reads_what_the_whole_walk_reads() {
+        let mut accepted = 0;
+        let extra = [
+            // `usage` inside a nested object after the real one; a top-level `usage` that is
+            // no object; `model` inside `messages` before the top-level one.
+            r#"{"model":"m","usage":{"prompt_tokens":3,"completion_tokens":4},"x":{"usage":{"prompt_tokens":9}}}"#,
+            r#"{"model":"m","choices":[],"usage":7}"#,
+            r#"{"messages":[{"model":"no"}],"model":"m","choices":[{"message":{"content":"x"}}],"usage":{"prompt_tokens":3}}"#,
+            r#"{"choices":[{"index" 0}],"usage":{"prompt_tokens":3}}"#,
+            r#"{"choices":[{"index":0,}],"usage":{"prompt_tokens":3}}"#,
+            r#"{"choices":[{"a":[1}],"usage":{"prompt_tokens":3}}"#,
+            r#"{"candidates":[{"content":{"parts":[{"text":"a"}]}}],"usageMetadata":{"promptTokenCount":2},"modelVersion":"g"}"#,
+        ];
+        let mut all: Vec<Vec<u8>> = corpus_payloads().into_iter().map(|(_, _, p)| p).collect();
+        all.extend(extra.iter().map(|s| s.as_bytes().to_vec()));
+        for p in all {
+            for v in variants(&p) {
+                for format in [
+                    Format::Auto,
+                    Format::OpenAi,
+                    Format::Anthropic,
+                    Format::Gemini,
+                ] {
+                    let fresh = || {
+                        let mut s = UsageReader::new(format, Body::Json).events.scan;
+                        s.begin();
+                        s
+                    };
+                    let mut whole = fresh();
+                    let mut body = fresh();
+                    let what = format!("{:?} {format:?}", String::from_utf8_lossy(&v));
+                    if body.feed_body(&v) {
+                        accepted += 1;
+                        assert!(whole.feed_whole(&v), "{what}: accepted, whole walk did not");
+                        body.facts.content = whole.facts.content;
+                        body.facts.delta = whole.facts.delta;
+                        assert_eq!(reading(&body), reading(&whole), "{what}");
+                    } else {
+                        assert_eq!(reading(&body), reading(&fresh()), "{what}: undo");
+                    }
+                }
+            }
+        }
+        assert!(accepted > 300, "{accepted} accepted");
     }
 
     #[test]

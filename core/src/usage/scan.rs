@@ -209,6 +209,8 @@ pub(crate) struct Scanner {
     stage_valid: bool,
     /// The dialects whose fields are read.
     pub(crate) allow: Dialects,
+    /// The whole-buffer walk of a JSON body only checks content members (`feed_body`).
+    skim: bool,
     pub(crate) facts: Facts,
     pub(crate) model: Model,
 }
@@ -229,6 +231,7 @@ impl Scanner {
             stage: Raw::default(),
             stage_valid: false,
             allow,
+            skim: false,
             facts: Facts::default(),
             model: Model::default(),
         }

@@ -96,7 +96,116 @@ fn skip_container(b: &[u8], mut i: usize) -> Pos {
     Err(Stop)
 }
 
+/// Past the value at `b[i]` (not whitespace), checking JSON's grammar at every level of it:
+/// `{`, `"key"`, `:`, value, `,` or `}`; `[`, value, `,` or `]`; brackets matched by kind.
+/// Strings end as the scanner ends them (the byte after a backslash skipped), numbers and
+/// literals are the scanner's runs. This is stricter than the scanner's walk anywhere (it reads
+/// a tracked container with the same rules, a skipped one by bracket count only), so a value
+/// that passes is one the scanner walks without error. Nothing is read; the depth is bounded by
+/// the 64-bit stack of container kinds.
+fn skim(b: &[u8], mut i: usize) -> Pos {
+    // Bit set: an array at that depth (else an object).
+    let mut arrays = 0u64;
+    let mut depth = 0u32;
+    loop {
+        // A value at `b[i]`.
+        let &c = b.get(i).ok_or(Stop)?;
+        match c {
+            b'{' | b'[' => {
+                if depth == 63 {
+                    return Err(Stop);
+                }
+                depth += 1;
+                i = ws(b, i + 1);
+                let &d = b.get(i).ok_or(Stop)?;
+                if c == b'[' {
+                    arrays |= 1 << depth;
+                    if d != b']' {
+                        continue;
+                    }
+                } else {
+                    arrays &= !(1 << depth);
+                    if d == b'"' {
+                        i = ws(b, string_end(b, i + 1)?.0 + 1);
+                        if b.get(i) != Some(&b':') {
+                            return Err(Stop);
+                        }
+                        i = ws(b, i + 1);
+                        continue;
+                    }
+                    if d != b'}' {
+                        return Err(Stop);
+                    }
+                }
+                // An empty container.
+                depth -= 1;
+                i += 1;
+            }
+            b'"' => i = string_end(b, i + 1)?.0 + 1,
+            b'0'..=b'9' | b'-' => {
+                i += 1;
+                while i < b.len() && matches!(b[i], b'0'..=b'9' | b'.' | b'e' | b'E' | b'+' | b'-')
+                {
+                    i += 1;
+                }
+            }
+            b't' | b'f' | b'n' => {
+                i += 1;
+                while i < b.len() && b[i].is_ascii_alphabetic() {
+                    i += 1;
+                }
+            }
+            _ => return Err(Stop),
+        }
+        // After a value: `,` and the next, or closing brackets.
+        loop {
+            if depth == 0 {
+                // The scanner needs a byte after a number or literal to end it.
+                return if i < b.len() { Ok(i) } else { Err(Stop) };
+            }
+            i = ws(b, i);
+            let &c = b.get(i).ok_or(Stop)?;
+            let array = arrays >> depth & 1 == 1;
+            match c {
+                b',' => {
+                    i = ws(b, i + 1);
+                    if !array {
+                        if b.get(i) != Some(&b'"') {
+                            return Err(Stop);
+                        }
+                        i = ws(b, string_end(b, i + 1)?.0 + 1);
+                        if b.get(i) != Some(&b':') {
+                            return Err(Stop);
+                        }
+                        i = ws(b, i + 1);
+                    }
+                    break;
+                }
+                b']' if array => {}
+                b'}' if !array => {}
+                _ => return Err(Stop),
+            }
+            depth -= 1;
+            i += 1;
+        }
+    }
+}
+
 impl Scanner {
+    /// Reads `b` as a whole JSON body, as [`Scanner::feed_whole`] does, except that the
+    /// top-level members that hold generated content (`choices`, `candidates`) are not read
+    /// but only checked to be JSON ([`skim`]): what they would give (content flags, and hints
+    /// of the dialect their key already hints at) does not change a JSON body's outcome, and
+    /// the check is stricter than the scanner's walk, so the body is accepted only where the
+    /// scanner reads it without error. The facts differ from `feed_whole`'s in `content` and
+    /// `delta` only.
+    pub(crate) fn feed_body(&mut self, b: &[u8]) -> bool {
+        self.skim = true;
+        let ok = self.feed_whole(b);
+        self.skim = false;
+        ok
+    }
+
     /// Reads `b` as one whole payload (the scanner must be just begun, before any byte of the
     /// top-level value). Returns false and leaves the scanner just begun when it cannot prove
     /// the reading; then feed the bytes the resumable way.
@@ -177,7 +286,14 @@ impl Scanner {
                 return Err(Stop);
             }
             i = ws(b, i + 1);
-            i = ws(b, self.w_value(b, i, act, depth)?);
+            i = if self.skim
+                && node == Node::Root
+                && matches!(act, Act::Open(Node::Choices | Node::Candidates))
+            {
+                ws(b, skim(b, i)?)
+            } else {
+                ws(b, self.w_value(b, i, act, depth)?)
+            };
             match b.get(i) {
                 Some(b',') => i = ws(b, i + 1),
                 Some(b'}') => return Ok(self.w_close(node, i + 1)),
