@@ -719,6 +719,25 @@ impl ReqCtx {
     }
 }
 
+/// The value of the first header of this (lowercase) name in a header list.
+fn header_value<'l>(headers: &'l ngx_list_t, name: &[u8]) -> Option<&'l [u8]> {
+    let mut part: *const ngx_list_part_t = &headers.part;
+    // SAFETY: an nginx list's parts hold `nelts` initialised elements each; the strings live
+    // in the request pool.
+    unsafe {
+        while let Some(p) = part.as_ref() {
+            let elts = std::slice::from_raw_parts(p.elts as *const ngx_table_elt_t, p.nelts);
+            for h in elts {
+                if h.hash != 0 && h.key.as_bytes().eq_ignore_ascii_case(name) {
+                    return Some(h.value.as_bytes());
+                }
+            }
+            part = p.next;
+        }
+    }
+    None
+}
+
 /// Usage of a response none of whose body passed: missing when the response should have had
 /// some (an upstream's 2xx with a body), because it was cut before its body, or had none.
 fn unread_usage(r: &ngx_http_request_t, lc: &LocConf, whole: bool) -> Option<UsageMissing> {
@@ -743,15 +762,16 @@ pub fn start_usage(r: &ngx_http_request_t, lc: &LocConf) -> UsageState {
     if !usage_applies(r) {
         return UsageState::Skipped;
     }
-    // SAFETY: r->upstream is live (checked by usage_applies); its header elements are in the
-    // request pool. (gzip or other filters of this nginx may set the response's encoding: the
-    // upstream's is what the bytes passing here have.)
-    let encoding = unsafe { (*r.upstream).headers_in.content_encoding.as_ref() };
-    if encoding.is_some_and(|h| {
-        let v = h.value.as_bytes();
-        !v.is_empty() && !v.eq_ignore_ascii_case(b"identity")
-    }) {
-        return UsageState::Missing(UsageMissing::Encoded);
+    // The upstream's own header: gzip or other filters of this nginx may set the response's
+    // encoding, but the bytes passing here are the upstream's. (Looked up in its header list:
+    // nginx 1.28's upstream has no `content_encoding` field of its own any more.)
+    // SAFETY: r->upstream is live (checked by usage_applies); its header list is in the request
+    // pool.
+    let headers = unsafe { &(*r.upstream).headers_in.headers };
+    if let Some(v) = header_value(headers, b"content-encoding") {
+        if !v.is_empty() && !v.eq_ignore_ascii_case(b"identity") {
+            return UsageState::Missing(UsageMissing::Encoded);
+        }
     }
     let ct = r.headers_out.content_type.as_bytes();
     let sse = ct.len() >= 17 && ct[..17].eq_ignore_ascii_case(b"text/event-stream");

@@ -137,14 +137,15 @@ def test_a_bucket_layout_the_zone_cannot_remember_fails_the_reload():
     first = "0.1 0.3 0.5"
     n = Nginx(LAYOUT_CONF.format(buckets=first), workers=1)
     with n:
-        # the zone holds 16 layouts: the 3 defaults/firsts, then 13 other duration lists
-        for i in range(13):
+        # the zone holds 16 layouts: the 4 defaults/firsts (duration, ttft, throughput, time per
+        # output token), then 12 other duration lists
+        for i in range(12):
             n.write(LAYOUT_CONF.format(buckets=f"0.{i + 1}1 9"), workers=1)
             n.reload()
         for _ in range(5):
             assert n.get("/")[0] == 200
         m = wait_for(n.metrics, lambda m: m.total("http_requests_total") >= 5, what="recorded")
-        assert les(m) == [0.131, 9, float("inf")]
+        assert les(m) == [0.121, 9, float("inf")]
         [w] = n.worker_pids()
         log_before = len(n.error_log())
         # a 17th layout: the reload is refused and the running configuration keeps working
@@ -157,7 +158,7 @@ def test_a_bucket_layout_the_zone_cannot_remember_fails_the_reload():
         for _ in range(5):
             assert n.get("/")[0] == 200
         m = wait_for(n.metrics, lambda m: m.total("http_requests_total") >= 10, what="recorded")
-        assert les(m) == [0.131, 9, float("inf")]
+        assert les(m) == [0.121, 9, float("inf")]
         assert m.get1("http_request_duration_seconds_count", method="GET", endpoint="/",
                       namespace="", upstream="") == 10
         assert m.get1("gateway_metrics_dropped_updates_total", zone="gm",

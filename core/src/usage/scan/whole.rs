@@ -24,10 +24,33 @@ fn ws(b: &[u8], mut i: usize) -> usize {
     if i < b.len() && b[i] > b' ' {
         return i;
     }
-    while i < b.len() && matches!(b[i], b' ' | b'\n' | b'\r' | b'\t') {
-        i += 1;
+    loop {
+        // Pretty-printed bodies (OpenAI's JSON responses) indent with runs of spaces after a
+        // newline: eight bytes at a time while they are all ' ' or '\n' (exactly those: any
+        // other byte, '\r' and '\t' included, is looked at alone below).
+        while let Some(w) = b.get(i..i + 8) {
+            let w = u64::from_le_bytes(w.try_into().unwrap_or_default());
+            let ok = zero_bytes(w ^ (ONES * u64::from(b' ')))
+                | zero_bytes(w ^ (ONES * u64::from(b'\n')));
+            if ok == HIGH {
+                i += 8;
+            } else {
+                i += ((!ok & HIGH).trailing_zeros() / 8) as usize;
+                break;
+            }
+        }
+        if i < b.len() && matches!(b[i], b' ' | b'\n' | b'\r' | b'\t') {
+            i += 1;
+        } else {
+            return i;
+        }
     }
-    i
+}
+
+/// 0x80 in each byte of `v` that is zero, 0 elsewhere (exact: no borrow between bytes).
+#[inline(always)]
+fn zero_bytes(v: u64) -> u64 {
+    !(((v & !HIGH).wrapping_add(!HIGH)) | v | !HIGH)
 }
 
 const ONES: u64 = 0x0101_0101_0101_0101;
@@ -438,6 +461,28 @@ impl Scanner {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn whitespace_runs_are_skipped_exactly() {
+        for body in [
+            &b"        \n        x"[..],
+            b"\n  \r\n\t  x",
+            b"   \x01  x",
+            b"                                 ",
+            b"",
+            b"x",
+            b" \n \n \n \n \n \n\t\n x",
+        ] {
+            for start in 0..=body.len() {
+                let slow = start
+                    + body[start..]
+                        .iter()
+                        .take_while(|c| matches!(c, b' ' | b'\n' | b'\r' | b'\t'))
+                        .count();
+                assert_eq!(ws(body, start), slow, "{body:?} from {start}");
+            }
+        }
+    }
     use crate::usage::providers::ALL;
 
     #[test]
