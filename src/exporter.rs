@@ -54,7 +54,7 @@ unsafe fn export(r: *mut ngx_http_request_t) -> Result<ngx_int_t, HandlerError> 
         // 'static: the confs and the zone ctx live in the cycle's pool, which a worker keeps
         // until it exits; the request (and a Slicer holding them) ends before.
         let t: Target<'static> = main_conf(&*r)
-            .and_then(|mc| Target::of(mc, (*(*r).connection).log))
+            .and_then(Target::of)
             .ok_or(HandlerError::ZoneUnavailable)?;
         #[cfg(ngx_feature = "threads")]
         if let Some(rc) = render_in_pool(r, &t) {

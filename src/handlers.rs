@@ -143,7 +143,7 @@ pub unsafe extern "C" fn init_process(_cycle: *mut ngx_cycle_t) -> ngx_int_t {
     // the old ones still finishing their requests.
     // SAFETY: ngx_pid is this process's pid.
     let pid = unsafe { ngx_pid } as u64;
-    let target = mc.and_then(|mc| Target::of(mc, ptr::null_mut()));
+    let target = mc.and_then(Target::of);
     if let Some(t) = target {
         recording::set_worker_target(t);
     }
@@ -171,14 +171,22 @@ fn enter(r: &Request) {
     if !r.is_main() || lc.enable != 1 {
         return;
     }
-    let Some(t) = main_conf(r).and_then(|mc| recording::target(mc, r.log())) else {
-        return;
+    let Some(mc) = main_conf(r) else { return };
+    let owned;
+    let t = match recording::worker_target(mc) {
+        Some(t) => t,
+        None => {
+            let Some(t) = Target::of(mc) else { return };
+            owned = t;
+            &owned
+        }
     };
+    let t = &recording::Recorder { t, log: r.log() };
     // One walk of the pool's cleanups finds (or creates) the context.
     let Some(ctx) = request::ctx(r.as_ref()) else {
         return;
     };
-    recording::enter(&t, ctx, request::label(r, &lc.namespace));
+    recording::enter(t, ctx, request::label(r, &lc.namespace));
 }
 
 /// Records the finished request (see `recording::record`).
@@ -205,11 +213,19 @@ fn log(r: &Request) {
     if lc.enable != 1 {
         return;
     }
-    let Some(t) = main_conf(r).and_then(|mc| recording::target(mc, r.log())) else {
-        return;
+    let Some(mc) = main_conf(r) else { return };
+    let owned;
+    let t = match recording::worker_target(mc) {
+        Some(t) => t,
+        None => {
+            let Some(t) = Target::of(mc) else { return };
+            owned = t;
+            &owned
+        }
     };
+    let t = &recording::Recorder { t, log: r.log() };
     let mut llm = None;
-    recording::record(&t, &Finished::read(r, lc, ctx, &mut llm));
+    recording::record(t, &Finished::read(r, lc, ctx, &mut llm));
 }
 
 /// Notes, for the log phase, that a response's body went out whole (its last buffer passed)
@@ -227,6 +243,7 @@ unsafe extern "C" fn body_filter(r: *mut ngx_http_request_t, chain: *mut ngx_cha
     }
 }
 
+#[inline(always)]
 fn watch_body(r: &ngx_http_request_t, chain: Option<&ngx_chain_t>) {
     if !std::ptr::eq(r.main, r) {
         return;

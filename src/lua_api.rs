@@ -221,9 +221,7 @@ fn zone() -> Result<Target<'static>, &'static CStr> {
     if mc.zone.is_null() {
         return Err(c"no gateway_metrics_zone configured");
     }
-    // SAFETY: ngx_cycle is the worker's live cycle; its log outlives the call.
-    let log = unsafe { (*ngx_cycle).log };
-    Target::of(mc, log).ok_or(c"metrics zone not ready")
+    Target::of(mc).ok_or(c"metrics zone not ready")
 }
 
 fn update(

@@ -67,13 +67,26 @@ pub fn set_worker_target(t: Target<'static>) {
     unsafe { *ptr::addr_of_mut!(WORKER_TARGET) = Some(t) };
 }
 
-/// The zone requests of `mc` record into, warnings going to `log`.
+/// This worker's zone, when it is the one of `mc` (the configuration the worker started with).
 #[inline(always)]
-pub fn target(mc: &'static MainConf, log: *mut ngx_log_t) -> Option<Target<'static>> {
+pub(crate) fn worker_target(mc: &MainConf) -> Option<&'static Target<'static>> {
     // SAFETY: see set_worker_target.
-    match unsafe { &*ptr::addr_of!(WORKER_TARGET) } {
-        Some(t) if ptr::eq(t.mc, mc) => Some(Target { log, ..*t }),
-        _ => Target::of(mc, log),
+    unsafe { &*ptr::addr_of!(WORKER_TARGET) }
+        .as_ref()
+        .filter(|t| ptr::eq(t.mc, mc))
+}
+
+/// A zone and where its warnings go, for recording.
+pub(crate) struct Recorder<'t> {
+    pub(crate) t: &'t Target<'t>,
+    /// The request's connection log (or the cycle's).
+    pub(crate) log: *mut ngx_log_t,
+}
+
+impl<'t> std::ops::Deref for Recorder<'t> {
+    type Target = Target<'t>;
+    fn deref(&self) -> &Target<'t> {
+        self.t
     }
 }
 
@@ -86,7 +99,7 @@ fn worker_lane() -> &'static [u8] {
     }
 }
 
-impl Target<'_> {
+impl Recorder<'_> {
     /// The value words of the series of these labels (own or overflow), warning about
     /// drops once per burst.
     #[inline(always)]
@@ -197,7 +210,7 @@ impl Target<'_> {
 }
 
 /// Counts a request of namespace `ns` as in flight (once per request).
-pub fn enter(t: &Target, ctx: &mut ReqCtx, ns: &[u8]) {
+pub(crate) fn enter(t: &Recorder, ctx: &mut ReqCtx, ns: &[u8]) {
     if ctx.active.is_some() || ctx.logged {
         return;
     }
@@ -238,7 +251,7 @@ pub fn enter(t: &Target, ctx: &mut ReqCtx, ns: &[u8]) {
 /// Records a finished request: one stored series update for the request families, plus the
 /// model, token and automatic limiter/cache events when there are any.
 #[inline(always)]
-pub fn record(t: &Target, f: &Finished) {
+pub(crate) fn record(t: &Recorder, f: &Finished) {
     let (mc, status) = (t.mc, f.status);
     let class = match f.cut {
         Some(_) => "error",
@@ -289,7 +302,7 @@ pub fn record(t: &Target, f: &Finished) {
     }
 }
 
-fn record_tokens(t: &Target, labels: &[Label; 2], n: &Tokens, duration: f64, ttft: Option<f64>) {
+fn record_tokens(t: &Recorder, labels: &[Label; 2], n: &Tokens, duration: f64, ttft: Option<f64>) {
     let mc = t.mc;
     let model = labels[0].bytes;
     if let Some(v) = t.series(fam::MODEL_TOKENS, 0, tokens::N_VALUES, labels) {
@@ -335,7 +348,7 @@ fn record_tokens(t: &Target, labels: &[Label; 2], n: &Tokens, duration: f64, ttf
 }
 
 /// What `$limit_req_status`, `$limit_conn_status` and `$upstream_cache_status` report, as events.
-fn record_auto_events(t: &Target, ns: &[u8], st: &AutoStatus) {
+fn record_auto_events(t: &Recorder, ns: &[u8], st: &AutoStatus) {
     for (status, rule, id) in [
         (st.limit_req, "limit_req", 1),
         (st.limit_conn, "limit_conn", 2),

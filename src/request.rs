@@ -492,13 +492,11 @@ pub(crate) struct Target<'a> {
     pub(crate) zone: &'a ZoneCtx,
     pub(crate) store: Store<'static>,
     pub(crate) lock: ShmLock,
-    /// Where warnings go (the request's connection log, or the cycle's).
-    pub(crate) log: *mut ngx_log_t,
 }
 
 impl<'a> Target<'a> {
     /// The zone of `mc`, once it is initialised.
-    pub(crate) fn of(mc: &'a MainConf, log: *mut ngx_log_t) -> Option<Target<'a>> {
+    pub(crate) fn of(mc: &'a MainConf) -> Option<Target<'a>> {
         // SAFETY: the zone ctx lives in the configuration pool as long as the cycle.
         let zone = unsafe { mc.zone.as_ref()? };
         Some(Target {
@@ -506,7 +504,6 @@ impl<'a> Target<'a> {
             zone,
             store: zone.store()?,
             lock: zone.lock(),
-            log,
         })
     }
 }
