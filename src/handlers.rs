@@ -289,12 +289,11 @@ unsafe extern "C" fn usage_filter(
     let (req, links) = unsafe { (&*r, chain.as_ref()) };
     let _ = catch_unwind(AssertUnwindSafe(|| {
         let proxied = std::ptr::eq(req.main, req) && !req.upstream.is_null();
-        if let Some(lc) =
-            loc_conf(req).filter(|lc| proxied && lc.enable == 1 && lc.usage != USAGE_OFF)
-        {
-            read_usage(req, lc, links);
+        match loc_conf(req).filter(|lc| proxied && lc.enable == 1 && lc.usage != USAGE_OFF) {
+            // (Does watch_body's work too: one walk of the chain.)
+            Some(lc) => read_usage(req, lc, links),
+            None => watch_body(req, links),
         }
-        watch_body(req, links);
     }));
     // SAFETY: NEXT_BODY_FILTER was set in postconfiguration, before any request.
     match unsafe { *ptr::addr_of!(NEXT_BODY_FILTER) } {
@@ -305,17 +304,18 @@ unsafe extern "C" fn usage_filter(
 }
 
 /// Hands the response's buffers to its usage reader (made at the first one).
+/// Also notes, as `watch_body` does, when the body's last buffer passed and when data last came.
 fn read_usage(r: &ngx_http_request_t, lc: &LocConf, chain: Option<&ngx_chain_t>) {
     let Some(ctx) = request::ctx(r) else {
-        return;
+        return watch_body(r, chain);
     };
     if let UsageState::Unread = ctx.usage {
         ctx.usage = request::start_usage(r, lc);
     }
     let UsageState::Reading(reader) = &mut ctx.usage else {
-        return;
+        return watch_body(r, chain);
     };
-    let (mut first, mut last) = (false, false);
+    let (mut first, mut last, mut data) = (false, false, false);
     let mut cl = chain;
     while let Some(link) = cl {
         // SAFETY: the chain's buffers are live while the filter runs.
@@ -323,7 +323,7 @@ fn read_usage(r: &ngx_http_request_t, lc: &LocConf, chain: Option<&ngx_chain_t>)
             if b.in_file() != 0 && b.temporary() == 0 && b.memory() == 0 && b.mmap() == 0 {
                 // Spilled to a temporary file by nginx's proxy buffering: not read back.
                 ctx.usage = UsageState::Missing(UsageMissing::Unreadable);
-                return;
+                return watch_body(r, chain);
             }
             if !b.pos.is_null() && b.last > b.pos {
                 // SAFETY: an in-memory buffer's bytes from pos to last are readable.
@@ -331,6 +331,7 @@ fn read_usage(r: &ngx_http_request_t, lc: &LocConf, chain: Option<&ngx_chain_t>)
                     std::slice::from_raw_parts(b.pos, b.last.offset_from(b.pos) as usize)
                 };
                 first |= reader.feed(bytes);
+                data = true;
             }
             last |= b.last_buf() != 0;
         }
@@ -342,6 +343,10 @@ fn read_usage(r: &ngx_http_request_t, lc: &LocConf, chain: Option<&ngx_chain_t>)
         let read = UsageRead::conclude(reader, true);
         first |= reader.first_content_at_finish();
         ctx.usage = UsageState::Read(read);
+        ctx.complete = true;
+    }
+    if data {
+        ctx.last_body_msec = request::now_msec();
     }
     if first && ctx.first_token_ms.is_none() {
         ctx.first_token_ms = Some(request::now_ms());
