@@ -142,8 +142,8 @@ impl<'a> SeriesCache<'a> {
     }
 
     #[inline(always)]
-    fn tag(kind: u64, ks: &[Word3]) -> u64 {
-        let mut h = mix(0x51ed_2701, kind);
+    fn tag(kind: u64, ks: &[Word3], salt: u64) -> u64 {
+        let mut h = mix(0x51ed_2701 ^ salt, kind);
         for k in ks {
             h = mix(mix(mix(h, k[0]), k[1]), k[2]);
         }
@@ -167,13 +167,18 @@ impl<'a> SeriesCache<'a> {
         for (k, l) in ks.iter_mut().zip(labels) {
             *k = word3(l);
         }
-        let e = self.entry(kind, false, &ks)?;
-        let mut at = 0;
+        // The values longer than 16 bytes, whose middles the words do not hold.
+        let mut longs: [&[u8]; MAX_VALUES] = [&[]; MAX_VALUES];
+        let mut n_long = 0;
         for l in labels {
-            if l.id == 0 && l.bytes.len() > 16 && !long_matches(e, &mut at, l.bytes) {
-                return None;
+            if l.id == 0 && l.bytes.len() > 16 {
+                longs[n_long] = l.bytes;
+                n_long += 1;
             }
         }
+        let longs = &longs[..n_long];
+        let salt = longs.iter().fold(0, |h, b| salt(h, b));
+        let e = self.entry(kind, false, &ks, salt, longs)?;
         Some(e.values)
     }
 
@@ -191,12 +196,20 @@ impl<'a> SeriesCache<'a> {
         if N > MAX_VALUES {
             return None;
         }
-        let e = self.entry(kind, true, ks)?;
-        let mut at = 0;
-        if long.len() > 16 && !long_matches(e, &mut at, long) {
-            return None;
+        let is_long = long.len() > 16;
+        let tag = Self::tag(kind, ks, if is_long { salt(0, long) } else { 0 });
+        let set = self.set_of(tag);
+        let tags: &[u64; WAYS] = self.tags.get(set..set + WAYS)?.try_into().ok()?;
+        for (way, _) in tags.iter().enumerate().filter(|(_, &t)| t == tag) {
+            let Some(e) = &self.entries[set + way] else {
+                continue;
+            };
+            // Values with the same edges differ in the middle: the next way may hold this one.
+            if same_words(e, kind, true, ks) && (!is_long || long_matches(e, &mut 0, long)) {
+                return Some(e.values);
+            }
         }
-        Some(e.values)
+        None
     }
 
     #[inline(always)]
@@ -205,20 +218,19 @@ impl<'a> SeriesCache<'a> {
         kind: u64,
         packed: bool,
         ks: &[Word3; N],
+        salt: u64,
+        longs: &[&[u8]],
     ) -> Option<&Entry<'a>> {
-        let tag = Self::tag(kind, ks);
+        let tag = Self::tag(kind, ks, salt);
         let set = self.set_of(tag);
         let tags: &[u64; WAYS] = self.tags.get(set..set + WAYS)?.try_into().ok()?;
         for (way, _) in tags.iter().enumerate().filter(|(_, &t)| t == tag) {
             let Some(e) = &self.entries[set + way] else {
                 continue;
             };
-            // One test at the end: N is a constant, so this is straight-line code.
-            let mut diff = (e.kind ^ kind) | (e.n ^ N) as u64 | u64::from(e.packed ^ packed);
-            for (a, b) in e.k.iter().zip(ks) {
-                diff |= (a[0] ^ b[0]) | (a[1] ^ b[1]) | (a[2] ^ b[2]);
-            }
-            if diff == 0 {
+            // Values longer than 16 bytes that share their edges differ in the middle: the
+            // next way may hold the one asked for.
+            if same_words(e, kind, packed, ks) && longs_match(e, longs) {
                 return Some(e);
             }
         }
@@ -251,13 +263,14 @@ impl<'a> SeriesCache<'a> {
         kind: u64,
         packed: bool,
         ks: &[Word3],
-        longs: impl Iterator<Item = &'v [u8]>,
+        longs: impl Iterator<Item = &'v [u8]> + Clone,
         values: &'a [AtomicU64],
     ) {
         let mut k = [[0u64; 3]; MAX_VALUES];
         k[..ks.len()].copy_from_slice(ks);
+        let salt = longs.clone().fold(0, salt);
         let mut e = Entry {
-            tag: Self::tag(kind, ks),
+            tag: Self::tag(kind, ks, salt),
             kind,
             packed,
             n: ks.len(),
@@ -319,6 +332,45 @@ impl<'a> SeriesCache<'a> {
         self.tags[set + way] = e.tag;
         self.entries[set + way] = Some(e);
     }
+}
+
+/// Folds the middle bytes of a value longer than 16 bytes (what its `Word3` does not hold)
+/// into `h`, so that values differing only there get other tags (and sets); `h` as it is for
+/// shorter values.
+#[inline(always)]
+fn salt(h: u64, b: &[u8]) -> u64 {
+    if b.len() <= 16 {
+        return h;
+    }
+    salt_middle(h, middle(b))
+}
+
+#[inline(never)]
+fn salt_middle(mut h: u64, m: &[u8]) -> u64 {
+    for c in m.chunks(8) {
+        let mut w = [0u8; 8];
+        w[..c.len()].copy_from_slice(c);
+        h = mix(h, u64::from_le_bytes(w));
+    }
+    h
+}
+
+/// Does the entry have this kind and these words? (One test at the end: N is a constant, so
+/// this is straight-line code.)
+#[inline(always)]
+fn same_words<const N: usize>(e: &Entry, kind: u64, packed: bool, ks: &[Word3; N]) -> bool {
+    let mut diff = (e.kind ^ kind) | (e.n ^ N) as u64 | u64::from(e.packed ^ packed);
+    for (a, b) in e.k.iter().zip(ks) {
+        diff |= (a[0] ^ b[0]) | (a[1] ^ b[1]) | (a[2] ^ b[2]);
+    }
+    diff == 0
+}
+
+/// Does the entry hold the middles of these values (each longer than 16 bytes), in order?
+#[inline(always)]
+fn longs_match(e: &Entry, longs: &[&[u8]]) -> bool {
+    let mut at = 0;
+    longs.iter().all(|b| long_matches(e, &mut at, b))
 }
 
 /// Does the entry hold `b`'s middle bytes at `*at`? Advances `*at`.
@@ -438,6 +490,20 @@ mod tests {
         assert!(c.get(3, &labels).is_none());
         c.insert(3, &labels, &b);
         assert!(std::ptr::eq(c.get(3, &labels).unwrap(), &b[..]));
+    }
+
+    #[test]
+    fn forty_byte_packed_values_are_cached() {
+        let a = words(1);
+        let mut c = SeriesCache::new(1024);
+        for i in 0..10 {
+            let ns = format!("tenant-{i:05}-{}", "x".repeat(27));
+            assert_eq!(ns.len(), 40);
+            let ks = [[7 << 32 | 200, 0x1000, 1], bytes_words(ns.as_bytes())];
+            assert!(c.get_packed(3, &ks, ns.as_bytes()).is_none());
+            c.insert_packed(3, &ks, ns.as_bytes(), &a);
+            assert!(c.get_packed(3, &ks, ns.as_bytes()).is_some(), "{ns}");
+        }
     }
 
     #[test]

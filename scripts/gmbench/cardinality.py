@@ -47,7 +47,8 @@ def measure(ctx, name, http, module, raws, n1, n2, start, pad=0):
         srv = bench_nginx(http, module=ctx.module if module else None, workers=1,
                           single_process=True, name="card", workdir=ctx.work,
                           wrapper=["valgrind", "--tool=callgrind", "-q",
-                                   f"--callgrind-out-file={out}"])
+                                   f"--callgrind-out-file={out}"]
+                          + (["--dump-instr=yes"] if os.environ.get("GM_CG_INSTR") else []))
         try:
             srv.start(timeout=180)
             # every set once (all series exist), then n more cycling through them
