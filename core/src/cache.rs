@@ -493,6 +493,24 @@ mod tests {
     }
 
     #[test]
+    fn label_keys_of_a_model_family_are_cached() {
+        let a = words(3);
+        let mut c = SeriesCache::new(1024);
+        for i in 0..10 {
+            let ns = format!("{:010x}", i * 7919);
+            let model = format!("m{}", i % 3);
+            let l = [
+                Label::bytes(model.as_bytes()),
+                Label::bytes(ns.as_bytes()),
+                Label::with_id(1, b"success"),
+            ];
+            assert!(c.get(3, &l).is_none());
+            c.insert(3, &l, &a);
+            assert!(c.get(3, &l).is_some(), "{model} {ns}");
+        }
+    }
+
+    #[test]
     fn forty_byte_packed_values_are_cached() {
         let a = words(1);
         let mut c = SeriesCache::new(1024);
