@@ -177,6 +177,8 @@ pub struct UsageReader {
     framer: sse::Framer,
     events: Events,
     first_at_finish: bool,
+    /// [`UsageReader::quiet`] as of the last buffer (`skips` changes nothing it depends on).
+    quiet: bool,
 }
 
 const BOM: &[u8] = b"\xEF\xBB\xBF";
@@ -200,6 +202,7 @@ impl UsageReader {
             bom: 0,
             framer: sse::Framer::new(),
             first_at_finish: false,
+            quiet: false,
             events: Events {
                 scan,
                 dialect,
@@ -228,7 +231,99 @@ impl UsageReader {
 
     /// Reads the next buffer of the body. Returns true exactly once: for the buffer that
     /// completed the first event carrying generated content (never for a JSON body).
+    #[inline]
     pub fn feed(&mut self, buf: &[u8]) -> bool {
+        if self.quiet && self.skips(buf) {
+            return false;
+        }
+        self.feed_framed(buf)
+    }
+
+    /// Whether `buf`, fed to a reader that is [`UsageReader::quiet`], is one whole event that
+    /// the general path would hand on and drop unread, changing nothing: a Chat chunk
+    /// `data: {…,"usage":null}` or an event of the hottest name that carries no usage
+    /// (`content_block_delta` of Anthropic, `response.output_text.delta` of Responses), each
+    /// followed by `\n\n` at the buffer's end, its data line without any other `\n` or `\r`
+    /// (one line search over it, as the framing does). Anything else is left to the general
+    /// path, which frames it and comes to the same decision.
+    #[inline(always)]
+    fn skips(&self, buf: &[u8]) -> bool {
+        let Some((event, b"\n\n")) = buf.split_last_chunk::<2>() else {
+            return false;
+        };
+        let e = &self.events;
+        // The bytes to search for a line end: the data value, less a tail known to hold none.
+        let line = if let Some(value) = event.strip_prefix(b"data: ") {
+            // As `payload` (after `whole`, which streams a larger value): `null_usage_tail`'s
+            // common form.
+            match value.split_last_chunk::<14>() {
+                Some((line, b",\"usage\":null}")) if e.chat && value.len() <= CARRY_CAP => line,
+                _ => return false,
+            }
+        } else if let Some(named) = event.strip_prefix(b"event: ") {
+            // As `whole_named`: the name gate (`no_usage_event`) before any other look.
+            let value = match e.dialect {
+                ANTHROPIC => named.strip_prefix(b"content_block_delta\ndata: "),
+                OPENAI => named.strip_prefix(b"response.output_text.delta\ndata: "),
+                _ => None,
+            };
+            match value {
+                Some(value) => value,
+                None => return false,
+            }
+        } else {
+            return false;
+        };
+        sse::line_end(line).is_none()
+    }
+
+    /// Whether the next buffer starts a line of a settled stream with nothing pending (no
+    /// event field, no BOM bytes, no `\r` just before): kept in `quiet` for `skips`.
+    fn quiet(&self) -> bool {
+        let e = &self.events;
+        e.settled
+            && !e.has_data
+            && e.pending == Pending::Empty
+            && e.name.is_empty()
+            && usize::from(self.bom) == BOM.len()
+            && self.framer.at_line_start()
+    }
+
+    /// The buffers `skips` does not drop: one whole event handed on at once, anything else
+    /// framed line by line.
+    #[inline(never)]
+    fn feed_framed(&mut self, buf: &[u8]) -> bool {
+        let first = match self.lone_event(buf) {
+            Some(first) => first,
+            None => self.feed_general(buf),
+        };
+        self.quiet = self.quiet();
+        first
+    }
+
+    /// A buffer that is one whole event (`data: …` and a blank line, or `event:`, `data:` and
+    /// a blank line) at a line start with nothing pending, handed on as [`sse::Framer::feed`]
+    /// hands it on, without its general loop. `None` for any other buffer.
+    #[inline(always)]
+    fn lone_event(&mut self, buf: &[u8]) -> Option<bool> {
+        let e = &mut self.events;
+        if !(e.stream
+            && !e.has_data
+            && usize::from(self.bom) == BOM.len()
+            && self.framer.at_line_start())
+        {
+            return None;
+        }
+        let (name, s, end) = sse::lone_event(buf)?;
+        use sse::Sink;
+        Some(match name {
+            None => e.whole(buf, s, end),
+            Some(name) => e.whole_named(buf, name, s, end),
+        })
+    }
+
+    /// Reads the next buffer the general way (BOM, framing line by line).
+    fn feed_general(&mut self, buf: &[u8]) -> bool {
         let mut buf = buf;
         if usize::from(self.bom) < BOM.len() {
             buf = self.skip_bom(buf);
@@ -277,6 +372,7 @@ impl UsageReader {
     /// blank line is read; if it carried the first content,
     /// [`UsageReader::first_content_at_finish`] says so from then on (`feed` could not).
     pub fn finish(&mut self, complete: bool) -> Outcome {
+        self.quiet = false;
         let matched = usize::from(self.bom);
         if matched < BOM.len() {
             self.bom = BOM.len() as u8;
