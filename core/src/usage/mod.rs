@@ -94,15 +94,25 @@
 //! read or at the end (`Events::flush`), so "latest wins, field by field" is kept exactly. A
 //! tail of another shape is read at once and becomes the one compared with.
 //!
+//! Settled streams' common buffers are dropped before any framing (`UsageReader::skips`): a
+//! buffer that is exactly one `data: {…,"usage":null}` Chat chunk, or one event named
+//! `content_block_delta` (Anthropic) or `response.output_text.delta` (Responses), ended by
+//! `\n\n`, read while nothing is pending (`quiet`, kept after every other buffer), costs one
+//! line search over its data line (exactness: no other `\n`/`\r` in it) and a few compares. Any
+//! other buffer goes the general way; one whole event still skips the framer's loop. Tested
+//! against the general path alone (`fast_steps_read_what_the_general_path_reads`).
+//!
 //! Instructions per further chunk measured with callgrind (`core/examples/usage_cost.rs`,
-//! release, x86-64; before this round in brackets): OpenAI Chat 298 (288), Anthropic
-//! `content_block_delta` 270 (268), Responses `output_text.delta` 346 (345), Gemini 1,919
-//! (2,954), a typical 674-byte Chat JSON body 6,970 (6,995). Targets not met: Gemini (≤ ~400)
-//! and JSON bodies (≤ ~1,500); the streams' few instructions up are noise of layout. A
-//! deferred Gemini chunk still costs the framing, the `memmem` for the usage key and the
-//! comparison (eight bytes at a time with quote counting, ~1,100 for a 200-byte tail); a JSON
-//! body the walk of every top-level member and of the usage object (~60–150 instructions per
-//! key/value: string-end search, provider-table lookup, dispatch).
+//! release, x86-64, harness loop included; before this round in brackets): OpenAI Chat 172
+//! (310), the nginx benchmark's Chat chunk 172 (299), Anthropic `content_block_delta` 127
+//! (285), Responses `output_text.delta` 160 (351), Gemini 1,919 (1,931), a typical 674-byte
+//! Chat JSON body 7,096 (6,826; its code is unchanged, the difference is layout). Of a Chat chunk, the line search is ~85
+//! to ~95; the rest is the `quiet` check, the shape compares and the harness. Targets not met:
+//! Gemini (≤ ~400) and JSON bodies (≤ ~1,500). A deferred Gemini chunk still costs the
+//! framing, the `memmem` for the usage key and the comparison (eight bytes at a time with quote
+//! counting, ~1,100 for a 200-byte tail); a JSON body the walk of every top-level member and
+//! of the usage object (~60–150 instructions per key/value: string-end search,
+//! provider-table lookup, dispatch).
 //!
 //! The last event of a stream without blank line is read by [`UsageReader::finish`]; its first
 //! content is reported by [`UsageReader::first_content_at_finish`].
