@@ -94,15 +94,25 @@
 //! read or at the end (`Events::flush`), so "latest wins, field by field" is kept exactly. A
 //! tail of another shape is read at once and becomes the one compared with.
 //!
+//! Settled streams' common buffers are dropped before any framing (`UsageReader::skips`): a
+//! buffer that is exactly one `data: {…,"usage":null}` Chat chunk, or one event named
+//! `content_block_delta` (Anthropic) or `response.output_text.delta` (Responses), ended by
+//! `\n\n`, read while nothing is pending (`quiet`, kept after every other buffer), costs one
+//! line search over its data line (exactness: no other `\n`/`\r` in it) and a few compares. Any
+//! other buffer goes the general way; one whole event still skips the framer's loop. Tested
+//! against the general path alone (`fast_steps_read_what_the_general_path_reads`).
+//!
 //! Instructions per further chunk measured with callgrind (`core/examples/usage_cost.rs`,
-//! release, x86-64; before this round in brackets): OpenAI Chat 298 (288), Anthropic
-//! `content_block_delta` 270 (268), Responses `output_text.delta` 346 (345), Gemini 1,919
-//! (2,954), a typical 674-byte Chat JSON body 6,970 (6,995). Targets not met: Gemini (≤ ~400)
-//! and JSON bodies (≤ ~1,500); the streams' few instructions up are noise of layout. A
-//! deferred Gemini chunk still costs the framing, the `memmem` for the usage key and the
-//! comparison (eight bytes at a time with quote counting, ~1,100 for a 200-byte tail); a JSON
-//! body the walk of every top-level member and of the usage object (~60–150 instructions per
-//! key/value: string-end search, provider-table lookup, dispatch).
+//! release, x86-64, harness loop included; before this round in brackets): OpenAI Chat 172
+//! (310), the nginx benchmark's Chat chunk 172 (299), Anthropic `content_block_delta` 127
+//! (285), Responses `output_text.delta` 160 (351), Gemini 1,919 (1,931), a typical 674-byte
+//! Chat JSON body 7,096 (6,826; its code is unchanged, the difference is layout). Of a Chat chunk, the line search is ~85
+//! to ~95; the rest is the `quiet` check, the shape compares and the harness. Targets not met:
+//! Gemini (≤ ~400) and JSON bodies (≤ ~1,500). A deferred Gemini chunk still costs the
+//! framing, the `memmem` for the usage key and the comparison (eight bytes at a time with quote
+//! counting, ~1,100 for a 200-byte tail); a JSON body the walk of every top-level member and
+//! of the usage object (~60–150 instructions per key/value: string-end search,
+//! provider-table lookup, dispatch).
 //!
 //! The last event of a stream without blank line is read by [`UsageReader::finish`]; its first
 //! content is reported by [`UsageReader::first_content_at_finish`].
@@ -177,6 +187,8 @@ pub struct UsageReader {
     framer: sse::Framer,
     events: Events,
     first_at_finish: bool,
+    /// [`UsageReader::quiet`] as of the last buffer (`skips` changes nothing it depends on).
+    quiet: bool,
 }
 
 const BOM: &[u8] = b"\xEF\xBB\xBF";
@@ -200,6 +212,7 @@ impl UsageReader {
             bom: 0,
             framer: sse::Framer::new(),
             first_at_finish: false,
+            quiet: false,
             events: Events {
                 scan,
                 dialect,
@@ -228,7 +241,99 @@ impl UsageReader {
 
     /// Reads the next buffer of the body. Returns true exactly once: for the buffer that
     /// completed the first event carrying generated content (never for a JSON body).
+    #[inline]
     pub fn feed(&mut self, buf: &[u8]) -> bool {
+        if self.quiet && self.skips(buf) {
+            return false;
+        }
+        self.feed_framed(buf)
+    }
+
+    /// Whether `buf`, fed to a reader that is [`UsageReader::quiet`], is one whole event that
+    /// the general path would hand on and drop unread, changing nothing: a Chat chunk
+    /// `data: {…,"usage":null}` or an event of the hottest name that carries no usage
+    /// (`content_block_delta` of Anthropic, `response.output_text.delta` of Responses), each
+    /// followed by `\n\n` at the buffer's end, its data line without any other `\n` or `\r`
+    /// (one line search over it, as the framing does). Anything else is left to the general
+    /// path, which frames it and comes to the same decision.
+    #[inline(always)]
+    fn skips(&self, buf: &[u8]) -> bool {
+        let Some((event, b"\n\n")) = buf.split_last_chunk::<2>() else {
+            return false;
+        };
+        let e = &self.events;
+        // The bytes to search for a line end: the data value, less a tail known to hold none.
+        let line = if let Some(value) = event.strip_prefix(b"data: ") {
+            // As `payload` (after `whole`, which streams a larger value): `null_usage_tail`'s
+            // common form.
+            match value.split_last_chunk::<14>() {
+                Some((line, b",\"usage\":null}")) if e.chat && value.len() <= CARRY_CAP => line,
+                _ => return false,
+            }
+        } else if let Some(named) = event.strip_prefix(b"event: ") {
+            // As `whole_named`: the name gate (`no_usage_event`) before any other look.
+            let value = match e.dialect {
+                ANTHROPIC => named.strip_prefix(b"content_block_delta\ndata: "),
+                OPENAI => named.strip_prefix(b"response.output_text.delta\ndata: "),
+                _ => None,
+            };
+            match value {
+                Some(value) => value,
+                None => return false,
+            }
+        } else {
+            return false;
+        };
+        sse::line_end(line).is_none()
+    }
+
+    /// Whether the next buffer starts a line of a settled stream with nothing pending (no
+    /// event field, no BOM bytes, no `\r` just before): kept in `quiet` for `skips`.
+    fn quiet(&self) -> bool {
+        let e = &self.events;
+        e.settled
+            && !e.has_data
+            && e.pending == Pending::Empty
+            && e.name.is_empty()
+            && usize::from(self.bom) == BOM.len()
+            && self.framer.at_line_start()
+    }
+
+    /// The buffers `skips` does not drop: one whole event handed on at once, anything else
+    /// framed line by line.
+    #[inline(never)]
+    fn feed_framed(&mut self, buf: &[u8]) -> bool {
+        let first = match self.lone_event(buf) {
+            Some(first) => first,
+            None => self.feed_general(buf),
+        };
+        self.quiet = self.quiet();
+        first
+    }
+
+    /// A buffer that is one whole event (`data: …` and a blank line, or `event:`, `data:` and
+    /// a blank line) at a line start with nothing pending, handed on as [`sse::Framer::feed`]
+    /// hands it on, without its general loop. `None` for any other buffer.
+    #[inline(always)]
+    fn lone_event(&mut self, buf: &[u8]) -> Option<bool> {
+        let e = &mut self.events;
+        if !(e.stream
+            && !e.has_data
+            && usize::from(self.bom) == BOM.len()
+            && self.framer.at_line_start())
+        {
+            return None;
+        }
+        let (name, s, end) = sse::lone_event(buf)?;
+        use sse::Sink;
+        Some(match name {
+            None => e.whole(buf, s, end),
+            Some(name) => e.whole_named(buf, name, s, end),
+        })
+    }
+
+    /// Reads the next buffer the general way (BOM, framing line by line).
+    fn feed_general(&mut self, buf: &[u8]) -> bool {
         let mut buf = buf;
         if usize::from(self.bom) < BOM.len() {
             buf = self.skip_bom(buf);
@@ -277,6 +382,7 @@ impl UsageReader {
     /// blank line is read; if it carried the first content,
     /// [`UsageReader::first_content_at_finish`] says so from then on (`feed` could not).
     pub fn finish(&mut self, complete: bool) -> Outcome {
+        self.quiet = false;
         let matched = usize::from(self.bom);
         if matched < BOM.len() {
             self.bom = BOM.len() as u8;
@@ -988,6 +1094,234 @@ mod tests {
             gated > 20 && null_tails > 20,
             "{gated} gated, {null_tails} null tails"
         );
+    }
+
+    /// Cuts after every blank line (`\n\n`, `\r\n\r\n`): one event per buffer, as
+    /// providers send them; `lines` also before every `event:` and comment line.
+    fn event_cuts(body: &[u8], lines: bool) -> Vec<usize> {
+        let mut cuts: Vec<usize> = (2..=body.len())
+            .filter(|&i| {
+                body[..i].ends_with(b"\n\n")
+                    || body[..i].ends_with(b"\r\n\r\n")
+                    || (lines
+                        && body[i - 1] == b'\n'
+                        && (body[i..].starts_with(b"event:") || body[i..].starts_with(b":")))
+            })
+            .collect();
+        if cuts.last() != Some(&body.len()) {
+            cuts.push(body.len());
+        }
+        cuts
+    }
+
+    /// Feeds `body` cut at `cuts`, by `feed` (`fast`) or by the general path alone; returns
+    /// everything the reader reports and how many buffers `skips` dropped.
+    fn feed_at(format: Format, body: &[u8], cuts: &[usize], fast: bool) -> (String, usize) {
+        let mut r = UsageReader::new(format, Body::EventStream);
+        let (mut firsts, mut skipped, mut at) = (Vec::new(), 0, 0);
+        for (k, &cut) in cuts.iter().enumerate() {
+            let piece = &body[at..cut];
+            at = cut;
+            if fast && r.quiet && r.skips(piece) {
+                skipped += 1;
+            }
+            let first = if fast {
+                r.feed(piece)
+            } else {
+                r.feed_general(piece)
+            };
+            if first {
+                firsts.push(k);
+            }
+        }
+        let usage = r.events.usage;
+        let out = r.finish(cuts.last() == Some(&body.len()));
+        let said = format!(
+            "{out:?} {usage:?} model {:?} first {firsts:?} at finish {} malformed {} bad {}",
+            r.model(),
+            r.first_content_at_finish(),
+            r.events.malformed,
+            r.events.bad_count,
+        );
+        (said, skipped)
+    }
+
+    /// Streams where the fast steps must and must not apply: settled Chat chunks with a null
+    /// usage tail and traps (a lone `\r` in the data line, `\r\n` ends, no space after
+    /// `data:`, a value over `CARRY_CAP`, a name left by an earlier `event:` line, a null tail
+    /// after `{`), Anthropic and Responses hot names in their own and the other's stream.
+    fn fast_step_streams() -> Vec<Vec<String>> {
+        let chunk = |text: &str| chat(&format!(r#","x":"{text}","usage":null"#));
+        // Over `CARRY_CAP`, streamed through the scanner: its first `usage` is read.
+        let big = format!(
+            "data: {{\"usage\":{{\"completion_tokens_details\":{{\"reasoning_tokens\":2}}}},\"x\":\"{}\",\"usage\":null}}\n\n",
+            "y".repeat(CARRY_CAP)
+        );
+        // A lone `\r` ends the data line and `\r\r` the event: three events, usage in one.
+        let cr = "data: {\"x\":\"a\r\rdata: {\"usage\":{\"completion_tokens\":9}}\r\rdata: {\"y\":1,\"usage\":null}\n\n";
+        let chat_body = [
+            chunk("a"),
+            chunk("b"),
+            chunk("c\rd"),
+            cr.into(),
+            chunk("e").replace("\n\n", "\r\n\r\n"),
+            chunk("f").replace("data: ", "data:"),
+            chunk("g").replace("data: ", "data:  "),
+            big.clone(),
+            "event: content_block_stop\n".into(),
+            chunk("h"),
+            chunk("i").replace("\n\n", "\n\r\n"),
+            chunk("j"),
+            "data: {\"usage\":null}\n\n".into(),
+            ": comment\n".into(),
+            chunk("k"),
+            "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":4}}\n\n"
+                .into(),
+            chunk("l"),
+            // A data line left by an earlier buffer: the chunk ends its event.
+            "data: {\"usage\":{\"completion_tokens_details\":{\"reasoning_tokens\":77}}}\n".into(),
+            chunk("p"),
+            "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":4}}\n\n".into(),
+            // A name left by an earlier buffer: the chunk is read, its first usage counts.
+            "event: message\n".into(),
+            "data: {\"usage\":{\"prompt_tokens_details\":{\"cached_tokens\":6}},\"usage\":null}\n\n".into(),
+            "event: content_block_delta\ndata: {\"usage\":{\"prompt_tokens\":5}}\n\n".into(),
+            "event: response.output_text.delta\ndata: {\"usage\":{\"prompt_tokens\":6}}\n\n".into(),
+            chunk("m") + &chunk("n"),
+            chunk("o"),
+        ];
+        let start = "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"model\":\"claude\",\"usage\":{\"input_tokens\":10,\"output_tokens\":1}}}\n\n";
+        let delta = |text: &str| {
+            format!("event: content_block_delta\ndata: {{\"type\":\"content_block_delta\",\"delta\":{{\"type\":\"text_delta\",\"text\":\"{text}\"}}}}\n\n")
+        };
+        let anthropic = [
+            start.to_string(),
+            delta("a"),
+            delta("b"),
+            delta("c\rd"),
+            "event: content_block_delta\ndata: {}\r\revent: message_delta\rdata: {\"usage\":{\"output_tokens\":99}}\n\n".into(),
+            delta("e").replace('\n', "\r\n"),
+            delta("f").replace("event: ", "event:"),
+            delta("g").replace("delta\ndata", "deltax\ndata"),
+            delta("h").replace("\"}}\n\n", "\"},\"usage\":{\"output_tokens\":50}}\n\n"),
+            "event: response.output_text.delta\ndata: {\"usage\":{\"output_tokens\":60}}\n\n".into(),
+            delta(&"i".repeat(CARRY_CAP)),
+            delta("j") + &delta("k"),
+            "event: message_delta\ndata: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":7}}\n\n".into(),
+            delta("l"),
+            // Not a Chat stream: a null tail does not end the reading.
+            "data: {\"usage\":{\"cache_creation_input_tokens\":8},\"usage\":null}\n\n".into(),
+            // Mid-line (after `data:`): the buffer is the rest of a data line.
+            delta("m") + "data:",
+            "event: content_block_delta\ndata: {\"usage\":{\"output_tokens\":55}}\n\n".into(),
+            delta("n"),
+        ];
+        let created = "event: response.created\ndata: {\"type\":\"response.created\",\"response\":{\"model\":\"gpt\",\"usage\":null}}\n\n";
+        let text = |t: &str| {
+            format!("event: response.output_text.delta\ndata: {{\"type\":\"response.output_text.delta\",\"delta\":\"{t}\"}}\n\n")
+        };
+        let responses = [
+            created.to_string(),
+            text("a"),
+            text("b"),
+            text("c\rd"),
+            "event: response.output_text.delta\ndata: {}\r\revent: response.completed\rdata: {\"response\":{\"usage\":{\"input_tokens\":1}}}\n\n".into(),
+            text("e").replace("\n\n", "\r\n\r\n"),
+            text("f").replace("\"}\n\n", "\",\"usage\":{\"input_tokens\":70}}\n\n"),
+            "event: content_block_delta\ndata: {\"usage\":{\"input_tokens\":2,\"output_tokens\":3}}\n\n".into(),
+            text("g"),
+        ];
+        // Gemini: no event name is gated.
+        let gemini = [
+            "data: {\"candidates\": [{\"content\": {\"parts\": [{\"text\": \"a\"}]}}],\"modelVersion\": \"g\"}\n\n".into(),
+            "event: content_block_delta\ndata: {\"usageMetadata\": {\"promptTokenCount\": 5}}\n\n".into(),
+            "event: response.output_text.delta\ndata: {\"usageMetadata\": {\"candidatesTokenCount\": 6}}\n\n".into(),
+            "data: {\"x\": 1,\"usage\":null}\n\n".to_string(),
+        ];
+        vec![
+            chat_body.to_vec(),
+            anthropic.to_vec(),
+            responses.to_vec(),
+            gemini.to_vec(),
+        ]
+    }
+
+    /// `feed` (the `skips` drop and the one-event step before the framer) reports exactly what
+    /// the general path (BOM, framer) reports, for every corpus body and the streams above,
+    /// every dialect setting, one event per buffer, byte by byte, whole and in random splits.
+    #[test]
+    fn fast_steps_read_what_the_general_path_reads() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/usage_corpus");
+        let bodies: Vec<Vec<u8>> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|x| x == "body"))
+            .map(|p| std::fs::read(p).unwrap())
+            .collect();
+        // Each body with its own cuts (the streams above also as their pieces).
+        let mut bodies: Vec<(Vec<u8>, Vec<usize>)> =
+            bodies.into_iter().map(|b| (b, Vec::new())).collect();
+        for pieces in fast_step_streams() {
+            let cuts = pieces
+                .iter()
+                .scan(0, |at, p| {
+                    *at += p.len();
+                    Some(*at)
+                })
+                .collect();
+            bodies.push((pieces.concat().into_bytes(), cuts));
+        }
+        let mut seed = 0x2545_F491_4F6C_DD1D_u64;
+        let mut skipped = 0;
+        for (body, pieces) in &bodies {
+            let n = body.len();
+            let mut splits = vec![
+                pieces.clone(),
+                event_cuts(body, false),
+                event_cuts(body, true),
+                (1..=n).collect(),
+                vec![n],
+            ];
+            for parts in [3, 20, 200] {
+                let mut cuts: Vec<usize> = (0..parts)
+                    .map(|_| {
+                        seed = seed
+                            .wrapping_mul(6364136223846793005)
+                            .wrapping_add(1442695040888963407);
+                        (seed >> 33) as usize % (n + 1)
+                    })
+                    .collect();
+                cuts.push(n);
+                cuts.sort_unstable();
+                splits.push(cuts);
+            }
+            // Cut, as a stream cut short is.
+            splits.push(
+                event_cuts(body, false)
+                    .into_iter()
+                    .filter(|&c| c < n * 2 / 3)
+                    .collect(),
+            );
+            for format in [
+                Format::Auto,
+                Format::OpenAi,
+                Format::Anthropic,
+                Format::Gemini,
+            ] {
+                for cuts in &splits {
+                    let (fast, k) = feed_at(format, body, cuts, true);
+                    let (general, _) = feed_at(format, body, cuts, false);
+                    assert_eq!(
+                        fast,
+                        general,
+                        "{format:?} {cuts:?} {}",
+                        String::from_utf8_lossy(body)
+                    );
+                    skipped += k;
+                }
+            }
+        }
+        assert!(skipped > 200, "{skipped} buffers skipped");
     }
 
     /// What a scanner read: facts and model, comparable.

@@ -34,7 +34,7 @@ pub(crate) trait Sink {
 /// The first `\n` or `\r` in `h`. On x86-64 with AVX2 the searcher is called directly (built
 /// once per process), which saves memchr's per-call dispatch (~25 instructions a line).
 #[inline(always)]
-fn line_end(h: &[u8]) -> Option<usize> {
+pub(crate) fn line_end(h: &[u8]) -> Option<usize> {
     #[cfg(target_arch = "x86_64")]
     {
         use memchr::arch::x86_64::avx2::memchr::Two;
@@ -71,6 +71,24 @@ fn whole_events<S: Sink>(buf: &[u8], mut i: usize, sink: &mut S, first: &mut boo
         }
     }
     i
+}
+
+/// A buffer that is exactly one whole event at a line start: `data:` (or `event:` and `data:`)
+/// as [`whole_events`] frames it, ended by a blank line at the buffer's end. Returns the name
+/// (`None` without `event:` line) and the data value's range. Anything else (more lines, more
+/// events, a line cut) is `None`: framed by [`Framer::feed`].
+#[inline(always)]
+pub(crate) fn lone_event(buf: &[u8]) -> Option<(Option<&[u8]>, usize, usize)> {
+    let (next, name, s, end) = if buf.starts_with(b"data:") {
+        let (next, s, end) = data_event(buf, 5)?;
+        (next, None, s, end)
+    } else if buf.starts_with(b"event:") {
+        let (next, name, s, end) = named_event(buf, 6)?;
+        (next, Some(name), s, end)
+    } else {
+        return None;
+    };
+    (next == buf.len()).then_some((name, s, end))
 }
 
 /// After `data:` at `buf[s]`: the value's range and the index after the blank line, when the
@@ -183,6 +201,12 @@ pub(crate) struct Framer {
 }
 
 impl Framer {
+    /// At a line start, no `\r` just before: what a buffer starts with starts a line.
+    #[inline]
+    pub(crate) fn at_line_start(&self) -> bool {
+        matches!(self.line, Line::Start) && !self.after_cr
+    }
+
     pub(crate) fn new() -> Self {
         Framer {
             line: Line::Start,
