@@ -289,9 +289,18 @@ unsafe extern "C" fn usage_filter(
     let (req, links) = unsafe { (&*r, chain.as_ref()) };
     let _ = catch_unwind(AssertUnwindSafe(|| {
         let proxied = std::ptr::eq(req.main, req) && !req.upstream.is_null();
-        match loc_conf(req).filter(|lc| proxied && lc.enable == 1 && lc.usage != USAGE_OFF) {
-            // (Does watch_body's work too: one walk of the chain.)
-            Some(lc) => read_usage(req, lc, links),
+        if !proxied {
+            return watch_body(req, links);
+        }
+        // A response being read goes straight on (its location was checked at its first
+        // buffer); read_usage does watch_body's work too: one walk of the chain.
+        if let Some(ctx) = request::find_ctx(req) {
+            if let UsageState::Reading(_) = ctx.usage {
+                return read_usage(req, None, links);
+            }
+        }
+        match loc_conf(req).filter(|lc| lc.enable == 1 && lc.usage != USAGE_OFF) {
+            Some(lc) => read_usage(req, Some(lc), links),
             None => watch_body(req, links),
         }
     }));
@@ -305,11 +314,11 @@ unsafe extern "C" fn usage_filter(
 
 /// Hands the response's buffers to its usage reader (made at the first one).
 /// Also notes, as `watch_body` does, when the body's last buffer passed and when data last came.
-fn read_usage(r: &ngx_http_request_t, lc: &LocConf, chain: Option<&ngx_chain_t>) {
+fn read_usage(r: &ngx_http_request_t, lc: Option<&LocConf>, chain: Option<&ngx_chain_t>) {
     let Some(ctx) = request::ctx(r) else {
         return watch_body(r, chain);
     };
-    if let UsageState::Unread = ctx.usage {
+    if let (UsageState::Unread, Some(lc)) = (&ctx.usage, lc) {
         ctx.usage = request::start_usage(r, lc);
     }
     let UsageState::Reading(reader) = &mut ctx.usage else {
