@@ -613,6 +613,16 @@ impl<'r> Finished<'r> {
                     (Some(&*llm), None)
                 }
             }
+            // A context with nothing of the model families (e.g. only the in-flight gauge's).
+            Some(c)
+                if lc.usage == USAGE_OFF
+                    && !lc.model.is_set()
+                    && c.model.is_none()
+                    && c.lua_tokens.is_none()
+                    && matches!(c.usage, UsageState::Unread | UsageState::Skipped) =>
+            {
+                (None, Some(&*c))
+            }
             ctx => {
                 let (llm, ctx) = model_and_usage(r, lc, ctx, whole, start);
                 *llm_slot = llm;
