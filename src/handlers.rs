@@ -351,7 +351,7 @@ fn read_usage(r: &ngx_http_request_t, lc: Option<&LocConf>, chain: Option<&ngx_c
         // The body is whole: its usage is known now (Lua's log phase may ask for it).
         let read = UsageRead::conclude(reader, true);
         first |= reader.first_content_at_finish();
-        ctx.usage = UsageState::Read(read);
+        ctx.usage = UsageState::Read(Box::new(read));
         ctx.complete = true;
     }
     if data {

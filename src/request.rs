@@ -62,8 +62,9 @@ pub enum UsageState {
     Unread,
     /// The body is being read (one allocation per response, none per buffer).
     Reading(Box<UsageReader>),
-    /// The whole body was read (its last buffer passed): what it said.
-    Read(UsageRead),
+    /// The whole body was read (its last buffer passed): what it said. (Boxed: the context of
+    /// every request carries this enum, and most never get here.)
+    Read(Box<UsageRead>),
     /// The body cannot be read, for this reason.
     Missing(UsageMissing),
     /// Nothing to read: usage is off, or the response is not one that reports usage (not an
@@ -700,7 +701,7 @@ impl ReqCtx {
                 let read = UsageRead::conclude(&mut reader, whole);
                 self.take_read(read, take_model)
             }
-            UsageState::Read(read) => self.take_read(read, take_model),
+            UsageState::Read(read) => self.take_read(*read, take_model),
         };
         // Tokens Lua reported win: the response's are not counted on top of them.
         match self.lua_tokens {
