@@ -171,15 +171,9 @@ fn enter(r: &Request) {
     if !r.is_main() || lc.enable != 1 {
         return;
     }
-    let Some(mc) = main_conf(r) else { return };
-    let owned;
-    let t = match recording::worker_target(mc) {
-        Some(t) => t,
-        None => {
-            let Some(t) = Target::of(mc) else { return };
-            owned = t;
-            &owned
-        }
+    let mut owned = None;
+    let Some(t) = main_conf(r).and_then(|mc| recording::target_of(mc, &mut owned)) else {
+        return;
     };
     let t = &recording::Recorder { t, log: r.log() };
     // One walk of the pool's cleanups finds (or creates) the context.
@@ -213,15 +207,9 @@ fn log(r: &Request) {
     if lc.enable != 1 {
         return;
     }
-    let Some(mc) = main_conf(r) else { return };
-    let owned;
-    let t = match recording::worker_target(mc) {
-        Some(t) => t,
-        None => {
-            let Some(t) = Target::of(mc) else { return };
-            owned = t;
-            &owned
-        }
+    let mut owned = None;
+    let Some(t) = main_conf(r).and_then(|mc| recording::target_of(mc, &mut owned)) else {
+        return;
     };
     let t = &recording::Recorder { t, log: r.log() };
     let mut llm = None;

@@ -76,6 +76,21 @@ pub(crate) fn worker_target(mc: &MainConf) -> Option<&'static Target<'static>> {
         .filter(|t| ptr::eq(t.mc, mc))
 }
 
+/// The zone requests of `mc` record into: the worker's, or one found now (kept in `slot`).
+#[inline(always)]
+pub(crate) fn target_of<'s>(
+    mc: &'static MainConf,
+    slot: &'s mut Option<Target<'static>>,
+) -> Option<&'s Target<'static>> {
+    match worker_target(mc) {
+        Some(t) => Some(t),
+        None => {
+            *slot = Target::of(mc);
+            slot.as_ref()
+        }
+    }
+}
+
 /// A zone and where its warnings go, for recording.
 pub(crate) struct Recorder<'t> {
     pub(crate) t: &'t Target<'t>,

@@ -76,24 +76,8 @@ def run(ctx):
             irs = []
             for n in (n1, n2):
                 out = os.path.join(cgdir, f"{name}.{n}.{layout}.out")
-                srv = bench_nginx(pad + http, module=ctx.module if module else None, lua=lua,
-                                  workers=1, single_process=True, name="cg", workdir=ctx.work,
-                                  wrapper=["valgrind", "--tool=callgrind", "-q",
-                                           f"--callgrind-out-file={out}"]
-                                  # per-instruction costs, for addr2line (GM_KEEP_TMP=1 keeps them)
-                                  + (["--dump-instr=yes"] if os.environ.get("GM_CG_INSTR")
-                                     else []))
-                try:
-                    srv.start(timeout=180)
-                    ok = gm.sequential(srv.port, raws[:warm + n])
-                    if ok != warm + n:
-                        raise RuntimeError(f"{name}: {warm + n - ok} requests failed")
-                    rc = srv.stop(signal.SIGQUIT, timeout=300)
-                    if rc != 0:
-                        raise RuntimeError(f"{name}: nginx under valgrind exited with {rc}")
-                finally:
-                    srv.cleanup()
-                irs.append(callgrind_total(out))
+                irs.append(callgrind_run(ctx, pad + http, module, raws[:warm + n], out, name,
+                                         lua=lua))
                 files[(name, n, layout)] = out
             totals.append(irs)
             per.append((irs[1] - irs[0]) / (n2 - n1))
@@ -164,6 +148,27 @@ def run(ctx):
 
 
 # ---- callgrind output ---------------------------------------------------------------------------
+
+def callgrind_run(ctx, http, module, raws, out, name, lua=False, lua_dirs=(), timeout=300):
+    """Runs nginx (with the module if `module`) in one process under callgrind, sends `raws`
+    one by one over one keep-alive connection, and returns the run's total instructions. With
+    GM_CG_INSTR=1 the output has per-instruction costs (for addr2line; GM_KEEP_TMP=1 keeps it)."""
+    srv = bench_nginx(http, module=ctx.module if module else None, lua=lua, workers=1,
+                      single_process=True, name="cg", workdir=ctx.work, lua_dirs=lua_dirs,
+                      wrapper=["valgrind", "--tool=callgrind", "-q", f"--callgrind-out-file={out}"]
+                      + (["--dump-instr=yes"] if os.environ.get("GM_CG_INSTR") else []))
+    try:
+        srv.start(timeout=180)
+        ok = gm.sequential(srv.port, raws)
+        if ok != len(raws):
+            raise RuntimeError(f"{name}: {len(raws) - ok} requests failed")
+        rc = srv.stop(signal.SIGQUIT, timeout=timeout)
+        if rc != 0:
+            raise RuntimeError(f"{name}: nginx under valgrind exited with {rc}")
+    finally:
+        srv.cleanup()
+    return callgrind_total(out)
+
 
 def callgrind_total(path):
     """Total Ir of a callgrind output file."""

@@ -6,12 +6,11 @@ measured in two fresh nginx starts (which slots collide may depend on addresses)
 
 import os
 import random
-import signal
 
 import gmharness as gm
 
-from .callgrind import callgrind_total
-from .common import base_http, bench_nginx, fmt_int, gm_http, head, say
+from .callgrind import callgrind_run
+from .common import base_http, fmt_int, gm_http, head, say
 
 SETS = (10, 100, 1000, 10000)
 
@@ -44,24 +43,9 @@ def measure(ctx, name, http, module, raws, n1, n2, start, pad=0):
     irs = []
     for n in (n1, n2):
         out = os.path.join(ctx.work, "callgrind-card", f"{name}.{n}.{start}.{pad}.out")
-        srv = bench_nginx(http, module=ctx.module if module else None, workers=1,
-                          single_process=True, name="card", workdir=ctx.work,
-                          wrapper=["valgrind", "--tool=callgrind", "-q",
-                                   f"--callgrind-out-file={out}"]
-                          + (["--dump-instr=yes"] if os.environ.get("GM_CG_INSTR") else []))
-        try:
-            srv.start(timeout=180)
-            # every set once (all series exist), then n more cycling through them
-            seq = raws + [raws[i % len(raws)] for i in range(n)]
-            ok = gm.sequential(srv.port, seq)
-            if ok != len(seq):
-                raise RuntimeError(f"{name}: {len(seq) - ok} requests failed")
-            rc = srv.stop(signal.SIGQUIT, timeout=600)
-            if rc != 0:
-                raise RuntimeError(f"{name}: nginx under valgrind exited with {rc}")
-        finally:
-            srv.cleanup()
-        irs.append(callgrind_total(out))
+        # every set once (all series exist), then n more cycling through them
+        seq = raws + [raws[i % len(raws)] for i in range(n)]
+        irs.append(callgrind_run(ctx, http, module, seq, out, name, timeout=600))
     return (irs[1] - irs[0]) / (n2 - n1)
 
 

@@ -6,15 +6,14 @@ the cost of each further chunk is the slope between 20 and 200 chunks."""
 
 import json
 import os
-import signal
 import socket
 import threading
 import time
 
 import gmharness as gm
 
-from .callgrind import callgrind_total
-from .common import bench_nginx, fmt_int, head, say
+from .callgrind import callgrind_run
+from .common import fmt_int, head, say
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CORPUS = os.path.join(gm.ROOT, "tests", "usage_corpus")
@@ -161,25 +160,9 @@ def run(ctx):
                 irs = []
                 for n in (n1, n2):
                     out = os.path.join(cgdir, f"{name}.{path.rsplit('/', 1)[-1]}.{n}.out")
-                    srv = bench_nginx(http, module=ctx.module if module else None, lua=lua,
-                                      workers=1, single_process=True, name="cgu",
-                                      workdir=ctx.work,
-                                      lua_dirs=[os.path.join(HERE, "lua_example_baseline")],
-                                      wrapper=["valgrind", "--tool=callgrind", "-q",
-                                               f"--callgrind-out-file={out}"]
-                                      + (["--dump-instr=yes"] if os.environ.get("GM_CG_INSTR")
-                                         else []))
-                    try:
-                        srv.start(timeout=180)
-                        ok = gm.sequential(srv.port, [request(path)] * (warm + n))
-                        if ok != warm + n:
-                            raise RuntimeError(f"{name} {path}: {warm + n - ok} requests failed")
-                        rc = srv.stop(signal.SIGQUIT, timeout=300)
-                        if rc != 0:
-                            raise RuntimeError(f"{name}: nginx under valgrind exited with {rc}")
-                    finally:
-                        srv.cleanup()
-                    irs.append(callgrind_total(out))
+                    irs.append(callgrind_run(
+                        ctx, http, module, [request(path)] * (warm + n), out, f"{name} {path}",
+                        lua=lua, lua_dirs=[os.path.join(HERE, "lua_example_baseline")]))
                 res["cost"][name][path] = (irs[1] - irs[0]) / (n2 - n1)
             c = res["cost"][name]
             say(f"  {name:12s} " + "  ".join(f"{p.rsplit('/', 2)[-1] if 'sse' not in p else 'sse' + p.rsplit('/', 1)[-1]}"
