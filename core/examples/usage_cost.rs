@@ -59,6 +59,9 @@ const RESPONSES: &str = "event: response.output_text.delta\ndata: {\"type\":\"re
 
 const JSON: &str = r#"{"id":"chatcmpl-B9MHDbslfkBeAs8l4bebGdFOJ6PeG","object":"chat.completion","created":1741569952,"model":"gpt-4o-2024-08-06","choices":[{"index":0,"message":{"role":"assistant","content":"Hello! How can I assist you today? If you have any questions about the weather, just ask.","refusal":null,"annotations":[]},"logprobs":null,"finish_reason":"stop"}],"usage":{"prompt_tokens":19,"completion_tokens":10,"total_tokens":29,"prompt_tokens_details":{"cached_tokens":0,"audio_tokens":0},"completion_tokens_details":{"reasoning_tokens":0,"audio_tokens":0,"accepted_prediction_tokens":0,"rejected_prediction_tokens":0}},"service_tier":"default","system_fingerprint":"fp_50cad350e4"}"#;
 
+/// The corpus's pretty-printed Chat Completions body (2-space indentation, 997 bytes).
+const JSON_PRETTY: &str = include_str!("../../tests/usage_corpus/openai_chat_json.body");
+
 fn stream(first: &str, chunk: &str, end: &str, n: usize) {
     let mut r = UsageReader::new(Format::Auto, Body::EventStream);
     assert!(r.feed(first.as_bytes()));
@@ -87,6 +90,15 @@ fn main() {
                 black_box(r.finish(true));
             }
         }
-        other => panic!("unknown case {other}: openai, chat, anthropic, gemini, responses or json"),
+        "json_pretty" => {
+            for _ in 0..n {
+                let mut r = UsageReader::new(Format::Auto, Body::Json);
+                black_box(r.feed(black_box(JSON_PRETTY.as_bytes())));
+                black_box(r.finish(true));
+            }
+        }
+        other => panic!(
+            "unknown case {other}: openai, chat, anthropic, gemini, responses, json or json_pretty"
+        ),
     }
 }
