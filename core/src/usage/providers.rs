@@ -259,6 +259,78 @@ pub(crate) fn element(node: Node) -> Act {
     }
 }
 
+/// Every key [`member`] knows, at any node. Any other key is `(Act::Skip, 0)` everywhere.
+const KEYS: [&[u8]; 41] = [
+    b"usage",
+    b"model",
+    b"type",
+    b"choices",
+    b"delta",
+    b"object",
+    b"output",
+    b"response",
+    b"message",
+    b"usageMetadata",
+    b"modelVersion",
+    b"candidates",
+    b"prompt_tokens",
+    b"completion_tokens",
+    b"input_tokens",
+    b"output_tokens",
+    b"prompt_tokens_details",
+    b"input_tokens_details",
+    b"completion_tokens_details",
+    b"output_tokens_details",
+    b"cache_read_input_tokens",
+    b"cache_creation_input_tokens",
+    b"cache_creation",
+    b"promptTokenCount",
+    b"candidatesTokenCount",
+    b"cachedContentTokenCount",
+    b"thoughtsTokenCount",
+    b"toolUsePromptTokenCount",
+    b"cached_tokens",
+    b"reasoning_tokens",
+    b"ephemeral_5m_input_tokens",
+    b"ephemeral_1h_input_tokens",
+    b"text",
+    b"content",
+    b"reasoning_content",
+    b"reasoning",
+    b"refusal",
+    b"tool_calls",
+    b"function_call",
+    b"parts",
+    b"functionCall",
+];
+
+/// A 7-bit hash of a non-empty key from its length and first and last bytes.
+#[inline(always)]
+const fn key_hash(len: usize, first: u8, last: u8) -> u32 {
+    (len as u32).wrapping_mul(5) ^ (first as u32).wrapping_mul(3) ^ (last as u32).wrapping_mul(7)
+}
+
+const KEY_MASK: u128 = {
+    let mut m = 0u128;
+    let mut i = 0;
+    while i < KEYS.len() {
+        let k = KEYS[i];
+        m |= 1 << (key_hash(k.len(), k[0], k[k.len() - 1]) & 127);
+        i += 1;
+    }
+    m
+};
+
+/// False only for a key that is none of [`KEYS`] (so [`member`] would give `(Act::Skip, 0)`):
+/// a few instructions instead of the table's comparisons for most irrelevant keys.
+#[inline(always)]
+pub(crate) fn may_know(key: &[u8]) -> bool {
+    match (key.first(), key.last()) {
+        (Some(&f), Some(&l)) => KEY_MASK >> (key_hash(key.len(), f, l) & 127) & 1 == 1,
+        _ => false,
+    }
+}
+
 /// The action for the value of `key` in the object `node`, restricted to the dialects `allow`,
 /// and the dialect the key's presence is evidence of.
 pub(crate) fn member(node: Node, key: &[u8], allow: Dialects) -> (Act, Dialects) {
@@ -374,6 +446,71 @@ mod tests {
             r.set(s, v);
         }
         r
+    }
+
+    /// `may_know` never rules out a key `member` knows: every key of the table answers
+    /// `(Act::Skip, 0)` at every node unless it is in `KEYS`.
+    #[test]
+    fn unknown_keys_are_skipped_everywhere() {
+        let nodes = [
+            Node::TopArray,
+            Node::Root,
+            Node::Usage,
+            Node::StartUsage,
+            Node::InDetails,
+            Node::OutDetails,
+            Node::CacheCreation,
+            Node::Message,
+            Node::Response,
+            Node::Choices,
+            Node::Choice,
+            Node::Delta,
+            Node::Candidates,
+            Node::Candidate,
+            Node::GeminiContent,
+            Node::Parts,
+            Node::Part,
+            Node::Flag(OPENAI),
+        ];
+        for k in KEYS {
+            assert!(may_know(k), "{:?}", String::from_utf8_lossy(k));
+        }
+        // Every key the table's source names is in KEYS.
+        let src = include_str!("providers.rs");
+        let tables =
+            &src[src.find("pub(crate) fn member(").unwrap()..src.find("mod tests").unwrap()];
+        for (n, part) in tables.split("b\"").enumerate().skip(1) {
+            let key = &part[..part.find('"').unwrap()];
+            assert!(
+                KEYS.contains(&key.as_bytes()),
+                "{n}: {key} missing from KEYS"
+            );
+        }
+        let mut rejected = 0;
+        for key in [
+            "id",
+            "created",
+            "index",
+            "role",
+            "logprobs",
+            "total_tokens",
+            "audio_tokens",
+            "service_tier",
+            "system_fingerprint",
+            "finish_reason",
+            "",
+            "x",
+        ] {
+            if !may_know(key.as_bytes()) {
+                rejected += 1;
+                for node in nodes {
+                    for allow in 0..8 {
+                        assert_eq!(member(node, key.as_bytes(), allow), (Act::Skip, 0), "{key}");
+                    }
+                }
+            }
+        }
+        assert!(rejected >= 8, "{rejected}");
     }
 
     #[test]
