@@ -92,9 +92,7 @@ impl Raw {
 
     pub(crate) fn merge(&mut self, newer: &Raw) {
         for (old, &new) in self.0.iter_mut().zip(newer.0.iter()) {
-            if new != NONE {
-                *old = new;
-            }
+            *old = if new != NONE { new } else { *old };
         }
     }
 

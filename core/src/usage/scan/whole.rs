@@ -352,6 +352,9 @@ impl Scanner {
             i = token(b, e + 1, b':')?;
             i = match act {
                 Act::Skip => skip_value(b, i)?,
+                Act::Count(slot) if matches!(b.get(i), Some(b'0'..=b'9')) => {
+                    self.w_count(b, i, slot)?
+                }
                 Act::Open(Node::Choices | Node::Candidates) if self.skim && node == Node::Root => {
                     skim(b, i)?
                 }
@@ -464,6 +467,32 @@ impl Scanner {
             }
             _ => Err(Stop),
         }
+    }
+
+    /// A count (a value starting with a digit, read for `slot`) as [`Scanner::w_value`] reads
+    /// it, without its dispatch.
+    #[inline(always)]
+    fn w_count(&mut self, b: &[u8], i: usize, slot: u8) -> Pos {
+        let mut num = 0u64;
+        let mut bad = false;
+        let mut j = i;
+        while let Some(&d) = b.get(j) {
+            match d {
+                b'0'..=b'9' => num = num.saturating_mul(10).saturating_add(u64::from(d - b'0')),
+                b'.' | b'e' | b'E' | b'+' | b'-' => bad = true,
+                _ => {
+                    if bad || num > MAX_COUNT {
+                        self.facts.bad_count = true;
+                    } else {
+                        self.stage.set(slot, num);
+                        self.stage_valid = true;
+                    }
+                    return Ok(j);
+                }
+            }
+            j += 1;
+        }
+        Err(Stop)
     }
 
     /// A string value whose content starts at `i`; returns the position after its closing quote.
