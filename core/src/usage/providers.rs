@@ -304,18 +304,22 @@ const KEYS: [&[u8]; 41] = [
     b"functionCall",
 ];
 
-/// A 7-bit hash of a non-empty key from its length and first and last bytes.
+/// A 6-bit hash of a non-empty key from its length and first and last bytes (multipliers
+/// picked so that few common keys of the providers that are none of ours share a bit).
 #[inline(always)]
 const fn key_hash(len: usize, first: u8, last: u8) -> u32 {
-    (len as u32).wrapping_mul(5) ^ (first as u32).wrapping_mul(3) ^ (last as u32).wrapping_mul(7)
+    ((len as u32).wrapping_mul(15)
+        ^ (first as u32).wrapping_mul(14)
+        ^ (last as u32).wrapping_mul(15))
+        & 63
 }
 
-const KEY_MASK: u128 = {
-    let mut m = 0u128;
+const KEY_MASK: u64 = {
+    let mut m = 0u64;
     let mut i = 0;
     while i < KEYS.len() {
         let k = KEYS[i];
-        m |= 1 << (key_hash(k.len(), k[0], k[k.len() - 1]) & 127);
+        m |= 1 << key_hash(k.len(), k[0], k[k.len() - 1]);
         i += 1;
     }
     m
@@ -326,7 +330,7 @@ const KEY_MASK: u128 = {
 #[inline(always)]
 pub(crate) fn may_know(key: &[u8]) -> bool {
     match (key.first(), key.last()) {
-        (Some(&f), Some(&l)) => KEY_MASK >> (key_hash(key.len(), f, l) & 127) & 1 == 1,
+        (Some(&f), Some(&l)) => KEY_MASK >> key_hash(key.len(), f, l) & 1 == 1,
         _ => false,
     }
 }
