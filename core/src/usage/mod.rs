@@ -67,7 +67,8 @@
 //!
 //! Reading itself: a payload (or JSON body) held whole in one buffer is read by a recursive
 //! walk over the slice (`scan/whole.rs`): string ends found eight bytes at a time, keys
-//! compared as slices against the same provider table, skipped containers bracket-counted.
+//! looked up in the same provider table (after a hash-mask prefilter that rules out most
+//! irrelevant keys exactly), skipped containers bracket-counted.
 //! It reads exactly what the resumable scanner reads and accepts only what it can walk to the
 //! end without error; anything else (a body cut or split across buffers, broken JSON) is read
 //! by the resumable scanner, unchanged. A JSON body whose first buffer holds it whole is read
@@ -103,16 +104,31 @@
 //! against the general path alone (`fast_steps_read_what_the_general_path_reads`).
 //!
 //! Instructions per further chunk measured with callgrind (`core/examples/usage_cost.rs`,
-//! release, x86-64, harness loop included; before this round in brackets): OpenAI Chat 172
-//! (310), the nginx benchmark's Chat chunk 172 (299), Anthropic `content_block_delta` 127
-//! (285), Responses `output_text.delta` 160 (351), Gemini 1,919 (1,931), a typical 674-byte
-//! Chat JSON body 7,096 (6,826; its code is unchanged, the difference is layout). Of a Chat chunk, the line search is ~85
-//! to ~95; the rest is the `quiet` check, the shape compares and the harness. Targets not met:
-//! Gemini (≤ ~400) and JSON bodies (≤ ~1,500). A deferred Gemini chunk still costs the
-//! framing, the `memmem` for the usage key and the comparison (eight bytes at a time with quote
-//! counting, ~1,100 for a 200-byte tail); a JSON body the walk of every top-level member and
-//! of the usage object (~60–150 instructions per key/value: string-end search,
-//! provider-table lookup, dispatch).
+//! release, x86-64, harness loop included): OpenAI Chat 183, the nginx benchmark's Chat chunk
+//! 172, Anthropic `content_block_delta` 134, Responses `output_text.delta` 171, Gemini 1,925
+//! (all unchanged by this round; the harness gained a case, which moves the layout by a few
+//! instructions). Of a Chat chunk, the line search is ~85 to ~95; the rest is the `quiet`
+//! check, the shape compares and the harness. A deferred Gemini chunk still costs the framing,
+//! the `memmem` for the usage key and the comparison (eight bytes at a time with quote
+//! counting, ~1,100 for a 200-byte tail). Target not met: Gemini (≤ ~400).
+//!
+//! A whole JSON body (new + feed + finish): the compact 674-byte Chat body 6,282 (7,094 before this
+//! round), the corpus's pretty-printed one (997 bytes, 2-space indentation) 9,480 (10,102). This
+//! round: irrelevant keys are ruled out by a 64-bit mask indexed by a hash of length, first and
+//! last byte (`providers::may_know`) before the table; the table compares keys by words (`eqk`)
+//! instead of byte by byte; skipped scalars and counts are read in the member loop without the
+//! value dispatch. Target not met (≤ ~1,500), and not reachable by this design: `{}` alone costs
+//! ~630 (reader construction, framing, finish with normalisation); the compact body's 35 strings
+//! hold 509 of its 674 bytes, and their ends, found eight bytes at a time (~18 instructions a word,
+//! loop included, plus the exit), cost ~1,100–1,500; every member then costs its key's end search
+//! plus ~40–70 for lookup, `:`, dispatch and `,`, and each distinct kind of value its own code path
+//! (measured per instruction: ~750 instructions run once per body). Tried and dropped (slower,
+//! measured): `memchr2` for string tails (call overhead on strings this short), a perfect-hash key
+//! id with one table lookup (hash arithmetic costs what it saves), a word-chunk iterator for the
+//! string search (+500, code layout), an out-of-line whitespace run (+1,500 on the pretty-printed
+//! body), reading `choices` as the scanner does with a fast container skip instead of skimming it
+//! (+100). Wider searches need SIMD, which `std::arch` only offers to `unsafe` code or
+//! `#[target_feature]` functions this crate's safe API cannot call.
 //!
 //! The last event of a stream without blank line is read by [`UsageReader::finish`]; its first
 //! content is reported by [`UsageReader::first_content_at_finish`].

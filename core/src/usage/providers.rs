@@ -259,72 +259,180 @@ pub(crate) fn element(node: Node) -> Act {
     }
 }
 
+/// Every key [`member`] knows, at any node. Any other key is `(Act::Skip, 0)` everywhere.
+const KEYS: [&[u8]; 41] = [
+    b"usage",
+    b"model",
+    b"type",
+    b"choices",
+    b"delta",
+    b"object",
+    b"output",
+    b"response",
+    b"message",
+    b"usageMetadata",
+    b"modelVersion",
+    b"candidates",
+    b"prompt_tokens",
+    b"completion_tokens",
+    b"input_tokens",
+    b"output_tokens",
+    b"prompt_tokens_details",
+    b"input_tokens_details",
+    b"completion_tokens_details",
+    b"output_tokens_details",
+    b"cache_read_input_tokens",
+    b"cache_creation_input_tokens",
+    b"cache_creation",
+    b"promptTokenCount",
+    b"candidatesTokenCount",
+    b"cachedContentTokenCount",
+    b"thoughtsTokenCount",
+    b"toolUsePromptTokenCount",
+    b"cached_tokens",
+    b"reasoning_tokens",
+    b"ephemeral_5m_input_tokens",
+    b"ephemeral_1h_input_tokens",
+    b"text",
+    b"content",
+    b"reasoning_content",
+    b"reasoning",
+    b"refusal",
+    b"tool_calls",
+    b"function_call",
+    b"parts",
+    b"functionCall",
+];
+
+/// A 6-bit hash of a non-empty key from its length and first and last bytes (multipliers
+/// picked so that few common keys of the providers that are none of ours share a bit).
+#[inline(always)]
+const fn key_hash(len: usize, first: u8, last: u8) -> u32 {
+    ((len as u32).wrapping_mul(15)
+        ^ (first as u32).wrapping_mul(14)
+        ^ (last as u32).wrapping_mul(15))
+        & 63
+}
+
+const KEY_MASK: u64 = {
+    let mut m = 0u64;
+    let mut i = 0;
+    while i < KEYS.len() {
+        let k = KEYS[i];
+        m |= 1 << key_hash(k.len(), k[0], k[k.len() - 1]);
+        i += 1;
+    }
+    m
+};
+
+/// False only for a key that is none of [`KEYS`] (so [`member`] would give `(Act::Skip, 0)`):
+/// a few instructions instead of the table's comparisons for most irrelevant keys.
+#[inline(always)]
+pub(crate) fn may_know(key: &[u8]) -> bool {
+    match (key.first(), key.last()) {
+        (Some(&f), Some(&l)) => KEY_MASK >> key_hash(key.len(), f, l) & 1 == 1,
+        _ => false,
+    }
+}
+
+/// `key == k` for a constant `k` of up to 32 bytes, by (overlapping) words: a few compares of
+/// immediates instead of one per byte.
+#[inline(always)]
+fn eqk(key: &[u8], k: &[u8]) -> bool {
+    let n = k.len();
+    if key.len() != n {
+        return false;
+    }
+    let w = |s: &[u8], i: usize| u64::from_le_bytes(s[i..i + 8].try_into().unwrap_or_default());
+    let h = |s: &[u8], i: usize| u32::from_le_bytes(s[i..i + 4].try_into().unwrap_or_default());
+    match n {
+        4..=7 => h(key, 0) == h(k, 0) && h(key, n - 4) == h(k, n - 4),
+        8..=16 => w(key, 0) == w(k, 0) && w(key, n - 8) == w(k, n - 8),
+        17..=24 => w(key, 0) == w(k, 0) && w(key, 8) == w(k, 8) && w(key, n - 8) == w(k, n - 8),
+        25..=32 => {
+            w(key, 0) == w(k, 0)
+                && w(key, 8) == w(k, 8)
+                && w(key, 16) == w(k, 16)
+                && w(key, n - 8) == w(k, n - 8)
+        }
+        _ => key == k,
+    }
+}
+
 /// The action for the value of `key` in the object `node`, restricted to the dialects `allow`,
 /// and the dialect the key's presence is evidence of.
 pub(crate) fn member(node: Node, key: &[u8], allow: Dialects) -> (Act, Dialects) {
     let (act, d) = match node {
         Node::Root => match key {
-            b"usage" => (Act::Open(Node::Usage), OPENAI | ANTHROPIC),
-            b"model" => (Act::Model, OPENAI | ANTHROPIC),
-            b"type" => (Act::Type, OPENAI | ANTHROPIC),
-            b"choices" => (Act::Open(Node::Choices), OPENAI),
-            b"delta" => (Act::Delta, OPENAI),
-            b"object" | b"output" => (Act::Skip, OPENAI),
-            b"response" => (Act::Open(Node::Response), OPENAI),
-            b"message" => (Act::Open(Node::Message), ANTHROPIC),
-            b"usageMetadata" => (Act::Open(Node::Usage), GEMINI),
-            b"modelVersion" => (Act::Model, GEMINI),
-            b"candidates" => (Act::Open(Node::Candidates), GEMINI),
+            _ if eqk(key, b"usage") => (Act::Open(Node::Usage), OPENAI | ANTHROPIC),
+            _ if eqk(key, b"model") => (Act::Model, OPENAI | ANTHROPIC),
+            _ if eqk(key, b"type") => (Act::Type, OPENAI | ANTHROPIC),
+            _ if eqk(key, b"choices") => (Act::Open(Node::Choices), OPENAI),
+            _ if eqk(key, b"delta") => (Act::Delta, OPENAI),
+            _ if eqk(key, b"object") || eqk(key, b"output") => (Act::Skip, OPENAI),
+            _ if eqk(key, b"response") => (Act::Open(Node::Response), OPENAI),
+            _ if eqk(key, b"message") => (Act::Open(Node::Message), ANTHROPIC),
+            _ if eqk(key, b"usageMetadata") => (Act::Open(Node::Usage), GEMINI),
+            _ if eqk(key, b"modelVersion") => (Act::Model, GEMINI),
+            _ if eqk(key, b"candidates") => (Act::Open(Node::Candidates), GEMINI),
             _ => return (Act::Skip, 0),
         },
         Node::Usage | Node::StartUsage => usage_member(node, key),
         Node::InDetails => match key {
-            b"cached_tokens" => (Act::Count(slot::CACHED), OPENAI),
+            _ if eqk(key, b"cached_tokens") => (Act::Count(slot::CACHED), OPENAI),
             _ => return (Act::Skip, 0),
         },
         Node::OutDetails => match key {
-            b"reasoning_tokens" => (Act::Count(slot::REASONING), OPENAI),
+            _ if eqk(key, b"reasoning_tokens") => (Act::Count(slot::REASONING), OPENAI),
             _ => return (Act::Skip, 0),
         },
         Node::CacheCreation => match key {
-            b"ephemeral_5m_input_tokens" => (Act::Count(slot::EPHEMERAL_5M), ANTHROPIC),
-            b"ephemeral_1h_input_tokens" => (Act::Count(slot::EPHEMERAL_1H), ANTHROPIC),
+            _ if eqk(key, b"ephemeral_5m_input_tokens") => {
+                (Act::Count(slot::EPHEMERAL_5M), ANTHROPIC)
+            }
+            _ if eqk(key, b"ephemeral_1h_input_tokens") => {
+                (Act::Count(slot::EPHEMERAL_1H), ANTHROPIC)
+            }
             _ => return (Act::Skip, 0),
         },
         Node::Message => match key {
-            b"usage" => (Act::Open(Node::StartUsage), ANTHROPIC),
-            b"model" => (Act::Model, ANTHROPIC),
+            _ if eqk(key, b"usage") => (Act::Open(Node::StartUsage), ANTHROPIC),
+            _ if eqk(key, b"model") => (Act::Model, ANTHROPIC),
             _ => return (Act::Skip, 0),
         },
         Node::Response => match key {
-            b"usage" => (Act::Open(Node::Usage), OPENAI),
-            b"model" => (Act::Model, OPENAI),
+            _ if eqk(key, b"usage") => (Act::Open(Node::Usage), OPENAI),
+            _ if eqk(key, b"model") => (Act::Model, OPENAI),
             _ => return (Act::Skip, 0),
         },
         Node::Choice => match key {
-            b"delta" => (Act::Open(Node::Delta), OPENAI),
-            b"text" => (Act::Content(OPENAI), OPENAI),
+            _ if eqk(key, b"delta") => (Act::Open(Node::Delta), OPENAI),
+            _ if eqk(key, b"text") => (Act::Content(OPENAI), OPENAI),
             _ => return (Act::Skip, 0),
         },
         Node::Delta => match key {
-            b"content" | b"reasoning_content" | b"reasoning" | b"refusal" => {
+            _ if eqk(key, b"content")
+                || eqk(key, b"reasoning_content")
+                || eqk(key, b"reasoning")
+                || eqk(key, b"refusal") =>
+            {
                 (Act::Content(OPENAI), OPENAI)
             }
-            b"tool_calls" => (Act::Open(Node::Flag(OPENAI)), OPENAI),
-            b"function_call" => (Act::AnyContent(OPENAI), OPENAI),
+            _ if eqk(key, b"tool_calls") => (Act::Open(Node::Flag(OPENAI)), OPENAI),
+            _ if eqk(key, b"function_call") => (Act::AnyContent(OPENAI), OPENAI),
             _ => return (Act::Skip, 0),
         },
         Node::Candidate => match key {
-            b"content" => (Act::Open(Node::GeminiContent), GEMINI),
+            _ if eqk(key, b"content") => (Act::Open(Node::GeminiContent), GEMINI),
             _ => return (Act::Skip, 0),
         },
         Node::GeminiContent => match key {
-            b"parts" => (Act::Open(Node::Parts), GEMINI),
+            _ if eqk(key, b"parts") => (Act::Open(Node::Parts), GEMINI),
             _ => return (Act::Skip, 0),
         },
         Node::Part => match key {
-            b"text" => (Act::Content(GEMINI), GEMINI),
-            b"functionCall" => (Act::AnyContent(GEMINI), GEMINI),
+            _ if eqk(key, b"text") => (Act::Content(GEMINI), GEMINI),
+            _ if eqk(key, b"functionCall") => (Act::AnyContent(GEMINI), GEMINI),
             _ => return (Act::Skip, 0),
         },
         Node::TopArray | Node::Choices | Node::Candidates | Node::Parts | Node::Flag(_) => {
@@ -342,24 +450,26 @@ pub(crate) fn member(node: Node, key: &[u8], allow: Dialects) -> (Act, Dialects)
 fn usage_member(node: Node, key: &[u8]) -> (Act, Dialects) {
     use slot::*;
     match key {
-        b"prompt_tokens" => (Act::Count(PROMPT), OPENAI),
-        b"completion_tokens" => (Act::Count(COMPLETION), OPENAI),
-        b"input_tokens" => (Act::Count(INPUT), OPENAI | ANTHROPIC),
+        _ if eqk(key, b"prompt_tokens") => (Act::Count(PROMPT), OPENAI),
+        _ if eqk(key, b"completion_tokens") => (Act::Count(COMPLETION), OPENAI),
+        _ if eqk(key, b"input_tokens") => (Act::Count(INPUT), OPENAI | ANTHROPIC),
         // message_start's output_tokens is a placeholder (1 or so) until message_delta.
-        b"output_tokens" if node == Node::StartUsage => (Act::Skip, ANTHROPIC),
-        b"output_tokens" => (Act::Count(OUTPUT), OPENAI | ANTHROPIC),
-        b"prompt_tokens_details" | b"input_tokens_details" => (Act::Open(Node::InDetails), OPENAI),
-        b"completion_tokens_details" | b"output_tokens_details" => {
+        _ if eqk(key, b"output_tokens") && node == Node::StartUsage => (Act::Skip, ANTHROPIC),
+        _ if eqk(key, b"output_tokens") => (Act::Count(OUTPUT), OPENAI | ANTHROPIC),
+        _ if eqk(key, b"prompt_tokens_details") || eqk(key, b"input_tokens_details") => {
+            (Act::Open(Node::InDetails), OPENAI)
+        }
+        _ if eqk(key, b"completion_tokens_details") || eqk(key, b"output_tokens_details") => {
             (Act::Open(Node::OutDetails), OPENAI)
         }
-        b"cache_read_input_tokens" => (Act::Count(CACHE_READ), ANTHROPIC),
-        b"cache_creation_input_tokens" => (Act::Count(CACHE_CREATION), ANTHROPIC),
-        b"cache_creation" => (Act::Open(Node::CacheCreation), ANTHROPIC),
-        b"promptTokenCount" => (Act::Count(G_PROMPT), GEMINI),
-        b"candidatesTokenCount" => (Act::Count(G_CANDIDATES), GEMINI),
-        b"cachedContentTokenCount" => (Act::Count(G_CACHED), GEMINI),
-        b"thoughtsTokenCount" => (Act::Count(G_THOUGHTS), GEMINI),
-        b"toolUsePromptTokenCount" => (Act::Count(G_TOOL_PROMPT), GEMINI),
+        _ if eqk(key, b"cache_read_input_tokens") => (Act::Count(CACHE_READ), ANTHROPIC),
+        _ if eqk(key, b"cache_creation_input_tokens") => (Act::Count(CACHE_CREATION), ANTHROPIC),
+        _ if eqk(key, b"cache_creation") => (Act::Open(Node::CacheCreation), ANTHROPIC),
+        _ if eqk(key, b"promptTokenCount") => (Act::Count(G_PROMPT), GEMINI),
+        _ if eqk(key, b"candidatesTokenCount") => (Act::Count(G_CANDIDATES), GEMINI),
+        _ if eqk(key, b"cachedContentTokenCount") => (Act::Count(G_CACHED), GEMINI),
+        _ if eqk(key, b"thoughtsTokenCount") => (Act::Count(G_THOUGHTS), GEMINI),
+        _ if eqk(key, b"toolUsePromptTokenCount") => (Act::Count(G_TOOL_PROMPT), GEMINI),
         _ => (Act::Skip, ALL),
     }
 }
@@ -368,12 +478,233 @@ fn usage_member(node: Node, key: &[u8]) -> (Act, Dialects) {
 mod tests {
     use super::*;
 
+    // The table as first written, with slice patterns: `member` is checked against it.
+    fn member_by_name(node: Node, key: &[u8], allow: Dialects) -> (Act, Dialects) {
+        let (act, d) = match node {
+            Node::Root => match key {
+                b"usage" => (Act::Open(Node::Usage), OPENAI | ANTHROPIC),
+                b"model" => (Act::Model, OPENAI | ANTHROPIC),
+                b"type" => (Act::Type, OPENAI | ANTHROPIC),
+                b"choices" => (Act::Open(Node::Choices), OPENAI),
+                b"delta" => (Act::Delta, OPENAI),
+                b"object" | b"output" => (Act::Skip, OPENAI),
+                b"response" => (Act::Open(Node::Response), OPENAI),
+                b"message" => (Act::Open(Node::Message), ANTHROPIC),
+                b"usageMetadata" => (Act::Open(Node::Usage), GEMINI),
+                b"modelVersion" => (Act::Model, GEMINI),
+                b"candidates" => (Act::Open(Node::Candidates), GEMINI),
+                _ => return (Act::Skip, 0),
+            },
+            Node::Usage | Node::StartUsage => usage_member_by_name(node, key),
+            Node::InDetails => match key {
+                b"cached_tokens" => (Act::Count(slot::CACHED), OPENAI),
+                _ => return (Act::Skip, 0),
+            },
+            Node::OutDetails => match key {
+                b"reasoning_tokens" => (Act::Count(slot::REASONING), OPENAI),
+                _ => return (Act::Skip, 0),
+            },
+            Node::CacheCreation => match key {
+                b"ephemeral_5m_input_tokens" => (Act::Count(slot::EPHEMERAL_5M), ANTHROPIC),
+                b"ephemeral_1h_input_tokens" => (Act::Count(slot::EPHEMERAL_1H), ANTHROPIC),
+                _ => return (Act::Skip, 0),
+            },
+            Node::Message => match key {
+                b"usage" => (Act::Open(Node::StartUsage), ANTHROPIC),
+                b"model" => (Act::Model, ANTHROPIC),
+                _ => return (Act::Skip, 0),
+            },
+            Node::Response => match key {
+                b"usage" => (Act::Open(Node::Usage), OPENAI),
+                b"model" => (Act::Model, OPENAI),
+                _ => return (Act::Skip, 0),
+            },
+            Node::Choice => match key {
+                b"delta" => (Act::Open(Node::Delta), OPENAI),
+                b"text" => (Act::Content(OPENAI), OPENAI),
+                _ => return (Act::Skip, 0),
+            },
+            Node::Delta => match key {
+                b"content" | b"reasoning_content" | b"reasoning" | b"refusal" => {
+                    (Act::Content(OPENAI), OPENAI)
+                }
+                b"tool_calls" => (Act::Open(Node::Flag(OPENAI)), OPENAI),
+                b"function_call" => (Act::AnyContent(OPENAI), OPENAI),
+                _ => return (Act::Skip, 0),
+            },
+            Node::Candidate => match key {
+                b"content" => (Act::Open(Node::GeminiContent), GEMINI),
+                _ => return (Act::Skip, 0),
+            },
+            Node::GeminiContent => match key {
+                b"parts" => (Act::Open(Node::Parts), GEMINI),
+                _ => return (Act::Skip, 0),
+            },
+            Node::Part => match key {
+                b"text" => (Act::Content(GEMINI), GEMINI),
+                b"functionCall" => (Act::AnyContent(GEMINI), GEMINI),
+                _ => return (Act::Skip, 0),
+            },
+            Node::TopArray | Node::Choices | Node::Candidates | Node::Parts | Node::Flag(_) => {
+                return (Act::Skip, 0)
+            }
+        };
+        if d & allow == 0 {
+            return (Act::Skip, 0);
+        }
+        // Keys shared by several dialects are no evidence of any one of them.
+        let hint = if d.is_power_of_two() { d } else { 0 };
+        (act, hint)
+    }
+
+    fn usage_member_by_name(node: Node, key: &[u8]) -> (Act, Dialects) {
+        use slot::*;
+        match key {
+            b"prompt_tokens" => (Act::Count(PROMPT), OPENAI),
+            b"completion_tokens" => (Act::Count(COMPLETION), OPENAI),
+            b"input_tokens" => (Act::Count(INPUT), OPENAI | ANTHROPIC),
+            // message_start's output_tokens is a placeholder (1 or so) until message_delta.
+            b"output_tokens" if node == Node::StartUsage => (Act::Skip, ANTHROPIC),
+            b"output_tokens" => (Act::Count(OUTPUT), OPENAI | ANTHROPIC),
+            b"prompt_tokens_details" | b"input_tokens_details" => {
+                (Act::Open(Node::InDetails), OPENAI)
+            }
+            b"completion_tokens_details" | b"output_tokens_details" => {
+                (Act::Open(Node::OutDetails), OPENAI)
+            }
+            b"cache_read_input_tokens" => (Act::Count(CACHE_READ), ANTHROPIC),
+            b"cache_creation_input_tokens" => (Act::Count(CACHE_CREATION), ANTHROPIC),
+            b"cache_creation" => (Act::Open(Node::CacheCreation), ANTHROPIC),
+            b"promptTokenCount" => (Act::Count(G_PROMPT), GEMINI),
+            b"candidatesTokenCount" => (Act::Count(G_CANDIDATES), GEMINI),
+            b"cachedContentTokenCount" => (Act::Count(G_CACHED), GEMINI),
+            b"thoughtsTokenCount" => (Act::Count(G_THOUGHTS), GEMINI),
+            b"toolUsePromptTokenCount" => (Act::Count(G_TOOL_PROMPT), GEMINI),
+            _ => (Act::Skip, ALL),
+        }
+    }
+
     fn raw(pairs: &[(u8, u64)]) -> Raw {
         let mut r = Raw::default();
         for &(s, v) in pairs {
             r.set(s, v);
         }
         r
+    }
+
+    /// `may_know` never rules out a key `member` knows: every key of the table answers
+    /// `(Act::Skip, 0)` at every node unless it is in `KEYS`.
+    #[test]
+    fn unknown_keys_are_skipped_everywhere() {
+        let nodes = [
+            Node::TopArray,
+            Node::Root,
+            Node::Usage,
+            Node::StartUsage,
+            Node::InDetails,
+            Node::OutDetails,
+            Node::CacheCreation,
+            Node::Message,
+            Node::Response,
+            Node::Choices,
+            Node::Choice,
+            Node::Delta,
+            Node::Candidates,
+            Node::Candidate,
+            Node::GeminiContent,
+            Node::Parts,
+            Node::Part,
+            Node::Flag(OPENAI),
+        ];
+        for k in KEYS {
+            assert!(may_know(k), "{:?}", String::from_utf8_lossy(k));
+        }
+        // Every key the table's source names is in KEYS.
+        let src = include_str!("providers.rs");
+        let tables =
+            &src[src.find("pub(crate) fn member(").unwrap()..src.find("mod tests").unwrap()];
+        for (n, part) in tables.split("b\"").enumerate().skip(1) {
+            let key = &part[..part.find('"').unwrap()];
+            assert!(
+                KEYS.contains(&key.as_bytes()),
+                "{n}: {key} missing from KEYS"
+            );
+        }
+        let mut rejected = 0;
+        for key in [
+            "id",
+            "created",
+            "index",
+            "role",
+            "logprobs",
+            "total_tokens",
+            "audio_tokens",
+            "service_tier",
+            "system_fingerprint",
+            "finish_reason",
+            "",
+            "x",
+        ] {
+            if !may_know(key.as_bytes()) {
+                rejected += 1;
+                for node in nodes {
+                    for allow in 0..8 {
+                        assert_eq!(member(node, key.as_bytes(), allow), (Act::Skip, 0), "{key}");
+                    }
+                }
+            }
+        }
+        assert!(rejected >= 8, "{rejected}");
+    }
+
+    /// `member` (keys compared by words) answers as the table by name for every node, dialect
+    /// set, key of the table and near miss.
+    #[test]
+    fn member_is_the_table_by_name() {
+        let nodes = [
+            Node::TopArray,
+            Node::Root,
+            Node::Usage,
+            Node::StartUsage,
+            Node::InDetails,
+            Node::OutDetails,
+            Node::CacheCreation,
+            Node::Message,
+            Node::Response,
+            Node::Choices,
+            Node::Choice,
+            Node::Delta,
+            Node::Candidates,
+            Node::Candidate,
+            Node::GeminiContent,
+            Node::Parts,
+            Node::Part,
+            Node::Flag(OPENAI),
+        ];
+        let mut keys: Vec<Vec<u8>> = vec![b"".to_vec(), b"x".to_vec(), b"id".to_vec()];
+        for k in KEYS {
+            keys.push(k.to_vec());
+            for i in 0..k.len() {
+                let mut v = k.to_vec();
+                v[i] ^= 0x20;
+                keys.push(v);
+                keys.push(k[..i].to_vec());
+                keys.push([&k[..i], &k[i + 1..]].concat());
+            }
+            keys.push([k, &b"s"[..]].concat());
+        }
+        for key in &keys {
+            for node in nodes {
+                for allow in 0..8 {
+                    assert_eq!(
+                        member(node, key, allow),
+                        member_by_name(node, key, allow),
+                        "{:?} {node:?} {allow}",
+                        String::from_utf8_lossy(key)
+                    );
+                }
+            }
+        }
     }
 
     #[test]

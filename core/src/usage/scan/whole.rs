@@ -97,6 +97,46 @@ fn string_end(b: &[u8], mut i: usize) -> Result<(usize, bool), Stop> {
     }
 }
 
+/// Past the byte `c` expected at `i` after optional whitespace, and the whitespace after it.
+#[inline(always)]
+fn token(b: &[u8], i: usize, c: u8) -> Pos {
+    let i = if b.get(i) == Some(&c) { i } else { ws(b, i) };
+    if b.get(i) == Some(&c) {
+        Ok(ws(b, i + 1))
+    } else {
+        Err(Stop)
+    }
+}
+
+/// Past the value at `b[i]` (not whitespace) read with [`Act::Skip`], as [`Scanner::w_value`]
+/// reads it: a container bracket-counted, a string to its end, a number or literal to the
+/// byte that ends its run (which must exist).
+#[inline(always)]
+fn skip_value(b: &[u8], i: usize) -> Pos {
+    let &c = b.get(i).ok_or(Stop)?;
+    let mut j = i + 1;
+    match c {
+        b'"' => return Ok(string_end(b, j)?.0 + 1),
+        b'{' | b'[' => return skip_container(b, i),
+        b'0'..=b'9' | b'-' => {
+            while j < b.len() && matches!(b[j], b'0'..=b'9' | b'.' | b'e' | b'E' | b'+' | b'-') {
+                j += 1;
+            }
+        }
+        b't' | b'f' | b'n' => {
+            while j < b.len() && b[j].is_ascii_alphabetic() {
+                j += 1;
+            }
+        }
+        _ => return Err(Stop),
+    }
+    if j < b.len() {
+        Ok(j)
+    } else {
+        Err(Stop)
+    }
+}
+
 /// Past a container the scanner skips (`b[i]` is its opening bracket): brackets outside
 /// strings are counted whatever their kind, as the scanner's skip does.
 fn skip_container(b: &[u8], mut i: usize) -> Pos {
@@ -302,25 +342,32 @@ impl Scanner {
             // Our keys are plain: an escaped key is none of them (the scanner compares it as
             // empty).
             let key = if escaped { &[][..] } else { &b[k..e] };
-            let (act, hint) = providers::member(node, key, self.allow);
-            self.facts.hints |= hint;
-            i = ws(b, e + 1);
-            if b.get(i) != Some(&b':') {
-                return Err(Stop);
-            }
-            i = ws(b, i + 1);
-            i = if self.skim
-                && node == Node::Root
-                && matches!(act, Act::Open(Node::Choices | Node::Candidates))
-            {
-                ws(b, skim(b, i)?)
+            let act = if providers::may_know(key) {
+                let (act, hint) = providers::member(node, key, self.allow);
+                self.facts.hints |= hint;
+                act
             } else {
-                ws(b, self.w_value(b, i, act, depth)?)
+                Act::Skip
+            };
+            i = token(b, e + 1, b':')?;
+            i = match act {
+                Act::Skip => skip_value(b, i)?,
+                Act::Count(slot) if matches!(b.get(i), Some(b'0'..=b'9')) => {
+                    self.w_count(b, i, slot)?
+                }
+                Act::Open(Node::Choices | Node::Candidates) if self.skim && node == Node::Root => {
+                    skim(b, i)?
+                }
+                _ => self.w_value(b, i, act, depth)?,
             };
             match b.get(i) {
                 Some(b',') => i = ws(b, i + 1),
                 Some(b'}') => return Ok(self.w_close(node, i + 1)),
-                _ => return Err(Stop),
+                _ => match b.get(ws(b, i)) {
+                    Some(b',') => i = ws(b, ws(b, i) + 1),
+                    Some(b'}') => return Ok(self.w_close(node, ws(b, i) + 1)),
+                    _ => return Err(Stop),
+                },
             }
         }
     }
@@ -420,6 +467,32 @@ impl Scanner {
             }
             _ => Err(Stop),
         }
+    }
+
+    /// A count (a value starting with a digit, read for `slot`) as [`Scanner::w_value`] reads
+    /// it, without its dispatch.
+    #[inline(always)]
+    fn w_count(&mut self, b: &[u8], i: usize, slot: u8) -> Pos {
+        let mut num = 0u64;
+        let mut bad = false;
+        let mut j = i;
+        while let Some(&d) = b.get(j) {
+            match d {
+                b'0'..=b'9' => num = num.saturating_mul(10).saturating_add(u64::from(d - b'0')),
+                b'.' | b'e' | b'E' | b'+' | b'-' => bad = true,
+                _ => {
+                    if bad || num > MAX_COUNT {
+                        self.facts.bad_count = true;
+                    } else {
+                        self.stage.set(slot, num);
+                        self.stage_valid = true;
+                    }
+                    return Ok(j);
+                }
+            }
+            j += 1;
+        }
+        Err(Stop)
     }
 
     /// A string value whose content starts at `i`; returns the position after its closing quote.
