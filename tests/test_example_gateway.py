@@ -27,7 +27,8 @@ from collections import Counter, defaultdict
 import pytest
 
 import gmharness as gm
-from gmharness import MockLLM, Nginx, fixtures, free_port, histogram_consistent, wait_for
+from gmharness import (MockLLM, Nginx, bound_get, fixtures, free_port, histogram_consistent,
+                       wait_for)
 
 pytestmark = pytest.mark.skipif(not gm.HAVE_LUA, reason="needs Debian's lua-nginx-module")
 
@@ -878,22 +879,6 @@ def test_client_api_key_is_not_forwarded(gateway):
         assert m.total("model_requests_total", namespace="sec") == 3
 
     settled(n, check)
-
-
-def bound_get(source, port, path):
-    """GET `path` from the source address `source` (all of 127.0.0.0/8 is loopback on Linux)."""
-    with socket.socket() as s:
-        s.settimeout(10)
-        s.bind((source, 0))
-        s.connect(("127.0.0.1", port))
-        s.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
-        raw = b""
-        while True:
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            raw += chunk
-    return int(raw.split(b" ", 2)[1])
 
 
 def test_metrics_only_from_the_scrapers(gateway):

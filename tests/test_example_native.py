@@ -10,7 +10,6 @@ only, and the config as scripts/render-conf writes it."""
 import json
 import os
 import re
-import socket
 import subprocess
 import tempfile
 from collections import Counter
@@ -20,7 +19,7 @@ import pytest
 
 import gmharness as gm
 import mock_llm
-from gmharness import MockLLM, Nginx, fixtures, free_port
+from gmharness import MockLLM, Nginx, bound_get, fixtures, free_port
 
 CONF_PATH = os.path.join(gm.ROOT, "nginx-conf", "ai-gateway-native.conf")
 KEY_MAP = "map $gateway_api_key $gateway_namespace {\n"
@@ -448,22 +447,6 @@ def test_endpoint_label_is_bounded(native):
         got[dict(k)["endpoint"]] += v  # (a cache hit has no upstream: a series of its own)
     assert got == {"other": 2, "/v1/models": 2}, got
     assert m.total("cache_hits_total", cache_type="proxy_cache") >= 1
-
-
-def bound_get(source, port, path):
-    """GET `path` from the source address `source` (all of 127.0.0.0/8 is loopback on Linux)."""
-    with socket.socket() as s:
-        s.settimeout(10)
-        s.bind((source, 0))
-        s.connect(("127.0.0.1", port))
-        s.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
-        raw = b""
-        while True:
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            raw += chunk
-    return int(raw.split(b" ", 2)[1])
 
 
 def test_metrics_only_from_the_scrapers(native):

@@ -9,7 +9,8 @@ uses are in env.py; set env.MODULE (not a copy of it) to change the module nginx
 Standard library only, except parse() (prometheus_client) and fixtures.py (pytest)."""
 
 from . import env
-from .client import Conn, pipeline_many, raw_request, request_bytes, run_concurrent, sequential
+from .client import (Conn, bound_get, pipeline_many, raw_request, request_bytes, run_concurrent,
+                     sequential)
 from .env import HAVE_LUA, LUA_MODULES, NGINX, ROOT
 from .metrics import (Samples, histogram_consistent, parse, promtool_check, sample_value,
                       samples_named, scrape_timed, settle)
@@ -19,6 +20,7 @@ from .servers import Gate, LoopbackServer, MockLLM
 from .wait import wait_for
 
 __all__ = [
+    "bound_get",
     "env", "HAVE_LUA", "LUA_MODULES", "NGINX", "ROOT",
     "Conn", "pipeline_many", "raw_request", "request_bytes", "run_concurrent", "sequential",
     "Samples", "histogram_consistent", "parse", "promtool_check", "sample_value",

@@ -209,3 +209,20 @@ def raw_request(port, data, timeout=30):
     head, _, body = raw.partition(b"\r\n\r\n")
     status = int(head.split(b" ", 2)[1]) if head else 0
     return status, head, body
+
+
+def bound_get(source, port, path):
+    """GET `path` from the source address `source` (all of 127.0.0.0/8 is loopback on Linux),
+    e.g. to check an allow/deny list; returns the status."""
+    with socket.socket() as s:
+        s.settimeout(10)
+        s.bind((source, 0))
+        s.connect(("127.0.0.1", port))
+        s.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+        raw = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            raw += chunk
+    return int(raw.split(b" ", 2)[1])
