@@ -749,7 +749,7 @@ fn header_value<'l>(headers: &'l ngx_list_t, name: &[u8]) -> Option<&'l [u8]> {
 /// Usage of a response none of whose body passed: missing when the response should have had
 /// some (an upstream's 2xx with a body), because it was cut before its body, or had none.
 fn unread_usage(r: &ngx_http_request_t, lc: &LocConf, whole: bool) -> Option<UsageMissing> {
-    let reads = lc.usage_format().is_some() && usage_applies(r) && r.header_only() == 0;
+    let reads = lc.usage_format().is_some() && usage_applies(r);
     reads.then_some(if whole {
         UsageMissing::Absent
     } else {
@@ -758,8 +758,13 @@ fn unread_usage(r: &ngx_http_request_t, lc: &LocConf, whole: bool) -> Option<Usa
 }
 
 /// Is this a response whose usage is read: an upstream's 2xx?
+/// (Not a response without a body: HEAD, 204.)
 fn usage_applies(r: &ngx_http_request_t) -> bool {
-    !r.upstream.is_null() && (200..300).contains(&r.headers_out.status)
+    let status = r.headers_out.status;
+    !r.upstream.is_null()
+        && (200..300).contains(&status)
+        && status != NGX_HTTP_NO_CONTENT as ngx_uint_t
+        && r.header_only() == 0
 }
 
 /// The usage reader for a response about to pass (its header is out), or why there is none.

@@ -49,8 +49,12 @@ class CorpusUpstream(LoopbackServer):
                 if not chunk:
                     return c.close()
                 data += chunk
-            path = data.split(b"\r\n", 1)[0].split(b" ")[1].decode()
+            method, path = data.split(b"\r\n", 1)[0].split(b" ")[:2]
+            path = path.decode()
             parts = path.strip("/").split("/")
+            if parts[0] == "nocontent":
+                c.sendall(b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n")
+                return c.close()
             encoded = parts[0] == "gzip"
             if encoded:
                 parts = parts[1:]
@@ -64,6 +68,8 @@ class CorpusUpstream(LoopbackServer):
                 body = gzip.compress(body)
                 head += "Content-Encoding: gzip\r\n"
             c.sendall(head.encode() + b"\r\n")
+            if method == b"HEAD":
+                return c.close()
             rng = random.Random(seed)
             pieces, i = [], 0
             while i < len(body):
@@ -369,3 +375,18 @@ def test_tokens_lua_reported_are_not_counted_again(lua_gw):
     assert tokens == {"input": 7, "output": 3, "cache_write": 2} and missing == {}
     # the model still comes from the response
     assert models == {(case["model"], "success"): 1.0}
+
+
+def test_responses_without_a_body_have_no_usage_to_miss(gw):
+    """HEAD and 204: nothing to read, so nothing counted as missing (and still recorded)."""
+    for ns, method, path in [("head-ns", "HEAD", "/auto/openai_chat_json.body/whole/0"),
+                             ("nocontent-ns", "POST", "/auto/nocontent")]:
+        req = (f"{method} {path} HTTP/1.1\r\nHost: gw\r\nX-Namespace: {ns}\r\n"
+               "Content-Length: 0\r\nConnection: close\r\n\r\n")
+        with socket.create_connection(("127.0.0.1", gw.port), timeout=30) as s:
+            s.sendall(req.encode())
+            while s.recv(65536):
+                pass
+        m = recorded(gw, ns, lambda m: True)
+        assert m.total("http_requests_total", namespace=ns) == 1
+        assert usage_of(m, ns)[1] == {} and usage_of(m, ns)[0] == {}, ns
