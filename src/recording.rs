@@ -209,6 +209,28 @@ impl Recorder<'_> {
         v
     }
 
+    /// The in-flight series of `ns` in this worker's lane. The lane is the same for every
+    /// request of the worker, so the cache is asked with the namespace alone (packed).
+    #[inline(always)]
+    fn active_series(&self, ns: &[u8], lane: &[u8]) -> Option<&'static [AtomicU64]> {
+        let kind = SeriesKind {
+            family: fam::ACTIVE,
+            layout: 0,
+            n_values: 2,
+        };
+        let ks = [bytes_words(ns)];
+        let mut cache = CACHE.0.try_borrow_mut().ok()?;
+        if let Some(v) = cache.get_packed(kind.bits(), &ks, ns) {
+            return Some(v);
+        }
+        let labels = [Label::bytes(ns), Label::with_id(1, lane)];
+        let (v, own) = self.cached(&mut cache, kind, &labels);
+        if let (Some(v), true) = (v, own) {
+            cache.insert_packed(kind.bits(), &ks, ns, v);
+        }
+        v
+    }
+
     #[cold]
     #[inline(never)]
     fn warn(&self, reason: DropReason) {
@@ -237,12 +259,7 @@ pub(crate) fn enter(t: &Recorder, ctx: &mut ReqCtx, ns: &[u8]) {
     // One series per namespace and worker lane, owned by the pid that last used it: a
     // worker killed with requests in flight leaves a series whose owner is dead; the
     // renderer skips it and the next worker of that lane resets it.
-    if let Some(v) = t.series(
-        fam::ACTIVE,
-        0,
-        2,
-        &[Label::bytes(ns), Label::with_id(1, lane)],
-    ) {
+    if let Some(v) = t.active_series(ns, lane) {
         // SAFETY: ngx_pid is this process's pid, set before any request.
         let me = unsafe { ngx_pid } as u64;
         let owner = v[1].load(Ordering::Relaxed);

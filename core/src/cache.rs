@@ -167,19 +167,38 @@ impl<'a> SeriesCache<'a> {
         for (k, l) in ks.iter_mut().zip(labels) {
             *k = word3(l);
         }
-        // The values longer than 16 bytes, whose middles the words do not hold.
-        let mut longs: [&[u8]; MAX_VALUES] = [&[]; MAX_VALUES];
-        let mut n_long = 0;
-        for l in labels {
+        // The values longer than 16 bytes (whose middles the words do not hold) salt the tag
+        // and are compared in the entry's middle bytes, in order.
+        let mut salt_h = 0;
+        let mut long_mask = 0u32;
+        for (i, l) in labels.iter().enumerate() {
             if l.id == 0 && l.bytes.len() > 16 {
-                longs[n_long] = l.bytes;
-                n_long += 1;
+                salt_h = salt(salt_h, l.bytes);
+                long_mask |= 1 << i;
             }
         }
-        let longs = &longs[..n_long];
-        let salt = longs.iter().fold(0, |h, b| salt(h, b));
-        let e = self.entry(kind, false, &ks, salt, longs)?;
-        Some(e.values)
+        let tag = Self::tag(kind, &ks, salt_h);
+        let set = self.set_of(tag);
+        let tags: &[u64; WAYS] = self.tags.get(set..set + WAYS)?.try_into().ok()?;
+        for (way, _) in tags.iter().enumerate().filter(|(_, &t)| t == tag) {
+            let Some(e) = &self.entries[set + way] else {
+                continue;
+            };
+            if !same_words(e, kind, false, &ks) {
+                continue;
+            }
+            let mut at = 0;
+            let longs_ok = long_mask == 0
+                || labels
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| long_mask & 1 << i != 0)
+                    .all(|(_, l)| long_matches(e, &mut at, l.bytes));
+            if longs_ok {
+                return Some(e.values);
+            }
+        }
+        None
     }
 
     /// Like [`get`](Self::get) for a key the caller encoded itself as `N` words triples, exactly
@@ -207,31 +226,6 @@ impl<'a> SeriesCache<'a> {
             // Values with the same edges differ in the middle: the next way may hold this one.
             if same_words(e, kind, true, ks) && (!is_long || long_matches(e, &mut 0, long)) {
                 return Some(e.values);
-            }
-        }
-        None
-    }
-
-    #[inline(always)]
-    fn entry<const N: usize>(
-        &self,
-        kind: u64,
-        packed: bool,
-        ks: &[Word3; N],
-        salt: u64,
-        longs: &[&[u8]],
-    ) -> Option<&Entry<'a>> {
-        let tag = Self::tag(kind, ks, salt);
-        let set = self.set_of(tag);
-        let tags: &[u64; WAYS] = self.tags.get(set..set + WAYS)?.try_into().ok()?;
-        for (way, _) in tags.iter().enumerate().filter(|(_, &t)| t == tag) {
-            let Some(e) = &self.entries[set + way] else {
-                continue;
-            };
-            // Values longer than 16 bytes that share their edges differ in the middle: the
-            // next way may hold the one asked for.
-            if same_words(e, kind, packed, ks) && longs_match(e, longs) {
-                return Some(e);
             }
         }
         None
@@ -364,13 +358,6 @@ fn same_words<const N: usize>(e: &Entry, kind: u64, packed: bool, ks: &[Word3; N
         diff |= (a[0] ^ b[0]) | (a[1] ^ b[1]) | (a[2] ^ b[2]);
     }
     diff == 0
-}
-
-/// Does the entry hold the middles of these values (each longer than 16 bytes), in order?
-#[inline(always)]
-fn longs_match(e: &Entry, longs: &[&[u8]]) -> bool {
-    let mut at = 0;
-    longs.iter().all(|b| long_matches(e, &mut at, b))
 }
 
 /// Does the entry hold `b`'s middle bytes at `*at`? Advances `*at`.
