@@ -109,7 +109,7 @@ def markdown(R, smoke):
         a(f"| 6 | exact counts with 2 workers | {w2['counted']:,.0f} of {w2['sent']:,} | "
           f"{yes(w2['exact'])} |")
     a("")
-    if us and "cost" in us:
+    if us and "cost" in us and "per_chunk" in us:
         a("## Native usage reading (callgrind, per proxied request)")
         a("")
         a("| configuration | JSON | SSE 4 chunks | SSE 20 | SSE 200 | per further chunk |")

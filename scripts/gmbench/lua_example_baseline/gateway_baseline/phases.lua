@@ -20,7 +20,7 @@
 local gm = require "resty.gateway_metrics"
 local cjson = require "cjson.safe"
 local usage = require "gateway_baseline.usage"
-local limiter = require "gateway_baseline.limiter"
+local limiter = require "gateway.limiter"  -- (unchanged since: the live one)
 
 local ngx = ngx
 local type = type
