@@ -12,11 +12,9 @@ use ngx::http::{HttpModuleMainConf, NgxHttpCoreModule, Request};
 
 #[cfg(ngx_feature = "threads")]
 use crate::conf::RenderMode;
-use crate::conf::{
-    cycle_main_conf, loc_conf, main_conf, parsing_main_conf, LocConf, MainConf, USAGE_OFF,
-};
+use crate::conf::{cycle_main_conf, loc_conf, main_conf, parsing_main_conf, MainConf, USAGE_OFF};
 use crate::recording;
-use crate::request::{self, Finished, Target, UsageRead, UsageState};
+use crate::request::{self, Finished, ReqCtx, Target, UsageRead, UsageState};
 use crate::zone::ZoneSpec;
 
 /// The next body filter (nginx's filter chain is a linked list of function pointers).
@@ -282,15 +280,20 @@ unsafe extern "C" fn usage_filter(
         }
         // A response being read goes straight on (its location was checked at its first
         // buffer); read_usage does watch_body's work too: one walk of the chain.
-        if let Some(ctx) = request::find_ctx(req) {
-            if let UsageState::Reading(_) = ctx.usage {
-                return read_usage(req, None, links);
+        let ctx = match request::find_ctx(req) {
+            Some(ctx) if matches!(ctx.usage, UsageState::Reading(_)) => ctx,
+            _ => {
+                let lc = loc_conf(req).filter(|lc| lc.enable == 1 && lc.usage != USAGE_OFF);
+                let (Some(lc), Some(ctx)) = (lc, lc.and_then(|_| request::ctx(req))) else {
+                    return watch_body(req, links);
+                };
+                if let UsageState::Unread = ctx.usage {
+                    ctx.usage = request::start_usage(req, lc);
+                }
+                ctx
             }
-        }
-        match loc_conf(req).filter(|lc| lc.enable == 1 && lc.usage != USAGE_OFF) {
-            Some(lc) => read_usage(req, Some(lc), links),
-            None => watch_body(req, links),
-        }
+        };
+        read_usage(req, ctx, links)
     }));
     // SAFETY: NEXT_BODY_FILTER was set in postconfiguration, before any request.
     match unsafe { *ptr::addr_of!(NEXT_BODY_FILTER) } {
@@ -302,13 +305,7 @@ unsafe extern "C" fn usage_filter(
 
 /// Hands the response's buffers to its usage reader (made at the first one).
 /// Also notes, as `watch_body` does, when the body's last buffer passed and when data last came.
-fn read_usage(r: &ngx_http_request_t, lc: Option<&LocConf>, chain: Option<&ngx_chain_t>) {
-    let Some(ctx) = request::ctx(r) else {
-        return watch_body(r, chain);
-    };
-    if let (UsageState::Unread, Some(lc)) = (&ctx.usage, lc) {
-        ctx.usage = request::start_usage(r, lc);
-    }
+fn read_usage(r: &ngx_http_request_t, ctx: &mut ReqCtx, chain: Option<&ngx_chain_t>) {
     let UsageState::Reading(reader) = &mut ctx.usage else {
         return watch_body(r, chain);
     };
