@@ -980,52 +980,6 @@ impl sse::Sink for Events {
 mod tests {
     use super::*;
 
-    /// Collects the data of every event.
-    #[derive(Default)]
-    struct Payloads {
-        /// Each event's `event:` name and data.
-        all: Vec<(Vec<u8>, Vec<u8>)>,
-        cur: Vec<u8>,
-        name: Vec<u8>,
-        lines: usize,
-    }
-
-    impl sse::Sink for Payloads {
-        fn data(&mut self, buf: &[u8], start: usize, end: usize, first: bool) {
-            if first {
-                if self.lines > 0 {
-                    self.cur.push(b'\n');
-                }
-                self.lines += 1;
-            }
-            self.cur.extend_from_slice(&buf[start..end]);
-        }
-        fn event_start(&mut self) {
-            self.name.clear();
-        }
-        fn event(&mut self, piece: &[u8]) {
-            self.name.extend_from_slice(piece);
-        }
-        fn dispatch(&mut self, _: &[u8]) -> bool {
-            if self.lines > 0 {
-                let name = self.name.clone();
-                self.all.push((name, std::mem::take(&mut self.cur)));
-            }
-            self.name.clear();
-            self.lines = 0;
-            false
-        }
-        fn buffer_end(&mut self, _: &[u8]) {}
-        fn idle(&self) -> bool {
-            self.lines == 0
-        }
-        fn whole(&mut self, buf: &[u8], start: usize, end: usize) -> bool {
-            self.data(buf, start, start, true);
-            self.data(buf, start, end, false);
-            self.dispatch(buf)
-        }
-    }
-
     /// Every SSE event of the corpus (name and data), and every JSON body whole (no name).
     fn corpus_payloads() -> Vec<(String, Vec<u8>, Vec<u8>)> {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/usage_corpus");
@@ -1041,10 +995,10 @@ mod tests {
             let body = std::fs::read(&path).unwrap();
             let name = path.file_name().unwrap().to_string_lossy().into_owned();
             let mut framer = sse::Framer::new();
-            let mut sink = Payloads::default();
+            let mut sink = sse::Recorder::default();
             framer.feed(&body, &mut sink);
             framer.finish(&mut sink);
-            for (event, p) in sink.all {
+            for (event, p) in sink.events {
                 out.push((name.clone(), event, p));
             }
             out.push((name, Vec::new(), body));

@@ -406,64 +406,69 @@ impl Framer {
     }
 }
 
+/// Records what a framer hands on: each dispatched event's name and data (for tests).
+#[cfg(test)]
+#[derive(Default)]
+pub(crate) struct Recorder {
+    pub(crate) events: Vec<(Vec<u8>, Vec<u8>)>,
+    data: Vec<u8>,
+    name: Vec<u8>,
+    lines: usize,
+}
+
+#[cfg(test)]
+impl Sink for Recorder {
+    fn data(&mut self, buf: &[u8], start: usize, end: usize, first: bool) {
+        if first {
+            if self.lines > 0 {
+                self.data.push(b'\n');
+            }
+            self.lines += 1;
+        }
+        self.data.extend_from_slice(&buf[start..end]);
+    }
+    fn event_start(&mut self) {
+        self.name.clear();
+    }
+    fn event(&mut self, piece: &[u8]) {
+        self.name.extend_from_slice(piece);
+    }
+    fn dispatch(&mut self, _: &[u8]) -> bool {
+        if self.lines > 0 {
+            let data = std::mem::take(&mut self.data);
+            self.events.push((self.name.clone(), data));
+        }
+        self.lines = 0;
+        self.name.clear();
+        false
+    }
+    fn buffer_end(&mut self, _: &[u8]) {}
+    fn idle(&self) -> bool {
+        self.lines == 0
+    }
+    fn whole(&mut self, buf: &[u8], start: usize, end: usize) -> bool {
+        self.data(buf, start, start, true);
+        self.data(buf, start, end, false);
+        self.dispatch(buf)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// Records what the framer hands on, as `data`/`event` strings per dispatched event.
-    #[derive(Default)]
-    struct Rec {
-        data: Vec<u8>,
-        name: Vec<u8>,
-        lines: usize,
-        events: Vec<(String, String)>,
-    }
-
-    impl Sink for Rec {
-        fn data(&mut self, buf: &[u8], start: usize, end: usize, first: bool) {
-            if first {
-                if self.lines > 0 {
-                    self.data.push(b'\n');
-                }
-                self.lines += 1;
-            }
-            self.data.extend_from_slice(&buf[start..end]);
-        }
-        fn event_start(&mut self) {
-            self.name.clear();
-        }
-        fn event(&mut self, piece: &[u8]) {
-            self.name.extend_from_slice(piece);
-        }
-        fn dispatch(&mut self, _: &[u8]) -> bool {
-            if self.lines > 0 {
-                let d = String::from_utf8(std::mem::take(&mut self.data)).unwrap();
-                self.events
-                    .push((String::from_utf8(self.name.clone()).unwrap(), d));
-            }
-            self.lines = 0;
-            self.name.clear();
-            false
-        }
-        fn buffer_end(&mut self, _: &[u8]) {}
-        fn idle(&self) -> bool {
-            self.lines == 0
-        }
-        fn whole(&mut self, buf: &[u8], start: usize, end: usize) -> bool {
-            self.data(buf, start, start, true);
-            self.data(buf, start, end, false);
-            self.dispatch(buf)
-        }
-    }
-
     fn frame(body: &[u8], size: usize) -> Vec<(String, String)> {
         let mut f = Framer::new();
-        let mut r = Rec::default();
+        let mut r = Recorder::default();
         for piece in body.chunks(size.max(1)) {
             f.feed(piece, &mut r);
         }
         f.finish(&mut r);
+        let text = |b: Vec<u8>| String::from_utf8(b).unwrap();
         r.events
+            .into_iter()
+            .map(|(n, d)| (text(n), text(d)))
+            .collect()
     }
 
     fn ev(name: &str, data: &str) -> (String, String) {
