@@ -8,6 +8,7 @@ pub mod buckets;
 pub mod cache;
 pub mod catalogue;
 pub mod config;
+pub mod exemplar;
 pub mod expo;
 pub mod hash;
 pub mod labels;
