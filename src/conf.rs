@@ -79,6 +79,9 @@ pub struct LocConf {
     pub upstream: LabelSource,
     pub endpoint: LabelSource,
     pub model: LabelSource,
+    /// `gateway_metrics_exemplars`: the W3C `traceparent` whose ids become the request's
+    /// exemplars (not set: no exemplars).
+    pub exemplars: LabelSource,
     /// `gateway_metrics_usage`: [`USAGE_OFF`], [`UNSET`] or a [`UsageSetting`] as a number.
     pub usage: ngx_int_t,
 }
@@ -208,6 +211,7 @@ impl LocConf {
             (&mut self.upstream, &prev.upstream),
             (&mut self.endpoint, &prev.endpoint),
             (&mut self.model, &prev.model),
+            (&mut self.exemplars, &prev.exemplars),
         ] {
             if c.cv.is_null() {
                 c.cv = p.cv;

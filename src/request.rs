@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use gateway_metrics_core::cache::Label;
 use gateway_metrics_core::catalogue::{CutReason, UsageMissing};
+use gateway_metrics_core::exemplar::TraceContext;
 use gateway_metrics_core::labels::sanitize_into;
 use gateway_metrics_core::labels::{edge_words, header_matches, short_eq};
 use gateway_metrics_core::store::Store;
@@ -523,6 +524,9 @@ pub struct Finished<'r> {
     /// Seconds, as `$request_time` measures them.
     pub duration: f64,
     pub auto: AutoStatus,
+    /// The trace the request's exemplars carry (`gateway_metrics_exemplars`), when it has a
+    /// valid one.
+    pub trace: Option<TraceContext>,
     /// The model families' part, when the request has a model, tokens or missing usage.
     /// (In the caller's slot: the usual request has none, and then nothing of it is written.)
     pub llm: Option<&'r Llm<'r>>,
@@ -647,6 +651,11 @@ impl<'r> Finished<'r> {
             cut,
             duration: now_ms().saturating_sub(start) as f64 / 1000.0,
             auto: limiter_and_cache_status(rr),
+            trace: if lc.exemplars.is_set() {
+                trace(r, lc)
+            } else {
+                None
+            },
             llm,
         };
         if debug_http(r.log()) {
@@ -654,6 +663,13 @@ impl<'r> Finished<'r> {
         }
         f
     }
+}
+
+/// The request's trace context, from `gateway_metrics_exemplars` (an invalid value: none).
+#[cold]
+#[inline(never)]
+fn trace(r: &Request, lc: &LocConf) -> Option<TraceContext> {
+    TraceContext::parse(label(r, &lc.exemplars))
 }
 
 /// What a response said of its usage once read to its end (or cut).
