@@ -82,6 +82,8 @@ pub struct LocConf {
     /// `gateway_metrics_exemplars`: the W3C `traceparent` whose ids become the request's
     /// exemplars (not set: no exemplars).
     pub exemplars: LabelSource,
+    /// Exemplars are on here: `exemplars` is set, and not to the literal `off`.
+    pub exemplars_on: bool,
     /// `gateway_metrics_usage`: [`USAGE_OFF`], [`UNSET`] or a [`UsageSetting`] as a number.
     pub usage: ngx_int_t,
 }
@@ -219,6 +221,10 @@ impl LocConf {
             c.header = HeaderName::of(cf, c.cv)?;
             c.variable = variable_of(cf, c.cv, &c.header);
         }
+        // `gateway_metrics_exemplars off` switches off what an outer level set.
+        // SAFETY: a set cv is a compiled complex value in the conf pool.
+        self.exemplars_on = unsafe { self.exemplars.cv.as_ref() }
+            .is_some_and(|cv| !(cv.lengths.is_null() && cv.value.as_bytes() == b"off"));
         Some(())
     }
 }

@@ -651,7 +651,7 @@ impl<'r> Finished<'r> {
             cut,
             duration: now_ms().saturating_sub(start) as f64 / 1000.0,
             auto: limiter_and_cache_status(rr),
-            trace: if lc.exemplars.is_set() {
+            trace: if lc.exemplars_on {
                 trace(r, lc)
             } else {
                 None
