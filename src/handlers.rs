@@ -211,7 +211,12 @@ fn log(r: &Request) {
     };
     let t = &recording::Recorder { t, log: r.log() };
     let mut llm = None;
-    recording::record(t, &Finished::read(r, lc, ctx, &mut llm));
+    let f = Finished::read(r, lc, ctx, &mut llm);
+    if lc.exemplars_on {
+        recording::record_traced(t, &f, request::trace(r, lc));
+    } else {
+        recording::record(t, &f);
+    }
 }
 
 /// Notes, for the log phase, that a response's body went out whole (its last buffer passed)

@@ -248,8 +248,9 @@ impl Recorder<'_> {
     }
 
     /// The exemplar of a histogram observation: in the slot of the bucket `value` falls in.
+    /// (Compiled out of the recording without exemplars: `EX` false.)
     #[inline(always)]
-    fn bucket_exemplar(
+    fn bucket_exemplar<const EX: bool>(
         &self,
         trace: Option<&Trace>,
         values: &[AtomicU64],
@@ -257,6 +258,9 @@ impl Recorder<'_> {
         bounds: &[f64],
         value: f64,
     ) {
+        if !EX {
+            return;
+        }
         if let Some(tr) = trace {
             let slot = bucket_index(bounds, value);
             self.exemplar(values, kind, (bounds.len() + 1, slot), tr.at(value));
@@ -335,6 +339,24 @@ pub const TOKEN_EXEMPLARS: [usize; 3] = [tokens::INPUT, tokens::OUTPUT, tokens::
 /// model, token and automatic limiter/cache events when there are any.
 #[inline(always)]
 pub(crate) fn record(t: &Recorder, f: &Finished) {
+    record_with::<false>(t, f, None);
+}
+
+/// [`record`] for a location with exemplars on: the same updates, plus the exemplars of the
+/// request's trace (`None`: it has no valid one) in the series it updated. (Cold: kept out of
+/// the layout of the usual request's path.)
+#[cold]
+#[inline(never)]
+pub(crate) fn record_traced(t: &Recorder, f: &Finished, trace: Option<TraceContext>) {
+    let trace = trace.map(|ctx| Trace {
+        ctx,
+        ts_ms: request::now_ms(),
+    });
+    record_with::<true>(t, f, trace.as_ref());
+}
+
+#[inline(always)]
+fn record_with<const EX: bool>(t: &Recorder, f: &Finished, trace: Option<&Trace>) {
     let (mc, status) = (t.mc, f.status);
     let class = match f.cut {
         Some(_) => "error",
@@ -343,15 +365,10 @@ pub(crate) fn record(t: &Recorder, f: &Finished) {
     let hist_words = |b: &[f64]| (b.len() + 2) as u8;
     let (bounds, layouts) = (&mc.bounds, &t.zone.layouts);
     let words = hist_words(&bounds.duration);
-    let trace = f.trace.map(|ctx| Trace {
-        ctx,
-        ts_ms: request::now_ms(),
-    });
-    let trace = trace.as_ref();
     if let Some(v) = t.request_series(layouts.duration, words, &f.request, status) {
         observe(v, &bounds.duration, f.duration);
         let kind = (fam::REQUEST, layouts.duration);
-        t.bucket_exemplar(trace, v, kind, &bounds.duration, f.duration);
+        t.bucket_exemplar::<EX>(trace, v, kind, &bounds.duration, f.duration);
     }
 
     let ns = f.namespace();
@@ -366,18 +383,18 @@ pub(crate) fn record(t: &Recorder, f: &Finished) {
         if let Some(v) = t.series(fam::MODEL_REQUEST, layouts.duration, words, &labels) {
             observe(v, &bounds.duration, f.duration);
             let kind = (fam::MODEL_REQUEST, layouts.duration);
-            t.bucket_exemplar(trace, v, kind, &bounds.duration, f.duration);
+            t.bucket_exemplar::<EX>(trace, v, kind, &bounds.duration, f.duration);
         }
         let labels = [Label::bytes(model), Label::bytes(ns)];
         if let Some(ttft) = llm.ttft {
             let words = hist_words(&bounds.ttft);
             if let Some(v) = t.series(fam::TTFT, layouts.ttft, words, &labels) {
                 observe(v, &bounds.ttft, ttft);
-                t.bucket_exemplar(trace, v, (fam::TTFT, layouts.ttft), &bounds.ttft, ttft);
+                t.bucket_exemplar::<EX>(trace, v, (fam::TTFT, layouts.ttft), &bounds.ttft, ttft);
             }
         }
         if let Some(tokens) = &llm.tokens {
-            record_tokens(t, &labels, tokens, f.duration, llm.ttft, trace);
+            record_tokens::<EX>(t, &labels, tokens, f.duration, llm.ttft, trace);
         }
         if let Some(why) = llm.usage_missing {
             let labels = [
@@ -395,7 +412,7 @@ pub(crate) fn record(t: &Recorder, f: &Finished) {
     }
 }
 
-fn record_tokens(
+fn record_tokens<const EX: bool>(
     t: &Recorder,
     labels: &[Label; 2],
     n: &Tokens,
@@ -407,7 +424,7 @@ fn record_tokens(
     let model = labels[0].bytes;
     if let Some(v) = t.series(fam::MODEL_TOKENS, 0, tokens::N_VALUES, labels) {
         let price = mc.prices.get(model);
-        if let Some(tr) = trace {
+        if let (true, Some(tr)) = (EX, trace) {
             let cost = price.map(|p| p.cost(n.input, n.output, n.cached_input, n.cache_write));
             for (slot, value) in [
                 (n.input > 0).then_some(n.input as f64),
@@ -454,7 +471,7 @@ fn record_tokens(
             let tps = n.output as f64 / generation;
             observe(v, &bounds.throughput, tps);
             let kind = (fam::THROUGHPUT, layouts.throughput);
-            t.bucket_exemplar(trace, v, kind, &bounds.throughput, tps);
+            t.bucket_exemplar::<EX>(trace, v, kind, &bounds.throughput, tps);
         }
     }
     // OpenTelemetry GenAI's time per output token: the generation after the first token, per
@@ -464,7 +481,7 @@ fn record_tokens(
         if let Some(v) = t.series(fam::TPOT, layouts.tpot, words, labels) {
             let tpot = generation.max(0.0) / (n.output - 1) as f64;
             observe(v, &bounds.tpot, tpot);
-            t.bucket_exemplar(trace, v, (fam::TPOT, layouts.tpot), &bounds.tpot, tpot);
+            t.bucket_exemplar::<EX>(trace, v, (fam::TPOT, layouts.tpot), &bounds.tpot, tpot);
         }
     }
 }

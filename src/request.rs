@@ -524,9 +524,6 @@ pub struct Finished<'r> {
     /// Seconds, as `$request_time` measures them.
     pub duration: f64,
     pub auto: AutoStatus,
-    /// The trace the request's exemplars carry (`gateway_metrics_exemplars`), when it has a
-    /// valid one.
-    pub trace: Option<TraceContext>,
     /// The model families' part, when the request has a model, tokens or missing usage.
     /// (In the caller's slot: the usual request has none, and then nothing of it is written.)
     pub llm: Option<&'r Llm<'r>>,
@@ -651,11 +648,6 @@ impl<'r> Finished<'r> {
             cut,
             duration: now_ms().saturating_sub(start) as f64 / 1000.0,
             auto: limiter_and_cache_status(rr),
-            trace: if lc.exemplars_on {
-                trace(r, lc)
-            } else {
-                None
-            },
             llm,
         };
         if debug_http(r.log()) {
@@ -666,9 +658,10 @@ impl<'r> Finished<'r> {
 }
 
 /// The request's trace context, from `gateway_metrics_exemplars` (an invalid value: none).
+/// Read apart from [`Finished`]: requests without exemplars never pay for it.
 #[cold]
 #[inline(never)]
-fn trace(r: &Request, lc: &LocConf) -> Option<TraceContext> {
+pub fn trace(r: &Request, lc: &LocConf) -> Option<TraceContext> {
     TraceContext::parse(label(r, &lc.exemplars))
 }
 
