@@ -74,6 +74,8 @@ struct Slicer {
 
 impl Drop for Slicer {
     fn drop(&mut self) {
+        // Finished or not, what the render learnt of the zone serves the next scrape.
+        crate::page::keep_cache(self.render.take_cache());
         // SAFETY: the event is ours; the timer tree and posted queues are the worker's, valid
         // while it runs (a pool is destroyed on the event loop).
         unsafe {
@@ -132,7 +134,7 @@ pub unsafe fn start_slices(
             rr.pool,
             Slicer {
                 r,
-                render: Render::new(&t.store, &spec),
+                render: Render::with_cache(&t.store, &spec, crate::page::take_cache()),
                 ev: std::mem::zeroed(),
                 data: Default::default(),
                 bufs,

@@ -952,8 +952,14 @@ impl<'a> Render<'a> {
 
     /// The cache, for the next render. A render stopped part-way leaves a cache as good as
     /// a complete one.
-    pub fn into_cache(self) -> RenderCache {
-        self.cache
+    pub fn into_cache(mut self) -> RenderCache {
+        self.take_cache()
+    }
+
+    /// [`Render::into_cache`] for a render that is being dropped (it cannot go on after this).
+    pub fn take_cache(&mut self) -> RenderCache {
+        self.stage = self.stages.len();
+        std::mem::take(&mut self.cache)
     }
 
     /// Is the page complete?

@@ -22,17 +22,28 @@ SCRAPES = 20
 VIEWS_OFF = "    gateway_metrics_views -gateway_requests_total -gateway_request_duration_seconds;\n"
 
 
-def timed(port, path, n):
-    """n complete reads of `path`, each on a fresh connection (the clock starts once connected)."""
+def cpu_ns(pid):
+    """CPU time a process has run so far, in ns (the scheduler's figure)."""
+    with open(f"/proc/{pid}/schedstat") as f:
+        return int(f.read().split()[0])
+
+
+def timed(port, path, n, worker=None, cpu=None):
+    """n complete reads of `path`, each on a fresh connection (the clock starts once connected);
+    with `worker` (its pid), the CPU time the worker spent on each is appended to `cpu` (wall
+    clock figures move with the machine's load, this one much less)."""
     raw = gm.request_bytes(path)
     out = []
     for _ in range(n):
         c = gm.Conn(port)
         try:
+            c0 = cpu_ns(worker) if worker else 0
             t0 = time.perf_counter()
             c.sock.sendall(raw)
             st = discard_response(c.sock)
             out.append(time.perf_counter() - t0)
+            if worker:
+                cpu.append((cpu_ns(worker) - c0) / 1e9)
         finally:
             c.close()
         if st != 200:
@@ -83,24 +94,33 @@ def run(ctx):
             size, samples = page["bytes"], page["samples"]
             del page
             say(f"  {views}: {samples:,d} samples, {fmt_b(size)}")
-            floor = mmm(timed(port0, "/page.txt", scrapes))
-            say(f"    client floor (same bytes as a static file):  {fmt_mmm(floor)}")
+            fcpu = []
+            floor = mmm(timed(port0, "/page.txt", scrapes, servers[modules[0][0]].worker_pids()[0],
+                              fcpu))
+            floor["worker_cpu"] = mmm(fcpu)
+            say(f"    client floor (same bytes as a static file):  {fmt_mmm(floor)}  "
+                f"[worker CPU {fmt_mmm(floor['worker_cpu'])}]")
             per = {label: [] for label, _ in modules}
+            cpu = {label: [] for label, _ in modules}
             # Alternating the modules, a few scrapes at a time: machine noise hits both.
             for _ in range(scrapes // 5 or 1):
                 for label, _ in modules:
-                    per[label] += timed(servers[label].port, "/metrics", min(5, scrapes))
+                    srv = servers[label]
+                    per[label] += timed(srv.port, "/metrics", min(5, scrapes),
+                                        srv.worker_pids()[0], cpu[label])
             for label, _ in modules:
                 pt = mmm(per[label])
-                pt.update(bytes=size, samples=samples, floor=floor)
+                pt.update(bytes=size, samples=samples, floor=floor, worker_cpu=mmm(cpu[label]))
                 res["modules"].setdefault(label, {})[views] = pt
                 say(f"    {label:10s} complete scrape: {fmt_mmm(pt)}  (min / median / max; target "
-                    f"<= 30 ms, stable)")
+                    f"<= 30 ms, stable)  [worker CPU {fmt_mmm(pt['worker_cpu'])}]")
             if len(modules) == 2:
                 a, b = (res["modules"][l][views] for l, _ in modules)
                 say(f"    ratio this build / baseline (median): "
-                    f"{ratio(b['median_s'], a['median_s']):.2f}")
-            if views == "default":
+                    f"{ratio(b['median_s'], a['median_s']):.2f}; worker CPU "
+                    f"{ratio(b['worker_cpu']['median_s'], a['worker_cpu']['median_s']):.2f}")
+            # GM_SCRAPE10K_HARM=0: scrape times only (while iterating).
+            if views == "default" and os.environ.get("GM_SCRAPE10K_HARM") != "0":
                 for label, _ in modules:
                     h = harm(ctx, servers[label], script, ctx.p["harm_secs"], ctx.p["harm_reps"])
                     h.pop("runs", None)
