@@ -119,9 +119,10 @@ impl<'o> Encoder<'o> {
         self.out.push(b'\n');
     }
 
-    /// Writes one sample line, `name{labels,extra} value`: every sample of the page goes
-    /// through here. `labels` is a prebuilt label set (see [`push_labels`]); `extra` one more
-    /// label (name, value written as is), e.g. a histogram bucket's `le`.
+    /// Writes one sample line, `name{labels,extra} value`. `labels` is a prebuilt label set
+    /// (see [`push_labels`]); `extra` one more label (name, value written as is), e.g. a
+    /// histogram bucket's `le`. Every sample of the page is written here or by
+    /// [`Encoder::histogram`] (which repeats a bucket line's start), and ends in [`Encoder::end`].
     #[inline]
     pub fn line(
         &mut self,
@@ -153,6 +154,13 @@ impl<'o> Encoder<'o> {
                 out.extend_from_slice(b"} ");
             }
         }
+        self.end(v);
+    }
+
+    /// A sample's value and the end of its line.
+    #[inline]
+    pub fn end(&mut self, v: Value) {
+        let out = &mut *self.out;
         match v {
             Value::U64(v) => push_u64(out, v),
             Value::I64(v) => {
@@ -190,17 +198,29 @@ impl<'o> Encoder<'o> {
         buckets: &[u64],
         sum: f64,
     ) {
+        // The start of a bucket line, `name_bucket{labels,le="`, is written once and copied.
+        let start = self.out.len();
+        self.out.extend_from_slice(name.as_bytes());
+        self.out.extend_from_slice(b"_bucket{");
+        if !labels.is_empty() {
+            self.out.extend_from_slice(labels);
+            self.out.push(b',');
+        }
+        self.out.extend_from_slice(b"le=\"");
+        let head = start..self.out.len();
         let mut cum = 0u64;
         for (i, b) in buckets.iter().enumerate() {
             cum = cum.wrapping_add(*b);
+            if i > 0 {
+                self.out.extend_from_within(head.clone());
+            }
             let le = le.get(i).map_or("+Inf", |s| s.as_str());
-            self.line(
-                name,
-                "_bucket",
-                labels,
-                Some(("le", le.as_bytes())),
-                Value::U64(cum),
-            );
+            self.out.extend_from_slice(le.as_bytes());
+            self.out.extend_from_slice(b"\"} ");
+            self.end(Value::U64(cum));
+        }
+        if buckets.is_empty() {
+            self.out.truncate(start);
         }
         self.line(name, "_sum", labels, None, Value::F64(sum));
         self.line(name, "_count", labels, None, Value::U64(cum));
