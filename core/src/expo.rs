@@ -90,10 +90,12 @@ pub fn push_labels(out: &mut Vec<u8>, names: &[&str], values: &[&[u8]]) {
 
 /// A sample's value.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Value {
+pub enum Value<'a> {
     U64(u64),
     I64(i64),
     F64(f64),
+    /// A float already formatted by [`push_f64`] (kept from an earlier page).
+    Text(&'a [u8]),
 }
 
 /// Writes families and samples into a byte buffer.
@@ -170,6 +172,7 @@ impl<'o> Encoder<'o> {
                 push_u64(out, v.unsigned_abs());
             }
             Value::F64(v) => push_f64(out, v),
+            Value::Text(t) => out.extend_from_slice(t),
         }
         out.push(b'\n');
     }
@@ -196,7 +199,7 @@ impl<'o> Encoder<'o> {
         labels: &[u8],
         le: &[String],
         buckets: &[u64],
-        sum: f64,
+        sum: Value,
     ) {
         // The start of a bucket line, `name_bucket{labels,le="`, is written once and copied.
         let start = self.out.len();
@@ -222,7 +225,7 @@ impl<'o> Encoder<'o> {
         if buckets.is_empty() {
             self.out.truncate(start);
         }
-        self.line(name, "_sum", labels, None, Value::F64(sum));
+        self.line(name, "_sum", labels, None, sum);
         self.line(name, "_count", labels, None, Value::U64(cum));
     }
 }
@@ -281,7 +284,7 @@ mod tests {
             &l,
             &["0.1".into(), "1".into()],
             &[1, 0, 2],
-            3.5,
+            Value::F64(3.5),
         );
         assert_eq!(
             String::from_utf8(o).unwrap(),
@@ -300,7 +303,7 @@ mod tests {
         let mut e = Encoder::new(&mut o);
         e.sample_u64("up", b"", 1);
         e.sample_i64("g", b"", -2);
-        e.histogram("h", b"", &["1".into()], &[0, 0], 0.0);
+        e.histogram("h", b"", &["1".into()], &[0, 0], Value::Text(b"0"));
         assert_eq!(
             String::from_utf8(o).unwrap(),
             "up 1\ng -2\nh_bucket{le=\"1\"} 0\nh_bucket{le=\"+Inf\"} 0\nh_sum 0\nh_count 0\n"

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::buckets::{format_bound, Histogram, Histograms};
 use crate::catalogue::{self, fam, families, tokens, Family, Views};
-use crate::expo::{push_labels, Encoder, MetricType, Value};
+use crate::expo::{push_f64, push_labels, Encoder, MetricType, Value};
 use crate::labels::{split_key, SEP};
 use crate::store::{load_f64, DropReason, Entry, KeyWords, SelfCounter, Store};
 
@@ -313,6 +313,39 @@ struct ViewCache {
     keys: Vec<u8>,
     text: Vec<u8>,
     groups: Vec<GroupSpan>,
+    floats: Floats,
+}
+
+/// Per group: the last float shown (bits) and its text, up to 31 bytes: a value that did not
+/// change since the last scrape (most series, between two scrapes) is not formatted again.
+#[derive(Default)]
+struct Floats {
+    slots: Vec<(u64, u8, [u8; 31])>,
+    tmp: Vec<u8>,
+}
+
+impl Floats {
+    /// Float `bits` of group `g` as a value to write: its text from the last scrape if
+    /// unchanged.
+    fn value(&mut self, g: u32, bits: u64) -> Value<'_> {
+        let gi = g as usize;
+        if self.slots.len() <= gi {
+            self.slots.resize(gi + 1, (0, 0, [0; 31]));
+        }
+        let e = &mut self.slots[gi];
+        if e.1 == 0 || e.0 != bits {
+            self.tmp.clear();
+            push_f64(&mut self.tmp, f64::from_bits(bits));
+            let n = self.tmp.len();
+            if n > e.2.len() {
+                return Value::F64(f64::from_bits(bits));
+            }
+            e.0 = bits;
+            e.1 = n as u8;
+            e.2[..n].copy_from_slice(&self.tmp);
+        }
+        Value::Text(&e.2[..usize::from(e.1)])
+    }
 }
 
 /// Where a group's projected key and label set are, and the next group of the same hash.
@@ -381,7 +414,8 @@ impl ViewCache {
     }
 
     fn bytes(&self) -> usize {
-        self.ids.capacity() * 8
+        self.floats.slots.capacity() * 40
+            + self.ids.capacity() * 8
             + self.group_of.capacity() * 4
             + self.index.capacity() * 16
             + self.keys.capacity()
@@ -580,7 +614,7 @@ fn sum_histograms(
 /// `cur` on; true once all are written.
 fn emit_histograms(
     enc: &mut Encoder,
-    vc: &ViewCache,
+    vc: &mut ViewCache,
     w: &mut Scratch,
     name: &str,
     cur: &mut usize,
@@ -593,19 +627,31 @@ fn emit_histograms(
         }
         spend(left, nb + 2);
         let a = w.sums.vals(g);
-        enc.histogram(name, vc.text(g), &w.le, &a[..nb], f64::from_bits(a[nb]));
+        let sum = vc.floats.value(g, a[nb]);
+        let (s, l) = vc.groups[g as usize].text;
+        enc.histogram(name, &vc.text[s..s + l], &w.le, &a[..nb], sum);
         *cur += 1;
     }
     true
 }
 
+/// How a group's first word is shown.
+#[derive(Clone, Copy)]
+enum Show {
+    U64,
+    /// In-flight gauges.
+    I64,
+    /// f64 bits.
+    F64,
+}
+
 /// Writes one line per group summed in `w.sums` (the first word of each), from `cur` on.
 fn emit_lines(
     enc: &mut Encoder,
-    vc: &ViewCache,
+    vc: &mut ViewCache,
     w: &Scratch,
     name: &str,
-    value: impl Fn(u64) -> Value,
+    show: Show,
     cur: &mut usize,
     left: &mut usize,
 ) -> bool {
@@ -614,7 +660,14 @@ fn emit_lines(
             return false;
         }
         *left -= 1;
-        enc.line(name, "", vc.text(g), None, value(w.sums.vals(g)[0]));
+        let v = w.sums.vals(g)[0];
+        let (s, l) = vc.groups[g as usize].text;
+        let value = match show {
+            Show::U64 => Value::U64(v),
+            Show::I64 => Value::I64(v as i64),
+            Show::F64 => vc.floats.value(g, v),
+        };
+        enc.line(name, "", &vc.text[s..s + l], None, value);
         *cur += 1;
     }
     true
@@ -1051,7 +1104,7 @@ impl<'a> Render<'a> {
             *phase = 1;
             *cur = 0;
         }
-        emit_lines(enc, vc, w, v.def.name, Value::U64, cur, left)
+        emit_lines(enc, vc, w, v.def.name, Show::U64, cur, left)
     }
 
     fn histogram(
@@ -1142,7 +1195,7 @@ impl<'a> Render<'a> {
             *phase = 1;
             *cur = 0;
         }
-        emit_lines(enc, vc, w, def.name, |v| Value::I64(v as i64), cur, left)
+        emit_lines(enc, vc, w, def.name, Show::I64, cur, left)
     }
 
     /// `namespace_tokens_total`: one group per namespace and token type; cached_input and
@@ -1248,15 +1301,7 @@ impl<'a> Render<'a> {
             *phase = 1;
             *cur = 0;
         }
-        emit_lines(
-            enc,
-            vc,
-            w,
-            def.name,
-            |v| Value::F64(f64::from_bits(v)),
-            cur,
-            left,
-        )
+        emit_lines(enc, vc, w, def.name, Show::F64, cur, left)
     }
 
     /// A declared family: one line (or one histogram) per stored series.
@@ -1342,15 +1387,7 @@ impl<'a> Render<'a> {
             *phase = 2;
             *cur = 0;
         }
-        emit_lines(
-            enc,
-            vc,
-            w,
-            &f.name,
-            |v| Value::F64(f64::from_bits(v)),
-            cur,
-            left,
-        )
+        emit_lines(enc, vc, w, &f.name, Show::F64, cur, left)
     }
 
     /// The zone's own figures (a fixed number of lines).
