@@ -80,7 +80,7 @@ pub fn fill<L: InsertLock + ?Sized>(store: &Store, lock: &L, max_series: u64, ro
             1 => "back\\slash\nnl".to_string(),
             _ => format!("ns{}", j % 13),
         };
-        let up = if j % 5 == 0 {
+        let up = if j.is_multiple_of(5) {
             String::new()
         } else {
             format!("up{}", j % 3)
@@ -88,7 +88,7 @@ pub fn fill<L: InsertLock + ?Sized>(store: &Store, lock: &L, max_series: u64, ro
         let st = statuses[(j % 7) as usize];
         let cut = cuts[(j % 5) as usize];
         let ep = format!("/v1/e{}", j % 4);
-        let method = if j % 2 == 0 { "POST" } else { "GET" };
+        let method = if j.is_multiple_of(2) { "POST" } else { "GET" };
         let layout = if j % 9 == 4 { old } else { cur };
         let n = if layout == old { OLD_BOUNDS.len() } else { nb };
         let kind = SeriesKind {
@@ -113,7 +113,7 @@ pub fn fill<L: InsertLock + ?Sized>(store: &Store, lock: &L, max_series: u64, ro
         if let Some(v) = put(tk, &[&model, &ns]) {
             add_u64(&v[tokens::INPUT], 10 + j);
             add_u64(&v[tokens::OUTPUT], 3 * j);
-            if j % 4 == 0 {
+            if j.is_multiple_of(4) {
                 add_u64(&v[tokens::REASONING], j);
             }
             set_f64(&v[tokens::COST], j as f64 * 0.0013);
