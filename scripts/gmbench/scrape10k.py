@@ -114,6 +114,16 @@ def run(ctx):
                 res["modules"].setdefault(label, {})[views] = pt
                 say(f"    {label:10s} complete scrape: {fmt_mmm(pt)}  (min / median / max; target "
                     f"<= 30 ms, stable)  [worker CPU {fmt_mmm(pt['worker_cpu'])}]")
+            # The test harness's client (gmharness.scrape_timed: counts the lines and keeps the
+            # page) on the same server: what the client alone adds to a figure.
+            hc = []
+            for _ in range(min(5, scrapes)):
+                t0 = time.perf_counter()
+                gm.scrape_timed(servers[modules[-1][0]].port).pop("body")
+                hc.append(time.perf_counter() - t0)
+            res["modules"][modules[-1][0]][views]["harness_client"] = mmm(hc)
+            say(f"    {modules[-1][0]:10s} read by the harness's client (gm.scrape_timed, "
+                f"{len(hc)} scrapes): {fmt_mmm(mmm(hc))}")
             if len(modules) == 2:
                 a, b = (res["modules"][l][views] for l, _ in modules)
                 say(f"    ratio this build / baseline (median): "
