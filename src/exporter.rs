@@ -13,6 +13,7 @@ use nginx_sys::*;
 
 use crate::conf::main_conf;
 use crate::error::HandlerError;
+use crate::page::requested_format;
 #[cfg(ngx_feature = "threads")]
 use crate::render_pool::render_in_pool;
 use crate::request::Target;
@@ -56,10 +57,12 @@ unsafe fn export(r: *mut ngx_http_request_t) -> Result<ngx_int_t, HandlerError> 
         let t: Target<'static> = main_conf(&*r)
             .and_then(Target::of)
             .ok_or(HandlerError::ZoneUnavailable)?;
+        // The format the scraper asks for: OpenMetrics (Prometheus' default) or the text format.
+        let format = requested_format(&*r);
         #[cfg(ngx_feature = "threads")]
-        if let Some(rc) = render_in_pool(r, &t) {
+        if let Some(rc) = render_in_pool(r, &t, format) {
             return Ok(rc);
         }
-        start_slices(r, &t)
+        start_slices(r, &t, format)
     }
 }

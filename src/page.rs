@@ -4,27 +4,49 @@
 use std::ptr;
 use std::sync::Mutex;
 
-use gateway_metrics_core::expo::CONTENT_TYPE;
+use gateway_metrics_core::format::Format;
 use gateway_metrics_core::render::{NginxStats, RenderCache, RenderSpec};
 use nginx_sys::*;
 
 use crate::conf::MainConf;
 use crate::zone::{pid_alive, ZoneCtx};
 
-/// Sets the status and header fields of the page; `length`: the Content-Length, if known.
+/// The format the scraper asks for in its `Accept` header (the first one; none: the text
+/// format).
+pub fn requested_format(r: &ngx_http_request_t) -> Format {
+    let mut part: *const ngx_list_part_t = &r.headers_in.headers.part;
+    // SAFETY: the header list, its parts and strings live in the request pool.
+    unsafe {
+        while let Some(p) = part.as_ref() {
+            let elts = p.elts as *const ngx_table_elt_t;
+            for i in 0..p.nelts {
+                let h = &*elts.add(i);
+                if h.hash != 0 && h.key.as_bytes().eq_ignore_ascii_case(b"accept") {
+                    return Format::negotiate(h.value.as_bytes());
+                }
+            }
+            part = p.next;
+        }
+    }
+    Format::Text
+}
+
+/// Sets the status and header fields of the page in `format`; `length`: the Content-Length,
+/// if known.
 ///
 /// # Safety
 /// `r` must be a live request.
-pub unsafe fn set_headers(r: *mut ngx_http_request_t, length: Option<usize>) {
-    // SAFETY: forwarded contract; CONTENT_TYPE is static.
+pub unsafe fn set_headers(r: *mut ngx_http_request_t, length: Option<usize>, format: Format) {
+    // SAFETY: forwarded contract; the content type is static.
     let rr = unsafe { &mut *r };
+    let content_type = format.content_type();
     rr.headers_out.status = NGX_HTTP_OK as ngx_uint_t;
     rr.headers_out.content_type = ngx_str_t {
-        len: CONTENT_TYPE.len(),
-        data: CONTENT_TYPE.as_ptr() as *mut u8,
+        len: content_type.len(),
+        data: content_type.as_ptr() as *mut u8,
     };
     // Up to ';': what gzip_types and friends compare against.
-    rr.headers_out.content_type_len = "text/plain".len();
+    rr.headers_out.content_type_len = content_type.find(';').unwrap_or(content_type.len());
     rr.headers_out.content_type_lowcase = ptr::null_mut();
     // A response that names its charset is left alone by the charset filter (`charset`,
     // `source_charset`): the page stays UTF-8 and its Content-Type whole. (The header filter
@@ -36,10 +58,11 @@ pub unsafe fn set_headers(r: *mut ngx_http_request_t, length: Option<usize>) {
     rr.headers_out.content_length_n = length.map_or(-1, |l| l as off_t);
 }
 
-/// What the renderer needs, from the configuration and the zone.
-pub fn page_spec<'a>(mc: &'a MainConf, zone: &'a ZoneCtx) -> RenderSpec<'a> {
+/// What the renderer needs, from the configuration and the zone, for a page in `format`.
+pub fn page_spec<'a>(mc: &'a MainConf, zone: &'a ZoneCtx, format: Format) -> RenderSpec<'a> {
     RenderSpec {
         views: mc.views,
+        format,
         ..RenderSpec::new(
             &zone.name,
             mc.max_series,

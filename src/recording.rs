@@ -332,9 +332,6 @@ impl Trace {
     }
 }
 
-/// Exemplar slots of a `MODEL_TOKENS` series: input tokens, output tokens, cost.
-pub const TOKEN_EXEMPLARS: [usize; 3] = [tokens::INPUT, tokens::OUTPUT, tokens::COST];
-
 /// Records a finished request: one stored series update for the request families, plus the
 /// model, token and automatic limiter/cache events when there are any.
 #[inline(always)]
@@ -348,10 +345,12 @@ pub(crate) fn record(t: &Recorder, f: &Finished) {
 #[cold]
 #[inline(never)]
 pub(crate) fn record_traced(t: &Recorder, f: &Finished, trace: Option<TraceContext>) {
-    let trace = trace.map(|ctx| Trace {
-        ctx,
-        ts_ms: request::now_ms(),
-    });
+    // The zone's clock (a series' creation time is read from it too), not nginx's cached
+    // time, which may be a few milliseconds behind.
+    let ts_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let trace = trace.map(|ctx| Trace { ctx, ts_ms });
     record_with::<true>(t, f, trace.as_ref());
 }
 
@@ -435,7 +434,7 @@ fn record_tokens<const EX: bool>(
             .enumerate()
             {
                 if let Some(value) = value {
-                    let slots = (TOKEN_EXEMPLARS.len(), slot);
+                    let slots = (tokens::EXEMPLAR_SLOTS.len(), slot);
                     t.exemplar(v, (fam::MODEL_TOKENS, 0), slots, tr.at(value));
                 }
             }

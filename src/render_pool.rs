@@ -6,6 +6,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::ptr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use gateway_metrics_core::format::Format;
 use gateway_metrics_core::render::render_cached;
 use gateway_metrics_core::store::Store;
 use nginx_sys::*;
@@ -20,11 +21,15 @@ use crate::zone::ZoneCtx;
 ///
 /// # Safety
 /// `r` must be a live request.
-unsafe fn send_page(r: *mut ngx_http_request_t, body: Vec<u8>) -> Result<ngx_int_t, HandlerError> {
+unsafe fn send_page(
+    r: *mut ngx_http_request_t,
+    body: Vec<u8>,
+    format: Format,
+) -> Result<ngx_int_t, HandlerError> {
     // SAFETY: forwarded contract; buffers handed to nginx live in the request pool.
     unsafe {
         let rr = &mut *r;
-        set_headers(r, Some(body.len()));
+        set_headers(r, Some(body.len()), format);
         let rc = ngx_http_send_header(r);
         if rc == NGX_ERROR as ngx_int_t || rc > NGX_OK as ngx_int_t || rr.header_only() != 0 {
             return Ok(rc);
@@ -57,6 +62,7 @@ struct RenderJob {
     mc: *const MainConf,
     zone: *const ZoneCtx,
     out: Vec<u8>,
+    format: Format,
     /// Set on the event loop when the thread has finished; until then write events on the
     /// connection (it may be writable at any time) must not send anything.
     done: bool,
@@ -66,7 +72,11 @@ struct RenderJob {
 ///
 /// # Safety
 /// `r` must be a live request in its content phase.
-pub unsafe fn render_in_pool(r: *mut ngx_http_request_t, t: &Target) -> Option<ngx_int_t> {
+pub unsafe fn render_in_pool(
+    r: *mut ngx_http_request_t,
+    t: &Target,
+    format: Format,
+) -> Option<ngx_int_t> {
     if t.mc.render_pool.is_null() {
         return None;
     }
@@ -80,6 +90,7 @@ pub unsafe fn render_in_pool(r: *mut ngx_http_request_t, t: &Target) -> Option<n
                 mc: t.mc,
                 zone: t.zone,
                 out: Vec::new(),
+                format,
                 done: false,
             },
         );
@@ -116,7 +127,7 @@ unsafe extern "C" fn render_task(data: *mut std::ffi::c_void, _log: *mut ngx_log
     let out = catch_unwind(AssertUnwindSafe(|| {
         // SAFETY: the confs and the zone ctx outlive the cycle's requests.
         let (mc, zone) = unsafe { (&*job.mc, &*job.zone) };
-        zone.store().map(|s| render_page(mc, zone, &s))
+        zone.store().map(|s| render_page(mc, zone, &s, job.format))
     }));
     job.out = out.ok().flatten().unwrap_or_default();
 }
@@ -183,7 +194,7 @@ unsafe extern "C" fn send_rendered(r: *mut ngx_http_request_t) {
             NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t
         } else {
             let body = std::mem::take(&mut (*job).out);
-            send_page(r, body).unwrap_or_else(|e| e.status())
+            send_page(r, body, (*job).format).unwrap_or_else(|e| e.status())
         };
         ngx_http_finalize_request(r, rc);
     }
@@ -193,8 +204,8 @@ unsafe extern "C" fn send_rendered(r: *mut ngx_http_request_t) {
 static LAST_PAGE_BYTES: AtomicUsize = AtomicUsize::new(0);
 
 /// Renders the whole page (in a pool thread).
-fn render_page(mc: &MainConf, zone: &ZoneCtx, store: &Store) -> Vec<u8> {
-    let spec = page_spec(mc, zone);
+fn render_page(mc: &MainConf, zone: &ZoneCtx, store: &Store, format: Format) -> Vec<u8> {
+    let spec = page_spec(mc, zone, format);
     // Reserve what the last page needed (plus margin): growing a multi-megabyte Vec by doubling
     // costs more than rendering it.
     let hint = LAST_PAGE_BYTES.load(Ordering::Relaxed);

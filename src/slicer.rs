@@ -7,6 +7,7 @@ use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::ptr;
 
+use gateway_metrics_core::format::Format;
 use gateway_metrics_core::render::Render;
 use nginx_sys::*;
 
@@ -97,11 +98,12 @@ impl Drop for Slicer {
 pub unsafe fn start_slices(
     r: *mut ngx_http_request_t,
     t: &Target<'static>,
+    format: Format,
 ) -> Result<ngx_int_t, HandlerError> {
     // SAFETY: forwarded contract. The Slicer and its buffer headers live in the request pool.
     unsafe {
         let rr = &mut *r;
-        set_headers(r, None);
+        set_headers(r, None, format);
         let rc = ngx_http_send_header(r);
         if rc == NGX_ERROR as ngx_int_t || rc > NGX_OK as ngx_int_t || rr.header_only() != 0 {
             return Ok(rc);
@@ -129,7 +131,7 @@ pub unsafe fn start_slices(
                 return Err(HandlerError::Aborted);
             }
         }
-        let spec = page_spec(t.mc, t.zone);
+        let spec = page_spec(t.mc, t.zone, format);
         let s = crate::boundary::pool_alloc(
             rr.pool,
             Slicer {

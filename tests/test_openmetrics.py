@@ -260,19 +260,25 @@ def test_prometheus_stores_and_serves_the_exemplars():
         try:
             p.ready()
             start = time.time() - 60
-            for i in range(1, 4):
-                assert get(n, "/v1/x", {"X-Namespace": "prom", "traceparent": tp(i)})[0] == 200
-            assert get(n, "/llm/chat", {"X-Namespace": "prom", "traceparent": tp(42)})[0] == 200
-            settle(n, lambda m: m.total("http_requests_total") >= 4)
 
             def traces(expr):
                 data = p.query_exemplars(expr, start, time.time() + 60) or []
                 return {e["labels"]["trace_id"] for s in data for e in s["exemplars"]}
 
+            # A bucket shows its latest exemplar: Prometheus keeps each one it scraped. One
+            # request at a time, each seen by Prometheus before the next.
+            expr = 'http_request_duration_seconds_bucket{namespace="prom"}'
+            for i in range(1, 4):
+                assert get(n, "/v1/x", {"X-Namespace": "prom", "traceparent": tp(i)})[0] == 200
+                wait_for(lambda: traces(expr), lambda t, i=i: f"{i:032x}" in t, timeout=30,
+                         what=f"exemplar {i} in Prometheus")
+            assert get(n, "/llm/chat", {"X-Namespace": "prom", "traceparent": tp(42)})[0] == 200
             want = {f"{i:032x}" for i in (1, 2, 3, 42)}
-            got = wait_for(lambda: traces('http_request_duration_seconds_bucket{namespace="prom"}'),
-                           lambda t: want <= t, timeout=30, what="exemplars in Prometheus")
+            got = wait_for(lambda: traces(expr), lambda t: want <= t, timeout=30,
+                           what="exemplars in Prometheus")
             assert want <= got
+            # Counters carry them too.
+            assert f"{3:032x}" in traces('http_requests_total{namespace="prom"}')
             # The same request's trace on the model families, as the dashboard queries them.
             assert wait_for(lambda: traces('model_time_to_first_token_seconds_bucket')
                             | traces('model_request_duration_seconds_bucket{namespace="prom"}'),

@@ -93,6 +93,7 @@ fn main() {
             views: Default::default(),
             nginx: None,
             alive: None,
+            format: Default::default(),
         };
         let cached_only = std::env::args().any(|a| a == "--cached");
         let runs = if cached_only {

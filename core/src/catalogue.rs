@@ -210,6 +210,9 @@ pub mod tokens {
     /// keeps its first five slots' meaning).
     pub const CACHE_WRITE: usize = 5;
     pub const N_VALUES: u8 = 6;
+    /// The exemplar slots of a token series, in order: the input tokens, the output tokens and
+    /// the cost a request added.
+    pub const EXEMPLAR_SLOTS: [usize; 3] = [INPUT, OUTPUT, COST];
     /// The `token_type` label of each count slot, in `namespace_tokens_total`'s order; the
     /// last three only appear once some were reported (they are parts of input and output).
     pub const TYPES: [(usize, &str); 5] = [

@@ -189,6 +189,46 @@ pub fn read(slot: &[AtomicU64]) -> Option<Exemplar> {
     None
 }
 
+/// Words of an exemplar packed into a renderer's sums ([`pack`], [`unpack`]): time (0: none),
+/// trace id (2), span id, value.
+pub const PACKED_WORDS: usize = 5;
+
+/// An exemplar as [`PACKED_WORDS`] plain words.
+pub fn pack(e: &Exemplar) -> [u64; PACKED_WORDS] {
+    let [hi, lo, span, value, ts] = words_of(e);
+    [ts, hi, lo, span, value]
+}
+
+/// The exemplar of packed words (`None`: time 0, no exemplar).
+pub fn unpack(w: &[u64]) -> Option<Exemplar> {
+    let &[ts, hi, lo, span, value] = w.get(..PACKED_WORDS)? else {
+        return None;
+    };
+    if ts == 0 {
+        return None;
+    }
+    let mut trace_id = [0u8; 16];
+    trace_id[..8].copy_from_slice(&hi.to_be_bytes());
+    trace_id[8..].copy_from_slice(&lo.to_be_bytes());
+    Some(Exemplar {
+        trace: TraceContext {
+            trace_id,
+            span_id: span.to_be_bytes(),
+        },
+        value: f64::from_bits(value),
+        ts_ms: ts,
+    })
+}
+
+/// Keeps in the packed words `into` the later of what they hold and `e`.
+pub fn merge_latest(into: &mut [u64], e: &Exemplar) {
+    if let Some(w) = into.get_mut(..PACKED_WORDS) {
+        if e.ts_ms > w[0] {
+            w.copy_from_slice(&pack(e));
+        }
+    }
+}
+
 /// The latest of two exemplars (by timestamp).
 pub fn latest(a: Option<Exemplar>, b: Option<Exemplar>) -> Option<Exemplar> {
     match (a, b) {
@@ -218,12 +258,7 @@ pub fn push(out: &mut Vec<u8>, e: &Exemplar, value: f64) {
     out.extend_from_slice(b"\"} ");
     crate::expo::push_f64(out, value);
     out.push(b' ');
-    crate::expo::push_u64(out, e.ts_ms / 1000);
-    let ms = e.ts_ms % 1000;
-    out.push(b'.');
-    out.push(b'0' + (ms / 100) as u8);
-    out.push(b'0' + (ms / 10 % 10) as u8);
-    out.push(b'0' + (ms % 10) as u8);
+    crate::expo::push_millis(out, e.ts_ms);
 }
 
 #[cfg(test)]
@@ -370,6 +405,22 @@ mod tests {
         assert!(seen > 0);
         let last = read(&slot).expect("the last write left a whole exemplar");
         assert_eq!(last, of(last.value as u64));
+    }
+
+    #[test]
+    fn packed_words_round_trip_and_merge_the_latest() {
+        let e = |ts| Exemplar {
+            trace: TraceContext::parse(TP).unwrap(),
+            value: 0.5,
+            ts_ms: ts,
+        };
+        assert_eq!(unpack(&pack(&e(7))), Some(e(7)));
+        let mut w = [0u64; PACKED_WORDS];
+        assert_eq!(unpack(&w), None);
+        merge_latest(&mut w, &e(9));
+        merge_latest(&mut w, &e(8));
+        assert_eq!(unpack(&w), Some(e(9)));
+        assert_eq!(unpack(&w[..3]), None);
     }
 
     #[test]

@@ -1,5 +1,8 @@
-//! Low-level writer of the Prometheus text exposition format (version 0.0.4).
+//! Low-level writer of the exposition formats: the Prometheus text format (version 0.0.4) and
+//! OpenMetrics 1.0.0 (the same lines, plus counter families named without `_total`, `# UNIT`,
+//! `_created` samples, exemplars and `# EOF`).
 
+use crate::exemplar::Exemplar;
 use crate::labels::{escape_help, escape_label_value};
 
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -75,6 +78,16 @@ pub fn push_f64(out: &mut Vec<u8>, v: f64) {
     }
 }
 
+/// Appends Unix milliseconds as seconds with three decimals (`1700000000.123`).
+pub fn push_millis(out: &mut Vec<u8>, ms: u64) {
+    push_u64(out, ms / 1000);
+    let frac = ms % 1000;
+    out.push(b'.');
+    out.push(b'0' + (frac / 100) as u8);
+    out.push(b'0' + (frac / 10 % 10) as u8);
+    out.push(b'0' + (frac % 10) as u8);
+}
+
 /// Builds the inside of a label set, `a="x",b="y"`, escaping values.
 pub fn push_labels(out: &mut Vec<u8>, names: &[&str], values: &[&[u8]]) {
     for (i, (n, v)) in names.iter().zip(values).enumerate() {
@@ -98,27 +111,106 @@ pub enum Value<'a> {
     Text(&'a [u8]),
 }
 
+/// The unit OpenMetrics' `# UNIT` gives a family, from its name's suffix.
+pub fn unit_of(family: &str) -> Option<&'static str> {
+    ["seconds", "bytes", "usd"].into_iter().find(|u| {
+        family
+            .strip_suffix(u)
+            .is_some_and(|rest| rest.len() > 1 && rest.ends_with('_'))
+    })
+}
+
+/// What OpenMetrics adds to a series: its creation time and exemplars.
+#[derive(Clone, Copy, Default)]
+pub struct SeriesExtras<'x> {
+    /// When the series was created, Unix milliseconds (0: unknown, no `_created` line).
+    pub created_ms: u64,
+    /// The exemplar of each bucket (histograms; `None`: none there) or of the counter (one).
+    pub exemplars: &'x [Option<(Exemplar, f64)>],
+}
+
 /// Writes families and samples into a byte buffer.
 pub struct Encoder<'o> {
     pub out: &'o mut Vec<u8>,
+    /// OpenMetrics rather than the text format.
+    pub om: bool,
+}
+
+/// A counter's family name in OpenMetrics: its sample name without `_total`.
+pub fn om_family(name: &str, t: MetricType) -> &str {
+    match t {
+        MetricType::Counter => name.strip_suffix("_total").unwrap_or(name),
+        _ => name,
+    }
 }
 
 impl<'o> Encoder<'o> {
     pub fn new(out: &'o mut Vec<u8>) -> Self {
-        Encoder { out }
+        Encoder { out, om: false }
     }
 
-    /// `# HELP` and `# TYPE` lines; call once per family, before its samples.
+    /// An encoder of OpenMetrics (`om`) or of the text format.
+    pub fn with_format(out: &'o mut Vec<u8>, om: bool) -> Self {
+        Encoder { out, om }
+    }
+
+    /// `# HELP` and `# TYPE` lines (and `# UNIT` in OpenMetrics where the name ends in a unit);
+    /// call once per family, before its samples.
     pub fn family(&mut self, name: &str, help: &str, t: MetricType) {
+        let name = if self.om { om_family(name, t) } else { name };
         self.out.extend_from_slice(b"# HELP ");
         self.out.extend_from_slice(name.as_bytes());
         self.out.push(b' ');
-        escape_help(self.out, help);
+        if self.om {
+            // OpenMetrics' HELP is an escaped string: quotes are escaped too.
+            for part in help.split('"').enumerate() {
+                if part.0 > 0 {
+                    self.out.extend_from_slice(b"\\\"");
+                }
+                escape_help(self.out, part.1);
+            }
+        } else {
+            escape_help(self.out, help);
+        }
         self.out.extend_from_slice(b"\n# TYPE ");
         self.out.extend_from_slice(name.as_bytes());
         self.out.push(b' ');
         self.out.extend_from_slice(t.as_str().as_bytes());
         self.out.push(b'\n');
+        if let (true, Some(unit)) = (self.om, unit_of(name)) {
+            self.out.extend_from_slice(b"# UNIT ");
+            self.out.extend_from_slice(name.as_bytes());
+            self.out.push(b' ');
+            self.out.extend_from_slice(unit.as_bytes());
+            self.out.push(b'\n');
+        }
+    }
+
+    /// OpenMetrics' `_created` line of a series of the family `base` (its OpenMetrics name),
+    /// when its creation time is known; nothing in the text format.
+    pub fn created(&mut self, base: &str, labels: &[u8], created_ms: u64) {
+        if !self.om || created_ms == 0 {
+            return;
+        }
+        let out = &mut *self.out;
+        out.extend_from_slice(base.as_bytes());
+        out.extend_from_slice(b"_created");
+        if labels.is_empty() {
+            out.push(b' ');
+        } else {
+            out.push(b'{');
+            out.extend_from_slice(labels);
+            out.extend_from_slice(b"} ");
+        }
+        push_millis(out, created_ms);
+        out.push(b'\n');
+    }
+
+    /// The page's last line: `# EOF` in OpenMetrics, nothing in the text format.
+    pub fn eof(&mut self) {
+        if self.om {
+            self.out.extend_from_slice(b"# EOF\n");
+        }
     }
 
     /// Writes one sample line, `name{labels,extra} value`. `labels` is a prebuilt label set
@@ -133,6 +225,21 @@ impl<'o> Encoder<'o> {
         labels: &[u8],
         extra: Option<(&str, &[u8])>,
         v: Value,
+    ) {
+        self.line_ex(name, suffix, labels, extra, v, None);
+    }
+
+    /// [`Encoder::line`] with an exemplar (its exemplar and the value it shows), written in
+    /// OpenMetrics only.
+    #[inline]
+    pub fn line_ex(
+        &mut self,
+        name: &str,
+        suffix: &str,
+        labels: &[u8],
+        extra: Option<(&str, &[u8])>,
+        v: Value,
+        ex: Option<(Exemplar, f64)>,
     ) {
         let out = &mut *self.out;
         out.extend_from_slice(name.as_bytes());
@@ -156,12 +263,18 @@ impl<'o> Encoder<'o> {
                 out.extend_from_slice(b"} ");
             }
         }
-        self.end(v);
+        self.end_ex(v, ex);
     }
 
     /// A sample's value and the end of its line.
     #[inline]
     pub fn end(&mut self, v: Value) {
+        self.end_ex(v, None);
+    }
+
+    /// [`Encoder::end`] with an exemplar (OpenMetrics only).
+    #[inline]
+    pub fn end_ex(&mut self, v: Value, ex: Option<(Exemplar, f64)>) {
         let out = &mut *self.out;
         match v {
             Value::U64(v) => push_u64(out, v),
@@ -173,6 +286,9 @@ impl<'o> Encoder<'o> {
             }
             Value::F64(v) => push_f64(out, v),
             Value::Text(t) => out.extend_from_slice(t),
+        }
+        if let (true, Some((e, shown))) = (self.om, ex) {
+            crate::exemplar::push(out, &e, shown);
         }
         out.push(b'\n');
     }
@@ -201,6 +317,20 @@ impl<'o> Encoder<'o> {
         buckets: &[u64],
         sum: Value,
     ) {
+        self.histogram_ex(name, labels, le, buckets, sum, SeriesExtras::default());
+    }
+
+    /// [`Encoder::histogram`] with what OpenMetrics adds: the buckets' exemplars and the
+    /// `_created` line.
+    pub fn histogram_ex(
+        &mut self,
+        name: &str,
+        labels: &[u8],
+        le: &[String],
+        buckets: &[u64],
+        sum: Value,
+        x: SeriesExtras,
+    ) {
         // The start of a bucket line, `name_bucket{labels,le="`, is written once and copied.
         let start = self.out.len();
         self.out.extend_from_slice(name.as_bytes());
@@ -220,13 +350,14 @@ impl<'o> Encoder<'o> {
             let le = le.get(i).map_or("+Inf", |s| s.as_str());
             self.out.extend_from_slice(le.as_bytes());
             self.out.extend_from_slice(b"\"} ");
-            self.end(Value::U64(cum));
+            self.end_ex(Value::U64(cum), x.exemplars.get(i).copied().flatten());
         }
         if buckets.is_empty() {
             self.out.truncate(start);
         }
         self.line(name, "_sum", labels, None, sum);
         self.line(name, "_count", labels, None, Value::U64(cum));
+        self.created(name, labels, x.created_ms);
     }
 }
 

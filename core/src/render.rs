@@ -8,11 +8,13 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::buckets::{format_bound, Histogram, Histograms};
+use crate::buckets::{format_bound, format_bound_canonical, Histogram, Histograms};
 use crate::catalogue::{self, fam, families, tokens, Family, Views};
-use crate::expo::{push_f64, push_labels, Encoder, MetricType, Value};
+use crate::exemplar::{self, Exemplar, PACKED_WORDS, SLOT_WORDS};
+use crate::expo::{om_family, push_f64, push_labels, Encoder, MetricType, SeriesExtras, Value};
+use crate::format::Format;
 use crate::labels::{split_key, SEP};
-use crate::store::{load_f64, DropReason, Entry, KeyWords, SelfCounter, Store};
+use crate::store::{load_f64, DropReason, Entry, KeyWords, SelfCounter, Store, EXEMPLARS};
 
 /// The type of a family declared in nginx.conf.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,6 +84,8 @@ pub struct RenderSpec<'a> {
     /// Is the process with this pid alive? In-flight gauges owned by a dead worker (killed
     /// while it had requests in flight) are not counted. `None`: all owners count as alive.
     pub alive: Option<fn(u64) -> bool>,
+    /// The exposition format of the page.
+    pub format: Format,
 }
 
 impl<'a> RenderSpec<'a> {
@@ -110,6 +114,7 @@ impl<'a> RenderSpec<'a> {
             views: Views::default(),
             nginx: None,
             alive: None,
+            format: Format::Text,
         }
     }
 
@@ -172,6 +177,11 @@ struct Item<'a> {
     layout: u8,
     key: KeyWords<'a>,
     values: &'a [AtomicU64],
+    /// Where its values are in the zone (what its exemplar entry is keyed by).
+    off: usize,
+    created_ms: u64,
+    /// Its exemplar slots, when it has some and the page shows them (OpenMetrics).
+    ex: Option<&'a [AtomicU64]>,
 }
 
 impl Item<'_> {
@@ -185,25 +195,54 @@ impl Item<'_> {
 struct Collected<'a> {
     builtin: [Vec<Item<'a>>; fam::END],
     custom: std::collections::BTreeMap<u32, Vec<Item<'a>>>,
+    /// Exemplar entries by the value offset of their series (kept for OpenMetrics only).
+    exemplars: HashMap<usize, &'a [AtomicU64]>,
+    keep_exemplars: bool,
 }
 
 impl<'a> Collected<'a> {
-    fn new() -> Self {
+    fn new(keep_exemplars: bool) -> Self {
         Collected {
             builtin: Default::default(),
             custom: std::collections::BTreeMap::new(),
+            exemplars: HashMap::new(),
+            keep_exemplars,
         }
     }
 
     fn push(&mut self, e: Entry<'a>) {
+        if e.kind.family & EXEMPLARS != 0 && e.kind.family & 0x8000_0000 == 0 {
+            if self.keep_exemplars && e.key.len() == 8 {
+                let mut k = Vec::with_capacity(8);
+                e.key.read_into(&mut k);
+                let off = u64::from_le_bytes(k.try_into().unwrap_or_default()) as usize;
+                self.exemplars.insert(off, e.values);
+            }
+            return;
+        }
         let item = Item {
             layout: e.kind.layout,
             key: e.key,
             values: e.values,
+            off: e.values_off,
+            created_ms: e.created_ms,
+            ex: None,
         };
         match self.builtin.get_mut(e.kind.family as usize) {
             Some(v) => v.push(item),
             None => self.custom.entry(e.kind.family).or_default().push(item),
+        }
+    }
+
+    /// Gives the series their exemplar entries (once the walk is complete).
+    fn link_exemplars(&mut self) {
+        if self.exemplars.is_empty() {
+            return;
+        }
+        for items in &mut self.builtin {
+            for it in items {
+                it.ex = self.exemplars.get(&it.off).copied();
+            }
         }
     }
 
@@ -526,6 +565,36 @@ fn sum_view<'a>(
     group: impl Fn(&Item<'a>, &[u8], &mut Vec<u8>) -> Option<()>,
     add: impl Fn(&mut [u64], &Item<'a>) -> bool,
 ) -> bool {
+    sum_view_ex(
+        vc,
+        w,
+        items,
+        names,
+        (width, 0, own),
+        cur,
+        left,
+        group,
+        add,
+        |_, _| {},
+    )
+}
+
+/// [`sum_view`] with `extra` more words per group after the sums, which `more` updates for
+/// every series that contributed (OpenMetrics: creation time and exemplars, see [`Extra`]).
+#[allow(clippy::too_many_arguments)]
+fn sum_view_ex<'a>(
+    vc: &mut ViewCache,
+    w: &mut Scratch,
+    items: &[Item<'a>],
+    names: &[&str],
+    (base, extra, own): (usize, usize, bool),
+    cur: &mut usize,
+    left: &mut usize,
+    group: impl Fn(&Item<'a>, &[u8], &mut Vec<u8>) -> Option<()>,
+    add: impl Fn(&mut [u64], &Item<'a>) -> bool,
+    more: impl Fn(&mut [u64], &Item<'a>),
+) -> bool {
+    let width = base + extra;
     if *cur == 0 {
         vc.keep_prefix(items);
         w.sums.reset(width, vc.groups.len());
@@ -562,12 +631,93 @@ fn sum_view<'a>(
         }
         let s = &mut w.sums;
         let gi = g as usize;
-        if add(&mut s.acc[gi * width..(gi + 1) * width], it) && !s.seen[gi] {
-            s.seen[gi] = true;
-            s.order.push(g);
+        let (sums, ext) = s.acc[gi * width..(gi + 1) * width].split_at_mut(base);
+        if add(sums, it) {
+            if extra > 0 {
+                more(ext, it);
+            }
+            if !s.seen[gi] {
+                s.seen[gi] = true;
+                s.order.push(g);
+            }
         }
     }
     true
+}
+
+/// What an OpenMetrics page keeps per group besides the sums: the earliest creation time of
+/// the series summed (one word, bit-inverted so that 0 is "none" and the max is the earliest),
+/// then the latest exemplars, [`PACKED_WORDS`] each.
+#[derive(Clone, Copy)]
+enum Extra {
+    /// Nothing (the text format, gauges).
+    None,
+    /// The creation time only.
+    Created,
+    /// And one exemplar: the latest of all the series' slots (a request count from a
+    /// histogram series).
+    Latest,
+    /// And one exemplar: the series' slot `k` (a token or cost counter).
+    Slot(usize),
+    /// And one exemplar per bucket of the view (`n` buckets with `+Inf`): a histogram.
+    Buckets(usize),
+}
+
+impl Extra {
+    fn words(self) -> usize {
+        match self {
+            Extra::None => 0,
+            Extra::Created => 1,
+            Extra::Latest | Extra::Slot(_) => 1 + PACKED_WORDS,
+            Extra::Buckets(n) => 1 + n * PACKED_WORDS,
+        }
+    }
+
+    /// Merges a contributing series into the extra words `ext`; `map`: where the series'
+    /// buckets go among the view's (histograms).
+    fn merge(self, ext: &mut [u64], it: &Item, map: Option<&[usize]>) {
+        if ext.is_empty() {
+            return;
+        }
+        if it.created_ms != 0 {
+            ext[0] = ext[0].max(!it.created_ms);
+        }
+        let Some(slots) = it.ex else { return };
+        let read = |i: usize| slots.get(i * SLOT_WORDS..).and_then(exemplar::read);
+        let n_slots = slots.len() / SLOT_WORDS;
+        match self {
+            Extra::None | Extra::Created => {}
+            Extra::Latest => {
+                for i in 0..n_slots {
+                    if let Some(e) = read(i) {
+                        exemplar::merge_latest(&mut ext[1..], &e);
+                    }
+                }
+            }
+            Extra::Slot(k) => {
+                if let Some(e) = read(k) {
+                    exemplar::merge_latest(&mut ext[1..], &e);
+                }
+            }
+            Extra::Buckets(n) => {
+                let Some(map) = map else { return };
+                for (i, &to) in map.iter().enumerate().take(n_slots) {
+                    if let Some(e) = read(i) {
+                        let b = to.min(n - 1);
+                        exemplar::merge_latest(&mut ext[1 + b * PACKED_WORDS..], &e);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The creation time in a group's extra words (0: unknown).
+fn created_of(ext: &[u64]) -> u64 {
+    match ext.first() {
+        Some(&w) if w != 0 => !w,
+        _ => 0,
+    }
 }
 
 /// [`sum_view`] for histograms: each stored series in `h`'s buckets, whatever its layout
@@ -580,7 +730,7 @@ fn sum_histograms(
     items: &[Item],
     names: &[&str],
     store: &Store,
-    h: HistSpec,
+    (h, extra): (HistSpec, Extra),
     cur: &mut usize,
     left: &mut usize,
     group: impl Fn(&[u8], &mut Vec<u8>) -> Option<()>,
@@ -589,12 +739,12 @@ fn sum_histograms(
         set_remap(&mut w.remap, store, h);
     }
     let remap = std::mem::take(&mut w.remap);
-    let done = sum_view(
+    let done = sum_view_ex(
         vc,
         w,
         items,
         names,
-        (h.bounds.len() + 2, false),
+        (h.bounds.len() + 2, extra.words(), false),
         cur,
         left,
         |_, key, out| group(key, out),
@@ -605,6 +755,7 @@ fn sum_histograms(
             }
             None => false,
         },
+        |ext, it| extra.merge(ext, it, bucket_map(&remap, it)),
     );
     w.remap = remap;
     done
@@ -627,12 +778,32 @@ fn emit_histograms(
         }
         spend(left, nb + 2);
         let a = w.sums.vals(g);
+        let ext = &a[nb + 1..];
+        w.exs.clear();
+        if ext.len() > 1 {
+            w.exs.extend(
+                ext[1..]
+                    .chunks_exact(PACKED_WORDS)
+                    .map(|p| exemplar::unpack(p).map(|e| (e, e.value))),
+            );
+        }
+        let x = SeriesExtras {
+            created_ms: created_of(ext),
+            exemplars: &w.exs,
+        };
         let sum = vc.floats.value(g, a[nb]);
         let (s, l) = vc.groups[g as usize].text;
-        enc.histogram(name, &vc.text[s..s + l], &w.le, &a[..nb], sum);
+        enc.histogram_ex(name, &vc.text[s..s + l], &w.le, &a[..nb], sum, x);
         *cur += 1;
     }
     true
+}
+
+/// A counter exemplar from a group's extra words, with the value it shows (`one`: 1, the
+/// request counted; else the value observed).
+fn counter_exemplar(ext: &[u64], one: bool) -> Option<(Exemplar, f64)> {
+    let e = exemplar::unpack(ext.get(1..)?)?;
+    Some((e, if one { 1.0 } else { e.value }))
 }
 
 /// How a group's first word is shown.
@@ -646,12 +817,16 @@ enum Show {
 }
 
 /// Writes one line per group summed in `w.sums` (the first word of each), from `cur` on.
+/// `(om_base, one)`: for a counter in OpenMetrics, its family name (for `_created`) and whether
+/// its exemplar shows 1 (a request count) or the value observed.
+#[allow(clippy::too_many_arguments)]
 fn emit_lines(
     enc: &mut Encoder,
     vc: &mut ViewCache,
     w: &Scratch,
     name: &str,
     show: Show,
+    counter: Option<(&str, bool)>,
     cur: &mut usize,
     left: &mut usize,
 ) -> bool {
@@ -660,14 +835,23 @@ fn emit_lines(
             return false;
         }
         *left -= 1;
-        let v = w.sums.vals(g)[0];
+        let a = w.sums.vals(g);
+        let v = a[0];
         let (s, l) = vc.groups[g as usize].text;
         let value = match show {
             Show::U64 => Value::U64(v),
             Show::I64 => Value::I64(v as i64),
             Show::F64 => vc.floats.value(g, v),
         };
-        enc.line(name, "", &vc.text[s..s + l], None, value);
+        let labels = &vc.text[s..s + l];
+        match counter {
+            Some((base, one)) if a.len() > 1 => {
+                let ext = &a[1..];
+                enc.line_ex(name, "", labels, None, value, counter_exemplar(ext, one));
+                enc.created(base, labels, created_of(ext));
+            }
+            _ => enc.line(name, "", labels, None, value),
+        }
         *cur += 1;
     }
     true
@@ -729,6 +913,8 @@ enum Stage {
     Custom(usize),
     SelfMetrics,
     Nginx,
+    /// OpenMetrics' `# EOF`.
+    Eof,
 }
 
 /// The request views, from the stored `REQUEST` series
@@ -779,7 +965,7 @@ const REQUEST_VIEWS: [(bool, View); 7] = {
 const TWO_COLS: &[Col] = &[Col::Label(0), Col::Label(1)];
 
 /// The stages in page order.
-fn stages(n_custom: usize, nginx: bool, views: Views) -> Vec<Stage> {
+fn stages(n_custom: usize, nginx: bool, views: Views, format: Format) -> Vec<Stage> {
     use families::*;
     use Col::*;
     let view = |family, def, cols| View { family, def, cols };
@@ -843,6 +1029,9 @@ fn stages(n_custom: usize, nginx: bool, views: Views) -> Vec<Stage> {
     ));
     if nginx {
         s.push(Stage::Nginx);
+    }
+    if format == Format::OpenMetrics {
+        s.push(Stage::Eof);
     }
     s.retain(|st| match st {
         Stage::Counter(v, _) | Stage::Histogram(v, _) => views.shows(v.def),
@@ -944,6 +1133,8 @@ struct Scratch {
     labels: Vec<u8>,
     proj: Vec<u8>,
     tmp: Vec<u8>,
+    /// A histogram's bucket exemplars, for the one being written.
+    exs: Vec<Option<(Exemplar, f64)>>,
 }
 
 /// Builds the label set of a sample from a (projected) key.
@@ -982,7 +1173,12 @@ impl<'a> Render<'a> {
             .iter()
             .map(|(f, _)| f.labels.iter().map(|s| s.as_str()).collect())
             .collect();
-        let stages = stages(spec.custom.len(), spec.nginx.is_some(), spec.views);
+        let stages = stages(
+            spec.custom.len(),
+            spec.nginx.is_some(),
+            spec.views,
+            spec.format,
+        );
         let ident = Ident::of(store, spec);
         if cache.ident.as_ref() != Some(&ident) {
             cache.views.clear();
@@ -997,7 +1193,7 @@ impl<'a> Render<'a> {
             phase: 0,
             cur: 0,
             walk: 0,
-            c: Collected::new(),
+            c: Collected::new(spec.format == Format::OpenMetrics),
             cache,
             custom_names,
         }
@@ -1024,7 +1220,7 @@ impl<'a> Render<'a> {
     /// of work (at least one). Returns true once the page is complete.
     pub fn step(&mut self, out: &mut Vec<u8>, budget: usize) -> bool {
         let mut left = budget.max(1);
-        let mut enc = Encoder::new(out);
+        let mut enc = Encoder::with_format(out, self.om());
         while let Some(&stage) = self.stages.get(self.stage) {
             if left == 0 {
                 return false;
@@ -1049,6 +1245,10 @@ impl<'a> Render<'a> {
                     spend(&mut left, 21);
                     true
                 }
+                Stage::Eof => {
+                    enc.eof();
+                    true
+                }
             };
             if finished {
                 self.stage += 1;
@@ -1067,10 +1267,30 @@ impl<'a> Render<'a> {
             c.push(e);
         });
         spend(left, if done { n } else { usize::MAX });
+        if done {
+            c.link_exemplars();
+        }
         done
     }
 
+    fn om(&self) -> bool {
+        self.spec.format == Format::OpenMetrics
+    }
+
+    /// The bucket bounds' `le` texts of histogram `bounds`, as the page's format writes them.
+    fn set_le(le: &mut Vec<String>, bounds: &[f64], om: bool) {
+        le.clear();
+        le.extend(bounds.iter().map(|&b| {
+            if om {
+                format_bound_canonical(b)
+            } else {
+                format_bound(b)
+            }
+        }));
+    }
+
     fn counter(&mut self, enc: &mut Encoder, left: &mut usize, v: &View, val: Val) -> bool {
+        let om = self.om();
         let Render {
             cache,
             c,
@@ -1080,14 +1300,25 @@ impl<'a> Render<'a> {
             ..
         } = self;
         let (vc, w) = (&mut cache.views[*stage], &mut cache.w);
+        // A request count shows the latest request's trace; a token count that of the latest
+        // request that added some.
+        let extra = match (om, v.family, val) {
+            (false, ..) => Extra::None,
+            (true, fam::REQUEST | fam::MODEL_REQUEST, Val::HistCount) => Extra::Latest,
+            (true, fam::MODEL_TOKENS, Val::Slot(slot)) => tokens::EXEMPLAR_SLOTS
+                .iter()
+                .position(|&s| s == slot)
+                .map_or(Extra::Created, Extra::Slot),
+            (true, ..) => Extra::Created,
+        };
         if *phase == 0 {
             let cols = v.cols;
-            let summed = sum_view(
+            let summed = sum_view_ex(
                 vc,
                 w,
                 c.family(v.family),
                 v.def.labels,
-                (1, false),
+                (1, extra.words(), false),
                 cur,
                 left,
                 |_, key, out| project(key, cols, out),
@@ -1095,6 +1326,7 @@ impl<'a> Render<'a> {
                     a[0] = a[0].wrapping_add(val.of(it.values));
                     true
                 },
+                |ext, it| extra.merge(ext, it, None),
             );
             if !summed {
                 return false;
@@ -1104,7 +1336,18 @@ impl<'a> Render<'a> {
             *phase = 1;
             *cur = 0;
         }
-        emit_lines(enc, vc, w, v.def.name, Show::U64, cur, left)
+        let base = om_family(v.def.name, MetricType::Counter);
+        let one = matches!(extra, Extra::Latest);
+        emit_lines(
+            enc,
+            vc,
+            w,
+            v.def.name,
+            Show::U64,
+            Some((base, one)),
+            cur,
+            left,
+        )
     }
 
     fn histogram(
@@ -1115,6 +1358,12 @@ impl<'a> Render<'a> {
         which: Histogram,
     ) -> bool {
         let h = self.spec.hist(which);
+        let om = self.om();
+        let extra = if om {
+            Extra::Buckets(h.bounds.len() + 1)
+        } else {
+            Extra::None
+        };
         let Render {
             cache,
             c,
@@ -1129,13 +1378,13 @@ impl<'a> Render<'a> {
             let cols = v.cols;
             let group = |key: &[u8], out: &mut Vec<u8>| project(key, cols, out);
             let items = c.family(v.family);
-            if !sum_histograms(vc, w, items, v.def.labels, store, h, cur, left, group) {
+            let hx = (h, extra);
+            if !sum_histograms(vc, w, items, v.def.labels, store, hx, cur, left, group) {
                 return false;
             }
             enc.family(v.def.name, v.def.help, MetricType::Histogram);
             spend(left, 1);
-            w.le.clear();
-            w.le.extend(h.bounds.iter().map(|&b| format_bound(b)));
+            Self::set_le(&mut w.le, h.bounds, om);
             *phase = 1;
             *cur = 0;
         }
@@ -1195,13 +1444,18 @@ impl<'a> Render<'a> {
             *phase = 1;
             *cur = 0;
         }
-        emit_lines(enc, vc, w, def.name, Show::I64, cur, left)
+        emit_lines(enc, vc, w, def.name, Show::I64, None, cur, left)
     }
 
     /// `namespace_tokens_total`: one group per namespace and token type; cached_input and
     /// reasoning only once some were reported (they are parts of input and output).
     fn namespace_tokens(&mut self, enc: &mut Encoder, left: &mut usize) -> bool {
         let def = &families::NAMESPACE_TOKENS;
+        let extra = if self.om() {
+            Extra::Created
+        } else {
+            Extra::None
+        };
         let Render {
             cache,
             c,
@@ -1212,12 +1466,12 @@ impl<'a> Render<'a> {
         } = self;
         let (vc, w) = (&mut cache.views[*stage], &mut cache.w);
         if *phase == 0 {
-            let summed = sum_view(
+            let summed = sum_view_ex(
                 vc,
                 w,
                 c.family(fam::MODEL_TOKENS),
                 &def.labels[..1],
-                (tokens::TYPES.len(), false),
+                (tokens::TYPES.len(), extra.words(), false),
                 cur,
                 left,
                 |_, key, out| project(key, &[Col::Label(1)], out),
@@ -1229,6 +1483,7 @@ impl<'a> Render<'a> {
                     }
                     true
                 },
+                |ext, it| extra.merge(ext, it, None),
             );
             if !summed {
                 return false;
@@ -1245,12 +1500,24 @@ impl<'a> Render<'a> {
             }
             spend(left, tokens::TYPES.len());
             let a = w.sums.vals(g);
+            let created = created_of(&a[tokens::TYPES.len()..]);
             for (i, (_, t)) in tokens::TYPES.iter().enumerate() {
                 if i >= 2 && a[i] == 0 {
                     continue;
                 }
                 let extra = Some((def.labels[1], t.as_bytes()));
                 enc.line(def.name, "", vc.text(g), extra, Value::U64(a[i]));
+                if created != 0 {
+                    // The line's label set, for its `_created` line.
+                    w.labels.clear();
+                    w.labels.extend_from_slice(vc.text(g));
+                    if !w.labels.is_empty() {
+                        w.labels.push(b',');
+                    }
+                    push_labels(&mut w.labels, &def.labels[1..2], &[t.as_bytes()]);
+                    let base = om_family(def.name, MetricType::Counter);
+                    enc.created(base, &w.labels, created);
+                }
             }
             *cur += 1;
         }
@@ -1260,6 +1527,14 @@ impl<'a> Render<'a> {
     /// `model_cost_usd_total`: one line per stored token series.
     fn cost(&mut self, enc: &mut Encoder, left: &mut usize) -> bool {
         let def = &families::MODEL_COST;
+        let extra = if self.om() {
+            let slot = tokens::EXEMPLAR_SLOTS
+                .iter()
+                .position(|&s| s == tokens::COST);
+            slot.map_or(Extra::Created, Extra::Slot)
+        } else {
+            Extra::None
+        };
         let Render {
             cache,
             c,
@@ -1270,12 +1545,12 @@ impl<'a> Render<'a> {
         } = self;
         let (vc, w) = (&mut cache.views[*stage], &mut cache.w);
         if *phase == 0 {
-            let summed = sum_view(
+            let summed = sum_view_ex(
                 vc,
                 w,
                 c.family(fam::MODEL_TOKENS),
                 def.labels,
-                (1, true),
+                (1, extra.words(), true),
                 cur,
                 left,
                 |it, key, out| {
@@ -1292,6 +1567,7 @@ impl<'a> Render<'a> {
                     a[0] = it.values.get(tokens::COST).map_or(0.0, load_f64).to_bits();
                     true
                 },
+                |ext, it| extra.merge(ext, it, None),
             );
             if !summed {
                 return false;
@@ -1301,7 +1577,17 @@ impl<'a> Render<'a> {
             *phase = 1;
             *cur = 0;
         }
-        emit_lines(enc, vc, w, def.name, Show::F64, cur, left)
+        let base = om_family(def.name, MetricType::Counter);
+        emit_lines(
+            enc,
+            vc,
+            w,
+            def.name,
+            Show::F64,
+            Some((base, false)),
+            cur,
+            left,
+        )
     }
 
     /// A declared family: one line (or one histogram) per stored series.
@@ -1309,6 +1595,7 @@ impl<'a> Render<'a> {
         let Some((f, layout)) = self.spec.custom.get(i) else {
             return true;
         };
+        let om = self.om();
         let Render {
             cache,
             c,
@@ -1332,8 +1619,7 @@ impl<'a> Render<'a> {
             enc.family(&f.name, &f.help, t);
             spend(left, 1);
             if f.kind == CustomKind::Histogram {
-                w.le.clear();
-                w.le.extend(f.bounds.iter().map(|&b| format_bound(b)));
+                Self::set_le(&mut w.le, &f.bounds, om);
             }
             *phase = 1;
         }
@@ -1353,7 +1639,8 @@ impl<'a> Render<'a> {
                     })
                 };
                 // (sum_histograms sets the remap, not `le`: the bounds stay.)
-                if !sum_histograms(vc, w, items, names, store, h, cur, left, group) {
+                let extra = if om { Extra::Created } else { Extra::None };
+                if !sum_histograms(vc, w, items, names, store, (h, extra), cur, left, group) {
                     return false;
                 }
                 *phase = 2;
@@ -1361,13 +1648,19 @@ impl<'a> Render<'a> {
             }
             return emit_histograms(enc, vc, w, &f.name, cur, left);
         }
+        let counter = f.kind == CustomKind::Counter;
+        let extra = if om && counter {
+            Extra::Created
+        } else {
+            Extra::None
+        };
         if *phase == 1 {
-            let summed = sum_view(
+            let summed = sum_view_ex(
                 vc,
                 w,
                 items,
                 names,
-                (1, true),
+                (1, extra.words(), true),
                 cur,
                 left,
                 |it, key, out| {
@@ -1380,6 +1673,7 @@ impl<'a> Render<'a> {
                     a[0] = load_f64(&it.values[0]).to_bits();
                     true
                 },
+                |ext, it| extra.merge(ext, it, None),
             );
             if !summed {
                 return false;
@@ -1387,7 +1681,9 @@ impl<'a> Render<'a> {
             *phase = 2;
             *cur = 0;
         }
-        emit_lines(enc, vc, w, &f.name, Show::F64, cur, left)
+        let base = om_family(&f.name, MetricType::Counter);
+        let counter = counter.then_some((base, false));
+        emit_lines(enc, vc, w, &f.name, Show::F64, counter, cur, left)
     }
 
     /// The zone's own figures (a fixed number of lines).
@@ -1411,6 +1707,8 @@ impl<'a> Render<'a> {
             enc.family(def.name, def.help, def.kind);
             enc.sample_u64(def.name, &zone, v);
         }
+        // The zone's counters count from its creation.
+        let created_ms = store.created().saturating_mul(1000);
         let def = &DROPPED_UPDATES;
         enc.family(def.name, def.help, def.kind);
         for r in DropReason::ALL {
@@ -1421,6 +1719,7 @@ impl<'a> Render<'a> {
                 &[spec.zone_name.as_bytes(), r.label().as_bytes()],
             );
             enc.sample_u64(def.name, &w.labels, store.drops(r));
+            enc.created(om_family(def.name, def.kind), &w.labels, created_ms);
         }
         for (def, c) in [
             (&INVALID_CALLS, SelfCounter::InvalidCalls),
@@ -1428,6 +1727,7 @@ impl<'a> Render<'a> {
         ] {
             enc.family(def.name, def.help, def.kind);
             enc.sample_u64(def.name, &zone, store.self_counter(c));
+            enc.created(om_family(def.name, def.kind), &zone, created_ms);
         }
     }
 }

@@ -136,6 +136,7 @@ proptest! {
             views: Default::default(),
             nginx: None,
             alive: None,
+            format: Default::default(),
         };
         let mut out = Vec::new();
         render(&store, &spec, &mut out);

@@ -324,6 +324,7 @@ fn forked_children_update_one_shared_zone() {
         views: Default::default(),
         nginx: None,
         alive: None,
+        format: Default::default(),
     };
     let mut out = Vec::new();
     render(&s, &spec, &mut out);

@@ -77,6 +77,7 @@ fn spec<'a>(layout: u8, custom: &'a [(CustomFamily, u8)]) -> RenderSpec<'a> {
         views: Default::default(),
         nginx: None,
         alive: None,
+        format: Default::default(),
     }
 }
 

@@ -10,6 +10,7 @@ use std::sync::atomic::AtomicU64;
 use common::page::{custom, fill, layouts, region, spec};
 use common::SpinLock;
 use gateway_metrics_core::catalogue::Views;
+use gateway_metrics_core::format::Format;
 use gateway_metrics_core::render::{render, render_cached, Render, RenderCache, RenderSpec};
 use gateway_metrics_core::store::Store;
 
@@ -77,6 +78,24 @@ fn cached_pages_are_fresh_pages() {
             let got = stepped(&store, &spec, &mut cache, budget);
             assert_eq!(text(&got), text(&want), "steps of {budget}, round {round}");
         }
+        // OpenMetrics from the same cache (scrapers of both formats share it), whole and in
+        // steps; the text page after it is unchanged.
+        let om = RenderSpec {
+            format: Format::OpenMetrics,
+            ..spec
+        };
+        let want_om = fresh(&store, &om);
+        assert!(text(&want_om).ends_with("# EOF\n"));
+        assert_eq!(text(&cached(&store, &om, &mut cache)), text(&want_om));
+        for budget in [1, 7] {
+            let got = stepped(&store, &om, &mut cache, budget);
+            assert_eq!(
+                text(&got),
+                text(&want_om),
+                "OpenMetrics in steps of {budget}"
+            );
+        }
+        assert_eq!(text(&cached(&store, &spec, &mut cache)), text(&want));
         // A render stopped part-way (the client went away) leaves a cache as good.
         let mut r = Render::with_cache(&store, &spec, std::mem::take(&mut cache));
         let mut out = Vec::new();

@@ -895,6 +895,7 @@ fn spec<'a>(bounds: &'a [f64]) -> RenderSpec<'a> {
         views: Default::default(),
         nginx: None,
         alive: None,
+        format: Default::default(),
     }
 }
 

@@ -265,6 +265,7 @@ fn histograms_stay_consistent_while_rendered() {
         views: Default::default(),
         nginx: None,
         alive: None,
+        format: Default::default(),
     };
     const WRITES: usize = 200_000;
     let renders = std::thread::scope(|sc| {

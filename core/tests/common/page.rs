@@ -5,7 +5,9 @@
 
 use std::sync::atomic::AtomicU64;
 
+use gateway_metrics_core::buckets::bucket_index;
 use gateway_metrics_core::catalogue::{fam, tokens};
+use gateway_metrics_core::exemplar::{self, Exemplar, TraceContext, SLOT_WORDS};
 use gateway_metrics_core::hash::family_id;
 use gateway_metrics_core::render::{CustomFamily, CustomKind, HistSpec, RenderSpec};
 use gateway_metrics_core::series;
@@ -61,8 +63,35 @@ pub fn layouts<L: InsertLock + ?Sized>(store: &Store, lock: &L) -> (u8, u8, u8) 
     )
 }
 
+/// The exemplar of update `j` (its trace id says `j`).
+pub fn exemplar_of(j: u64, value: f64) -> Exemplar {
+    Exemplar {
+        trace: TraceContext {
+            trace_id: (u128::from(j) + 1).to_be_bytes(),
+            span_id: (j + 7).to_be_bytes(),
+        },
+        value,
+        ts_ms: 1_700_000_000_000 + j,
+    }
+}
+
+/// Writes an exemplar in slot `slot` (of `slots`) of the series `v`.
+fn put_exemplar<L: InsertLock + ?Sized>(
+    store: &Store,
+    lock: &L,
+    v: &[AtomicU64],
+    (family, layout): (u32, u8),
+    (slots, slot): (usize, usize),
+    e: Exemplar,
+) {
+    if let Some(x) = store.exemplar_slots(lock, v, family, layout, slots) {
+        assert!(exemplar::write(&x[slot * SLOT_WORDS..], &e));
+    }
+}
+
 /// Round `round` of traffic: new series of every family (some hostile, some over the cap of
-/// `max_series` into the overflow series) and more values for the old ones.
+/// `max_series` into the overflow series) and more values for the old ones; every third
+/// update leaves an exemplar.
 pub fn fill<L: InsertLock + ?Sized>(store: &Store, lock: &L, max_series: u64, round: u64) {
     let (cur, old, hist) = layouts(store, lock);
     let limits = Limits { max_series };
@@ -97,8 +126,21 @@ pub fn fill<L: InsertLock + ?Sized>(store: &Store, lock: &L, max_series: u64, ro
             n_values: (n + 2) as u8,
         };
         let bounds: &[f64] = if layout == old { &OLD_BOUNDS } else { &BOUNDS };
+        let traced = j.is_multiple_of(3);
         if let Some(v) = put(kind, &[method, &ep, st, &ns, &up, cut]) {
-            observe(v, bounds, (j % 11) as f64 * 0.37);
+            let d = (j % 11) as f64 * 0.37;
+            observe(v, bounds, d);
+            if traced {
+                let slots = (bounds.len() + 1, bucket_index(bounds, d));
+                put_exemplar(
+                    store,
+                    lock,
+                    v,
+                    (fam::REQUEST, layout),
+                    slots,
+                    exemplar_of(j, d),
+                );
+            }
         }
         let model = format!("m{}", j % 3);
         let mkind = |family, n: usize, layout| SeriesKind {
@@ -107,7 +149,13 @@ pub fn fill<L: InsertLock + ?Sized>(store: &Store, lock: &L, max_series: u64, ro
             n_values: n as u8,
         };
         if let Some(v) = put(mkind(fam::MODEL_REQUEST, nb + 2, cur), &[&model, &ns, st]) {
-            observe(v, &BOUNDS, 0.3 + j as f64 / 7.0);
+            let d = 0.3 + j as f64 / 7.0;
+            observe(v, &BOUNDS, d);
+            if traced {
+                let slots = (nb + 1, bucket_index(&BOUNDS, d));
+                let e = exemplar_of(j, d);
+                put_exemplar(store, lock, v, (fam::MODEL_REQUEST, cur), slots, e);
+            }
         }
         let tk = mkind(fam::MODEL_TOKENS, usize::from(tokens::N_VALUES), 0);
         if let Some(v) = put(tk, &[&model, &ns]) {
@@ -117,10 +165,23 @@ pub fn fill<L: InsertLock + ?Sized>(store: &Store, lock: &L, max_series: u64, ro
                 add_u64(&v[tokens::REASONING], j);
             }
             set_f64(&v[tokens::COST], j as f64 * 0.0013);
+            if traced {
+                let n = tokens::EXEMPLAR_SLOTS.len();
+                let (tin, tout) = ((10 + j) as f64, (3 * j) as f64);
+                for (slot, value) in [(0, tin), (1, tout), (2, 0.0013)] {
+                    let e = exemplar_of(j, value);
+                    put_exemplar(store, lock, v, (fam::MODEL_TOKENS, 0), (n, slot), e);
+                }
+            }
         }
         for family in [fam::TTFT, fam::THROUGHPUT, fam::TPOT] {
             if let Some(v) = put(mkind(family, nb + 2, cur), &[&model, &ns]) {
-                observe(v, &BOUNDS, j as f64 * 0.11);
+                let x = j as f64 * 0.11;
+                observe(v, &BOUNDS, x);
+                if traced {
+                    let slots = (nb + 1, bucket_index(&BOUNDS, x));
+                    put_exemplar(store, lock, v, (family, cur), slots, exemplar_of(j, x));
+                }
             }
         }
         // In-flight gauges: `{namespace, slot}` with an owner pid (odd pids are dead).
@@ -176,6 +237,7 @@ pub fn spec<'a>(
         views: Default::default(),
         nginx: None,
         alive: Some(|pid| pid % 2 == 0),
+        format: Default::default(),
     }
 }
 
