@@ -134,13 +134,22 @@ class Service:
             return ""
 
     def cpu_seconds(self):
-        """CPU time the process has used so far (user + system, /proc/PID/schedstat: ns)."""
+        """CPU time the process has used so far, in seconds."""
         return schedstat_seconds(self.proc.pid)
 
 
 def schedstat_seconds(pid):
-    with open(f"/proc/{pid}/schedstat") as f:
-        return int(f.read().split()[0]) / 1e9
+    """CPU time of every thread of process `pid` so far, in seconds (/proc/PID/task/*/schedstat:
+    nanoseconds; a thread that exited no longer counts, which Go servers' long-lived threads and
+    nginx's single-threaded workers do not do)."""
+    total = 0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                total += int(f.read().split()[0])
+        except (FileNotFoundError, ProcessLookupError):
+            pass
+    return total / 1e9
 
 
 class Prometheus(Service):
