@@ -239,11 +239,16 @@ def test_store_down_30s_loses_nothing(fleet):
     expr = f'up{{job="{JOB}"}}[{int(time.time() - t_stop) + 10}s]'
 
     def outage_samples(store):
+        """{instance: timestamps inside the outage}, once the store has a later sample of each
+        instance (a queue delivers in order: then it has all of the outage's), else None."""
         ok, err, res = store.query(expr, at=time.time() - 3)
         assert ok, err
+        if len(res) < N or not all(any(t > t_back for t, _ in vals) for _, vals in res):
+            return None
         return {m["instance"]: sorted(t for t, _ in vals if t_stop < t < t_back) for m, vals in res}
 
-    want = outage_samples(prom)
+    want = wait_for(lambda: outage_samples(prom), bool, timeout=60, interval=0.5,
+                    what="the receiving Prometheus: the outage's samples")
     assert sorted(want) == sorted(fleet.instance(i) for i in range(N))
     assert all(len(ts) >= OUTAGE // 2 for ts in want.values()), \
         {i: len(ts) for i, ts in want.items()}  # the agent kept scraping (1 s interval)

@@ -518,9 +518,16 @@ def main(argv=None):
     interval = os.environ.get("GM_FLEET_INTERVAL") or ("1s" if a.cost else None)
     rule_interval = "15s" if a.cost else None
     workdir = os.environ.get("GM_FLEET_DIR") or os.path.join(env.ROOT, ".run", "fleet")
-    if os.path.isdir(workdir):
+    marker = os.path.join(workdir, ".gm-fleet")
+    if os.path.isdir(workdir) and os.listdir(workdir):
+        # a previous run's data goes (totals start from zero), never a directory of something else
+        if not os.path.exists(marker):
+            print(f"scripts/fleet: {workdir} is not empty and not a fleet's directory", file=sys.stderr)
+            return 1
         import shutil
-        shutil.rmtree(workdir)  # a previous run's data: totals start from zero
+        shutil.rmtree(workdir)
+    os.makedirs(workdir, exist_ok=True)
+    open(marker, "w").close()
 
     def say(msg):
         print(msg, flush=True)
