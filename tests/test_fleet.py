@@ -15,6 +15,7 @@ mid-run shows no counter reset; VictoriaMetrics stopped for 30 s loses nothing o
 The tests of this file run in order on one fleet (each adds its traffic to the ledger)."""
 import os
 import shutil
+import subprocess
 import tempfile
 import time
 
@@ -54,6 +55,19 @@ pytestmark = [
     pytest.mark.skipif(os.environ.get("GM_SECOND_TARGET") == "1",
                        reason="the fleet runs once, on the first build target (nginx-independent)"),
 ]
+
+
+def test_fleet_configs_check():
+    """The files of monitoring/fleet/ as they are, by the engines' own checkers (the fleet below
+    runs copies with its ports)."""
+    d = os.path.join(ROOT, "monitoring", "fleet")
+    for cmd in (["promtool", "check", "config", "--agent", f"{d}/agent.yml"],
+                ["promtool", "check", "config", f"{d}/receiver.yml"],
+                ["amtool", "check-config", f"{d}/alertmanager.yml"],
+                # the rules as vmalert reads them (MetricsQL), for VictoriaMetrics
+                [services.VMALERT, "-dryRun", f"-rule={ROOT}/monitoring/rules/*.yml"]):
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        assert r.returncode == 0, f"{cmd}:\n{r.stdout}{r.stderr}"
 
 
 @pytest.fixture(scope="module")
