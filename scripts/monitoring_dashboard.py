@@ -60,16 +60,20 @@ class Board:
         self.y += h
 
 
-def target(expr, legend="", ref="A", instant=False):
+def target(expr, legend="", ref="A", instant=False, exemplar=False):
     t = {"datasource": DS, "editorMode": "code", "expr": expr, "legendFormat": legend or "__auto",
          "range": not instant, "instant": instant, "refId": ref}
     if instant:
         t["format"] = "time_series"
+    if exemplar:
+        # Grafana asks Prometheus' /api/v1/query_exemplars for the series under the query and
+        # draws each exemplar (a request's trace id) as a dot linking to the trace.
+        t["exemplar"] = True
     return t
 
 
-def targets(*items, instant=False):
-    return [target(e, l, chr(ord("A") + i), instant) for i, (e, l) in enumerate(items)]
+def targets(*items, instant=False, exemplar=False):
+    return [target(e, l, chr(ord("A") + i), instant, exemplar) for i, (e, l) in enumerate(items)]
 
 
 def thresholds(*steps):
@@ -274,11 +278,11 @@ def build():
         ts("Response time percentiles", "p50, p95 and p99 of the request duration.",
            targets((q.format(p="0.50", m=GN, ri=RI), "p50"),
                    (q.format(p="0.95", m=GN, ri=RI), "p95"),
-                   (q.format(p="0.99", m=GN, ri=RI), "p99")), unit="s"),
+                   (q.format(p="0.99", m=GN, ri=RI), "p99"), exemplar=True), unit="s"),
         ts("P95 response time by namespace", "95th percentile of the request duration per namespace.",
            targets((f"histogram_quantile(0.95, sum by (le, namespace) "
                     f"(rate(http_request_duration_seconds_bucket{{{GN}}}[{RI}])))",
-                    "{{namespace}}")), unit="s"),
+                    "{{namespace}}"), exemplar=True), unit="s"),
     ])
     b.line([
         ts("Average response time by namespace", "Mean request duration per namespace.",
@@ -288,7 +292,7 @@ def build():
         ts("P95 response time by model", "95th percentile of model request durations.",
            targets((f"histogram_quantile(0.95, sum by (le, model) "
                     f"(rate(model_request_duration_seconds_bucket{{{GM}}}[{RI}])))",
-                    "{{model}}")), unit="s"),
+                    "{{model}}"), exemplar=True), unit="s"),
     ])
 
     # ---- LLM --------------------------------------------------------------------------------
@@ -337,7 +341,7 @@ def build():
                     "{{model}} p50"),
                    (f"histogram_quantile(0.95, sum by (le, model) "
                     f"(rate(model_time_to_first_token_seconds_bucket{{{GM}}}[{RI}])))",
-                    "{{model}} p95")), unit="s"),
+                    "{{model}} p95"), exemplar=True), unit="s"),
         ts("Generation throughput by model",
            "Median output tokens per second of generation time, per model.",
            targets((f"histogram_quantile(0.50, sum by (le, model) "

@@ -79,6 +79,11 @@ pub struct LocConf {
     pub upstream: LabelSource,
     pub endpoint: LabelSource,
     pub model: LabelSource,
+    /// `gateway_metrics_exemplars`: the W3C `traceparent` whose ids become the request's
+    /// exemplars (not set: no exemplars).
+    pub exemplars: LabelSource,
+    /// Exemplars are on here: `exemplars` is set, and not to the literal `off`.
+    pub exemplars_on: bool,
     /// `gateway_metrics_usage`: [`USAGE_OFF`], [`UNSET`] or a [`UsageSetting`] as a number.
     pub usage: ngx_int_t,
 }
@@ -208,6 +213,7 @@ impl LocConf {
             (&mut self.upstream, &prev.upstream),
             (&mut self.endpoint, &prev.endpoint),
             (&mut self.model, &prev.model),
+            (&mut self.exemplars, &prev.exemplars),
         ] {
             if c.cv.is_null() {
                 c.cv = p.cv;
@@ -215,6 +221,10 @@ impl LocConf {
             c.header = HeaderName::of(cf, c.cv)?;
             c.variable = variable_of(cf, c.cv, &c.header);
         }
+        // `gateway_metrics_exemplars off` switches off what an outer level set.
+        // SAFETY: a set cv is a compiled complex value in the conf pool.
+        self.exemplars_on = unsafe { self.exemplars.cv.as_ref() }
+            .is_some_and(|cv| !(cv.lengths.is_null() && cv.value.as_bytes() == b"off"));
         Some(())
     }
 }

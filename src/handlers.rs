@@ -211,7 +211,12 @@ fn log(r: &Request) {
     };
     let t = &recording::Recorder { t, log: r.log() };
     let mut llm = None;
-    recording::record(t, &Finished::read(r, lc, ctx, &mut llm));
+    let f = Finished::read(r, lc, ctx, &mut llm);
+    if lc.exemplars_on {
+        recording::record_traced(t, &f, request::trace(r, lc));
+    } else {
+        recording::record(t, &f);
+    }
 }
 
 /// Notes, for the log phase, that a response's body went out whole (its last buffer passed)
@@ -334,9 +339,12 @@ fn read_usage(r: &ngx_http_request_t, ctx: &mut ReqCtx, chain: Option<&ngx_chain
     }
     if last {
         // The body is whole: its usage is known now (Lua's log phase may ask for it).
-        let read = UsageRead::conclude(reader, true);
-        first |= reader.first_content_at_finish();
-        ctx.usage = UsageState::Read(Box::new(read));
+        if let UsageState::Reading(reader) = std::mem::replace(&mut ctx.usage, UsageState::Skipped)
+        {
+            let read = UsageRead::conclude(reader, true);
+            first |= read.first_content_at_finish();
+            ctx.usage = UsageState::Read(read);
+        }
         ctx.complete = true;
     }
     if data {

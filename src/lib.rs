@@ -62,7 +62,7 @@ const CV_SLOT: unsafe extern "C" fn(
 ) -> *mut c_char = ngx_http_set_complex_value_slot;
 
 // The directive table. nginx walks it until the null command.
-static mut COMMANDS: [ngx_command_t; 20] = [
+static mut COMMANDS: [ngx_command_t; 21] = [
     cmd(
         c"gateway_metrics_zone",
         HTTP_MAIN | NGX_CONF_TAKE2 as ngx_uint_t,
@@ -104,6 +104,13 @@ static mut COMMANDS: [ngx_command_t; 20] = [
         CV_SLOT,
         LOC_CONF_OFFSET,
         offset_of!(conf::LocConf, model.cv),
+    ),
+    cmd(
+        c"gateway_metrics_exemplars",
+        HTTP_ANY | NGX_CONF_TAKE1 as ngx_uint_t,
+        CV_SLOT,
+        LOC_CONF_OFFSET,
+        offset_of!(conf::LocConf, exemplars.cv),
     ),
     cmd(
         c"gateway_metrics_buckets",

@@ -5,8 +5,10 @@ use std::cell::RefCell;
 use std::ptr;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use gateway_metrics_core::buckets::bucket_index;
 use gateway_metrics_core::cache::{bytes_words, Label, SeriesCache};
 use gateway_metrics_core::catalogue::{self, fam, tokens};
+use gateway_metrics_core::exemplar::{self, Exemplar, TraceContext, SLOT_WORDS};
 use gateway_metrics_core::series_cached;
 use gateway_metrics_core::store::{add_f64, add_u64, observe, DropReason, SeriesKind};
 use gateway_metrics_core::usage::Tokens;
@@ -231,6 +233,40 @@ impl Recorder<'_> {
         v
     }
 
+    /// Writes the request's exemplar into slot `slot` (of `slots`) of the series `values`.
+    #[cold]
+    #[inline(never)]
+    fn exemplar(&self, values: &[AtomicU64], kind: (u32, u8), slots: (usize, usize), e: Exemplar) {
+        let (family, layout) = kind;
+        let (slots, slot) = slots;
+        if let Some(ex) = self
+            .store
+            .exemplar_slots(&self.lock, values, family, layout, slots)
+        {
+            exemplar::write(&ex[slot * SLOT_WORDS..], &e);
+        }
+    }
+
+    /// The exemplar of a histogram observation: in the slot of the bucket `value` falls in.
+    /// (Compiled out of the recording without exemplars: `EX` false.)
+    #[inline(always)]
+    fn bucket_exemplar<const EX: bool>(
+        &self,
+        trace: Option<&Trace>,
+        values: &[AtomicU64],
+        kind: (u32, u8),
+        bounds: &[f64],
+        value: f64,
+    ) {
+        if !EX {
+            return;
+        }
+        if let Some(tr) = trace {
+            let slot = bucket_index(bounds, value);
+            self.exemplar(values, kind, (bounds.len() + 1, slot), tr.at(value));
+        }
+    }
+
     #[cold]
     #[inline(never)]
     fn warn(&self, reason: DropReason) {
@@ -280,10 +316,47 @@ pub(crate) fn enter(t: &Recorder, ctx: &mut ReqCtx, ns: &[u8]) {
     }
 }
 
+/// A request's trace and when it ended: what its exemplars carry besides their values.
+struct Trace {
+    ctx: TraceContext,
+    ts_ms: u64,
+}
+
+impl Trace {
+    fn at(&self, value: f64) -> Exemplar {
+        Exemplar {
+            trace: self.ctx,
+            value,
+            ts_ms: self.ts_ms,
+        }
+    }
+}
+
+/// Exemplar slots of a `MODEL_TOKENS` series: input tokens, output tokens, cost.
+pub const TOKEN_EXEMPLARS: [usize; 3] = [tokens::INPUT, tokens::OUTPUT, tokens::COST];
+
 /// Records a finished request: one stored series update for the request families, plus the
 /// model, token and automatic limiter/cache events when there are any.
 #[inline(always)]
 pub(crate) fn record(t: &Recorder, f: &Finished) {
+    record_with::<false>(t, f, None);
+}
+
+/// [`record`] for a location with exemplars on: the same updates, plus the exemplars of the
+/// request's trace (`None`: it has no valid one) in the series it updated. (Cold: kept out of
+/// the layout of the usual request's path.)
+#[cold]
+#[inline(never)]
+pub(crate) fn record_traced(t: &Recorder, f: &Finished, trace: Option<TraceContext>) {
+    let trace = trace.map(|ctx| Trace {
+        ctx,
+        ts_ms: request::now_ms(),
+    });
+    record_with::<true>(t, f, trace.as_ref());
+}
+
+#[inline(always)]
+fn record_with<const EX: bool>(t: &Recorder, f: &Finished, trace: Option<&Trace>) {
     let (mc, status) = (t.mc, f.status);
     let class = match f.cut {
         Some(_) => "error",
@@ -294,6 +367,8 @@ pub(crate) fn record(t: &Recorder, f: &Finished) {
     let words = hist_words(&bounds.duration);
     if let Some(v) = t.request_series(layouts.duration, words, &f.request, status) {
         observe(v, &bounds.duration, f.duration);
+        let kind = (fam::REQUEST, layouts.duration);
+        t.bucket_exemplar::<EX>(trace, v, kind, &bounds.duration, f.duration);
     }
 
     let ns = f.namespace();
@@ -307,16 +382,19 @@ pub(crate) fn record(t: &Recorder, f: &Finished) {
         ];
         if let Some(v) = t.series(fam::MODEL_REQUEST, layouts.duration, words, &labels) {
             observe(v, &bounds.duration, f.duration);
+            let kind = (fam::MODEL_REQUEST, layouts.duration);
+            t.bucket_exemplar::<EX>(trace, v, kind, &bounds.duration, f.duration);
         }
         let labels = [Label::bytes(model), Label::bytes(ns)];
         if let Some(ttft) = llm.ttft {
             let words = hist_words(&bounds.ttft);
             if let Some(v) = t.series(fam::TTFT, layouts.ttft, words, &labels) {
                 observe(v, &bounds.ttft, ttft);
+                t.bucket_exemplar::<EX>(trace, v, (fam::TTFT, layouts.ttft), &bounds.ttft, ttft);
             }
         }
         if let Some(tokens) = &llm.tokens {
-            record_tokens(t, &labels, tokens, f.duration, llm.ttft);
+            record_tokens::<EX>(t, &labels, tokens, f.duration, llm.ttft, trace);
         }
         if let Some(why) = llm.usage_missing {
             let labels = [
@@ -334,10 +412,34 @@ pub(crate) fn record(t: &Recorder, f: &Finished) {
     }
 }
 
-fn record_tokens(t: &Recorder, labels: &[Label; 2], n: &Tokens, duration: f64, ttft: Option<f64>) {
+fn record_tokens<const EX: bool>(
+    t: &Recorder,
+    labels: &[Label; 2],
+    n: &Tokens,
+    duration: f64,
+    ttft: Option<f64>,
+    trace: Option<&Trace>,
+) {
     let mc = t.mc;
     let model = labels[0].bytes;
     if let Some(v) = t.series(fam::MODEL_TOKENS, 0, tokens::N_VALUES, labels) {
+        let price = mc.prices.get(model);
+        if let (true, Some(tr)) = (EX, trace) {
+            let cost = price.map(|p| p.cost(n.input, n.output, n.cached_input, n.cache_write));
+            for (slot, value) in [
+                (n.input > 0).then_some(n.input as f64),
+                (n.output > 0).then_some(n.output as f64),
+                cost.filter(|c| *c > 0.0),
+            ]
+            .into_iter()
+            .enumerate()
+            {
+                if let Some(value) = value {
+                    let slots = (TOKEN_EXEMPLARS.len(), slot);
+                    t.exemplar(v, (fam::MODEL_TOKENS, 0), slots, tr.at(value));
+                }
+            }
+        }
         for (slot, count) in [
             (tokens::INPUT, n.input),
             (tokens::OUTPUT, n.output),
@@ -349,7 +451,7 @@ fn record_tokens(t: &Recorder, labels: &[Label; 2], n: &Tokens, duration: f64, t
                 add_u64(&v[slot], count);
             }
         }
-        match mc.prices.get(model) {
+        match price {
             Some(p) => add_f64(
                 &v[tokens::COST],
                 p.cost(n.input, n.output, n.cached_input, n.cache_write),
@@ -366,7 +468,10 @@ fn record_tokens(t: &Recorder, labels: &[Label; 2], n: &Tokens, duration: f64, t
     if n.output > 0 && generation > 0.0 {
         let words = (bounds.throughput.len() + 2) as u8;
         if let Some(v) = t.series(fam::THROUGHPUT, layouts.throughput, words, labels) {
-            observe(v, &bounds.throughput, n.output as f64 / generation);
+            let tps = n.output as f64 / generation;
+            observe(v, &bounds.throughput, tps);
+            let kind = (fam::THROUGHPUT, layouts.throughput);
+            t.bucket_exemplar::<EX>(trace, v, kind, &bounds.throughput, tps);
         }
     }
     // OpenTelemetry GenAI's time per output token: the generation after the first token, per
@@ -374,7 +479,9 @@ fn record_tokens(t: &Recorder, labels: &[Label; 2], n: &Tokens, duration: f64, t
     if let (Some(_), true) = (ttft, n.output >= 2) {
         let words = (bounds.tpot.len() + 2) as u8;
         if let Some(v) = t.series(fam::TPOT, layouts.tpot, words, labels) {
-            observe(v, &bounds.tpot, generation.max(0.0) / (n.output - 1) as f64);
+            let tpot = generation.max(0.0) / (n.output - 1) as f64;
+            observe(v, &bounds.tpot, tpot);
+            t.bucket_exemplar::<EX>(trace, v, (fam::TPOT, layouts.tpot), &bounds.tpot, tpot);
         }
     }
 }

@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use gateway_metrics_core::cache::Label;
 use gateway_metrics_core::catalogue::{CutReason, UsageMissing};
+use gateway_metrics_core::exemplar::TraceContext;
 use gateway_metrics_core::labels::sanitize_into;
 use gateway_metrics_core::labels::{edge_words, header_matches, short_eq};
 use gateway_metrics_core::store::Store;
@@ -62,9 +63,8 @@ pub enum UsageState {
     Unread,
     /// The body is being read (one allocation per response, none per buffer).
     Reading(Box<UsageReader>),
-    /// The whole body was read (its last buffer passed): what it said. (Boxed: the context of
-    /// every request carries this enum, and most never get here.)
-    Read(Box<UsageRead>),
+    /// The whole body was read (its last buffer passed): what it said.
+    Read(UsageRead),
     /// The body cannot be read, for this reason.
     Missing(UsageMissing),
     /// Nothing to read: usage is off, or the response is not one that reports usage (not an
@@ -656,28 +656,45 @@ impl<'r> Finished<'r> {
     }
 }
 
-/// What a response said of its usage once read to its end (or cut).
+/// The request's trace context, from `gateway_metrics_exemplars` (an invalid value: none).
+/// Read apart from [`Finished`]: requests without exemplars never pay for it.
+#[cold]
+#[inline(never)]
+pub fn trace(r: &Request, lc: &LocConf) -> Option<TraceContext> {
+    TraceContext::parse(label(r, &lc.exemplars))
+}
+
+/// What a response said of its usage once read to its end (or cut), and its reader, kept for
+/// the model (sanitised only when the log phase takes it: no allocation before).
 pub struct UsageRead {
     pub tokens: Result<Tokens, UsageMissing>,
-    /// The response's model, sanitised as `gm.set_model` does.
-    pub model: Option<Vec<u8>>,
+    reader: Box<UsageReader>,
 }
 
 impl UsageRead {
     /// Ends the reading: `whole` says whether the body's last buffer passed.
-    pub fn conclude(reader: &mut UsageReader, whole: bool) -> UsageRead {
+    pub fn conclude(mut reader: Box<UsageReader>, whole: bool) -> UsageRead {
         let tokens = match reader.finish(whole) {
             Outcome::Usage(t) | Outcome::Partial(t) => Ok(t),
             Outcome::Absent => Err(UsageMissing::Absent),
             Outcome::Aborted => Err(UsageMissing::Aborted),
             Outcome::Malformed => Err(UsageMissing::Malformed),
         };
-        let model = reader.model().map(|m| {
+        UsageRead { tokens, reader }
+    }
+
+    /// The reader's [`UsageReader::first_content_at_finish`].
+    pub fn first_content_at_finish(&self) -> bool {
+        self.reader.first_content_at_finish()
+    }
+
+    /// The response's model, sanitised as `gm.set_model` does.
+    fn model(&self) -> Option<Vec<u8>> {
+        self.reader.model().map(|m| {
             let mut clean = Vec::with_capacity(m.len());
             sanitize_into(&mut clean, m);
             clean
-        });
-        UsageRead { tokens, model }
+        })
     }
 }
 
@@ -697,11 +714,11 @@ impl ReqCtx {
             UsageState::Unread => (None, unread_usage(r, lc, whole)),
             UsageState::Skipped => (None, None),
             UsageState::Missing(why) => (None, Some(why)),
-            UsageState::Reading(mut reader) => {
-                let read = UsageRead::conclude(&mut reader, whole);
+            UsageState::Reading(reader) => {
+                let read = UsageRead::conclude(reader, whole);
                 self.take_read(read, take_model)
             }
-            UsageState::Read(read) => self.take_read(*read, take_model),
+            UsageState::Read(read) => self.take_read(read, take_model),
         };
         // Tokens Lua reported win: the response's are not counted on top of them.
         match self.lua_tokens {
@@ -717,8 +734,10 @@ impl ReqCtx {
         read: UsageRead,
         take_model: bool,
     ) -> (Option<Tokens>, Option<UsageMissing>) {
-        if take_model && read.model.is_some() {
-            self.model = read.model;
+        if take_model {
+            if let Some(m) = read.model() {
+                self.model = Some(m);
+            }
         }
         match read.tokens {
             Ok(t) => (Some(t), None),

@@ -276,10 +276,31 @@ def test_grafana_provisioning_files():
     with open(CONFIG) as f:
         scrape = re.search(r"^\s+scrape_interval:\s*(\S+)", f.read(), re.M).group(1)
     assert re.search(rf"timeInterval:\s*{scrape}\b", ds)
+    # Exemplars link to traces by their trace_id label (what the module writes).
+    assert re.search(r"exemplarTraceIdDestinations:\n\s+- name: trace_id\n", ds)
     with open(os.path.join(MON, "grafana/provisioning/dashboards/ai-gateway.yml")) as f:
         prov = f.read()
     assert re.search(r"^apiVersion: 1$", prov, re.M) and "type: file" in prov
     assert re.search(r"^\s+path:\s*/\S+", prov, re.M)
+
+
+def test_latency_and_ttft_panels_show_exemplars():
+    with open(DASHBOARD) as f:
+        panels = json.load(f)["panels"]
+    with_exemplars = {p["title"] for p in panels
+                      if any(t.get("exemplar") for t in p.get("targets", []))}
+    assert with_exemplars == {"Response time percentiles", "P95 response time by namespace",
+                              "P95 response time by model", "Time to first token by model"}
+    # ... and only where the query reads a histogram whose buckets carry them
+    for p in panels:
+        for t in p.get("targets", []):
+            if t.get("exemplar"):
+                assert "_bucket{" in t["expr"], t["expr"]
+    with open(CONFIG) as f:
+        text = f.read()
+    assert "--enable-feature=exemplar-storage" in text
+    with open(os.path.join(ROOT, "scripts/monitoring")) as f:
+        assert "--enable-feature=exemplar-storage" in f.read()
 
 
 def test_scrape_and_retention_settings():

@@ -182,9 +182,86 @@ pub fn format_bound(b: f64) -> String {
     }
 }
 
+/// A bucket bound as OpenMetrics wants `le` label values: the canonical number text that the
+/// reference client libraries write (and their parsers check): the shortest digits that read
+/// back as the same float, always with a fraction (`1.0`, `0.25`, `10.0`), in exponent form
+/// below 1e-4 (`1e-05`) and from 1e6 up (`1e+06`), `+Inf` for infinity.
+pub fn format_bound_canonical(b: f64) -> String {
+    if b.is_nan() {
+        return "NaN".into();
+    }
+    if b.is_infinite() {
+        return if b > 0.0 { "+Inf" } else { "-Inf" }.into();
+    }
+    if b == 0.0 {
+        return if b.is_sign_negative() { "-0.0" } else { "0.0" }.into();
+    }
+    // Shortest round-trip digits and the decimal exponent, from Rust's `{:e}` ("1.5e-5").
+    let sci = format!("{:e}", b.abs());
+    let (mant, exp) = sci.split_once('e').unwrap_or((&sci, "0"));
+    let exp: i32 = exp.parse().unwrap_or(0);
+    let digits: String = mant.chars().filter(|c| *c != '.').collect();
+    let sign = if b < 0.0 { "-" } else { "" };
+    let exponent_form = |digits: &str, exp: i32| {
+        let (first, rest) = digits.split_at(1);
+        let m = if rest.is_empty() {
+            first.to_string()
+        } else {
+            format!("{first}.{rest}")
+        };
+        format!(
+            "{sign}{m}e{}{:02}",
+            if exp < 0 { '-' } else { '+' },
+            exp.abs()
+        )
+    };
+    if exp < -4 || exp >= 16 || (b > 0.0 && exp >= 6) {
+        return exponent_form(&digits, exp);
+    }
+    let n = digits.len() as i32;
+    let text = if exp < 0 {
+        format!("0.{}{digits}", "0".repeat((-exp - 1) as usize))
+    } else if n > exp + 1 {
+        let (int, frac) = digits.split_at((exp + 1) as usize);
+        format!("{int}.{frac}")
+    } else {
+        format!("{digits}{}.0", "0".repeat((exp + 1 - n) as usize))
+    };
+    format!("{sign}{text}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn canonical_bounds_read_like_the_reference_clients() {
+        for (v, want) in [
+            (1.0, "1.0"),
+            (0.005, "0.005"),
+            (0.25, "0.25"),
+            (2.5, "2.5"),
+            (10.0, "10.0"),
+            (60.0, "60.0"),
+            (100000.0, "100000.0"),
+            (1_000_000.0, "1e+06"),
+            (1_500_000.0, "1.5e+06"),
+            (0.0001, "0.0001"),
+            (0.00001, "1e-05"),
+            (0.000015, "1.5e-05"),
+            (1e20, "1e+20"),
+            (0.1 + 0.2, "0.30000000000000004"),
+            (-2.0, "-2.0"),
+            (-1e-7, "-1e-07"),
+            (0.0, "0.0"),
+            (f64::INFINITY, "+Inf"),
+        ] {
+            assert_eq!(format_bound_canonical(v), want, "{v}");
+            if v.is_finite() {
+                assert_eq!(format_bound_canonical(v).parse::<f64>().unwrap(), v);
+            }
+        }
+    }
 
     #[test]
     fn remap_puts_each_bucket_where_its_observations_surely_are() {

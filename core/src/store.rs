@@ -16,8 +16,13 @@
 //! * The hash index is open-addressed with linear probing; a slot holds
 //!   `(hash >> 32) << 32 | entry_offset` and never changes once set (series are never removed),
 //!   so lookups are lock-free: an update of an existing series is one probe plus atomic adds.
-//! * Entries are appended to a heap: `[header word][key bytes packed in words][value words]`.
-//!   The header word is `family:32 | key_len:16 | layout:8 | n_values:8`.
+//! * Entries are appended to a heap:
+//!   `[header word][key bytes packed in words][value words][creation time]`. The header word is
+//!   `family:32 | key_len:16 | layout:8 | n_values:8`; the creation time (Unix milliseconds, for
+//!   OpenMetrics' `_created`) comes last so that lookups and updates never step over it.
+//! * A series' exemplars (see [`crate::exemplar`]) live in a companion entry of the family
+//!   `EXEMPLARS | family` keyed by the offset of the series' values: made the first time the
+//!   series gets an exemplar, never counted as a series.
 //! * Inserts take the caller's lock (nginx's shm mutex in the module). An entry is fully
 //!   written before its index slot and the heap's `published` mark are released, so readers
 //!   (lookups and the renderer walking the heap) never see a half-written entry.
@@ -31,7 +36,7 @@ use crate::labels::StackKey;
 
 const MAGIC: u64 = 0x4757_4d45_5452_4943; // "GWMETRIC"
 /// Bumped whenever the region layout changes; a region with another version is re-initialised.
-pub const FORMAT_VERSION: u64 = 2;
+pub const FORMAT_VERSION: u64 = 3;
 
 /// Maximum number of distinct bucket layouts a zone remembers (a reload may add one).
 pub const MAX_LAYOUTS: usize = 16;
@@ -83,16 +88,19 @@ pub enum DropReason {
     /// A worker process found no free lane (see [`Store::claim_lane`]): its in-flight requests
     /// are not in the gauge.
     NoLane = 4,
+    /// A series' exemplars found no room in the zone (the update itself was recorded).
+    Exemplar = 5,
 }
 
 impl DropReason {
-    pub const COUNT: usize = 5;
+    pub const COUNT: usize = 6;
     pub const ALL: [DropReason; Self::COUNT] = [
         DropReason::ZoneFull,
         DropReason::MaxSeries,
         DropReason::Lost,
         DropReason::LayoutTableFull,
         DropReason::NoLane,
+        DropReason::Exemplar,
     ];
 
     /// The value of the `reason` label in the self-metrics.
@@ -103,6 +111,7 @@ impl DropReason {
             DropReason::Lost => "lost",
             DropReason::LayoutTableFull => "layout_table_full",
             DropReason::NoLane => "worker_lanes_full",
+            DropReason::Exemplar => "exemplar_zone_full",
         }
     }
 }
@@ -160,6 +169,10 @@ impl<L: InsertLock + ?Sized> Drop for Guard<'_, L> {
         self.0.unlock();
     }
 }
+
+/// The family bit of exemplar entries: `EXEMPLARS | family` holds the exemplars of a series of
+/// `family` (built-in ids are small, declared ones have the top bit: neither has this one).
+pub const EXEMPLARS: u32 = 0x4000_0000;
 
 /// Identity of a series apart from its label values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -221,6 +234,10 @@ pub struct Entry<'a> {
     pub values: &'a [AtomicU64],
     /// True for the overflow reserve's series.
     pub overflow: bool,
+    /// When the series was created (Unix milliseconds).
+    pub created_ms: u64,
+    /// Word offset of its values in the region (what its exemplars are keyed by).
+    pub values_off: usize,
 }
 
 /// A series key as stored: bytes packed little-endian in words.
@@ -264,6 +281,14 @@ pub struct Usage {
 #[derive(Clone, Copy)]
 pub struct Store<'a> {
     w: &'a [AtomicU64],
+}
+
+/// The time a new series records as its creation (Unix milliseconds). Read only when a series
+/// is inserted, so the clock costs nothing on the update path.
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn words_for(bytes: usize) -> usize {
@@ -616,7 +641,7 @@ impl<'a> Store<'a> {
         }
         let reason = {
             let _g = Guard::new(lock);
-            match self.insert_locked(limits, kind, header, key, hash, false) {
+            match self.insert_locked(Some(limits), kind, header, key, hash, false) {
                 Ok(off) => return Ok(Placement::Own(off)),
                 Err(r) => r,
             }
@@ -628,7 +653,7 @@ impl<'a> Store<'a> {
             return Ok(Placement::Overflow(off, reason));
         }
         let _g = Guard::new(lock);
-        match self.insert_locked(limits, kind, oheader, overflow_key, ohash, true) {
+        match self.insert_locked(Some(limits), kind, oheader, overflow_key, ohash, true) {
             Ok(off) => Ok(Placement::Overflow(off, reason)),
             Err(_) => {
                 self.count_drop(DropReason::Lost, 1);
@@ -637,9 +662,11 @@ impl<'a> Store<'a> {
         }
     }
 
+    /// Inserts an entry (the caller holds the insert lock). `limits`: `None` for an entry that is
+    /// not a series (exemplars), neither capped nor counted.
     fn insert_locked(
         &self,
-        limits: Limits,
+        limits: Option<Limits>,
         kind: SeriesKind,
         header: u64,
         key: &[u8],
@@ -653,8 +680,10 @@ impl<'a> Store<'a> {
         };
         let cap = self.hdr(H_INDEX_CAP);
         let entries = self.hdr(H_ENTRIES);
-        if !overflow && self.hdr(H_SERIES) >= limits.max_series {
-            return Err(DropReason::MaxSeries);
+        if let (false, Some(l)) = (overflow, limits) {
+            if self.hdr(H_SERIES) >= l.max_series {
+                return Err(DropReason::MaxSeries);
+            }
         }
         // Main series may fill the index to 3/4; overflow series may use what is left.
         let index_limit = if overflow {
@@ -682,7 +711,7 @@ impl<'a> Store<'a> {
         };
         let off = self.hdr(bump_i) as usize;
         let kw = words_for(key.len());
-        let size = 1 + kw + usize::from(kind.n_values);
+        let size = 1 + kw + usize::from(kind.n_values) + 1;
         // The bump pointer is shared memory too: never write outside its area (a corrupt one
         // could point into the header or past the end).
         let fits = off >= start as usize
@@ -700,19 +729,69 @@ impl<'a> Store<'a> {
             b[..c.len()].copy_from_slice(c);
             entry[1 + i].store(u64::from_le_bytes(b), Ordering::Relaxed);
         }
-        for v in &entry[1 + kw..] {
+        for v in &entry[1 + kw..size - 1] {
             v.store(0, Ordering::Relaxed);
         }
+        entry[size - 1].store(now_ms(), Ordering::Relaxed);
         entry[0].store(header, Ordering::Relaxed);
         self.w[bump_i].store((off + size) as u64, Ordering::Relaxed);
         // Release: the entry's words become visible before the slot and the published mark.
         slot_w.store(((hash >> 32) << 32) | off as u64, Ordering::Release);
         self.w[pub_i].store((off + size) as u64, Ordering::Release);
         self.w[H_ENTRIES].fetch_add(1, Ordering::Relaxed);
-        if !overflow {
+        if !overflow && limits.is_some() {
             self.w[H_SERIES].fetch_add(1, Ordering::Relaxed);
         }
         Ok(off)
+    }
+
+    /// The word offset in the region of `values` (words of this store), if they are in it.
+    pub fn offset_of(&self, values: &[AtomicU64]) -> Option<usize> {
+        let base = self.w.as_ptr() as usize;
+        let p = values.as_ptr() as usize;
+        let bytes = p.checked_sub(base)?;
+        let off = bytes / 8;
+        (bytes % 8 == 0 && off < self.w.len()).then_some(off)
+    }
+
+    /// The exemplar slots ([`crate::exemplar`], `slots` of them) of the series whose value
+    /// words are `values` (of the family `family`, layout `layout`), made on first use without
+    /// counting as a series. `None` when the series is not in this store, `slots` is more than
+    /// [`crate::exemplar::MAX_SLOTS`] or the zone has no room (counted as
+    /// [`DropReason::Exemplar`]).
+    pub fn exemplar_slots<L: InsertLock + ?Sized>(
+        &self,
+        lock: &L,
+        values: &[AtomicU64],
+        family: u32,
+        layout: u8,
+        slots: usize,
+    ) -> Option<&'a [AtomicU64]> {
+        if slots == 0 || slots > crate::exemplar::MAX_SLOTS || family & EXEMPLARS != 0 {
+            return None;
+        }
+        let key = (self.offset_of(values)? as u64).to_le_bytes();
+        let kind = SeriesKind {
+            family: EXEMPLARS | family,
+            layout,
+            n_values: (slots * crate::exemplar::SLOT_WORDS) as u8,
+        };
+        let header = kind.header(key.len());
+        let hash = hash_key(header, &key);
+        if let Ok(off) = self.probe(header, &key, hash) {
+            return Some(self.values(off));
+        }
+        let inserted = {
+            let _g = Guard::new(lock);
+            self.insert_locked(None, kind, header, &key, hash, false)
+        };
+        match inserted {
+            Ok(off) => Some(self.values(off)),
+            Err(_) => {
+                self.count_drop(DropReason::Exemplar, 1);
+                None
+            }
+        }
     }
 
     /// Counts an update that did not reach its own series.
@@ -818,13 +897,14 @@ impl<'a> Store<'a> {
                 if h == 0 {
                     // An all-zero header is a one-word entry with no key and no values (family
                     // 0, layout 0, n_values 0, empty key): nothing to show, but the entries
-                    // after it must still be walked.
-                    off += 1;
+                    // after it must still be walked (its creation time follows).
+                    off += 2;
                     continue;
                 }
                 let (kind, key_len) = SeriesKind::from_header(h);
                 let kw = words_for(key_len);
-                let size = 1 + kw + usize::from(kind.n_values);
+                let n = usize::from(kind.n_values);
+                let size = 1 + kw + n + 1;
                 let Some(words) = self.w.get(off + 1..off + size) else {
                     break;
                 };
@@ -834,8 +914,10 @@ impl<'a> Store<'a> {
                         words: &words[..kw],
                         len: key_len,
                     },
-                    values: &words[kw..],
+                    values: &words[kw..kw + n],
                     overflow,
+                    created_ms: words[kw + n].load(Ordering::Relaxed),
+                    values_off: off + 1 + kw,
                 });
                 off += size;
             }

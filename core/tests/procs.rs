@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 use common::{key, parse_ok, req_key, req_kind, SpinLock};
 use gateway_metrics_core::catalogue::fam;
 use gateway_metrics_core::render::{render, HistSpec, RenderSpec};
-use gateway_metrics_core::series;
 use gateway_metrics_core::store::{self, DropReason, Limits, SeriesKind, Store};
+use gateway_metrics_core::{exemplar, series};
 
 /// An anonymous shared mapping, viewed as atomic words.
 struct Shared {
@@ -342,4 +342,85 @@ fn forked_children_update_one_shared_zone() {
         "took {:?}",
         started.elapsed()
     );
+}
+
+/// The exemplar a child writes for its `i`-th update: its trace and span ids are derived from
+/// the value, so a reader can tell one exemplar's words from a mix of two.
+fn exemplar_of(c: usize, i: usize) -> exemplar::Exemplar {
+    let n = (c * UPDATES + i) as u64 + 1;
+    let mut trace_id = [0u8; 16];
+    trace_id[..8].copy_from_slice(&n.to_be_bytes());
+    trace_id[8..].copy_from_slice(&(!n).to_be_bytes());
+    exemplar::Exemplar {
+        trace: exemplar::TraceContext {
+            trace_id,
+            span_id: n.wrapping_mul(0x9E37_79B9_7F4A_7C15).to_be_bytes(),
+        },
+        value: n as f64,
+        // Close together, as real ones are: a claim is only taken over after a second.
+        ts_ms: 1_700_000_000_000 + (i / 100) as u64,
+    }
+}
+
+fn check_exemplar(e: &exemplar::Exemplar) {
+    let n = e.value as u64;
+    assert!(n >= 1, "value {n}");
+    let c = (n - 1) as usize / UPDATES;
+    let i = (n - 1) as usize % UPDATES;
+    assert_eq!(*e, exemplar_of(c, i), "torn exemplar");
+}
+
+#[test]
+fn forked_children_write_and_read_exemplars_without_tearing() {
+    let zone = Shared::new(1 << 20);
+    let lock_map = Shared::new(4096);
+    let region = zone.words();
+    let lock_words = lock_map.words();
+    let s = Store::format(region, 1_700_000_000).unwrap();
+    let lock = SpinLock(&lock_words[LOCK]);
+    assert_eq!(s.register_layout(&lock, &BOUNDS).unwrap(), 1);
+    let hkind = req_kind(1, BOUNDS.len());
+    let keys: Vec<Vec<u8>> = (0..4)
+        .map(|i| req_key("GET", &format!("/e/{i}"), "200", "ns", "up"))
+        .collect();
+    // The series exist before the children start; their exemplar entries do not.
+    for k in &keys {
+        series(&s, &lock, NO_LIMIT, hkind, k, 5).0.unwrap();
+    }
+    let slots = BOUNDS.len() + 1;
+    let seen = run_children(lock_words, |c| {
+        let s = Store::open(region).expect("child cannot open the zone");
+        let lock = SpinLock(&lock_words[LOCK]);
+        let mut seen = 0;
+        for i in 0..UPDATES {
+            let k = &keys[i % keys.len()];
+            let v = s.values(s.find(hkind, k).unwrap());
+            let ex = s
+                .exemplar_slots(&lock, v, fam::REQUEST, 1, slots)
+                .expect("no exemplar slots");
+            let w = exemplar::SLOT_WORDS;
+            exemplar::write(&ex[(i / keys.len() % slots) * w..], &exemplar_of(c, i));
+            if let Some(e) = exemplar::read(&ex[((i + c) % slots) * w..]) {
+                check_exemplar(&e);
+                seen += 1;
+            }
+        }
+        seen
+    });
+    assert!(seen.iter().sum::<u64>() > 0);
+    // One exemplar entry per series (the racing first inserts made one), never counted as a
+    // series; every slot holds one whole exemplar.
+    let mut entries = 0;
+    s.for_each(|e| {
+        if e.kind.family & store::EXEMPLARS != 0 {
+            entries += 1;
+            assert_eq!(e.kind.family, store::EXEMPLARS | fam::REQUEST);
+            for slot in e.values.chunks(exemplar::SLOT_WORDS) {
+                check_exemplar(&exemplar::read(slot).expect("empty slot"));
+            }
+        }
+    });
+    assert_eq!(entries, keys.len());
+    assert_eq!(s.usage().series, keys.len() as u64);
+    assert_eq!(s.drops(DropReason::Exemplar), 0);
 }

@@ -540,6 +540,7 @@ gateway_metrics_dropped_updates_total{zone="gm",reason="max_series"} 2
 gateway_metrics_dropped_updates_total{zone="gm",reason="lost"} 0
 gateway_metrics_dropped_updates_total{zone="gm",reason="layout_table_full"} 1
 gateway_metrics_dropped_updates_total{zone="gm",reason="worker_lanes_full"} 0
+gateway_metrics_dropped_updates_total{zone="gm",reason="exemplar_zone_full"} 0
 "#
     );
     let z = [("zone", "gm")];

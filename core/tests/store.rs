@@ -1187,3 +1187,93 @@ fn formatting_leaves_the_heap_untouched() {
         .unwrap());
     assert_eq!(s.find(counter(7), &key(&["x"])), Some(off));
 }
+
+#[test]
+fn series_record_their_creation_time() {
+    let r = region(1 << 20);
+    let s = Store::format(&r, 1_700_000_000).unwrap();
+    let lock = CheckedLock::default();
+    let now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64
+    };
+    let before = now();
+    own(s
+        .upsert(
+            &lock,
+            NO_LIMIT,
+            counter(7),
+            &key(&["a"]),
+            &key(&[OVERFLOW_VALUE]),
+        )
+        .unwrap());
+    let after = now();
+    let mut seen = Vec::new();
+    s.for_each(|e| seen.push((e.created_ms, e.values_off)));
+    assert_eq!(seen.len(), 1);
+    assert!(
+        (before..=after).contains(&seen[0].0),
+        "{seen:?} not in {before}..={after}"
+    );
+    // The value offset is where the values are.
+    let off = s.find(counter(7), &key(&["a"])).unwrap();
+    assert_eq!(s.offset_of(s.values(off)), Some(seen[0].1));
+}
+
+#[test]
+fn exemplar_slots_are_made_once_and_never_count_as_series() {
+    use gateway_metrics_core::exemplar::{self, SLOT_WORDS};
+    let r = region(MIN_REGION_BYTES);
+    let s = Store::format(&r, 1_700_000_000).unwrap();
+    let lock = CheckedLock::default();
+    let off = own(s
+        .upsert(
+            &lock,
+            NO_LIMIT,
+            counter(7),
+            &key(&["a"]),
+            &key(&[OVERFLOW_VALUE]),
+        )
+        .unwrap());
+    let v = s.values(off);
+    let a = s.exemplar_slots(&lock, v, 7, 0, 3).unwrap();
+    assert_eq!(a.len(), 3 * SLOT_WORDS);
+    let b = s.exemplar_slots(&lock, v, 7, 0, 3).unwrap();
+    assert_eq!(a.as_ptr(), b.as_ptr());
+    assert_eq!(s.usage().series, 1);
+    // Not for words outside the store, too many slots, or an exemplar entry itself.
+    let elsewhere = region(64);
+    assert!(s.exemplar_slots(&lock, &elsewhere, 7, 0, 3).is_none());
+    assert!(s
+        .exemplar_slots(&lock, v, 7, 0, exemplar::MAX_SLOTS + 1)
+        .is_none());
+    assert!(s
+        .exemplar_slots(&lock, v, store::EXEMPLARS | 7, 0, 3)
+        .is_none());
+    // A full zone: the exemplar is dropped and counted, the series keeps working.
+    let mut i = 0;
+    while s
+        .upsert(
+            &lock,
+            NO_LIMIT,
+            counter(8),
+            &key(&[&format!("k{i}")]),
+            &key(&[OVERFLOW_VALUE]),
+        )
+        .map(|p| matches!(p, Placement::Own(_)))
+        .unwrap()
+    {
+        i += 1;
+    }
+    let mut last = None;
+    s.for_each(|e| {
+        if !e.overflow && e.kind.family == 8 {
+            last = Some(e.values_off);
+        }
+    });
+    let full = &r[last.unwrap()..last.unwrap() + 1];
+    assert!(s.exemplar_slots(&lock, full, 8, 0, 40).is_none());
+    assert_eq!(s.drops(DropReason::Exemplar), 1);
+}

@@ -18,6 +18,9 @@ LUA_GM_CALLS = """            log_by_lua_block {
             }"""
 LUA_NOOP = """            log_by_lua_block { return }"""
 PRICE = "    gateway_metrics_model_price gpt-4o input=2.50 output=10.00;\n"
+EXEMPLARS = "    gateway_metrics_exemplars $http_traceparent;\n"
+# Requests of the exemplar variants carry a W3C trace context (a new one per request).
+TRACED = "traceparent"
 
 # name: (description, module?, lua?, http body, request path)
 CG_VARIANTS = {
@@ -39,7 +42,20 @@ CG_VARIANTS = {
                       "/gif"),
     "module_content": ("module, `empty_gif` (content phase: + in-flight gauge)", True, False,
                        gm_http(), "/gif"),
+    "nginx_traced": ("nginx alone, requests with a `traceparent` header", False, False,
+                     base_http(), REQ_PATH, TRACED),
+    "module_traced": ("module, default families, requests with a `traceparent` header "
+                      "(exemplars off)", True, False, gm_http(), REQ_PATH, TRACED),
+    "module_exemplars": ("module + `gateway_metrics_exemplars $http_traceparent`", True, False,
+                         gm_http(http_extra=EXEMPLARS), REQ_PATH, TRACED),
 }
+
+
+def request_headers(i, traced):
+    h = {"X-Namespace": NAMESPACES[i % len(NAMESPACES)]}
+    if traced:
+        h["traceparent"] = f"00-{0x5eed0000 + i:032x}-{i + 1:016x}-01"
+    return h
 
 
 def run(ctx):
@@ -50,7 +66,8 @@ def run(ctx):
     if gm.HAVE_LUA:
         names += ["module+lua_calls", "lua_noop", "lua_way"]
     if p["cg_content"]:
-        names += ["module_loaded", "module_off", "module_thread_pool", "nginx_content", "module_content"]
+        names += ["module_loaded", "module_off", "module_thread_pool", "nginx_content", "module_content",
+                  "nginx_traced", "module_traced", "module_exemplars"]
     if os.environ.get("GM_CG_VARIANTS"):  # e.g. "nginx,module" while iterating on the hot path
         names = [n for n in names if n in os.environ["GM_CG_VARIANTS"].split(",")]
     say(f"requests: {warm} warm-up + N over one keep-alive connection, {len(NAMESPACES)} "
@@ -64,8 +81,8 @@ def run(ctx):
            "variants": {}}
     files = {}
     for name in names:
-        desc, module, lua, http, path = CG_VARIANTS[name]
-        raws = [gm.request_bytes(path, {"X-Namespace": NAMESPACES[i % len(NAMESPACES)]})
+        desc, module, lua, http, path, *traced = CG_VARIANTS[name]
+        raws = [gm.request_bytes(path, request_headers(i, traced))
                 for i in range(warm + n2)]
         per, totals = [], []
         for layout in range(p["cg_layouts"]):
@@ -119,6 +136,14 @@ def run(ctx):
         added["module_content"] = v["module_content"] - v["nginx_content"]
         say(f"  -> with a content phase (empty_gif: in-flight gauge too) the module adds "
             f"{added['module_content']:,.0f} (nginx alone: {v['nginx_content']:,.0f})")
+    if all(k in v for k in ("nginx_traced", "module_traced", "module_exemplars")):
+        added["module_traced"] = v["module_traced"] - v["nginx_traced"]
+        added["module_exemplars"] = v["module_exemplars"] - v["nginx_traced"]
+        added["exemplars_only"] = v["module_exemplars"] - v["module_traced"]
+        say(f"  -> with exemplars on (a valid traceparent on every request) the module adds "
+            f"{added['module_exemplars']:,.0f} ({added['exemplars_only']:,.0f} more than with "
+            f"them off: reading and parsing the traceparent, finding the series' exemplar "
+            f"slots, writing one)")
     res["added"] = added
     res["target_600_met"] = added["module"] <= 600
 

@@ -66,7 +66,7 @@
 //! Settled streams therefore do not check the JSON of payloads without usage.
 //!
 //! Reading itself: a payload (or JSON body) held whole in one buffer is read by a recursive
-//! walk over the slice (`scan/whole.rs`): string ends found eight bytes at a time, keys
+//! walk over the slice (`scan/whole.rs`): string ends found by `memchr`'s SSE2 searcher (x86-64), keys
 //! looked up in the same provider table (after a hash-mask prefilter that rules out most
 //! irrelevant keys exactly), skipped containers bracket-counted.
 //! It reads exactly what the resumable scanner reads and accepts only what it can walk to the
@@ -112,23 +112,24 @@
 //! the `memmem` for the usage key and the comparison (eight bytes at a time with quote
 //! counting, ~1,100 for a 200-byte tail). Target not met: Gemini (≤ ~400).
 //!
-//! A whole JSON body (new + feed + finish): the compact 674-byte Chat body 6,282 (7,094 before this
-//! round), the corpus's pretty-printed one (997 bytes, 2-space indentation) 9,480 (10,102). This
-//! round: irrelevant keys are ruled out by a 64-bit mask indexed by a hash of length, first and
-//! last byte (`providers::may_know`) before the table; the table compares keys by words (`eqk`)
-//! instead of byte by byte; skipped scalars and counts are read in the member loop without the
-//! value dispatch. Target not met (≤ ~1,500), and not reachable by this design: `{}` alone costs
-//! ~630 (reader construction, framing, finish with normalisation); the compact body's 35 strings
-//! hold 509 of its 674 bytes, and their ends, found eight bytes at a time (~18 instructions a word,
-//! loop included, plus the exit), cost ~1,100–1,500; every member then costs its key's end search
-//! plus ~40–70 for lookup, `:`, dispatch and `,`, and each distinct kind of value its own code path
-//! (measured per instruction: ~750 instructions run once per body). Tried and dropped (slower,
-//! measured): `memchr2` for string tails (call overhead on strings this short), a perfect-hash key
-//! id with one table lookup (hash arithmetic costs what it saves), a word-chunk iterator for the
-//! string search (+500, code layout), an out-of-line whitespace run (+1,500 on the pretty-printed
-//! body), reading `choices` as the scanner does with a fast container skip instead of skimming it
-//! (+100). Wider searches need SIMD, which `std::arch` only offers to `unsafe` code or
-//! `#[target_feature]` functions this crate's safe API cannot call.
+//! A whole JSON body (new + feed + finish): the compact 674-byte Chat body 6,182 (6,282 before
+//! this round), the corpus's pretty-printed one (997 bytes, 2-space indentation, the nginx
+//! benchmark's body) 8,265 (9,480). This round: string ends are found by the `memchr` crate's SSE2
+//! searcher on x86-64 (`memchr::arch::x86_64::sse2::memchr::Two`: SSE2 is in the x86-64 baseline,
+//! so its first 16-byte probe inlines into the walk, where the dispatching `memchr2` could not;
+//! elsewhere the eight-bytes-at-a-time search stays); whitespace: a single space (after `:`) is
+//! passed without the run loop, a newline alone, and spaces eight at a time by one XOR (exact: zero
+//! bytes are exactly the spaces) instead of two zero-byte tests a word. Where the rest goes
+//! (measured by pieces of the pretty body): `{}` alone ~630 (construction, framing, finish with
+//! normalisation), its `usage` object ~3,700 (13 members, two nested objects: ~250 a member for
+//! key end, lookup, `:`, value, `,` and indentation), `choices` skimmed ~2,700 (433 bytes), the six
+//! other top-level members ~1,600. Tried and dropped this round (no gain or slower, measured): the
+//! provider table matched by key length first (a jump instead of a chain of compares), a
+//! branch-free `Raw::merge`. Target not met (≤ ~1,500), and not reachable by this design: every
+//! token of the body still costs its dispatch; the previous round's notes hold (a perfect-hash
+//! key id, a word-chunk iterator, an out-of-line whitespace run and reading `choices` the
+//! scanner's way were slower). Wider searches than `memchr`'s need SIMD, which `std::arch` only
+//! offers to `unsafe` code or `#[target_feature]` functions this crate's safe API cannot call.
 //!
 //! The last event of a stream without blank line is read by [`UsageReader::finish`]; its first
 //! content is reported by [`UsageReader::first_content_at_finish`].

@@ -19,45 +19,66 @@ struct Stop;
 type Pos = Result<usize, Stop>;
 
 #[inline(always)]
-fn ws(b: &[u8], mut i: usize) -> usize {
-    // Most tokens follow each other without whitespace.
-    if i < b.len() && b[i] > b' ' {
-        return i;
+fn ws(b: &[u8], i: usize) -> usize {
+    match b.get(i) {
+        // Most tokens follow each other without whitespace,
+        Some(&c) if c > b' ' => i,
+        // or after one space (pretty-printed bodies after `:`).
+        Some(b' ') if b.get(i + 1).is_some_and(|&c| c > b' ') => i + 1,
+        _ => ws_run(b, i),
     }
+}
+
+/// Past the whitespace at `i`. Pretty-printed bodies (OpenAI's JSON responses) indent with a
+/// newline and a run of spaces: a `\n`, `\r` or `\t` is passed alone, spaces eight at a time
+/// (the first byte of a word that is not a space is exact: XOR with spaces is zero exactly on
+/// them).
+#[inline(always)]
+fn ws_run(b: &[u8], mut i: usize) -> usize {
     loop {
-        // Pretty-printed bodies (OpenAI's JSON responses) indent with runs of spaces after a
-        // newline: eight bytes at a time while they are all ' ' or '\n' (exactly those: any
-        // other byte, '\r' and '\t' included, is looked at alone below).
-        while let Some(w) = b.get(i..i + 8) {
-            let w = u64::from_le_bytes(w.try_into().unwrap_or_default());
-            let ok = zero_bytes(w ^ (ONES * u64::from(b' ')))
-                | zero_bytes(w ^ (ONES * u64::from(b'\n')));
-            if ok == HIGH {
-                i += 8;
-            } else {
-                i += ((!ok & HIGH).trailing_zeros() / 8) as usize;
-                break;
+        if let Some(b'\n' | b'\r' | b'\t') = b.get(i) {
+            i += 1;
+        }
+        match b.get(i..i + 8) {
+            Some(w) => {
+                let x = u64::from_le_bytes(w.try_into().unwrap_or_default()) ^ (ONES * 0x20);
+                if x == 0 {
+                    i += 8;
+                    continue;
+                }
+                i += (x.trailing_zeros() / 8) as usize;
+            }
+            None => {
+                while i < b.len() && b[i] == b' ' {
+                    i += 1;
+                }
             }
         }
-        if i < b.len() && matches!(b[i], b' ' | b'\n' | b'\r' | b'\t') {
-            i += 1;
-        } else {
+        if !matches!(b.get(i), Some(b'\n' | b'\r' | b'\t')) {
             return i;
         }
     }
 }
 
-/// 0x80 in each byte of `v` that is zero, 0 elsewhere (exact: no borrow between bytes).
-#[inline(always)]
-fn zero_bytes(v: u64) -> u64 {
-    !(((v & !HIGH).wrapping_add(!HIGH)) | v | !HIGH)
-}
-
 const ONES: u64 = 0x0101_0101_0101_0101;
+#[cfg(not(target_arch = "x86_64"))]
 const HIGH: u64 = 0x8080_8080_8080_8080;
 
-/// The first `"` or `\` at or after `i`, eight bytes at a time (a word's lowest flagged byte
+/// The first `"` or `\\` at or after `i`. On x86-64 with the `memchr` crate's SSE2 searcher
+/// (SSE2 is part of the x86-64 baseline, so its first 16-byte probe is inlined here: most strings
+/// end within it); elsewhere eight bytes at a time.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn quote_or_escape(b: &[u8], i: usize) -> Option<usize> {
+    use memchr::arch::x86_64::sse2::memchr::Two;
+    let rest = b.get(i..)?;
+    let two = Two::new(b'"', b'\\')?;
+    two.find(rest).map(|j| i + j)
+}
+
+/// The first `"` or `\\` at or after `i`, eight bytes at a time (a word's lowest flagged byte
 /// is exact: the borrow of the zero-byte test only flags bytes above a true match).
+#[cfg(not(target_arch = "x86_64"))]
 #[inline(always)]
 fn quote_or_escape(b: &[u8], mut i: usize) -> Option<usize> {
     while let Some(w) = b.get(i..i + 8) {
