@@ -29,7 +29,8 @@ def _which(*names):
     return None
 
 
-PROMETHEUS = _which("prometheus")
+PROMETHEUS = _which("prometheus") or ("/usr/bin/prometheus" if os.path.exists("/usr/bin/prometheus")
+                                      else None)
 VICTORIA_METRICS = _which("victoria-metrics", "victoria-metrics-prod")
 VMALERT = _which("vmalert", "vmalert-prod")
 ALERTMANAGER = _which("prometheus-alertmanager", "alertmanager")
@@ -160,12 +161,13 @@ class Prometheus(Service):
     ready_path = "/-/ready"
 
     def __init__(self, workdir, name, config_text, port=None, agent=False, receiver=False,
-                 retention="30d"):
+                 retention="30d", flags=()):
         super().__init__(workdir, name, port)
         self.config_text = config_text
         self.agent = agent
         self.receiver = receiver
         self.retention = retention
+        self.flags = list(flags)  # more, e.g. --enable-feature=exemplar-storage
         self.config = os.path.join(self.dir, "prometheus.yml")
 
     def argv(self):
@@ -184,7 +186,7 @@ class Prometheus(Service):
                   f"--storage.tsdb.retention.time={self.retention}"]
         if self.receiver:
             a.append("--web.enable-remote-write-receiver")
-        return a
+        return a + self.flags
 
 
 class VictoriaMetrics(Service):
