@@ -6,6 +6,7 @@ Sections (each prints its figures and its ratio against a baseline measured in t
   usage      the same per proxied LLM request (JSON, SSE streams): native usage reading vs Lua
   wrk        throughput with and without the module (alternating runs, medians)
   scrape     /metrics render time and size by series count; harm to concurrent traffic
+  scrape10k  complete scrapes of 10,000 stored series (min/median/max of 20), views off, harm
   memory     zone bytes per series, series that fit in a 32 MiB zone
   ffi        ns per call from LuaJIT: gm.add_tokens vs ngx.shared.DICT:incr
   workers2   exact counts and throughput with worker_processes 2

@@ -2,9 +2,10 @@
 //! the configuration, the zone and nginx's own counters.
 
 use std::ptr;
+use std::sync::Mutex;
 
 use gateway_metrics_core::expo::CONTENT_TYPE;
-use gateway_metrics_core::render::{NginxStats, RenderSpec};
+use gateway_metrics_core::render::{NginxStats, RenderCache, RenderSpec};
 use nginx_sys::*;
 
 use crate::conf::MainConf;
@@ -77,4 +78,30 @@ fn nginx_stats() -> Option<NginxStats> {
 #[cfg(not(gm_stat_stub))]
 fn nginx_stats() -> Option<NginxStats> {
     None
+}
+
+/// The most process memory a worker keeps for its render cache between scrapes (~1.5 KiB per
+/// stored request series with the default families): a bigger one is dropped after the scrape
+/// and the next one starts over.
+const MAX_CACHE_BYTES: usize = 128 << 20;
+
+/// This worker's render cache between scrapes (plain process memory: each worker has its
+/// own). A scrape takes it and gives it back when it ends; a second scrape at the same time
+/// renders without one.
+static CACHE: Mutex<Option<RenderCache>> = Mutex::new(None);
+
+/// The worker's render cache (empty if another scrape holds it, or none was kept).
+pub fn take_cache() -> RenderCache {
+    CACHE
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .take()
+        .unwrap_or_default()
+}
+
+/// Gives the render cache back for the next scrape (dropped if over MAX_CACHE_BYTES).
+pub fn keep_cache(cache: RenderCache) {
+    if cache.bytes() <= MAX_CACHE_BYTES {
+        *CACHE.lock().unwrap_or_else(|e| e.into_inner()) = Some(cache);
+    }
 }

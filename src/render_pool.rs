@@ -6,7 +6,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::ptr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use gateway_metrics_core::render::render;
+use gateway_metrics_core::render::render_cached;
 use gateway_metrics_core::store::Store;
 use nginx_sys::*;
 
@@ -199,7 +199,9 @@ fn render_page(mc: &MainConf, zone: &ZoneCtx, store: &Store) -> Vec<u8> {
     // costs more than rendering it.
     let hint = LAST_PAGE_BYTES.load(Ordering::Relaxed);
     let mut out = Vec::with_capacity((hint + hint / 8).max(64 * 1024));
-    render(store, &spec, &mut out);
+    let mut cache = crate::page::take_cache();
+    render_cached(store, &spec, &mut out, &mut cache);
+    crate::page::keep_cache(cache);
     LAST_PAGE_BYTES.store(out.len(), Ordering::Relaxed);
     out
 }

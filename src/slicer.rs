@@ -11,7 +11,7 @@ use gateway_metrics_core::render::Render;
 use nginx_sys::*;
 
 use crate::error::HandlerError;
-use crate::pacing::{now_ns, PACING};
+use crate::pacing::{cpu_ns, now_ns, PACING};
 use crate::page::{page_spec, set_headers};
 use crate::request::Target;
 
@@ -65,8 +65,8 @@ struct Slicer {
     busy: VecDeque<usize>,
     /// Every buffer is in flight: the write event resumes the scrape.
     wait_writable: bool,
-    /// End of the last slice, and `Pacing::work_ns` then.
-    last_end: u64,
+    /// The worker's CPU time at the end of the last slice, and `Pacing::work_cpu` then.
+    cpu_end: u64,
     work_at_end: u64,
     /// The pacing deadline our timer was armed for.
     armed_for: u64,
@@ -74,6 +74,8 @@ struct Slicer {
 
 impl Drop for Slicer {
     fn drop(&mut self) {
+        // Finished or not, what the render learnt of the zone serves the next scrape.
+        crate::page::keep_cache(self.render.take_cache());
         // SAFETY: the event is ours; the timer tree and posted queues are the worker's, valid
         // while it runs (a pool is destroyed on the event loop).
         unsafe {
@@ -132,14 +134,14 @@ pub unsafe fn start_slices(
             rr.pool,
             Slicer {
                 r,
-                render: Render::new(&t.store, &spec),
+                render: Render::with_cache(&t.store, &spec, crate::page::take_cache()),
                 ev: std::mem::zeroed(),
                 data: Default::default(),
                 bufs,
                 free: (0..BUFFERS).rev().collect(),
                 busy: VecDeque::with_capacity(BUFFERS),
                 wait_writable: false,
-                last_end: 0,
+                cpu_end: 0,
                 work_at_end: 0,
                 armed_for: 0,
             },
@@ -224,7 +226,7 @@ impl Slicer {
     unsafe fn advance(&mut self, wake: Wake) -> Next {
         let now = now_ns();
         if wake == Wake::Posted {
-            PACING.woke_up(now, self.last_end, self.work_at_end);
+            PACING.woke_up(now, cpu_ns(), self.cpu_end, self.work_at_end);
         }
         let paced = PACING.paced(now);
         let busy = paced.is_some();
@@ -245,6 +247,7 @@ impl Slicer {
 
     /// Renders one slice into a free buffer and hands it to the output filters.
     unsafe fn slice(&mut self, t0: u64, busy: bool) -> Result<Next, HandlerError> {
+        let cpu0 = cpu_ns();
         // SAFETY: forwarded contract; the buffer headers are ours, and a free buffer is no
         // longer referenced by any filter.
         unsafe {
@@ -309,8 +312,9 @@ impl Slicer {
             }
             self.reclaim();
             let end = now_ns().max(t0);
-            self.work_at_end = PACING.slice_done(t0, end);
-            self.last_end = end;
+            let cpu = cpu_ns();
+            self.work_at_end = PACING.slice_done(t0, end, cpu.saturating_sub(cpu0));
+            self.cpu_end = cpu;
             // Also the send timeout of the whole response: no progress for send_timeout
             // fails it, and the timer keeps a gracefully exiting worker until it is done.
             self.arm_write()?;
@@ -338,11 +342,11 @@ impl Slicer {
 
     /// The connection is writable (or its send timeout expired).
     unsafe fn on_write(&mut self) -> Next {
-        let t0 = now_ns();
+        let (t0, cpu0) = (now_ns(), cpu_ns());
         // SAFETY: forwarded contract.
         let resume = unsafe { self.flush() };
         // Not other traffic: the loop's time spent on a scrape.
-        PACING.add_work(now_ns().saturating_sub(t0));
+        PACING.add_work(now_ns().saturating_sub(t0), cpu_ns().saturating_sub(cpu0));
         match resume {
             // SAFETY: forwarded contract.
             Ok(true) => unsafe { self.advance(Wake::Writable) },

@@ -8,7 +8,7 @@ use std::time::Instant;
 use gateway_metrics_core::buckets::DEFAULT_DURATION_BUCKETS;
 use gateway_metrics_core::catalogue::fam;
 use gateway_metrics_core::labels::KeyBuilder;
-use gateway_metrics_core::render::{render, HistSpec, RenderSpec};
+use gateway_metrics_core::render::{render, render_cached, HistSpec, RenderCache, RenderSpec};
 use gateway_metrics_core::series;
 use gateway_metrics_core::store::{observe, InsertLock, Limits, SeriesKind, Store};
 
@@ -94,7 +94,10 @@ fn main() {
             nginx: None,
             alive: None,
         };
-        let runs = if only.is_some() {
+        let cached_only = std::env::args().any(|a| a == "--cached");
+        let runs = if cached_only {
+            1
+        } else if only.is_some() {
             50
         } else if n >= 100_000 || quick {
             3
@@ -114,6 +117,25 @@ fn main() {
         println!(
             "render_ms{{series=\"{n}\"}} {ms:.2}   size_bytes {size}   ({:.0} ns/series)",
             ms * 1e6 / n as f64
+        );
+        // As a worker renders: with the cache of the previous scrapes, into a reused buffer.
+        let mut cache = RenderCache::default();
+        let mut out = Vec::with_capacity(size + size / 16);
+        let mut times = Vec::new();
+        let cached_runs = if cached_only { 50 } else { runs };
+        for i in 0..=cached_runs {
+            out.clear();
+            let t = Instant::now();
+            render_cached(&store, &spec, &mut out, &mut cache);
+            if i > 0 {
+                times.push(t.elapsed().as_secs_f64() * 1e3);
+            }
+        }
+        let ms = median(times);
+        println!(
+            "render_cached_ms{{series=\"{n}\"}} {ms:.2}   ({:.0} ns/series, cache {} bytes)",
+            ms * 1e6 / n as f64,
+            cache.bytes()
         );
     }
 

@@ -28,17 +28,30 @@ pub fn push_u64(out: &mut Vec<u8>, v: u64) {
     out.extend_from_slice(format_u64(&mut buf, v));
 }
 
+/// "00" to "99": two digits per division when formatting integers.
+const DIGITS2: &[u8; 200] = b"0001020304050607080910111213141516171819\
+2021222324252627282930313233343536373839\
+4041424344454647484950515253545556575859\
+6061626364656667686970717273747576777879\
+8081828384858687888990919293949596979899";
+
 /// Formats `v` in decimal into `buf`, returning the digits (no allocation).
 #[inline]
 pub fn format_u64(buf: &mut [u8; 20], mut v: u64) -> &[u8] {
     let mut i = buf.len();
-    loop {
+    while v >= 100 {
+        let d = (v % 100) as usize * 2;
+        v /= 100;
+        i -= 2;
+        buf[i..i + 2].copy_from_slice(&DIGITS2[d..d + 2]);
+    }
+    if v >= 10 {
+        let d = v as usize * 2;
+        i -= 2;
+        buf[i..i + 2].copy_from_slice(&DIGITS2[d..d + 2]);
+    } else {
         i -= 1;
-        buf[i] = b'0' + (v % 10) as u8;
-        v /= 10;
-        if v == 0 {
-            break;
-        }
+        buf[i] = b'0' + v as u8;
     }
     &buf[i..]
 }
@@ -75,6 +88,16 @@ pub fn push_labels(out: &mut Vec<u8>, names: &[&str], values: &[&[u8]]) {
     }
 }
 
+/// A sample's value.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Value<'a> {
+    U64(u64),
+    I64(i64),
+    F64(f64),
+    /// A float already formatted by [`push_f64`] (kept from an earlier page).
+    Text(&'a [u8]),
+}
+
 /// Writes families and samples into a byte buffer.
 pub struct Encoder<'o> {
     pub out: &'o mut Vec<u8>,
@@ -98,39 +121,74 @@ impl<'o> Encoder<'o> {
         self.out.push(b'\n');
     }
 
+    /// Writes one sample line, `name{labels,extra} value`. `labels` is a prebuilt label set
+    /// (see [`push_labels`]); `extra` one more label (name, value written as is), e.g. a
+    /// histogram bucket's `le`. Every sample of the page is written here or by
+    /// [`Encoder::histogram`] (which repeats a bucket line's start), and ends in [`Encoder::end`].
     #[inline]
-    fn start(&mut self, name: &str, suffix: &str, labels: &[u8]) {
-        self.out.extend_from_slice(name.as_bytes());
-        self.out.extend_from_slice(suffix.as_bytes());
-        if !labels.is_empty() {
-            self.out.push(b'{');
-            self.out.extend_from_slice(labels);
-            self.out.push(b'}');
+    pub fn line(
+        &mut self,
+        name: &str,
+        suffix: &str,
+        labels: &[u8],
+        extra: Option<(&str, &[u8])>,
+        v: Value,
+    ) {
+        let out = &mut *self.out;
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(suffix.as_bytes());
+        match extra {
+            Some((n, x)) => {
+                out.push(b'{');
+                if !labels.is_empty() {
+                    out.extend_from_slice(labels);
+                    out.push(b',');
+                }
+                out.extend_from_slice(n.as_bytes());
+                out.extend_from_slice(b"=\"");
+                out.extend_from_slice(x);
+                out.extend_from_slice(b"\"} ");
+            }
+            None if labels.is_empty() => out.push(b' '),
+            None => {
+                out.push(b'{');
+                out.extend_from_slice(labels);
+                out.extend_from_slice(b"} ");
+            }
         }
-        self.out.push(b' ');
+        self.end(v);
+    }
+
+    /// A sample's value and the end of its line.
+    #[inline]
+    pub fn end(&mut self, v: Value) {
+        let out = &mut *self.out;
+        match v {
+            Value::U64(v) => push_u64(out, v),
+            Value::I64(v) => {
+                if v < 0 {
+                    out.push(b'-');
+                }
+                push_u64(out, v.unsigned_abs());
+            }
+            Value::F64(v) => push_f64(out, v),
+            Value::Text(t) => out.extend_from_slice(t),
+        }
+        out.push(b'\n');
     }
 
     /// A sample with an integer value; `labels` is a prebuilt label set (see [`push_labels`]).
     #[inline]
     pub fn sample_u64(&mut self, name: &str, labels: &[u8], v: u64) {
-        self.start(name, "", labels);
-        push_u64(self.out, v);
-        self.out.push(b'\n');
+        self.line(name, "", labels, None, Value::U64(v));
     }
 
     pub fn sample_i64(&mut self, name: &str, labels: &[u8], v: i64) {
-        self.start(name, "", labels);
-        if v < 0 {
-            self.out.push(b'-');
-        }
-        push_u64(self.out, v.unsigned_abs());
-        self.out.push(b'\n');
+        self.line(name, "", labels, None, Value::I64(v));
     }
 
     pub fn sample_f64(&mut self, name: &str, labels: &[u8], v: f64) {
-        self.start(name, "", labels);
-        push_f64(self.out, v);
-        self.out.push(b'\n');
+        self.line(name, "", labels, None, Value::F64(v));
     }
 
     /// A whole histogram: cumulative `_bucket` lines from non-cumulative `buckets` (the last one
@@ -141,30 +199,34 @@ impl<'o> Encoder<'o> {
         labels: &[u8],
         le: &[String],
         buckets: &[u64],
-        sum: f64,
+        sum: Value,
     ) {
+        // The start of a bucket line, `name_bucket{labels,le="`, is written once and copied.
+        let start = self.out.len();
+        self.out.extend_from_slice(name.as_bytes());
+        self.out.extend_from_slice(b"_bucket{");
+        if !labels.is_empty() {
+            self.out.extend_from_slice(labels);
+            self.out.push(b',');
+        }
+        self.out.extend_from_slice(b"le=\"");
+        let head = start..self.out.len();
         let mut cum = 0u64;
         for (i, b) in buckets.iter().enumerate() {
             cum = cum.wrapping_add(*b);
-            self.out.extend_from_slice(name.as_bytes());
-            self.out.extend_from_slice(b"_bucket{");
-            if !labels.is_empty() {
-                self.out.extend_from_slice(labels);
-                self.out.push(b',');
+            if i > 0 {
+                self.out.extend_from_within(head.clone());
             }
-            self.out.extend_from_slice(b"le=\"");
-            self.out
-                .extend_from_slice(le.get(i).map_or("+Inf", |s| s.as_str()).as_bytes());
+            let le = le.get(i).map_or("+Inf", |s| s.as_str());
+            self.out.extend_from_slice(le.as_bytes());
             self.out.extend_from_slice(b"\"} ");
-            push_u64(self.out, cum);
-            self.out.push(b'\n');
+            self.end(Value::U64(cum));
         }
-        self.start(name, "_sum", labels);
-        push_f64(self.out, sum);
-        self.out.push(b'\n');
-        self.start(name, "_count", labels);
-        push_u64(self.out, cum);
-        self.out.push(b'\n');
+        if buckets.is_empty() {
+            self.out.truncate(start);
+        }
+        self.line(name, "_sum", labels, None, sum);
+        self.line(name, "_count", labels, None, Value::U64(cum));
     }
 }
 
@@ -175,7 +237,23 @@ mod tests {
     #[test]
     fn integers_and_floats() {
         let mut o = Vec::new();
-        for v in [0u64, 7, 10, 1234567890, u64::MAX] {
+        for v in [
+            0u64,
+            7,
+            9,
+            10,
+            99,
+            100,
+            101,
+            999,
+            1000,
+            1234567890,
+            u64::MAX,
+        ]
+        .into_iter()
+        .chain((0..64).map(|b| 1u64 << b))
+        .chain((0..20).map(|e| 10u64.pow(e) - 1))
+        {
             o.clear();
             push_u64(&mut o, v);
             assert_eq!(String::from_utf8(o.clone()).unwrap(), v.to_string());
@@ -206,7 +284,7 @@ mod tests {
             &l,
             &["0.1".into(), "1".into()],
             &[1, 0, 2],
-            3.5,
+            Value::F64(3.5),
         );
         assert_eq!(
             String::from_utf8(o).unwrap(),
@@ -225,7 +303,7 @@ mod tests {
         let mut e = Encoder::new(&mut o);
         e.sample_u64("up", b"", 1);
         e.sample_i64("g", b"", -2);
-        e.histogram("h", b"", &["1".into()], &[0, 0], 0.0);
+        e.histogram("h", b"", &["1".into()], &[0, 0], Value::Text(b"0"));
         assert_eq!(
             String::from_utf8(o).unwrap(),
             "up 1\ng -2\nh_bucket{le=\"1\"} 0\nh_bucket{le=\"+Inf\"} 0\nh_sum 0\nh_count 0\n"

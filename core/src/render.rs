@@ -10,9 +10,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::buckets::{format_bound, Histogram, Histograms};
 use crate::catalogue::{self, fam, families, tokens, Family, Views};
-use crate::expo::{push_labels, Encoder, MetricType};
+use crate::expo::{push_f64, push_labels, Encoder, MetricType, Value};
 use crate::labels::{split_key, SEP};
-use crate::store::{load_f64, DropReason, Entry, SelfCounter, Store};
+use crate::store::{load_f64, DropReason, Entry, KeyWords, SelfCounter, Store};
 
 /// The type of a family declared in nginx.conf.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -165,15 +165,24 @@ mod tests {
     }
 }
 
+/// A stored series of one walk. Its key stays in the zone: it is read only for a series the
+/// render cache has not seen yet.
+#[derive(Clone, Copy)]
 struct Item<'a> {
     layout: u8,
-    key: (usize, usize),
+    key: KeyWords<'a>,
     values: &'a [AtomicU64],
 }
 
-/// The series of one walk, grouped by family, keys copied into one arena.
+impl Item<'_> {
+    /// The series' identity within a zone generation: where its values are (series never move).
+    fn id(&self) -> usize {
+        self.values.as_ptr() as usize
+    }
+}
+
+/// The series of one walk, grouped by family.
 struct Collected<'a> {
-    arena: Vec<u8>,
     builtin: [Vec<Item<'a>>; fam::END],
     custom: std::collections::BTreeMap<u32, Vec<Item<'a>>>,
 }
@@ -181,29 +190,21 @@ struct Collected<'a> {
 impl<'a> Collected<'a> {
     fn new() -> Self {
         Collected {
-            arena: Vec::with_capacity(64 * 1024),
             builtin: Default::default(),
             custom: std::collections::BTreeMap::new(),
         }
     }
 
-    fn push(&mut self, e: Entry<'a>, tmp: &mut Vec<u8>) {
-        e.key.read_into(tmp);
-        let start = self.arena.len();
-        self.arena.extend_from_slice(tmp);
+    fn push(&mut self, e: Entry<'a>) {
         let item = Item {
             layout: e.kind.layout,
-            key: (start, tmp.len()),
+            key: e.key,
             values: e.values,
         };
         match self.builtin.get_mut(e.kind.family as usize) {
             Some(v) => v.push(item),
             None => self.custom.entry(e.kind.family).or_default().push(item),
         }
-    }
-
-    fn key(&self, it: &Item) -> &[u8] {
-        &self.arena[it.key.0..it.key.0 + it.key.1]
     }
 
     fn family(&self, family: u32) -> &[Item<'a>] {
@@ -297,76 +298,156 @@ impl std::hash::Hasher for IdHasher {
 
 const NO_GROUP: u32 = u32::MAX;
 
-/// Aggregation groups in first-seen order (insertion order of the store: stable output).
-/// Keys live in one arena, indexed by their hash with collision chains; each group's values
-/// are `width` words of one flat vector: no allocation per group, and one `Groups` serves
-/// every view of a render in turn.
-struct Groups {
+/// What one family of the page (one stage) keeps across scrapes: the group of every stored
+/// series it has seen (series are append-only and never move within a zone generation), and
+/// each group's label set, escaped once. A scrape then only sums values and formats numbers.
+#[derive(Default)]
+struct ViewCache {
+    /// The series seen, in walk order: identity ([`Item::id`]) and group (`NO_GROUP`: the view
+    /// skips it whatever its values).
+    ids: Vec<usize>,
+    group_of: Vec<u32>,
+    /// Groups by the hash of their projected key, with collision chains.
     index: HashMap<u64, u32, std::hash::BuildHasherDefault<IdHasher>>,
-    arena: Vec<u8>,
-    /// Per group: key start, key length, next group with the same hash.
-    spans: Vec<(u32, u32, u32)>,
-    vals: Vec<u64>,
-    width: usize,
+    /// Projected keys and label sets of the groups, in two arenas.
+    keys: Vec<u8>,
+    text: Vec<u8>,
+    groups: Vec<GroupSpan>,
+    floats: Floats,
 }
 
-impl Groups {
-    fn new() -> Self {
-        Groups {
-            index: HashMap::default(),
-            arena: Vec::new(),
-            spans: Vec::new(),
-            vals: Vec::new(),
-            width: 1,
+/// Per group: the last float shown (bits) and its text, up to 31 bytes: a value that did not
+/// change since the last scrape (most series, between two scrapes) is not formatted again.
+#[derive(Default)]
+struct Floats {
+    slots: Vec<(u64, u8, [u8; 31])>,
+    tmp: Vec<u8>,
+}
+
+impl Floats {
+    /// Float `bits` of group `g` as a value to write: its text from the last scrape if
+    /// unchanged.
+    fn value(&mut self, g: u32, bits: u64) -> Value<'_> {
+        let gi = g as usize;
+        if self.slots.len() <= gi {
+            self.slots.resize(gi + 1, (0, 0, [0; 31]));
         }
-    }
-
-    /// Empties the groups for a view of `width` words per group over `items` series
-    /// (at most that many groups: reserving them up front means no rehash of a large index
-    /// in the middle of a step).
-    fn reset(&mut self, width: usize, items: usize) {
-        self.index.clear();
-        self.arena.clear();
-        self.spans.clear();
-        self.vals.clear();
-        self.width = width;
-        self.index.reserve(items);
-        self.spans.reserve(items);
-    }
-
-    fn key(&self, i: usize) -> &[u8] {
-        let (s, l, _) = self.spans[i];
-        &self.arena[s as usize..(s + l) as usize]
-    }
-
-    fn vals(&self, i: usize) -> &[u64] {
-        &self.vals[i * self.width..(i + 1) * self.width]
-    }
-
-    /// The values of the group of `key`, created zeroed if new.
-    fn get(&mut self, key: &[u8]) -> &mut [u64] {
-        let h = crate::hash::hash_key(0, key);
-        let head = self.index.get(&h).copied().unwrap_or(NO_GROUP);
-        let w = self.width;
-        let mut i = head;
-        while i != NO_GROUP {
-            if self.key(i as usize) == key {
-                let i = i as usize;
-                return &mut self.vals[i * w..(i + 1) * w];
+        let e = &mut self.slots[gi];
+        if e.1 == 0 || e.0 != bits {
+            self.tmp.clear();
+            push_f64(&mut self.tmp, f64::from_bits(bits));
+            let n = self.tmp.len();
+            if n > e.2.len() {
+                return Value::F64(f64::from_bits(bits));
             }
-            i = self.spans[i as usize].2;
+            e.0 = bits;
+            e.1 = n as u8;
+            e.2[..n].copy_from_slice(&self.tmp);
         }
-        let n = self.spans.len();
-        self.spans
-            .push((self.arena.len() as u32, key.len() as u32, head));
-        self.arena.extend_from_slice(key);
-        self.index.insert(h, n as u32);
-        self.vals.resize((n + 1) * w, 0);
-        &mut self.vals[n * w..(n + 1) * w]
+        Value::Text(&e.2[..usize::from(e.1)])
+    }
+}
+
+/// Where a group's projected key and label set are, and the next group of the same hash.
+struct GroupSpan {
+    key: (usize, usize),
+    text: (usize, usize),
+    next: u32,
+}
+
+impl ViewCache {
+    fn key(&self, g: u32) -> &[u8] {
+        let (s, l) = self.groups[g as usize].key;
+        &self.keys[s..s + l]
     }
 
-    fn len(&self) -> usize {
-        self.spans.len()
+    /// The escaped label set of group `g` (the inside of `{}`).
+    fn text(&self, g: u32) -> &[u8] {
+        let (s, l) = self.groups[g as usize].text;
+        &self.text[s..s + l]
+    }
+
+    /// Keeps what is known of the series of `items` that were already there, in the same
+    /// order, last time (a new generation of the zone shares none).
+    fn keep_prefix(&mut self, items: &[Item]) {
+        let n = self
+            .ids
+            .iter()
+            .zip(items)
+            .take_while(|(&id, it)| id == it.id())
+            .count();
+        self.ids.truncate(n);
+        self.group_of.truncate(n);
+    }
+
+    /// The group of projected key `proj`, created (with its label set for `names`) if new;
+    /// `own`: a new group whatever the key.
+    fn group(&mut self, proj: &[u8], names: &[&str], labels: &mut Vec<u8>, own: bool) -> u32 {
+        let h = crate::hash::hash_key(0, proj);
+        let head = if own {
+            NO_GROUP
+        } else {
+            self.index.get(&h).copied().unwrap_or(NO_GROUP)
+        };
+        let mut g = head;
+        while g != NO_GROUP {
+            if self.key(g) == proj {
+                return g;
+            }
+            g = self.groups[g as usize].next;
+        }
+        set_labels(labels, names, proj);
+        let n = self.groups.len() as u32;
+        self.groups.push(GroupSpan {
+            key: (self.keys.len(), if own { 0 } else { proj.len() }),
+            text: (self.text.len(), labels.len()),
+            next: head,
+        });
+        if !own {
+            self.keys.extend_from_slice(proj);
+        }
+        self.text.extend_from_slice(labels);
+        if !own {
+            self.index.insert(h, n);
+        }
+        n
+    }
+
+    fn bytes(&self) -> usize {
+        self.floats.slots.capacity() * 40
+            + self.ids.capacity() * 8
+            + self.group_of.capacity() * 4
+            + self.index.capacity() * 16
+            + self.keys.capacity()
+            + self.text.capacity()
+            + self.groups.capacity() * std::mem::size_of::<GroupSpan>()
+    }
+}
+
+/// Per scrape: each group's sums (`width` words per group) and the groups in the order of
+/// their first contributing series (the store's insertion order: a stable page, the same
+/// whatever the cache holds).
+#[derive(Default)]
+struct Sums {
+    acc: Vec<u64>,
+    width: usize,
+    seen: Vec<bool>,
+    order: Vec<u32>,
+}
+
+impl Sums {
+    fn reset(&mut self, width: usize, groups: usize) {
+        self.width = width;
+        self.acc.clear();
+        self.acc.resize(width * groups, 0);
+        self.seen.clear();
+        self.seen.resize(groups, false);
+        self.order.clear();
+    }
+
+    fn vals(&self, g: u32) -> &[u64] {
+        let w = self.width;
+        &self.acc[g as usize * w..(g as usize + 1) * w]
     }
 }
 
@@ -427,45 +508,77 @@ fn add_histogram(a: &mut [u64], map: &[usize], values: &[AtomicU64]) {
     a[nb] = (f64::from_bits(a[nb]) + load_f64(&values[map.len()])).to_bits();
 }
 
-/// The aggregation of every view: sums the stored series `items` (from the walk `c`) into
-/// `g`, `width` words per group, the group of each series being the key `group` makes of it
-/// (`None`: skipped) and its contribution what `add` adds. Resumable from `cur` within the
-/// budget `left`; true once every item is summed.
+/// The aggregation of every view: sums the stored series `items` into `w.sums`, `width` words
+/// per group. The group of a series the cache `vc` has not seen yet is the key `group` makes
+/// of it (`None`: the view skips it), with the label set of `names` (`own`: every series is a
+/// group of its own, for the families of one line per stored series); `add` adds a series'
+/// contribution, false if it has none this time (the group then only appears if another series
+/// contributes). Resumable from `cur` within the budget `left`; true once every item is summed.
 #[allow(clippy::too_many_arguments)]
-fn sum_groups<'a>(
-    c: &Collected<'a>,
+fn sum_view<'a>(
+    vc: &mut ViewCache,
+    w: &mut Scratch,
     items: &[Item<'a>],
-    g: &mut Groups,
-    proj: &mut Vec<u8>,
-    width: usize,
+    names: &[&str],
+    (width, own): (usize, bool),
     cur: &mut usize,
     left: &mut usize,
     group: impl Fn(&Item<'a>, &[u8], &mut Vec<u8>) -> Option<()>,
-    add: impl Fn(&mut [u64], &Item<'a>),
+    add: impl Fn(&mut [u64], &Item<'a>) -> bool,
 ) -> bool {
     if *cur == 0 {
-        g.reset(width, items.len());
+        vc.keep_prefix(items);
+        w.sums.reset(width, vc.groups.len());
     }
     while let Some(it) = items.get(*cur) {
         if *left == 0 {
             return false;
         }
         *left -= 1;
+        let g = match vc.group_of.get(*cur) {
+            Some(&g) => g,
+            None => {
+                // A series not seen before: its key is read and projected once.
+                it.key.read_into(&mut w.tmp);
+                let g = match group(it, &w.tmp, &mut w.proj) {
+                    Some(()) => {
+                        let g = vc.group(&w.proj, names, &mut w.labels, own);
+                        if g as usize == w.sums.seen.len() {
+                            w.sums.seen.push(false);
+                            w.sums.acc.resize(w.sums.acc.len() + width, 0);
+                        }
+                        g
+                    }
+                    None => NO_GROUP,
+                };
+                vc.ids.push(it.id());
+                vc.group_of.push(g);
+                g
+            }
+        };
         *cur += 1;
-        if group(it, c.key(it), proj).is_some() {
-            add(g.get(proj), it);
+        if g == NO_GROUP {
+            continue;
+        }
+        let s = &mut w.sums;
+        let gi = g as usize;
+        if add(&mut s.acc[gi * width..(gi + 1) * width], it) && !s.seen[gi] {
+            s.seen[gi] = true;
+            s.order.push(g);
         }
     }
     true
 }
 
-/// [`sum_groups`] for histograms: each stored series in `h`'s buckets, whatever its layout
-/// (buckets, then the sum's f64 bits, per group).
+/// [`sum_view`] for histograms: each stored series in `h`'s buckets, whatever its layout
+/// (buckets, then the sum's f64 bits, per group). Series of a layout the zone does not know
+/// (or whose values do not fit it) are left out.
 #[allow(clippy::too_many_arguments)]
 fn sum_histograms(
-    c: &Collected,
-    items: &[Item],
+    vc: &mut ViewCache,
     w: &mut Scratch,
+    items: &[Item],
+    names: &[&str],
     store: &Store,
     h: HistSpec,
     cur: &mut usize,
@@ -475,46 +588,86 @@ fn sum_histograms(
     if *cur == 0 {
         set_remap(&mut w.remap, store, h);
     }
-    let remap = &w.remap;
-    sum_groups(
-        c,
+    let remap = std::mem::take(&mut w.remap);
+    let done = sum_view(
+        vc,
+        w,
         items,
-        &mut w.g,
-        &mut w.proj,
-        h.bounds.len() + 2,
+        names,
+        (h.bounds.len() + 2, false),
         cur,
         left,
-        |it, key, out| {
-            bucket_map(remap, it)?;
-            group(key, out)
-        },
-        |a, it| {
-            if let Some(map) = bucket_map(remap, it) {
+        |_, key, out| group(key, out),
+        |a, it| match bucket_map(&remap, it) {
+            Some(map) => {
                 add_histogram(a, map, it.values);
+                true
             }
+            None => false,
         },
-    )
+    );
+    w.remap = remap;
+    done
 }
 
-/// Writes the histograms summed in `w.g` (labels `names`, buckets `w.le`), from `cur` on;
-/// true once all are written.
+/// Writes the histograms summed in `w.sums` (label sets from `vc`, buckets `w.le`), from
+/// `cur` on; true once all are written.
 fn emit_histograms(
     enc: &mut Encoder,
+    vc: &mut ViewCache,
     w: &mut Scratch,
     name: &str,
-    names: &[&str],
     cur: &mut usize,
     left: &mut usize,
 ) -> bool {
     let nb = w.le.len() + 1;
-    while *cur < w.g.len() {
+    while let Some(&g) = w.sums.order.get(*cur) {
         if *left == 0 {
             return false;
         }
         spend(left, nb + 2);
-        set_labels(&mut w.labels, names, w.g.key(*cur));
-        let a = w.g.vals(*cur);
-        enc.histogram(name, &w.labels, &w.le, &a[..nb], f64::from_bits(a[nb]));
+        let a = w.sums.vals(g);
+        let sum = vc.floats.value(g, a[nb]);
+        let (s, l) = vc.groups[g as usize].text;
+        enc.histogram(name, &vc.text[s..s + l], &w.le, &a[..nb], sum);
+        *cur += 1;
+    }
+    true
+}
+
+/// How a group's first word is shown.
+#[derive(Clone, Copy)]
+enum Show {
+    U64,
+    /// In-flight gauges.
+    I64,
+    /// f64 bits.
+    F64,
+}
+
+/// Writes one line per group summed in `w.sums` (the first word of each), from `cur` on.
+fn emit_lines(
+    enc: &mut Encoder,
+    vc: &mut ViewCache,
+    w: &Scratch,
+    name: &str,
+    show: Show,
+    cur: &mut usize,
+    left: &mut usize,
+) -> bool {
+    while let Some(&g) = w.sums.order.get(*cur) {
+        if *left == 0 {
+            return false;
+        }
+        *left -= 1;
+        let v = w.sums.vals(g)[0];
+        let (s, l) = vc.groups[g as usize].text;
+        let value = match show {
+            Show::U64 => Value::U64(v),
+            Show::I64 => Value::I64(v as i64),
+            Show::F64 => vc.floats.value(g, v),
+        };
+        enc.line(name, "", &vc.text[s..s + l], None, value);
         *cur += 1;
     }
     true
@@ -522,8 +675,15 @@ fn emit_histograms(
 
 /// Renders `/metrics` into `out` (appending), in one go.
 pub fn render(store: &Store, spec: &RenderSpec, out: &mut Vec<u8>) {
-    let mut r = Render::new(store, spec);
+    let mut cache = RenderCache::default();
+    render_cached(store, spec, out, &mut cache);
+}
+
+/// [`render`] with a cache kept from earlier renders (updated for this one): the same page.
+pub fn render_cached(store: &Store, spec: &RenderSpec, out: &mut Vec<u8>, cache: &mut RenderCache) {
+    let mut r = Render::with_cache(store, spec, std::mem::take(cache));
     while !r.step(out, usize::MAX) {}
+    *cache = r.into_cache();
 }
 
 /// What a counter view sums per stored series.
@@ -703,6 +863,15 @@ fn stages(n_custom: usize, nginx: bool, views: Views) -> Vec<Stage> {
 /// outputs, concatenated, are the page [`render`] makes of the same store. Series inserted
 /// between steps appear if the walk has not passed their place yet (they are in every view
 /// then) and are left out otherwise; values are read when a view reaches them.
+/// A page being rendered: the walk of the store, then one family after the other.
+///
+/// Each [`Render::step`] does a bounded amount of work, counted in units: one per series
+/// walked, aggregated or scanned, one per line written (a histogram's lines count together,
+/// at most [`crate::store::MAX_BOUNDS`] + 3). A step stops once its budget is spent, so it
+/// overshoots by one histogram at most, and appends at most that much output. The steps'
+/// outputs, concatenated, are the page [`render`] makes of the same store. Series inserted
+/// between steps appear if the walk has not passed their place yet (they are in every view
+/// then) and are left out otherwise; values are read when a view reaches them.
 pub struct Render<'a> {
     store: Store<'a>,
     spec: RenderSpec<'a>,
@@ -713,14 +882,61 @@ pub struct Render<'a> {
     cur: usize,
     walk: usize,
     c: Collected<'a>,
-    w: Scratch,
+    cache: RenderCache,
     /// Label names of each declared family.
     custom_names: Vec<Vec<&'a str>>,
 }
 
+/// What a worker keeps from one render to the next ([`Render::with_cache`],
+/// [`Render::into_cache`]): per family of the page, the group and label set of every stored
+/// series seen (see `ViewCache`), and the render's buffers. Emptied when the zone (a new
+/// generation) or the configuration of the page changes.
+#[derive(Default)]
+pub struct RenderCache {
+    ident: Option<Ident>,
+    views: Vec<ViewCache>,
+    w: Scratch,
+}
+
+impl RenderCache {
+    /// Bytes of process memory held.
+    pub fn bytes(&self) -> usize {
+        self.views.iter().map(ViewCache::bytes).sum::<usize>()
+            + self.w.sums.acc.capacity() * 8
+            + self.w.sums.seen.capacity()
+            + self.w.sums.order.capacity() * 4
+    }
+}
+
+/// What the cached groups and label sets depend on: the zone's generation and the page's
+/// configuration.
+#[derive(PartialEq)]
+struct Ident {
+    created: u64,
+    resets: u64,
+    region_bytes: u64,
+    views: Views,
+    nginx: bool,
+    custom: Vec<(CustomFamily, u8)>,
+}
+
+impl Ident {
+    fn of(store: &Store, spec: &RenderSpec) -> Ident {
+        Ident {
+            created: store.created(),
+            resets: store.self_counter(SelfCounter::ZoneResets),
+            region_bytes: store.usage().region_bytes,
+            views: spec.views,
+            nginx: spec.nginx.is_some(),
+            custom: spec.custom.to_vec(),
+        }
+    }
+}
+
 /// Buffers reused by the stages.
+#[derive(Default)]
 struct Scratch {
-    g: Groups,
+    sums: Sums,
     /// For the histogram being rendered: per stored layout id, where that layout's buckets go
     /// among the current ones (`None`: the layout is unknown to the zone).
     remap: Vec<Option<Vec<usize>>>,
@@ -755,30 +971,48 @@ fn spend(left: &mut usize, n: usize) {
 impl<'a> Render<'a> {
     /// Starts a render; no work is done until [`Render::step`].
     pub fn new(store: &Store<'a>, spec: &RenderSpec<'a>) -> Self {
+        Self::with_cache(store, spec, RenderCache::default())
+    }
+
+    /// Starts a render with what an earlier one left ([`Render::into_cache`]); it is emptied
+    /// first if it was made for another zone generation or another page configuration.
+    pub fn with_cache(store: &Store<'a>, spec: &RenderSpec<'a>, mut cache: RenderCache) -> Self {
         let custom_names = spec
             .custom
             .iter()
             .map(|(f, _)| f.labels.iter().map(|s| s.as_str()).collect())
             .collect();
+        let stages = stages(spec.custom.len(), spec.nginx.is_some(), spec.views);
+        let ident = Ident::of(store, spec);
+        if cache.ident.as_ref() != Some(&ident) {
+            cache.views.clear();
+            cache.ident = Some(ident);
+        }
+        cache.views.resize_with(stages.len(), ViewCache::default);
         Render {
             store: *store,
             spec: *spec,
-            stages: stages(spec.custom.len(), spec.nginx.is_some(), spec.views),
+            stages,
             stage: 0,
             phase: 0,
             cur: 0,
             walk: 0,
             c: Collected::new(),
-            w: Scratch {
-                g: Groups::new(),
-                remap: Vec::new(),
-                le: Vec::new(),
-                labels: Vec::with_capacity(512),
-                proj: Vec::with_capacity(256),
-                tmp: Vec::new(),
-            },
+            cache,
             custom_names,
         }
+    }
+
+    /// The cache, for the next render. A render stopped part-way leaves a cache as good as
+    /// a complete one.
+    pub fn into_cache(mut self) -> RenderCache {
+        self.take_cache()
+    }
+
+    /// [`Render::into_cache`] for a render that is being dropped (it cannot go on after this).
+    pub fn take_cache(&mut self) -> RenderCache {
+        self.stage = self.stages.len();
+        std::mem::take(&mut self.cache)
     }
 
     /// Is the page complete?
@@ -826,50 +1060,51 @@ impl<'a> Render<'a> {
     }
 
     fn collect(&mut self, left: &mut usize) -> bool {
-        let (c, tmp) = (&mut self.c, &mut self.w.tmp);
+        let c = &mut self.c;
         let mut n = 0;
         let done = self.store.for_each_from(&mut self.walk, *left, |e| {
             n += 1;
-            c.push(e, tmp);
+            c.push(e);
         });
         spend(left, if done { n } else { usize::MAX });
         done
     }
 
     fn counter(&mut self, enc: &mut Encoder, left: &mut usize, v: &View, val: Val) -> bool {
-        let (c, w) = (&self.c, &mut self.w);
-        let items = c.family(v.family);
-        if self.phase == 0 {
+        let Render {
+            cache,
+            c,
+            stage,
+            phase,
+            cur,
+            ..
+        } = self;
+        let (vc, w) = (&mut cache.views[*stage], &mut cache.w);
+        if *phase == 0 {
             let cols = v.cols;
-            let summed = sum_groups(
-                c,
-                items,
-                &mut w.g,
-                &mut w.proj,
-                1,
-                &mut self.cur,
+            let summed = sum_view(
+                vc,
+                w,
+                c.family(v.family),
+                v.def.labels,
+                (1, false),
+                cur,
                 left,
                 |_, key, out| project(key, cols, out),
-                |a, it| a[0] = a[0].wrapping_add(val.of(it.values)),
+                |a, it| {
+                    a[0] = a[0].wrapping_add(val.of(it.values));
+                    true
+                },
             );
             if !summed {
                 return false;
             }
             enc.family(v.def.name, v.def.help, MetricType::Counter);
             spend(left, 1);
-            self.phase = 1;
-            self.cur = 0;
+            *phase = 1;
+            *cur = 0;
         }
-        while self.cur < w.g.len() {
-            if *left == 0 {
-                return false;
-            }
-            *left -= 1;
-            set_labels(&mut w.labels, v.def.labels, w.g.key(self.cur));
-            enc.sample_u64(v.def.name, &w.labels, w.g.vals(self.cur)[0]);
-            self.cur += 1;
-        }
-        true
+        emit_lines(enc, vc, w, v.def.name, Show::U64, cur, left)
     }
 
     fn histogram(
@@ -880,39 +1115,56 @@ impl<'a> Render<'a> {
         which: Histogram,
     ) -> bool {
         let h = self.spec.hist(which);
-        let (c, w) = (&self.c, &mut self.w);
-        let items = c.family(v.family);
-        if self.phase == 0 {
+        let Render {
+            cache,
+            c,
+            stage,
+            phase,
+            cur,
+            store,
+            ..
+        } = self;
+        let (vc, w) = (&mut cache.views[*stage], &mut cache.w);
+        if *phase == 0 {
             let cols = v.cols;
             let group = |key: &[u8], out: &mut Vec<u8>| project(key, cols, out);
-            if !sum_histograms(c, items, w, &self.store, h, &mut self.cur, left, group) {
+            let items = c.family(v.family);
+            if !sum_histograms(vc, w, items, v.def.labels, store, h, cur, left, group) {
                 return false;
             }
             enc.family(v.def.name, v.def.help, MetricType::Histogram);
             spend(left, 1);
             w.le.clear();
             w.le.extend(h.bounds.iter().map(|&b| format_bound(b)));
-            self.phase = 1;
-            self.cur = 0;
+            *phase = 1;
+            *cur = 0;
         }
-        emit_histograms(enc, w, v.def.name, v.def.labels, &mut self.cur, left)
+        emit_histograms(enc, vc, w, v.def.name, cur, left)
     }
 
     /// `active_connections`: the stored series are `{namespace, worker slot}` with values
     /// `[in flight, owner pid]` (the older `{namespace}` / `[in flight]` shape is accepted too),
     /// summed per namespace; series whose owner died are skipped, negatives count as 0.
     fn active(&mut self, enc: &mut Encoder, left: &mut usize) -> bool {
-        let (c, w) = (&self.c, &mut self.w);
-        let items = c.family(fam::ACTIVE);
-        if self.phase == 0 {
-            let alive = self.spec.alive;
-            let summed = sum_groups(
-                c,
-                items,
-                &mut w.g,
-                &mut w.proj,
-                1,
-                &mut self.cur,
+        let def = &families::ACTIVE_CONNECTIONS;
+        let alive = self.spec.alive;
+        let Render {
+            cache,
+            c,
+            stage,
+            phase,
+            cur,
+            ..
+        } = self;
+        let (vc, w) = (&mut cache.views[*stage], &mut cache.w);
+        if *phase == 0 {
+            let summed = sum_view(
+                vc,
+                w,
+                c.family(fam::ACTIVE),
+                def.labels,
+                (1, false),
+                cur,
                 left,
                 |it, key, out| {
                     let shape_ok = (it.values.len() == 1 && has_arity(key, 1))
@@ -920,56 +1172,53 @@ impl<'a> Render<'a> {
                     if !shape_ok {
                         return None;
                     }
+                    project(key, &[Col::Label(0)], out)
+                },
+                |a, it| {
                     // In-flight requests of a dead worker (killed mid-request) no longer are.
                     if let (Some(owner), Some(alive)) = (it.values.get(1), alive) {
                         let pid = owner.load(Ordering::Relaxed);
                         if pid != 0 && !alive(pid) {
-                            return None;
+                            return false;
                         }
                     }
-                    project(key, &[Col::Label(0)], out)
-                },
-                |a, it| {
                     let v = (it.values[0].load(Ordering::Relaxed) as i64).max(0);
                     a[0] = (a[0] as i64).saturating_add(v) as u64;
+                    true
                 },
             );
             if !summed {
                 return false;
             }
-            let def = &families::ACTIVE_CONNECTIONS;
             enc.family(def.name, def.help, def.kind);
             spend(left, 1);
-            self.phase = 1;
-            self.cur = 0;
+            *phase = 1;
+            *cur = 0;
         }
-        while self.cur < w.g.len() {
-            if *left == 0 {
-                return false;
-            }
-            *left -= 1;
-            let def = &families::ACTIVE_CONNECTIONS;
-            set_labels(&mut w.labels, def.labels, w.g.key(self.cur));
-            enc.sample_i64(def.name, &w.labels, w.g.vals(self.cur)[0] as i64);
-            self.cur += 1;
-        }
-        true
+        emit_lines(enc, vc, w, def.name, Show::I64, cur, left)
     }
 
     /// `namespace_tokens_total`: one group per namespace and token type; cached_input and
     /// reasoning only once some were reported (they are parts of input and output).
     fn namespace_tokens(&mut self, enc: &mut Encoder, left: &mut usize) -> bool {
         let def = &families::NAMESPACE_TOKENS;
-        let (c, w) = (&self.c, &mut self.w);
-        let items = c.family(fam::MODEL_TOKENS);
-        if self.phase == 0 {
-            let summed = sum_groups(
-                c,
-                items,
-                &mut w.g,
-                &mut w.proj,
-                tokens::TYPES.len(),
-                &mut self.cur,
+        let Render {
+            cache,
+            c,
+            stage,
+            phase,
+            cur,
+            ..
+        } = self;
+        let (vc, w) = (&mut cache.views[*stage], &mut cache.w);
+        if *phase == 0 {
+            let summed = sum_view(
+                vc,
+                w,
+                c.family(fam::MODEL_TOKENS),
+                &def.labels[..1],
+                (tokens::TYPES.len(), false),
+                cur,
                 left,
                 |_, key, out| project(key, &[Col::Label(1)], out),
                 |a, it| {
@@ -978,6 +1227,7 @@ impl<'a> Render<'a> {
                             it.values.get(slot).map_or(0, |x| x.load(Ordering::Relaxed)),
                         );
                     }
+                    true
                 },
             );
             if !summed {
@@ -985,27 +1235,24 @@ impl<'a> Render<'a> {
             }
             enc.family(def.name, def.help, def.kind);
             spend(left, 1);
-            self.phase = 1;
-            self.cur = 0;
+            *phase = 1;
+            *cur = 0;
         }
-        while self.cur < w.g.len() {
+        // The group's label set is the namespace's; the token type is the line's last label.
+        while let Some(&g) = w.sums.order.get(*cur) {
             if *left == 0 {
                 return false;
             }
             spend(left, tokens::TYPES.len());
-            let (k, a) = (w.g.key(self.cur), w.g.vals(self.cur));
+            let a = w.sums.vals(g);
             for (i, (_, t)) in tokens::TYPES.iter().enumerate() {
                 if i >= 2 && a[i] == 0 {
                     continue;
                 }
-                w.tmp.clear();
-                w.tmp.extend_from_slice(k);
-                w.tmp.push(SEP);
-                w.tmp.extend_from_slice(t.as_bytes());
-                set_labels(&mut w.labels, def.labels, &w.tmp);
-                enc.sample_u64(def.name, &w.labels, a[i]);
+                let extra = Some((def.labels[1], t.as_bytes()));
+                enc.line(def.name, "", vc.text(g), extra, Value::U64(a[i]));
             }
-            self.cur += 1;
+            *cur += 1;
         }
         true
     }
@@ -1013,29 +1260,48 @@ impl<'a> Render<'a> {
     /// `model_cost_usd_total`: one line per stored token series.
     fn cost(&mut self, enc: &mut Encoder, left: &mut usize) -> bool {
         let def = &families::MODEL_COST;
-        let (c, w) = (&self.c, &mut self.w);
-        if self.phase == 0 {
-            enc.family(def.name, def.help, def.kind);
-            spend(left, 1);
-            self.phase = 1;
-        }
-        let items = c.family(fam::MODEL_TOKENS);
-        while let Some(it) = items.get(self.cur) {
-            if *left == 0 {
+        let Render {
+            cache,
+            c,
+            stage,
+            phase,
+            cur,
+            ..
+        } = self;
+        let (vc, w) = (&mut cache.views[*stage], &mut cache.w);
+        if *phase == 0 {
+            let summed = sum_view(
+                vc,
+                w,
+                c.family(fam::MODEL_TOKENS),
+                def.labels,
+                (1, true),
+                cur,
+                left,
+                |it, key, out| {
+                    if it.values.len() != usize::from(tokens::N_VALUES)
+                        || !has_arity(key, def.labels.len())
+                    {
+                        return None;
+                    }
+                    out.clear();
+                    out.extend_from_slice(key);
+                    Some(())
+                },
+                |a, it| {
+                    a[0] = it.values.get(tokens::COST).map_or(0.0, load_f64).to_bits();
+                    true
+                },
+            );
+            if !summed {
                 return false;
             }
-            *left -= 1;
-            self.cur += 1;
-            let key = c.key(it);
-            if it.values.len() != usize::from(tokens::N_VALUES) || !has_arity(key, def.labels.len())
-            {
-                continue;
-            }
-            let cost = it.values.get(tokens::COST).map_or(0.0, load_f64);
-            set_labels(&mut w.labels, def.labels, key);
-            enc.sample_f64(def.name, &w.labels, cost);
+            enc.family(def.name, def.help, def.kind);
+            spend(left, 1);
+            *phase = 1;
+            *cur = 0;
         }
-        true
+        emit_lines(enc, vc, w, def.name, Show::F64, cur, left)
     }
 
     /// A declared family: one line (or one histogram) per stored series.
@@ -1043,10 +1309,21 @@ impl<'a> Render<'a> {
         let Some((f, layout)) = self.spec.custom.get(i) else {
             return true;
         };
-        let (c, w) = (&self.c, &mut self.w);
-        let names = &self.custom_names[i];
+        let Render {
+            cache,
+            c,
+            stage,
+            phase,
+            cur,
+            store,
+            custom_names,
+            ..
+        } = self;
+        let (vc, w) = (&mut cache.views[*stage], &mut cache.w);
+        let names = &custom_names[i];
         let n_values = usize::from(f.n_values());
-        if self.phase == 0 {
+        let items = c.custom.get(&f.id).map_or(&[][..], |v| v.as_slice());
+        if *phase == 0 {
             let t = match f.kind {
                 CustomKind::Counter => MetricType::Counter,
                 CustomKind::Gauge => MetricType::Gauge,
@@ -1058,9 +1335,9 @@ impl<'a> Render<'a> {
                 w.le.clear();
                 w.le.extend(f.bounds.iter().map(|&b| format_bound(b)));
             }
-            self.phase = 1;
+            *phase = 1;
         }
-        let items = c.custom.get(&f.id).map_or(&[][..], |v| v.as_slice());
+        let arity = names.len();
         if f.kind == CustomKind::Histogram {
             // A label set may be stored under several layouts (bucket changes across
             // reloads): summed per label set, in the current buckets.
@@ -1068,41 +1345,54 @@ impl<'a> Render<'a> {
                 bounds: &f.bounds,
                 layout: *layout,
             };
-            if self.phase == 1 {
-                let arity = names.len();
+            if *phase == 1 {
                 let group = |key: &[u8], out: &mut Vec<u8>| {
                     has_arity(key, arity).then(|| {
                         out.clear();
                         out.extend_from_slice(key);
                     })
                 };
-                if !sum_histograms(c, items, w, &self.store, h, &mut self.cur, left, group) {
+                // (sum_histograms sets the remap, not `le`: the bounds stay.)
+                if !sum_histograms(vc, w, items, names, store, h, cur, left, group) {
                     return false;
                 }
-                self.phase = 2;
-                self.cur = 0;
+                *phase = 2;
+                *cur = 0;
             }
-            return emit_histograms(enc, w, &f.name, names, &mut self.cur, left);
+            return emit_histograms(enc, vc, w, &f.name, cur, left);
         }
-        while let Some(it) = items.get(self.cur) {
-            if *left == 0 {
+        if *phase == 1 {
+            let summed = sum_view(
+                vc,
+                w,
+                items,
+                names,
+                (1, true),
+                cur,
+                left,
+                |it, key, out| {
+                    (it.values.len() == n_values && has_arity(key, arity)).then(|| {
+                        out.clear();
+                        out.extend_from_slice(key);
+                    })
+                },
+                |a, it| {
+                    a[0] = load_f64(&it.values[0]).to_bits();
+                    true
+                },
+            );
+            if !summed {
                 return false;
             }
-            *left -= 1;
-            self.cur += 1;
-            let key = c.key(it);
-            if it.values.len() != n_values || !has_arity(key, names.len()) {
-                continue;
-            }
-            set_labels(&mut w.labels, names, key);
-            enc.sample_f64(&f.name, &w.labels, load_f64(&it.values[0]));
+            *phase = 2;
+            *cur = 0;
         }
-        true
+        emit_lines(enc, vc, w, &f.name, Show::F64, cur, left)
     }
 
     /// The zone's own figures (a fixed number of lines).
     fn self_metrics(&mut self, enc: &mut Encoder) {
-        let (store, spec, w) = (&self.store, &self.spec, &mut self.w);
+        let (store, spec, w) = (&self.store, &self.spec, &mut self.cache.w);
         let u = store.usage();
         w.labels.clear();
         push_labels(&mut w.labels, &["zone"], &[spec.zone_name.as_bytes()]);

@@ -232,6 +232,28 @@ def markdown(R, smoke):
                   f"{fmt_t(h['p99_alone_s'])} | {fmt_t(h['p99_scraped_s'])} | {h['p99_ratio']:.2f} | "
                   f"{h['scrapes_per_run']:.0f} |")
             a("")
+    s10 = R.get("scrape10k")
+    if s10 and s10.get("modules"):
+        a(f"## Complete scrapes of {s10['stored']:,} stored series")
+        a("")
+        a(f"{s10['scrapes']} scrapes per module and page on an idle worker, each on a new "
+          "connection, read to the last byte by a client that discards the page (min / median / "
+          "max); worker CPU: the nginx worker's CPU time per scrape (`/proc/PID/schedstat`); "
+          "floor: the same bytes served as a static file; *baseline*: `GM_BASELINE_MODULE`.")
+        a("")
+        a("| module | page | complete scrape | worker CPU | floor | harness client | harm: req/s, p99 |")
+        a("|---|---|---|---|---|---|---|")
+        mm = lambda x: " / ".join(fmt_t(x[k]) for k in ("min_s", "median_s", "max_s"))  # noqa: E731
+        for label, by in s10["modules"].items():
+            for views, x in by.items():
+                if views == "harm":
+                    continue
+                h = by.get("harm") if views == "default" else None
+                hc = x.get("harness_client")
+                a(f"| {label} | {views}: {x['samples']:,} samples, {fmt_b(x['bytes'])} | {mm(x)} | "
+                  f"{mm(x['worker_cpu'])} | {mm(x['floor'])} | {mm(hc) if hc else ''} | "
+                  + (f"x{h['rps_ratio']:.2f}, x{h['p99_ratio']:.2f}" if h else "") + " |")
+        a("")
     if mem and mem.get("through_nginx"):
         a("## 4. Memory")
         a("")

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod corpus;
+pub mod page;
 
 use std::cell::Cell;
 use std::collections::{HashMap, HashSet};
