@@ -11,29 +11,23 @@ import math
 import os
 import re
 import shutil
-import subprocess
 import tempfile
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
 
 from collections import namedtuple
 
 import pytest
 
-from gmharness import HAVE_LUA, ROOT, MockLLM, Nginx, free_port, owns_listener, run_concurrent, wait_for
+from gmharness import HAVE_LUA, ROOT, MockLLM, Nginx, run_concurrent, services, wait_for
 import monitoring_config
 import monitoring_promql as mp
 
-PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
-NODE_EXPORTER = shutil.which("prometheus-node-exporter") or shutil.which("node_exporter")
 DASHBOARD = os.path.join(ROOT, "monitoring/grafana/dashboards/ai-gateway-overview.json")
 JOB = "llm-edge"  # not the job name of monitoring/prometheus.yml, on purpose
 
 pytestmark = [
-    pytest.mark.skipif(not os.path.exists(PROMETHEUS), reason="no prometheus"),
-    pytest.mark.skipif(not NODE_EXPORTER, reason="no prometheus-node-exporter"),
+    pytest.mark.skipif(not services.PROMETHEUS, reason="no prometheus"),
+    pytest.mark.skipif(not services.NODE_EXPORTER, reason="no prometheus-node-exporter"),
     pytest.mark.skipif(not HAVE_LUA, reason="no lua-nginx-module"),
 ]
 
@@ -137,114 +131,32 @@ def send(gw, reqs):
     assert [s for s, _ in res] == [STATUS[r.kind] for r in reqs], gw.error_log()[-2000:]
 
 
-class Prometheus:
-    """Prometheus on a free loopback port; `@SELF@` in the config is its own address. Ports
-    are picked then bound by another process, so a port taken meanwhile (tests run in
-    parallel) means another try, and "ready" means ready *and* running our config."""
+class Prometheus(services.Prometheus):
+    """gmharness's Prometheus on a free loopback port (`@SELF@` in the config: its own address),
+    with a directory of its own, queried through its HTTP API."""
 
     def __init__(self, config_text):
-        self.dir = tempfile.mkdtemp(prefix="gm-mon-prom-")
-        self.config = os.path.join(self.dir, "prometheus.yml")
-        self.text = config_text
-        self.log = open(os.path.join(self.dir, "prometheus.log"), "w")
-        self.proc = None
-        self.port = None
-
-    def start(self, attempts=3, timeout=30):
-        for _ in range(attempts):
-            self.port = free_port()
-            with open(self.config, "w") as f:
-                f.write(self.text.replace("@SELF@", f"127.0.0.1:{self.port}"))
-            r = subprocess.run(["promtool", "check", "config", self.config],
-                               capture_output=True, text=True)
-            assert r.returncode == 0, r.stdout + r.stderr
-            self.proc = subprocess.Popen(
-                [PROMETHEUS, f"--config.file={self.config}",
-                 f"--storage.tsdb.path={self.dir}/data",
-                 f"--web.listen-address=127.0.0.1:{self.port}"],
-                stdout=self.log, stderr=subprocess.STDOUT)
-            deadline = time.time() + timeout
-            while time.time() < deadline and self.proc.poll() is None:
-                flags = self.api("/api/v1/status/flags").get("data") or {}
-                if flags.get("config.file") == self.config and self._ready():
-                    return self
-                time.sleep(0.1)
-            self._kill()
-        raise AssertionError(f"prometheus did not start:\n{self.logs()}")
+        self.workdir = tempfile.mkdtemp(prefix="gm-mon-prom-")
+        super().__init__(self.workdir, "prometheus", config_text)
 
     def api(self, path, **params):
-        url = f"http://127.0.0.1:{self.port}{path}"
-        data = urllib.parse.urlencode(params).encode() if params else None
-        try:
-            with urllib.request.urlopen(url, data=data, timeout=10) as r:
-                return json.loads(r.read())
-        except urllib.error.HTTPError as e:
-            try:
-                return json.loads(e.read() or b"{}")
-            except ValueError:
-                return {"status": "error", "error": str(e)}
-        except (OSError, ValueError) as e:
-            return {"status": "error", "error": str(e)}
+        return services.PromAPI(self.url, self.name).api(path, **params)
 
     def query(self, expr):
         """(ok, error, [(labels, value)])"""
-        d = self.api("/api/v1/query", query=expr)
-        if d.get("status") != "success":
-            return False, d.get("error"), []
-        res = d["data"]["result"]
-        if d["data"]["resultType"] == "scalar":
-            return True, None, [({}, float(res[1]))]
-        return True, None, [(s["metric"], float(s["value"][1])) for s in res]
+        return services.PromAPI(self.url, self.name).query(expr)
 
     def value(self, expr):
         ok, err, res = self.query(expr)
         assert ok, f"{expr}: {err}"
         return res[0][1] if len(res) == 1 else None
 
-    def _ready(self):
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/-/ready", timeout=2) as r:
-                return r.status == 200
-        except OSError:
-            return False
-
     def logs(self):
-        self.log.flush()
-        with open(os.path.join(self.dir, "prometheus.log"), errors="replace") as f:
-            return f.read()[-3000:]
-
-    def _kill(self):
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        return self.log_tail()
 
     def stop(self):
-        self._kill()
-        self.log.close()
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-
-def start_node_exporter(log, attempts=5, timeout=20):
-    """(process, port) of a node_exporter on a free loopback port. The port was free when
-    picked; another server (tests run in parallel) may take it before ours binds it, and ours then
-    exits while the other answers: ours is up once the listening socket is its own (then every
-    connection to the port reaches it), another port otherwise."""
-    for _ in range(attempts):
-        port = free_port()
-        p = subprocess.Popen([NODE_EXPORTER, f"--web.listen-address=127.0.0.1:{port}"],
-                             stdout=log, stderr=log)
-        wait_for(lambda: p.poll() is not None or owns_listener(p.pid, port), bool,
-                 timeout=timeout, interval=0.05, what="node_exporter listening")
-        if p.poll() is None:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as r:
-                assert r.status == 200 and b"node_exporter_build_info" in r.read()
-            return p, port
-        p.wait(10)       # it lost the port: another one
-    raise AssertionError("node_exporter did not start")
+        super().stop()
+        shutil.rmtree(self.workdir, ignore_errors=True)
 
 
 def start_gateway(conf, attempts=3):
@@ -263,12 +175,13 @@ def stack():
     with MockLLM() as mock:
         conf = GATEWAY.replace("@MOCK@", str(mock.port))
         gws = []
-        node_log = tempfile.TemporaryFile()
+        node_dir = tempfile.mkdtemp(prefix="gm-mon-node-")
         node = None
         prom = None
         try:
             gws = [start_gateway(conf) for _ in range(2)]
-            node, node_port = start_node_exporter(node_log)
+            node = services.NodeExporter(node_dir).start()
+            node_port = node.port
             with open(os.path.join(ROOT, "monitoring/prometheus.yml")) as f:
                 text = f.read()
             cfg = monitoring_config.rewrite(
@@ -282,9 +195,8 @@ def stack():
             if prom:
                 prom.stop()
             if node:
-                node.terminate()
-                node.wait(10)
-            node_log.close()
+                node.stop()
+            shutil.rmtree(node_dir, ignore_errors=True)
             for g in gws:
                 g.__exit__(None, None, None)
 

@@ -2,7 +2,9 @@
 benchmarks (scripts/bench), scripts/memcheck and scripts/cardinality-attack: nginx with the
 module and a config of its own (nginx.py), ports and listeners (ports.py), HTTP clients
 (client.py), /metrics scraping and parsing (metrics.py), upstreams (servers.py), and pytest
-fixtures (fixtures.py, imported by tests only).
+fixtures (fixtures.py, imported by tests only). Imported by name: services.py (Prometheus,
+VictoriaMetrics, vmalert, Alertmanager, node_exporter as processes; a query-API client) and
+fleet.py (the fleet of scripts/fleet and tests/test_fleet.py).
 
 Installed into the project venv by scripts/setup (`pip install -e scripts`). The paths it
 uses are in env.py; set env.MODULE (not a copy of it) to change the module nginx loads.

@@ -11,11 +11,12 @@ from . import env
 
 
 class MockLLM:
-    """scripts/mock_llm.py on a free port."""
+    """scripts/mock_llm.py on a free port (or on `port`)."""
 
-    def __init__(self, *args):
+    def __init__(self, *args, port=0):
         self.proc = subprocess.Popen(
-            ["python3", os.path.join(env.ROOT, "scripts/mock_llm.py"), "--port", "0", "--quiet", *args],
+            ["python3", os.path.join(env.ROOT, "scripts/mock_llm.py"), "--port", str(port), "--quiet",
+             *args],
             stdout=subprocess.PIPE, text=True)
         line = self.proc.stdout.readline()
         m = re.search(r":(\d+)\s*$", line)
