@@ -6,12 +6,15 @@ serves back from /api/v1/query_exemplars."""
 import http.client
 import os
 import re
+import signal
+import socket
 import time
 
 import pytest
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
 
-from gmharness import Nginx, parse, promtool_check, raw_request, settle, wait_for
+from gmharness import (Nginx, parse, promtool_check, raw_request, run_concurrent, settle,
+                       wait_for)
 from gmharness.fixtures import private_module  # noqa: F401 (autouse: nginx loads a private copy of the module)
 from gmharness.prometheus import PROMETHEUS, Prometheus
 
@@ -293,3 +296,52 @@ def test_prometheus_stores_and_serves_the_exemplars():
         finally:
             p.stop()
         assert n.crashes() == []
+
+
+def test_a_scrape_cut_short_has_no_eof():
+    """A page that does not reach its end (here: the worker dies mid-scrape) must not look
+    complete: `# EOF` is only written once the whole page is rendered."""
+    with Nginx(CONF, workers=1) as n:
+        # 2,000 request series with 250-byte namespaces: a page of ~29 MB, far more than the
+        # socket buffers (4 MB to send, 6 MB to receive at most on loopback) and the
+        # exporter's four 64 KiB buffers hold, so the worker cannot have rendered it all when
+        # it dies.
+        reqs = [("GET", "/v1/x", {"X-Namespace": f"{i:05d}" + "t" * 245}, None)
+                for i in range(2000)]
+        run_concurrent(n.port, reqs, threads=8)
+        settle(n, lambda m: m.total("http_requests_total") >= 2000, timeout=30)
+        page_bytes = len(get(n, "/metrics", {"Accept": PROM_ACCEPT})[2])
+
+        def buf_max(name):
+            with open(f"/proc/sys/net/ipv4/{name}") as f:
+                return int(f.read().split()[2])
+        # Our receive buffer is fixed (no autotuning; the kernel doubles what is asked).
+        rcvbuf = 1 << 20
+        in_flight = 2 * rcvbuf + buf_max("tcp_wmem") + 4 * 65536
+        assert page_bytes > 2 * in_flight, (page_bytes, in_flight)
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        s.settimeout(10)
+        s.connect(("127.0.0.1", n.port))
+        s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\nAccept: " + PROM_ACCEPT.encode()
+                  + b"\r\n\r\n")
+        data = s.recv(4096)
+        assert data.startswith(b"HTTP/1.1 200") and b"application/openmetrics-text" in data
+        # The page is several MB: the worker is still rendering it (waiting for us to read).
+        (worker,) = n.worker_pids()
+        os.kill(worker, signal.SIGKILL)
+        while True:
+            try:
+                chunk = s.recv(65536)
+            except ConnectionResetError:
+                break
+            if not chunk:
+                break
+            data += chunk
+        s.close()
+        assert b"# EOF" not in data
+        assert not data.endswith(b"0\r\n\r\n")  # no last chunk either
+        # A new worker serves whole pages again.
+        wait_for(lambda: len(n.worker_pids()), lambda k: k == 1 and n.worker_pids() != [worker],
+                 what="a new worker")
+        assert scrape_om(n).endswith("# EOF\n")

@@ -7,6 +7,8 @@ use std::time::Instant;
 
 use gateway_metrics_core::buckets::DEFAULT_DURATION_BUCKETS;
 use gateway_metrics_core::catalogue::fam;
+use gateway_metrics_core::exemplar;
+use gateway_metrics_core::format::Format;
 use gateway_metrics_core::labels::KeyBuilder;
 use gateway_metrics_core::render::{render, render_cached, HistSpec, RenderCache, RenderSpec};
 use gateway_metrics_core::series;
@@ -138,6 +140,59 @@ fn main() {
             ms * 1e6 / n as f64,
             cache.bytes()
         );
+        // The same page in OpenMetrics (`_created` lines), then with an exemplar in one bucket
+        // of every series.
+        for with_exemplars in [false, true] {
+            if with_exemplars {
+                store.for_each(|e| {
+                    if e.kind.family != fam::REQUEST {
+                        return;
+                    }
+                    let slots = store.exemplar_slots(
+                        &lock,
+                        e.values,
+                        fam::REQUEST,
+                        layout,
+                        bounds.len() + 1,
+                    );
+                    if let Some(x) = slots {
+                        let ex = exemplar::Exemplar {
+                            trace: exemplar::TraceContext {
+                                trace_id: [7; 16],
+                                span_id: [9; 8],
+                            },
+                            value: 0.2,
+                            ts_ms: 1_764_600_000_000,
+                        };
+                        exemplar::write(&x[5 * exemplar::SLOT_WORDS..], &ex);
+                    }
+                });
+            }
+            let om = RenderSpec {
+                format: Format::OpenMetrics,
+                ..spec
+            };
+            let mut times = Vec::new();
+            for i in 0..=cached_runs {
+                out.clear();
+                let t = Instant::now();
+                render_cached(&store, &om, &mut out, &mut cache);
+                if i > 0 {
+                    times.push(t.elapsed().as_secs_f64() * 1e3);
+                }
+            }
+            let ms = median(times);
+            let what = if with_exemplars {
+                "openmetrics_exemplars"
+            } else {
+                "openmetrics"
+            };
+            println!(
+                "render_cached_{what}_ms{{series=\"{n}\"}} {ms:.2}   size_bytes {}   ({:.0} ns/series)",
+                out.len(),
+                ms * 1e6 / n as f64
+            );
+        }
     }
 
     println!(
