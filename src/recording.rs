@@ -178,8 +178,11 @@ impl Recorder<'_> {
             && upstream.id != 0
             && status < 1 << 24
             && cut.id < 1 << 8;
+        // The slow paths get a copy: lending them the snapshot's labels (which they walk in
+        // loops) would keep the snapshot in memory, stored on every request.
         if !packable {
-            return self.series(fam::REQUEST, layout, n_values, labels);
+            let labels = *labels;
+            return self.series(fam::REQUEST, layout, n_values, &labels);
         }
         let kind = SeriesKind {
             family: fam::REQUEST,
@@ -204,7 +207,8 @@ impl Recorder<'_> {
             "gateway_metrics: series cache miss (namespace \"{}\"): looking in the zone",
             String::from_utf8_lossy(ns.bytes)
         );
-        let (v, own) = self.cached(&mut cache, kind, labels);
+        let labels = *labels;
+        let (v, own) = self.cached(&mut cache, kind, &labels);
         if let (Some(v), true) = (v, own) {
             cache.insert_packed(kind.bits(), &ks, ns.bytes, v);
         }
@@ -391,7 +395,7 @@ pub(crate) fn record(t: &Recorder, f: &Finished) {
         }
     }
     if f.auto.any() {
-        record_auto_events(t, ns, &f.auto);
+        record_auto_events(t, ns, f.auto);
     }
 }
 
@@ -470,7 +474,7 @@ fn record_tokens(
 }
 
 /// What `$limit_req_status`, `$limit_conn_status` and `$upstream_cache_status` report, as events.
-fn record_auto_events(t: &Recorder, ns: &[u8], st: &AutoStatus) {
+fn record_auto_events(t: &Recorder, ns: &[u8], st: AutoStatus) {
     for (status, rule, id) in [
         (st.limit_req, "limit_req", 1),
         (st.limit_conn, "limit_conn", 2),
