@@ -210,6 +210,8 @@ impl Recorder<'_> {
         let labels = *labels;
         let (v, own) = self.cached(&mut cache, kind, &labels);
         if let (Some(v), true) = (v, own) {
+            // A copy, as above: the key stays in registers on the hit path.
+            let ks = ks;
             cache.insert_packed(kind.bits(), &ks, ns.bytes, v);
         }
         v
@@ -232,6 +234,8 @@ impl Recorder<'_> {
         let labels = [Label::bytes(ns), Label::with_id(1, lane)];
         let (v, own) = self.cached(&mut cache, kind, &labels);
         if let (Some(v), true) = (v, own) {
+            // A copy: lending the key out of line would keep it in memory on the hit path.
+            let ks = ks;
             cache.insert_packed(kind.bits(), &ks, ns, v);
         }
         v
