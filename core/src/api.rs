@@ -9,15 +9,16 @@ pub const MAX_TOKENS: f64 = 1e12;
 pub const MAX_ARG_BYTES: usize = 64 * 1024;
 
 /// A token count from Lua: a finite, non-negative whole number no larger than [`MAX_TOKENS`].
-/// (The range test also refuses NaN and infinities; a whole number is one that converts to
-/// `u64` and back unchanged: no `fract`, which is a libm call, on each of Lua's five counts.)
+/// (The range test also refuses NaN and infinities; a whole number is one that converts to an
+/// integer and back unchanged: no `fract`, which is a libm call, on each of Lua's five counts.
+/// `i64`: one instruction each way, exact below 2^53.)
 #[inline]
 pub fn token_count(v: f64) -> Option<u64> {
     if !(0.0..=MAX_TOKENS).contains(&v) {
         return None;
     }
-    let n = v as u64;
-    (n as f64 == v).then_some(n)
+    let n = v as i64;
+    (n as f64 == v).then_some(n as u64)
 }
 
 /// A value for a declared metric: finite; a counter's increment also non-negative. The error is
