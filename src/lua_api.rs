@@ -109,7 +109,7 @@ pub unsafe extern "C" fn gateway_metrics_set_model(
         let (ctx, m) = unsafe { (req_ctx(r)?, bytes(model, len)?) };
         let mut clean = Vec::with_capacity(m.len().min(256));
         sanitize_into(&mut clean, m);
-        ctx.model = Some(clean);
+        ctx.llm_mut().model = Some(clean);
         Ok(())
     })
 }
@@ -139,7 +139,7 @@ pub unsafe extern "C" fn gateway_metrics_add_tokens(
         };
         // SAFETY: forwarded contract.
         let ctx = unsafe { req_ctx(r)? };
-        let t = ctx.lua_tokens.get_or_insert_with(Tokens::default);
+        let t = ctx.llm_mut().lua_tokens.get_or_insert_with(Tokens::default);
         t.input = t.input.saturating_add(n.input);
         t.output = t.output.saturating_add(n.output);
         t.cached_input = t.cached_input.saturating_add(n.cached_input);
@@ -162,8 +162,9 @@ pub unsafe extern "C" fn gateway_metrics_first_token(
     api(unsafe { err.as_mut() }, || {
         // SAFETY: forwarded contract.
         let ctx = unsafe { req_ctx(r)? };
-        if ctx.first_token_ms.is_none() {
-            ctx.first_token_ms = Some(request::now_ms());
+        let llm = ctx.llm_mut();
+        if llm.first_token_ms.is_none() {
+            llm.first_token_ms = Some(request::now_ms());
         }
         Ok(())
     })
@@ -189,7 +190,7 @@ pub unsafe extern "C" fn gateway_metrics_response_usage(
         }
         // SAFETY: forwarded contract.
         let ctx = unsafe { req_ctx(r)? };
-        let t = match &ctx.usage {
+        let t = match ctx.llm.as_ref().map_or(&UsageState::Unread, |l| &l.usage) {
             UsageState::Read(read) => match &read.tokens {
                 Ok(t) => *t,
                 Err(why) => return Err(why.message()),
