@@ -646,11 +646,7 @@ impl<'r> Finished<'r> {
             Some(c) if lc.usage == USAGE_OFF && !lc.model.is_set() && c.llm.is_none() => {
                 (None, Some(&*c))
             }
-            ctx => {
-                let (llm, ctx) = model_and_usage(r, lc, ctx, whole, start);
-                *llm_slot = llm;
-                (llm_slot.as_ref(), ctx)
-            }
+            ctx => model_and_usage(r, lc, ctx, whole, start, llm_slot),
         };
         let complete = || whole;
         let cut = cut_reason(rr, ctx, complete, status);
@@ -827,8 +823,8 @@ pub fn start_usage(r: &ngx_http_request_t, lc: &LocConf) -> UsageState {
 }
 
 /// The model families' part of a request with a context or that reads its response's usage
-/// (`None` when it has no model, no tokens and no missing usage), and the context. The model
-/// the request set (Lua's, else the directive's) wins over the response's.
+/// (`None` when it has no model, no tokens and no missing usage; written in `slot`), and the
+/// context. The model the request set (Lua's, else the directive's) wins over the response's.
 #[inline(never)]
 fn model_and_usage<'r>(
     r: &'r Request,
@@ -836,7 +832,8 @@ fn model_and_usage<'r>(
     mut ctx: Option<&'r mut ReqCtx>,
     whole: bool,
     start: u64,
-) -> (Option<Llm<'r>>, Option<&'r ReqCtx>) {
+    slot: &'r mut Option<Llm<'r>>,
+) -> (Option<&'r Llm<'r>>, Option<&'r ReqCtx>) {
     let rr: &ngx_http_request_t = r.as_ref();
     let mut llm = ctx.as_deref_mut().and_then(|c| c.llm.as_mut());
     let lua_model = llm.as_deref().is_some_and(|l| l.model.is_some());
@@ -856,7 +853,10 @@ fn model_and_usage<'r>(
         Some(m) if lua_model || conf_model.is_empty() => m,
         _ => conf_model,
     };
-    let llm = (!model.is_empty() || tokens.is_some() || usage_missing.is_some()).then(|| Llm {
+    if model.is_empty() && tokens.is_none() && usage_missing.is_none() {
+        return (None, ctx);
+    }
+    let part = slot.insert(Llm {
         model,
         ttft: llm
             .and_then(|l| l.first_token_ms)
@@ -864,7 +864,7 @@ fn model_and_usage<'r>(
         tokens,
         usage_missing,
     });
-    (llm, ctx)
+    (Some(&*part), ctx)
 }
 
 /// "000" to "999", three bytes each: the `status_code` label without formatting.
