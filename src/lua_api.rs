@@ -12,7 +12,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use gateway_metrics_core::api;
 use gateway_metrics_core::catalogue::fam;
 use gateway_metrics_core::config::MAX_CUSTOM_LABELS;
-use gateway_metrics_core::labels::sanitize_into;
+use gateway_metrics_core::labels::Value;
 use gateway_metrics_core::render::CustomKind;
 use gateway_metrics_core::series_of;
 use gateway_metrics_core::store::{add_f64, add_u64, observe, set_f64, SelfCounter, SeriesKind};
@@ -107,9 +107,7 @@ pub unsafe extern "C" fn gateway_metrics_set_model(
     api(unsafe { err.as_mut() }, || {
         // SAFETY: forwarded contract.
         let (ctx, m) = unsafe { (req_ctx(r)?, bytes(model, len)?) };
-        let mut clean = Vec::with_capacity(m.len().min(256));
-        sanitize_into(&mut clean, m);
-        ctx.llm_mut().model = Some(clean);
+        ctx.llm_mut().model = Some(Value::sanitized(m));
         Ok(())
     })
 }

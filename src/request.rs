@@ -7,8 +7,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use gateway_metrics_core::cache::Label;
 use gateway_metrics_core::catalogue::{CutReason, UsageMissing};
 use gateway_metrics_core::exemplar::TraceContext;
-use gateway_metrics_core::labels::sanitize_into;
 use gateway_metrics_core::labels::{edge_words, header_matches, short_eq};
+use gateway_metrics_core::labels::{sanitize_into, Value};
 use gateway_metrics_core::store::Store;
 use gateway_metrics_core::usage::{Body, Outcome, Tokens, UsageReader};
 use nginx_sys::*;
@@ -51,8 +51,9 @@ impl Default for ReqCtx {
 
 /// The model families' part of a request's context.
 pub struct LlmState {
-    /// Model set from Lua (`gm.set_model`), overriding `gateway_metrics_model`.
-    pub model: Option<Vec<u8>>,
+    /// Model set from Lua (`gm.set_model`), overriding `gateway_metrics_model` (sanitised; a
+    /// usual model name is kept in place, without an allocation).
+    pub model: Option<Value>,
     /// Tokens reported from Lua (`gm.add_tokens`, summed). When there are any, they are what is
     /// recorded: usage read from the response is not counted again.
     pub lua_tokens: Option<Tokens>,
@@ -748,7 +749,7 @@ impl LlmState {
         take_model: bool,
     ) -> (Option<Tokens>, Option<UsageMissing>) {
         if take_model && read.model.is_some() {
-            self.model = read.model;
+            self.model = read.model.map(Value::Heap);
         }
         match read.tokens {
             Ok(t) => (Some(t), None),
@@ -849,7 +850,7 @@ fn model_and_usage<'r>(
     };
     let ctx = ctx.map(|c| &*c);
     let llm = ctx.and_then(|c| c.llm.as_ref());
-    let model = match llm.and_then(|l| l.model.as_deref()) {
+    let model = match llm.and_then(|l| l.model.as_ref()).map(Value::as_bytes) {
         Some(m) if lua_model || conf_model.is_empty() => m,
         _ => conf_model,
     };
