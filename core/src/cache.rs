@@ -206,8 +206,10 @@ impl<'a> SeriesCache<'a> {
         }
         let tag = Self::tag(kind, &ks, salt_h);
         let set = self.sets.get(self.set_of(tag))?;
-        for (e, _) in set.entries.iter().zip(set.tags).filter(|&(_, t)| t == tag) {
-            if !same_words(e, kind, false, &ks) {
+        // Way by way, with constant indices (no copy of the tags, no bounds checks).
+        for way in 0..WAYS {
+            let e = &set.entries[way];
+            if set.tags[way] != tag || !same_words(e, kind, false, &ks) {
                 continue;
             }
             let mut at = 0;
@@ -241,9 +243,13 @@ impl<'a> SeriesCache<'a> {
         let is_long = long.len() > 16;
         let tag = Self::tag(kind, ks, if is_long { salt(0, long) } else { 0 });
         let set = self.sets.get(self.set_of(tag))?;
-        for (e, _) in set.entries.iter().zip(set.tags).filter(|&(_, t)| t == tag) {
+        for way in 0..WAYS {
+            let e = &set.entries[way];
             // Values with the same edges differ in the middle: the next way may hold this one.
-            if same_words(e, kind, true, ks) && (!is_long || long_matches(e, &mut 0, long)) {
+            if set.tags[way] == tag
+                && same_words(e, kind, true, ks)
+                && (!is_long || long_matches(e, &mut 0, long))
+            {
                 return Some(e.values);
             }
         }
