@@ -287,6 +287,7 @@ impl Recorder<'_> {
 }
 
 /// Counts a request of namespace `ns` as in flight (once per request).
+#[inline(always)]
 pub(crate) fn enter(t: &Recorder, ctx: &mut ReqCtx, ns: &[u8]) {
     if ctx.active.is_some() || ctx.logged {
         return;
