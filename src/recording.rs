@@ -211,8 +211,8 @@ impl Recorder<'_> {
         let (v, own) = self.cached(&mut cache, kind, &labels);
         if let (Some(v), true) = (v, own) {
             // A copy, as above: the key stays in registers on the hit path.
-            let ks = ks;
-            cache.insert_packed(kind.bits(), &ks, ns.bytes, v);
+            let key = ks;
+            cache.insert_packed(kind.bits(), &key, ns.bytes, v);
         }
         v
     }
@@ -235,8 +235,8 @@ impl Recorder<'_> {
         let (v, own) = self.cached(&mut cache, kind, &labels);
         if let (Some(v), true) = (v, own) {
             // A copy: lending the key out of line would keep it in memory on the hit path.
-            let ks = ks;
-            cache.insert_packed(kind.bits(), &ks, ns, v);
+            let key = ks;
+            cache.insert_packed(kind.bits(), &key, ns, v);
         }
         v
     }

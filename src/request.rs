@@ -836,7 +836,7 @@ fn model_and_usage<'r>(
     slot: &'r mut Option<Llm<'r>>,
 ) -> (Option<&'r Llm<'r>>, Option<&'r ReqCtx>) {
     let rr: &ngx_http_request_t = r.as_ref();
-    let mut llm = ctx.as_deref_mut().and_then(|c| c.llm.as_mut());
+    let llm = ctx.as_deref_mut().and_then(|c| c.llm.as_mut());
     let lua_model = llm.as_deref().is_some_and(|l| l.model.is_some());
     let conf_model: &[u8] = if lc.model.is_set() {
         label(r, &lc.model)
@@ -844,7 +844,7 @@ fn model_and_usage<'r>(
         b""
     };
     let take_model = !lua_model && conf_model.is_empty();
-    let (tokens, usage_missing) = match llm.as_deref_mut() {
+    let (tokens, usage_missing) = match llm {
         Some(l) => l.usage_result(rr, lc, whole, take_model),
         None => (None, unread_usage(rr, lc, whole)),
     };

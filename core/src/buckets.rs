@@ -215,7 +215,7 @@ pub fn format_bound_canonical(b: f64) -> String {
             exp.abs()
         )
     };
-    if exp < -4 || exp >= 16 || (b > 0.0 && exp >= 6) {
+    if !(-4..16).contains(&exp) || (b > 0.0 && exp >= 6) {
         return exponent_form(&digits, exp);
     }
     let n = digits.len() as i32;
