@@ -345,10 +345,6 @@ pub const TOKEN_EXEMPLARS: [usize; 3] = [tokens::INPUT, tokens::OUTPUT, tokens::
 #[inline(always)]
 pub(crate) fn record(t: &Recorder, f: &Finished) {
     let (mc, status) = (t.mc, f.status);
-    let class = match f.cut {
-        Some(_) => "error",
-        None => catalogue::status_class(status.min(u16::MAX as ngx_uint_t) as u16),
-    };
     let hist_words = |b: &[f64]| (b.len() + 2) as u8;
     let (bounds, layouts) = (&mc.bounds, &t.zone.layouts);
     let words = hist_words(&bounds.duration);
@@ -366,6 +362,12 @@ pub(crate) fn record(t: &Recorder, f: &Finished) {
     let ns = f.namespace();
     if let Some(llm) = f.llm {
         let model = llm.model;
+        // Only the model families have a status class (computed here: the usual request has
+        // none of them).
+        let class = match f.cut {
+            Some(_) => "error",
+            None => catalogue::status_class(status.min(u16::MAX as ngx_uint_t) as u16),
+        };
         let class_id = if class == "success" { 1 } else { 2 };
         let labels = [
             Label::bytes(model),
