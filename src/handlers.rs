@@ -286,14 +286,22 @@ unsafe extern "C" fn usage_filter(
         // A response being read goes straight on (its location was checked at its first
         // buffer); read_usage does watch_body's work too: one walk of the chain.
         let ctx = match request::find_ctx(req) {
-            Some(ctx) if matches!(ctx.usage, UsageState::Reading(_)) => ctx,
+            Some(ctx)
+                if ctx
+                    .llm
+                    .as_ref()
+                    .is_some_and(|l| matches!(l.usage, UsageState::Reading(_))) =>
+            {
+                ctx
+            }
             _ => {
                 let lc = loc_conf(req).filter(|lc| lc.enable == 1 && lc.usage != USAGE_OFF);
                 let (Some(lc), Some(ctx)) = (lc, lc.and_then(|_| request::ctx(req))) else {
                     return watch_body(req, links);
                 };
-                if let UsageState::Unread = ctx.usage {
-                    ctx.usage = request::start_usage(req, lc);
+                let llm = ctx.llm_mut();
+                if let UsageState::Unread = llm.usage {
+                    llm.usage = request::start_usage(req, lc);
                 }
                 ctx
             }
@@ -311,7 +319,10 @@ unsafe extern "C" fn usage_filter(
 /// Hands the response's buffers to its usage reader (made at the first one).
 /// Also notes, as `watch_body` does, when the body's last buffer passed and when data last came.
 fn read_usage(r: &ngx_http_request_t, ctx: &mut ReqCtx, chain: Option<&ngx_chain_t>) {
-    let UsageState::Reading(reader) = &mut ctx.usage else {
+    let Some(llm) = ctx.llm.as_mut() else {
+        return watch_body(r, chain);
+    };
+    let UsageState::Reading(reader) = &mut llm.usage else {
         return watch_body(r, chain);
     };
     let (mut first, mut last, mut data) = (false, false, false);
@@ -321,7 +332,7 @@ fn read_usage(r: &ngx_http_request_t, ctx: &mut ReqCtx, chain: Option<&ngx_chain
         if let Some(b) = unsafe { link.buf.as_ref() } {
             if b.in_file() != 0 && b.temporary() == 0 && b.memory() == 0 && b.mmap() == 0 {
                 // Spilled to a temporary file by nginx's proxy buffering: not read back.
-                ctx.usage = UsageState::Missing(UsageMissing::Unreadable);
+                llm.usage = UsageState::Missing(UsageMissing::Unreadable);
                 return watch_body(r, chain);
             }
             if !b.pos.is_null() && b.last > b.pos {
@@ -339,18 +350,18 @@ fn read_usage(r: &ngx_http_request_t, ctx: &mut ReqCtx, chain: Option<&ngx_chain
     }
     if last {
         // The body is whole: its usage is known now (Lua's log phase may ask for it).
-        if let UsageState::Reading(reader) = std::mem::replace(&mut ctx.usage, UsageState::Skipped)
+        if let UsageState::Reading(reader) = std::mem::replace(&mut llm.usage, UsageState::Skipped)
         {
             let read = UsageRead::conclude(reader, true);
             first |= read.first_content_at_finish();
-            ctx.usage = UsageState::Read(read);
+            llm.usage = UsageState::Read(read);
         }
         ctx.complete = true;
     }
     if data {
         ctx.last_body_msec = request::now_msec();
     }
-    if first && ctx.first_token_ms.is_none() {
-        ctx.first_token_ms = Some(request::now_ms());
+    if first && llm.first_token_ms.is_none() {
+        llm.first_token_ms = Some(request::now_ms());
     }
 }

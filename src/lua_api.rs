@@ -12,7 +12,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use gateway_metrics_core::api;
 use gateway_metrics_core::catalogue::fam;
 use gateway_metrics_core::config::MAX_CUSTOM_LABELS;
-use gateway_metrics_core::labels::sanitize_into;
+use gateway_metrics_core::labels::Value;
 use gateway_metrics_core::render::CustomKind;
 use gateway_metrics_core::series_of;
 use gateway_metrics_core::store::{add_f64, add_u64, observe, set_f64, SelfCounter, SeriesKind};
@@ -107,9 +107,7 @@ pub unsafe extern "C" fn gateway_metrics_set_model(
     api(unsafe { err.as_mut() }, || {
         // SAFETY: forwarded contract.
         let (ctx, m) = unsafe { (req_ctx(r)?, bytes(model, len)?) };
-        let mut clean = Vec::with_capacity(m.len().min(256));
-        sanitize_into(&mut clean, m);
-        ctx.model = Some(clean);
+        ctx.llm_mut().model = Some(Value::sanitized(m));
         Ok(())
     })
 }
@@ -139,7 +137,7 @@ pub unsafe extern "C" fn gateway_metrics_add_tokens(
         };
         // SAFETY: forwarded contract.
         let ctx = unsafe { req_ctx(r)? };
-        let t = ctx.lua_tokens.get_or_insert_with(Tokens::default);
+        let t = ctx.llm_mut().lua_tokens.get_or_insert_with(Tokens::default);
         t.input = t.input.saturating_add(n.input);
         t.output = t.output.saturating_add(n.output);
         t.cached_input = t.cached_input.saturating_add(n.cached_input);
@@ -162,8 +160,9 @@ pub unsafe extern "C" fn gateway_metrics_first_token(
     api(unsafe { err.as_mut() }, || {
         // SAFETY: forwarded contract.
         let ctx = unsafe { req_ctx(r)? };
-        if ctx.first_token_ms.is_none() {
-            ctx.first_token_ms = Some(request::now_ms());
+        let llm = ctx.llm_mut();
+        if llm.first_token_ms.is_none() {
+            llm.first_token_ms = Some(request::now_ms());
         }
         Ok(())
     })
@@ -189,7 +188,7 @@ pub unsafe extern "C" fn gateway_metrics_response_usage(
         }
         // SAFETY: forwarded contract.
         let ctx = unsafe { req_ctx(r)? };
-        let t = match &ctx.usage {
+        let t = match ctx.llm.as_ref().map_or(&UsageState::Unread, |l| &l.usage) {
             UsageState::Read(read) => match &read.tokens {
                 Ok(t) => *t,
                 Err(why) => return Err(why.message()),

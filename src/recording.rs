@@ -178,8 +178,11 @@ impl Recorder<'_> {
             && upstream.id != 0
             && status < 1 << 24
             && cut.id < 1 << 8;
+        // The slow paths get a copy: lending them the snapshot's labels (which they walk in
+        // loops) would keep the snapshot in memory, stored on every request.
         if !packable {
-            return self.series(fam::REQUEST, layout, n_values, labels);
+            let labels = *labels;
+            return self.series(fam::REQUEST, layout, n_values, &labels);
         }
         let kind = SeriesKind {
             family: fam::REQUEST,
@@ -204,9 +207,12 @@ impl Recorder<'_> {
             "gateway_metrics: series cache miss (namespace \"{}\"): looking in the zone",
             String::from_utf8_lossy(ns.bytes)
         );
-        let (v, own) = self.cached(&mut cache, kind, labels);
+        let labels = *labels;
+        let (v, own) = self.cached(&mut cache, kind, &labels);
         if let (Some(v), true) = (v, own) {
-            cache.insert_packed(kind.bits(), &ks, ns.bytes, v);
+            // A copy, as above: the key stays in registers on the hit path.
+            let key = ks;
+            cache.insert_packed(kind.bits(), &key, ns.bytes, v);
         }
         v
     }
@@ -228,7 +234,9 @@ impl Recorder<'_> {
         let labels = [Label::bytes(ns), Label::with_id(1, lane)];
         let (v, own) = self.cached(&mut cache, kind, &labels);
         if let (Some(v), true) = (v, own) {
-            cache.insert_packed(kind.bits(), &ks, ns, v);
+            // A copy: lending the key out of line would keep it in memory on the hit path.
+            let key = ks;
+            cache.insert_packed(kind.bits(), &key, ns, v);
         }
         v
     }
@@ -283,6 +291,7 @@ impl Recorder<'_> {
 }
 
 /// Counts a request of namespace `ns` as in flight (once per request).
+#[inline(always)]
 pub(crate) fn enter(t: &Recorder, ctx: &mut ReqCtx, ns: &[u8]) {
     if ctx.active.is_some() || ctx.logged {
         return;
@@ -357,10 +366,6 @@ pub(crate) fn record_traced(t: &Recorder, f: &Finished, trace: Option<TraceConte
 #[inline(always)]
 fn record_with<const EX: bool>(t: &Recorder, f: &Finished, trace: Option<&Trace>) {
     let (mc, status) = (t.mc, f.status);
-    let class = match f.cut {
-        Some(_) => "error",
-        None => catalogue::status_class(status.min(u16::MAX as ngx_uint_t) as u16),
-    };
     let hist_words = |b: &[f64]| (b.len() + 2) as u8;
     let (bounds, layouts) = (&mc.bounds, &t.zone.layouts);
     let words = hist_words(&bounds.duration);
@@ -373,6 +378,12 @@ fn record_with<const EX: bool>(t: &Recorder, f: &Finished, trace: Option<&Trace>
     let ns = f.namespace();
     if let Some(llm) = f.llm {
         let model = llm.model;
+        // Only the model families have a status class (computed here: the usual request has
+        // none of them).
+        let class = match f.cut {
+            Some(_) => "error",
+            None => catalogue::status_class(status.min(u16::MAX as ngx_uint_t) as u16),
+        };
         let class_id = if class == "success" { 1 } else { 2 };
         let labels = [
             Label::bytes(model),
@@ -407,7 +418,7 @@ fn record_with<const EX: bool>(t: &Recorder, f: &Finished, trace: Option<&Trace>
         }
     }
     if f.auto.any() {
-        record_auto_events(t, ns, &f.auto);
+        record_auto_events(t, ns, f.auto);
     }
 }
 
@@ -486,7 +497,7 @@ fn record_tokens<const EX: bool>(
 }
 
 /// What `$limit_req_status`, `$limit_conn_status` and `$upstream_cache_status` report, as events.
-fn record_auto_events(t: &Recorder, ns: &[u8], st: &AutoStatus) {
+fn record_auto_events(t: &Recorder, ns: &[u8], st: AutoStatus) {
     for (status, rule, id) in [
         (st.limit_req, "limit_req", 1),
         (st.limit_conn, "limit_conn", 2),

@@ -7,8 +7,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use gateway_metrics_core::cache::Label;
 use gateway_metrics_core::catalogue::{CutReason, UsageMissing};
 use gateway_metrics_core::exemplar::TraceContext;
-use gateway_metrics_core::labels::sanitize_into;
 use gateway_metrics_core::labels::{edge_words, header_matches, short_eq};
+use gateway_metrics_core::labels::{sanitize_into, Value};
 use gateway_metrics_core::store::Store;
 use gateway_metrics_core::usage::{Body, Outcome, Tokens, UsageReader};
 use nginx_sys::*;
@@ -22,15 +22,10 @@ use crate::zone::{ShmLock, ZoneCtx};
 pub struct ReqCtx {
     /// The `active_connections` gauge this request incremented, until decremented.
     pub active: Option<&'static AtomicU64>,
-    /// Model set from Lua (`gm.set_model`), overriding `gateway_metrics_model`.
-    pub model: Option<Vec<u8>>,
-    /// Tokens reported from Lua (`gm.add_tokens`, summed). When there are any, they are what is
-    /// recorded: usage read from the response is not counted again.
-    pub lua_tokens: Option<Tokens>,
-    /// Reading the response's usage (`gateway_metrics_usage`).
-    pub usage: UsageState,
-    /// When the first token was seen, ms since the epoch (`gm.first_token`).
-    pub first_token_ms: Option<u64>,
+    /// What Lua or the response's usage said for the model families, once anything did (see
+    /// [`ReqCtx::llm_mut`]). Most requests have none: their context is made, checked and
+    /// dropped as one word.
+    pub llm: Option<LlmState>,
     /// Set once the log phase has recorded the request; later Lua calls are refused.
     pub logged: bool,
     /// The response's last buffer went through the body filters: its body was complete.
@@ -45,14 +40,36 @@ impl Default for ReqCtx {
     fn default() -> Self {
         ReqCtx {
             active: None,
-            model: None,
-            lua_tokens: None,
-            usage: UsageState::Unread,
-            first_token_ms: None,
+            llm: None,
             logged: false,
             complete: false,
             last_body_msec: 0,
             exporter: ptr::null_mut(),
+        }
+    }
+}
+
+/// The model families' part of a request's context.
+pub struct LlmState {
+    /// Model set from Lua (`gm.set_model`), overriding `gateway_metrics_model` (sanitised; a
+    /// usual model name is kept in place, without an allocation).
+    pub model: Option<Value>,
+    /// Tokens reported from Lua (`gm.add_tokens`, summed). When there are any, they are what is
+    /// recorded: usage read from the response is not counted again.
+    pub lua_tokens: Option<Tokens>,
+    /// Reading the response's usage (`gateway_metrics_usage`).
+    pub usage: UsageState,
+    /// When the first token was seen, ms since the epoch (`gm.first_token`).
+    pub first_token_ms: Option<u64>,
+}
+
+impl Default for LlmState {
+    fn default() -> Self {
+        LlmState {
+            model: None,
+            lua_tokens: None,
+            usage: UsageState::Unread,
+            first_token_ms: None,
         }
     }
 }
@@ -73,6 +90,11 @@ pub enum UsageState {
 }
 
 impl ReqCtx {
+    /// The model families' part, made (empty) if the request has none yet.
+    pub fn llm_mut(&mut self) -> &mut LlmState {
+        self.llm.get_or_insert_with(LlmState::default)
+    }
+
     /// Decrements the in-flight gauge once.
     pub fn leave(&mut self) {
         if let Some(g) = self.active.take() {
@@ -416,6 +438,7 @@ pub enum UpstreamCache {
     Miss,
 }
 
+#[derive(Clone, Copy)]
 pub struct AutoStatus {
     pub limit_req: Limit,
     pub limit_conn: Limit,
@@ -510,7 +533,9 @@ impl<'a> Target<'a> {
 }
 
 /// What the log phase records of a finished request: read from the request once, so that the
-/// recording code never sees the request itself.
+/// recording code never sees the request itself. (Copied, never lent, to what is out of line:
+/// a snapshot whose address no call takes stays in registers instead of being stored.)
+#[derive(Clone, Copy)]
 pub struct Finished<'r> {
     /// The labels of the stored request series, in its key order (see [`RequestLabel`]): method, endpoint, status_code, namespace,
     /// upstream, cut, built
@@ -552,7 +577,7 @@ pub fn debug_http(log: *mut ngx_log_t) -> bool {
 /// Says what the log phase read, under `--with-debug` (`debug_http`).
 #[cold]
 #[inline(never)]
-fn log_finished(r: &Request, f: &Finished, whole: bool) {
+fn log_finished(r: &Request, f: Finished, whole: bool) {
     ngx::ngx_log_debug_mask!(
         DebugMask::Http,
         r.log(),
@@ -615,20 +640,10 @@ impl<'r> Finished<'r> {
                 }
             }
             // A context with nothing of the model families (e.g. only the in-flight gauge's).
-            Some(c)
-                if lc.usage == USAGE_OFF
-                    && !lc.model.is_set()
-                    && c.model.is_none()
-                    && c.lua_tokens.is_none()
-                    && matches!(c.usage, UsageState::Unread | UsageState::Skipped) =>
-            {
+            Some(c) if lc.usage == USAGE_OFF && !lc.model.is_set() && c.llm.is_none() => {
                 (None, Some(&*c))
             }
-            ctx => {
-                let (llm, ctx) = model_and_usage(r, lc, ctx, whole, start);
-                *llm_slot = llm;
-                (llm_slot.as_ref(), ctx)
-            }
+            ctx => model_and_usage(r, lc, ctx, whole, start, llm_slot),
         };
         let complete = || whole;
         let cut = cut_reason(rr, ctx, complete, status);
@@ -650,7 +665,7 @@ impl<'r> Finished<'r> {
             llm,
         };
         if debug_http(r.log()) {
-            log_finished(r, &f, whole);
+            log_finished(r, f, whole);
         }
         f
     }
@@ -698,7 +713,7 @@ impl UsageRead {
     }
 }
 
-impl ReqCtx {
+impl LlmState {
     /// What the response said of its usage, once, at the log phase: the tokens to record, or
     /// why there are none. Lua's tokens win over the response's. The response's model is kept
     /// (sanitised, as `gm.set_model` does) when `take_model`.
@@ -728,7 +743,7 @@ impl ReqCtx {
     }
 }
 
-impl ReqCtx {
+impl LlmState {
     fn take_read(
         &mut self,
         read: UsageRead,
@@ -736,7 +751,7 @@ impl ReqCtx {
     ) -> (Option<Tokens>, Option<UsageMissing>) {
         if take_model {
             if let Some(m) = read.model() {
-                self.model = Some(m);
+                self.model = Some(Value::Heap(m));
             }
         }
         match read.tokens {
@@ -812,8 +827,8 @@ pub fn start_usage(r: &ngx_http_request_t, lc: &LocConf) -> UsageState {
 }
 
 /// The model families' part of a request with a context or that reads its response's usage
-/// (`None` when it has no model, no tokens and no missing usage), and the context. The model
-/// the request set (Lua's, else the directive's) wins over the response's.
+/// (`None` when it has no model, no tokens and no missing usage; written in `slot`), and the
+/// context. The model the request set (Lua's, else the directive's) wins over the response's.
 #[inline(never)]
 fn model_and_usage<'r>(
     r: &'r Request,
@@ -821,33 +836,39 @@ fn model_and_usage<'r>(
     mut ctx: Option<&'r mut ReqCtx>,
     whole: bool,
     start: u64,
-) -> (Option<Llm<'r>>, Option<&'r ReqCtx>) {
+    slot: &'r mut Option<Llm<'r>>,
+) -> (Option<&'r Llm<'r>>, Option<&'r ReqCtx>) {
     let rr: &ngx_http_request_t = r.as_ref();
-    let lua_model = ctx.as_deref().is_some_and(|c| c.model.is_some());
+    let llm = ctx.as_deref_mut().and_then(|c| c.llm.as_mut());
+    let lua_model = llm.as_deref().is_some_and(|l| l.model.is_some());
     let conf_model: &[u8] = if lc.model.is_set() {
         label(r, &lc.model)
     } else {
         b""
     };
     let take_model = !lua_model && conf_model.is_empty();
-    let (tokens, usage_missing) = match ctx.as_deref_mut() {
-        Some(c) => c.usage_result(rr, lc, whole, take_model),
+    let (tokens, usage_missing) = match llm {
+        Some(l) => l.usage_result(rr, lc, whole, take_model),
         None => (None, unread_usage(rr, lc, whole)),
     };
     let ctx = ctx.map(|c| &*c);
-    let model = match ctx.and_then(|c| c.model.as_deref()) {
+    let llm = ctx.and_then(|c| c.llm.as_ref());
+    let model = match llm.and_then(|l| l.model.as_ref()).map(Value::as_bytes) {
         Some(m) if lua_model || conf_model.is_empty() => m,
         _ => conf_model,
     };
-    let llm = (!model.is_empty() || tokens.is_some() || usage_missing.is_some()).then(|| Llm {
+    if model.is_empty() && tokens.is_none() && usage_missing.is_none() {
+        return (None, ctx);
+    }
+    let part = slot.insert(Llm {
         model,
-        ttft: ctx
-            .and_then(|c| c.first_token_ms)
+        ttft: llm
+            .and_then(|l| l.first_token_ms)
             .map(|ms| ms.saturating_sub(start) as f64 / 1000.0),
         tokens,
         usage_missing,
     });
-    (llm, ctx)
+    (Some(&*part), ctx)
 }
 
 /// "000" to "999", three bytes each: the `status_code` label without formatting.

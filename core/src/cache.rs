@@ -48,9 +48,9 @@ pub type Word3 = [u64; 3];
 struct Entry<'a> {
     tag: u64,
     kind: u64,
-    /// Made by `get_packed`/`insert_packed` (a caller's own exact encoding), not from labels.
-    packed: bool,
-    n: usize,
+    /// The key's number of values and whether it was made by `get_packed`/`insert_packed` (a
+    /// caller's own exact encoding) rather than from labels: [`shape`], one word to compare.
+    shape: u64,
     k: [Word3; MAX_VALUES],
     /// The middle bytes of byte values longer than 16 bytes, one after the other.
     long: [u8; VALUE_BYTES],
@@ -62,14 +62,42 @@ struct Entry<'a> {
 /// whose pattern also depends on addresses used as identities, hence on luck).
 pub const WAYS: usize = 4;
 
+/// One set: its ways' tags side by side (0: an empty way), checked in one cache line before
+/// any entry is read, then the entries (an empty way's is a placeholder, never compared).
+struct Set<'a> {
+    tags: [u64; WAYS],
+    entries: [Entry<'a>; WAYS],
+}
+
+impl Set<'_> {
+    fn empty() -> Self {
+        Set {
+            tags: [0; WAYS],
+            entries: std::array::from_fn(|_| Entry {
+                tag: 0,
+                kind: 0,
+                shape: 0,
+                k: [[0; 3]; MAX_VALUES],
+                long: [0; VALUE_BYTES],
+                values: &[],
+            }),
+        }
+    }
+}
+
+/// The [`Entry::shape`] of a key of `n` values.
+#[inline(always)]
+const fn shape(n: usize, packed: bool) -> u64 {
+    (n as u64) << 1 | packed as u64
+}
+
 /// A set-associative cache of `slots` entries (a power of two, [`WAYS`] per set), allocated on
 /// first insert, that doubles (up to `max_slots`) while it holds more than half as many keys
 /// as it has entries: small where few series are active, as large as needed where many are.
 pub struct SeriesCache<'a> {
-    /// The entries' tags, side by side (0: empty): a set's ways are checked in one cache line
-    /// before any entry is read.
-    tags: Vec<u64>,
-    entries: Vec<Option<Entry<'a>>>,
+    /// `slots / WAYS` sets once allocated (a set is found with one bounds check, its ways with
+    /// none).
+    sets: Vec<Set<'a>>,
     slots: usize,
     max_slots: usize,
     /// Entries in use.
@@ -122,8 +150,7 @@ impl<'a> SeriesCache<'a> {
     pub const fn new(slots: usize) -> Self {
         let slots = if slots < WAYS { WAYS } else { slots }.next_power_of_two();
         SeriesCache {
-            tags: Vec::new(),
-            entries: Vec::new(),
+            sets: Vec::new(),
             slots,
             max_slots: slots,
             used: 0,
@@ -150,10 +177,10 @@ impl<'a> SeriesCache<'a> {
         finish(h) | 1
     }
 
-    /// The first entry of the set of `tag`.
+    /// The index of the set of `tag`.
     #[inline(always)]
     fn set_of(&self, tag: u64) -> usize {
-        (tag as usize).wrapping_mul(WAYS) & (self.slots - 1)
+        tag as usize & (self.slots / WAYS - 1)
     }
 
     /// The value words cached for this kind (`SeriesKind::bits`) and these labels. Generic over
@@ -178,13 +205,11 @@ impl<'a> SeriesCache<'a> {
             }
         }
         let tag = Self::tag(kind, &ks, salt_h);
-        let set = self.set_of(tag);
-        let tags: &[u64; WAYS] = self.tags.get(set..set + WAYS)?.try_into().ok()?;
-        for (way, _) in tags.iter().enumerate().filter(|(_, &t)| t == tag) {
-            let Some(e) = &self.entries[set + way] else {
-                continue;
-            };
-            if !same_words(e, kind, false, &ks) {
+        let set = self.sets.get(self.set_of(tag))?;
+        // Way by way, with constant indices (no copy of the tags, no bounds checks).
+        for way in 0..WAYS {
+            let e = &set.entries[way];
+            if set.tags[way] != tag || !same_words(e, kind, false, &ks) {
                 continue;
             }
             let mut at = 0;
@@ -217,14 +242,14 @@ impl<'a> SeriesCache<'a> {
         }
         let is_long = long.len() > 16;
         let tag = Self::tag(kind, ks, if is_long { salt(0, long) } else { 0 });
-        let set = self.set_of(tag);
-        let tags: &[u64; WAYS] = self.tags.get(set..set + WAYS)?.try_into().ok()?;
-        for (way, _) in tags.iter().enumerate().filter(|(_, &t)| t == tag) {
-            let Some(e) = &self.entries[set + way] else {
-                continue;
-            };
+        let set = self.sets.get(self.set_of(tag))?;
+        for way in 0..WAYS {
+            let e = &set.entries[way];
             // Values with the same edges differ in the middle: the next way may hold this one.
-            if same_words(e, kind, true, ks) && (!is_long || long_matches(e, &mut 0, long)) {
+            if set.tags[way] == tag
+                && same_words(e, kind, true, ks)
+                && (!is_long || long_matches(e, &mut 0, long))
+            {
                 return Some(e.values);
             }
         }
@@ -266,8 +291,7 @@ impl<'a> SeriesCache<'a> {
         let mut e = Entry {
             tag: Self::tag(kind, ks, salt),
             kind,
-            packed,
-            n: ks.len(),
+            shape: shape(ks.len(), packed),
             k,
             long: [0; VALUE_BYTES],
             values,
@@ -281,9 +305,8 @@ impl<'a> SeriesCache<'a> {
             dst.copy_from_slice(m);
             at += m.len();
         }
-        if self.entries.is_empty() {
-            self.tags = vec![0; self.slots];
-            self.entries = (0..self.slots).map(|_| None).collect();
+        if self.sets.is_empty() {
+            self.sets = (0..self.slots / WAYS).map(|_| Set::empty()).collect();
         } else if self.slots < self.max_slots
             && (self.used * 2 > self.slots || self.set_is_full(e.tag))
         {
@@ -294,26 +317,29 @@ impl<'a> SeriesCache<'a> {
     }
 
     fn set_is_full(&self, tag: u64) -> bool {
-        let set = self.set_of(tag);
-        self.tags[set..set + WAYS].iter().all(|&t| t != 0)
+        self.sets[self.set_of(tag)].tags.iter().all(|&t| t != 0)
     }
 
     /// Doubles the table and puts every entry in its new set.
     #[cold]
     fn grow(&mut self) {
-        let old = std::mem::take(&mut self.entries);
+        let old = std::mem::take(&mut self.sets);
         self.slots *= 2;
-        self.tags = vec![0; self.slots];
-        self.entries = (0..self.slots).map(|_| None).collect();
+        self.sets = (0..self.slots / WAYS).map(|_| Set::empty()).collect();
         self.used = 0;
-        for e in old.into_iter().flatten() {
-            self.place(e);
+        for set in old {
+            for (e, t) in set.entries.into_iter().zip(set.tags) {
+                if t != 0 {
+                    self.place(e);
+                }
+            }
         }
     }
 
     fn place(&mut self, e: Entry<'a>) {
-        let set = self.set_of(e.tag);
-        let way = match self.tags[set..set + WAYS].iter().position(|&t| t == 0) {
+        let i = self.set_of(e.tag);
+        let set = &mut self.sets[i];
+        let way = match set.tags.iter().position(|&t| t == 0) {
             Some(free) => {
                 self.used += 1;
                 free
@@ -323,8 +349,8 @@ impl<'a> SeriesCache<'a> {
                 self.victim % WAYS
             }
         };
-        self.tags[set + way] = e.tag;
-        self.entries[set + way] = Some(e);
+        set.tags[way] = e.tag;
+        set.entries[way] = e;
     }
 }
 
@@ -353,7 +379,7 @@ fn salt_middle(mut h: u64, m: &[u8]) -> u64 {
 /// this is straight-line code.)
 #[inline(always)]
 fn same_words<const N: usize>(e: &Entry, kind: u64, packed: bool, ks: &[Word3; N]) -> bool {
-    let mut diff = (e.kind ^ kind) | (e.n ^ N) as u64 | u64::from(e.packed ^ packed);
+    let mut diff = (e.kind ^ kind) | (e.shape ^ shape(N, packed));
     for (a, b) in e.k.iter().zip(ks) {
         diff |= (a[0] ^ b[0]) | (a[1] ^ b[1]) | (a[2] ^ b[2]);
     }

@@ -85,6 +85,7 @@ impl Price {
     /// see the README's token table): they are billed at their own prices instead of the input
     /// price; reasoning tokens are part of `output` and billed with it. Parts above the input
     /// are capped (no negative count).
+    #[inline]
     pub fn cost(&self, input: u64, output: u64, cached: u64, cache_write: u64) -> f64 {
         let cached = cached.min(input);
         let cache_write = cache_write.min(input - cached);

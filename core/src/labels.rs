@@ -30,6 +30,45 @@ pub fn sanitize_into(out: &mut Vec<u8>, raw: &[u8]) {
     debug_assert!(out.len() - start <= MAX_LABEL_VALUE_BYTES);
 }
 
+/// Bytes a [`Value`] holds without a heap allocation.
+pub const INLINE_VALUE_BYTES: usize = 46;
+
+/// A sanitised label value (see [`sanitize_into`]) that keeps short values in place: a model
+/// name set from Lua on every request then costs no allocation (and no free).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Value {
+    Inline {
+        len: u8,
+        bytes: [u8; INLINE_VALUE_BYTES],
+    },
+    Heap(Vec<u8>),
+}
+
+impl Value {
+    /// `raw` sanitised as [`sanitize_into`] does.
+    pub fn sanitized(raw: &[u8]) -> Value {
+        // The same fast path as sanitize_into: short plain ASCII is kept as it is.
+        if raw.len() <= INLINE_VALUE_BYTES && plain_ascii(raw) {
+            let mut bytes = [0u8; INLINE_VALUE_BYTES];
+            bytes[..raw.len()].copy_from_slice(raw);
+            return Value::Inline {
+                len: raw.len() as u8,
+                bytes,
+            };
+        }
+        let mut v = Vec::with_capacity(raw.len().min(MAX_LABEL_VALUE_BYTES));
+        sanitize_into(&mut v, raw);
+        Value::Heap(v)
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        match self {
+            Value::Inline { len, bytes } => &bytes[..usize::from(*len).min(INLINE_VALUE_BYTES)],
+            Value::Heap(v) => v,
+        }
+    }
+}
+
 /// ASCII without NUL, checked a word at a time (label values are short: this beats the
 /// general UTF-8 validation by a wide margin on the hot path).
 #[inline]
@@ -353,6 +392,30 @@ pub fn valid_label_name(name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A value is what sanitize_into makes of the same bytes, in place or not.
+    #[test]
+    fn values_are_sanitized_like_label_values() {
+        let long = "m".repeat(300);
+        for raw in [
+            &b""[..],
+            b"gpt-4o",
+            b"claude-3-5-sonnet-20241022",
+            &[b'x'; INLINE_VALUE_BYTES],
+            &[b'x'; INLINE_VALUE_BYTES + 1],
+            b"caf\xc3\xa9",
+            b"bad\xffutf8",
+            b"nul\0inside",
+            long.as_bytes(),
+        ] {
+            let mut want = Vec::new();
+            sanitize_into(&mut want, raw);
+            let v = Value::sanitized(raw);
+            assert_eq!(v.as_bytes(), &want[..], "{raw:?}");
+            let short = raw.len() <= INLINE_VALUE_BYTES && raw.is_ascii() && !raw.contains(&0);
+            assert_eq!(matches!(v, Value::Inline { .. }), short, "{raw:?}");
+        }
+    }
 
     fn clean(raw: &[u8]) -> Vec<u8> {
         let mut v = Vec::new();
