@@ -109,6 +109,8 @@ pub enum Value<'a> {
     F64(f64),
     /// A float already formatted by [`push_f64`] (kept from an earlier page).
     Text(&'a [u8]),
+    /// Unix milliseconds, written as seconds ([`push_millis`]).
+    Millis(u64),
 }
 
 /// The unit OpenMetrics' `# UNIT` gives a family, from its name's suffix.
@@ -189,21 +191,9 @@ impl<'o> Encoder<'o> {
     /// OpenMetrics' `_created` line of a series of the family `base` (its OpenMetrics name),
     /// when its creation time is known; nothing in the text format.
     pub fn created(&mut self, base: &str, labels: &[u8], created_ms: u64) {
-        if !self.om || created_ms == 0 {
-            return;
+        if self.om && created_ms != 0 {
+            self.line(base, "_created", labels, None, Value::Millis(created_ms));
         }
-        let out = &mut *self.out;
-        out.extend_from_slice(base.as_bytes());
-        out.extend_from_slice(b"_created");
-        if labels.is_empty() {
-            out.push(b' ');
-        } else {
-            out.push(b'{');
-            out.extend_from_slice(labels);
-            out.extend_from_slice(b"} ");
-        }
-        push_millis(out, created_ms);
-        out.push(b'\n');
     }
 
     /// The page's last line: `# EOF` in OpenMetrics, nothing in the text format.
@@ -286,6 +276,7 @@ impl<'o> Encoder<'o> {
             }
             Value::F64(v) => push_f64(out, v),
             Value::Text(t) => out.extend_from_slice(t),
+            Value::Millis(ms) => push_millis(out, ms),
         }
         if let (true, Some((e, shown))) = (self.om, ex) {
             crate::exemplar::push(out, &e, shown);
