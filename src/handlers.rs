@@ -12,7 +12,9 @@ use ngx::http::{HttpModuleMainConf, NgxHttpCoreModule, Request};
 
 #[cfg(ngx_feature = "threads")]
 use crate::conf::RenderMode;
-use crate::conf::{cycle_main_conf, loc_conf, main_conf, parsing_main_conf, MainConf, USAGE_OFF};
+use crate::conf::{
+    cycle_main_conf, loc_conf, main_conf, parsing_main_conf, LocConf, MainConf, USAGE_OFF,
+};
 use crate::recording;
 use crate::request::{self, Finished, ReqCtx, Target, UsageRead, UsageState};
 use crate::zone::ZoneSpec;
@@ -210,13 +212,21 @@ fn log(r: &Request) {
         return;
     };
     let t = &recording::Recorder { t, log: r.log() };
+    if lc.exemplars_on {
+        return log_traced(r, lc, ctx, t);
+    }
+    let mut llm = None;
+    recording::record(t, &Finished::read(r, lc, ctx, &mut llm));
+}
+
+/// [`log`] in a location with exemplars on: out of line, so that the usual request's log
+/// phase stays as small as it was without them.
+#[cold]
+#[inline(never)]
+fn log_traced(r: &Request, lc: &LocConf, ctx: Option<&mut ReqCtx>, t: &recording::Recorder) {
     let mut llm = None;
     let f = Finished::read(r, lc, ctx, &mut llm);
-    if lc.exemplars_on {
-        recording::record_traced(t, &f, request::trace(r, lc));
-    } else {
-        recording::record(t, &f);
-    }
+    recording::record_traced(t, &f, request::trace(r, lc));
 }
 
 /// Notes, for the log phase, that a response's body went out whole (its last buffer passed)
