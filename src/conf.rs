@@ -8,7 +8,7 @@ use std::ptr;
 use gateway_metrics_core::buckets::Histograms;
 use gateway_metrics_core::catalogue::Views;
 use gateway_metrics_core::config::Price;
-use gateway_metrics_core::labels::{edge_words, header_variable, single_variable};
+use gateway_metrics_core::labels::{arg_variable, edge_words, header_variable, single_variable};
 use gateway_metrics_core::render::CustomFamily;
 use gateway_metrics_core::usage::Format;
 use nginx_sys::*;
@@ -119,6 +119,10 @@ pub struct LabelSource {
     /// 1 + the variable's index when the value is exactly one other variable (read as an
     /// indexed variable: no script, evaluated once per request); 0 otherwise.
     pub variable: ngx_uint_t,
+    /// The argument, lowercased, when the value is exactly one `$arg_*` variable: read from
+    /// the query string directly (as nginx reads it, without its variable machinery); empty
+    /// otherwise.
+    pub arg: ngx_str_t,
 }
 
 impl LabelSource {
@@ -219,13 +223,31 @@ impl LocConf {
                 c.cv = p.cv;
             }
             c.header = HeaderName::of(cf, c.cv)?;
-            c.variable = variable_of(cf, c.cv, &c.header);
+            c.arg = arg_of(cf, c.cv)?;
+            c.variable = if c.arg.len == 0 {
+                variable_of(cf, c.cv, &c.header)
+            } else {
+                0
+            };
         }
         // `gateway_metrics_exemplars off` switches off what an outer level set.
         // SAFETY: a set cv is a compiled complex value in the conf pool.
         self.exemplars_on = unsafe { self.exemplars.cv.as_ref() }
             .is_some_and(|cv| !(cv.lengths.is_null() && cv.value.as_bytes() == b"off"));
         Some(())
+    }
+}
+
+/// The query argument a complex value is exactly (`$arg_ns`: `ns`), copied into the conf pool;
+/// empty otherwise. `None`: out of memory.
+fn arg_of(cf: &ngx_conf_t, cv: *const ngx_http_complex_value_t) -> Option<ngx_str_t> {
+    // SAFETY: a set cv is a compiled complex value in the conf pool.
+    let Some(cv) = (unsafe { cv.as_ref() }) else {
+        return Some(ngx_str_t::empty());
+    };
+    match arg_variable(cv.value.as_bytes()) {
+        Some(name) => conf_copy(cf, &name),
+        None => Some(ngx_str_t::empty()),
     }
 }
 

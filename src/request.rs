@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use gateway_metrics_core::cache::Label;
 use gateway_metrics_core::catalogue::{CutReason, UsageMissing};
 use gateway_metrics_core::exemplar::TraceContext;
-use gateway_metrics_core::labels::{edge_words, header_matches, short_eq};
+use gateway_metrics_core::labels::{edge_words, header_matches, query_arg, short_eq};
 use gateway_metrics_core::labels::{sanitize_into, Value};
 use gateway_metrics_core::store::Store;
 use gateway_metrics_core::usage::{Body, Outcome, Tokens, UsageReader};
@@ -200,10 +200,16 @@ pub fn ctx(r: &ngx_http_request_t) -> Option<&mut ReqCtx> {
 }
 
 /// A label's value: read straight from the request header when the configured value is one
-/// `$http_*` variable, else through nginx's complex value; `""` when not configured.
+/// `$http_*` variable, from the query string when it is one `$arg_*` variable, as an indexed
+/// variable when it is another single variable, else through nginx's complex value; `""`
+/// when not configured.
 pub fn label<'r>(r: &'r Request, source: &LabelSource) -> &'r [u8] {
     let (cv, name) = (source.cv, &source.header);
     if name.var.len == 0 {
+        if source.arg.len != 0 {
+            let args = r.as_ref().args.as_bytes();
+            return query_arg(args, source.arg.as_bytes()).unwrap_or(b"");
+        }
         return match source.variable {
             0 => eval(r, cv),
             i => indexed(r, i - 1),

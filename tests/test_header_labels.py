@@ -1,4 +1,5 @@
-"""Labels from a single `$http_*` variable are read straight from the request headers: they must
+"""Labels from a single `$http_*` variable are read straight from the request headers (and from
+a single `$arg_*` variable straight from the query string): they must
 give exactly what nginx's variable gives (repeated headers, case, `-`/`_`, missing header)."""
 import socket
 
@@ -74,3 +75,79 @@ def test_header_labels_match_nginx_variables():
                 if model:
                     want_models[model] = want_models.get(model, 0) + c
             assert models == want_models, (models, want_models)
+
+
+ARG_CONF = """
+    gateway_metrics_zone gm 4m;
+    gateway_metrics on;
+    gateway_metrics_namespace $arg_ns;
+    gateway_metrics_model ${arg_Model};
+    server {
+        listen 127.0.0.1:{port};
+        location /v1/ {
+            add_header X-Seen-Ns "[$arg_ns]" always;
+            add_header X-Seen-Model "[$arg_model]" always;
+            return 200 "ok";
+        }
+        location /rw/ {
+            # the query string the labels read is the request's at the log phase
+            set $args "ns=rewritten&$args";
+            add_header X-Seen-Ns "[$arg_ns]" always;
+            add_header X-Seen-Model "[$arg_model]" always;
+            return 200 "ok";
+        }
+        location = /metrics { gateway_metrics off; gateway_metrics_exporter; }
+    }
+"""
+
+ARG_CASES = [
+    "/v1/x?ns=acme&model=m1",
+    "/v1/x?NS=upper&MODEL=M2",
+    "/v1/x?xns=no&ns=yes",
+    "/v1/x?a=ns=1&ns=2",
+    "/v1/x?ns=first&ns=second",
+    "/v1/x?ns=&model=",
+    "/v1/x?ns=%20enc%3D&model=a%26b",
+    "/v1/x?ns",
+    "/v1/x?&ns=lead",
+    "/v1/x",
+    "/v1/x?model=only",
+    "/rw/x?ns=orig&model=m3",
+]
+
+
+def test_arg_labels_match_nginx_variables():
+    """Labels from a single `$arg_*` variable are read from the query string by the module: they
+    must give exactly what nginx's variable gives."""
+    with Nginx(ARG_CONF) as n:
+        expect = {}
+        for path in ARG_CASES:
+            s = socket.create_connection(("127.0.0.1", n.port))
+            s.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+            data = b""
+            while chunk := s.recv(65536):
+                data += chunk
+            s.close()
+            seen = {}
+            for line in data.split(b"\r\n\r\n")[0].decode("latin-1").split("\r\n")[1:]:
+                k, _, v = line.partition(": ")
+                seen[k.lower()] = v[1:-1]
+            key = (seen["x-seen-ns"], seen["x-seen-model"])
+            expect[key] = expect.get(key, 0) + 1
+        with_model = sum(c for (_, model), c in expect.items() if model)
+        m = settle(n, lambda m: m.total("http_requests_total") >= len(ARG_CASES)
+                   and m.total("model_requests_total") >= with_model)
+        got = {}
+        for labels, v in m.select("http_requests_total").items():
+            got[dict(labels)["namespace"]] = got.get(dict(labels)["namespace"], 0) + v
+        want = {}
+        for (ns, _), c in expect.items():
+            want[ns] = want.get(ns, 0) + c
+        assert got == want, (got, want)
+        assert "rewritten" in want and "%20enc%3D" in want and "yes" in want
+        models = {dict(k)["model"]: v for k, v in m.select("model_requests_total").items()}
+        want_models = {}
+        for (_, model), c in expect.items():
+            if model:
+                want_models[model] = want_models.get(model, 0) + c
+        assert models == want_models, (models, want_models)

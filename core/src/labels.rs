@@ -533,6 +533,41 @@ pub fn header_variable(source: &[u8]) -> Option<Vec<u8>> {
     Some(suffix.to_vec())
 }
 
+/// If a label's configured value is exactly one `$arg_*` variable, its argument name,
+/// lowercased (`$arg_ns` -> `ns`): the module then reads the query string itself
+/// ([`query_arg`]) instead of asking nginx for the variable.
+pub fn arg_variable(source: &[u8]) -> Option<Vec<u8>> {
+    let name = single_variable(source)?.to_ascii_lowercase();
+    let arg = name.strip_prefix(b"arg_")?;
+    (!arg.is_empty()).then(|| arg.to_vec())
+}
+
+/// The value of the query argument `name` (lowercase) in `args` (the query string without
+/// `?`), exactly as nginx's `$arg_name` gives it (`ngx_http_arg`): the first `name=` (name
+/// compared without case) at the start or after a `&`, up to the next `&`; the bytes as sent
+/// (not unescaped). `None` when there is none.
+#[inline]
+pub fn query_arg<'a>(args: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
+    let n = name.len();
+    let &first = name.first()?;
+    // A match needs a byte after it (the `=`).
+    let mut p = 0;
+    while p + n < args.len() {
+        let at = memchr::memchr2(first, first.to_ascii_uppercase(), &args[p..args.len() - n])?;
+        p += at;
+        if args[p..p + n].eq_ignore_ascii_case(name)
+            && (p == 0 || args[p - 1] == b'&')
+            && args[p + n] == b'='
+        {
+            let value = &args[p + n + 1..];
+            let end = memchr::memchr(b'&', value).unwrap_or(value.len());
+            return Some(&value[..end]);
+        }
+        p += 1;
+    }
+    None
+}
+
 /// If a label's configured value is exactly one variable (`$arg_ns`, `${upstream_addr}`), its
 /// name: the module then reads it as an indexed variable (evaluated once per request, shared by
 /// every label that names it) instead of running a complex value's script.
@@ -588,6 +623,77 @@ mod variable_tests {
 #[cfg(test)]
 mod header_tests {
     use super::*;
+
+    /// `ngx_http_arg` as nginx writes it, position by position.
+    fn nginx_arg<'a>(args: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
+        let n = name.len();
+        for p in 0..args.len() {
+            if p + n >= args.len() {
+                return None;
+            }
+            let matches = args[p..p + n]
+                .iter()
+                .zip(name)
+                .all(|(a, b)| a.to_ascii_lowercase() == *b);
+            if matches && (p == 0 || args[p - 1] == b'&') && args[p + n] == b'=' {
+                let rest = &args[p..];
+                let end = rest.iter().position(|&b| b == b'&').unwrap_or(rest.len());
+                return Some(&args[p + n + 1..p + end]);
+            }
+        }
+        None
+    }
+
+    #[test]
+    fn query_args_read_as_nginx_reads_them() {
+        let cases: &[(&[u8], &[u8], Option<&[u8]>)] = &[
+            (b"ns=a&model=gpt-4o", b"ns", Some(b"a")),
+            (b"ns=a&model=gpt-4o", b"model", Some(b"gpt-4o")),
+            (b"NS=a", b"ns", Some(b"a")),
+            (b"xns=a&ns=b", b"ns", Some(b"b")),
+            (b"a=ns=1&ns=2", b"ns", Some(b"2")),
+            (b"ns", b"ns", None),
+            (b"ns=", b"ns", Some(b"")),
+            (b"ns=1&ns=2", b"ns", Some(b"1")),
+            (b"n=1", b"ns", None),
+            (b"", b"ns", None),
+            (b"ns=%20x&", b"ns", Some(b"%20x")),
+            (b"&ns=z", b"ns", Some(b"z")),
+        ];
+        for (args, name, want) in cases {
+            assert_eq!(
+                query_arg(args, name),
+                *want,
+                "{:?}",
+                String::from_utf8_lossy(args)
+            );
+            assert_eq!(nginx_arg(args, name), *want);
+        }
+        // Random query strings over a small alphabet: the same answer as nginx's loop.
+        let mut seed = 11u64;
+        let mut next = || {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (seed >> 33) as usize
+        };
+        for _ in 0..200_000 {
+            let len = next() % 24;
+            let args: Vec<u8> = (0..len).map(|_| b"nsNS=&ax"[next() % 8]).collect();
+            for name in [&b"ns"[..], b"n", b"s", b"nsa"] {
+                assert_eq!(
+                    query_arg(&args, name),
+                    nginx_arg(&args, name),
+                    "{args:?} {name:?}"
+                );
+            }
+        }
+        assert_eq!(arg_variable(b"$arg_NS"), Some(b"ns".to_vec()));
+        assert_eq!(arg_variable(b"${arg_model}"), Some(b"model".to_vec()));
+        assert_eq!(arg_variable(b"$arg_"), None);
+        assert_eq!(arg_variable(b"$http_x"), None);
+        assert_eq!(arg_variable(b"x$arg_ns"), None);
+    }
 
     #[test]
     fn header_variables_are_recognised() {
