@@ -646,7 +646,8 @@ mod header_tests {
 
     #[test]
     fn query_args_read_as_nginx_reads_them() {
-        let cases: &[(&[u8], &[u8], Option<&[u8]>)] = &[
+        type Case<'a> = (&'a [u8], &'a [u8], Option<&'a [u8]>);
+        let cases: &[Case] = &[
             (b"ns=a&model=gpt-4o", b"ns", Some(b"a")),
             (b"ns=a&model=gpt-4o", b"model", Some(b"gpt-4o")),
             (b"NS=a", b"ns", Some(b"a")),
