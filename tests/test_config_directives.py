@@ -54,6 +54,10 @@ BAD = [
     ("gateway_metrics_max_series +5;", "", "gateway_metrics_max_series"),
     ("gateway_metrics_max_series 1_000;", "", "gateway_metrics_max_series"),
     ("gateway_metrics on off;", "", "gateway_metrics"),
+    ("gateway_metrics_exemplars;", "", "gateway_metrics_exemplars"),
+    ("gateway_metrics_exemplars $http_traceparent $http_x;", "", "gateway_metrics_exemplars"),
+    ("gateway_metrics_exemplars $http_a; gateway_metrics_exemplars $http_b;", "",
+     "gateway_metrics_exemplars"),
 ]
 
 
@@ -85,6 +89,10 @@ def test_every_directive_together_passes():
         gateway_metrics_counter tool_calls_total "Tool calls." tool;
         gateway_metrics_gauge model_accuracy_percent "Accuracy." model task_type;
         gateway_metrics_histogram prompt_chars "Prompt size." model buckets=100,1000;
+        gateway_metrics_exemplars $http_traceparent;
+        gateway_metrics_usage auto;
+        gateway_metrics_tpot_buckets 0.01 0.1;
+        gateway_metrics_views -gateway_requests_total;
     """
     with Nginx(BASE.format(http=http, server="location /v1/ { gateway_metrics off; return 200; }")) as n:
         assert n.get("/metrics")[0] == 200
