@@ -433,9 +433,12 @@ fn record_tokens<const EX: bool>(
     let mc = t.mc;
     let model = labels[0].bytes;
     if let Some(v) = t.series(fam::MODEL_TOKENS, 0, tokens::N_VALUES, labels) {
-        let price = mc.prices.get(model);
+        // The request's cost, once: recorded, and shown in its exemplar.
+        let cost = mc
+            .prices
+            .get(model)
+            .map(|p| p.cost(n.input, n.output, n.cached_input, n.cache_write));
         if let (true, Some(tr)) = (EX, trace) {
-            let cost = price.map(|p| p.cost(n.input, n.output, n.cached_input, n.cache_write));
             for (slot, value) in [
                 (n.input > 0).then_some(n.input as f64),
                 (n.output > 0).then_some(n.output as f64),
@@ -461,11 +464,8 @@ fn record_tokens<const EX: bool>(
                 add_u64(&v[slot], count);
             }
         }
-        match price {
-            Some(p) => add_f64(
-                &v[tokens::COST],
-                p.cost(n.input, n.output, n.cached_input, n.cache_write),
-            ),
+        match cost {
+            Some(c) => add_f64(&v[tokens::COST], c),
             None => {
                 if let Some(u) = t.series(fam::UNPRICED, 0, 1, &[Label::bytes(model)]) {
                     add_u64(&u[0], 1);

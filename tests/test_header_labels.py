@@ -23,9 +23,11 @@ CONF = """
 """
 
 
-def raw(port, headers):
+def raw(port, headers, path="/v1/x"):
+    """Sends one request; returns the response's headers (the `[...]`-wrapped ones unwrapped)."""
     s = socket.create_connection(("127.0.0.1", port))
-    s.sendall(b"GET /v1/x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n" + b"".join(headers) + b"\r\n")
+    s.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n".encode()
+              + b"".join(headers) + b"\r\n")
     data = b""
     while chunk := s.recv(65536):
         data += chunk
@@ -49,32 +51,39 @@ CASES = [
 ]
 
 
+def assert_labels_as_nginx_saw(n, seen):
+    """The namespace and model labels of the requests recorded by `n` are, request for request,
+    the values nginx's own variables gave (`seen`: each response's X-Seen-Ns/X-Seen-Model).
+    Returns the namespaces wanted."""
+    expect = {}
+    for h in seen:
+        key = (h["x-seen-ns"], h["x-seen-model"])
+        expect[key] = expect.get(key, 0) + 1
+    # (a request's model series is recorded just after its request series)
+    with_model = sum(c for (_, model), c in expect.items() if model)
+    m = settle(n, lambda m: m.total("http_requests_total") >= len(seen)
+               and m.total("model_requests_total") >= with_model)
+    got = {}
+    for labels, v in m.select("http_requests_total").items():
+        got[dict(labels)["namespace"]] = got.get(dict(labels)["namespace"], 0) + v
+    want = {}
+    for (ns, _), c in expect.items():
+        want[ns] = want.get(ns, 0) + c
+    assert got == want, (got, want)
+    models = {dict(k)["model"]: v for k, v in m.select("model_requests_total").items()}
+    want_models = {}
+    for (_, model), c in expect.items():
+        if model:
+            want_models[model] = want_models.get(model, 0) + c
+    assert models == want_models, (models, want_models)
+    return want
+
+
 def test_header_labels_match_nginx_variables():
     for extra in ("", "underscores_in_headers on;"):
         with Nginx(CONF.replace("{extra}", extra)) as n:
-            expect = {}
             cases = CASES + ([[b"X_Tenant_Id: under\r\n"]] if extra else [])
-            for hs in cases:
-                seen = raw(n.port, hs)
-                key = (seen["x-seen-ns"], seen["x-seen-model"])
-                expect[key] = expect.get(key, 0) + 1
-            # (a request's model series is recorded just after its request series)
-            with_model = sum(c for (_, model), c in expect.items() if model)
-            m = settle(n, lambda m: m.total("http_requests_total") >= len(cases)
-                       and m.total("model_requests_total") >= with_model)
-            got = {}
-            for labels, v in m.select("http_requests_total").items():
-                got[dict(labels)["namespace"]] = got.get(dict(labels)["namespace"], 0) + v
-            want = {}
-            for (ns, _), c in expect.items():
-                want[ns] = want.get(ns, 0) + c
-            assert got == want, (extra, got, want)
-            models = {dict(k)["model"]: v for k, v in m.select("model_requests_total").items()}
-            want_models = {}
-            for (_, model), c in expect.items():
-                if model:
-                    want_models[model] = want_models.get(model, 0) + c
-            assert models == want_models, (models, want_models)
+            assert_labels_as_nginx_saw(n, [raw(n.port, hs) for hs in cases])
 
 
 ARG_CONF = """
@@ -120,34 +129,5 @@ def test_arg_labels_match_nginx_variables():
     """Labels from a single `$arg_*` variable are read from the query string by the module: they
     must give exactly what nginx's variable gives."""
     with Nginx(ARG_CONF) as n:
-        expect = {}
-        for path in ARG_CASES:
-            s = socket.create_connection(("127.0.0.1", n.port))
-            s.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
-            data = b""
-            while chunk := s.recv(65536):
-                data += chunk
-            s.close()
-            seen = {}
-            for line in data.split(b"\r\n\r\n")[0].decode("latin-1").split("\r\n")[1:]:
-                k, _, v = line.partition(": ")
-                seen[k.lower()] = v[1:-1]
-            key = (seen["x-seen-ns"], seen["x-seen-model"])
-            expect[key] = expect.get(key, 0) + 1
-        with_model = sum(c for (_, model), c in expect.items() if model)
-        m = settle(n, lambda m: m.total("http_requests_total") >= len(ARG_CASES)
-                   and m.total("model_requests_total") >= with_model)
-        got = {}
-        for labels, v in m.select("http_requests_total").items():
-            got[dict(labels)["namespace"]] = got.get(dict(labels)["namespace"], 0) + v
-        want = {}
-        for (ns, _), c in expect.items():
-            want[ns] = want.get(ns, 0) + c
-        assert got == want, (got, want)
+        want = assert_labels_as_nginx_saw(n, [raw(n.port, [], path) for path in ARG_CASES])
         assert "rewritten" in want and "%20enc%3D" in want and "yes" in want
-        models = {dict(k)["model"]: v for k, v in m.select("model_requests_total").items()}
-        want_models = {}
-        for (_, model), c in expect.items():
-            if model:
-                want_models[model] = want_models.get(model, 0) + c
-        assert models == want_models, (models, want_models)

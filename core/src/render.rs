@@ -198,6 +198,8 @@ struct Collected<'a> {
     /// Exemplar entries by the value offset of their series (kept for OpenMetrics only).
     exemplars: HashMap<usize, &'a [AtomicU64]>,
     keep_exemplars: bool,
+    /// An exemplar entry's key, read out of the zone.
+    key: Vec<u8>,
 }
 
 impl<'a> Collected<'a> {
@@ -207,16 +209,16 @@ impl<'a> Collected<'a> {
             custom: std::collections::BTreeMap::new(),
             exemplars: HashMap::new(),
             keep_exemplars,
+            key: Vec::with_capacity(8),
         }
     }
 
     fn push(&mut self, e: Entry<'a>) {
         if e.kind.family & EXEMPLARS != 0 && e.kind.family & 0x8000_0000 == 0 {
             if self.keep_exemplars && e.key.len() == 8 {
-                let mut k = Vec::with_capacity(8);
-                e.key.read_into(&mut k);
-                let off = u64::from_le_bytes(k.try_into().unwrap_or_default()) as usize;
-                self.exemplars.insert(off, e.values);
+                e.key.read_into(&mut self.key);
+                let off = u64::from_le_bytes(self.key[..].try_into().unwrap_or_default());
+                self.exemplars.insert(off as usize, e.values);
             }
             return;
         }
