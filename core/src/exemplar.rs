@@ -379,30 +379,41 @@ mod tests {
                 span_id: (i | 1).to_be_bytes(),
             },
             value: i as f64,
-            ts_ms: i + 1,
+            // Within a claim's lifetime of each other, as wall-clock times of live writers
+            // are: no writer takes a claim over (that is for claims of dead writers).
+            ts_ms: 1_700_000_000_000 + i % 997,
         };
+        // The writers run until the reader has checked enough whole exemplars (not for a fixed
+        // count: on a loaded machine they could all be done before the reader ever ran).
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let writers: Vec<_> = (0..3u64)
             .map(|w| {
-                let slot = slot.clone();
+                let (slot, stop) = (slot.clone(), stop.clone());
                 std::thread::spawn(move || {
-                    for i in 0..200_000u64 {
+                    let mut i = 0u64;
+                    while !stop.load(Ordering::Relaxed) {
                         write(&slot, &of(i * 3 + w));
+                        i += 1;
                     }
                 })
             })
             .collect();
-        let mut seen = 0;
-        while !writers.iter().all(|w| w.is_finished()) {
+        // Bounded so that a reader that never sees an exemplar fails instead of hanging; a
+        // writer preempted while it holds the claim only hides the slot for its time slice.
+        let (mut seen, mut tries) = (0, 0u64);
+        while seen < 1_000 && tries < 200_000_000 {
+            tries += 1;
             if let Some(e) = read(&slot) {
                 let i = e.value as u64;
                 assert_eq!(e, of(i));
                 seen += 1;
             }
         }
+        stop.store(true, Ordering::Relaxed);
         for w in writers {
             w.join().unwrap();
         }
-        assert!(seen > 0);
+        assert_eq!(seen, 1_000, "only {seen} whole exemplars in {tries} reads");
         let last = read(&slot).expect("the last write left a whole exemplar");
         assert_eq!(last, of(last.value as u64));
     }

@@ -1161,6 +1161,20 @@ fn spend(left: &mut usize, n: usize) {
     *left = left.saturating_sub(n);
 }
 
+/// A family's aggregation is complete: its header goes out, and its lines are emitted from the
+/// first group on.
+fn open_family(
+    enc: &mut Encoder,
+    left: &mut usize,
+    (phase, cur): (&mut u8, &mut usize),
+    (name, help, kind): (&str, &str, MetricType),
+) {
+    enc.family(name, help, kind);
+    spend(left, 1);
+    *phase = 1;
+    *cur = 0;
+}
+
 impl<'a> Render<'a> {
     /// Starts a render; no work is done until [`Render::step`].
     pub fn new(store: &Store<'a>, spec: &RenderSpec<'a>) -> Self {
@@ -1333,10 +1347,12 @@ impl<'a> Render<'a> {
             if !summed {
                 return false;
             }
-            enc.family(v.def.name, v.def.help, MetricType::Counter);
-            spend(left, 1);
-            *phase = 1;
-            *cur = 0;
+            open_family(
+                enc,
+                left,
+                (phase, cur),
+                (v.def.name, v.def.help, MetricType::Counter),
+            );
         }
         let base = om_family(v.def.name, MetricType::Counter);
         let one = matches!(extra, Extra::Latest);
@@ -1384,11 +1400,13 @@ impl<'a> Render<'a> {
             if !sum_histograms(vc, w, items, v.def.labels, store, hx, cur, left, group) {
                 return false;
             }
-            enc.family(v.def.name, v.def.help, MetricType::Histogram);
-            spend(left, 1);
             Self::set_le(&mut w.le, h.bounds, om);
-            *phase = 1;
-            *cur = 0;
+            open_family(
+                enc,
+                left,
+                (phase, cur),
+                (v.def.name, v.def.help, MetricType::Histogram),
+            );
         }
         emit_histograms(enc, vc, w, v.def.name, cur, left)
     }
@@ -1441,10 +1459,7 @@ impl<'a> Render<'a> {
             if !summed {
                 return false;
             }
-            enc.family(def.name, def.help, def.kind);
-            spend(left, 1);
-            *phase = 1;
-            *cur = 0;
+            open_family(enc, left, (phase, cur), (def.name, def.help, def.kind));
         }
         emit_lines(enc, vc, w, def.name, Show::I64, None, cur, left)
     }
@@ -1490,10 +1505,7 @@ impl<'a> Render<'a> {
             if !summed {
                 return false;
             }
-            enc.family(def.name, def.help, def.kind);
-            spend(left, 1);
-            *phase = 1;
-            *cur = 0;
+            open_family(enc, left, (phase, cur), (def.name, def.help, def.kind));
         }
         // The group's label set is the namespace's; the token type is the line's last label.
         while let Some(&g) = w.sums.order.get(*cur) {
@@ -1574,10 +1586,7 @@ impl<'a> Render<'a> {
             if !summed {
                 return false;
             }
-            enc.family(def.name, def.help, def.kind);
-            spend(left, 1);
-            *phase = 1;
-            *cur = 0;
+            open_family(enc, left, (phase, cur), (def.name, def.help, def.kind));
         }
         let base = om_family(def.name, MetricType::Counter);
         emit_lines(
