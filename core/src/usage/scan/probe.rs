@@ -156,6 +156,8 @@ fn prefix_xor(mut x: u64) -> u64 {
 pub(super) fn tok(b: &[u8], i: usize) -> usize {
     match b.get(i) {
         Some(&c) if c > b' ' => i,
+        // One space, as after `:` in pretty-printed bodies.
+        Some(b' ') if b.get(i + 1).is_some_and(|&c| c > b' ') => i + 1,
         _ => ws_run(b, i),
     }
 }
