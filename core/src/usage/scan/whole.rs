@@ -521,6 +521,12 @@ impl Scanner {
                 Act::Count(slot) if matches!(b.get(i), Some(b'0'..=b'9')) => {
                     self.w_count(b, i, slot)?
                 }
+                // A tracked object (usage and its details): no detour through `b_value`.
+                Act::Open(node)
+                    if !node.is_array() && depth < MAX_TRACK && b.get(i) == Some(&b'{') =>
+                {
+                    self.b_object(b, i + 1, node, depth)?
+                }
                 _ => self.b_value(b, i, act, depth)?,
             };
             // `,` or `}` mostly right after the value.
