@@ -163,15 +163,19 @@ pub(super) fn tok(b: &[u8], i: usize) -> usize {
 }
 
 #[inline(always)]
-fn ws_run(b: &[u8], mut i: usize) -> usize {
+fn ws_run(b: &[u8], i: usize) -> usize {
     #[cfg(target_arch = "x86_64")]
-    while let Some(v) = simd::load(b, i) {
-        let m = simd::not_ws(v);
-        if m != 0 {
-            return i + m.trailing_zeros() as usize;
+    let i = {
+        let mut i = i;
+        while let Some(v) = simd::load(b, i) {
+            let m = simd::not_ws(v);
+            if m != 0 {
+                return i + m.trailing_zeros() as usize;
+            }
+            i += 16;
         }
-        i += 16;
-    }
+        i
+    };
     tok_scalar(b, i)
 }
 
@@ -186,22 +190,27 @@ fn tok_scalar(b: &[u8], mut i: usize) -> usize {
 /// skipped, whatever it is), and whether the string has a backslash; `None` when it does not
 /// end in the buffer.
 #[inline(always)]
-pub(super) fn string_end(b: &[u8], mut i: usize) -> Option<(usize, bool)> {
-    let mut escaped = false;
+pub(super) fn string_end(b: &[u8], i: usize) -> Option<(usize, bool)> {
     #[cfg(target_arch = "x86_64")]
-    while let Some(v) = simd::load(b, i) {
-        let m = simd::quote_or_bs(v);
-        if m == 0 {
-            i += 16;
-            continue;
+    let (i, escaped) = {
+        let (mut i, mut escaped) = (i, false);
+        while let Some(v) = simd::load(b, i) {
+            let m = simd::quote_or_bs(v);
+            if m == 0 {
+                i += 16;
+                continue;
+            }
+            let j = i + m.trailing_zeros() as usize;
+            if b.get(j) == Some(&b'"') {
+                return Some((j, escaped));
+            }
+            escaped = true;
+            i = j + 2;
         }
-        let j = i + m.trailing_zeros() as usize;
-        if b.get(j) == Some(&b'"') {
-            return Some((j, escaped));
-        }
-        escaped = true;
-        i = j + 2;
-    }
+        (i, escaped)
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let escaped = false;
     string_end_scalar(b, i, escaped)
 }
 
