@@ -64,6 +64,8 @@ const JSON: &str = r#"{"id":"chatcmpl-B9MHDbslfkBeAs8l4bebGdFOJ6PeG","object":"c
 
 /// The corpus's pretty-printed Chat Completions body (2-space indentation, 997 bytes).
 const JSON_PRETTY: &str = include_str!("../../tests/usage_corpus/openai_chat_json.body");
+/// Its answer, replaced by a long one in `json_long`.
+const LONG_AT: &str = r#"The word \"usage\" here is text: {\"usage\": {\"prompt_tokens\": 5}}"#;
 
 fn stream(first: &str, chunk: &str, end: &str, n: usize) {
     let mut r = UsageReader::new(Format::Auto, Body::EventStream);
@@ -100,8 +102,19 @@ fn main() {
                 black_box(r.finish(true));
             }
         }
+        "json_long" => {
+            // The pretty body with an 8,000-byte answer (a line break escaped every 80 bytes).
+            let line = format!("{}\\n", "All work and no play. ".repeat(4)[..78].to_string());
+            let body = JSON_PRETTY.replacen(LONG_AT, &line.repeat(100), 1);
+            assert!(body.len() > 8_000);
+            for _ in 0..n {
+                let mut r = UsageReader::new(Format::Auto, Body::Json);
+                black_box(r.feed(black_box(body.as_bytes())));
+                black_box(r.finish(true));
+            }
+        }
         other => panic!(
-            "unknown case {other}: openai, chat, anthropic, gemini, responses, json or json_pretty"
+            "unknown case {other}: openai, chat, anthropic, gemini, responses, json, json_pretty or json_long"
         ),
     }
 }

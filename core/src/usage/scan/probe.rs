@@ -188,13 +188,33 @@ fn tok_scalar(b: &[u8], mut i: usize) -> usize {
 
 /// The closing quote of the string whose content starts at `i` (the byte after a backslash
 /// skipped, whatever it is), and whether the string has a backslash; `None` when it does not
-/// end in the buffer.
+/// end in the buffer. Most strings (keys, short values) end within the first 16 bytes, one step
+/// inlined here; a longer one goes on in [`string_end_long`].
 #[inline(always)]
 pub(super) fn string_end(b: &[u8], i: usize) -> Option<(usize, bool)> {
     #[cfg(target_arch = "x86_64")]
-    let (i, escaped) = {
-        let (mut i, mut escaped) = (i, false);
+    if let Some(v) = simd::load(b, i) {
+        let m = simd::quote_or_bs(v);
+        let j = i + m.trailing_zeros() as usize;
+        if m != 0 && b.get(j) == Some(&b'"') {
+            return Some((j, false));
+        }
+    }
+    string_end_long(b, i)
+}
+
+/// [`string_end`] past its first step: a few more 16-byte steps, then (a long string: a
+/// message's content) the `memchr` crate's `memchr2`, whose wider loops run at a fraction of an
+/// instruction per byte.
+#[inline(always)]
+fn string_end_long(b: &[u8], i: usize) -> Option<(usize, bool)> {
+    #[cfg(target_arch = "x86_64")]
+    let (mut i, mut escaped) = {
+        let (mut i, mut escaped, end) = (i, false, i.saturating_add(64));
         while let Some(v) = simd::load(b, i) {
+            if i >= end {
+                break;
+            }
             let m = simd::quote_or_bs(v);
             if m == 0 {
                 i += 16;
@@ -210,8 +230,15 @@ pub(super) fn string_end(b: &[u8], i: usize) -> Option<(usize, bool)> {
         (i, escaped)
     };
     #[cfg(not(target_arch = "x86_64"))]
-    let escaped = false;
-    string_end_scalar(b, i, escaped)
+    let (mut i, mut escaped) = (i, false);
+    loop {
+        let j = i + memchr::memchr2(b'"', b'\\', b.get(i..)?)?;
+        if b.get(j) == Some(&b'"') {
+            return Some((j, escaped));
+        }
+        escaped = true;
+        i = j + 2;
+    }
 }
 
 fn string_end_scalar(b: &[u8], mut i: usize, mut escaped: bool) -> Option<(usize, bool)> {
@@ -264,6 +291,13 @@ pub(super) fn skip(b: &[u8], mut i: usize) -> Option<usize> {
             }
         }
         i += 64;
+        if in_str0 != 0 && quote == 0 {
+            // The whole step was inside a string that goes on (a long one: a message's
+            // content): its end is searched for, and the steps go on after it (the byte after
+            // a backslash that ends the step is part of the string).
+            i = string_end_long(b, i + (esc as usize))?.0 + 1;
+            (in_str, esc) = (0, 0);
+        }
     }
     skip_tail(b, i, depth, in_str != 0, esc != 0)
 }
