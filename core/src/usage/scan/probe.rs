@@ -1,15 +1,15 @@
-//! The JSON body walk's searches (`whole.rs`, [`Scanner::feed_body`](super::Scanner)), 16
-//! bytes at a time: the next token after whitespace, the end of a string, the end of a
-//! skipped container. On x86-64 each 16-byte step is a few SSE2 compares gathered into a
-//! bitmask (SSE2 is in the x86-64 baseline; the intrinsics come through `safe_arch`, as this
-//! crate has no `unsafe`), so a run of indentation, a key or a skipped string costs one step
-//! instead of a loop over its bytes; the last bytes of the buffer (fewer than 16), and every
-//! byte on other targets, go the scalar way, which is also the tests' reference.
+//! The JSON body walk's searches (`whole.rs`, [`Scanner::feed_body`](super::Scanner)): the
+//! next token after whitespace, the end of a string, the end of a skipped container. On x86-64
+//! a step is a few SSE2 compares over 16 bytes gathered into a bitmask (SSE2 is in the x86-64
+//! baseline; the intrinsics come through `safe_arch`, as this crate has no `unsafe`), so a run
+//! of indentation, a key or a short string costs one step instead of a loop over its bytes; a
+//! string longer than 64 bytes goes on with `memchr2`. The last bytes of the buffer (fewer than
+//! 16), and every byte on other targets, go the scalar way, which is also the tests' reference.
 //!
 //! Nothing is classified ahead of the walk: each search starts where the walk is, outside any
 //! string, and reads strings as the scanner does (a backslash in a string makes the next byte
-//! part of it; outside strings a backslash is an ordinary byte), so no state is carried from
-//! one step to the next but the position.
+//! part of it; outside strings a backslash is an ordinary byte). Only a skipped container is
+//! read in 64-byte steps with state carried from step to step (see [`skip`]).
 
 fn is_ws(c: u8) -> bool {
     matches!(c, b' ' | b'\n' | b'\r' | b'\t')

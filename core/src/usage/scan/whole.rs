@@ -9,6 +9,10 @@
 //! makes it give up, and the caller scans the payload the resumable way. So it never decides
 //! anything the scanner would decide differently: on success the scanner is left exactly as
 //! `feed` of the same bytes would have left it (`Done`, with the same facts and model).
+//!
+//! Two walks share the value rules: `w_*` for SSE payloads (`feed_whole`, `feed_members`),
+//! searching byte strings with `memchr` and whitespace a word at a time, and `b_*` for JSON
+//! bodies (`feed_body`), whose searches are [`probe`]'s 16- and 64-byte SSE2 steps.
 
 use super::probe;
 use super::{Scanner, St, MAX_TRACK};
@@ -450,8 +454,8 @@ impl Scanner {
 impl Scanner {
     /// Reads `b` as a whole JSON body, as [`Scanner::feed_whole`] reads it (the same
     /// [`providers`] table, grammar checks and value rules, the same facts, the same cases
-    /// given up), with the searches of [`probe`] (16 bytes a step): the next token, a key's
-    /// end, a skipped string or container. Tracked containers are read token by token as the
+    /// given up), with the searches of [`probe`] (16 or 64 bytes a step): the next token, a
+    /// key's end, a skipped string or container. Tracked containers are read token by token as the
     /// scanner reads them, skipped ones bracket-counted as it counts them; a key's `:` and
     /// the `,` or closing bracket after a value are looked for right where they mostly are
     /// before any search.
@@ -477,7 +481,7 @@ impl Scanner {
         }
     }
 
-    /// [`Scanner::w_object`] over the cursor (from just after the `{`).
+    /// [`Scanner::w_object`] with the searches of [`probe`] (from just after the `{`).
     fn b_object(&mut self, b: &[u8], i: usize, node: Node, depth: usize) -> Pos {
         let depth = depth + 1;
         if node.is_usage() {
@@ -541,7 +545,7 @@ impl Scanner {
         }
     }
 
-    /// [`Scanner::w_array`] over the cursor (from just after the `[`).
+    /// [`Scanner::w_array`] with the searches of [`probe`] (from just after the `[`).
     fn b_array(&mut self, b: &[u8], i: usize, node: Node, depth: usize) -> Pos {
         let depth = depth + 1;
         let act = providers::element(node);
@@ -562,8 +566,8 @@ impl Scanner {
         }
     }
 
-    /// [`Scanner::w_value`] over the cursor: the value at the token `i`, read for `act`;
-    /// returns the position after it.
+    /// [`Scanner::w_value`] with the searches of [`probe`]: the value at the token `i`, read
+    /// for `act`; returns the position after it.
     fn b_value(&mut self, b: &[u8], i: usize, act: Act, depth: usize) -> Pos {
         let &ch = b.get(i).ok_or(Stop)?;
         match ch {
@@ -599,7 +603,7 @@ impl Scanner {
     }
 }
 
-/// [`skip_value`] over the cursor.
+/// [`skip_value`] with the searches of [`probe`].
 #[inline(always)]
 fn b_skip(b: &[u8], i: usize) -> Pos {
     match b.get(i) {
