@@ -120,7 +120,7 @@ fn main() {
         }
         "json_long" => {
             // The pretty body with an 8,000-byte answer (a line break escaped every 80 bytes).
-            let line = format!("{}\\n", "All work and no play. ".repeat(4)[..78].to_string());
+            let line = format!("{}\\n", &"All work and no play. ".repeat(4)[..78]);
             let body = JSON_PRETTY.replacen(LONG_AT, &line.repeat(100), 1);
             assert!(body.len() > 8_000);
             for _ in 0..n {
