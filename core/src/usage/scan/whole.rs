@@ -648,3 +648,138 @@ mod tests {
         assert!(s.feed_whole(body));
     }
 }
+
+#[cfg(test)]
+mod body_props {
+    use super::*;
+    use crate::usage::providers::{ALL, ANTHROPIC, GEMINI, OPENAI};
+    use proptest::prelude::*;
+
+    /// Whitespace as providers and hand-written bodies use it, also none.
+    fn ws() -> impl Strategy<Value = String> {
+        prop::sample::select(vec!["", "", " ", "\n  ", "\r\n\t", "\n                "])
+            .prop_map(str::to_string)
+    }
+
+    /// A JSON string: short or long, with escapes (a quote, a backslash, `\u`, a line break).
+    fn string() -> impl Strategy<Value = String> {
+        (
+            proptest::collection::vec(
+                prop::sample::select(vec![
+                    "a", "usage", "x y", "\\\"", "\\\\", "\\n", "\\u00e9", "é", "{", "]", ":",
+                ]),
+                0..8,
+            ),
+            0usize..3,
+        )
+            .prop_map(|(parts, long)| {
+                let s: String = parts.concat();
+                format!("\"{}{}\"", s, "0123456789abcdef".repeat(long * 5))
+            })
+    }
+
+    /// Keys the provider table knows (at some place) and others.
+    fn key() -> impl Strategy<Value = String> {
+        prop_oneof![
+            prop::sample::select(vec![
+                "usage",
+                "model",
+                "type",
+                "choices",
+                "delta",
+                "message",
+                "content",
+                "text",
+                "prompt_tokens",
+                "completion_tokens",
+                "input_tokens",
+                "output_tokens",
+                "prompt_tokens_details",
+                "cached_tokens",
+                "usageMetadata",
+                "promptTokenCount",
+                "candidates",
+                "parts",
+                "tool_calls",
+                "response",
+                "modelVersion",
+                "id",
+            ])
+            .prop_map(|k| format!("\"{k}\"")),
+            string(),
+        ]
+    }
+
+    fn scalar() -> impl Strategy<Value = String> {
+        prop_oneof![
+            (0u64..2_000_000_000_000).prop_map(|n| n.to_string()),
+            prop::sample::select(vec!["-1", "2.5", "1e3", "true", "false", "null", "0"])
+                .prop_map(str::to_string),
+            string(),
+        ]
+    }
+
+    /// Any JSON value, nested up to a few levels, whitespace anywhere it may be.
+    fn value() -> impl Strategy<Value = String> {
+        scalar().prop_recursive(6, 64, 6, |inner| {
+            prop_oneof![
+                (proptest::collection::vec((ws(), inner.clone(), ws()), 0..6)).prop_map(|v| {
+                    let items: Vec<String> = v
+                        .into_iter()
+                        .map(|(a, x, b)| format!("{a}{x}{b}"))
+                        .collect();
+                    format!("[{}]", items.join(","))
+                }),
+                (proptest::collection::vec((ws(), key(), ws(), ws(), inner, ws()), 0..6)).prop_map(
+                    |v| {
+                        let items: Vec<String> = v
+                            .into_iter()
+                            .map(|(a, k, b, c, x, d)| format!("{a}{k}{b}:{c}{x}{d}"))
+                            .collect();
+                        format!("{{{}}}", items.join(","))
+                    }
+                ),
+            ]
+        })
+    }
+
+    fn facts(s: &Scanner) -> String {
+        let f = &s.facts;
+        format!(
+            "{} {} {} {:?} {:?} {} {} {:?} {}",
+            f.content,
+            f.delta,
+            f.hints,
+            f.kind.get(),
+            f.usage,
+            f.bad_count,
+            f.error,
+            s.model.get(),
+            s.ended_cleanly()
+        )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(1500))]
+
+        /// Every JSON body (an object or an array, whitespace around) is read by the body walk,
+        /// never given up, and read exactly as the resumable scanner reads it.
+        #[test]
+        fn body_walk_reads_any_json_as_the_scanner(
+            v in value(), before in ws(), after in ws(), array in any::<bool>(),
+            allow in prop::sample::select(vec![ALL, OPENAI, ANTHROPIC, GEMINI]),
+        ) {
+            let top = if array { format!("[{v}]") } else { format!("{{\"x\":{v}}}") };
+            let body = format!("{before}{top}{after}");
+            let mut full = Scanner::new(allow);
+            full.begin();
+            full.feed(body.as_bytes());
+            full.end();
+            let mut walk = Scanner::new(allow);
+            walk.begin();
+            prop_assert!(walk.feed_body(body.as_bytes()), "gave up: {}", body);
+            walk.end();
+            prop_assert_eq!(facts(&walk), facts(&full), "{}", body);
+        }
+    }
+}
