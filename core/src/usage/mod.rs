@@ -65,28 +65,34 @@
 //!
 //! Settled streams therefore do not check the JSON of payloads without usage.
 //!
-//! Reading itself: a payload (or JSON body) held whole in one buffer is read by a recursive
+//! Reading itself: a payload held whole in one buffer is read by a recursive
 //! walk over the slice (`scan/whole.rs`): string ends found by `memchr`'s SSE2 searcher (x86-64), keys
 //! looked up in the same provider table (after a hash-mask prefilter that rules out most
 //! irrelevant keys exactly), skipped containers bracket-counted.
 //! It reads exactly what the resumable scanner reads and accepts only what it can walk to the
 //! end without error; anything else (a body cut or split across buffers, broken JSON) is read
 //! by the resumable scanner, unchanged. A JSON body whose first buffer holds it whole is read
-//! so at `feed`; the scanner is then left where it would have been (`Done`), so bytes that
+//! at `feed` (by the body walk below); the scanner is then left where it would have been (`Done`), so bytes that
 //! still follow are read as before. The settled fast path reads from the usage key on with the
 //! same walk. Tested: walk against scanner on every corpus payload and damaged variants, every
 //! dialect setting (`whole_walk_reads_what_the_scanner_reads`), and JSON bodies whole against
 //! byte by byte (a unit test of traps, and a fuzz property).
 //!
-//! A JSON body read whole skims (`skim` in `scan/whole.rs`) its top-level content members
-//! (`choices`, `candidates`) instead of reading them: a strict JSON grammar check at every
-//! level, stricter than the scanner's walk, so a body is accepted only where the scanner reads
-//! it without error, and what those members would give (content flags, hints of the dialect
-//! their key already gives) does not change a JSON body's outcome. Tested against the whole
-//! walk (`body_walk_reads_what_the_whole_walk_reads`). Reading only the end and the start of a
-//! body (usage found backwards) was not done: staying exact needs the scanner's grammar checked
-//! at every tracked level between them and every top-level key looked up (a `message` or `type`
-//! key there changes the dialect `Auto` picks), which is the walk this already does.
+//! A JSON body read whole goes through its own walk (`feed_body` in `scan/whole.rs`): the same
+//! reading, table and grammar checks as the walk above, `choices` and `candidates` read the
+//! scanner's way too, but with the searches of `scan/probe.rs`, 16 or 64 bytes a step with SSE2
+//! compares on x86-64 (through the `safe_arch` crate: this crate has no `unsafe`; scalar
+//! elsewhere): the next token past whitespace, a string's end (`memchr2` past its first 64
+//! bytes), a skipped container's end (brackets outside strings counted from 64-byte masks of
+//! quotes, backslashes and brackets, the in-string mask by a prefix XOR; a step holding a
+//! backslash outside strings, an ordinary byte to the scanner, is read the scalar way). Tested
+//! against the scanner and the whole walk on every corpus payload, damaged and pretty-printed
+//! variants, every dialect setting (`body_walk_reads_what_the_whole_walk_reads`), and the
+//! searches against their scalar forms (property tests in `scan/probe.rs`). Reading only the end
+//! and the start of a body (usage found backwards) was not done: staying exact needs the
+//! scanner's grammar checked at every tracked level between them and every top-level key looked
+//! up (a `message` or `type` key there changes the dialect `Auto` picks), which is the walk this
+//! already does.
 //!
 //! A settled Gemini stream defers its usage: a payload tail (from the `usageMetadata` key on)
 //! that is the last tail read byte for byte but for digit runs outside strings of at most 12
@@ -112,24 +118,16 @@
 //! the `memmem` for the usage key and the comparison (eight bytes at a time with quote
 //! counting, ~1,100 for a 200-byte tail). Target not met: Gemini (≤ ~400).
 //!
-//! A whole JSON body (new + feed + finish): the compact 674-byte Chat body 6,182 (6,282 before
-//! this round), the corpus's pretty-printed one (997 bytes, 2-space indentation, the nginx
-//! benchmark's body) 8,265 (9,480). This round: string ends are found by the `memchr` crate's SSE2
-//! searcher on x86-64 (`memchr::arch::x86_64::sse2::memchr::Two`: SSE2 is in the x86-64 baseline,
-//! so its first 16-byte probe inlines into the walk, where the dispatching `memchr2` could not;
-//! elsewhere the eight-bytes-at-a-time search stays); whitespace: a single space (after `:`) is
-//! passed without the run loop, a newline alone, and spaces eight at a time by one XOR (exact: zero
-//! bytes are exactly the spaces) instead of two zero-byte tests a word. Where the rest goes
-//! (measured by pieces of the pretty body): `{}` alone ~630 (construction, framing, finish with
-//! normalisation), its `usage` object ~3,700 (13 members, two nested objects: ~250 a member for
-//! key end, lookup, `:`, value, `,` and indentation), `choices` skimmed ~2,700 (433 bytes), the six
-//! other top-level members ~1,600. Tried and dropped this round (no gain or slower, measured): the
-//! provider table matched by key length first (a jump instead of a chain of compares), a
-//! branch-free `Raw::merge`. Target not met (≤ ~1,500), and not reachable by this design: every
-//! token of the body still costs its dispatch; the previous round's notes hold (a perfect-hash
-//! key id, a word-chunk iterator, an out-of-line whitespace run and reading `choices` the
-//! scanner's way were slower). Wider searches than `memchr`'s need SIMD, which `std::arch` only
-//! offers to `unsafe` code or `#[target_feature]` functions this crate's safe API cannot call.
+//! A whole JSON body (new + feed + finish), measured with `core/examples/usage_cost.rs` (its
+//! header has the breakdown and what was tried): the compact 674-byte Chat body 5,638 (6,210
+//! before this round, same session), the corpus's pretty-printed one (997 bytes, the nginx
+//! benchmark's body) 6,720 (8,296), the same with an 8,000-byte answer 17,405 (18,614). Target
+//! (≤ ~1,000) not met: every member of the tracked objects still costs its own path through
+//! the walk (~67 instructions, plus its key's lookup and its value), and construction, framing
+//! and `finish` ~614. Previous rounds: string ends by `memchr`'s SSE2 searcher, whitespace by one
+//! XOR a word, irrelevant keys ruled out by a hash mask, keys compared by words; tried and
+//! dropped then: the provider table matched by key length first, a branch-free `Raw::merge`, a
+//! perfect-hash key id, a word-chunk iterator.
 //!
 //! The last event of a stream without blank line is read by [`UsageReader::finish`]; its first
 //! content is reported by [`UsageReader::first_content_at_finish`].
@@ -1639,8 +1637,10 @@ mod tests {
         }
     }
 
-    /// `feed_body` (content members only checked) reads what `feed_whole` reads, content
-    /// flags aside, for every corpus payload and damaged variants, every dialect setting.
+    /// `feed_body` (the probe walk) reads what `feed_whole` and the resumable scanner read,
+    /// for every corpus payload and damaged variants, every dialect setting, with the model
+    /// known or not: it accepts only bodies the scanner reads without error, and then leaves
+    /// exactly the scanner's facts; where it gives up it leaves the scanner just begun.
     #[test]
     fn body_walk_reads_what_the_whole_walk_reads() {
         let mut accepted = 0;
@@ -1654,9 +1654,31 @@ mod tests {
             r#"{"choices":[{"index":0,}],"usage":{"prompt_tokens":3}}"#,
             r#"{"choices":[{"a":[1}],"usage":{"prompt_tokens":3}}"#,
             r#"{"candidates":[{"content":{"parts":[{"text":"a"}]}}],"usageMetadata":{"promptTokenCount":2},"modelVersion":"g"}"#,
+            // Backslashes outside strings in skipped containers (ordinary bytes to the
+            // scanner), escapes at 64-byte steps of a skipped container, deep nesting.
+            r#"{"x":{"a":\"},"b":[\\"]"]},"usage":{"prompt_tokens":3}}"#,
+            r#"{"x":{"a":"0123456789012345678901234567890123456789012345678901\\\"\\","b":"}"},"usage":{"prompt_tokens":3}}"#,
+            r#"{"x":[[[[[[[[[[{"usage":{"prompt_tokens":9}}]]]]]]]]]],"choices":[{"delta":{"tool_calls":[{"a":[[[[[[[[1]]]]]]]]}]}}],"usage":{"prompt_tokens":3}}"#,
         ];
         let mut all: Vec<Vec<u8>> = corpus_payloads().into_iter().map(|(_, _, p)| p).collect();
         all.extend(extra.iter().map(|s| s.as_bytes().to_vec()));
+        let pretty = |p: &[u8]| {
+            // The same payload with its separators spread over lines (outside strings only).
+            let (mut out, mut inside, mut esc) = (Vec::new(), false, false);
+            for &c in p {
+                out.push(c);
+                if inside {
+                    (inside, esc) = (esc || c != b'"', !esc && c == b'\\');
+                } else if c == b'"' {
+                    inside = true;
+                } else if matches!(c, b',' | b'{' | b'[' | b':') {
+                    out.extend_from_slice(b"\n      \t \r\n ");
+                }
+            }
+            out
+        };
+        let more: Vec<Vec<u8>> = all.iter().map(|p| pretty(p)).collect();
+        all.extend(more);
         for p in all {
             for v in variants(&p) {
                 for format in [
@@ -1665,27 +1687,37 @@ mod tests {
                     Format::Anthropic,
                     Format::Gemini,
                 ] {
-                    let fresh = || {
-                        let mut s = UsageReader::new(format, Body::Json).events.scan;
-                        s.begin();
-                        s
-                    };
-                    let mut whole = fresh();
-                    let mut body = fresh();
-                    let what = format!("{:?} {format:?}", String::from_utf8_lossy(&v));
-                    if body.feed_body(&v) {
-                        accepted += 1;
-                        assert!(whole.feed_whole(&v), "{what}: accepted, whole walk did not");
-                        body.facts.content = whole.facts.content;
-                        body.facts.delta = whole.facts.delta;
-                        assert_eq!(reading(&body), reading(&whole), "{what}");
-                    } else {
-                        assert_eq!(reading(&body), reading(&fresh()), "{what}: undo");
+                    for known in [false, true] {
+                        let fresh = || {
+                            let mut s = UsageReader::new(format, Body::Json).events.scan;
+                            if known {
+                                s.begin();
+                                s.feed(br#"{"model":"m","modelVersion":"m"}"#);
+                                s.end();
+                            }
+                            s.begin();
+                            s
+                        };
+                        let what = format!("{:?} {format:?} {known}", String::from_utf8_lossy(&v));
+                        let mut full = fresh();
+                        full.feed(&v);
+                        let mut whole = fresh();
+                        let mut body = fresh();
+                        if body.feed_body(&v) {
+                            accepted += 1;
+                            assert!(full.ended_cleanly(), "{what}: accepted, scanner did not");
+                            assert_eq!(reading(&body), reading(&full), "{what}");
+                            assert!(whole.feed_whole(&v), "{what}: accepted, whole walk did not");
+                            assert_eq!(reading(&body), reading(&whole), "{what}");
+                        } else {
+                            assert_eq!(reading(&body), reading(&fresh()), "{what}: undo");
+                            assert!(!whole.feed_whole(&v), "{what}: whole walk accepted");
+                        }
                     }
                 }
             }
         }
-        assert!(accepted > 300, "{accepted} accepted");
+        assert!(accepted > 600, "{accepted} accepted");
     }
 
     #[test]

@@ -361,6 +361,7 @@ fn eqk(key: &[u8], k: &[u8]) -> bool {
 
 /// The action for the value of `key` in the object `node`, restricted to the dialects `allow`,
 /// and the dialect the key's presence is evidence of.
+#[inline(always)]
 pub(crate) fn member(node: Node, key: &[u8], allow: Dialects) -> (Act, Dialects) {
     let (act, d) = match node {
         Node::Root => match key {

@@ -7,6 +7,7 @@
 //! validator: it notices what breaks its walk (a stray byte, a mismatched bracket, an
 //! incomplete payload) and flags it, nothing more.
 
+mod probe;
 mod whole;
 
 use super::providers::{self, Act, Dialects, Node, Raw, MAX_COUNT};
@@ -209,8 +210,6 @@ pub(crate) struct Scanner {
     stage_valid: bool,
     /// The dialects whose fields are read.
     pub(crate) allow: Dialects,
-    /// The whole-buffer walk of a JSON body only checks content members (`feed_body`).
-    skim: bool,
     pub(crate) facts: Facts,
     pub(crate) model: Model,
 }
@@ -231,7 +230,6 @@ impl Scanner {
             stage: Raw::default(),
             stage_valid: false,
             allow,
-            skim: false,
             facts: Facts::default(),
             model: Model::default(),
         }

@@ -9,7 +9,12 @@
 //! makes it give up, and the caller scans the payload the resumable way. So it never decides
 //! anything the scanner would decide differently: on success the scanner is left exactly as
 //! `feed` of the same bytes would have left it (`Done`, with the same facts and model).
+//!
+//! Two walks share the value rules: `w_*` for SSE payloads (`feed_whole`, `feed_members`),
+//! searching byte strings with `memchr` and whitespace a word at a time, and `b_*` for JSON
+//! bodies (`feed_body`), whose searches are [`probe`]'s 16- and 64-byte SSE2 steps.
 
+use super::probe;
 use super::{Scanner, St, MAX_TRACK};
 use crate::usage::providers::{self, Act, Node, Raw, MAX_COUNT};
 
@@ -180,116 +185,7 @@ fn skip_container(b: &[u8], mut i: usize) -> Pos {
     Err(Stop)
 }
 
-/// Past the value at `b[i]` (not whitespace), checking JSON's grammar at every level of it:
-/// `{`, `"key"`, `:`, value, `,` or `}`; `[`, value, `,` or `]`; brackets matched by kind.
-/// Strings end as the scanner ends them (the byte after a backslash skipped), numbers and
-/// literals are the scanner's runs. This is stricter than the scanner's walk anywhere (it reads
-/// a tracked container with the same rules, a skipped one by bracket count only), so a value
-/// that passes is one the scanner walks without error. Nothing is read; the depth is bounded by
-/// the 64-bit stack of container kinds.
-fn skim(b: &[u8], mut i: usize) -> Pos {
-    // Bit set: an array at that depth (else an object).
-    let mut arrays = 0u64;
-    let mut depth = 0u32;
-    loop {
-        // A value at `b[i]`.
-        let &c = b.get(i).ok_or(Stop)?;
-        match c {
-            b'{' | b'[' => {
-                if depth == 63 {
-                    return Err(Stop);
-                }
-                depth += 1;
-                i = ws(b, i + 1);
-                let &d = b.get(i).ok_or(Stop)?;
-                if c == b'[' {
-                    arrays |= 1 << depth;
-                    if d != b']' {
-                        continue;
-                    }
-                } else {
-                    arrays &= !(1 << depth);
-                    if d == b'"' {
-                        i = ws(b, string_end(b, i + 1)?.0 + 1);
-                        if b.get(i) != Some(&b':') {
-                            return Err(Stop);
-                        }
-                        i = ws(b, i + 1);
-                        continue;
-                    }
-                    if d != b'}' {
-                        return Err(Stop);
-                    }
-                }
-                // An empty container.
-                depth -= 1;
-                i += 1;
-            }
-            b'"' => i = string_end(b, i + 1)?.0 + 1,
-            b'0'..=b'9' | b'-' => {
-                i += 1;
-                while i < b.len() && matches!(b[i], b'0'..=b'9' | b'.' | b'e' | b'E' | b'+' | b'-')
-                {
-                    i += 1;
-                }
-            }
-            b't' | b'f' | b'n' => {
-                i += 1;
-                while i < b.len() && b[i].is_ascii_alphabetic() {
-                    i += 1;
-                }
-            }
-            _ => return Err(Stop),
-        }
-        // After a value: `,` and the next, or closing brackets.
-        loop {
-            if depth == 0 {
-                // The scanner needs a byte after a number or literal to end it.
-                return if i < b.len() { Ok(i) } else { Err(Stop) };
-            }
-            i = ws(b, i);
-            let &c = b.get(i).ok_or(Stop)?;
-            let array = arrays >> depth & 1 == 1;
-            match c {
-                b',' => {
-                    i = ws(b, i + 1);
-                    if !array {
-                        if b.get(i) != Some(&b'"') {
-                            return Err(Stop);
-                        }
-                        i = ws(b, string_end(b, i + 1)?.0 + 1);
-                        if b.get(i) != Some(&b':') {
-                            return Err(Stop);
-                        }
-                        i = ws(b, i + 1);
-                    }
-                    break;
-                }
-                b']' if array => {}
-                b'}' if !array => {}
-                _ => return Err(Stop),
-            }
-            depth -= 1;
-            i += 1;
-        }
-    }
-}
-
 impl Scanner {
-    /// Reads `b` as a whole JSON body, as [`Scanner::feed_whole`] does, except that the
-    /// top-level members that hold generated content (`choices`, `candidates`) are not read
-    /// but only checked to be JSON ([`skim`]): what they would give (content flags, and hints
-    /// of the dialect their key already hints at) does not change a JSON body's outcome, and
-    /// the check is stricter than the scanner's walk, so the body is accepted only where the
-    /// scanner reads it without error. The facts differ from `feed_whole`'s in `content` and
-    /// `delta` only.
-    pub(crate) fn feed_body(&mut self, b: &[u8]) -> bool {
-        self.skim = true;
-        let ok = self.feed_whole(b);
-        self.skim = false;
-        ok
-    }
-
     /// Reads `b` as one whole payload (the scanner must be just begun, before any byte of the
     /// top-level value). Returns false and leaves the scanner just begun when it cannot prove
     /// the reading; then feed the bytes the resumable way.
@@ -375,9 +271,6 @@ impl Scanner {
                 Act::Skip => skip_value(b, i)?,
                 Act::Count(slot) if matches!(b.get(i), Some(b'0'..=b'9')) => {
                     self.w_count(b, i, slot)?
-                }
-                Act::Open(Node::Choices | Node::Candidates) if self.skim && node == Node::Root => {
-                    skim(b, i)?
                 }
                 _ => self.w_value(b, i, act, depth)?,
             };
@@ -519,7 +412,13 @@ impl Scanner {
     /// A string value whose content starts at `i`; returns the position after its closing quote.
     fn w_string(&mut self, b: &[u8], i: usize, act: Act) -> Pos {
         let (e, escaped) = string_end(b, i)?;
-        let s = &b[i..e];
+        self.w_str(b, i, e, escaped, act)
+    }
+
+    /// The string value `b[i..e]` (`e` its closing quote), read for `act`.
+    #[inline(always)]
+    fn w_str(&mut self, b: &[u8], i: usize, e: usize, escaped: bool, act: Act) -> Pos {
+        let s = b.get(i..e).ok_or(Stop)?;
         match act {
             Act::Model if !self.model.done => {
                 if escaped {
@@ -549,6 +448,168 @@ impl Scanner {
             _ => {}
         }
         Ok(e + 1)
+    }
+}
+
+impl Scanner {
+    /// Reads `b` as a whole JSON body, as [`Scanner::feed_whole`] reads it (the same
+    /// [`providers`] table, grammar checks and value rules, the same facts, the same cases
+    /// given up), with the searches of [`probe`] (16 or 64 bytes a step): the next token, a
+    /// key's end, a skipped string or container. Tracked containers are read token by token as the
+    /// scanner reads them, skipped ones bracket-counted as it counts them; a key's `:` and
+    /// the `,` or closing bracket after a value are looked for right where they mostly are
+    /// before any search.
+    pub(crate) fn feed_body(&mut self, b: &[u8]) -> bool {
+        debug_assert!(self.st == St::Start);
+        let known = self.model.done;
+        let i = probe::tok(b, 0);
+        let read = match b.get(i) {
+            Some(b'{') => self.b_object(b, i + 1, Node::Root, 0),
+            Some(b'[') => self.b_array(b, i + 1, Node::TopArray, 0),
+            _ => Err(Stop),
+        };
+        match read {
+            Ok(end) if probe::tok(b, end) == b.len() => {
+                self.st = St::Done;
+                self.depth = 0;
+                true
+            }
+            _ => {
+                self.undo(known);
+                false
+            }
+        }
+    }
+
+    /// [`Scanner::w_object`] with the searches of [`probe`] (from just after the `{`).
+    fn b_object(&mut self, b: &[u8], i: usize, node: Node, depth: usize) -> Pos {
+        let depth = depth + 1;
+        if node.is_usage() {
+            self.stage = Raw::default();
+            self.stage_valid = false;
+        }
+        let mut i = probe::tok(b, i);
+        if b.get(i) == Some(&b'}') {
+            return Ok(self.w_close(node, i + 1));
+        }
+        loop {
+            if b.get(i) != Some(&b'"') {
+                return Err(Stop);
+            }
+            let k = i + 1;
+            let (e, escaped) = probe::string_end(b, k).ok_or(Stop)?;
+            // An escaped key is none of ours (the scanner compares it as empty).
+            let key = if escaped {
+                &[][..]
+            } else {
+                b.get(k..e).ok_or(Stop)?
+            };
+            let act = if providers::may_know(key) {
+                let (act, hint) = providers::member(node, key, self.allow);
+                self.facts.hints |= hint;
+                act
+            } else {
+                Act::Skip
+            };
+            // `:` mostly right after the key.
+            i = e + 1;
+            if b.get(i) != Some(&b':') {
+                i = probe::tok(b, i);
+                if b.get(i) != Some(&b':') {
+                    return Err(Stop);
+                }
+            }
+            i = probe::tok(b, i + 1);
+            i = match act {
+                Act::Skip => b_skip(b, i)?,
+                Act::Count(slot) if matches!(b.get(i), Some(b'0'..=b'9')) => {
+                    self.w_count(b, i, slot)?
+                }
+                // A tracked object (usage and its details): no detour through `b_value`.
+                Act::Open(node)
+                    if !node.is_array() && depth < MAX_TRACK && b.get(i) == Some(&b'{') =>
+                {
+                    self.b_object(b, i + 1, node, depth)?
+                }
+                _ => self.b_value(b, i, act, depth)?,
+            };
+            // `,` or `}` mostly right after the value.
+            if !matches!(b.get(i), Some(b',' | b'}')) {
+                i = probe::tok(b, i);
+            }
+            match b.get(i) {
+                Some(b',') => i = probe::tok(b, i + 1),
+                Some(b'}') => return Ok(self.w_close(node, i + 1)),
+                _ => return Err(Stop),
+            }
+        }
+    }
+
+    /// [`Scanner::w_array`] with the searches of [`probe`] (from just after the `[`).
+    fn b_array(&mut self, b: &[u8], i: usize, node: Node, depth: usize) -> Pos {
+        let depth = depth + 1;
+        let act = providers::element(node);
+        let mut i = probe::tok(b, i);
+        if b.get(i) == Some(&b']') {
+            return Ok(i + 1);
+        }
+        loop {
+            i = self.b_value(b, i, act, depth)?;
+            if !matches!(b.get(i), Some(b',' | b']')) {
+                i = probe::tok(b, i);
+            }
+            match b.get(i) {
+                Some(b',') => i = probe::tok(b, i + 1),
+                Some(b']') => return Ok(i + 1),
+                _ => return Err(Stop),
+            }
+        }
+    }
+
+    /// [`Scanner::w_value`] with the searches of [`probe`]: the value at the token `i`, read
+    /// for `act`; returns the position after it.
+    fn b_value(&mut self, b: &[u8], i: usize, act: Act, depth: usize) -> Pos {
+        let &ch = b.get(i).ok_or(Stop)?;
+        match ch {
+            b'{' | b'[' => {
+                if let Act::AnyContent(d) = act {
+                    self.facts.content |= d;
+                }
+                let array = ch == b'[';
+                match act {
+                    Act::Open(node) if node.is_array() == array && depth < MAX_TRACK => {
+                        if array {
+                            self.b_array(b, i + 1, node, depth)
+                        } else {
+                            self.b_object(b, i + 1, node, depth)
+                        }
+                    }
+                    _ => probe::skip(b, i).ok_or(Stop),
+                }
+            }
+            b'"' => match act {
+                Act::Skip | Act::Open(_) => b_skip(b, i),
+                Act::Model if self.model.done => b_skip(b, i),
+                _ => {
+                    if let Act::AnyContent(d) = act {
+                        self.facts.content |= d;
+                    }
+                    let (e, escaped) = probe::string_end(b, i + 1).ok_or(Stop)?;
+                    self.w_str(b, i + 1, e, escaped, act)
+                }
+            },
+            _ => self.w_value(b, i, act, depth),
+        }
+    }
+}
+
+/// [`skip_value`] with the searches of [`probe`].
+#[inline(always)]
+fn b_skip(b: &[u8], i: usize) -> Pos {
+    match b.get(i) {
+        Some(b'"') => Ok(probe::string_end(b, i + 1).ok_or(Stop)?.0 + 1),
+        Some(b'{' | b'[') => probe::skip(b, i).ok_or(Stop),
+        _ => skip_value(b, i),
     }
 }
 
@@ -585,5 +646,140 @@ mod tests {
         let mut s = Scanner::new(ALL);
         s.begin();
         assert!(s.feed_whole(body));
+    }
+}
+
+#[cfg(test)]
+mod body_props {
+    use super::*;
+    use crate::usage::providers::{ALL, ANTHROPIC, GEMINI, OPENAI};
+    use proptest::prelude::*;
+
+    /// Whitespace as providers and hand-written bodies use it, also none.
+    fn ws() -> impl Strategy<Value = String> {
+        prop::sample::select(vec!["", "", " ", "\n  ", "\r\n\t", "\n                "])
+            .prop_map(str::to_string)
+    }
+
+    /// A JSON string: short or long, with escapes (a quote, a backslash, `\u`, a line break).
+    fn string() -> impl Strategy<Value = String> {
+        (
+            proptest::collection::vec(
+                prop::sample::select(vec![
+                    "a", "usage", "x y", "\\\"", "\\\\", "\\n", "\\u00e9", "é", "{", "]", ":",
+                ]),
+                0..8,
+            ),
+            0usize..3,
+        )
+            .prop_map(|(parts, long)| {
+                let s: String = parts.concat();
+                format!("\"{}{}\"", s, "0123456789abcdef".repeat(long * 5))
+            })
+    }
+
+    /// Keys the provider table knows (at some place) and others.
+    fn key() -> impl Strategy<Value = String> {
+        prop_oneof![
+            prop::sample::select(vec![
+                "usage",
+                "model",
+                "type",
+                "choices",
+                "delta",
+                "message",
+                "content",
+                "text",
+                "prompt_tokens",
+                "completion_tokens",
+                "input_tokens",
+                "output_tokens",
+                "prompt_tokens_details",
+                "cached_tokens",
+                "usageMetadata",
+                "promptTokenCount",
+                "candidates",
+                "parts",
+                "tool_calls",
+                "response",
+                "modelVersion",
+                "id",
+            ])
+            .prop_map(|k| format!("\"{k}\"")),
+            string(),
+        ]
+    }
+
+    fn scalar() -> impl Strategy<Value = String> {
+        prop_oneof![
+            (0u64..2_000_000_000_000).prop_map(|n| n.to_string()),
+            prop::sample::select(vec!["-1", "2.5", "1e3", "true", "false", "null", "0"])
+                .prop_map(str::to_string),
+            string(),
+        ]
+    }
+
+    /// Any JSON value, nested up to a few levels, whitespace anywhere it may be.
+    fn value() -> impl Strategy<Value = String> {
+        scalar().prop_recursive(6, 64, 6, |inner| {
+            prop_oneof![
+                (proptest::collection::vec((ws(), inner.clone(), ws()), 0..6)).prop_map(|v| {
+                    let items: Vec<String> = v
+                        .into_iter()
+                        .map(|(a, x, b)| format!("{a}{x}{b}"))
+                        .collect();
+                    format!("[{}]", items.join(","))
+                }),
+                (proptest::collection::vec((ws(), key(), ws(), ws(), inner, ws()), 0..6)).prop_map(
+                    |v| {
+                        let items: Vec<String> = v
+                            .into_iter()
+                            .map(|(a, k, b, c, x, d)| format!("{a}{k}{b}:{c}{x}{d}"))
+                            .collect();
+                        format!("{{{}}}", items.join(","))
+                    }
+                ),
+            ]
+        })
+    }
+
+    fn facts(s: &Scanner) -> String {
+        let f = &s.facts;
+        format!(
+            "{} {} {} {:?} {:?} {} {} {:?} {}",
+            f.content,
+            f.delta,
+            f.hints,
+            f.kind.get(),
+            f.usage,
+            f.bad_count,
+            f.error,
+            s.model.get(),
+            s.ended_cleanly()
+        )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(1500))]
+
+        /// Every JSON body (an object or an array, whitespace around) is read by the body walk,
+        /// never given up, and read exactly as the resumable scanner reads it.
+        #[test]
+        fn body_walk_reads_any_json_as_the_scanner(
+            v in value(), before in ws(), after in ws(), array in any::<bool>(),
+            allow in prop::sample::select(vec![ALL, OPENAI, ANTHROPIC, GEMINI]),
+        ) {
+            let top = if array { format!("[{v}]") } else { format!("{{\"x\":{v}}}") };
+            let body = format!("{before}{top}{after}");
+            let mut full = Scanner::new(allow);
+            full.begin();
+            full.feed(body.as_bytes());
+            full.end();
+            let mut walk = Scanner::new(allow);
+            walk.begin();
+            prop_assert!(walk.feed_body(body.as_bytes()), "gave up: {}", body);
+            walk.end();
+            prop_assert_eq!(facts(&walk), facts(&full), "{}", body);
+        }
     }
 }

@@ -1,0 +1,423 @@
+//! The JSON body walk's searches (`whole.rs`, [`Scanner::feed_body`](super::Scanner)): the
+//! next token after whitespace, the end of a string, the end of a skipped container. On x86-64
+//! a step is a few SSE2 compares over 16 bytes gathered into a bitmask (SSE2 is in the x86-64
+//! baseline; the intrinsics come through `safe_arch`, as this crate has no `unsafe`), so a run
+//! of indentation, a key or a short string costs one step instead of a loop over its bytes; a
+//! string longer than 64 bytes goes on with `memchr2`. The last bytes of the buffer (fewer than
+//! 16), and every byte on other targets, go the scalar way, which is also the tests' reference.
+//!
+//! Nothing is classified ahead of the walk: each search starts where the walk is, outside any
+//! string, and reads strings as the scanner does (a backslash in a string makes the next byte
+//! part of it; outside strings a backslash is an ordinary byte). Only a skipped container is
+//! read in 64-byte steps with state carried from step to step (see [`skip`]).
+
+fn is_ws(c: u8) -> bool {
+    matches!(c, b' ' | b'\n' | b'\r' | b'\t')
+}
+
+#[cfg(target_arch = "x86_64")]
+mod simd {
+    use safe_arch::{
+        bitor_m128i, cmp_eq_mask_i8_m128i, load_unaligned_m128i, m128i, move_mask_i8_m128i,
+        set_splat_i8_m128i,
+    };
+
+    /// The 16 bytes at `i`, when there are that many.
+    #[inline(always)]
+    pub(super) fn load(b: &[u8], i: usize) -> Option<m128i> {
+        b.get(i..)?.first_chunk::<16>().map(load_unaligned_m128i)
+    }
+
+    #[inline(always)]
+    fn eq(v: m128i, c: u8) -> m128i {
+        cmp_eq_mask_i8_m128i(v, set_splat_i8_m128i(c as i8))
+    }
+
+    #[inline(always)]
+    fn bits(m: m128i) -> u32 {
+        move_mask_i8_m128i(m) as u32 & 0xFFFF
+    }
+
+    /// Bytes that are not JSON whitespace: ` `, `\n`, and `\t`/`\r` together (`c | 4 == '\r'`
+    /// holds for exactly those two).
+    #[inline(always)]
+    pub(super) fn not_ws(v: m128i) -> u32 {
+        let four = set_splat_i8_m128i(4);
+        let ws = bitor_m128i(
+            bitor_m128i(eq(v, b' '), eq(v, b'\n')),
+            eq(bitor_m128i(v, four), b'\r'),
+        );
+        !bits(ws) & 0xFFFF
+    }
+
+    /// `"` and `\`.
+    #[inline(always)]
+    pub(super) fn quote_or_bs(v: m128i) -> u32 {
+        bits(bitor_m128i(eq(v, b'"'), eq(v, b'\\')))
+    }
+
+    /// Quotes, backslashes and brackets of 64 bytes (`c | 0x20` is `{` exactly for `[` and
+    /// `{`, `}` for `]` and `}`). Backslashes are rare: gathered only when there is one.
+    #[inline(always)]
+    pub(super) fn block(chunk: &[u8; 64]) -> super::Block {
+        let (a, rest) = chunk.split_first_chunk::<16>().unwrap_or((&[0; 16], &[]));
+        let (b, rest) = rest.split_first_chunk::<16>().unwrap_or((&[0; 16], &[]));
+        let (c, rest) = rest.split_first_chunk::<16>().unwrap_or((&[0; 16], &[]));
+        let d = rest.first_chunk::<16>().unwrap_or(&[0; 16]);
+        let v = [a, b, c, d].map(load_unaligned_m128i);
+        let gather = |m: [m128i; 4]| {
+            let w = m.map(|m| u64::from(bits(m)));
+            w[0] | w[1] << 16 | w[2] << 32 | w[3] << 48
+        };
+        let bs = v.map(|v| eq(v, b'\\'));
+        let any_bs = bitor_m128i(bitor_m128i(bs[0], bs[1]), bitor_m128i(bs[2], bs[3]));
+        super::Block {
+            quote: gather(v.map(|v| eq(v, b'"'))),
+            bs: if bits(any_bs) == 0 { 0 } else { gather(bs) },
+            bracket: gather(v.map(|v| {
+                let low = bitor_m128i(v, set_splat_i8_m128i(0x20));
+                bitor_m128i(eq(low, b'{'), eq(low, b'}'))
+            })),
+        }
+    }
+}
+
+/// Classes of 64 bytes (bit `k` is byte `k`).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+struct Block {
+    quote: u64,
+    bs: u64,
+    /// `{`, `[`, `}` and `]`.
+    bracket: u64,
+}
+
+/// The reference classifier (and the portable one).
+#[cfg_attr(target_arch = "x86_64", allow(dead_code))]
+fn block_scalar(chunk: &[u8; 64]) -> Block {
+    let mut r = Block {
+        quote: 0,
+        bs: 0,
+        bracket: 0,
+    };
+    for (k, &c) in chunk.iter().enumerate() {
+        let bit = 1u64 << k;
+        match c {
+            b'"' => r.quote |= bit,
+            b'\\' => r.bs |= bit,
+            b'{' | b'[' | b'}' | b']' => r.bracket |= bit,
+            _ => {}
+        }
+    }
+    r
+}
+
+#[inline(always)]
+fn block(chunk: &[u8; 64]) -> Block {
+    #[cfg(target_arch = "x86_64")]
+    return simd::block(chunk);
+    #[cfg(not(target_arch = "x86_64"))]
+    return block_scalar(chunk);
+}
+
+/// Bit `k` set for each byte after an odd run of backslashes; `carry` (bit 0) says the first
+/// byte is escaped, and is set for the next block when the last byte is an unescaped backslash.
+#[inline(always)]
+fn escaped(bs: u64, carry: &mut u64) -> u64 {
+    let mut escaped = *carry;
+    *carry = 0;
+    let mut m = bs & !escaped;
+    while m != 0 {
+        let k = m.trailing_zeros();
+        if k == 63 {
+            *carry = 1;
+            break;
+        }
+        let next = 2u64 << k;
+        escaped |= next;
+        m &= m.wrapping_sub(1) & !next;
+    }
+    escaped
+}
+
+/// Bit `k` = XOR of bits `0..=k`.
+#[inline(always)]
+fn prefix_xor(mut x: u64) -> u64 {
+    x ^= x << 1;
+    x ^= x << 2;
+    x ^= x << 4;
+    x ^= x << 8;
+    x ^= x << 16;
+    x ^= x << 32;
+    x
+}
+
+/// Past the whitespace at `i`: the first other byte, or the buffer's length.
+#[inline(always)]
+pub(super) fn tok(b: &[u8], i: usize) -> usize {
+    match b.get(i) {
+        Some(&c) if c > b' ' => i,
+        // One space, as after `:` in pretty-printed bodies.
+        Some(b' ') if b.get(i + 1).is_some_and(|&c| c > b' ') => i + 1,
+        _ => ws_run(b, i),
+    }
+}
+
+#[inline(always)]
+fn ws_run(b: &[u8], i: usize) -> usize {
+    #[cfg(target_arch = "x86_64")]
+    let i = {
+        let mut i = i;
+        while let Some(v) = simd::load(b, i) {
+            let m = simd::not_ws(v);
+            if m != 0 {
+                return i + m.trailing_zeros() as usize;
+            }
+            i += 16;
+        }
+        i
+    };
+    tok_scalar(b, i)
+}
+
+fn tok_scalar(b: &[u8], mut i: usize) -> usize {
+    while b.get(i).is_some_and(|&c| is_ws(c)) {
+        i += 1;
+    }
+    i.min(b.len())
+}
+
+/// The closing quote of the string whose content starts at `i` (the byte after a backslash
+/// skipped, whatever it is), and whether the string has a backslash; `None` when it does not
+/// end in the buffer. Most strings (keys, short values) end within the first 16 bytes, one step
+/// inlined here; a longer one goes on in [`string_end_long`].
+#[inline(always)]
+pub(super) fn string_end(b: &[u8], i: usize) -> Option<(usize, bool)> {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(v) = simd::load(b, i) {
+        let m = simd::quote_or_bs(v);
+        let j = i + m.trailing_zeros() as usize;
+        if m != 0 && b.get(j) == Some(&b'"') {
+            return Some((j, false));
+        }
+    }
+    string_end_long(b, i)
+}
+
+/// [`string_end`] past its first step: a few more 16-byte steps, then (a long string: a
+/// message's content) the `memchr` crate's `memchr2`, whose wider loops run at a fraction of an
+/// instruction per byte.
+#[inline(always)]
+fn string_end_long(b: &[u8], i: usize) -> Option<(usize, bool)> {
+    #[cfg(target_arch = "x86_64")]
+    let (mut i, mut escaped) = {
+        let (mut i, mut escaped, end) = (i, false, i.saturating_add(64));
+        while let Some(v) = simd::load(b, i) {
+            if i >= end {
+                break;
+            }
+            let m = simd::quote_or_bs(v);
+            if m == 0 {
+                i += 16;
+                continue;
+            }
+            let j = i + m.trailing_zeros() as usize;
+            if b.get(j) == Some(&b'"') {
+                return Some((j, escaped));
+            }
+            escaped = true;
+            i = j + 2;
+        }
+        (i, escaped)
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let (mut i, mut escaped) = (i, false);
+    loop {
+        let j = i + memchr::memchr2(b'"', b'\\', b.get(i..)?)?;
+        if b.get(j) == Some(&b'"') {
+            return Some((j, escaped));
+        }
+        escaped = true;
+        i = j + 2;
+    }
+}
+
+fn string_end_scalar(b: &[u8], mut i: usize, mut escaped: bool) -> Option<(usize, bool)> {
+    while let Some(&c) = b.get(i) {
+        match c {
+            b'"' => return Some((i, escaped)),
+            b'\\' => {
+                escaped = true;
+                i += 2;
+            }
+            _ => i += 1,
+        }
+    }
+    None
+}
+
+/// Past the container whose opening bracket is at `i`: brackets outside strings counted
+/// whatever their kind, as the scanner's skip counts them. `None` when it does not close.
+///
+/// 64 bytes a step: unescaped quotes (escapes marked by a loop over the backslashes) give the
+/// in-string mask by a prefix XOR, carried to the next step; the brackets outside strings are
+/// then counted bit by bit. The scanner reads a backslash outside strings as an ordinary byte,
+/// where the escape marking would not: a step holding one (by this reading; up to the first,
+/// both read the same strings) is read the scalar way, from its start.
+#[inline(never)]
+pub(super) fn skip(b: &[u8], mut i: usize) -> Option<usize> {
+    let mut depth = 0u32;
+    // All ones when the step starts inside a string; bit 0 when its first byte is escaped.
+    let (mut in_str, mut esc) = (0u64, 0u64);
+    while let Some(chunk) = b.get(i..).and_then(|r| r.first_chunk::<64>()) {
+        let c = block(chunk);
+        let (in_str0, esc0) = (in_str, esc);
+        let quote = c.quote & !escaped(c.bs, &mut esc);
+        let inside = prefix_xor(quote) ^ in_str;
+        if c.bs & !inside != 0 {
+            return skip_tail(b, i, depth, in_str0 != 0, esc0 != 0);
+        }
+        in_str = ((inside as i64) >> 63) as u64;
+        let mut m = c.bracket & !inside;
+        while m != 0 {
+            let j = i + m.trailing_zeros() as usize;
+            m &= m - 1;
+            if matches!(b.get(j), Some(b'{' | b'[')) {
+                depth += 1;
+            } else {
+                depth -= 1;
+                if depth == 0 {
+                    return Some(j + 1);
+                }
+            }
+        }
+        i += 64;
+        if in_str0 != 0 && quote == 0 {
+            // The whole step was inside a string that goes on (a long one: a message's
+            // content): its end is searched for, and the steps go on after it (the byte after
+            // a backslash that ends the step is part of the string).
+            i = string_end_long(b, i + (esc as usize))?.0 + 1;
+            (in_str, esc) = (0, 0);
+        }
+    }
+    skip_tail(b, i, depth, in_str != 0, esc != 0)
+}
+
+/// [`skip`] from `i` the scalar way, `depth` brackets deep, inside a string or not (and its
+/// first byte escaped or not).
+fn skip_tail(b: &[u8], mut i: usize, depth: u32, in_str: bool, esc: bool) -> Option<usize> {
+    if in_str {
+        i = string_end_scalar(b, i + usize::from(esc), false)?.0 + 1;
+    }
+    skip_scalar(b, i, depth)
+}
+
+fn skip_scalar(b: &[u8], mut i: usize, mut depth: u32) -> Option<usize> {
+    while let Some(&c) = b.get(i) {
+        i += 1;
+        match c {
+            b'"' => i = string_end_scalar(b, i, false)?.0 + 1,
+            b'{' | b'[' => depth += 1,
+            b'}' | b']' => {
+                depth -= 1;
+                if depth == 0 {
+                    return Some(i);
+                }
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Bytes from an alphabet that makes strings, escapes, brackets and whitespace runs likely.
+    fn jsonish() -> impl Strategy<Value = Vec<u8>> {
+        proptest::collection::vec(
+            prop::sample::select(
+                &b"\"\"\\\\   \n\n\r\t{}[]{}[]:,ax0\x01\x0b\x0c\x1d\x29\x2d\x09\xe9"[..],
+            ),
+            0..300,
+        )
+    }
+
+    /// Every search from every start, against the scalar way.
+    fn check(b: &[u8]) {
+        for i in 0..=b.len() + 1 {
+            assert_eq!(
+                tok(b, i),
+                tok_scalar(b, i),
+                "tok {i} {:?}",
+                String::from_utf8_lossy(b)
+            );
+            assert_eq!(
+                string_end(b, i),
+                string_end_scalar(b, i, false),
+                "string_end {i} {:?}",
+                String::from_utf8_lossy(b)
+            );
+            if matches!(b.get(i), Some(b'{' | b'[')) {
+                assert_eq!(
+                    skip(b, i),
+                    skip_scalar(b, i, 0),
+                    "skip {i} {:?}",
+                    String::from_utf8_lossy(b)
+                );
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(3000))]
+
+        #[test]
+        fn searches_are_the_scalar_ones(b in jsonish()) {
+            check(&b);
+        }
+
+        #[test]
+        fn block_classifier_is_the_scalar_one(bytes in proptest::collection::vec(any::<u8>(), 64)) {
+            let chunk: [u8; 64] = bytes.try_into().unwrap();
+            prop_assert_eq!(block(&chunk), block_scalar(&chunk));
+        }
+
+        #[test]
+        fn searches_on_random_bytes(b in proptest::collection::vec(any::<u8>(), 0..100)) {
+            check(&b);
+        }
+
+        /// Escape runs of every length ending at every offset around 16-byte steps.
+        #[test]
+        fn escapes_across_steps(at in 0usize..150, run in 0usize..6,
+                                after in prop::sample::select(&b"\"\\a{}"[..]), pad in 0usize..140) {
+            let mut b = b"[\"".to_vec();
+            b.resize(at + 2, b'x');
+            b.extend(std::iter::repeat_n(b'\\', run));
+            b.push(after);
+            b.extend_from_slice(b"\"]  ");
+            b.extend(std::iter::repeat_n(b' ', pad));
+            b.extend_from_slice(b"{\"a\":[\"]\"]}");
+            check(&b);
+        }
+    }
+
+    #[test]
+    fn searches() {
+        let b = br#"{"a":[1,"]}\"{",{"b":"\\"}], "c" : "x"}  "#;
+        assert_eq!(skip(b, 0), Some(b.len() - 2));
+        assert_eq!(skip(b, 5), Some(27));
+        assert_eq!(string_end(b, 9), Some((14, true)));
+        assert_eq!(tok(b, b.len() - 2), b.len());
+        let long = [&b"[\""[..], &[b'a'; 200], b"\\\"\"]"].concat();
+        assert_eq!(string_end(&long, 2), Some((long.len() - 2, true)));
+        assert_eq!(skip(&long, 0), Some(long.len()));
+        assert_eq!(skip(b"[\"abc", 0), None);
+        let indent = [&b"\n"[..], &[b' '; 40], b"\t\r\n  }"].concat();
+        assert_eq!(tok(&indent, 0), indent.len() - 1);
+        check(&indent);
+        check(&long);
+    }
+}
