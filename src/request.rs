@@ -1,16 +1,17 @@
 //! Per-request access: the request's metrics context, its label values, and the snapshot of a
 //! finished request ([`Finished`]) that recording works from without seeing the request.
 
+use std::cell::RefCell;
 use std::ptr;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use gateway_metrics_core::cache::Label;
 use gateway_metrics_core::catalogue::{CutReason, UsageMissing};
 use gateway_metrics_core::exemplar::TraceContext;
+use gateway_metrics_core::labels::Value;
 use gateway_metrics_core::labels::{edge_words, header_matches, query_arg, short_eq};
-use gateway_metrics_core::labels::{sanitize_into, Value};
 use gateway_metrics_core::store::Store;
-use gateway_metrics_core::usage::{Body, Outcome, Tokens, UsageReader};
+use gateway_metrics_core::usage::{Body, Format, Outcome, Tokens, UsageReader};
 use nginx_sys::*;
 use ngx::http::{HttpModuleLocationConf, NgxHttpCoreModule, Request};
 
@@ -78,8 +79,9 @@ impl Default for LlmState {
 pub enum UsageState {
     /// No body buffer has passed yet.
     Unread,
-    /// The body is being read (one allocation per response, none per buffer).
-    Reading(Box<UsageReader>),
+    /// The body is being read (a reader from the worker's pool: no allocation per buffer, and
+    /// none per response once the pool has one).
+    Reading(Reader),
     /// The whole body was read (its last buffer passed): what it said.
     Read(UsageRead),
     /// The body cannot be read, for this reason.
@@ -685,17 +687,79 @@ pub fn trace(r: &Request, lc: &LocConf) -> Option<TraceContext> {
     TraceContext::parse(label(r, &lc.exemplars))
 }
 
+/// A response's usage reader, taken from this worker's pool of readers and given back to it
+/// when dropped (see [`READERS`]).
+pub struct Reader(Option<Box<UsageReader>>);
+
+/// The readers of responses done with, kept by the worker for the next responses: a response's
+/// reader costs no allocation, no free and no zeroing of a new block when one is here (the usual
+/// case: the pool holds as many readers as the worker had responses being read at once, up to
+/// [`POOLED_READERS`]).
+struct ReaderPool(RefCell<Vec<Box<UsageReader>>>);
+
+// SAFETY: only the worker's event-loop thread reads responses and frees requests (body filter,
+// log phase, pool cleanups, Lua calls); render threads never touch a request.
+unsafe impl Sync for ReaderPool {}
+
+static READERS: ReaderPool = ReaderPool(RefCell::new(Vec::new()));
+
+/// The most readers a worker keeps for reuse: up to 32 x 5,312 bytes (an event stream's reader
+/// with its carry buffer) held while idle.
+pub const POOLED_READERS: usize = 32;
+
+impl Reader {
+    /// A reader for a new response: one of the pool's, reset, else a new one.
+    fn new(format: Format, body: Body) -> Reader {
+        let pooled = READERS.0.try_borrow_mut().ok().and_then(|mut p| p.pop());
+        Reader(Some(match pooled {
+            Some(mut r) => {
+                r.reset(format, body);
+                r
+            }
+            None => Box::new(UsageReader::new(format, body)),
+        }))
+    }
+
+    fn get(&self) -> Option<&UsageReader> {
+        self.0.as_deref()
+    }
+
+    /// See [`UsageReader::feed`].
+    #[inline]
+    pub fn feed(&mut self, bytes: &[u8]) -> bool {
+        self.0.as_mut().is_some_and(|r| r.feed(bytes))
+    }
+}
+
+impl Drop for Reader {
+    fn drop(&mut self) {
+        let Some(r) = self.0.take() else { return };
+        if let Ok(mut pool) = READERS.0.try_borrow_mut() {
+            if pool.len() < POOLED_READERS {
+                if pool.capacity() == 0 {
+                    pool.reserve_exact(POOLED_READERS);
+                }
+                pool.push(r);
+            }
+        }
+    }
+}
+
 /// What a response said of its usage once read to its end (or cut), and its reader, kept for
-/// the model (sanitised only when the log phase takes it: no allocation before).
+/// the model (sanitised only when the log phase takes it).
 pub struct UsageRead {
     pub tokens: Result<Tokens, UsageMissing>,
-    reader: Box<UsageReader>,
+    reader: Reader,
 }
 
 impl UsageRead {
     /// Ends the reading: `whole` says whether the body's last buffer passed.
-    pub fn conclude(mut reader: Box<UsageReader>, whole: bool) -> UsageRead {
-        let tokens = match reader.finish(whole) {
+    pub fn conclude(mut reader: Reader, whole: bool) -> UsageRead {
+        let outcome = match reader.0.as_deref_mut() {
+            Some(r) => r.finish(whole),
+            None => Outcome::Absent,
+        };
+        let tokens = match outcome {
             Outcome::Usage(t) | Outcome::Partial(t) => Ok(t),
             Outcome::Absent => Err(UsageMissing::Absent),
             Outcome::Aborted => Err(UsageMissing::Aborted),
@@ -706,16 +770,15 @@ impl UsageRead {
 
     /// The reader's [`UsageReader::first_content_at_finish`].
     pub fn first_content_at_finish(&self) -> bool {
-        self.reader.first_content_at_finish()
+        self.reader
+            .get()
+            .is_some_and(UsageReader::first_content_at_finish)
     }
 
-    /// The response's model, sanitised as `gm.set_model` does.
-    fn model(&self) -> Option<Vec<u8>> {
-        self.reader.model().map(|m| {
-            let mut clean = Vec::with_capacity(m.len());
-            sanitize_into(&mut clean, m);
-            clean
-        })
+    /// The response's model, sanitised as `gm.set_model` does (a usual name kept in place,
+    /// without an allocation).
+    fn model(&self) -> Option<Value> {
+        self.reader.get()?.model().map(Value::sanitized)
     }
 }
 
@@ -757,7 +820,7 @@ impl LlmState {
     ) -> (Option<Tokens>, Option<UsageMissing>) {
         if take_model {
             if let Some(m) = read.model() {
-                self.model = Some(Value::Heap(m));
+                self.model = Some(m);
             }
         }
         match read.tokens {
@@ -829,7 +892,7 @@ pub fn start_usage(r: &ngx_http_request_t, lc: &LocConf) -> UsageState {
     let ct = r.headers_out.content_type.as_bytes();
     let sse = ct.len() >= 17 && ct[..17].eq_ignore_ascii_case(b"text/event-stream");
     let body = if sse { Body::EventStream } else { Body::Json };
-    UsageState::Reading(Box::new(UsageReader::new(format, body)))
+    UsageState::Reading(Reader::new(format, body))
 }
 
 /// The model families' part of a request with a context or that reads its response's usage
