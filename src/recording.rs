@@ -6,7 +6,7 @@ use std::ptr;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use gateway_metrics_core::buckets::bucket_index;
-use gateway_metrics_core::cache::{bytes_words, Label, SeriesCache};
+use gateway_metrics_core::cache::{bytes_words, long_salt, Label, SeriesCache, Word3};
 use gateway_metrics_core::catalogue::{self, fam, tokens};
 use gateway_metrics_core::exemplar::{self, Exemplar, TraceContext, SLOT_WORDS};
 use gateway_metrics_core::series_cached;
@@ -217,6 +217,54 @@ impl Recorder<'_> {
         v
     }
 
+    /// The series of a model family whose labels start with the request's model and namespace
+    /// (`key`, their words computed once for all of them), then values with identities. The
+    /// cache is asked with a packed key: no label's words or salt computed again.
+    #[inline(always)]
+    fn model_series<const N: usize>(
+        &self,
+        family: u32,
+        layout: u8,
+        n_values: u8,
+        key: &ModelKey,
+        labels: &[Label; N],
+    ) -> Option<&'static [AtomicU64]> {
+        let kind = SeriesKind {
+            family,
+            layout,
+            n_values,
+        };
+        let packable = key.packable && labels.iter().skip(2).all(|l| l.id != 0);
+        if !packable {
+            let labels = *labels;
+            return self.series(family, layout, n_values, &labels);
+        }
+        let mut ks = [[0u64; 3]; N];
+        for (i, (k, l)) in ks.iter_mut().zip(labels).enumerate() {
+            *k = match i {
+                0 | 1 => key.words[i],
+                _ => [l.id, 0, 0],
+            };
+        }
+        // A key of the model alone holds the namespace's long value only when it is the model.
+        let (long, salt) = match N {
+            1 => key.model_long,
+            _ => key.long,
+        };
+        let mut cache = CACHE.0.try_borrow_mut().ok()?;
+        if let Some(v) = cache.get_packed_salted(kind.bits(), &ks, long, salt) {
+            return Some(v);
+        }
+        let labels = *labels;
+        let (v, own) = self.cached(&mut cache, kind, &labels);
+        if let (Some(v), true) = (v, own) {
+            // A copy, as in request_series: the key stays in registers on the hit path.
+            let key = ks;
+            cache.insert_packed(kind.bits(), &key, long, v);
+        }
+        v
+    }
+
     /// The in-flight series of `ns` in this worker's lane. The lane is the same for every
     /// request of the worker, so the cache is asked with the namespace alone (packed).
     #[inline(always)]
@@ -286,6 +334,41 @@ impl Recorder<'_> {
                 self.zone.name,
                 reason.label()
             );
+        }
+    }
+}
+
+/// The model families' first two labels, model and namespace, as packed key words of the
+/// series cache (see `SeriesCache::get_packed`), computed once for the request's several model
+/// series. A packed key holds at most one value longer than 16 bytes: with two, `packable` is
+/// false and the labels are looked up as they are.
+struct ModelKey<'l> {
+    words: [Word3; 2],
+    /// The long value among the two (or `""`) and its salt.
+    long: (&'l [u8], u64),
+    /// The model if it is long (or `""`) and its salt: the key of the model alone.
+    model_long: (&'l [u8], u64),
+    packable: bool,
+}
+
+impl<'l> ModelKey<'l> {
+    #[inline(always)]
+    fn new(model: &'l [u8], ns: &'l [u8]) -> Self {
+        let (model_is_long, ns_is_long) = (model.len() > 16, ns.len() > 16);
+        let model_long = if model_is_long {
+            (model, long_salt(model))
+        } else {
+            (&b""[..], 0)
+        };
+        let long = match (model_is_long, ns_is_long) {
+            (false, true) => (ns, long_salt(ns)),
+            _ => model_long,
+        };
+        ModelKey {
+            words: [bytes_words(model), bytes_words(ns)],
+            long,
+            model_long,
+            packable: !(model_is_long && ns_is_long),
         }
     }
 }
@@ -385,26 +468,27 @@ fn record_with<const EX: bool>(t: &Recorder, f: &Finished, trace: Option<&Trace>
             None => catalogue::status_class(status.min(u16::MAX as ngx_uint_t) as u16),
         };
         let class_id = if class == "success" { 1 } else { 2 };
+        let key = ModelKey::new(model, ns);
         let labels = [
             Label::bytes(model),
             Label::bytes(ns),
             Label::with_id(class_id, class.as_bytes()),
         ];
-        if let Some(v) = t.series(fam::MODEL_REQUEST, layouts.duration, words, &labels) {
+        let kind = (fam::MODEL_REQUEST, layouts.duration);
+        if let Some(v) = t.model_series(kind.0, kind.1, words, &key, &labels) {
             observe(v, &bounds.duration, f.duration);
-            let kind = (fam::MODEL_REQUEST, layouts.duration);
             t.bucket_exemplar::<EX>(trace, v, kind, &bounds.duration, f.duration);
         }
         let labels = [Label::bytes(model), Label::bytes(ns)];
         if let Some(ttft) = llm.ttft {
             let words = hist_words(&bounds.ttft);
-            if let Some(v) = t.series(fam::TTFT, layouts.ttft, words, &labels) {
+            if let Some(v) = t.model_series(fam::TTFT, layouts.ttft, words, &key, &labels) {
                 observe(v, &bounds.ttft, ttft);
                 t.bucket_exemplar::<EX>(trace, v, (fam::TTFT, layouts.ttft), &bounds.ttft, ttft);
             }
         }
         if let Some(tokens) = &llm.tokens {
-            record_tokens::<EX>(t, &labels, tokens, f.duration, llm.ttft, trace);
+            record_tokens::<EX>(t, &key, &labels, tokens, f.duration, llm.ttft, trace);
         }
         if let Some(why) = llm.usage_missing {
             let labels = [
@@ -412,7 +496,7 @@ fn record_with<const EX: bool>(t: &Recorder, f: &Finished, trace: Option<&Trace>
                 Label::bytes(ns),
                 Label::with_id(1 + why as u64, why.label().as_bytes()),
             ];
-            if let Some(v) = t.series(fam::USAGE_MISSING, 0, 1, &labels) {
+            if let Some(v) = t.model_series(fam::USAGE_MISSING, 0, 1, &key, &labels) {
                 add_u64(&v[0], 1);
             }
         }
@@ -424,6 +508,7 @@ fn record_with<const EX: bool>(t: &Recorder, f: &Finished, trace: Option<&Trace>
 
 fn record_tokens<const EX: bool>(
     t: &Recorder,
+    key: &ModelKey,
     labels: &[Label; 2],
     n: &Tokens,
     duration: f64,
@@ -432,7 +517,7 @@ fn record_tokens<const EX: bool>(
 ) {
     let mc = t.mc;
     let model = labels[0].bytes;
-    if let Some(v) = t.series(fam::MODEL_TOKENS, 0, tokens::N_VALUES, labels) {
+    if let Some(v) = t.model_series(fam::MODEL_TOKENS, 0, tokens::N_VALUES, key, labels) {
         // The request's cost, once: recorded, and shown in its exemplar.
         let cost = mc
             .prices
@@ -467,7 +552,8 @@ fn record_tokens<const EX: bool>(
         match cost {
             Some(c) => add_f64(&v[tokens::COST], c),
             None => {
-                if let Some(u) = t.series(fam::UNPRICED, 0, 1, &[Label::bytes(model)]) {
+                let labels = [Label::bytes(model)];
+                if let Some(u) = t.model_series(fam::UNPRICED, 0, 1, key, &labels) {
                     add_u64(&u[0], 1);
                 }
             }
@@ -477,7 +563,7 @@ fn record_tokens<const EX: bool>(
     let generation = duration - ttft.unwrap_or(0.0);
     if n.output > 0 && generation > 0.0 {
         let words = (bounds.throughput.len() + 2) as u8;
-        if let Some(v) = t.series(fam::THROUGHPUT, layouts.throughput, words, labels) {
+        if let Some(v) = t.model_series(fam::THROUGHPUT, layouts.throughput, words, key, labels) {
             let tps = n.output as f64 / generation;
             observe(v, &bounds.throughput, tps);
             let kind = (fam::THROUGHPUT, layouts.throughput);
@@ -488,7 +574,7 @@ fn record_tokens<const EX: bool>(
     // token after the first (streams only: without a first token there is no TTFT).
     if let (Some(_), true) = (ttft, n.output >= 2) {
         let words = (bounds.tpot.len() + 2) as u8;
-        if let Some(v) = t.series(fam::TPOT, layouts.tpot, words, labels) {
+        if let Some(v) = t.model_series(fam::TPOT, layouts.tpot, words, key, labels) {
             let tpot = generation.max(0.0) / (n.output - 1) as f64;
             observe(v, &bounds.tpot, tpot);
             t.bucket_exemplar::<EX>(trace, v, (fam::TPOT, layouts.tpot), &bounds.tpot, tpot);
