@@ -8,8 +8,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use gateway_metrics_core::cache::Label;
 use gateway_metrics_core::catalogue::{CutReason, UsageMissing};
 use gateway_metrics_core::exemplar::TraceContext;
-use gateway_metrics_core::labels::Value;
 use gateway_metrics_core::labels::{edge_words, header_matches, query_arg, short_eq};
+use gateway_metrics_core::labels::{is_clean, Value};
 use gateway_metrics_core::store::Store;
 use gateway_metrics_core::usage::{Body, Format, Outcome, Tokens, UsageReader};
 use nginx_sys::*;
@@ -775,34 +775,37 @@ impl UsageRead {
             .is_some_and(UsageReader::first_content_at_finish)
     }
 
-    /// The response's model, sanitised as `gm.set_model` does (a usual name kept in place,
-    /// without an allocation).
-    fn model(&self) -> Option<Value> {
-        self.reader.get()?.model().map(Value::sanitized)
+    /// The response's model as the provider wrote it (see [`UsageReader::model`]).
+    fn model(&self) -> Option<&[u8]> {
+        self.reader.get()?.model()
     }
 }
 
 impl LlmState {
     /// What the response said of its usage, once, at the log phase: the tokens to record, or
-    /// why there are none. Lua's tokens win over the response's. The response's model is kept
-    /// (sanitised, as `gm.set_model` does) when `take_model`.
+    /// why there are none. Lua's tokens win over the response's. A response's usage read to
+    /// its end stays in place (its reader holds the model, see [`LlmState::response_model`]).
     fn usage_result(
         &mut self,
         r: &ngx_http_request_t,
         lc: &LocConf,
         whole: bool,
-        take_model: bool,
     ) -> (Option<Tokens>, Option<UsageMissing>) {
-        let state = std::mem::replace(&mut self.usage, UsageState::Skipped);
-        let native = match state {
-            UsageState::Unread => (None, unread_usage(r, lc, whole)),
-            UsageState::Skipped => (None, None),
-            UsageState::Missing(why) => (None, Some(why)),
-            UsageState::Reading(reader) => {
-                let read = UsageRead::conclude(reader, whole);
-                self.take_read(read, take_model)
+        if let UsageState::Reading(_) = self.usage {
+            if let UsageState::Reading(reader) =
+                std::mem::replace(&mut self.usage, UsageState::Skipped)
+            {
+                self.usage = UsageState::Read(UsageRead::conclude(reader, whole));
             }
-            UsageState::Read(read) => self.take_read(read, take_model),
+        }
+        let native = match &self.usage {
+            UsageState::Unread => (None, unread_usage(r, lc, whole)),
+            UsageState::Skipped | UsageState::Reading(_) => (None, None),
+            UsageState::Missing(why) => (None, Some(*why)),
+            UsageState::Read(read) => match read.tokens {
+                Ok(t) => (Some(t), None),
+                Err(why) => (None, Some(why)),
+            },
         };
         // Tokens Lua reported win: the response's are not counted on top of them.
         match self.lua_tokens {
@@ -810,22 +813,27 @@ impl LlmState {
             None => native,
         }
     }
-}
 
-impl LlmState {
-    fn take_read(
-        &mut self,
-        read: UsageRead,
-        take_model: bool,
-    ) -> (Option<Tokens>, Option<UsageMissing>) {
-        if take_model {
-            if let Some(m) = read.model() {
-                self.model = Some(m);
+    /// Keeps a sanitised copy (in `model`) of the model the response named when it is not a
+    /// label value as it is; the usual name stays where it is, in the reader (see
+    /// [`LlmState::response_model`]).
+    fn keep_response_model(&mut self) {
+        if let UsageState::Read(read) = &self.usage {
+            if let Some(m) = read.model().filter(|m| !is_clean(m)) {
+                self.model = Some(Value::sanitized(m));
             }
         }
-        match read.tokens {
-            Ok(t) => (Some(t), None),
-            Err(why) => (None, Some(why)),
+    }
+
+    /// The model the response named, sanitised as `gm.set_model` does, after
+    /// [`LlmState::keep_response_model`]: its copy, else in place in its reader (no copy).
+    fn response_model(&self) -> Option<&[u8]> {
+        if let Some(m) = &self.model {
+            return Some(m.as_bytes());
+        }
+        match &self.usage {
+            UsageState::Read(read) => read.model(),
+            _ => None,
         }
     }
 }
@@ -902,42 +910,63 @@ pub fn start_usage(r: &ngx_http_request_t, lc: &LocConf) -> UsageState {
 fn model_and_usage<'r>(
     r: &'r Request,
     lc: &LocConf,
-    mut ctx: Option<&'r mut ReqCtx>,
+    ctx: Option<&'r mut ReqCtx>,
     whole: bool,
     start: u64,
     slot: &'r mut Option<Llm<'r>>,
 ) -> (Option<&'r Llm<'r>>, Option<&'r ReqCtx>) {
     let rr: &ngx_http_request_t = r.as_ref();
-    let llm = ctx.as_deref_mut().and_then(|c| c.llm.as_mut());
-    let lua_model = llm.as_deref().is_some_and(|l| l.model.is_some());
     let conf_model: &[u8] = if lc.model.is_set() {
         label(r, &lc.model)
     } else {
         b""
     };
-    let take_model = !lua_model && conf_model.is_empty();
-    let (tokens, usage_missing) = match llm {
-        Some(l) => l.usage_result(rr, lc, whole, take_model),
+    let Some(c) = ctx else {
+        let usage_missing = unread_usage(rr, lc, whole);
+        if conf_model.is_empty() && usage_missing.is_none() {
+            return (None, None);
+        }
+        let part = slot.insert(Llm {
+            model: conf_model,
+            ttft: None,
+            tokens: None,
+            usage_missing,
+        });
+        return (Some(&*part), None);
+    };
+    let lua_model = c.llm.as_ref().is_some_and(|l| l.model.is_some());
+    let (tokens, usage_missing) = match c.llm.as_mut() {
+        Some(l) => {
+            let result = l.usage_result(rr, lc, whole);
+            if !lua_model && conf_model.is_empty() {
+                l.keep_response_model();
+            }
+            result
+        }
         None => (None, unread_usage(rr, lc, whole)),
     };
-    let ctx = ctx.map(|c| &*c);
-    let llm = ctx.and_then(|c| c.llm.as_ref());
-    let model = match llm.and_then(|l| l.model.as_ref()).map(Value::as_bytes) {
-        Some(m) if lua_model || conf_model.is_empty() => m,
-        _ => conf_model,
+    let c = &*c;
+    let llm = c.llm.as_ref();
+    // Lua's model, else the directive's, else the response's.
+    let model: &[u8] = match llm {
+        Some(l) if lua_model => l.model.as_ref().map_or(b"", Value::as_bytes),
+        _ if !conf_model.is_empty() => conf_model,
+        Some(l) => l.response_model().unwrap_or(b""),
+        None => b"",
     };
     if model.is_empty() && tokens.is_none() && usage_missing.is_none() {
-        return (None, ctx);
+        return (None, Some(c));
     }
+    let ttft = llm
+        .and_then(|l| l.first_token_ms)
+        .map(|ms| ms.saturating_sub(start) as f64 / 1000.0);
     let part = slot.insert(Llm {
         model,
-        ttft: llm
-            .and_then(|l| l.first_token_ms)
-            .map(|ms| ms.saturating_sub(start) as f64 / 1000.0),
+        ttft,
         tokens,
         usage_missing,
     });
-    (Some(&*part), ctx)
+    (Some(&*part), Some(c))
 }
 
 /// "000" to "999", three bytes each: the `status_code` label without formatting.
