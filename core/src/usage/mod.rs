@@ -476,7 +476,7 @@ impl UsageReader {
             }
             Body::Json => {
                 self.events.scan.end();
-                self.events.payload_end(&[]);
+                self.events.json_end();
             }
         }
         let e = &self.events;
@@ -733,6 +733,24 @@ impl Events {
             from = k + 4;
         }
         None
+    }
+
+    /// [`Events::payload_end`] for the one payload of a JSON body (no `event:` name, not a
+    /// stream): what it changes of the body's outcome only, without the content and
+    /// settledness of streams (a JSON body has no first token and nothing follows it).
+    fn json_end(&mut self) {
+        debug_assert!(!self.stream && self.name.is_empty());
+        let f = &self.scan.facts;
+        self.malformed |= f.error;
+        if self.dialect == 0 {
+            let hints = f.hints | providers::kind_hints(f.kind.get());
+            if hints != 0 {
+                self.dialect = providers::pick(hints);
+                self.scan.allow = self.dialect;
+            }
+        }
+        self.bad_count |= f.bad_count;
+        self.usage.merge(&f.usage);
     }
 
     /// Takes in what the scanner found in a payload; returns whether it was the first content.
