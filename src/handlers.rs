@@ -304,11 +304,9 @@ unsafe extern "C" fn usage_filter(
             {
                 ctx
             }
-            found => {
+            _ => {
                 let lc = loc_conf(req).filter(|lc| lc.enable == 1 && lc.usage != USAGE_OFF);
-                // The context found above, else a new one (one walk of the pool's cleanups).
-                let ctx = lc.and(found).or_else(|| lc.and_then(|_| request::ctx(req)));
-                let (Some(lc), Some(ctx)) = (lc, ctx) else {
+                let (Some(lc), Some(ctx)) = (lc, lc.and_then(|_| request::ctx(req))) else {
                     return watch_body(req, links);
                 };
                 let llm = ctx.llm_mut();

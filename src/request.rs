@@ -2,6 +2,7 @@
 //! finished request ([`Finished`]) that recording works from without seeing the request.
 
 use std::cell::RefCell;
+use std::mem::ManuallyDrop;
 use std::ptr;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -689,7 +690,7 @@ pub fn trace(r: &Request, lc: &LocConf) -> Option<TraceContext> {
 
 /// A response's usage reader, taken from this worker's pool of readers and given back to it
 /// when dropped (see [`READERS`]).
-pub struct Reader(Option<Box<UsageReader>>);
+pub struct Reader(ManuallyDrop<Box<UsageReader>>);
 
 /// The readers of responses done with, kept by the worker for the next responses: a response's
 /// reader costs no allocation, no free and no zeroing of a new block when one is here (the usual
@@ -713,7 +714,7 @@ impl Reader {
     /// A reader for a new response: one of the pool's, reset, else a new one.
     fn new(format: Format, body: Body) -> Reader {
         let pooled = READERS.0.try_borrow_mut().ok().and_then(|mut p| p.pop());
-        Reader(Some(match pooled {
+        Reader(ManuallyDrop::new(match pooled {
             Some(mut r) => {
                 r.reset(format, body);
                 r
@@ -721,21 +722,25 @@ impl Reader {
             None => Box::new(UsageReader::new(format, body)),
         }))
     }
+}
 
-    fn get(&self) -> Option<&UsageReader> {
-        self.0.as_deref()
+impl std::ops::Deref for Reader {
+    type Target = UsageReader;
+    fn deref(&self) -> &UsageReader {
+        &self.0
     }
+}
 
-    /// See [`UsageReader::feed`].
-    #[inline]
-    pub fn feed(&mut self, bytes: &[u8]) -> bool {
-        self.0.as_mut().is_some_and(|r| r.feed(bytes))
+impl std::ops::DerefMut for Reader {
+    fn deref_mut(&mut self) -> &mut UsageReader {
+        &mut self.0
     }
 }
 
 impl Drop for Reader {
     fn drop(&mut self) {
-        let Some(r) = self.0.take() else { return };
+        // SAFETY: the box is taken once, here, and `self.0` is never used after.
+        let r = unsafe { ManuallyDrop::take(&mut self.0) };
         if let Ok(mut pool) = READERS.0.try_borrow_mut() {
             if pool.len() < POOLED_READERS {
                 if pool.capacity() == 0 {
@@ -757,11 +762,7 @@ pub struct UsageRead {
 impl UsageRead {
     /// Ends the reading: `whole` says whether the body's last buffer passed.
     pub fn conclude(mut reader: Reader, whole: bool) -> UsageRead {
-        let outcome = match reader.0.as_deref_mut() {
-            Some(r) => r.finish(whole),
-            None => Outcome::Absent,
-        };
-        let tokens = match outcome {
+        let tokens = match reader.finish(whole) {
             Outcome::Usage(t) | Outcome::Partial(t) => Ok(t),
             Outcome::Absent => Err(UsageMissing::Absent),
             Outcome::Aborted => Err(UsageMissing::Aborted),
@@ -772,14 +773,12 @@ impl UsageRead {
 
     /// The reader's [`UsageReader::first_content_at_finish`].
     pub fn first_content_at_finish(&self) -> bool {
-        self.reader
-            .get()
-            .is_some_and(UsageReader::first_content_at_finish)
+        self.reader.first_content_at_finish()
     }
 
     /// The response's model as the provider wrote it (see [`UsageReader::model`]).
     fn model(&self) -> Option<&[u8]> {
-        self.reader.get()?.model()
+        self.reader.model()
     }
 }
 
