@@ -6,7 +6,7 @@ use std::ptr;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use gateway_metrics_core::buckets::bucket_index;
-use gateway_metrics_core::cache::{bytes_words, Label, SeriesCache};
+use gateway_metrics_core::cache::{bytes_words, long_salt, Label, SeriesCache, Word3};
 use gateway_metrics_core::catalogue::{self, fam, tokens};
 use gateway_metrics_core::exemplar::{self, Exemplar, TraceContext, SLOT_WORDS};
 use gateway_metrics_core::series_cached;
@@ -217,6 +217,73 @@ impl Recorder<'_> {
         v
     }
 
+    /// The series of a model family whose labels start with the request's model and namespace
+    /// (`key`, their words computed once for all of them), then values with identities. The
+    /// cache is asked with a packed key: no label's words or salt computed again. With `rel`
+    /// (the family's place in a [`Related`] entry) and the key's anchor, the worker's related
+    /// table is asked first. Also says whether the series is the labels' own (not an overflow
+    /// series).
+    #[inline(always)]
+    fn model_series<const N: usize>(
+        &self,
+        (family, layout, n_values): (u32, u8, u8),
+        key: &ModelKey,
+        rel: Option<usize>,
+        labels: &[Label; N],
+    ) -> (Option<&'static [AtomicU64]>, bool) {
+        let anchor = rel.filter(|_| key.anchor != 0).map(|i| (key.anchor, i));
+        if let Some((a, i)) = anchor {
+            if let Some(v) = related_get(a, i) {
+                return (Some(v), true);
+            }
+        }
+        let kind = SeriesKind {
+            family,
+            layout,
+            n_values,
+        };
+        let Ok(mut cache) = CACHE.0.try_borrow_mut() else {
+            return (None, false);
+        };
+        let packable = key.packable && labels.iter().skip(2).all(|l| l.id != 0);
+        let (v, own) = if packable {
+            let mut ks = [[0u64; 3]; N];
+            for (i, (k, l)) in ks.iter_mut().zip(labels).enumerate() {
+                *k = match i {
+                    0 | 1 => key.words[i],
+                    _ => [l.id, 0, 0],
+                };
+            }
+            // A key of the model alone holds the namespace's long value only when it is the
+            // model.
+            let (long, salt) = match N {
+                1 => key.model_long,
+                _ => key.long,
+            };
+            match cache.get_packed_salted(kind.bits(), &ks, long, salt) {
+                Some(v) => (Some(v), true),
+                None => {
+                    let labels = *labels;
+                    let (v, own) = self.cached(&mut cache, kind, &labels);
+                    if let (Some(v), true) = (v, own) {
+                        // A copy, as in request_series: the key stays in registers on the hit
+                        // path.
+                        let key = ks;
+                        cache.insert_packed(kind.bits(), &key, long, v);
+                    }
+                    (v, own)
+                }
+            }
+        } else {
+            let labels = *labels;
+            self.cached(&mut cache, kind, &labels)
+        };
+        if let (Some((a, i)), Some(v), true) = (anchor, v, own) {
+            related_put(a, i, v);
+        }
+        (v, own)
+    }
+
     /// The in-flight series of `ns` in this worker's lane. The lane is the same for every
     /// request of the worker, so the cache is asked with the namespace alone (packed).
     #[inline(always)]
@@ -287,6 +354,118 @@ impl Recorder<'_> {
                 reason.label()
             );
         }
+    }
+}
+
+/// The model families' first two labels, model and namespace, as packed key words of the
+/// series cache (see `SeriesCache::get_packed`), computed once for the request's several model
+/// series. A packed key holds at most one value longer than 16 bytes: with two, `packable` is
+/// false and the labels are looked up as they are.
+struct ModelKey<'l> {
+    /// The request's own `model_requests` series (its address), once found; 0 before, or when
+    /// it is an overflow series. See [`Related`].
+    anchor: usize,
+    words: [Word3; 2],
+    /// The long value among the two (or `""`) and its salt.
+    long: (&'l [u8], u64),
+    /// The model if it is long (or `""`) and its salt: the key of the model alone.
+    model_long: (&'l [u8], u64),
+    packable: bool,
+}
+
+impl<'l> ModelKey<'l> {
+    #[inline(always)]
+    fn new(model: &'l [u8], ns: &'l [u8]) -> Self {
+        let (model_is_long, ns_is_long) = (model.len() > 16, ns.len() > 16);
+        let model_long = if model_is_long {
+            (model, long_salt(model))
+        } else {
+            (&b""[..], 0)
+        };
+        let long = match (model_is_long, ns_is_long) {
+            (false, true) => (ns, long_salt(ns)),
+            _ => model_long,
+        };
+        ModelKey {
+            anchor: 0,
+            words: [bytes_words(model), bytes_words(ns)],
+            long,
+            model_long,
+            packable: !(model_is_long && ns_is_long),
+        }
+    }
+}
+
+/// The series of the model families of one (model, namespace) other than `model_requests`,
+/// found from the address of a `model_requests` series of those labels (the *anchor*: a
+/// series never moves while the worker lives, so its address stands for its labels; an
+/// overflow series, shared by many, is never one). A request with a model then asks the series
+/// cache once, for its `model_requests` series, and finds the others here by that address.
+#[derive(Clone, Copy)]
+struct Related {
+    anchor: usize,
+    series: [Option<&'static [AtomicU64]>; RELATED_FAMILIES],
+}
+
+/// Places in [`Related::series`].
+mod rel {
+    pub const TOKENS: usize = 0;
+    pub const UNPRICED: usize = 1;
+    pub const THROUGHPUT: usize = 2;
+    pub const TTFT: usize = 3;
+    pub const TPOT: usize = 4;
+}
+const RELATED_FAMILIES: usize = 5;
+
+/// Entries of the worker's related table (direct-mapped by the anchor's address; 88 bytes
+/// each, allocated at the first request with a model). A miss only costs the cache lookups.
+const RELATED_SLOTS: usize = 1024;
+
+struct RelatedTable(RefCell<Vec<Related>>);
+
+// SAFETY: as WorkerCache: only the worker's event-loop thread records.
+unsafe impl Sync for RelatedTable {}
+
+static RELATED: RelatedTable = RelatedTable(RefCell::new(Vec::new()));
+
+#[inline(always)]
+fn related_slot(anchor: usize) -> usize {
+    // Series are 8-byte aligned words: the bits above those spread by a multiply.
+    ((anchor as u64 >> 3).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 54) as usize % RELATED_SLOTS
+}
+
+#[inline(always)]
+fn related_get(anchor: usize, i: usize) -> Option<&'static [AtomicU64]> {
+    let table = RELATED.0.try_borrow().ok()?;
+    let e = table.get(related_slot(anchor))?;
+    if e.anchor != anchor {
+        return None;
+    }
+    *e.series.get(i)?
+}
+
+#[cold]
+#[inline(never)]
+fn related_put(anchor: usize, i: usize, v: &'static [AtomicU64]) {
+    let Ok(mut table) = RELATED.0.try_borrow_mut() else {
+        return;
+    };
+    if table.is_empty() {
+        let empty = Related {
+            anchor: 0,
+            series: [None; RELATED_FAMILIES],
+        };
+        *table = vec![empty; RELATED_SLOTS];
+    }
+    let Some(e) = table.get_mut(related_slot(anchor)) else {
+        return;
+    };
+    if e.anchor != anchor {
+        e.anchor = anchor;
+        e.series = [None; RELATED_FAMILIES];
+    }
+    if let Some(slot) = e.series.get_mut(i) {
+        *slot = Some(v);
     }
 }
 
@@ -385,26 +564,31 @@ fn record_with<const EX: bool>(t: &Recorder, f: &Finished, trace: Option<&Trace>
             None => catalogue::status_class(status.min(u16::MAX as ngx_uint_t) as u16),
         };
         let class_id = if class == "success" { 1 } else { 2 };
+        let mut key = ModelKey::new(model, ns);
         let labels = [
             Label::bytes(model),
             Label::bytes(ns),
             Label::with_id(class_id, class.as_bytes()),
         ];
-        if let Some(v) = t.series(fam::MODEL_REQUEST, layouts.duration, words, &labels) {
+        let kind = (fam::MODEL_REQUEST, layouts.duration);
+        if let (Some(v), own) = t.model_series((kind.0, kind.1, words), &key, None, &labels) {
             observe(v, &bounds.duration, f.duration);
-            let kind = (fam::MODEL_REQUEST, layouts.duration);
             t.bucket_exemplar::<EX>(trace, v, kind, &bounds.duration, f.duration);
+            if own {
+                key.anchor = v.as_ptr() as usize;
+            }
         }
         let labels = [Label::bytes(model), Label::bytes(ns)];
         if let Some(ttft) = llm.ttft {
             let words = hist_words(&bounds.ttft);
-            if let Some(v) = t.series(fam::TTFT, layouts.ttft, words, &labels) {
+            let kind = (fam::TTFT, layouts.ttft, words);
+            if let (Some(v), _) = t.model_series(kind, &key, Some(rel::TTFT), &labels) {
                 observe(v, &bounds.ttft, ttft);
                 t.bucket_exemplar::<EX>(trace, v, (fam::TTFT, layouts.ttft), &bounds.ttft, ttft);
             }
         }
         if let Some(tokens) = &llm.tokens {
-            record_tokens::<EX>(t, &labels, tokens, f.duration, llm.ttft, trace);
+            record_tokens::<EX>(t, &key, &labels, tokens, f.duration, llm.ttft, trace);
         }
         if let Some(why) = llm.usage_missing {
             let labels = [
@@ -412,7 +596,7 @@ fn record_with<const EX: bool>(t: &Recorder, f: &Finished, trace: Option<&Trace>
                 Label::bytes(ns),
                 Label::with_id(1 + why as u64, why.label().as_bytes()),
             ];
-            if let Some(v) = t.series(fam::USAGE_MISSING, 0, 1, &labels) {
+            if let (Some(v), _) = t.model_series((fam::USAGE_MISSING, 0, 1), &key, None, &labels) {
                 add_u64(&v[0], 1);
             }
         }
@@ -424,6 +608,7 @@ fn record_with<const EX: bool>(t: &Recorder, f: &Finished, trace: Option<&Trace>
 
 fn record_tokens<const EX: bool>(
     t: &Recorder,
+    key: &ModelKey,
     labels: &[Label; 2],
     n: &Tokens,
     duration: f64,
@@ -432,7 +617,8 @@ fn record_tokens<const EX: bool>(
 ) {
     let mc = t.mc;
     let model = labels[0].bytes;
-    if let Some(v) = t.series(fam::MODEL_TOKENS, 0, tokens::N_VALUES, labels) {
+    let kind = (fam::MODEL_TOKENS, 0, tokens::N_VALUES);
+    if let (Some(v), _) = t.model_series(kind, key, Some(rel::TOKENS), labels) {
         // The request's cost, once: recorded, and shown in its exemplar.
         let cost = mc
             .prices
@@ -467,7 +653,9 @@ fn record_tokens<const EX: bool>(
         match cost {
             Some(c) => add_f64(&v[tokens::COST], c),
             None => {
-                if let Some(u) = t.series(fam::UNPRICED, 0, 1, &[Label::bytes(model)]) {
+                let labels = [Label::bytes(model)];
+                let kind = (fam::UNPRICED, 0, 1);
+                if let (Some(u), _) = t.model_series(kind, key, Some(rel::UNPRICED), &labels) {
                     add_u64(&u[0], 1);
                 }
             }
@@ -477,7 +665,8 @@ fn record_tokens<const EX: bool>(
     let generation = duration - ttft.unwrap_or(0.0);
     if n.output > 0 && generation > 0.0 {
         let words = (bounds.throughput.len() + 2) as u8;
-        if let Some(v) = t.series(fam::THROUGHPUT, layouts.throughput, words, labels) {
+        let kind = (fam::THROUGHPUT, layouts.throughput, words);
+        if let (Some(v), _) = t.model_series(kind, key, Some(rel::THROUGHPUT), labels) {
             let tps = n.output as f64 / generation;
             observe(v, &bounds.throughput, tps);
             let kind = (fam::THROUGHPUT, layouts.throughput);
@@ -488,7 +677,8 @@ fn record_tokens<const EX: bool>(
     // token after the first (streams only: without a first token there is no TTFT).
     if let (Some(_), true) = (ttft, n.output >= 2) {
         let words = (bounds.tpot.len() + 2) as u8;
-        if let Some(v) = t.series(fam::TPOT, layouts.tpot, words, labels) {
+        let kind = (fam::TPOT, layouts.tpot, words);
+        if let (Some(v), _) = t.model_series(kind, key, Some(rel::TPOT), labels) {
             let tpot = generation.max(0.0) / (n.output - 1) as f64;
             observe(v, &bounds.tpot, tpot);
             t.bucket_exemplar::<EX>(trace, v, (fam::TPOT, layouts.tpot), &bounds.tpot, tpot);

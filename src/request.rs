@@ -1,6 +1,8 @@
 //! Per-request access: the request's metrics context, its label values, and the snapshot of a
 //! finished request ([`Finished`]) that recording works from without seeing the request.
 
+use std::cell::RefCell;
+use std::mem::ManuallyDrop;
 use std::ptr;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -8,9 +10,9 @@ use gateway_metrics_core::cache::Label;
 use gateway_metrics_core::catalogue::{CutReason, UsageMissing};
 use gateway_metrics_core::exemplar::TraceContext;
 use gateway_metrics_core::labels::{edge_words, header_matches, query_arg, short_eq};
-use gateway_metrics_core::labels::{sanitize_into, Value};
+use gateway_metrics_core::labels::{is_clean, Value};
 use gateway_metrics_core::store::Store;
-use gateway_metrics_core::usage::{Body, Outcome, Tokens, UsageReader};
+use gateway_metrics_core::usage::{Body, Format, Outcome, Tokens, UsageReader};
 use nginx_sys::*;
 use ngx::http::{HttpModuleLocationConf, NgxHttpCoreModule, Request};
 
@@ -78,8 +80,9 @@ impl Default for LlmState {
 pub enum UsageState {
     /// No body buffer has passed yet.
     Unread,
-    /// The body is being read (one allocation per response, none per buffer).
-    Reading(Box<UsageReader>),
+    /// The body is being read (a reader from the worker's pool: no allocation per buffer, and
+    /// none per response once the pool has one).
+    Reading(Reader),
     /// The whole body was read (its last buffer passed): what it said.
     Read(UsageRead),
     /// The body cannot be read, for this reason.
@@ -685,16 +688,80 @@ pub fn trace(r: &Request, lc: &LocConf) -> Option<TraceContext> {
     TraceContext::parse(label(r, &lc.exemplars))
 }
 
+/// A response's usage reader, taken from this worker's pool of readers and given back to it
+/// when dropped (see [`READERS`]).
+pub struct Reader(ManuallyDrop<Box<UsageReader>>);
+
+/// The readers of responses done with, kept by the worker for the next responses: a response's
+/// reader costs no allocation, no free and no zeroing of a new block when one is here (the usual
+/// case: the pool holds as many readers as the worker had responses being read at once, up to
+/// [`POOLED_READERS`]).
+// Boxed: a reader (1,408 bytes) moves in and out of the pool as one pointer, never copied.
+#[allow(clippy::vec_box)]
+struct ReaderPool(RefCell<Vec<Box<UsageReader>>>);
+
+// SAFETY: only the worker's event-loop thread reads responses and frees requests (body filter,
+// log phase, pool cleanups, Lua calls); render threads never touch a request.
+unsafe impl Sync for ReaderPool {}
+
+static READERS: ReaderPool = ReaderPool(RefCell::new(Vec::new()));
+
+/// The most readers a worker keeps for reuse: up to 32 x 5,504 bytes (an event stream's reader,
+/// 1,408 bytes, with its 4 KiB carry buffer) held while idle.
+pub const POOLED_READERS: usize = 32;
+
+impl Reader {
+    /// A reader for a new response: one of the pool's, reset, else a new one.
+    fn new(format: Format, body: Body) -> Reader {
+        let pooled = READERS.0.try_borrow_mut().ok().and_then(|mut p| p.pop());
+        Reader(ManuallyDrop::new(match pooled {
+            Some(mut r) => {
+                r.reset(format, body);
+                r
+            }
+            None => Box::new(UsageReader::new(format, body)),
+        }))
+    }
+}
+
+impl std::ops::Deref for Reader {
+    type Target = UsageReader;
+    fn deref(&self) -> &UsageReader {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Reader {
+    fn deref_mut(&mut self) -> &mut UsageReader {
+        &mut self.0
+    }
+}
+
+impl Drop for Reader {
+    fn drop(&mut self) {
+        // SAFETY: the box is taken once, here, and `self.0` is never used after.
+        let r = unsafe { ManuallyDrop::take(&mut self.0) };
+        if let Ok(mut pool) = READERS.0.try_borrow_mut() {
+            if pool.len() < POOLED_READERS {
+                if pool.capacity() == 0 {
+                    pool.reserve_exact(POOLED_READERS);
+                }
+                pool.push(r);
+            }
+        }
+    }
+}
+
 /// What a response said of its usage once read to its end (or cut), and its reader, kept for
-/// the model (sanitised only when the log phase takes it: no allocation before).
+/// the model (sanitised only when the log phase takes it).
 pub struct UsageRead {
     pub tokens: Result<Tokens, UsageMissing>,
-    reader: Box<UsageReader>,
+    reader: Reader,
 }
 
 impl UsageRead {
     /// Ends the reading: `whole` says whether the body's last buffer passed.
-    pub fn conclude(mut reader: Box<UsageReader>, whole: bool) -> UsageRead {
+    pub fn conclude(mut reader: Reader, whole: bool) -> UsageRead {
         let tokens = match reader.finish(whole) {
             Outcome::Usage(t) | Outcome::Partial(t) => Ok(t),
             Outcome::Absent => Err(UsageMissing::Absent),
@@ -709,37 +776,37 @@ impl UsageRead {
         self.reader.first_content_at_finish()
     }
 
-    /// The response's model, sanitised as `gm.set_model` does.
-    fn model(&self) -> Option<Vec<u8>> {
-        self.reader.model().map(|m| {
-            let mut clean = Vec::with_capacity(m.len());
-            sanitize_into(&mut clean, m);
-            clean
-        })
+    /// The response's model as the provider wrote it (see [`UsageReader::model`]).
+    fn model(&self) -> Option<&[u8]> {
+        self.reader.model()
     }
 }
 
 impl LlmState {
     /// What the response said of its usage, once, at the log phase: the tokens to record, or
-    /// why there are none. Lua's tokens win over the response's. The response's model is kept
-    /// (sanitised, as `gm.set_model` does) when `take_model`.
+    /// why there are none. Lua's tokens win over the response's. A response's usage read to
+    /// its end stays in place (its reader holds the model, see [`LlmState::response_model`]).
     fn usage_result(
         &mut self,
         r: &ngx_http_request_t,
         lc: &LocConf,
         whole: bool,
-        take_model: bool,
     ) -> (Option<Tokens>, Option<UsageMissing>) {
-        let state = std::mem::replace(&mut self.usage, UsageState::Skipped);
-        let native = match state {
-            UsageState::Unread => (None, unread_usage(r, lc, whole)),
-            UsageState::Skipped => (None, None),
-            UsageState::Missing(why) => (None, Some(why)),
-            UsageState::Reading(reader) => {
-                let read = UsageRead::conclude(reader, whole);
-                self.take_read(read, take_model)
+        if let UsageState::Reading(_) = self.usage {
+            if let UsageState::Reading(reader) =
+                std::mem::replace(&mut self.usage, UsageState::Skipped)
+            {
+                self.usage = UsageState::Read(UsageRead::conclude(reader, whole));
             }
-            UsageState::Read(read) => self.take_read(read, take_model),
+        }
+        let native = match &self.usage {
+            UsageState::Unread => (None, unread_usage(r, lc, whole)),
+            UsageState::Skipped | UsageState::Reading(_) => (None, None),
+            UsageState::Missing(why) => (None, Some(*why)),
+            UsageState::Read(read) => match read.tokens {
+                Ok(t) => (Some(t), None),
+                Err(why) => (None, Some(why)),
+            },
         };
         // Tokens Lua reported win: the response's are not counted on top of them.
         match self.lua_tokens {
@@ -747,22 +814,27 @@ impl LlmState {
             None => native,
         }
     }
-}
 
-impl LlmState {
-    fn take_read(
-        &mut self,
-        read: UsageRead,
-        take_model: bool,
-    ) -> (Option<Tokens>, Option<UsageMissing>) {
-        if take_model {
-            if let Some(m) = read.model() {
-                self.model = Some(Value::Heap(m));
+    /// Keeps a sanitised copy (in `model`) of the model the response named when it is not a
+    /// label value as it is; the usual name stays where it is, in the reader (see
+    /// [`LlmState::response_model`]).
+    fn keep_response_model(&mut self) {
+        if let UsageState::Read(read) = &self.usage {
+            if let Some(m) = read.model().filter(|m| !is_clean(m)) {
+                self.model = Some(Value::sanitized(m));
             }
         }
-        match read.tokens {
-            Ok(t) => (Some(t), None),
-            Err(why) => (None, Some(why)),
+    }
+
+    /// The model the response named, sanitised as `gm.set_model` does, after
+    /// [`LlmState::keep_response_model`]: its copy, else in place in its reader (no copy).
+    fn response_model(&self) -> Option<&[u8]> {
+        if let Some(m) = &self.model {
+            return Some(m.as_bytes());
+        }
+        match &self.usage {
+            UsageState::Read(read) => read.model(),
+            _ => None,
         }
     }
 }
@@ -829,7 +901,7 @@ pub fn start_usage(r: &ngx_http_request_t, lc: &LocConf) -> UsageState {
     let ct = r.headers_out.content_type.as_bytes();
     let sse = ct.len() >= 17 && ct[..17].eq_ignore_ascii_case(b"text/event-stream");
     let body = if sse { Body::EventStream } else { Body::Json };
-    UsageState::Reading(Box::new(UsageReader::new(format, body)))
+    UsageState::Reading(Reader::new(format, body))
 }
 
 /// The model families' part of a request with a context or that reads its response's usage
@@ -839,42 +911,63 @@ pub fn start_usage(r: &ngx_http_request_t, lc: &LocConf) -> UsageState {
 fn model_and_usage<'r>(
     r: &'r Request,
     lc: &LocConf,
-    mut ctx: Option<&'r mut ReqCtx>,
+    ctx: Option<&'r mut ReqCtx>,
     whole: bool,
     start: u64,
     slot: &'r mut Option<Llm<'r>>,
 ) -> (Option<&'r Llm<'r>>, Option<&'r ReqCtx>) {
     let rr: &ngx_http_request_t = r.as_ref();
-    let llm = ctx.as_deref_mut().and_then(|c| c.llm.as_mut());
-    let lua_model = llm.as_deref().is_some_and(|l| l.model.is_some());
     let conf_model: &[u8] = if lc.model.is_set() {
         label(r, &lc.model)
     } else {
         b""
     };
-    let take_model = !lua_model && conf_model.is_empty();
-    let (tokens, usage_missing) = match llm {
-        Some(l) => l.usage_result(rr, lc, whole, take_model),
+    let Some(c) = ctx else {
+        let usage_missing = unread_usage(rr, lc, whole);
+        if conf_model.is_empty() && usage_missing.is_none() {
+            return (None, None);
+        }
+        let part = slot.insert(Llm {
+            model: conf_model,
+            ttft: None,
+            tokens: None,
+            usage_missing,
+        });
+        return (Some(&*part), None);
+    };
+    let lua_model = c.llm.as_ref().is_some_and(|l| l.model.is_some());
+    let (tokens, usage_missing) = match c.llm.as_mut() {
+        Some(l) => {
+            let result = l.usage_result(rr, lc, whole);
+            if !lua_model && conf_model.is_empty() {
+                l.keep_response_model();
+            }
+            result
+        }
         None => (None, unread_usage(rr, lc, whole)),
     };
-    let ctx = ctx.map(|c| &*c);
-    let llm = ctx.and_then(|c| c.llm.as_ref());
-    let model = match llm.and_then(|l| l.model.as_ref()).map(Value::as_bytes) {
-        Some(m) if lua_model || conf_model.is_empty() => m,
-        _ => conf_model,
+    let c = &*c;
+    let llm = c.llm.as_ref();
+    // Lua's model, else the directive's, else the response's.
+    let model: &[u8] = match llm {
+        Some(l) if lua_model => l.model.as_ref().map_or(b"", Value::as_bytes),
+        _ if !conf_model.is_empty() => conf_model,
+        Some(l) => l.response_model().unwrap_or(b""),
+        None => b"",
     };
     if model.is_empty() && tokens.is_none() && usage_missing.is_none() {
-        return (None, ctx);
+        return (None, Some(c));
     }
+    let ttft = llm
+        .and_then(|l| l.first_token_ms)
+        .map(|ms| ms.saturating_sub(start) as f64 / 1000.0);
     let part = slot.insert(Llm {
         model,
-        ttft: llm
-            .and_then(|l| l.first_token_ms)
-            .map(|ms| ms.saturating_sub(start) as f64 / 1000.0),
+        ttft,
         tokens,
         usage_missing,
     });
-    (Some(&*part), ctx)
+    (Some(&*part), Some(c))
 }
 
 /// "000" to "999", three bytes each: the `status_code` label without formatting.

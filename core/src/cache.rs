@@ -237,11 +237,24 @@ impl<'a> SeriesCache<'a> {
         ks: &[Word3; N],
         long: &[u8],
     ) -> Option<&'a [AtomicU64]> {
+        self.get_packed_salted(kind, ks, long, long_salt(long))
+    }
+
+    /// [`get_packed`](Self::get_packed) with `long`'s salt computed by the caller
+    /// ([`long_salt`]): once for several keys that share the long value.
+    #[inline(always)]
+    pub fn get_packed_salted<const N: usize>(
+        &self,
+        kind: u64,
+        ks: &[Word3; N],
+        long: &[u8],
+        long_salt: u64,
+    ) -> Option<&'a [AtomicU64]> {
         if N > MAX_VALUES {
             return None;
         }
         let is_long = long.len() > 16;
-        let tag = Self::tag(kind, ks, if is_long { salt(0, long) } else { 0 });
+        let tag = Self::tag(kind, ks, long_salt);
         let set = self.sets.get(self.set_of(tag))?;
         for way in 0..WAYS {
             let e = &set.entries[way];
@@ -352,6 +365,13 @@ impl<'a> SeriesCache<'a> {
         set.tags[way] = e.tag;
         set.entries[way] = e;
     }
+}
+
+/// The salt a packed key's long value gives its tag (see
+/// [`SeriesCache::get_packed_salted`]): 0 for a value of at most 16 bytes.
+#[inline(always)]
+pub fn long_salt(long: &[u8]) -> u64 {
+    salt(0, long)
 }
 
 /// Folds the middle bytes of a value longer than 16 bytes (what its `Word3` does not hold)

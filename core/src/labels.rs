@@ -30,6 +30,13 @@ pub fn sanitize_into(out: &mut Vec<u8>, raw: &[u8]) {
     debug_assert!(out.len() - start <= MAX_LABEL_VALUE_BYTES);
 }
 
+/// Is `raw` a label value as it is: what [`sanitize_into`] would append unchanged (short plain
+/// ASCII without NUL, its fast path)? Then it can be used in place, without a copy.
+#[inline]
+pub fn is_clean(raw: &[u8]) -> bool {
+    raw.len() <= MAX_LABEL_VALUE_BYTES && plain_ascii(raw)
+}
+
 /// Bytes a [`Value`] holds without a heap allocation.
 pub const INLINE_VALUE_BYTES: usize = 46;
 

@@ -336,8 +336,10 @@ proptest! {
 }
 
 /// Feeds `body` to every reader kind in pieces cut at `cuts`: it must not panic, and its state
-/// must stay within its bound.
+/// must stay within its bound. A reader reset after reading the body before, as every other
+/// kind (the glue reuses readers), reads it exactly as the new one does.
 fn read_usage_everywhere(body: &[u8], cuts: &[usize]) {
+    let mut reused = UsageReader::new(Format::Auto, Body::EventStream);
     for format in [
         Format::Auto,
         Format::OpenAi,
@@ -346,16 +348,24 @@ fn read_usage_everywhere(body: &[u8], cuts: &[usize]) {
     ] {
         for kind in [Body::EventStream, Body::Json] {
             let mut r = UsageReader::new(format, kind);
+            reused.reset(format, kind);
             let bound = r.state_bytes();
             assert!(bound <= std::mem::size_of::<UsageReader>() + CARRY_CAP);
             let mut start = 0;
             for &c in cuts.iter().chain(std::iter::once(&body.len())) {
                 let c = c.clamp(start, body.len());
-                r.feed(&body[start..c]);
+                assert_eq!(r.feed(&body[start..c]), reused.feed(&body[start..c]));
                 start = c;
                 assert_eq!(r.state_bytes(), bound);
+                assert!(reused.state_bytes() <= std::mem::size_of::<UsageReader>() + CARRY_CAP);
             }
-            r.finish(cuts.len().is_multiple_of(2));
+            let complete = cuts.len().is_multiple_of(2);
+            assert_eq!(r.finish(complete), reused.finish(complete));
+            assert_eq!(r.model(), reused.model());
+            assert_eq!(
+                r.first_content_at_finish(),
+                reused.first_content_at_finish()
+            );
             assert!(r
                 .model()
                 .is_none_or(|m| m.len() <= gateway_metrics_core::usage::MODEL_CAP));

@@ -210,37 +210,22 @@ const BOM: &[u8] = b"\xEF\xBB\xBF";
 
 impl UsageReader {
     pub fn new(format: Format, body: Body) -> Self {
-        let dialect = match format {
-            Format::Auto => 0,
-            Format::OpenAi => OPENAI,
-            Format::Anthropic => ANTHROPIC,
-            Format::Gemini => GEMINI,
-        };
-        let mut scan = Scanner::new(if dialect == 0 {
-            providers::ALL
-        } else {
-            dialect
-        });
-        scan.begin();
-        UsageReader {
+        // The fields' values are set by `reset`; the arrays are zeroed once, here.
+        let mut r = UsageReader {
             body,
             bom: 0,
             framer: sse::Framer::new(),
             first_at_finish: false,
             quiet: false,
             events: Events {
-                scan,
-                dialect,
-                stream: body == Body::EventStream,
+                scan: Scanner::new(0),
+                dialect: 0,
+                stream: false,
                 name: Small::default(),
                 has_data: false,
                 len: 0,
                 pending: Pending::Empty,
-                carry: Vec::with_capacity(if body == Body::EventStream {
-                    CARRY_CAP
-                } else {
-                    0
-                }),
+                carry: Vec::new(),
                 usage: Raw::default(),
                 ttft: false,
                 settled: false,
@@ -251,7 +236,81 @@ impl UsageReader {
                 tail_len: 0,
                 deferred: false,
             },
+        };
+        r.reset(format, body);
+        r
+    }
+
+    /// Makes this reader what [`UsageReader::new`] makes, for another response: every field
+    /// is set here, but the bytes of the inline buffers beyond their lengths (the event name,
+    /// the deferred tail; never read) and the carry buffer's allocation are kept. A reader
+    /// reused so costs no allocation and no zeroing of its buffers (an event stream's reader
+    /// that read a JSON body before gets its carry buffer once). Tested: a reset reader reads
+    /// every corpus body as a new one, whatever it read before.
+    pub fn reset(&mut self, format: Format, body: Body) {
+        let dialect = match format {
+            Format::Auto => 0,
+            Format::OpenAi => OPENAI,
+            Format::Anthropic => ANTHROPIC,
+            Format::Gemini => GEMINI,
+        };
+        // Every field by name (a field added later fails to compile until it is set here).
+        let UsageReader {
+            body: r_body,
+            bom,
+            framer,
+            events,
+            first_at_finish,
+            quiet,
+        } = self;
+        let Events {
+            scan,
+            dialect: e_dialect,
+            stream,
+            name,
+            has_data,
+            len,
+            pending,
+            carry,
+            usage,
+            ttft,
+            settled,
+            chat,
+            malformed,
+            bad_count,
+            tail: _,
+            tail_len,
+            deferred,
+        } = events;
+        *r_body = body;
+        *bom = 0;
+        *framer = sse::Framer::new();
+        *first_at_finish = false;
+        *quiet = false;
+        *scan = Scanner::new(if dialect == 0 {
+            providers::ALL
+        } else {
+            dialect
+        });
+        scan.begin();
+        *e_dialect = dialect;
+        *stream = body == Body::EventStream;
+        name.clear();
+        *has_data = false;
+        *len = 0;
+        *pending = Pending::Empty;
+        carry.clear();
+        if body == Body::EventStream {
+            carry.reserve_exact(CARRY_CAP);
         }
+        *usage = Raw::default();
+        *ttft = false;
+        *settled = false;
+        *chat = false;
+        *malformed = false;
+        *bad_count = false;
+        *tail_len = 0;
+        *deferred = false;
     }
 
     /// Reads the next buffer of the body. Returns true exactly once: for the buffer that
@@ -351,7 +410,12 @@ impl UsageReader {
     fn feed_general(&mut self, buf: &[u8]) -> bool {
         let mut buf = buf;
         if usize::from(self.bom) < BOM.len() {
-            buf = self.skip_bom(buf);
+            // The usual body has none: its first byte says so, without the byte loop.
+            if self.bom == 0 && buf.first().is_some_and(|&c| c != BOM[0]) {
+                self.bom = BOM.len() as u8;
+            } else {
+                buf = self.skip_bom(buf);
+            }
         }
         self.framed(buf)
     }
@@ -410,7 +474,7 @@ impl UsageReader {
             }
             Body::Json => {
                 self.events.scan.end();
-                self.events.payload_end(&[]);
+                self.events.json_end();
             }
         }
         let e = &self.events;
@@ -667,6 +731,24 @@ impl Events {
             from = k + 4;
         }
         None
+    }
+
+    /// [`Events::payload_end`] for the one payload of a JSON body (no `event:` name, not a
+    /// stream): what it changes of the body's outcome only, without the content and
+    /// settledness of streams (a JSON body has no first token and nothing follows it).
+    fn json_end(&mut self) {
+        debug_assert!(!self.stream && self.name.is_empty());
+        let f = &self.scan.facts;
+        self.malformed |= f.error;
+        if self.dialect == 0 {
+            let hints = f.hints | providers::kind_hints(f.kind.get());
+            if hints != 0 {
+                self.dialect = providers::pick(hints);
+                self.scan.allow = self.dialect;
+            }
+        }
+        self.bad_count |= f.bad_count;
+        self.usage.merge(&f.usage);
     }
 
     /// Takes in what the scanner found in a payload; returns whether it was the first content.
@@ -1497,6 +1579,78 @@ mod tests {
         }
         let out = r.finish(true);
         (out, r.model().map(<[u8]>::to_vec))
+    }
+
+    /// Everything a reader tells about a body fed in pieces of `size`: the outcome, the model,
+    /// which feeds saw the first content, and whether the end did.
+    fn observe(r: &mut UsageReader, body: &[u8], size: usize, complete: bool) -> String {
+        let firsts: Vec<bool> = body.chunks(size.max(1)).map(|p| r.feed(p)).collect();
+        let out = r.finish(complete);
+        format!(
+            "{out:?} {:?} {firsts:?} {}",
+            r.model(),
+            r.first_content_at_finish()
+        )
+    }
+
+    /// A reader reset after reading anything (another body, of the other framing, cut, left
+    /// in the middle of an event, its carry buffer or deferred tail in use) reads every corpus
+    /// body, whole and in pieces, as a new reader does.
+    #[test]
+    fn reset_reader_reads_as_a_new_one() {
+        let bodies: Vec<Vec<u8>> = corpus_payloads()
+            .into_iter()
+            .filter(|(_, event, _)| event.is_empty())
+            .map(|(_, _, body)| body)
+            // And each with a byte order mark (one cut inside it, before, below).
+            .flat_map(|body| [[BOM, &body].concat(), body])
+            .collect();
+        let formats = [
+            Format::Auto,
+            Format::OpenAi,
+            Format::Anthropic,
+            Format::Gemini,
+        ];
+        let mut used = UsageReader::new(Format::Auto, Body::EventStream);
+        for (i, body) in bodies.iter().enumerate() {
+            for (j, format) in formats.into_iter().enumerate() {
+                for kind in [Body::Json, Body::EventStream] {
+                    for size in [body.len(), 7] {
+                        for complete in [true, false] {
+                            // Something else first: the previous body, maybe left mid-way.
+                            let before = &bodies[(i + bodies.len() - 1) % bodies.len()];
+                            let other = if kind == Body::Json {
+                                Body::EventStream
+                            } else {
+                                Body::Json
+                            };
+                            used.reset(formats[(j + 1) % 4], other);
+                            let cut = match (i + j) % 4 {
+                                3 => 2.min(before.len()),
+                                k => before.len() * (1 + k) / 3,
+                            };
+                            for p in before[..cut].chunks(5 + i % 11) {
+                                used.feed(p);
+                            }
+                            if (i + j) % 2 == 0 {
+                                used.finish(complete);
+                            }
+                            used.reset(format, kind);
+                            let mut fresh = UsageReader::new(format, kind);
+                            assert_eq!(
+                                observe(&mut used, body, size, complete),
+                                observe(&mut fresh, body, size, complete),
+                                "body {i} {format:?} {kind:?} pieces of {size}"
+                            );
+                            assert!(
+                                used.state_bytes()
+                                    <= std::mem::size_of::<UsageReader>() + CARRY_CAP
+                            );
+                        }
+                    }
+                }
+            }
+        }
     }
 
     fn chat(rest: &str) -> String {
