@@ -170,8 +170,11 @@ def test_openmetrics_page_matches_the_text_page():
 
 def test_exemplars_carry_the_traceparent():
     with Nginx(CONF) as n:
+        # "The latest request" is the latest recorded: with two workers, one request's log
+        # phase can run after the next request's, so each is recorded before the next is sent.
         for i in range(1, 6):
             assert get(n, "/v1/x", {"X-Namespace": "ex", "traceparent": tp(i)})[0] == 200
+            settle(n, lambda m, i=i: m.total("http_requests_total") >= i)
         assert get(n, "/llm/chat", {"X-Namespace": "ex", "traceparent": tp(100)})[0] == 200
         # A location with exemplars off, and requests without a valid trace, add none.
         assert get(n, "/noex/x", {"X-Namespace": "off", "traceparent": tp(200)})[0] == 200
