@@ -208,7 +208,12 @@ pub fn label<'r>(r: &'r Request, source: &LabelSource) -> &'r [u8] {
     if name.var.len == 0 {
         if source.arg.len != 0 {
             let args = r.as_ref().args.as_bytes();
-            return query_arg(args, source.arg.as_bytes()).unwrap_or(b"");
+            let value = if source.arg_name.is_set() {
+                source.arg_name.find(args)
+            } else {
+                query_arg(args, source.arg.as_bytes())
+            };
+            return value.unwrap_or(b"");
         }
         return match source.variable {
             0 => eval(r, cv),

@@ -13,6 +13,8 @@
 
 use std::sync::atomic::AtomicU64;
 
+use crate::labels::{load8, load_short};
+
 /// Label values per cached key (the built-in families have at most six).
 pub const MAX_VALUES: usize = 6;
 /// Bytes beyond the first and last 8 of long byte values, in total, that an entry can hold.
@@ -125,6 +127,12 @@ fn finish(h: u64) -> u64 {
     x ^ (x >> 29)
 }
 
+/// The tag of a key whose running hash is `h` (never 0: an empty way's).
+#[inline(always)]
+fn tag(h: u64) -> u64 {
+    finish(h) | 1
+}
+
 #[inline(always)]
 fn word3(l: &Label) -> Word3 {
     if l.id != 0 {
@@ -168,13 +176,15 @@ impl<'a> SeriesCache<'a> {
         self.slots
     }
 
+    /// The running hash of a key's kind and words (the middles of its long values, if any, go
+    /// on top: [`salt`]); [`tag`] makes its tag.
     #[inline(always)]
-    fn tag(kind: u64, ks: &[Word3], salt: u64) -> u64 {
-        let mut h = mix(0x51ed_2701 ^ salt, kind);
+    fn hash(kind: u64, ks: &[Word3]) -> u64 {
+        let mut h = mix(0x51ed_2701, kind);
         for k in ks {
             h = mix(mix(mix(h, k[0]), k[1]), k[2]);
         }
-        finish(h) | 1
+        h
     }
 
     /// The index of the set of `tag`.
@@ -194,33 +204,46 @@ impl<'a> SeriesCache<'a> {
         for (k, l) in ks.iter_mut().zip(labels) {
             *k = word3(l);
         }
-        // The values longer than 16 bytes (whose middles the words do not hold) salt the tag
-        // and are compared in the entry's middle bytes, in order.
-        let mut salt_h = 0;
-        let mut long_mask = 0u32;
-        for (i, l) in labels.iter().enumerate() {
-            if l.id == 0 && l.bytes.len() > 16 {
-                salt_h = salt(salt_h, l.bytes);
-                long_mask |= 1 << i;
-            }
+        if labels.iter().any(|l| l.id == 0 && l.bytes.len() > 16) {
+            return self.get_long(kind, labels, ks);
         }
-        let tag = Self::tag(kind, &ks, salt_h);
+        let tag = tag(Self::hash(kind, &ks));
         let set = self.sets.get(self.set_of(tag))?;
         // Way by way, with constant indices (no copy of the tags, no bounds checks).
         for way in 0..WAYS {
             let e = &set.entries[way];
-            if set.tags[way] != tag || !same_words(e, kind, false, &ks) {
-                continue;
-            }
-            let mut at = 0;
-            let longs_ok = long_mask == 0
-                || labels
-                    .iter()
-                    .enumerate()
-                    .filter(|(i, _)| long_mask & 1 << i != 0)
-                    .all(|(_, l)| long_matches(e, &mut at, l.bytes));
-            if longs_ok {
+            if set.tags[way] == tag && same_words(e, kind, false, &ks) {
                 return Some(e.values);
+            }
+        }
+        None
+    }
+
+    /// [`get`](Self::get) for labels of which some values are longer than 16 bytes: their
+    /// middles (which the words do not hold) salt the tag and are compared with the entry's
+    /// middle bytes, in order. Out of line: the usual short values' path stays small.
+    #[inline(never)]
+    fn get_long<const N: usize>(
+        &self,
+        kind: u64,
+        labels: &[Label; N],
+        ks: [Word3; N],
+    ) -> Option<&'a [AtomicU64]> {
+        let long = |l: &&Label| l.id == 0 && l.bytes.len() > 16;
+        let h = labels.iter().filter(long).map(|l| l.bytes);
+        let tag = tag(h.fold(Self::hash(kind, &ks), salt));
+        let set = self.sets.get(self.set_of(tag))?;
+        for way in 0..WAYS {
+            let e = &set.entries[way];
+            if set.tags[way] == tag && same_words(e, kind, false, &ks) {
+                let mut at = 0;
+                if labels
+                    .iter()
+                    .filter(long)
+                    .all(|l| long_matches(e, &mut at, l.bytes))
+                {
+                    return Some(e.values);
+                }
             }
         }
         None
@@ -240,15 +263,39 @@ impl<'a> SeriesCache<'a> {
         if N > MAX_VALUES {
             return None;
         }
-        let is_long = long.len() > 16;
-        let tag = Self::tag(kind, ks, if is_long { salt(0, long) } else { 0 });
+        let h = Self::hash(kind, ks);
+        if long.len() > 16 {
+            return self.get_packed_long(h, kind, *ks, long);
+        }
+        let tag = tag(h);
+        let set = self.sets.get(self.set_of(tag))?;
+        for way in 0..WAYS {
+            let e = &set.entries[way];
+            if set.tags[way] == tag && same_words(e, kind, true, ks) {
+                return Some(e.values);
+            }
+        }
+        None
+    }
+
+    /// [`get_packed`](Self::get_packed) for a value longer than 16 bytes (see
+    /// [`get_long`](Self::get_long)), from the hash of the key's words (`h`).
+    #[inline(never)]
+    fn get_packed_long<const N: usize>(
+        &self,
+        h: u64,
+        kind: u64,
+        ks: [Word3; N],
+        long: &[u8],
+    ) -> Option<&'a [AtomicU64]> {
+        let tag = tag(salt_middle(h, middle(long)));
         let set = self.sets.get(self.set_of(tag))?;
         for way in 0..WAYS {
             let e = &set.entries[way];
             // Values with the same edges differ in the middle: the next way may hold this one.
             if set.tags[way] == tag
-                && same_words(e, kind, true, ks)
-                && (!is_long || long_matches(e, &mut 0, long))
+                && same_words(e, kind, true, &ks)
+                && long_matches(e, &mut 0, long)
             {
                 return Some(e.values);
             }
@@ -287,9 +334,8 @@ impl<'a> SeriesCache<'a> {
     ) {
         let mut k = [[0u64; 3]; MAX_VALUES];
         k[..ks.len()].copy_from_slice(ks);
-        let salt = longs.clone().fold(0, salt);
         let mut e = Entry {
-            tag: Self::tag(kind, ks, salt),
+            tag: tag(longs.clone().fold(Self::hash(kind, ks), salt)),
             kind,
             shape: shape(ks.len(), packed),
             k,
@@ -365,14 +411,26 @@ fn salt(h: u64, b: &[u8]) -> u64 {
     salt_middle(h, middle(b))
 }
 
-#[inline(never)]
+/// Folds a middle (at least one byte) into `h` by its words: its whole words from its start,
+/// then its last (up to) 8 bytes, which may overlap the word before (the value's length is in
+/// its `Word3`). Word loads, no byte copy.
+#[inline(always)]
 fn salt_middle(mut h: u64, m: &[u8]) -> u64 {
-    for c in m.chunks(8) {
-        let mut w = [0u8; 8];
-        w[..c.len()].copy_from_slice(c);
-        h = mix(h, u64::from_le_bytes(w));
+    let mut i = 0;
+    while i + 8 < m.len() {
+        h = mix(h, load8(&m[i..]));
+        i += 8;
     }
-    h
+    mix(h, last_word(m))
+}
+
+/// The last word of a middle (see [`salt_middle`]).
+#[inline(always)]
+fn last_word(m: &[u8]) -> u64 {
+    match m.len().checked_sub(8) {
+        Some(at) => load8(&m[at..]),
+        None => load_short(m),
+    }
 }
 
 /// Does the entry have this kind and these words? (One test at the end: N is a constant, so
@@ -386,13 +444,24 @@ fn same_words<const N: usize>(e: &Entry, kind: u64, packed: bool, ks: &[Word3; N
     diff == 0
 }
 
-/// Does the entry hold `b`'s middle bytes at `*at`? Advances `*at`.
+/// Does the entry hold `b`'s middle bytes at `*at`? Advances `*at`. (Compared by the words
+/// [`salt_middle`] reads, stopping at the first that differs: no `memcmp` call for a few
+/// words.)
 #[inline(always)]
 fn long_matches(e: &Entry, at: &mut usize, b: &[u8]) -> bool {
     let m = middle(b);
-    let ok = e.long.get(*at..*at + m.len()) == Some(m);
+    let Some(held) = e.long.get(*at..*at + m.len()) else {
+        return false;
+    };
     *at += m.len();
-    ok
+    let mut i = 0;
+    while i + 8 < m.len() {
+        if load8(&m[i..]) != load8(&held[i..]) {
+            return false;
+        }
+        i += 8;
+    }
+    last_word(m) == last_word(held)
 }
 
 /// The words of a byte value in a packed key (see [`SeriesCache::get_packed`]): its length tag
@@ -544,6 +613,43 @@ mod tests {
         let long = [0x61u8; VALUE_BYTES + 17];
         c.insert(1, &[Label::bytes(&long)], &a);
         assert!(c.get(1, &[Label::bytes(&long)]).is_none());
+    }
+
+    /// Long values of every cacheable length that differ in one byte of their middle (which
+    /// is hashed and compared a word at a time, the last word overlapping) are told apart, as
+    /// labels and as a packed key.
+    #[test]
+    fn every_middle_byte_counts() {
+        let a = words(1);
+        for len in 17..=16 + VALUE_BYTES {
+            let x: Vec<u8> = (0..len).map(|i| b'a' + (i % 26) as u8).collect();
+            let mut c = SeriesCache::new(64);
+            c.insert(1, &[Label::bytes(&x)], &a);
+            c.insert_packed(2, &[bytes_words(&x)], &x, &a);
+            assert!(c.get(1, &[Label::bytes(&x)]).is_some(), "{len}");
+            assert!(c.get_packed(2, &[bytes_words(&x)], &x).is_some(), "{len}");
+            // The hash alone already tells them apart: compare with the entries themselves too.
+            let entries: Vec<&Entry> = (c.sets.iter())
+                .flat_map(|s| s.entries.iter().zip(s.tags).filter(|(_, t)| *t != 0))
+                .map(|(e, _)| e)
+                .collect();
+            assert_eq!(entries.len(), 2);
+            for e in &entries {
+                assert!(long_matches(e, &mut 0, &x));
+            }
+            for j in 8..len - 8 {
+                let mut y = x.clone();
+                y[j] = b'#';
+                assert!(c.get(1, &[Label::bytes(&y)]).is_none(), "{len} {j}");
+                assert!(
+                    c.get_packed(2, &[bytes_words(&y)], &y).is_none(),
+                    "{len} {j}"
+                );
+                for e in &entries {
+                    assert!(!long_matches(e, &mut 0, &y), "{len} {j}");
+                }
+            }
+        }
     }
 
     #[test]
