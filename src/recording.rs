@@ -6,7 +6,7 @@ use std::ptr;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use gateway_metrics_core::buckets::bucket_index;
-use gateway_metrics_core::cache::{bytes_words, Label, SeriesCache};
+use gateway_metrics_core::cache::{bytes_words, middle_words, Label, SeriesCache, Word3};
 use gateway_metrics_core::catalogue::{self, fam, tokens};
 use gateway_metrics_core::exemplar::{self, Exemplar, TraceContext, SLOT_WORDS};
 use gateway_metrics_core::series_cached;
@@ -189,30 +189,62 @@ impl Recorder<'_> {
             layout,
             n_values,
         };
-        let ks = [
-            [
-                method.id << 32 | cut.id << 24 | status as u64,
-                endpoint.id,
-                upstream.id,
-            ],
-            bytes_words(ns.bytes),
+        let ids = [
+            method.id << 32 | cut.id << 24 | status as u64,
+            endpoint.id,
+            upstream.id,
         ];
+        let b = ns.bytes;
+        if b.len() <= 16 {
+            return self.packed(kind, [ids, bytes_words(b)], [], labels);
+        }
+        // A namespace of up to 40 bytes is held whole in the key's words: no middle to hash
+        // and compare apart.
+        match middle_words(b) {
+            Some(mid) => self.packed(kind, [ids, bytes_words(b), mid], [], labels),
+            None => self.packed(kind, [ids, bytes_words(b)], [b], labels),
+        }
+    }
+
+    /// A series asked of the cache with a packed key (see `SeriesCache::get_packed`), else
+    /// found or made in the zone (and then cached under that key).
+    #[inline(always)]
+    fn packed<const N: usize, const L: usize, const M: usize>(
+        &self,
+        kind: SeriesKind,
+        ks: [Word3; N],
+        longs: [&[u8]; L],
+        labels: &[Label; M],
+    ) -> Option<&'static [AtomicU64]> {
         let mut cache = CACHE.0.try_borrow_mut().ok()?;
-        if let Some(v) = cache.get_packed(kind.bits(), &ks, ns.bytes) {
+        if let Some(v) = cache.get_packed(kind.bits(), &ks, &longs) {
             return Some(v);
         }
+        // The slow path gets copies: lending it the key or the snapshot's labels would keep
+        // them in memory, stored on every request.
+        let (ks, longs, labels) = (ks, longs, *labels);
+        self.packed_miss(&mut cache, kind, &ks, &longs, &labels)
+    }
+
+    /// [`packed`](Self::packed)'s cache miss.
+    #[cold]
+    #[inline(never)]
+    fn packed_miss<const M: usize>(
+        &self,
+        cache: &mut SeriesCache<'static>,
+        kind: SeriesKind,
+        ks: &[Word3],
+        longs: &[&[u8]],
+        labels: &[Label; M],
+    ) -> Option<&'static [AtomicU64]> {
         ngx::ngx_log_debug_mask!(
             DebugMask::Http,
             self.log,
-            "gateway_metrics: series cache miss (namespace \"{}\"): looking in the zone",
-            String::from_utf8_lossy(ns.bytes)
+            "gateway_metrics: series cache miss: looking in the zone"
         );
-        let labels = *labels;
-        let (v, own) = self.cached(&mut cache, kind, &labels);
+        let (v, own) = self.cached(cache, kind, labels);
         if let (Some(v), true) = (v, own) {
-            // A copy, as above: the key stays in registers on the hit path.
-            let key = ks;
-            cache.insert_packed(kind.bits(), &key, ns.bytes, v);
+            cache.insert_packed(kind.bits(), ks, longs, v);
         }
         v
     }
@@ -228,7 +260,7 @@ impl Recorder<'_> {
         };
         let ks = [bytes_words(ns)];
         let mut cache = CACHE.0.try_borrow_mut().ok()?;
-        if let Some(v) = cache.get_packed(kind.bits(), &ks, ns) {
+        if let Some(v) = cache.get_packed(kind.bits(), &ks, &[ns]) {
             return Some(v);
         }
         let labels = [Label::bytes(ns), Label::with_id(1, lane)];
@@ -236,9 +268,45 @@ impl Recorder<'_> {
         if let (Some(v), true) = (v, own) {
             // A copy: lending the key out of line would keep it in memory on the hit path.
             let key = ks;
-            cache.insert_packed(kind.bits(), &key, ns, v);
+            cache.insert_packed(kind.bits(), &key, &[ns], v);
         }
         v
+    }
+
+    /// The `MODEL_REQUEST` series of (model, namespace, status class: `class_id` 1 or 2 for
+    /// `class`), asked of the cache with a packed key: the model's words with the class in the
+    /// top byte of its length word (a length never reaches it), then the namespace's.
+    #[inline(always)]
+    fn model_series(
+        &self,
+        layout: u8,
+        n_values: u8,
+        model: &[u8],
+        ns: &[u8],
+        class: (u64, &'static str),
+    ) -> Option<&'static [AtomicU64]> {
+        let kind = SeriesKind {
+            family: fam::MODEL_REQUEST,
+            layout,
+            n_values,
+        };
+        let mut model_words = bytes_words(model);
+        model_words[0] ^= class.0 << 56;
+        let labels = [
+            Label::bytes(model),
+            Label::bytes(ns),
+            Label::with_id(class.0, class.1.as_bytes()),
+        ];
+        if model.len() <= 16 && ns.len() <= 16 {
+            return self.packed(kind, [model_words, bytes_words(ns)], [], &labels);
+        }
+        match (model.len() <= 16, middle_words(ns)) {
+            (true, Some(mid)) => {
+                let ks = [model_words, bytes_words(ns), mid];
+                self.packed(kind, ks, [], &labels)
+            }
+            _ => self.packed(kind, [model_words, bytes_words(ns)], [model, ns], &labels),
+        }
     }
 
     /// Writes the request's exemplar into slot `slot` (of `slots`) of the series `values`.
@@ -385,12 +453,7 @@ fn record_with<const EX: bool>(t: &Recorder, f: &Finished, trace: Option<&Trace>
             None => catalogue::status_class(status.min(u16::MAX as ngx_uint_t) as u16),
         };
         let class_id = if class == "success" { 1 } else { 2 };
-        let labels = [
-            Label::bytes(model),
-            Label::bytes(ns),
-            Label::with_id(class_id, class.as_bytes()),
-        ];
-        if let Some(v) = t.series(fam::MODEL_REQUEST, layouts.duration, words, &labels) {
+        if let Some(v) = t.model_series(layouts.duration, words, model, ns, (class_id, class)) {
             observe(v, &bounds.duration, f.duration);
             let kind = (fam::MODEL_REQUEST, layouts.duration);
             t.bucket_exemplar::<EX>(trace, v, kind, &bounds.duration, f.duration);

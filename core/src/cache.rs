@@ -249,23 +249,24 @@ impl<'a> SeriesCache<'a> {
         None
     }
 
-    /// Like [`get`](Self::get) for a key the caller encoded itself as `N` words triples, exactly
-    /// (distinct label values, distinct words), plus at most one byte value that may be longer
-    /// than 16 bytes (`long`, whose first and last 8 bytes and length the words must hold).
-    /// Cheaper than labels when most values have identities: they can share words.
+    /// Like [`get`](Self::get) for a key the caller encoded itself as `N` word triples, exactly
+    /// (distinct label values, distinct words), plus its byte values that may be longer than 16
+    /// bytes (`longs`, in a fixed order: the words must hold each one's length and first and last
+    /// 8 bytes; their middles are compared here). Cheaper than labels when most values have
+    /// identities, which can share words.
     #[inline(always)]
-    pub fn get_packed<const N: usize>(
+    pub fn get_packed<const N: usize, const L: usize>(
         &self,
         kind: u64,
         ks: &[Word3; N],
-        long: &[u8],
+        longs: &[&[u8]; L],
     ) -> Option<&'a [AtomicU64]> {
         if N > MAX_VALUES {
             return None;
         }
         let h = Self::hash(kind, ks);
-        if long.len() > 16 {
-            return self.get_packed_long(h, kind, *ks, long);
+        if longs.iter().any(|l| l.len() > 16) {
+            return self.get_packed_long(h, kind, ks, longs);
         }
         let tag = tag(h);
         let set = self.sets.get(self.set_of(tag))?;
@@ -278,26 +279,26 @@ impl<'a> SeriesCache<'a> {
         None
     }
 
-    /// [`get_packed`](Self::get_packed) for a value longer than 16 bytes (see
+    /// [`get_packed`](Self::get_packed) for keys with a value longer than 16 bytes (see
     /// [`get_long`](Self::get_long)), from the hash of the key's words (`h`).
     #[inline(never)]
-    fn get_packed_long<const N: usize>(
+    fn get_packed_long<const N: usize, const L: usize>(
         &self,
         h: u64,
         kind: u64,
-        ks: [Word3; N],
-        long: &[u8],
+        ks: &[Word3; N],
+        longs: &[&[u8]; L],
     ) -> Option<&'a [AtomicU64]> {
-        let tag = tag(salt_middle(h, middle(long)));
+        let tag = tag(longs.iter().fold(h, |h, l| salt(h, l)));
         let set = self.sets.get(self.set_of(tag))?;
         for way in 0..WAYS {
             let e = &set.entries[way];
             // Values with the same edges differ in the middle: the next way may hold this one.
-            if set.tags[way] == tag
-                && same_words(e, kind, true, &ks)
-                && long_matches(e, &mut 0, long)
-            {
-                return Some(e.values);
+            if set.tags[way] == tag && same_words(e, kind, true, ks) {
+                let mut at = 0;
+                if longs.iter().all(|l| long_matches(e, &mut at, l)) {
+                    return Some(e.values);
+                }
             }
         }
         None
@@ -318,9 +319,15 @@ impl<'a> SeriesCache<'a> {
     }
 
     /// Remembers a key encoded as for [`get_packed`](Self::get_packed).
-    pub fn insert_packed(&mut self, kind: u64, ks: &[Word3], long: &[u8], values: &'a [AtomicU64]) {
+    pub fn insert_packed(
+        &mut self,
+        kind: u64,
+        ks: &[Word3],
+        longs: &[&[u8]],
+        values: &'a [AtomicU64],
+    ) {
         if ks.len() <= MAX_VALUES {
-            self.put(kind, true, ks, std::iter::once(long), values);
+            self.put(kind, true, ks, longs.iter().copied(), values);
         }
     }
 
@@ -464,6 +471,26 @@ fn long_matches(e: &Entry, at: &mut usize, b: &[u8]) -> bool {
     last_word(m) == last_word(held)
 }
 
+/// The middle of a value of 17 to 40 bytes (at most 24 bytes), exactly, as a word triple (with
+/// the value's length, from its [`bytes_words`]): a packed key can hold such a value whole in
+/// two triples, with no middle to hash and compare apart (see [`SeriesCache::get_packed`]).
+/// `None` for other lengths.
+#[inline(always)]
+pub fn middle_words(b: &[u8]) -> Option<Word3> {
+    if !(17..=40).contains(&b.len()) {
+        return None;
+    }
+    let m = middle(b);
+    let n = m.len();
+    Some(if n <= 8 {
+        [load_short(m), 0, 0]
+    } else if n <= 16 {
+        [load8(m), load8(&m[n - 8..]), 0]
+    } else {
+        [load8(m), load8(&m[8..]), load8(&m[n - 8..])]
+    })
+}
+
 /// The words of a byte value in a packed key (see [`SeriesCache::get_packed`]): its length tag
 /// and its first and last (up to) 8 bytes.
 #[inline(always)]
@@ -498,13 +525,13 @@ mod tests {
             let keys: Vec<String> = (0..n).map(make).collect();
             for k in &keys {
                 let ks = [[7 << 32 | 200, 0x1000, 1], bytes_words(k.as_bytes())];
-                c.insert_packed(1, &ks, k.as_bytes(), &values);
+                c.insert_packed(1, &ks, &[k.as_bytes()], &values);
             }
             let hits = keys
                 .iter()
                 .filter(|k| {
                     let ks = [[7 << 32 | 200, 0x1000, 1], bytes_words(k.as_bytes())];
-                    c.get_packed(1, &ks, k.as_bytes()).is_some()
+                    c.get_packed(1, &ks, &[k.as_bytes()]).is_some()
                 })
                 .count();
             assert!(
@@ -554,19 +581,19 @@ mod tests {
         let mut c = SeriesCache::new(64);
         let ns = b"tenant-with-a-long-name-0001";
         let ks = [[7 << 32 | 200, 0x1000, 1], bytes_words(ns)];
-        assert!(c.get_packed(3, &ks, ns).is_none());
-        c.insert_packed(3, &ks, ns, &a);
-        assert!(std::ptr::eq(c.get_packed(3, &ks, ns).unwrap(), &a[..]));
+        assert!(c.get_packed(3, &ks, &[ns]).is_none());
+        c.insert_packed(3, &ks, &[ns], &a);
+        assert!(std::ptr::eq(c.get_packed(3, &ks, &[ns]).unwrap(), &a[..]));
         // Same first and last 8 bytes and length, other middle: a miss.
         let other = b"tenant-with-a-LONG-name-0001";
         assert!(c
-            .get_packed(3, &[ks[0], bytes_words(other)], other)
+            .get_packed(3, &[ks[0], bytes_words(other)], &[other])
             .is_none());
         // Other status in the shared word, other kind: misses.
         assert!(c
-            .get_packed(3, &[[7 << 32 | 201, 0x1000, 1], ks[1]], ns)
+            .get_packed(3, &[[7 << 32 | 201, 0x1000, 1], ks[1]], &[ns])
             .is_none());
-        assert!(c.get_packed(4, &ks, ns).is_none());
+        assert!(c.get_packed(4, &ks, &[ns]).is_none());
         // A label entry of the same words is not a packed entry, and the other way round.
         let labels = [Label::with_id(7 << 32 | 200, b"x"), Label::bytes(ns)];
         assert!(c.get(3, &labels).is_none());
@@ -592,6 +619,71 @@ mod tests {
         }
     }
 
+    /// A packed key with two values that may be long (a model and a namespace): each one's
+    /// middle counts, in its place.
+    #[test]
+    fn packed_keys_with_two_long_values() {
+        let (a, b) = (words(1), words(1));
+        let mut c = SeriesCache::new(64);
+        let model = b"claude-sonnet-4-5-20250929";
+        let (ns1, ns2) = (
+            b"tenant-00001-with-a-long-name",
+            b"tenant-00001-WITH-a-long-name",
+        );
+        let key = |m: &[u8], ns: &[u8]| [bytes_words(m), bytes_words(ns)];
+        c.insert_packed(5, &key(model, ns1), &[model, ns1], &a);
+        c.insert_packed(5, &key(model, ns2), &[model, ns2], &b);
+        let got = |m: &[u8], ns: &[u8]| c.get_packed(5, &key(m, ns), &[m, ns]);
+        assert!(std::ptr::eq(got(model, ns1).unwrap(), &a[..]));
+        assert!(std::ptr::eq(got(model, ns2).unwrap(), &b[..]));
+        assert!(got(b"claude-sonnet-4-X-20250929", ns1).is_none());
+        assert!(got(b"gpt-4o", ns1).is_none());
+        assert!(got(model, b"tenant-00001-with-a-LONG-name").is_none());
+        // In their places: the same bytes the other way round are another key.
+        let entry = c.sets.iter().flat_map(|s| s.entries.iter().zip(s.tags));
+        let e = entry
+            .filter(|(_, t)| *t != 0)
+            .map(|(e, _)| e)
+            .next()
+            .unwrap();
+        let mut at = 0;
+        let first = long_matches(e, &mut at, model);
+        assert!(first && long_matches(e, &mut at, if ptr_of(e, &a) { ns1 } else { ns2 }));
+        let mut at = 0;
+        assert!(!long_matches(e, &mut at, ns1));
+    }
+
+    fn ptr_of(e: &Entry, v: &[AtomicU64]) -> bool {
+        std::ptr::eq(e.values, v)
+    }
+
+    /// Values of 17 to 40 bytes held whole in a packed key (their edges and middle words):
+    /// every byte counts, and each length has its own keys.
+    #[test]
+    fn middle_words_hold_values_exactly() {
+        let a = words(1);
+        assert_eq!(middle_words(&[b'x'; 16]), None);
+        assert_eq!(middle_words(&[b'x'; 41]), None);
+        for len in 17..=40 {
+            let x: Vec<u8> = (0..len).map(|i| b'a' + (i % 26) as u8).collect();
+            let key = |v: &[u8]| [bytes_words(v), middle_words(v).unwrap()];
+            let mut c = SeriesCache::new(64);
+            c.insert_packed(2, &key(&x), &[], &a);
+            assert!(c.get_packed(2, &key(&x), &[]).is_some(), "{len}");
+            for j in 0..len {
+                let mut y = x.clone();
+                y[j] = b'#';
+                assert_ne!(key(&x), key(&y), "{len} {j}");
+                assert!(c.get_packed(2, &key(&y), &[]).is_none(), "{len} {j}");
+            }
+            // A value one byte longer or shorter with the same bytes otherwise: other words.
+            let shorter = &x[..len - 1];
+            if len > 17 {
+                assert_ne!(key(&x), key(shorter), "{len}");
+            }
+        }
+    }
+
     #[test]
     fn forty_byte_packed_values_are_cached() {
         let a = words(1);
@@ -600,9 +692,9 @@ mod tests {
             let ns = format!("tenant-{i:05}-{}", "x".repeat(27));
             assert_eq!(ns.len(), 40);
             let ks = [[7 << 32 | 200, 0x1000, 1], bytes_words(ns.as_bytes())];
-            assert!(c.get_packed(3, &ks, ns.as_bytes()).is_none());
-            c.insert_packed(3, &ks, ns.as_bytes(), &a);
-            assert!(c.get_packed(3, &ks, ns.as_bytes()).is_some(), "{ns}");
+            assert!(c.get_packed(3, &ks, &[ns.as_bytes()]).is_none());
+            c.insert_packed(3, &ks, &[ns.as_bytes()], &a);
+            assert!(c.get_packed(3, &ks, &[ns.as_bytes()]).is_some(), "{ns}");
         }
     }
 
@@ -625,9 +717,12 @@ mod tests {
             let x: Vec<u8> = (0..len).map(|i| b'a' + (i % 26) as u8).collect();
             let mut c = SeriesCache::new(64);
             c.insert(1, &[Label::bytes(&x)], &a);
-            c.insert_packed(2, &[bytes_words(&x)], &x, &a);
+            c.insert_packed(2, &[bytes_words(&x)], &[&x], &a);
             assert!(c.get(1, &[Label::bytes(&x)]).is_some(), "{len}");
-            assert!(c.get_packed(2, &[bytes_words(&x)], &x).is_some(), "{len}");
+            assert!(
+                c.get_packed(2, &[bytes_words(&x)], &[&x]).is_some(),
+                "{len}"
+            );
             // The hash alone already tells them apart: compare with the entries themselves too.
             let entries: Vec<&Entry> = (c.sets.iter())
                 .flat_map(|s| s.entries.iter().zip(s.tags).filter(|(_, t)| *t != 0))
@@ -642,7 +737,7 @@ mod tests {
                 y[j] = b'#';
                 assert!(c.get(1, &[Label::bytes(&y)]).is_none(), "{len} {j}");
                 assert!(
-                    c.get_packed(2, &[bytes_words(&y)], &y).is_none(),
+                    c.get_packed(2, &[bytes_words(&y)], &[&y]).is_none(),
                     "{len} {j}"
                 );
                 for e in &entries {

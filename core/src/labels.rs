@@ -663,19 +663,28 @@ fn lower_word(w: u64) -> u64 {
 }
 
 /// The index of the first `&` in `b` from `at`, else `b.len()`: a word at a time (the lowest
-/// zero byte of `x` is exactly where `(x - 1s) & !x` has its lowest top bit; a byte past the
-/// end reads as 0, never as `&`).
+/// zero byte of `x` is exactly where `(x - 1s) & !x` has its lowest top bit), the last few
+/// bytes as one zero-extended word (a byte past the end is 0, never `&`).
 #[inline(always)]
 fn next_amp(b: &[u8], mut at: usize) -> usize {
-    while at < b.len() {
-        let x = word_at(b, at) ^ (ONES * b'&' as u64);
-        let zero = x.wrapping_sub(ONES) & !x & HIGHS;
-        if zero != 0 {
-            return at + (zero.trailing_zeros() / 8) as usize;
+    while let Some(w) = b.get(at..at + 8) {
+        if let Some(i) = amp_in(load8(w)) {
+            return at + i;
         }
         at += 8;
     }
-    b.len()
+    match amp_in(load_short(b.get(at..).unwrap_or_default())) {
+        Some(i) => at + i,
+        None => b.len(),
+    }
+}
+
+/// The index of the first `&` byte of a little-endian word.
+#[inline(always)]
+fn amp_in(w: u64) -> Option<usize> {
+    let x = w ^ (ONES * b'&' as u64);
+    let zero = x.wrapping_sub(ONES) & !x & HIGHS;
+    (zero != 0).then(|| (zero.trailing_zeros() / 8) as usize)
 }
 
 /// If a label's configured value is exactly one variable (`$arg_ns`, `${upstream_addr}`), its
