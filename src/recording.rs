@@ -9,9 +9,9 @@ use gateway_metrics_core::buckets::bucket_index;
 use gateway_metrics_core::cache::{bytes_words, middle_words, Label, SeriesCache, Word3};
 use gateway_metrics_core::catalogue::{self, fam, tokens};
 use gateway_metrics_core::exemplar::{self, Exemplar, TraceContext, SLOT_WORDS};
-use gateway_metrics_core::series_cached;
 use gateway_metrics_core::store::{add_f64, add_u64, observe, DropReason, SeriesKind};
 use gateway_metrics_core::usage::Tokens;
+use gateway_metrics_core::{series_cached, series_of};
 use nginx_sys::*;
 
 use crate::conf::MainConf;
@@ -242,9 +242,14 @@ impl Recorder<'_> {
             self.log,
             "gateway_metrics: series cache miss: looking in the zone"
         );
-        let (v, own) = self.cached(cache, kind, labels);
-        if let (Some(v), true) = (v, own) {
-            cache.insert_packed(kind.bits(), ks, longs, v);
+        // Straight to the zone: the series is cached under its packed key only (an entry under
+        // its labels too would take a second place in the cache, never looked up).
+        let values: [&[u8]; M] = std::array::from_fn(|i| labels[i].bytes);
+        let (v, reason) = series_of(&self.store, &self.lock, self.zone.limits(), kind, &values);
+        match (v, reason) {
+            (Some(v), None) => cache.insert_packed(kind.bits(), ks, longs, v),
+            (_, Some(reason)) => self.warn(reason),
+            _ => {}
         }
         v
     }
@@ -258,19 +263,8 @@ impl Recorder<'_> {
             layout: 0,
             n_values: 2,
         };
-        let ks = [bytes_words(ns)];
-        let mut cache = CACHE.0.try_borrow_mut().ok()?;
-        if let Some(v) = cache.get_packed(kind.bits(), &ks, &[ns]) {
-            return Some(v);
-        }
         let labels = [Label::bytes(ns), Label::with_id(1, lane)];
-        let (v, own) = self.cached(&mut cache, kind, &labels);
-        if let (Some(v), true) = (v, own) {
-            // A copy: lending the key out of line would keep it in memory on the hit path.
-            let key = ks;
-            cache.insert_packed(kind.bits(), &key, &[ns], v);
-        }
-        v
+        self.packed(kind, [bytes_words(ns)], [ns], &labels)
     }
 
     /// The `MODEL_REQUEST` series of (model, namespace, status class: `class_id` 1 or 2 for
