@@ -6,7 +6,9 @@ use std::ptr;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use gateway_metrics_core::buckets::bucket_index;
-use gateway_metrics_core::cache::{bytes_words, middle_words, Label, SeriesCache, Word3};
+use gateway_metrics_core::cache::{
+    bytes_words, middle_words, middle_words2, Label, SeriesCache, Word3,
+};
 use gateway_metrics_core::catalogue::{self, fam, tokens};
 use gateway_metrics_core::exemplar::{self, Exemplar, TraceContext, SLOT_WORDS};
 use gateway_metrics_core::store::{add_f64, add_u64, observe, DropReason, SeriesKind};
@@ -198,10 +200,13 @@ impl Recorder<'_> {
         if b.len() <= 16 {
             return self.packed(kind, [ids, bytes_words(b)], [], labels);
         }
-        // A namespace of up to 40 bytes is held whole in the key's words: no middle to hash
+        // A namespace of up to 64 bytes is held whole in the key's words: no middle to hash
         // and compare apart.
-        match middle_words(b) {
-            Some(mid) => self.packed(kind, [ids, bytes_words(b), mid], [], labels),
+        if let Some(mid) = middle_words(b) {
+            return self.packed(kind, [ids, bytes_words(b), mid], [], labels);
+        }
+        match middle_words2(b) {
+            Some([m1, m2]) => self.packed(kind, [ids, bytes_words(b), m1, m2], [], labels),
             None => self.packed(kind, [ids, bytes_words(b)], [b], labels),
         }
     }
