@@ -299,13 +299,18 @@ impl Recorder<'_> {
         if model.len() <= 16 && ns.len() <= 16 {
             return self.packed(kind, [model_words, bytes_words(ns)], [], &labels);
         }
-        match (model.len() <= 16, middle_words(ns)) {
-            (true, Some(mid)) => {
-                let ks = [model_words, bytes_words(ns), mid];
-                self.packed(kind, ks, [], &labels)
+        // With a short model, a namespace of up to 64 bytes is held whole, as in the request
+        // series' key.
+        if model.len() <= 16 {
+            if let Some(mid) = middle_words(ns) {
+                return self.packed(kind, [model_words, bytes_words(ns), mid], [], &labels);
             }
-            _ => self.packed(kind, [model_words, bytes_words(ns)], [model, ns], &labels),
+            if let Some([m1, m2]) = middle_words2(ns) {
+                let ks = [model_words, bytes_words(ns), m1, m2];
+                return self.packed(kind, ks, [], &labels);
+            }
         }
+        self.packed(kind, [model_words, bytes_words(ns)], [model, ns], &labels)
     }
 
     /// Writes the request's exemplar into slot `slot` (of `slots`) of the series `values`.
