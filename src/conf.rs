@@ -8,7 +8,9 @@ use std::ptr;
 use gateway_metrics_core::buckets::Histograms;
 use gateway_metrics_core::catalogue::Views;
 use gateway_metrics_core::config::Price;
-use gateway_metrics_core::labels::{arg_variable, edge_words, header_variable, single_variable};
+use gateway_metrics_core::labels::{
+    arg_variable, edge_words, header_variable, single_variable, ArgName,
+};
 use gateway_metrics_core::render::CustomFamily;
 use gateway_metrics_core::usage::Format;
 use nginx_sys::*;
@@ -123,6 +125,8 @@ pub struct LabelSource {
     /// the query string directly (as nginx reads it, without its variable machinery); empty
     /// otherwise.
     pub arg: ngx_str_t,
+    /// `arg` as the hot path compares it, when it can (names of up to 15 bytes).
+    pub arg_name: ArgName,
 }
 
 impl LabelSource {
@@ -224,6 +228,7 @@ impl LocConf {
             }
             c.header = HeaderName::of(cf, c.cv)?;
             c.arg = arg_of(cf, c.cv)?;
+            c.arg_name = ArgName::new(c.arg.as_bytes()).unwrap_or_default();
             c.variable = if c.arg.len == 0 {
                 variable_of(cf, c.cv, &c.header)
             } else {

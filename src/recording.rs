@@ -6,12 +6,14 @@ use std::ptr;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use gateway_metrics_core::buckets::bucket_index;
-use gateway_metrics_core::cache::{bytes_words, long_salt, Label, SeriesCache, Word3};
+use gateway_metrics_core::cache::{
+    bytes_words, middle_words, middle_words2, Label, SeriesCache, Word3,
+};
 use gateway_metrics_core::catalogue::{self, fam, tokens};
 use gateway_metrics_core::exemplar::{self, Exemplar, TraceContext, SLOT_WORDS};
-use gateway_metrics_core::series_cached;
 use gateway_metrics_core::store::{add_f64, add_u64, observe, DropReason, SeriesKind};
 use gateway_metrics_core::usage::Tokens;
+use gateway_metrics_core::{series_cached, series_of};
 use nginx_sys::*;
 
 use crate::conf::MainConf;
@@ -189,32 +191,88 @@ impl Recorder<'_> {
             layout,
             n_values,
         };
-        let ks = [
-            [
-                method.id << 32 | cut.id << 24 | status as u64,
-                endpoint.id,
-                upstream.id,
-            ],
-            bytes_words(ns.bytes),
+        let ids = [
+            method.id << 32 | cut.id << 24 | status as u64,
+            endpoint.id,
+            upstream.id,
         ];
-        let mut cache = CACHE.0.try_borrow_mut().ok()?;
-        if let Some(v) = cache.get_packed(kind.bits(), &ks, ns.bytes) {
-            return Some(v);
+        let b = ns.bytes;
+        if b.len() <= 16 {
+            return self.packed(kind, [ids, bytes_words(b)], [], labels);
         }
+        // A namespace of up to 64 bytes is held whole in the key's words: no middle to hash
+        // and compare apart.
+        if let Some(mid) = middle_words(b) {
+            return self.packed(kind, [ids, bytes_words(b), mid], [], labels);
+        }
+        match middle_words2(b) {
+            Some([m1, m2]) => self.packed(kind, [ids, bytes_words(b), m1, m2], [], labels),
+            None => self.packed(kind, [ids, bytes_words(b)], [b], labels),
+        }
+    }
+
+    /// A series asked of the cache with a packed key (see `SeriesCache::get_packed`), else
+    /// found or made in the zone (and then cached under that key).
+    #[inline(always)]
+    fn packed<const N: usize, const L: usize, const M: usize>(
+        &self,
+        kind: SeriesKind,
+        ks: [Word3; N],
+        longs: [&[u8]; L],
+        labels: &[Label; M],
+    ) -> Option<&'static [AtomicU64]> {
+        self.packed_own(kind, ks, longs, labels).0
+    }
+
+    /// [`packed`](Self::packed), also saying whether the series is the labels' own (not an
+    /// overflow series).
+    #[inline(always)]
+    fn packed_own<const N: usize, const L: usize, const M: usize>(
+        &self,
+        kind: SeriesKind,
+        ks: [Word3; N],
+        longs: [&[u8]; L],
+        labels: &[Label; M],
+    ) -> (Option<&'static [AtomicU64]>, bool) {
+        let Ok(mut cache) = CACHE.0.try_borrow_mut() else {
+            return (None, false);
+        };
+        // Only a series' own key is cached.
+        if let Some(v) = cache.get_packed(kind.bits(), &ks, &longs) {
+            return (Some(v), true);
+        }
+        // The slow path gets copies: lending it the key or the snapshot's labels would keep
+        // them in memory, stored on every request.
+        let (ks, longs, labels) = (ks, longs, *labels);
+        self.packed_miss(&mut cache, kind, &ks, &longs, &labels)
+    }
+
+    /// [`packed`](Self::packed)'s cache miss.
+    #[cold]
+    #[inline(never)]
+    fn packed_miss<const M: usize>(
+        &self,
+        cache: &mut SeriesCache<'static>,
+        kind: SeriesKind,
+        ks: &[Word3],
+        longs: &[&[u8]],
+        labels: &[Label; M],
+    ) -> (Option<&'static [AtomicU64]>, bool) {
         ngx::ngx_log_debug_mask!(
             DebugMask::Http,
             self.log,
-            "gateway_metrics: series cache miss (namespace \"{}\"): looking in the zone",
-            String::from_utf8_lossy(ns.bytes)
+            "gateway_metrics: series cache miss: looking in the zone"
         );
-        let labels = *labels;
-        let (v, own) = self.cached(&mut cache, kind, &labels);
-        if let (Some(v), true) = (v, own) {
-            // A copy, as above: the key stays in registers on the hit path.
-            let key = ks;
-            cache.insert_packed(kind.bits(), &key, ns.bytes, v);
+        // Straight to the zone: the series is cached under its packed key only (an entry under
+        // its labels too would take a second place in the cache, never looked up).
+        let values: [&[u8]; M] = std::array::from_fn(|i| labels[i].bytes);
+        let (v, reason) = series_of(&self.store, &self.lock, self.zone.limits(), kind, &values);
+        match (v, reason) {
+            (Some(v), None) => cache.insert_packed(kind.bits(), ks, longs, v),
+            (_, Some(reason)) => self.warn(reason),
+            _ => {}
         }
-        v
+        (v, reason.is_none())
     }
 
     /// The series of a model family whose labels start with the request's model and namespace
@@ -245,8 +303,7 @@ impl Recorder<'_> {
         let Ok(mut cache) = CACHE.0.try_borrow_mut() else {
             return (None, false);
         };
-        let packable = key.packable && labels.iter().skip(2).all(|l| l.id != 0);
-        let (v, own) = if packable {
+        let (v, own) = if labels.iter().skip(2).all(|l| l.id != 0) {
             let mut ks = [[0u64; 3]; N];
             for (i, (k, l)) in ks.iter_mut().zip(labels).enumerate() {
                 *k = match i {
@@ -254,26 +311,13 @@ impl Recorder<'_> {
                     _ => [l.id, 0, 0],
                 };
             }
-            // A key of the model alone holds the namespace's long value only when it is the
-            // model.
-            let (long, salt) = match N {
-                1 => key.model_long,
-                _ => key.long,
+            // A key of the model alone holds only the model's long value.
+            let longs = match N {
+                1 => [key.model, &b""[..]],
+                _ => [key.model, key.ns],
             };
-            match cache.get_packed_salted(kind.bits(), &ks, long, salt) {
-                Some(v) => (Some(v), true),
-                None => {
-                    let labels = *labels;
-                    let (v, own) = self.cached(&mut cache, kind, &labels);
-                    if let (Some(v), true) = (v, own) {
-                        // A copy, as in request_series: the key stays in registers on the hit
-                        // path.
-                        let key = ks;
-                        cache.insert_packed(kind.bits(), &key, long, v);
-                    }
-                    (v, own)
-                }
-            }
+            drop(cache);
+            self.packed_own(kind, ks, longs, labels)
         } else {
             let labels = *labels;
             self.cached(&mut cache, kind, &labels)
@@ -293,19 +337,50 @@ impl Recorder<'_> {
             layout: 0,
             n_values: 2,
         };
-        let ks = [bytes_words(ns)];
-        let mut cache = CACHE.0.try_borrow_mut().ok()?;
-        if let Some(v) = cache.get_packed(kind.bits(), &ks, ns) {
-            return Some(v);
-        }
         let labels = [Label::bytes(ns), Label::with_id(1, lane)];
-        let (v, own) = self.cached(&mut cache, kind, &labels);
-        if let (Some(v), true) = (v, own) {
-            // A copy: lending the key out of line would keep it in memory on the hit path.
-            let key = ks;
-            cache.insert_packed(kind.bits(), &key, ns, v);
+        self.packed(kind, [bytes_words(ns)], [ns], &labels)
+    }
+
+    /// The `MODEL_REQUEST` series of (model, namespace, status class: `class_id` 1 or 2 for
+    /// `class`), asked of the cache with a packed key: the model's words with the class in the
+    /// top byte of its length word (a length never reaches it), then the namespace's. Also
+    /// says whether it is the labels' own series (the anchor of the related table).
+    #[inline(always)]
+    fn model_request_series(
+        &self,
+        layout: u8,
+        n_values: u8,
+        model: &[u8],
+        ns: &[u8],
+        class: (u64, &'static str),
+    ) -> (Option<&'static [AtomicU64]>, bool) {
+        let kind = SeriesKind {
+            family: fam::MODEL_REQUEST,
+            layout,
+            n_values,
+        };
+        let mut model_words = bytes_words(model);
+        model_words[0] ^= class.0 << 56;
+        let labels = [
+            Label::bytes(model),
+            Label::bytes(ns),
+            Label::with_id(class.0, class.1.as_bytes()),
+        ];
+        if model.len() <= 16 && ns.len() <= 16 {
+            return self.packed_own(kind, [model_words, bytes_words(ns)], [], &labels);
         }
-        v
+        // With a short model, a namespace of up to 64 bytes is held whole, as in the request
+        // series' key.
+        if model.len() <= 16 {
+            if let Some(mid) = middle_words(ns) {
+                return self.packed_own(kind, [model_words, bytes_words(ns), mid], [], &labels);
+            }
+            if let Some([m1, m2]) = middle_words2(ns) {
+                let ks = [model_words, bytes_words(ns), m1, m2];
+                return self.packed_own(kind, ks, [], &labels);
+            }
+        }
+        self.packed_own(kind, [model_words, bytes_words(ns)], [model, ns], &labels)
     }
 
     /// Writes the request's exemplar into slot `slot` (of `slots`) of the series `values`.
@@ -359,39 +434,26 @@ impl Recorder<'_> {
 
 /// The model families' first two labels, model and namespace, as packed key words of the
 /// series cache (see `SeriesCache::get_packed`), computed once for the request's several model
-/// series. A packed key holds at most one value longer than 16 bytes: with two, `packable` is
-/// false and the labels are looked up as they are.
+/// series.
 struct ModelKey<'l> {
     /// The request's own `model_requests` series (its address), once found; 0 before, or when
     /// it is an overflow series. See [`Related`].
     anchor: usize,
     words: [Word3; 2],
-    /// The long value among the two (or `""`) and its salt.
-    long: (&'l [u8], u64),
-    /// The model if it is long (or `""`) and its salt: the key of the model alone.
-    model_long: (&'l [u8], u64),
-    packable: bool,
+    /// The two values, for their middles when longer than 16 bytes (see
+    /// `SeriesCache::get_packed`).
+    model: &'l [u8],
+    ns: &'l [u8],
 }
 
 impl<'l> ModelKey<'l> {
     #[inline(always)]
     fn new(model: &'l [u8], ns: &'l [u8]) -> Self {
-        let (model_is_long, ns_is_long) = (model.len() > 16, ns.len() > 16);
-        let model_long = if model_is_long {
-            (model, long_salt(model))
-        } else {
-            (&b""[..], 0)
-        };
-        let long = match (model_is_long, ns_is_long) {
-            (false, true) => (ns, long_salt(ns)),
-            _ => model_long,
-        };
         ModelKey {
             anchor: 0,
             words: [bytes_words(model), bytes_words(ns)],
-            long,
-            model_long,
-            packable: !(model_is_long && ns_is_long),
+            model,
+            ns,
         }
     }
 }
@@ -565,13 +627,9 @@ fn record_with<const EX: bool>(t: &Recorder, f: &Finished, trace: Option<&Trace>
         };
         let class_id = if class == "success" { 1 } else { 2 };
         let mut key = ModelKey::new(model, ns);
-        let labels = [
-            Label::bytes(model),
-            Label::bytes(ns),
-            Label::with_id(class_id, class.as_bytes()),
-        ];
         let kind = (fam::MODEL_REQUEST, layouts.duration);
-        if let (Some(v), own) = t.model_series((kind.0, kind.1, words), &key, None, &labels) {
+        let class = (class_id, class);
+        if let (Some(v), own) = t.model_request_series(kind.1, words, model, ns, class) {
             observe(v, &bounds.duration, f.duration);
             t.bucket_exemplar::<EX>(trace, v, kind, &bounds.duration, f.duration);
             if own {

@@ -205,19 +205,37 @@ pub fn ctx(r: &ngx_http_request_t) -> Option<&mut ReqCtx> {
 /// A label's value: read straight from the request header when the configured value is one
 /// `$http_*` variable, from the query string when it is one `$arg_*` variable, as an indexed
 /// variable when it is another single variable, else through nginx's complex value; `""`
-/// when not configured.
+/// when not configured. (Each way out of line: a call costs what its own way needs.)
+#[inline(always)]
 pub fn label<'r>(r: &'r Request, source: &LabelSource) -> &'r [u8] {
-    let (cv, name) = (source.cv, &source.header);
-    if name.var.len == 0 {
-        if source.arg.len != 0 {
-            let args = r.as_ref().args.as_bytes();
-            return query_arg(args, source.arg.as_bytes()).unwrap_or(b"");
-        }
-        return match source.variable {
-            0 => eval(r, cv),
-            i => indexed(r, i - 1),
-        };
+    if source.header.var.len != 0 {
+        return header_label(r, source);
     }
+    if source.arg.len != 0 {
+        return arg_label(r, source);
+    }
+    match source.variable {
+        0 => eval(r, source.cv),
+        i => indexed(r, i - 1),
+    }
+}
+
+/// A label that is one `$arg_*` variable, read from the query string as nginx reads it.
+#[inline(never)]
+fn arg_label<'r>(r: &'r Request, source: &LabelSource) -> &'r [u8] {
+    let args = r.as_ref().args.as_bytes();
+    let value = if source.arg_name.is_set() {
+        source.arg_name.find(args)
+    } else {
+        query_arg(args, source.arg.as_bytes())
+    };
+    value.unwrap_or(b"")
+}
+
+/// A label that is one `$http_*` variable, read from the request's headers.
+#[inline(never)]
+fn header_label<'r>(r: &'r Request, source: &LabelSource) -> &'r [u8] {
+    let (cv, name) = (source.cv, &source.header);
     // SAFETY: the header list and its strings live in the request pool.
     unsafe {
         let want_len = name.var.len;
@@ -273,6 +291,7 @@ fn indexed(r: &Request, index: ngx_uint_t) -> &[u8] {
 }
 
 /// Evaluates a complex value; `""` when unset or on error (the label reports what it got).
+#[inline(never)]
 fn eval(r: &Request, cv: *const ngx_http_complex_value_t) -> &[u8] {
     // SAFETY: a set cv was compiled for this request's configuration.
     match unsafe { cv.as_ref() } {

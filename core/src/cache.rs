@@ -13,6 +13,8 @@
 
 use std::sync::atomic::AtomicU64;
 
+use crate::labels::{load8, load_short};
+
 /// Label values per cached key (the built-in families have at most six).
 pub const MAX_VALUES: usize = 6;
 /// Bytes beyond the first and last 8 of long byte values, in total, that an entry can hold.
@@ -125,6 +127,12 @@ fn finish(h: u64) -> u64 {
     x ^ (x >> 29)
 }
 
+/// The tag of a key whose running hash is `h` (never 0: an empty way's).
+#[inline(always)]
+fn tag(h: u64) -> u64 {
+    finish(h) | 1
+}
+
 #[inline(always)]
 fn word3(l: &Label) -> Word3 {
     if l.id != 0 {
@@ -168,13 +176,15 @@ impl<'a> SeriesCache<'a> {
         self.slots
     }
 
+    /// The running hash of a key's kind and words (the middles of its long values, if any, go
+    /// on top: [`salt`]); [`tag`] makes its tag.
     #[inline(always)]
-    fn tag(kind: u64, ks: &[Word3], salt: u64) -> u64 {
-        let mut h = mix(0x51ed_2701 ^ salt, kind);
+    fn hash(kind: u64, ks: &[Word3]) -> u64 {
+        let mut h = mix(0x51ed_2701, kind);
         for k in ks {
             h = mix(mix(mix(h, k[0]), k[1]), k[2]);
         }
-        finish(h) | 1
+        h
     }
 
     /// The index of the set of `tag`.
@@ -194,76 +204,101 @@ impl<'a> SeriesCache<'a> {
         for (k, l) in ks.iter_mut().zip(labels) {
             *k = word3(l);
         }
-        // The values longer than 16 bytes (whose middles the words do not hold) salt the tag
-        // and are compared in the entry's middle bytes, in order.
-        let mut salt_h = 0;
-        let mut long_mask = 0u32;
-        for (i, l) in labels.iter().enumerate() {
-            if l.id == 0 && l.bytes.len() > 16 {
-                salt_h = salt(salt_h, l.bytes);
-                long_mask |= 1 << i;
-            }
+        if labels.iter().any(|l| l.id == 0 && l.bytes.len() > 16) {
+            return self.get_long(kind, labels, ks);
         }
-        let tag = Self::tag(kind, &ks, salt_h);
+        let tag = tag(Self::hash(kind, &ks));
         let set = self.sets.get(self.set_of(tag))?;
         // Way by way, with constant indices (no copy of the tags, no bounds checks).
         for way in 0..WAYS {
             let e = &set.entries[way];
-            if set.tags[way] != tag || !same_words(e, kind, false, &ks) {
-                continue;
-            }
-            let mut at = 0;
-            let longs_ok = long_mask == 0
-                || labels
-                    .iter()
-                    .enumerate()
-                    .filter(|(i, _)| long_mask & 1 << i != 0)
-                    .all(|(_, l)| long_matches(e, &mut at, l.bytes));
-            if longs_ok {
+            if set.tags[way] == tag && same_words(e, kind, false, &ks) {
                 return Some(e.values);
             }
         }
         None
     }
 
-    /// Like [`get`](Self::get) for a key the caller encoded itself as `N` words triples, exactly
-    /// (distinct label values, distinct words), plus at most one byte value that may be longer
-    /// than 16 bytes (`long`, whose first and last 8 bytes and length the words must hold).
-    /// Cheaper than labels when most values have identities: they can share words.
-    #[inline(always)]
-    pub fn get_packed<const N: usize>(
+    /// [`get`](Self::get) for labels of which some values are longer than 16 bytes: their
+    /// middles (which the words do not hold) salt the tag and are compared with the entry's
+    /// middle bytes, in order. Out of line: the usual short values' path stays small.
+    #[inline(never)]
+    fn get_long<const N: usize>(
         &self,
         kind: u64,
-        ks: &[Word3; N],
-        long: &[u8],
+        labels: &[Label; N],
+        ks: [Word3; N],
     ) -> Option<&'a [AtomicU64]> {
-        self.get_packed_salted(kind, ks, long, long_salt(long))
+        let long = |l: &&Label| l.id == 0 && l.bytes.len() > 16;
+        let h = labels.iter().filter(long).map(|l| l.bytes);
+        let tag = tag(h.fold(Self::hash(kind, &ks), salt));
+        let set = self.sets.get(self.set_of(tag))?;
+        for way in 0..WAYS {
+            let e = &set.entries[way];
+            if set.tags[way] == tag && same_words(e, kind, false, &ks) {
+                let mut at = 0;
+                if labels
+                    .iter()
+                    .filter(long)
+                    .all(|l| long_matches(e, &mut at, l.bytes))
+                {
+                    return Some(e.values);
+                }
+            }
+        }
+        None
     }
 
-    /// [`get_packed`](Self::get_packed) with `long`'s salt computed by the caller
-    /// ([`long_salt`]): once for several keys that share the long value.
+    /// Like [`get`](Self::get) for a key the caller encoded itself as `N` word triples, exactly
+    /// (distinct label values, distinct words), plus its byte values that may be longer than 16
+    /// bytes (`longs`, in a fixed order: the words must hold each one's length and first and last
+    /// 8 bytes; their middles are compared here). Cheaper than labels when most values have
+    /// identities, which can share words.
     #[inline(always)]
-    pub fn get_packed_salted<const N: usize>(
+    pub fn get_packed<const N: usize, const L: usize>(
         &self,
         kind: u64,
         ks: &[Word3; N],
-        long: &[u8],
-        long_salt: u64,
+        longs: &[&[u8]; L],
     ) -> Option<&'a [AtomicU64]> {
         if N > MAX_VALUES {
             return None;
         }
-        let is_long = long.len() > 16;
-        let tag = Self::tag(kind, ks, long_salt);
+        let h = Self::hash(kind, ks);
+        if longs.iter().any(|l| l.len() > 16) {
+            return self.get_packed_long(h, kind, ks, longs);
+        }
+        let tag = tag(h);
+        let set = self.sets.get(self.set_of(tag))?;
+        for way in 0..WAYS {
+            let e = &set.entries[way];
+            if set.tags[way] == tag && same_words(e, kind, true, ks) {
+                return Some(e.values);
+            }
+        }
+        None
+    }
+
+    /// [`get_packed`](Self::get_packed) for keys with a value longer than 16 bytes (see
+    /// [`get_long`](Self::get_long)), from the hash of the key's words (`h`).
+    #[inline(never)]
+    fn get_packed_long<const N: usize, const L: usize>(
+        &self,
+        h: u64,
+        kind: u64,
+        ks: &[Word3; N],
+        longs: &[&[u8]; L],
+    ) -> Option<&'a [AtomicU64]> {
+        let tag = tag(longs.iter().fold(h, |h, l| salt(h, l)));
         let set = self.sets.get(self.set_of(tag))?;
         for way in 0..WAYS {
             let e = &set.entries[way];
             // Values with the same edges differ in the middle: the next way may hold this one.
-            if set.tags[way] == tag
-                && same_words(e, kind, true, ks)
-                && (!is_long || long_matches(e, &mut 0, long))
-            {
-                return Some(e.values);
+            if set.tags[way] == tag && same_words(e, kind, true, ks) {
+                let mut at = 0;
+                if longs.iter().all(|l| long_matches(e, &mut at, l)) {
+                    return Some(e.values);
+                }
             }
         }
         None
@@ -284,9 +319,15 @@ impl<'a> SeriesCache<'a> {
     }
 
     /// Remembers a key encoded as for [`get_packed`](Self::get_packed).
-    pub fn insert_packed(&mut self, kind: u64, ks: &[Word3], long: &[u8], values: &'a [AtomicU64]) {
+    pub fn insert_packed(
+        &mut self,
+        kind: u64,
+        ks: &[Word3],
+        longs: &[&[u8]],
+        values: &'a [AtomicU64],
+    ) {
         if ks.len() <= MAX_VALUES {
-            self.put(kind, true, ks, std::iter::once(long), values);
+            self.put(kind, true, ks, longs.iter().copied(), values);
         }
     }
 
@@ -300,9 +341,8 @@ impl<'a> SeriesCache<'a> {
     ) {
         let mut k = [[0u64; 3]; MAX_VALUES];
         k[..ks.len()].copy_from_slice(ks);
-        let salt = longs.clone().fold(0, salt);
         let mut e = Entry {
-            tag: Self::tag(kind, ks, salt),
+            tag: tag(longs.clone().fold(Self::hash(kind, ks), salt)),
             kind,
             shape: shape(ks.len(), packed),
             k,
@@ -367,13 +407,6 @@ impl<'a> SeriesCache<'a> {
     }
 }
 
-/// The salt a packed key's long value gives its tag (see
-/// [`SeriesCache::get_packed_salted`]): 0 for a value of at most 16 bytes.
-#[inline(always)]
-pub fn long_salt(long: &[u8]) -> u64 {
-    salt(0, long)
-}
-
 /// Folds the middle bytes of a value longer than 16 bytes (what its `Word3` does not hold)
 /// into `h`, so that values differing only there get other tags (and sets); `h` as it is for
 /// shorter values.
@@ -385,14 +418,26 @@ fn salt(h: u64, b: &[u8]) -> u64 {
     salt_middle(h, middle(b))
 }
 
-#[inline(never)]
+/// Folds a middle (at least one byte) into `h` by its words: its whole words from its start,
+/// then its last (up to) 8 bytes, which may overlap the word before (the value's length is in
+/// its `Word3`). Word loads, no byte copy.
+#[inline(always)]
 fn salt_middle(mut h: u64, m: &[u8]) -> u64 {
-    for c in m.chunks(8) {
-        let mut w = [0u8; 8];
-        w[..c.len()].copy_from_slice(c);
-        h = mix(h, u64::from_le_bytes(w));
+    let mut i = 0;
+    while i + 8 < m.len() {
+        h = mix(h, load8(&m[i..]));
+        i += 8;
     }
-    h
+    mix(h, last_word(m))
+}
+
+/// The last word of a middle (see [`salt_middle`]).
+#[inline(always)]
+fn last_word(m: &[u8]) -> u64 {
+    match m.len().checked_sub(8) {
+        Some(at) => load8(&m[at..]),
+        None => load_short(m),
+    }
 }
 
 /// Does the entry have this kind and these words? (One test at the end: N is a constant, so
@@ -406,13 +451,63 @@ fn same_words<const N: usize>(e: &Entry, kind: u64, packed: bool, ks: &[Word3; N
     diff == 0
 }
 
-/// Does the entry hold `b`'s middle bytes at `*at`? Advances `*at`.
+/// Does the entry hold `b`'s middle bytes at `*at`? Advances `*at`. (Compared by the words
+/// [`salt_middle`] reads, stopping at the first that differs: no `memcmp` call for a few
+/// words.)
 #[inline(always)]
 fn long_matches(e: &Entry, at: &mut usize, b: &[u8]) -> bool {
     let m = middle(b);
-    let ok = e.long.get(*at..*at + m.len()) == Some(m);
+    let Some(held) = e.long.get(*at..*at + m.len()) else {
+        return false;
+    };
     *at += m.len();
-    ok
+    let mut i = 0;
+    while i + 8 < m.len() {
+        if load8(&m[i..]) != load8(&held[i..]) {
+            return false;
+        }
+        i += 8;
+    }
+    last_word(m) == last_word(held)
+}
+
+/// The middle of a value of 17 to 40 bytes (at most 24 bytes), exactly, as a word triple (with
+/// the value's length, from its [`bytes_words`]): a packed key can hold such a value whole in
+/// two triples, with no middle to hash and compare apart (see [`SeriesCache::get_packed`]).
+/// `None` for other lengths.
+#[inline(always)]
+pub fn middle_words(b: &[u8]) -> Option<Word3> {
+    if !(17..=40).contains(&b.len()) {
+        return None;
+    }
+    Some(triple(middle(b)))
+}
+
+/// [`middle_words`] for a value of 41 to 64 bytes (a middle of 25 to 48 bytes): two triples.
+#[inline(always)]
+pub fn middle_words2(b: &[u8]) -> Option<[Word3; 2]> {
+    if !(41..=64).contains(&b.len()) {
+        return None;
+    }
+    let m = middle(b);
+    Some([
+        [load8(m), load8(&m[8..]), load8(&m[16..])],
+        triple(&m[24..]),
+    ])
+}
+
+/// 1 to 24 bytes as a word triple, exactly given their number: whole words from the start,
+/// then the last (up to) 8 bytes, which may overlap the word before; zeros after.
+#[inline(always)]
+fn triple(m: &[u8]) -> Word3 {
+    let n = m.len();
+    if n <= 8 {
+        [load_short(m), 0, 0]
+    } else if n <= 16 {
+        [load8(m), load8(&m[n - 8..]), 0]
+    } else {
+        [load8(m), load8(&m[8..]), load8(&m[n - 8..])]
+    }
 }
 
 /// The words of a byte value in a packed key (see [`SeriesCache::get_packed`]): its length tag
@@ -449,13 +544,13 @@ mod tests {
             let keys: Vec<String> = (0..n).map(make).collect();
             for k in &keys {
                 let ks = [[7 << 32 | 200, 0x1000, 1], bytes_words(k.as_bytes())];
-                c.insert_packed(1, &ks, k.as_bytes(), &values);
+                c.insert_packed(1, &ks, &[k.as_bytes()], &values);
             }
             let hits = keys
                 .iter()
                 .filter(|k| {
                     let ks = [[7 << 32 | 200, 0x1000, 1], bytes_words(k.as_bytes())];
-                    c.get_packed(1, &ks, k.as_bytes()).is_some()
+                    c.get_packed(1, &ks, &[k.as_bytes()]).is_some()
                 })
                 .count();
             assert!(
@@ -505,19 +600,19 @@ mod tests {
         let mut c = SeriesCache::new(64);
         let ns = b"tenant-with-a-long-name-0001";
         let ks = [[7 << 32 | 200, 0x1000, 1], bytes_words(ns)];
-        assert!(c.get_packed(3, &ks, ns).is_none());
-        c.insert_packed(3, &ks, ns, &a);
-        assert!(std::ptr::eq(c.get_packed(3, &ks, ns).unwrap(), &a[..]));
+        assert!(c.get_packed(3, &ks, &[ns]).is_none());
+        c.insert_packed(3, &ks, &[ns], &a);
+        assert!(std::ptr::eq(c.get_packed(3, &ks, &[ns]).unwrap(), &a[..]));
         // Same first and last 8 bytes and length, other middle: a miss.
         let other = b"tenant-with-a-LONG-name-0001";
         assert!(c
-            .get_packed(3, &[ks[0], bytes_words(other)], other)
+            .get_packed(3, &[ks[0], bytes_words(other)], &[other])
             .is_none());
         // Other status in the shared word, other kind: misses.
         assert!(c
-            .get_packed(3, &[[7 << 32 | 201, 0x1000, 1], ks[1]], ns)
+            .get_packed(3, &[[7 << 32 | 201, 0x1000, 1], ks[1]], &[ns])
             .is_none());
-        assert!(c.get_packed(4, &ks, ns).is_none());
+        assert!(c.get_packed(4, &ks, &[ns]).is_none());
         // A label entry of the same words is not a packed entry, and the other way round.
         let labels = [Label::with_id(7 << 32 | 200, b"x"), Label::bytes(ns)];
         assert!(c.get(3, &labels).is_none());
@@ -543,6 +638,76 @@ mod tests {
         }
     }
 
+    /// A packed key with two values that may be long (a model and a namespace): each one's
+    /// middle counts, in its place.
+    #[test]
+    fn packed_keys_with_two_long_values() {
+        let (a, b) = (words(1), words(1));
+        let mut c = SeriesCache::new(64);
+        let model = b"claude-sonnet-4-5-20250929";
+        let (ns1, ns2) = (
+            b"tenant-00001-with-a-long-name",
+            b"tenant-00001-WITH-a-long-name",
+        );
+        let key = |m: &[u8], ns: &[u8]| [bytes_words(m), bytes_words(ns)];
+        c.insert_packed(5, &key(model, ns1), &[model, ns1], &a);
+        c.insert_packed(5, &key(model, ns2), &[model, ns2], &b);
+        let got = |m: &[u8], ns: &[u8]| c.get_packed(5, &key(m, ns), &[m, ns]);
+        assert!(std::ptr::eq(got(model, ns1).unwrap(), &a[..]));
+        assert!(std::ptr::eq(got(model, ns2).unwrap(), &b[..]));
+        assert!(got(b"claude-sonnet-4-X-20250929", ns1).is_none());
+        assert!(got(b"gpt-4o", ns1).is_none());
+        assert!(got(model, b"tenant-00001-with-a-LONG-name").is_none());
+        // In their places: the same bytes the other way round are another key.
+        let entry = c.sets.iter().flat_map(|s| s.entries.iter().zip(s.tags));
+        let e = entry
+            .filter(|(_, t)| *t != 0)
+            .map(|(e, _)| e)
+            .next()
+            .unwrap();
+        let mut at = 0;
+        let first = long_matches(e, &mut at, model);
+        assert!(first && long_matches(e, &mut at, if ptr_of(e, &a) { ns1 } else { ns2 }));
+        let mut at = 0;
+        assert!(!long_matches(e, &mut at, ns1));
+    }
+
+    fn ptr_of(e: &Entry, v: &[AtomicU64]) -> bool {
+        std::ptr::eq(e.values, v)
+    }
+
+    /// Values of 17 to 64 bytes held whole in a packed key (their edges and middle words):
+    /// every byte counts, and each length has its own keys.
+    #[test]
+    fn middle_words_hold_values_exactly() {
+        let a = words(1);
+        assert_eq!(middle_words(&[b'x'; 16]), None);
+        assert_eq!(middle_words(&[b'x'; 41]), None);
+        assert_eq!(middle_words2(&[b'x'; 40]), None);
+        assert_eq!(middle_words2(&[b'x'; 65]), None);
+        for len in 17..=64 {
+            let x: Vec<u8> = (0..len).map(|i| b'a' + (i % 26) as u8).collect();
+            let key = |v: &[u8]| -> [Word3; 3] {
+                let [m1, m2] =
+                    middle_words2(v).unwrap_or_else(|| [middle_words(v).unwrap(), [0; 3]]);
+                [bytes_words(v), m1, m2]
+            };
+            let mut c = SeriesCache::new(64);
+            c.insert_packed(2, &key(&x), &[], &a);
+            assert!(c.get_packed(2, &key(&x), &[]).is_some(), "{len}");
+            for j in 0..len {
+                let mut y = x.clone();
+                y[j] = b'#';
+                assert_ne!(key(&x), key(&y), "{len} {j}");
+                assert!(c.get_packed(2, &key(&y), &[]).is_none(), "{len} {j}");
+            }
+            // A value one byte shorter with the same bytes otherwise: other words.
+            if len > 17 {
+                assert_ne!(key(&x), key(&x[..len - 1]), "{len}");
+            }
+        }
+    }
+
     #[test]
     fn forty_byte_packed_values_are_cached() {
         let a = words(1);
@@ -551,9 +716,9 @@ mod tests {
             let ns = format!("tenant-{i:05}-{}", "x".repeat(27));
             assert_eq!(ns.len(), 40);
             let ks = [[7 << 32 | 200, 0x1000, 1], bytes_words(ns.as_bytes())];
-            assert!(c.get_packed(3, &ks, ns.as_bytes()).is_none());
-            c.insert_packed(3, &ks, ns.as_bytes(), &a);
-            assert!(c.get_packed(3, &ks, ns.as_bytes()).is_some(), "{ns}");
+            assert!(c.get_packed(3, &ks, &[ns.as_bytes()]).is_none());
+            c.insert_packed(3, &ks, &[ns.as_bytes()], &a);
+            assert!(c.get_packed(3, &ks, &[ns.as_bytes()]).is_some(), "{ns}");
         }
     }
 
@@ -564,6 +729,46 @@ mod tests {
         let long = [0x61u8; VALUE_BYTES + 17];
         c.insert(1, &[Label::bytes(&long)], &a);
         assert!(c.get(1, &[Label::bytes(&long)]).is_none());
+    }
+
+    /// Long values of every cacheable length that differ in one byte of their middle (which
+    /// is hashed and compared a word at a time, the last word overlapping) are told apart, as
+    /// labels and as a packed key.
+    #[test]
+    fn every_middle_byte_counts() {
+        let a = words(1);
+        for len in 17..=16 + VALUE_BYTES {
+            let x: Vec<u8> = (0..len).map(|i| b'a' + (i % 26) as u8).collect();
+            let mut c = SeriesCache::new(64);
+            c.insert(1, &[Label::bytes(&x)], &a);
+            c.insert_packed(2, &[bytes_words(&x)], &[&x], &a);
+            assert!(c.get(1, &[Label::bytes(&x)]).is_some(), "{len}");
+            assert!(
+                c.get_packed(2, &[bytes_words(&x)], &[&x]).is_some(),
+                "{len}"
+            );
+            // The hash alone already tells them apart: compare with the entries themselves too.
+            let entries: Vec<&Entry> = (c.sets.iter())
+                .flat_map(|s| s.entries.iter().zip(s.tags).filter(|(_, t)| *t != 0))
+                .map(|(e, _)| e)
+                .collect();
+            assert_eq!(entries.len(), 2);
+            for e in &entries {
+                assert!(long_matches(e, &mut 0, &x));
+            }
+            for j in 8..len - 8 {
+                let mut y = x.clone();
+                y[j] = b'#';
+                assert!(c.get(1, &[Label::bytes(&y)]).is_none(), "{len} {j}");
+                assert!(
+                    c.get_packed(2, &[bytes_words(&y)], &[&y]).is_none(),
+                    "{len} {j}"
+                );
+                for e in &entries {
+                    assert!(!long_matches(e, &mut 0, &y), "{len} {j}");
+                }
+            }
+        }
     }
 
     #[test]

@@ -314,7 +314,7 @@ pub fn edge_words(b: &[u8]) -> [u64; 2] {
 }
 
 #[inline(always)]
-fn load8(b: &[u8]) -> u64 {
+pub(crate) fn load8(b: &[u8]) -> u64 {
     u64::from_le_bytes(b[..8].try_into().unwrap_or_default())
 }
 
@@ -549,30 +549,149 @@ pub fn arg_variable(source: &[u8]) -> Option<Vec<u8>> {
     (!arg.is_empty()).then(|| arg.to_vec())
 }
 
-/// The value of the query argument `name` (lowercase) in `args` (the query string without
-/// `?`), exactly as nginx's `$arg_name` gives it (`ngx_http_arg`): the first `name=` (name
-/// compared without case) at the start or after a `&`, up to the next `&`; the bytes as sent
-/// (not unescaped). `None` when there is none.
-#[inline]
+/// The value of the query argument `name` in `args` (the query string without `?`), exactly as
+/// nginx's `$arg_name` gives it (`ngx_http_arg`): the first `name=` (name compared without
+/// case) at the start or after a `&`, up to the next `&`; the bytes as sent (not unescaped).
+/// `None` when there is none. (The module keeps an [`ArgName`] per label instead.)
 pub fn query_arg<'a>(args: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
+    match ArgName::new(name) {
+        Some(a) => a.find(args),
+        None => arg_anywhere(args, name),
+    }
+}
+
+/// `ngx_http_arg` as nginx writes it: every position where the name occurs, until one is at
+/// the start of an argument and followed by `=`. For names [`ArgName`] cannot hold.
+#[cold]
+fn arg_anywhere<'a>(args: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
     let n = name.len();
-    let &first = name.first()?;
+    if n == 0 {
+        return None;
+    }
     // A match needs a byte after it (the `=`).
-    let mut p = 0;
-    while p + n < args.len() {
-        let at = memchr::memchr2(first, first.to_ascii_uppercase(), &args[p..args.len() - n])?;
-        p += at;
+    for p in 0..args.len().saturating_sub(n) {
         if args[p..p + n].eq_ignore_ascii_case(name)
             && (p == 0 || args[p - 1] == b'&')
             && args[p + n] == b'='
         {
-            let value = &args[p + n + 1..];
-            let end = memchr::memchr(b'&', value).unwrap_or(value.len());
-            return Some(&value[..end]);
+            let end = args[p..].iter().position(|&b| b == b'&');
+            return Some(&args[p + n + 1..end.map_or(args.len(), |e| p + e)]);
         }
-        p += 1;
     }
     None
+}
+
+/// A query argument's name as the hot path looks for it (made once, from the configuration):
+/// `name=`, lowercased, as two little-endian words and the masks of their bytes that count.
+/// nginx searches the whole query string for the name, then checks what precedes it; only a
+/// name at the start of an argument can match, so [`ArgName::find`] compares each argument's
+/// start with these words (one or two compares) and skips to the next `&` a word at a time.
+#[derive(Clone, Copy, Default)]
+pub struct ArgName {
+    words: [u64; 2],
+    masks: [u64; 2],
+    /// The name's length (0: none).
+    len: usize,
+}
+
+impl ArgName {
+    /// `None` for a name it cannot hold: empty, longer than 15 bytes, or with a `&` (whose
+    /// value nginx ends at that `&`).
+    pub fn new(name: &[u8]) -> Option<ArgName> {
+        let n = name.len();
+        if n == 0 || n > 15 || name.contains(&b'&') {
+            return None;
+        }
+        let mut pat = [0u8; 16];
+        pat[..n].copy_from_slice(&name.to_ascii_lowercase());
+        pat[n] = b'=';
+        let mut a = ArgName {
+            len: n,
+            ..ArgName::default()
+        };
+        for (i, chunk) in pat.chunks(8).enumerate() {
+            a.words[i] = load8(chunk);
+            let used = (n + 1).saturating_sub(i * 8).min(8);
+            a.masks[i] = if used == 8 {
+                u64::MAX
+            } else {
+                (1u64 << (8 * used)) - 1
+            };
+        }
+        Some(a)
+    }
+
+    /// Does it hold a name (not the default)?
+    pub fn is_set(&self) -> bool {
+        self.len != 0
+    }
+
+    /// The argument's value in `args`, as [`query_arg`] says.
+    #[inline(always)]
+    pub fn find<'a>(&self, args: &'a [u8]) -> Option<&'a [u8]> {
+        let n = self.len;
+        let mut s = 0;
+        // A match needs a byte after the name (the `=`).
+        while s + n < args.len() {
+            if lower_word(word_at(args, s)) & self.masks[0] == self.words[0]
+                && (self.masks[1] == 0
+                    || lower_word(word_at(args, s + 8)) & self.masks[1] == self.words[1])
+            {
+                let value = s + n + 1;
+                return Some(&args[value..next_amp(args, value)]);
+            }
+            s = next_amp(args, s) + 1;
+        }
+        None
+    }
+}
+
+const ONES: u64 = 0x0101_0101_0101_0101;
+const HIGHS: u64 = 0x8080_8080_8080_8080;
+
+/// The 8 bytes of `b` from `at` as a little-endian word, zero-extended past its end.
+#[inline(always)]
+fn word_at(b: &[u8], at: usize) -> u64 {
+    match b.get(at..at + 8) {
+        Some(w) => load8(w),
+        None => load_short(b.get(at..).unwrap_or_default()),
+    }
+}
+
+/// A word with its bytes `A`..=`Z` lowercased, the others as they are.
+#[inline(always)]
+fn lower_word(w: u64) -> u64 {
+    let low7 = w & !HIGHS;
+    // Per byte (no carry between bytes): the top bit says low7 >= 'A', resp. low7 > 'Z'.
+    let from_a = low7 + ONES * (0x80 - b'A' as u64);
+    let past_z = low7 + ONES * (0x7f - b'Z' as u64);
+    let upper = from_a & !past_z & !w & HIGHS;
+    w | (upper >> 2)
+}
+
+/// The index of the first `&` in `b` from `at`, else `b.len()`: a word at a time (the lowest
+/// zero byte of `x` is exactly where `(x - 1s) & !x` has its lowest top bit), the last few
+/// bytes as one zero-extended word (a byte past the end is 0, never `&`).
+#[inline(always)]
+fn next_amp(b: &[u8], mut at: usize) -> usize {
+    while let Some(w) = b.get(at..at + 8) {
+        if let Some(i) = amp_in(load8(w)) {
+            return at + i;
+        }
+        at += 8;
+    }
+    match amp_in(load_short(b.get(at..).unwrap_or_default())) {
+        Some(i) => at + i,
+        None => b.len(),
+    }
+}
+
+/// The index of the first `&` byte of a little-endian word.
+#[inline(always)]
+fn amp_in(w: u64) -> Option<usize> {
+    let x = w ^ (ONES * b'&' as u64);
+    let zero = x.wrapping_sub(ONES) & !x & HIGHS;
+    (zero != 0).then(|| (zero.trailing_zeros() / 8) as usize)
 }
 
 /// If a label's configured value is exactly one variable (`$arg_ns`, `${upstream_addr}`), its
@@ -685,10 +804,54 @@ mod header_tests {
                 .wrapping_add(1442695040888963407);
             (seed >> 33) as usize
         };
-        for _ in 0..200_000 {
-            let len = next() % 24;
-            let args: Vec<u8> = (0..len).map(|_| b"nsNS=&ax"[next() % 8]).collect();
-            for name in [&b"ns"[..], b"n", b"s", b"nsa"] {
+        // The alphabet has the bytes around the letters' ranges (`@`, `[`, a backtick, `{`) and
+        // high bytes whose low 7 bits are letters (0xC1: 'A' + 0x80), which must not fold.
+        let alphabet = b"nsNS=&axAX@[`{\xc1\xce\xd3\xee\xf3\xdb&=";
+        // Half the strings are made of pieces of the names (in any case), so that long names,
+        // and names followed or not by `=`, occur at the start of arguments.
+        let pieces: &[&[u8]] = &[
+            b"ns",
+            b"NS",
+            b"nS",
+            b"nsns",
+            b"NsnS",
+            b"nsnsnsn",
+            b"nsnsnsnsnsnsnsn",
+            b"ansnsnsn",
+            b"=",
+            b"=",
+            b"&",
+            b"&",
+            b"a",
+            b"x",
+            b"\xc1",
+            b"@",
+            b"\xee",
+        ];
+        for round in 0..300_000 {
+            let mut args: Vec<u8> = Vec::new();
+            if round % 2 == 0 {
+                for _ in 0..next() % 10 {
+                    args.extend_from_slice(pieces[next() % pieces.len()]);
+                }
+            } else {
+                let len = next() % if round % 4 == 1 { 48 } else { 24 };
+                args.extend((0..len).map(|_| alphabet[next() % alphabet.len()]));
+            }
+            for name in [
+                &b"ns"[..],
+                b"n",
+                b"s",
+                b"nsa",
+                b"nsnsnsn",
+                b"nsnsnsns",
+                b"nsnsnsnsa",
+                b"nsnsnsnsnsnsnsn",
+                b"ansnsnsnsnsnsnsn",
+                b"a@x",
+                b"n\xee",
+                b"\xf3s=",
+            ] {
                 assert_eq!(
                     query_arg(&args, name),
                     nginx_arg(&args, name),

@@ -21,6 +21,8 @@ def names(pattern, n):
         return [f"ns{i:05d}" for i in range(n)]
     if pattern == "rand":
         return [f"{rng.getrandbits(40):010x}" for _ in range(n)]
+    if pattern == "long56":  # opt-in (GM_CARD_POINTS): past the 40 bytes a key holds whole
+        return [f"tenant-{i:05d}-" + "x" * 43 for i in range(n)]
     return [f"tenant-{i:05d}-" + "x" * 27 for i in range(n)]  # 40 bytes
 
 
@@ -58,7 +60,8 @@ def run(ctx):
     only = os.environ.get("GM_CARD_POINTS")  # e.g. "header:seq" while iterating
     points = [(m, p) for m in ("header", "args") for p in ("seq", "rand", "long")]
     if only:
-        points = [x for x in points if f"{x[0]}:{x[1]}" in only.split(",")]
+        points = [(m, p) for m in ("header", "args") for p in ("seq", "rand", "long", "long56")
+                  if f"{m}:{p}" in only.split(",")]
     os.makedirs(os.path.join(ctx.work, "callgrind-card"), exist_ok=True)
     say("per request = (Ir(N2) - Ir(N1)) / (N2 - N1) after one request per set, cycling the "
         "sets; N1, N2 = 1,000, 3,000 (at 10,000 sets: 10,000, 30,000); nginx alone on the same "
