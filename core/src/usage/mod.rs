@@ -1376,7 +1376,7 @@ mod tests {
     }
 
     /// What a scanner read: facts and model, comparable.
-    fn reading(s: &Scanner) -> String {
+    pub(crate) fn reading(s: &Scanner) -> String {
         let f = &s.facts;
         format!(
             "content {} delta {} hints {} kind {:?} usage {:?} bad {} error {} model {:?} clean {}",

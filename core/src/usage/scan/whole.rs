@@ -198,17 +198,7 @@ impl Scanner {
             Some(b'[') => self.w_array(b, i + 1, Node::TopArray, 0),
             _ => Err(Stop),
         };
-        match read {
-            Ok(end) if ws(b, end) == b.len() => {
-                self.st = St::Done;
-                self.depth = 0;
-                true
-            }
-            _ => {
-                self.undo(known);
-                false
-            }
-        }
+        self.walked(read.map(|end| ws(b, end) == b.len()), known)
     }
 
     /// Reads `b` as the rest of a top-level object from one of its keys on (as
@@ -218,16 +208,20 @@ impl Scanner {
     pub(crate) fn feed_members(&mut self, b: &[u8]) -> bool {
         self.begin();
         let known = self.model.done;
-        match self.w_object(b, 0, Node::Root, 0, false) {
-            Ok(end) if ws(b, end) == b.len() => {
-                self.st = St::Done;
-                self.depth = 0;
-                true
-            }
-            _ => {
-                self.undo(known);
-                false
-            }
+        let read = self.w_object(b, 0, Node::Root, 0, false);
+        self.walked(read.map(|end| ws(b, end) == b.len()), known)
+    }
+
+    /// Ends a walk: `Ok(true)` when it read the payload to its end (whitespace aside); else the
+    /// scanner is left just begun (the model as it was known before, `known`).
+    fn walked(&mut self, read: Result<bool, Stop>, known: bool) -> bool {
+        if let Ok(true) = read {
+            self.st = St::Done;
+            self.depth = 0;
+            true
+        } else {
+            self.undo(known);
+            false
         }
     }
 
@@ -468,17 +462,7 @@ impl Scanner {
             Some(b'[') => self.b_array(b, i + 1, Node::TopArray, 0),
             _ => Err(Stop),
         };
-        match read {
-            Ok(end) if probe::tok(b, end) == b.len() => {
-                self.st = St::Done;
-                self.depth = 0;
-                true
-            }
-            _ => {
-                self.undo(known);
-                false
-            }
-        }
+        self.walked(read.map(|end| probe::tok(b, end) == b.len()), known)
     }
 
     /// [`Scanner::w_object`] with the searches of [`probe`] (from just after the `{`).
@@ -744,19 +728,7 @@ mod body_props {
     }
 
     fn facts(s: &Scanner) -> String {
-        let f = &s.facts;
-        format!(
-            "{} {} {} {:?} {:?} {} {} {:?} {}",
-            f.content,
-            f.delta,
-            f.hints,
-            f.kind.get(),
-            f.usage,
-            f.bad_count,
-            f.error,
-            s.model.get(),
-            s.ended_cleanly()
-        )
+        crate::usage::tests::reading(s)
     }
 
     proptest! {
