@@ -258,10 +258,17 @@ impl Recorder<'_> {
         longs: &[&[u8]],
         labels: &[Label; M],
     ) -> (Option<&'static [AtomicU64]>, bool) {
+        // The namespace's place among the family's labels (see `catalogue::fam`).
+        let ns = match kind.family {
+            fam::REQUEST => 3,
+            fam::ACTIVE => 0,
+            _ => 1,
+        };
         ngx::ngx_log_debug_mask!(
             DebugMask::Http,
             self.log,
-            "gateway_metrics: series cache miss: looking in the zone"
+            "gateway_metrics: series cache miss (namespace \"{}\"): looking in the zone",
+            String::from_utf8_lossy(labels.get(ns).map_or(&b""[..], |l| l.bytes))
         );
         // Straight to the zone: the series is cached under its packed key only (an entry under
         // its labels too would take a second place in the cache, never looked up).
