@@ -283,10 +283,9 @@ impl Recorder<'_> {
     }
 
     /// The series of a model family whose labels start with the request's model and namespace
-    /// (`key`, their words computed once for all of them), then values with identities. The
-    /// cache is asked with a packed key: no label's words or salt computed again. With `rel`
-    /// (the family's place in a [`Related`] entry) and the key's anchor, the worker's related
-    /// table is asked first. Also says whether the series is the labels' own (not an overflow
+    /// (`key`), then values with identities. With `rel` (the family's place in a [`Related`]
+    /// entry) and the key's anchor, the worker's related table is asked first; else the cache,
+    /// with a packed key. Also says whether the series is the labels' own (not an overflow
     /// series).
     #[inline(always)]
     fn model_series<const N: usize>(
@@ -314,7 +313,7 @@ impl Recorder<'_> {
             let mut ks = [[0u64; 3]; N];
             for (i, (k, l)) in ks.iter_mut().zip(labels).enumerate() {
                 *k = match i {
-                    0 | 1 => key.words[i],
+                    0 | 1 => bytes_words(l.bytes),
                     _ => [l.id, 0, 0],
                 };
             }
@@ -439,14 +438,13 @@ impl Recorder<'_> {
     }
 }
 
-/// The model families' first two labels, model and namespace, as packed key words of the
-/// series cache (see `SeriesCache::get_packed`), computed once for the request's several model
-/// series.
+/// The model families' first two labels, model and namespace, and the request's own
+/// `model_requests` series once found (the anchor of the related table). Their packed key words
+/// are only computed on a related-table miss: most requests find their series there.
 struct ModelKey<'l> {
     /// The request's own `model_requests` series (its address), once found; 0 before, or when
     /// it is an overflow series. See [`Related`].
     anchor: usize,
-    words: [Word3; 2],
     /// The two values, for their middles when longer than 16 bytes (see
     /// `SeriesCache::get_packed`).
     model: &'l [u8],
@@ -458,7 +456,6 @@ impl<'l> ModelKey<'l> {
     fn new(model: &'l [u8], ns: &'l [u8]) -> Self {
         ModelKey {
             anchor: 0,
-            words: [bytes_words(model), bytes_words(ns)],
             model,
             ns,
         }
