@@ -1375,6 +1375,18 @@ mod tests {
         assert!(skipped > 200, "{skipped} buffers skipped");
     }
 
+    /// A JSON body's scanner just begun; with `known`, after a payload that gave the model.
+    fn fresh_scanner(format: Format, known: bool) -> Scanner {
+        let mut s = UsageReader::new(format, Body::Json).events.scan;
+        if known {
+            s.begin();
+            s.feed(br#"{"model":"m","modelVersion":"m"}"#);
+            s.end();
+        }
+        s.begin();
+        s
+    }
+
     /// What a scanner read: facts and model, comparable.
     pub(crate) fn reading(s: &Scanner) -> String {
         let f = &s.facts;
@@ -1438,16 +1450,7 @@ mod tests {
                 ] {
                     let what = format!("{file}: {:?} {format:?}", String::from_utf8_lossy(&v));
                     for known in [false, true] {
-                        let fresh = || {
-                            let mut s = UsageReader::new(format, Body::Json).events.scan;
-                            if known {
-                                s.begin();
-                                s.feed(br#"{"model":"m","modelVersion":"m"}"#);
-                                s.end();
-                            }
-                            s.begin();
-                            s
-                        };
+                        let fresh = || fresh_scanner(format, known);
                         let mut full = fresh();
                         full.feed(&v);
                         let mut fast = fresh();
@@ -1842,16 +1845,7 @@ mod tests {
                     Format::Gemini,
                 ] {
                     for known in [false, true] {
-                        let fresh = || {
-                            let mut s = UsageReader::new(format, Body::Json).events.scan;
-                            if known {
-                                s.begin();
-                                s.feed(br#"{"model":"m","modelVersion":"m"}"#);
-                                s.end();
-                            }
-                            s.begin();
-                            s
-                        };
+                        let fresh = || fresh_scanner(format, known);
                         let what = format!("{:?} {format:?} {known}", String::from_utf8_lossy(&v));
                         let mut full = fresh();
                         full.feed(&v);

@@ -212,6 +212,18 @@ impl Scanner {
         self.walked(read.map(|end| ws(b, end) == b.len()), known)
     }
 
+    /// What the provider table does with member `key` of an object of meaning `node` (keys
+    /// no provider knows are ruled out before the table); notes the dialect it hints at.
+    #[inline(always)]
+    fn act_of(&mut self, node: Node, key: &[u8]) -> Act {
+        if !providers::may_know(key) {
+            return Act::Skip;
+        }
+        let (act, hint) = providers::member(node, key, self.allow);
+        self.facts.hints |= hint;
+        act
+    }
+
     /// Ends a walk: `Ok(true)` when it read the payload to its end (whitespace aside); else the
     /// scanner is left just begun (the model as it was known before, `known`).
     fn walked(&mut self, read: Result<bool, Stop>, known: bool) -> bool {
@@ -253,13 +265,7 @@ impl Scanner {
             // Our keys are plain: an escaped key is none of them (the scanner compares it as
             // empty).
             let key = if escaped { &[][..] } else { &b[k..e] };
-            let act = if providers::may_know(key) {
-                let (act, hint) = providers::member(node, key, self.allow);
-                self.facts.hints |= hint;
-                act
-            } else {
-                Act::Skip
-            };
+            let act = self.act_of(node, key);
             i = token(b, e + 1, b':')?;
             i = match act {
                 Act::Skip => skip_value(b, i)?,
@@ -488,13 +494,7 @@ impl Scanner {
             } else {
                 b.get(k..e).ok_or(Stop)?
             };
-            let act = if providers::may_know(key) {
-                let (act, hint) = providers::member(node, key, self.allow);
-                self.facts.hints |= hint;
-                act
-            } else {
-                Act::Skip
-            };
+            let act = self.act_of(node, key);
             // `:` mostly right after the key.
             i = e + 1;
             if b.get(i) != Some(&b':') {
