@@ -306,9 +306,6 @@ impl Recorder<'_> {
             layout,
             n_values,
         };
-        let Ok(mut cache) = CACHE.0.try_borrow_mut() else {
-            return (None, false);
-        };
         let (v, own) = if labels.iter().skip(2).all(|l| l.id != 0) {
             let mut ks = [[0u64; 3]; N];
             for (i, (k, l)) in ks.iter_mut().zip(labels).enumerate() {
@@ -322,9 +319,11 @@ impl Recorder<'_> {
                 1 => [key.model, &b""[..]],
                 _ => [key.model, key.ns],
             };
-            drop(cache);
             self.packed_own(kind, ks, longs, labels)
         } else {
+            let Ok(mut cache) = CACHE.0.try_borrow_mut() else {
+                return (None, false);
+            };
             let labels = *labels;
             self.cached(&mut cache, kind, &labels)
         };
