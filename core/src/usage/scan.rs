@@ -212,6 +212,8 @@ pub(crate) struct Scanner {
     pub(crate) allow: Dialects,
     pub(crate) facts: Facts,
     pub(crate) model: Model,
+    /// Reading a JSON body (not an SSE payload): its `choices` and `candidates` are skipped.
+    pub(crate) json_body: bool,
 }
 
 impl Scanner {
@@ -232,6 +234,7 @@ impl Scanner {
             allow,
             facts: Facts::default(),
             model: Model::default(),
+            json_body: false,
         }
     }
 
@@ -439,27 +442,27 @@ impl Scanner {
         self.st = if self.depth == 0 { St::Done } else { St::After };
     }
 
+    /// Inside a skipped container, outside strings: only quotes and brackets matter, found
+    /// 16 bytes a step (indentation, numbers and literals passed over).
     fn skip_container(&mut self, b: &[u8], mut i: usize) -> usize {
-        while i < b.len() {
-            let c = b[i];
-            i += 1;
-            match c {
+        while let Some(j) = probe::quote_or_bracket(b, i) {
+            i = j + 1;
+            match b[j] {
                 b'"' => {
                     self.st = St::SkipStr;
                     return i;
                 }
                 b'{' | b'[' => self.skip = self.skip.saturating_add(1),
-                b'}' | b']' => {
+                _ => {
                     self.skip -= 1;
                     if self.skip == 0 {
                         self.st = St::After;
                         return i;
                     }
                 }
-                _ => {}
             }
         }
-        i
+        b.len()
     }
 
     /// Inside a string (a value, or one in a skipped container).
@@ -633,15 +636,29 @@ impl Scanner {
         }
         let node = self.top().unwrap_or(Node::Root);
         let (act, hint) = if self.key.is_empty() {
-            providers::member(node, &rest[..j], self.allow)
+            self.member(node, &rest[..j])
         } else {
             self.key.push(&rest[..j]);
-            providers::member(node, self.key.get(), self.allow)
+            self.member(node, self.key.get())
         };
         self.act = act;
         self.facts.hints |= hint;
         self.st = St::Colon;
         i + j + 1
+    }
+
+    /// The provider table's action for `key` in `node`. A JSON body's `choices` and
+    /// `candidates` are skipped (bracket-counted) instead: what they tell (the first content
+    /// of a stream) a body does not report, and their keys' hints are the `choices` and
+    /// `candidates` keys' own.
+    #[inline(always)]
+    pub(crate) fn member(&self, node: Node, key: &[u8]) -> (Act, Dialects) {
+        match providers::member(node, key, self.allow) {
+            (Act::Open(Node::Choices | Node::Candidates), hint) if self.json_body => {
+                (Act::Skip, hint)
+            }
+            found => found,
+        }
     }
 
     fn number(&mut self, b: &[u8], mut i: usize) -> usize {

@@ -50,6 +50,16 @@ mod simd {
         !bits(ws) & 0xFFFF
     }
 
+    /// `"` and the four brackets.
+    #[inline(always)]
+    pub(super) fn quote_or_bracket(v: m128i) -> u32 {
+        let low = bitor_m128i(v, set_splat_i8_m128i(0x20));
+        bits(bitor_m128i(
+            eq(v, b'"'),
+            bitor_m128i(eq(low, b'{'), eq(low, b'}')),
+        ))
+    }
+
     /// `"` and `\`.
     #[inline(always)]
     pub(super) fn quote_or_bs(v: m128i) -> u32 {
@@ -255,6 +265,30 @@ fn string_end_scalar(b: &[u8], mut i: usize, mut escaped: bool) -> Option<(usize
     None
 }
 
+/// The first `"`, `{`, `[`, `}` or `]` at or after `i`: the next byte that matters to a
+/// skipped container read outside its strings (the resumable scanner's skip, which reads a
+/// backslash there as an ordinary byte).
+#[inline(always)]
+pub(super) fn quote_or_bracket(b: &[u8], mut i: usize) -> Option<usize> {
+    #[cfg(target_arch = "x86_64")]
+    while let Some(v) = simd::load(b, i) {
+        let m = simd::quote_or_bracket(v);
+        if m != 0 {
+            return Some(i + m.trailing_zeros() as usize);
+        }
+        i += 16;
+    }
+    quote_or_bracket_scalar(b, i)
+}
+
+fn quote_or_bracket_scalar(b: &[u8], i: usize) -> Option<usize> {
+    let at = b
+        .get(i..)?
+        .iter()
+        .position(|&c| matches!(c, b'"' | b'{' | b'[' | b'}' | b']'))?;
+    Some(i + at)
+}
+
 /// Past the container whose opening bracket is at `i`: brackets outside strings counted
 /// whatever their kind, as the scanner's skip counts them. `None` when it does not close.
 ///
@@ -351,6 +385,12 @@ mod tests {
                 tok(b, i),
                 tok_scalar(b, i),
                 "tok {i} {:?}",
+                String::from_utf8_lossy(b)
+            );
+            assert_eq!(
+                quote_or_bracket(b, i),
+                quote_or_bracket_scalar(b, i),
+                "quote_or_bracket {i} {:?}",
                 String::from_utf8_lossy(b)
             );
             assert_eq!(

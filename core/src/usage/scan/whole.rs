@@ -219,7 +219,7 @@ impl Scanner {
         if !providers::may_know(key) {
             return Act::Skip;
         }
-        let (act, hint) = providers::member(node, key, self.allow);
+        let (act, hint) = self.member(node, key);
         self.facts.hints |= hint;
         act
     }
