@@ -140,7 +140,6 @@ mod providers;
 mod scan;
 mod sse;
 
-use memchr::memmem::Finder;
 use providers::{Dialects, Raw, ANTHROPIC, GEMINI, OPENAI};
 use scan::{Scanner, Small};
 
@@ -713,10 +712,12 @@ impl Events {
             k
         };
         let mut from = 0;
-        // The needle is 6 bytes: a shorter rest cannot hold it (and is not worth a search).
-        while p.len() - from >= 6 {
-            let at = from + usage_finder().find(&p[from..])?;
+        // Each `"u` a step (16 bytes a step), then the rest of the key compared.
+        while let Some(at) = scan::find_quote_u(p, from) {
             from = at + 1;
+            if !p[at..].starts_with(b"\"usage") {
+                continue;
+            }
             let rest = &p[at + 6..];
             let k = if rest.starts_with(b"\"") {
                 at + 7
@@ -809,28 +810,12 @@ fn no_usage_event(name: &[u8], dialect: Dialects) -> bool {
     }
 }
 
-/// Finds `"usage` (and `"usageMetadata`) keys; built once per process (building one costs
-/// more than a JSON body's whole reading).
-fn usage_finder() -> &'static Finder<'static> {
-    static FINDER: std::sync::OnceLock<Finder<'static>> = std::sync::OnceLock::new();
-    FINDER.get_or_init(|| Finder::new(b"\"usage"))
-}
-
 /// Whether `new` is `old` with only numbers changed: equal bytes except runs of digits outside
 /// strings, each of at most 12 digits on both sides (so below 10^12: a valid count wherever a
 /// count is read, in both). Neither may hold a backslash (quotes then always delimit strings).
-/// Compared eight bytes at a time, quotes counted to know what is inside a string.
+/// Compared 16 bytes a step ([`scan::equal_prefix`]), quotes counted to know what is inside
+/// a string.
 fn same_but_counts(old: &[u8], new: &[u8]) -> bool {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    const HIGH: u64 = 0x8080_8080_8080_8080;
-    // The bytes of `w` equal to `c`, flagged by their high bit, exactly (no borrow between
-    // bytes: each byte is tested on its own).
-    let eq = |w: u64, c: u8| {
-        let x = w ^ (ONES * u64::from(c));
-        !(((x & !HIGH) + !HIGH) | x) & HIGH
-    };
-    // Flagged bytes of a mask from `eq` (no popcount instruction on baseline x86-64).
-    let count = |m: u64| ((m >> 7).wrapping_mul(ONES) >> 56) as u32;
     if new.len() > TAIL_CAP {
         return false;
     }
@@ -840,44 +825,15 @@ fn same_but_counts(old: &[u8], new: &[u8]) -> bool {
     // Where the equal stretch being compared began (after the last digit runs).
     let mut lo = 0;
     loop {
-        while let (Some(a), Some(b)) = (old.get(i..i + 8), new.get(j..j + 8)) {
-            let a = u64::from_le_bytes(a.try_into().unwrap_or_default());
-            let b = u64::from_le_bytes(b.try_into().unwrap_or_default());
-            if eq(b, b'\\') != 0 {
-                return false;
-            }
-            let x = a ^ b;
-            if x != 0 {
-                // Up to the first differing byte.
-                let k = (x.trailing_zeros() / 8) as usize;
-                let below = (1u64 << (8 * k)) - 1;
-                quotes += count(eq(b, b'"') & below);
-                i += k;
-                j += k;
-                break;
-            }
-            quotes += count(eq(b, b'"'));
-            i += 8;
-            j += 8;
+        let (n, odd, backslash) = scan::equal_prefix(&old[i..], &new[j..]);
+        if backslash {
+            return false;
         }
-        // Byte by byte up to a difference or the end.
-        while i < old.len() && j < new.len() && old[i] == new[j] {
-            match new[j] {
-                b'"' => quotes += 1,
-                b'\\' => return false,
-                _ => {}
-            }
-            i += 1;
-            j += 1;
-            if i % 8 == 0 {
-                break;
-            }
-        }
+        quotes ^= odd;
+        i += n;
+        j += n;
         if i == old.len() && j == new.len() {
             return true;
-        }
-        if i < old.len() && j < new.len() && old[i] == new[j] {
-            continue;
         }
         // A difference: digit runs outside strings on both sides.
         if quotes % 2 == 1 {

@@ -10,6 +10,8 @@
 mod probe;
 mod whole;
 
+pub(crate) use probe::{equal_prefix, find_quote_u};
+
 use super::providers::{self, Act, Dialects, Node, Raw, MAX_COUNT};
 
 /// The deepest path the provider table needs (top-level array, response, candidates, candidate,

@@ -50,6 +50,24 @@ mod simd {
         !bits(ws) & 0xFFFF
     }
 
+    /// Bit `k`: a `"` at `i + k` followed by a `u` (the 17 bytes at `i` must exist).
+    #[inline(always)]
+    pub(super) fn quote_u(b: &[u8], i: usize) -> Option<u32> {
+        Some(bits(eq(load(b, i)?, b'"')) & bits(eq(load(b, i + 1)?, b'u')))
+    }
+
+    /// Bit `k`: byte `k` of `a` and of `b` are equal.
+    #[inline(always)]
+    pub(super) fn same(a: m128i, b: m128i) -> u32 {
+        bits(cmp_eq_mask_i8_m128i(a, b))
+    }
+
+    /// `"` and `\\` apart.
+    #[inline(always)]
+    pub(super) fn quotes_and_bs(v: m128i) -> (u32, u32) {
+        (bits(eq(v, b'"')), bits(eq(v, b'\\')))
+    }
+
     /// `"` and the four brackets.
     #[inline(always)]
     pub(super) fn quote_or_bracket(v: m128i) -> u32 {
@@ -289,6 +307,86 @@ fn quote_or_bracket_scalar(b: &[u8], i: usize) -> Option<usize> {
     Some(i + at)
 }
 
+/// The first `j >= i` where `"u` starts (`b[j]` a quote, `b[j + 1]` a `u`): where a `"usage`
+/// key may be, 16 candidates a step.
+pub(crate) fn find_quote_u(b: &[u8], mut i: usize) -> Option<usize> {
+    #[cfg(target_arch = "x86_64")]
+    while let Some(m) = simd::quote_u(b, i) {
+        if m != 0 {
+            return Some(i + m.trailing_zeros() as usize);
+        }
+        i += 16;
+    }
+    find_quote_u_scalar(b, i)
+}
+
+fn find_quote_u_scalar(b: &[u8], i: usize) -> Option<usize> {
+    (i..b.len().saturating_sub(1)).find(|&j| b[j] == b'"' && b[j + 1] == b'u')
+}
+
+/// The common prefix of `a` and `b`: its length, the parity of the quotes in it (1: odd), and
+/// whether it holds a backslash. 16 bytes a step on x86-64.
+pub(crate) fn equal_prefix(a: &[u8], b: &[u8]) -> (usize, u32, bool) {
+    let mut n = 0usize;
+    // The steps' quote masks XORed (the parity of a count is that of the XOR of its parts)
+    // and backslash masks ORed, looked at once at the end.
+    #[cfg(target_arch = "x86_64")]
+    let (quotes, backslashes) = {
+        let (mut quotes, mut backslashes) = (0u32, 0u32);
+        let len = a.len().min(b.len());
+        for (x, y) in a[..len].chunks_exact(16).zip(b[..len].chunks_exact(16)) {
+            let (Some(va), Some(vb)) = (simd::load(x, 0), simd::load(y, 0)) else {
+                break;
+            };
+            let differ = !simd::same(va, vb) & 0xFFFF;
+            // The bytes before the first difference (all 16 when none).
+            let upto = differ.wrapping_sub(1) & !differ & 0xFFFF;
+            let (q, bs) = simd::quotes_and_bs(vb);
+            quotes ^= q & upto;
+            backslashes |= bs & upto;
+            if differ != 0 {
+                return (
+                    n + differ.trailing_zeros() as usize,
+                    parity(quotes),
+                    backslashes != 0,
+                );
+            }
+            n += 16;
+        }
+        (quotes, backslashes)
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let (quotes, backslashes) = (0u32, 0u32);
+    let (m, q, bs) = equal_prefix_scalar(&a[n.min(a.len())..], &b[n.min(b.len())..]);
+    (n + m, parity(quotes) ^ q, bs || backslashes != 0)
+}
+
+/// 1 when `x` has an odd number of bits set.
+#[inline(always)]
+fn parity(mut x: u32) -> u32 {
+    x ^= x >> 16;
+    x ^= x >> 8;
+    x ^= x >> 4;
+    x ^= x >> 2;
+    x ^= x >> 1;
+    x & 1
+}
+
+fn equal_prefix_scalar(a: &[u8], b: &[u8]) -> (usize, u32, bool) {
+    let mut parity = 0;
+    for (n, (&x, &y)) in a.iter().zip(b).enumerate() {
+        if x != y {
+            return (n, parity, false);
+        }
+        match y {
+            b'"' => parity ^= 1,
+            b'\\' => return (n, parity, true),
+            _ => {}
+        }
+    }
+    (a.len().min(b.len()), parity, false)
+}
+
 /// Past the container whose opening bracket is at `i`: brackets outside strings counted
 /// whatever their kind, as the scanner's skip counts them. `None` when it does not close.
 ///
@@ -387,6 +485,22 @@ mod tests {
                 "tok {i} {:?}",
                 String::from_utf8_lossy(b)
             );
+            assert_eq!(
+                find_quote_u(b, i),
+                find_quote_u_scalar(b, i),
+                "find_quote_u {i} {:?}",
+                String::from_utf8_lossy(b)
+            );
+            let other: Vec<u8> = b.iter().rev().copied().collect();
+            for x in [&b[i.min(b.len())..], &other[..], &b[..b.len() / 2]] {
+                // The length and parity are only meaningful without a backslash.
+                let (n, q, bs) = equal_prefix(b, x);
+                let (n0, q0, bs0) = equal_prefix_scalar(b, x);
+                assert_eq!(bs, bs0, "equal_prefix backslash {i}");
+                if !bs {
+                    assert_eq!((n, q), (n0, q0), "equal_prefix {i}");
+                }
+            }
             assert_eq!(
                 quote_or_bracket(b, i),
                 quote_or_bracket_scalar(b, i),
