@@ -10,6 +10,7 @@
 mod probe;
 mod whole;
 
+use probe::quote_or_backslash;
 pub(crate) use probe::{equal_prefix, find_quote_u};
 
 use super::providers::{self, Act, Dialects, Node, Raw, MAX_COUNT};
@@ -491,25 +492,30 @@ impl Scanner {
                 Act::Skip | Act::Open(_) => {}
             }
         }
-        match memchr::memchr2(b'"', b'\\', rest) {
-            Some(j) if rest[j] == b'"' => {
+        // To the closing quote, passing each escape (a backslash and the byte after it,
+        // whatever it is: what the escape states do for a string only skipped) in place: a
+        // long answer's `\n`s and `\"`s cost a search each, not a trip through the states.
+        let mut k = 0;
+        while let Some(j) = quote_or_backslash(rest, k) {
+            if rest[j] == b'"' {
                 self.st = if self.st == St::Str {
                     St::After
                 } else {
                     St::Skip
                 };
-                i + j + 1
+                return i + j + 1;
             }
-            Some(j) => {
+            if j + 1 == rest.len() {
                 self.st = if self.st == St::Str {
                     St::StrEscape
                 } else {
                     St::SkipEscape
                 };
-                i + j + 1
+                return b.len();
             }
-            None => b.len(),
+            k = j + 2;
         }
+        b.len()
     }
 
     fn kind_bytes(&mut self, b: &[u8], i: usize) -> usize {
@@ -622,10 +628,7 @@ impl Scanner {
 
     fn key_bytes(&mut self, b: &[u8], i: usize) -> usize {
         let rest = &b[i..];
-        let mut j = 0;
-        while j < rest.len() && rest[j] != b'"' && rest[j] != b'\\' {
-            j += 1;
-        }
+        let j = quote_or_backslash(rest, 0).unwrap_or(rest.len());
         if j == rest.len() {
             self.key.push(rest);
             return b.len();

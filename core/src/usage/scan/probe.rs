@@ -307,6 +307,33 @@ fn quote_or_bracket_scalar(b: &[u8], i: usize) -> Option<usize> {
     Some(i + at)
 }
 
+/// The first `"` or `\\` at or after `i`: 16-byte steps for the first 256 bytes (keys, short
+/// values, and the runs between an answer's escapes end there: `memchr2`'s setup costs more
+/// than such a run), then `memchr2`.
+#[inline(always)]
+pub(crate) fn quote_or_backslash(b: &[u8], mut i: usize) -> Option<usize> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let end = i.saturating_add(256);
+        while let Some(v) = simd::load(b, i) {
+            let m = simd::quote_or_bs(v);
+            if m != 0 {
+                return Some(i + m.trailing_zeros() as usize);
+            }
+            i += 16;
+            if i >= end {
+                break;
+            }
+        }
+    }
+    Some(i + memchr::memchr2(b'"', b'\\', b.get(i..)?)?)
+}
+
+#[cfg_attr(not(test), allow(dead_code))]
+fn quote_or_backslash_scalar(b: &[u8], i: usize) -> Option<usize> {
+    Some(i + b.get(i..)?.iter().position(|&c| c == b'"' || c == b'\\')?)
+}
+
 /// The first `j >= i` where `"u` starts (`b[j]` a quote, `b[j + 1]` a `u`): where a `"usage`
 /// key may be, 16 candidates a step.
 pub(crate) fn find_quote_u(b: &[u8], mut i: usize) -> Option<usize> {
@@ -486,6 +513,11 @@ mod tests {
                 String::from_utf8_lossy(b)
             );
             assert_eq!(
+                quote_or_backslash(b, i),
+                quote_or_backslash_scalar(b, i),
+                "quote_or_backslash {i}"
+            );
+            assert_eq!(
                 find_quote_u(b, i),
                 find_quote_u_scalar(b, i),
                 "find_quote_u {i} {:?}",
@@ -573,5 +605,8 @@ mod tests {
         assert_eq!(tok(&indent, 0), indent.len() - 1);
         check(&indent);
         check(&long);
+        // Past the 16-byte steps of `quote_or_backslash` (256 bytes), with escapes around it.
+        let longer = [&b"[\""[..], &[b'a'; 250], b"\\\"", &[b'b'; 300], b"\"]"].concat();
+        check(&longer);
     }
 }
