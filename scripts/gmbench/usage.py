@@ -1,7 +1,8 @@
 """Section usage: CPU instructions per proxied LLM request (valgrind --tool=callgrind, the
 difference of two runs), for plain proxying, the module's default families, native usage reading
 (`gateway_metrics_usage auto`) and the example gateway as it read usage in Lua before
-(lua_example_baseline/), for a JSON response and SSE streams of 4, 20 and 200 content chunks;
+(lua_example_baseline/), for a JSON response (also one with an 8,000-byte answer, which nginx
+hands over in several buffers) and SSE streams of 4, 20 and 200 content chunks;
 the cost of each further chunk is the slope between 20 and 200 chunks."""
 
 import json
@@ -42,6 +43,15 @@ def sse_body(n):
     return out
 
 
+def long_answer(body):
+    """The corpus body with an 8,000-byte answer (an escaped line break every 80 bytes), as
+    `core/examples/usage_cost.rs`'s `json_long`: nginx hands it to the module in several
+    buffers, so the reader reads it the resumable way."""
+    text = json.loads(body)["choices"][0]["message"]["content"]
+    line = ("All work and no play. " * 4)[:78] + "\\n"
+    return body.replace(json.dumps(text)[1:-1].encode(), (line * 100).encode(), 1)
+
+
 class Upstream(gm.LoopbackServer):
     """Keep-alive HTTP/1.1 upstream: `/json` answers the corpus' Chat Completions JSON body,
     `/sse/N` a stream of N content chunks, each sent on its own after a short pause."""
@@ -50,6 +60,7 @@ class Upstream(gm.LoopbackServer):
         super().__init__(backlog=64)
         with open(os.path.join(CORPUS, "openai_chat_json.body"), "rb") as f:
             self.json = f.read()
+        self.json_long = long_answer(self.json)
         self.streams = {n: sse_body(n) for n in STREAMS}
         self.start()
 
@@ -73,9 +84,10 @@ class Upstream(gm.LoopbackServer):
                     rest += c.recv(65536)
                 buf = rest[length:]
                 path = head_.split(b" ")[1].decode()
-                if path.endswith("/json"):
+                if path.endswith("/json") or path.endswith("/json_long"):
+                    body = self.json if path.endswith("/json") else self.json_long
                     c.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
-                              b"Content-Length: %d\r\n\r\n%s" % (len(self.json), self.json))
+                              b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
                     continue
                 n = int(path.rsplit("/", 1)[1])
                 c.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
@@ -129,7 +141,7 @@ def http_conf(up_port, module, http_extra, loc_extra):
 
 
 def request(path):
-    body = json.dumps({"model": "gpt-4o-mini", "stream": path != "/v1/json",
+    body = json.dumps({"model": "gpt-4o-mini", "stream": "/sse/" in path,
                        "messages": [{"role": "user", "content": "hi"}]}).encode()
     return gm.request_bytes(path, {"X-Namespace": "bench", "Content-Type": "application/json"},
                             method="POST", body=body)
@@ -143,7 +155,7 @@ def run(ctx):
     names = [n for n in VARIANTS if gm.HAVE_LUA or not VARIANTS[n][2]]
     if os.environ.get("GM_USAGE_VARIANTS"):  # e.g. "proxy,usage" while iterating
         names = [n for n in names if n in os.environ["GM_USAGE_VARIANTS"].split(",")]
-    paths = ["/v1/json"] + [f"/v1/sse/{n}" for n in STREAMS]
+    paths = ["/v1/json", "/v1/json_long"] + [f"/v1/sse/{n}" for n in STREAMS]
     say(f"per request = (Ir(N={n2}) - Ir(N={n1})) / {n2 - n1}, {warm} warm-up requests, one "
         f"keep-alive connection, worker_processes 1; SSE chunks {GAP * 1000:.0f} ms apart (read "
         "one by one); per further chunk = (cost at 200 chunks - cost at 20) / 180")
@@ -178,7 +190,8 @@ def run(ctx):
         added = {p: c[p] - base[p] for p in paths}
         slope = (c["/v1/sse/200"] - c["/v1/sse/20"]) / 180
         res["added"][name], res["per_chunk"][name] = added, slope
-        say(f"  -> {VARIANTS[name][0]}: JSON {fmt_int(added['/v1/json'])} added; SSE 4/20/200 "
+        say(f"  -> {VARIANTS[name][0]}: JSON {fmt_int(added['/v1/json'])} added (with an "
+            f"8,000-byte answer {fmt_int(added['/v1/json_long'])}); SSE 4/20/200 "
             f"chunks {fmt_int(added['/v1/sse/4'])} / {fmt_int(added['/v1/sse/20'])} / "
             f"{fmt_int(added['/v1/sse/200'])} added; {slope:,.0f} per chunk"
             + (f" ({slope - res['per_chunk']['proxy']:,.0f} over proxying)" if name != "proxy"
