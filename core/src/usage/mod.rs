@@ -114,21 +114,24 @@
 //! against the general path alone (`fast_steps_read_what_the_general_path_reads`).
 //!
 //! Instructions per further chunk measured with callgrind (`core/examples/usage_cost.rs`,
-//! release, x86-64, harness loop included): OpenAI Chat 183, the nginx benchmark's Chat chunk
-//! 172, Anthropic `content_block_delta` 134, Responses `output_text.delta` 171, Gemini 1,925
-//! (all unchanged by this round; the harness gained a case, which moves the layout by a few
-//! instructions). Of a Chat chunk, the line search is ~85 to ~95; the rest is the `quiet`
-//! check, the shape compares and the harness. A deferred Gemini chunk still costs the framing,
-//! the `memmem` for the usage key and the comparison (eight bytes at a time with quote
-//! counting, ~1,100 for a 200-byte tail). Target not met: Gemini (≤ ~400).
+//! release, x86-64, harness loop included): OpenAI Chat 171, the nginx benchmark's Chat chunk
+//! 171, Anthropic `content_block_delta` 128, Responses `output_text.delta` 159, Gemini 1,067
+//! (1,923 before the 2026-12-02 round). Of a Chat chunk, the line search is ~85 to ~95; the
+//! rest is the `quiet` check, the shape compares and the harness. A deferred Gemini chunk still
+//! costs the framing (~250), the search for the usage key (each `"u` pair, 16 bytes a step,
+//! instead of `memmem`, whose setup cost ~500 per payload) and the comparison with the last
+//! tail (16 bytes a step, quotes' parity and backslashes gathered from the step masks:
+//! ~450 for a 215-byte tail, ~1,280 eight bytes at a time before). Target not met: Gemini
+//! (≤ ~400).
 //!
 //! A whole JSON body (new + feed + finish), measured with `core/examples/usage_cost.rs` (its
-//! header has the breakdown and what was tried): the compact 674-byte Chat body 5,638 (6,210
-//! before this round, same session), the corpus's pretty-printed one (997 bytes, the nginx
-//! benchmark's body) 6,720 (8,296), the same with an 8,000-byte answer 17,405 (18,614). Target
-//! (≤ ~1,000) not met: every member of the tracked objects still costs its own path through
-//! the walk (~67 instructions, plus its key's lookup and its value), and construction, framing
-//! and `finish` ~614. Previous rounds: string ends by `memchr`'s SSE2 searcher, whitespace by one
+//! header has the breakdown and what was tried): the compact 674-byte Chat body 5,173 (5,882
+//! before the 2026-12-02 round, same session), the corpus's pretty-printed one (997 bytes, the
+//! nginx benchmark's body) 6,128 (6,951), the same with an 8,000-byte answer 16,768 (17,636),
+//! and in 4 KiB buffers (the resumable scanner) 20,616 (29,485). Target (≤ ~1,000) not met:
+//! every member of the tracked objects still costs its own path through the walk (~67
+//! instructions, plus its key's lookup and its value), and construction, framing and `finish`
+//! ~614. Previous rounds: string ends by `memchr`'s SSE2 searcher, whitespace by one
 //! XOR a word, irrelevant keys ruled out by a hash mask, keys compared by words; tried and
 //! dropped then: the provider table matched by key length first, a branch-free `Raw::merge`, a
 //! perfect-hash key id, a word-chunk iterator.
