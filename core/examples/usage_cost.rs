@@ -10,20 +10,27 @@
 //! preamble that has shown the provider, the model and the first content (the stream is
 //! settled), as in a real stream. `json` reads N whole typical bodies, one reader each.
 //!
-//! Measured (Rust 1.95, release, x86-64, instructions; "before" is this harness, `json_long`
-//! case included, built on the code before this round and measured in the same session):
+//! Measured (Rust 1.95, release, x86-64, instructions; "before" is this harness built on the
+//! code of the start of the 2026-12-02 round (0a2a14d), measured in the same session). Per-chunk
+//! figures move by up to ~±10 with the harness's own layout: `memchr`'s AVX2 line search costs
+//! more or less with the data's alignment (the `responses` row: 160 before, 171 now, the
+//! library's path unchanged).
 //!
 //! | case | bytes | per chunk / body | before | target |
 //! |---|---|---|---|---|
-//! | `chat` the nginx benchmark's Chat chunk, `"usage":null` | 253 | 171 | 171 | ≤ ~170 |
-//! | `openai` Chat chunk, `"usage":null` | 261 | 171 | 183 | ≤ ~170 |
-//! | `anthropic` `content_block_delta` (with `event:` line) | 130 | 128 | 133 | ≤ 200 |
-//! | `responses` `response.output_text.delta` | 214 | 159 | 170 | ≤ 200 |
-//! | `gemini` chunk with `usageMetadata` running totals | 334 | 1,067 | 1,923 | ≤ ~400 |
-//! | `json` Chat Completions body, whole reader (new + feed + finish) | 674 | 5,173 | 5,882 | ≤ ~1,000 |
-//! | `json_pretty` the corpus's pretty-printed Chat body, whole reader | 997 | 6,128 | 6,951 | ≤ ~1,000 |
-//! | `json_long` the same with an 8,000-byte answer (a `\n` every 80 bytes) | 8,929 | 16,768 | 17,636 | |
-//! | `json_long_split` the same in 4 KiB buffers (resumable scanner) | 8,929 | 20,616 | 29,485 | |
+//! | `chat` the nginx benchmark's Chat chunk, `"usage":null` | 253 | 176 | 172 | ≤ ~170 |
+//! | `openai` Chat chunk, `"usage":null` | 261 | 172 | 183 | ≤ ~170 |
+//! | `anthropic` `content_block_delta` (with `event:` line) | 130 | 134 | 134 | ≤ 200 |
+//! | `responses` `response.output_text.delta` | 214 | 171 | 160 | ≤ 200 |
+//! | `gemini` chunk with `usageMetadata` running totals | 334 | 1,070 | 1,927 | ≤ ~400 |
+//! | `chat_start` a new reader, 2 unsettled chunks, the usage chunk, `[DONE]` | 841 | 10,521 | 11,289 | |
+//! | `anthropic_start` `message_start` … first delta, `message_delta`, stop | 806 | 9,499 | 10,031 | |
+//! | `gemini_start` a new reader, the first chunk | 321 | 4,943 | 5,457 | |
+//! | `responses_start` `response.created`, the first delta | 382 | 5,486 | 5,920 | |
+//! | `json` Chat Completions body, whole reader (new + feed + finish) | 674 | 5,163 | 5,875 | ≤ ~1,000 |
+//! | `json_pretty` the corpus's pretty-printed Chat body, whole reader | 997 | 6,118 | 6,958 | ≤ ~1,000 |
+//! | `json_long` the same with an 8,000-byte answer (a `\n` every 80 bytes) | 8,929 | 16,758 | 17,641 | |
+//! | `json_long_split` the same in 4 KiB buffers (resumable scanner) | 8,929 | 20,613 | 29,485 | |
 //!
 //! This round (2026-12-02): `choices` and `candidates` are skipped in JSON bodies
 //! (bracket-counted, not read member by member: they only tell a stream's first content); the
@@ -31,7 +38,7 @@
 //! loop, passes a skipped string's escapes in place and searches strings and keys 16 bytes a
 //! step (`memchr2` only past 256 bytes); a settled Gemini chunk finds its usage key by `"u`
 //! pairs 16 bytes a step (not `memmem`) and compares its tail with the last one 16 bytes a
-//! step.
+//! step; SSE payloads are read by the JSON body's walk (`scan/whole.rs` has one walk now).
 //! A reading of a whole body from its start and from its last usage key on (the middle
 //! unread) measured 6,089 for `json_pretty` and 6,088 for `json_long`; not kept, see the
 //! `usage` module documentation (a body broken before its usage would read differently whole
@@ -108,6 +115,18 @@ fn stream(first: &str, chunk: &str, end: &str, n: usize) {
     black_box(r.finish(true));
 }
 
+/// `n` streams of no further chunk: a new reader, the first events, the end (out of line, so
+/// that `stream`'s loop stays as it is measured per chunk).
+#[inline(never)]
+fn starts(first: &str, end: &str, n: usize) {
+    for _ in 0..n {
+        let mut r = UsageReader::new(Format::Auto, Body::EventStream);
+        assert!(r.feed(black_box(first.as_bytes())));
+        r.feed(black_box(end.as_bytes()));
+        black_box(r.finish(true));
+    }
+}
+
 fn main() {
     let mut args = std::env::args().skip(1);
     let case = args.next().unwrap_or_else(|| "openai".into());
@@ -118,6 +137,12 @@ fn main() {
         "anthropic" => stream(ANTHROPIC_FIRST, ANTHROPIC, ANTHROPIC_END, n),
         "gemini" => stream(GEMINI_FIRST, GEMINI, "", n),
         "responses" => stream(RESPONSES_FIRST, RESPONSES, "", n),
+        // A whole stream's fixed part: a new reader, the unsettled first events and the end
+        // (each stream case above with no further chunk), N times.
+        "chat_start" => starts(CHAT_FIRST, OPENAI_END, n),
+        "anthropic_start" => starts(ANTHROPIC_FIRST, ANTHROPIC_END, n),
+        "gemini_start" => starts(GEMINI_FIRST, "", n),
+        "responses_start" => starts(RESPONSES_FIRST, "", n),
         "json" => {
             for _ in 0..n {
                 let mut r = UsageReader::new(Format::Auto, Body::Json);
@@ -157,7 +182,7 @@ fn main() {
             }
         }
         other => panic!(
-            "unknown case {other}: openai, chat, anthropic, gemini, responses, json, json_pretty, json_long or json_long_split"
+            "unknown case {other}: openai, chat, anthropic, gemini, responses, json, json_pretty, json_long, json_long_split or <stream>_start"
         ),
     }
 }

@@ -59,38 +59,38 @@
 //!   `"usage":null}` (after `{` or `,`, whitespace allowed) is skipped after a few byte
 //!   compares. This assumes each key once per object, as every provider sends it: a
 //!   payload with a second, non-null top-level `usage` before would be missed;
-//! - any other payload is searched for a non-null `"usage…":` key with `memmem`; only one
+//! - any other payload is searched for a non-null `"usage…":` key (each `"u` pair, 16 bytes a
+//!   step, then the rest of the key compared); only one
 //!   that has one is scanned, from that key on when it is a member of the top-level object
 //!   (checked by the payload ending exactly with that object), else whole.
 //!
 //! Settled streams therefore do not check the JSON of payloads without usage.
 //!
-//! Reading itself: a payload held whole in one buffer is read by a recursive
-//! walk over the slice (`scan/whole.rs`): string ends found by `memchr`'s SSE2 searcher (x86-64), keys
-//! looked up in the same provider table (after a hash-mask prefilter that rules out most
-//! irrelevant keys exactly), skipped containers bracket-counted.
-//! It reads exactly what the resumable scanner reads and accepts only what it can walk to the
-//! end without error; anything else (a body cut or split across buffers, broken JSON) is read
-//! by the resumable scanner, unchanged. A JSON body whose first buffer holds it whole is read
-//! at `feed` (by the body walk below); the scanner is then left where it would have been (`Done`), so bytes that
-//! still follow are read as before. The settled fast path reads from the usage key on with the
-//! same walk. Tested: walk against scanner on every corpus payload and damaged variants, every
-//! dialect setting (`whole_walk_reads_what_the_scanner_reads`), and JSON bodies whole against
-//! byte by byte (a unit test of traps, and a fuzz property).
+//! Reading itself: a payload held whole in one buffer (an SSE event's data, a JSON body whose
+//! first buffer holds it whole) is read by a recursive walk over the slice (`feed_body` in
+//! `scan/whole.rs`), keys looked up in the same provider table (after a hash-mask prefilter that
+//! rules out most irrelevant keys exactly), with the searches of `scan/probe.rs`, 16 or 64 bytes
+//! a step with SSE2 compares on x86-64 (through the `safe_arch` crate: this crate has no
+//! `unsafe`; scalar elsewhere): the next token past whitespace, a string's end (`memchr2` past
+//! its first 64 bytes), a skipped container's end (brackets outside strings counted from 64-byte
+//! masks of quotes, backslashes and brackets, the in-string mask by a prefix XOR; a step holding
+//! a backslash outside strings, an ordinary byte to the scanner, is read the scalar way). It
+//! reads exactly what the resumable scanner reads and accepts only what it can walk to the end
+//! without error; anything else (a body cut or split across buffers, broken JSON) is read by the
+//! resumable scanner, unchanged. A JSON body read whole at `feed` leaves the scanner where it
+//! would have been (`Done`), so bytes that still follow are read as before. The settled fast
+//! path reads from the usage key on with the same walk (`feed_members`). Until 2026-12-02 SSE
+//! payloads had a walk of their own (`memchr` and word-wise whitespace); the probe walk costs
+//! ~100–330 less per unsettled event, so it is the only one. Tested against the scanner on every
+//! corpus payload, damaged and pretty-printed variants, every dialect setting, as SSE payloads
+//! and as JSON bodies (`whole_walk_reads_what_the_scanner_reads`,
+//! `body_walk_reads_what_the_scanner_reads`), any generated JSON (`body_walk_reads_any_json_as_the_scanner`),
+//! JSON bodies whole against byte by byte (a unit test of traps, and a fuzz property), and the
+//! searches against their scalar forms (property tests in `scan/probe.rs`).
 //!
 //! A JSON body's `choices` (Chat) and `candidates` (Gemini) are skipped, bracket-counted like any
 //! container the reading does not need, by every path (`Scanner::member`): what they tell is a
-//! stream's first content, and a body has none (their keys still tell the provider). A JSON body
-//! read whole goes through its own walk (`feed_body` in `scan/whole.rs`): the same
-//! reading, table and grammar checks as the walk above, but with the searches of `scan/probe.rs`, 16 or 64 bytes a step with SSE2
-//! compares on x86-64 (through the `safe_arch` crate: this crate has no `unsafe`; scalar
-//! elsewhere): the next token past whitespace, a string's end (`memchr2` past its first 64
-//! bytes), a skipped container's end (brackets outside strings counted from 64-byte masks of
-//! quotes, backslashes and brackets, the in-string mask by a prefix XOR; a step holding a
-//! backslash outside strings, an ordinary byte to the scanner, is read the scalar way). Tested
-//! against the scanner and the whole walk on every corpus payload, damaged and pretty-printed
-//! variants, every dialect setting (`body_walk_reads_what_the_whole_walk_reads`), and the
-//! searches against their scalar forms (property tests in `scan/probe.rs`). Reading only the start
+//! stream's first content, and a body has none (their keys still tell the provider). Reading only the start
 //! of a body and its end from the last usage key on (found backwards 16 bytes a step, proved a
 //! top-level member by the body ending right after it) was built and measured: 6,958 → 6,089 for
 //! the corpus's pretty Chat body, 17,641 → 6,088 with an 8,000-byte answer. It was not kept: a
@@ -114,9 +114,9 @@
 //! against the general path alone (`fast_steps_read_what_the_general_path_reads`).
 //!
 //! Instructions per further chunk measured with callgrind (`core/examples/usage_cost.rs`,
-//! release, x86-64, harness loop included): OpenAI Chat 171, the nginx benchmark's Chat chunk
-//! 171, Anthropic `content_block_delta` 128, Responses `output_text.delta` 159, Gemini 1,067
-//! (1,923 before the 2026-12-02 round). Of a Chat chunk, the line search is ~85 to ~95; the
+//! release, x86-64, harness loop included; ±10 with the harness's layout, see its header):
+//! OpenAI Chat 172, the nginx benchmark's Chat chunk 176, Anthropic `content_block_delta` 134,
+//! Responses `output_text.delta` 171, Gemini 1,070 (1,927 before the 2026-12-02 round). Of a Chat chunk, the line search is ~85 to ~95; the
 //! rest is the `quiet` check, the shape compares and the harness. A deferred Gemini chunk still
 //! costs the framing (~250), the search for the usage key (each `"u` pair, 16 bytes a step,
 //! instead of `memmem`, whose setup cost ~500 per payload) and the comparison with the last
@@ -125,10 +125,11 @@
 //! (≤ ~400).
 //!
 //! A whole JSON body (new + feed + finish), measured with `core/examples/usage_cost.rs` (its
-//! header has the breakdown and what was tried): the compact 674-byte Chat body 5,173 (5,882
+//! header has the breakdown and what was tried): the compact 674-byte Chat body 5,163 (5,875
 //! before the 2026-12-02 round, same session), the corpus's pretty-printed one (997 bytes, the
-//! nginx benchmark's body) 6,128 (6,951), the same with an 8,000-byte answer 16,768 (17,636),
-//! and in 4 KiB buffers (the resumable scanner) 20,616 (29,485). Target (≤ ~1,000) not met:
+//! nginx benchmark's body) 6,118 (6,958), the same with an 8,000-byte answer 16,758 (17,641),
+//! and in 4 KiB buffers (the resumable scanner) 20,613 (29,485). A stream's fixed part (a new
+//! reader, the unsettled first events, the end) went down by 400–770 (`*_start` cases). Target (≤ ~1,000) not met:
 //! every member of the tracked objects still costs its own path through the walk (~67
 //! instructions, plus its key's lookup and its value), and construction, framing and `finish`
 //! ~614. Previous rounds: string ends by `memchr`'s SSE2 searcher, whitespace by one
@@ -632,7 +633,7 @@ impl Events {
         }
         self.flush();
         self.scan.begin();
-        if !self.scan.feed_whole(p) {
+        if !self.scan.feed_body(p) {
             self.scan.feed(p);
         }
         self.scan.end();
@@ -1420,7 +1421,7 @@ mod tests {
                         let mut full = fresh();
                         full.feed(&v);
                         let mut fast = fresh();
-                        if fast.feed_whole(&v) {
+                        if fast.feed_body(&v) {
                             whole += 1;
                             assert!(full.ended_cleanly(), "{what}: accepted, scanner did not");
                             assert_eq!(reading(&fast), reading(&full), "{what}");
@@ -1490,7 +1491,7 @@ mod tests {
                 Format::Gemini,
             ] {
                 let mut s = UsageReader::new(format, Body::Json).events.scan;
-                assert_eq!(s.feed_whole(body.as_bytes()), *walks, "{body}");
+                assert_eq!(s.feed_body(body.as_bytes()), *walks, "{body}");
                 for complete in [true, false] {
                     let mut whole = UsageReader::new(format, Body::Json);
                     whole.feed(body.as_bytes());
@@ -1759,12 +1760,13 @@ mod tests {
         }
     }
 
-    /// `feed_body` (the probe walk) reads what `feed_whole` and the resumable scanner read,
-    /// for every corpus payload and damaged variants, every dialect setting, with the model
-    /// known or not: it accepts only bodies the scanner reads without error, and then leaves
-    /// exactly the scanner's facts; where it gives up it leaves the scanner just begun.
+    /// `feed_body` (the walk) reads what the resumable scanner reads, for every corpus payload,
+    /// damaged and pretty-printed variants and traps, every dialect setting, with the model
+    /// known or not, as an SSE payload and as a JSON body: it accepts only bodies the scanner
+    /// reads without error, and then leaves exactly the scanner's facts; where it gives up it
+    /// leaves the scanner just begun.
     #[test]
-    fn body_walk_reads_what_the_whole_walk_reads() {
+    fn body_walk_reads_what_the_scanner_reads() {
         let mut accepted = 0;
         let extra = [
             // `usage` inside a nested object after the real one; a top-level `usage` that is
@@ -1823,17 +1825,13 @@ mod tests {
                         );
                         let mut full = fresh();
                         full.feed(&v);
-                        let mut whole = fresh();
                         let mut body = fresh();
                         if body.feed_body(&v) {
                             accepted += 1;
                             assert!(full.ended_cleanly(), "{what}: accepted, scanner did not");
                             assert_eq!(reading(&body), reading(&full), "{what}");
-                            assert!(whole.feed_whole(&v), "{what}: accepted, whole walk did not");
-                            assert_eq!(reading(&body), reading(&whole), "{what}");
                         } else {
                             assert_eq!(reading(&body), reading(&fresh()), "{what}: undo");
-                            assert!(!whole.feed_whole(&v), "{what}: whole walk accepted");
                         }
                     }
                 }

@@ -1,6 +1,7 @@
-//! The scanner's reading of a payload held whole in one buffer, by recursive descent instead of
-//! the byte-by-byte state machine: strings are skipped by searching their end, keys are
-//! compared as slices, skipped containers are walked by a tight bracket-counting loop.
+//! The scanner's reading of a payload held whole in one buffer (an SSE event's data, a JSON
+//! body), by recursive descent instead of the byte-by-byte state machine: the next token, a
+//! string's end and a skipped container's end are found with [`probe`]'s 16- and 64-byte SSE2
+//! steps, keys are compared as slices.
 //!
 //! It reads exactly what [`Scanner::feed`] would read (the same [`providers`] table, the same
 //! number, literal and string rules, the same bound on tracked depth), but it only accepts a
@@ -9,10 +10,6 @@
 //! makes it give up, and the caller scans the payload the resumable way. So it never decides
 //! anything the scanner would decide differently: on success the scanner is left exactly as
 //! `feed` of the same bytes would have left it (`Done`, with the same facts and model).
-//!
-//! Two walks share the value rules: `w_*` for SSE payloads (`feed_whole`, `feed_members`),
-//! searching byte strings with `memchr` and whitespace a word at a time, and `b_*` for JSON
-//! bodies (`feed_body`), whose searches are [`probe`]'s 16- and 64-byte SSE2 steps.
 
 use super::probe;
 use super::{Scanner, St, MAX_TRACK};
@@ -23,127 +20,13 @@ struct Stop;
 
 type Pos = Result<usize, Stop>;
 
+/// Past the number or literal at `b[i]`, read with [`Act::Skip`] as the scanner reads it: to
+/// the byte that ends its run (which must exist).
 #[inline(always)]
-fn ws(b: &[u8], i: usize) -> usize {
-    match b.get(i) {
-        // Most tokens follow each other without whitespace,
-        Some(&c) if c > b' ' => i,
-        // or after one space (pretty-printed bodies after `:`).
-        Some(b' ') if b.get(i + 1).is_some_and(|&c| c > b' ') => i + 1,
-        _ => ws_run(b, i),
-    }
-}
-
-/// Past the whitespace at `i`. Pretty-printed bodies (OpenAI's JSON responses) indent with a
-/// newline and a run of spaces: a `\n`, `\r` or `\t` is passed alone, spaces eight at a time
-/// (the first byte of a word that is not a space is exact: XOR with spaces is zero exactly on
-/// them).
-#[inline(always)]
-fn ws_run(b: &[u8], mut i: usize) -> usize {
-    loop {
-        if let Some(b'\n' | b'\r' | b'\t') = b.get(i) {
-            i += 1;
-        }
-        match b.get(i..i + 8) {
-            Some(w) => {
-                let x = u64::from_le_bytes(w.try_into().unwrap_or_default()) ^ (ONES * 0x20);
-                if x == 0 {
-                    i += 8;
-                    continue;
-                }
-                i += (x.trailing_zeros() / 8) as usize;
-            }
-            None => {
-                while i < b.len() && b[i] == b' ' {
-                    i += 1;
-                }
-            }
-        }
-        if !matches!(b.get(i), Some(b'\n' | b'\r' | b'\t')) {
-            return i;
-        }
-    }
-}
-
-const ONES: u64 = 0x0101_0101_0101_0101;
-#[cfg(not(target_arch = "x86_64"))]
-const HIGH: u64 = 0x8080_8080_8080_8080;
-
-/// The first `"` or `\\` at or after `i`. On x86-64 with the `memchr` crate's SSE2 searcher
-/// (SSE2 is part of the x86-64 baseline, so its first 16-byte probe is inlined here: most strings
-/// end within it); elsewhere eight bytes at a time.
-#[cfg(target_arch = "x86_64")]
-#[inline(always)]
-fn quote_or_escape(b: &[u8], i: usize) -> Option<usize> {
-    use memchr::arch::x86_64::sse2::memchr::Two;
-    let rest = b.get(i..)?;
-    let two = Two::new(b'"', b'\\')?;
-    two.find(rest).map(|j| i + j)
-}
-
-/// The first `"` or `\\` at or after `i`, eight bytes at a time (a word's lowest flagged byte
-/// is exact: the borrow of the zero-byte test only flags bytes above a true match).
-#[cfg(not(target_arch = "x86_64"))]
-#[inline(always)]
-fn quote_or_escape(b: &[u8], mut i: usize) -> Option<usize> {
-    while let Some(w) = b.get(i..i + 8) {
-        let w = u64::from_le_bytes(w.try_into().ok()?);
-        let q = w ^ (ONES * u64::from(b'"'));
-        let e = w ^ (ONES * u64::from(b'\\'));
-        let m = (q.wrapping_sub(ONES) & !q | e.wrapping_sub(ONES) & !e) & HIGH;
-        if m != 0 {
-            return Some(i + (m.trailing_zeros() / 8) as usize);
-        }
-        i += 8;
-    }
-    while i < b.len() {
-        if matches!(b[i], b'"' | b'\\') {
-            return Some(i);
-        }
-        i += 1;
-    }
-    None
-}
-
-/// The closing quote of the string whose content starts at `i` (escapes skipped as the scanner
-/// skips them: the byte after a backslash, whatever it is), and whether it has escapes.
-#[inline(always)]
-fn string_end(b: &[u8], mut i: usize) -> Result<(usize, bool), Stop> {
-    let mut escaped = false;
-    loop {
-        let j = quote_or_escape(b, i).ok_or(Stop)?;
-        if b[j] == b'"' {
-            return Ok((j, escaped));
-        }
-        escaped = true;
-        i = j + 2;
-        if i > b.len() {
-            return Err(Stop);
-        }
-    }
-}
-
-/// Past the byte `c` expected at `i` after optional whitespace, and the whitespace after it.
-#[inline(always)]
-fn token(b: &[u8], i: usize, c: u8) -> Pos {
-    let i = if b.get(i) == Some(&c) { i } else { ws(b, i) };
-    if b.get(i) == Some(&c) {
-        Ok(ws(b, i + 1))
-    } else {
-        Err(Stop)
-    }
-}
-
-/// Past the value at `b[i]` (not whitespace) read with [`Act::Skip`], as [`Scanner::w_value`]
-/// reads it: a container bracket-counted, a string to its end, a number or literal to the
-/// byte that ends its run (which must exist).
-#[inline(always)]
-fn skip_value(b: &[u8], i: usize) -> Pos {
+fn skip_scalar(b: &[u8], i: usize) -> Pos {
     let &c = b.get(i).ok_or(Stop)?;
     let mut j = i + 1;
     match c {
-        b'"' => return Ok(string_end(b, j)?.0 + 1),
-        b'{' | b'[' => return skip_container(b, i),
         b'0'..=b'9' | b'-' => {
             while j < b.len() && matches!(b[j], b'0'..=b'9' | b'.' | b'e' | b'E' | b'+' | b'-') {
                 j += 1;
@@ -163,44 +46,7 @@ fn skip_value(b: &[u8], i: usize) -> Pos {
     }
 }
 
-/// Past a container the scanner skips (`b[i]` is its opening bracket): brackets outside
-/// strings are counted whatever their kind, as the scanner's skip does.
-fn skip_container(b: &[u8], mut i: usize) -> Pos {
-    let mut depth = 0u32;
-    while i < b.len() {
-        let c = b[i];
-        i += 1;
-        match c {
-            b'"' => i = string_end(b, i)?.0 + 1,
-            b'{' | b'[' => depth += 1,
-            b'}' | b']' => {
-                depth -= 1;
-                if depth == 0 {
-                    return Ok(i);
-                }
-            }
-            _ => {}
-        }
-    }
-    Err(Stop)
-}
-
 impl Scanner {
-    /// Reads `b` as one whole payload (the scanner must be just begun, before any byte of the
-    /// top-level value). Returns false and leaves the scanner just begun when it cannot prove
-    /// the reading; then feed the bytes the resumable way.
-    pub(crate) fn feed_whole(&mut self, b: &[u8]) -> bool {
-        debug_assert!(self.st == St::Start);
-        let known = self.model.done;
-        let i = ws(b, 0);
-        let read = match b.get(i) {
-            Some(b'{') => self.w_object(b, i + 1, Node::Root, 0, true),
-            Some(b'[') => self.w_array(b, i + 1, Node::TopArray, 0),
-            _ => Err(Stop),
-        };
-        self.walked(read.map(|end| ws(b, end) == b.len()), known)
-    }
-
     /// Reads `b` as the rest of a top-level object from one of its keys on (as
     /// [`Scanner::begin_member`] and `feed`): true when the walk ends with that object exactly
     /// at the end of `b` (whitespace aside), as [`Scanner::ended_cleanly`] would say. False
@@ -208,8 +54,14 @@ impl Scanner {
     pub(crate) fn feed_members(&mut self, b: &[u8]) -> bool {
         self.begin();
         let known = self.model.done;
-        let read = self.w_object(b, 0, Node::Root, 0, false);
-        self.walked(read.map(|end| ws(b, end) == b.len()), known)
+        let i = probe::tok(b, 0);
+        // A key, not the object's end: `b_object` from a key reads the members that follow.
+        let read = if b.get(i) == Some(&b'"') {
+            self.b_object(b, i, Node::Root, 0)
+        } else {
+            Err(Stop)
+        };
+        self.walked(read.map(|end| probe::tok(b, end) == b.len()), known)
     }
 
     /// What the provider table does with member `key` of an object of meaning `node` (keys
@@ -244,48 +96,6 @@ impl Scanner {
         self.begin();
     }
 
-    /// The members of an object of meaning `node` from `i` (just after its `{`, or at a key when
-    /// `may_close` is false), opened at tracked depth `depth`; returns the position after its `}`.
-    fn w_object(&mut self, b: &[u8], i: usize, node: Node, depth: usize, may_close: bool) -> Pos {
-        let depth = depth + 1;
-        if node.is_usage() {
-            self.stage = Raw::default();
-            self.stage_valid = false;
-        }
-        let mut i = ws(b, i);
-        if may_close && b.get(i) == Some(&b'}') {
-            return Ok(self.w_close(node, i + 1));
-        }
-        loop {
-            if b.get(i) != Some(&b'"') {
-                return Err(Stop);
-            }
-            let k = i + 1;
-            let (e, escaped) = string_end(b, k)?;
-            // Our keys are plain: an escaped key is none of them (the scanner compares it as
-            // empty).
-            let key = if escaped { &[][..] } else { &b[k..e] };
-            let act = self.act_of(node, key);
-            i = token(b, e + 1, b':')?;
-            i = match act {
-                Act::Skip => skip_value(b, i)?,
-                Act::Count(slot) if matches!(b.get(i), Some(b'0'..=b'9')) => {
-                    self.w_count(b, i, slot)?
-                }
-                _ => self.w_value(b, i, act, depth)?,
-            };
-            match b.get(i) {
-                Some(b',') => i = ws(b, i + 1),
-                Some(b'}') => return Ok(self.w_close(node, i + 1)),
-                _ => match b.get(ws(b, i)) {
-                    Some(b',') => i = ws(b, ws(b, i) + 1),
-                    Some(b'}') => return Ok(self.w_close(node, ws(b, i) + 1)),
-                    _ => return Err(Stop),
-                },
-            }
-        }
-    }
-
     fn w_close(&mut self, node: Node, end: usize) -> usize {
         if node.is_usage() {
             if self.stage_valid {
@@ -297,27 +107,9 @@ impl Scanner {
         end
     }
 
-    /// The elements of an array of meaning `node` from `i` (just after its `[`).
-    fn w_array(&mut self, b: &[u8], i: usize, node: Node, depth: usize) -> Pos {
-        let depth = depth + 1;
-        let act = providers::element(node);
-        let mut i = ws(b, i);
-        if b.get(i) == Some(&b']') {
-            return Ok(i + 1);
-        }
-        loop {
-            i = ws(b, self.w_value(b, i, act, depth)?);
-            match b.get(i) {
-                Some(b',') => i = ws(b, i + 1),
-                Some(b']') => return Ok(i + 1),
-                _ => return Err(Stop),
-            }
-        }
-    }
-
-    /// The value at `b[i]` (not whitespace), read according to `act` inside `depth` tracked
-    /// containers; returns the position after it.
-    fn w_value(&mut self, b: &[u8], i: usize, act: Act, depth: usize) -> Pos {
+    /// The number or literal at `b[i]`, read according to `act`; returns the position after
+    /// it.
+    fn w_scalar(&mut self, b: &[u8], i: usize, act: Act) -> Pos {
         let &c = b.get(i).ok_or(Stop)?;
         if let Act::AnyContent(d) = act {
             if c != b'n' {
@@ -325,20 +117,6 @@ impl Scanner {
             }
         }
         match c {
-            b'{' | b'[' => {
-                let array = c == b'[';
-                match act {
-                    Act::Open(node) if node.is_array() == array && depth < MAX_TRACK => {
-                        if array {
-                            self.w_array(b, i + 1, node, depth)
-                        } else {
-                            self.w_object(b, i + 1, node, depth, true)
-                        }
-                    }
-                    _ => skip_container(b, i),
-                }
-            }
-            b'"' => self.w_string(b, i + 1, act),
             b'0'..=b'9' | b'-' => {
                 let mut num = u64::from(c.wrapping_sub(b'0'));
                 let mut bad = c == b'-';
@@ -383,8 +161,8 @@ impl Scanner {
         }
     }
 
-    /// A count (a value starting with a digit, read for `slot`) as [`Scanner::w_value`] reads
-    /// it, without its dispatch.
+    /// A count (a value starting with a digit, read for `slot`) as [`Scanner::w_scalar`]
+    /// reads it, without its dispatch.
     #[inline(always)]
     fn w_count(&mut self, b: &[u8], i: usize, slot: u8) -> Pos {
         let mut num = 0u64;
@@ -407,12 +185,6 @@ impl Scanner {
             j += 1;
         }
         Err(Stop)
-    }
-
-    /// A string value whose content starts at `i`; returns the position after its closing quote.
-    fn w_string(&mut self, b: &[u8], i: usize, act: Act) -> Pos {
-        let (e, escaped) = string_end(b, i)?;
-        self.w_str(b, i, e, escaped, act)
     }
 
     /// The string value `b[i..e]` (`e` its closing quote), read for `act`.
@@ -452,10 +224,11 @@ impl Scanner {
 }
 
 impl Scanner {
-    /// Reads `b` as a whole JSON body, as [`Scanner::feed_whole`] reads it (the same
-    /// [`providers`] table, grammar checks and value rules, the same facts, the same cases
-    /// given up), with the searches of [`probe`] (16 or 64 bytes a step): the next token, a
-    /// key's end, a skipped string or container. Tracked containers are read token by token as the
+    /// Reads `b` as one whole payload, an SSE event's data or a JSON body (the scanner must be
+    /// just begun, before any byte of the top-level value). Returns false and leaves the
+    /// scanner just begun when it cannot prove the reading; then feed the bytes the resumable
+    /// way. The searches are [`probe`]'s (16 or 64 bytes a step): the next token, a key's end,
+    /// a skipped string or container. Tracked containers are read token by token as the
     /// scanner reads them, skipped ones bracket-counted as it counts them; a key's `:` and
     /// the `,` or closing bracket after a value are looked for right where they mostly are
     /// before any search.
@@ -471,7 +244,9 @@ impl Scanner {
         self.walked(read.map(|end| probe::tok(b, end) == b.len()), known)
     }
 
-    /// [`Scanner::w_object`] with the searches of [`probe`] (from just after the `{`).
+    /// The members of an object of meaning `node` from `i` (just after its `{`, or at a key:
+    /// the rest of its members), opened at tracked depth `depth`; returns the position after
+    /// its `}`.
     fn b_object(&mut self, b: &[u8], i: usize, node: Node, depth: usize) -> Pos {
         let depth = depth + 1;
         if node.is_usage() {
@@ -529,7 +304,7 @@ impl Scanner {
         }
     }
 
-    /// [`Scanner::w_array`] with the searches of [`probe`] (from just after the `[`).
+    /// The elements of an array of meaning `node` from `i` (just after its `[`).
     fn b_array(&mut self, b: &[u8], i: usize, node: Node, depth: usize) -> Pos {
         let depth = depth + 1;
         let act = providers::element(node);
@@ -550,8 +325,8 @@ impl Scanner {
         }
     }
 
-    /// [`Scanner::w_value`] with the searches of [`probe`]: the value at the token `i`, read
-    /// for `act`; returns the position after it.
+    /// The value at the token `i`, read for `act` inside `depth` tracked containers; returns
+    /// the position after it.
     fn b_value(&mut self, b: &[u8], i: usize, act: Act, depth: usize) -> Pos {
         let &ch = b.get(i).ok_or(Stop)?;
         match ch {
@@ -582,18 +357,20 @@ impl Scanner {
                     self.w_str(b, i + 1, e, escaped, act)
                 }
             },
-            _ => self.w_value(b, i, act, depth),
+            _ => self.w_scalar(b, i, act),
         }
     }
 }
 
-/// [`skip_value`] with the searches of [`probe`].
+/// Past the value at `b[i]` (not whitespace) read with [`Act::Skip`], as the scanner reads
+/// it: a container bracket-counted, a string to its end, a number or literal to the byte that
+/// ends its run (which must exist).
 #[inline(always)]
 fn b_skip(b: &[u8], i: usize) -> Pos {
     match b.get(i) {
         Some(b'"') => Ok(probe::string_end(b, i + 1).ok_or(Stop)?.0 + 1),
         Some(b'{' | b'[') => probe::skip(b, i).ok_or(Stop),
-        _ => skip_value(b, i),
+        _ => skip_scalar(b, i),
     }
 }
 
@@ -601,27 +378,6 @@ fn b_skip(b: &[u8], i: usize) -> Pos {
 mod tests {
     use super::*;
 
-    #[test]
-    fn whitespace_runs_are_skipped_exactly() {
-        for body in [
-            &b"        \n        x"[..],
-            b"\n  \r\n\t  x",
-            b"   \x01  x",
-            b"                                 ",
-            b"",
-            b"x",
-            b" \n \n \n \n \n \n\t\n x",
-        ] {
-            for start in 0..=body.len() {
-                let slow = start
-                    + body[start..]
-                        .iter()
-                        .take_while(|c| matches!(c, b' ' | b'\n' | b'\r' | b'\t'))
-                        .count();
-                assert_eq!(ws(body, start), slow, "{body:?} from {start}");
-            }
-        }
-    }
     use crate::usage::providers::ALL;
 
     #[test]
@@ -629,7 +385,7 @@ mod tests {
         let body = br#"{"id":"x","object":"chat.completion","model":"gpt","choices":[{"index":0,"message":{"content":"hi"}}],"usage":{"prompt_tokens":19,"completion_tokens":10,"prompt_tokens_details":{"cached_tokens":0}}}"#;
         let mut s = Scanner::new(ALL);
         s.begin();
-        assert!(s.feed_whole(body));
+        assert!(s.feed_body(body));
     }
 }
 
