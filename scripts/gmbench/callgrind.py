@@ -174,13 +174,17 @@ def run(ctx):
 
 # ---- callgrind output ---------------------------------------------------------------------------
 
-def callgrind_run(ctx, http, module, raws, out, name, lua=False, lua_dirs=(), timeout=300):
+def callgrind_run(ctx, http, module, raws, out, name, lua=False, lua_dirs=(), timeout=300,
+                  exclude=()):
     """Runs nginx (with the module if `module`) in one process under callgrind, sends `raws`
     one by one over one keep-alive connection, and returns the run's total instructions. With
-    GM_CG_INSTR=1 the output has per-instruction costs (for addr2line; GM_KEEP_TMP=1 keeps it)."""
+    GM_CG_INSTR=1 the output has per-instruction costs (for addr2line; GM_KEEP_TMP=1 keeps it).
+    The functions in `exclude` are not counted, nor what they call (callgrind stops collecting
+    on their entry and starts again on their return)."""
     srv = bench_nginx(http, module=ctx.module if module else None, lua=lua, workers=1,
                       single_process=True, name="cg", workdir=ctx.work, lua_dirs=lua_dirs,
                       wrapper=["valgrind", "--tool=callgrind", "-q", f"--callgrind-out-file={out}"]
+                      + [f"--toggle-collect={f}" for f in exclude]
                       + (["--dump-instr=yes"] if os.environ.get("GM_CG_INSTR") else []))
     try:
         srv.start(timeout=180)
