@@ -184,7 +184,8 @@ def callgrind_run(ctx, http, module, raws, out, name, lua=False, lua_dirs=(), ti
     srv = bench_nginx(http, module=ctx.module if module else None, lua=lua, workers=1,
                       single_process=True, name="cg", workdir=ctx.work, lua_dirs=lua_dirs,
                       wrapper=["valgrind", "--tool=callgrind", "-q", f"--callgrind-out-file={out}"]
-                      + [f"--toggle-collect={f}" for f in exclude]
+                      + ([f"--toggle-collect={f}" for f in exclude] + ["--collect-atstart=yes"]
+                         if exclude else [])
                       + (["--dump-instr=yes"] if os.environ.get("GM_CG_INSTR") else []))
     try:
         srv.start(timeout=180)
