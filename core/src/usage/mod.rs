@@ -116,12 +116,16 @@
 //! Instructions per further chunk measured with callgrind (`core/examples/usage_cost.rs`,
 //! release, x86-64, harness loop included; ±10 with the harness's layout, see its header):
 //! OpenAI Chat 172, the nginx benchmark's Chat chunk 176, Anthropic `content_block_delta` 134,
-//! Responses `output_text.delta` 171, Gemini 1,070 (1,927 before the 2026-12-02 round). Of a Chat chunk, the line search is ~85 to ~95; the
+//! Responses `output_text.delta` 171, Gemini 801 (1,927 before the 2026-12-02 round). Of a Chat chunk, the line search is ~85 to ~95; the
 //! rest is the `quiet` check, the shape compares and the harness. A deferred Gemini chunk still
 //! costs the framing (~250), the search for the usage key (each `"u` pair, 16 bytes a step,
 //! instead of `memmem`, whose setup cost ~500 per payload) and the comparison with the last
-//! tail (16 bytes a step, quotes' parity and backslashes gathered from the step masks:
-//! ~450 for a 215-byte tail, ~1,280 eight bytes at a time before). Target not met: Gemini
+//! tail: one of the same length (the usual case: counts gain a digit now and then) is compared
+//! in place, 16 bytes a step, only the bytes that differ looked at (each a digit in both, in a
+//! run of at most 12 digits at the same place, outside strings by the kept tail's map of where
+//! its strings are, made once per tail of a new shape): ~200 for a 215-byte tail; one of
+//! another length by the general comparison (quotes' parity and backslashes gathered from the
+//! step masks: ~450; ~1,280 eight bytes at a time before this round). Target not met: Gemini
 //! (≤ ~400).
 //!
 //! A whole JSON body (new + feed + finish), measured with `core/examples/usage_cost.rs` (its
@@ -241,6 +245,7 @@ impl UsageReader {
                 bad_count: false,
                 tail: [0; TAIL_CAP],
                 tail_len: 0,
+                tail_map: TailMap::NONE,
                 deferred: false,
             },
         };
@@ -287,6 +292,7 @@ impl UsageReader {
             bad_count,
             tail: _,
             tail_len,
+            tail_map,
             deferred,
         } = events;
         *r_body = body;
@@ -318,6 +324,7 @@ impl UsageReader {
         *malformed = false;
         *bad_count = false;
         *tail_len = 0;
+        *tail_map = TailMap::NONE;
         *deferred = false;
     }
 
@@ -559,6 +566,8 @@ struct Events {
     /// on (`tail[..tail_len]`), and whether it is still unread (deferred, see `defer`).
     tail: [u8; TAIL_CAP],
     tail_len: u16,
+    /// Where the kept tail's strings are, for comparing a tail of its length in place.
+    tail_map: TailMap,
     deferred: bool,
 }
 
@@ -654,10 +663,9 @@ impl Events {
         if matches!(before, Some(b'{' | b',')) {
             let tail = &p[at..];
             if self.dialect == GEMINI {
-                if self.tail_len > 0
-                    && same_but_counts(&self.tail[..usize::from(self.tail_len)], tail)
-                {
+                if self.tail_len > 0 && self.same_as_tail(tail) {
                     // Read as the last tail was, with other counts: deferred (see `defer`).
+                    // Of the same length, only digits changed: its map stays right.
                     self.tail[..tail.len()].copy_from_slice(tail);
                     self.tail_len = tail.len() as u16;
                     self.deferred = true;
@@ -670,6 +678,7 @@ impl Events {
                 if self.dialect == GEMINI && tail.len() <= TAIL_CAP {
                     self.tail[..tail.len()].copy_from_slice(tail);
                     self.tail_len = tail.len() as u16;
+                    self.tail_map = TailMap::NONE;
                 }
                 return Some(true);
             }
@@ -681,6 +690,20 @@ impl Events {
             }
         }
         Some(false)
+    }
+
+    /// [`same_but_counts`] of the kept tail and `tail`. One of the same length is compared in
+    /// place: only where the bytes differ is anything looked at (where the strings are comes
+    /// from the kept tail's map, made once per tail of a new shape).
+    fn same_as_tail(&mut self, tail: &[u8]) -> bool {
+        let old = &self.tail[..usize::from(self.tail_len)];
+        if tail.len() != old.len() {
+            return same_but_counts(old, tail);
+        }
+        if usize::from(self.tail_map.len) != old.len() {
+            self.tail_map = TailMap::of(old);
+        }
+        same_counts_in_place(old, &self.tail_map, tail)
     }
 
     /// Reads the deferred tail, if any: its usage merged where it would have been.
@@ -863,6 +886,88 @@ fn same_but_counts(old: &[u8], new: &[u8]) -> bool {
         j = b;
         lo = i;
     }
+}
+
+/// Where a kept tail's strings are: bit `p` set when an odd number of quotes comes before byte
+/// `p`; and whether the tail has no backslash (quotes then always delimit strings). Made for
+/// `len` bytes (0: none made).
+#[derive(Clone, Copy)]
+struct TailMap {
+    len: u16,
+    plain: bool,
+    inside: [u64; TAIL_CAP / 64],
+}
+
+impl TailMap {
+    const NONE: TailMap = TailMap {
+        len: 0,
+        plain: false,
+        inside: [0; TAIL_CAP / 64],
+    };
+
+    fn of(tail: &[u8]) -> TailMap {
+        let mut m = TailMap {
+            len: tail.len() as u16,
+            plain: true,
+            inside: [0; TAIL_CAP / 64],
+        };
+        let mut odd = false;
+        for (p, &c) in tail.iter().take(TAIL_CAP).enumerate() {
+            if odd {
+                m.inside[p / 64] |= 1 << (p % 64);
+            }
+            match c {
+                b'"' => odd = !odd,
+                b'\\' => m.plain = false,
+                _ => {}
+            }
+        }
+        m
+    }
+
+    fn inside(&self, p: usize) -> bool {
+        self.inside
+            .get(p / 64)
+            .is_some_and(|w| w >> (p % 64) & 1 == 1)
+    }
+}
+
+/// [`same_but_counts`] of `old` and `new` of the same length, `map` made for `old`: only the
+/// bytes that differ are looked at, each a digit in both, in a digit run of the same place and
+/// at most 12 digits in both, outside strings. Anything else the general comparison decides
+/// (digit runs that grew in one place and shrank in another, say).
+fn same_counts_in_place(old: &[u8], map: &TailMap, new: &[u8]) -> bool {
+    debug_assert!(old.len() == new.len() && usize::from(map.len) == old.len());
+    if !map.plain {
+        // A backslash is never in a tail that compares (see `same_but_counts`).
+        return false;
+    }
+    let digit = |s: &[u8], k: usize| s.get(k).is_some_and(u8::is_ascii_digit);
+    let run = |s: &[u8], p: usize| {
+        let (mut l, mut r) = (p, p);
+        while l > 0 && digit(s, l - 1) {
+            l -= 1;
+        }
+        while digit(s, r) {
+            r += 1;
+        }
+        (l, r)
+    };
+    let mut from = 0;
+    while let Some(p) = scan::first_difference(old, new, from) {
+        if !(digit(old, p) && digit(new, p)) {
+            return same_but_counts(old, new);
+        }
+        let (l, r) = run(old, p);
+        if run(new, p) != (l, r) {
+            return same_but_counts(old, new);
+        }
+        if map.inside(p) || r - l > 12 {
+            return false;
+        }
+        from = r;
+    }
+    true
 }
 
 /// Whether `buf` ends (whitespace aside) with a closing bracket: it may hold a whole JSON
@@ -1632,6 +1737,67 @@ mod tests {
             output,
             ..Tokens::default()
         })
+    }
+
+    /// The in-place comparison of tails of one length decides what the general one decides:
+    /// tails from an alphabet of digits, quotes, backslashes and separators, and Gemini's
+    /// usage tail, with bytes replaced (digits mostly) at random places.
+    #[test]
+    fn in_place_comparison_is_the_general_one() {
+        let gemini = br#""usageMetadata": {"promptTokenCount": 9,"candidatesTokenCount": 4,"totalTokenCount": 13,"promptTokensDetails": [{"modality": "TEXT","tokenCount": 9}]},"modelVersion": "gemini-2.5-flash","responseId": "gtUaaI2wL8Wd1dkP_YnAkA8"}"#;
+        let alphabet = b"0123456789012345678901234567890123456789\"\"\\,:{} ab";
+        let mut seed = 0x2545_F491_4F6C_DD1Du64;
+        let mut next = |m: usize| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % m.max(1) as u64) as usize
+        };
+        let (mut same, mut differ) = (0, 0);
+        for round in 0..20_000 {
+            let old: Vec<u8> = if round % 2 == 0 {
+                gemini.to_vec()
+            } else {
+                (0..next(120))
+                    .map(|_| alphabet[next(alphabet.len())])
+                    .collect()
+            };
+            let mut new = old.clone();
+            let digits: Vec<usize> = (0..old.len())
+                .filter(|&k| old[k].is_ascii_digit())
+                .collect();
+            for _ in 0..=next(4) {
+                if new.is_empty() {
+                    break;
+                }
+                // Mostly a digit of a count, as the next chunk of a stream changes them.
+                let at = if !digits.is_empty() && next(4) != 0 {
+                    digits[next(digits.len())]
+                } else {
+                    next(new.len())
+                };
+                new[at] = if next(5) == 0 {
+                    alphabet[next(alphabet.len())]
+                } else {
+                    b'0' + next(10) as u8
+                };
+            }
+            let want = same_but_counts(&old, &new);
+            let got = same_counts_in_place(&old, &TailMap::of(&old), &new);
+            assert_eq!(
+                got,
+                want,
+                "{:?} {:?}",
+                String::from_utf8_lossy(&old),
+                String::from_utf8_lossy(&new)
+            );
+            if want {
+                same += 1;
+            } else {
+                differ += 1;
+            }
+        }
+        assert!(same > 2_000 && differ > 2_000, "{same} same, {differ} not");
     }
 
     #[test]

@@ -11,7 +11,7 @@ mod probe;
 mod whole;
 
 use probe::quote_or_backslash;
-pub(crate) use probe::{equal_prefix, find_quote_u};
+pub(crate) use probe::{equal_prefix, find_quote_u, first_difference};
 
 use super::providers::{self, Act, Dialects, Node, Raw, MAX_COUNT};
 

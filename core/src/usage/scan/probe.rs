@@ -287,15 +287,19 @@ fn string_end_scalar(b: &[u8], mut i: usize, mut escaped: bool) -> Option<(usize
 /// skipped container read outside its strings (the resumable scanner's skip, which reads a
 /// backslash there as an ordinary byte).
 #[inline(always)]
-pub(super) fn quote_or_bracket(b: &[u8], mut i: usize) -> Option<usize> {
+pub(super) fn quote_or_bracket(b: &[u8], i: usize) -> Option<usize> {
     #[cfg(target_arch = "x86_64")]
-    while let Some(v) = simd::load(b, i) {
-        let m = simd::quote_or_bracket(v);
-        if m != 0 {
-            return Some(i + m.trailing_zeros() as usize);
+    let i = {
+        let mut i = i;
+        while let Some(v) = simd::load(b, i) {
+            let m = simd::quote_or_bracket(v);
+            if m != 0 {
+                return Some(i + m.trailing_zeros() as usize);
+            }
+            i += 16;
         }
-        i += 16;
-    }
+        i
+    };
     quote_or_bracket_scalar(b, i)
 }
 
@@ -311,10 +315,10 @@ fn quote_or_bracket_scalar(b: &[u8], i: usize) -> Option<usize> {
 /// values, and the runs between an answer's escapes end there: `memchr2`'s setup costs more
 /// than such a run), then `memchr2`.
 #[inline(always)]
-pub(crate) fn quote_or_backslash(b: &[u8], mut i: usize) -> Option<usize> {
+pub(crate) fn quote_or_backslash(b: &[u8], i: usize) -> Option<usize> {
     #[cfg(target_arch = "x86_64")]
-    {
-        let end = i.saturating_add(256);
+    let i = {
+        let (mut i, end) = (i, i.saturating_add(256));
         while let Some(v) = simd::load(b, i) {
             let m = simd::quote_or_bs(v);
             if m != 0 {
@@ -325,7 +329,8 @@ pub(crate) fn quote_or_backslash(b: &[u8], mut i: usize) -> Option<usize> {
                 break;
             }
         }
-    }
+        i
+    };
     Some(i + memchr::memchr2(b'"', b'\\', b.get(i..)?)?)
 }
 
@@ -336,14 +341,18 @@ fn quote_or_backslash_scalar(b: &[u8], i: usize) -> Option<usize> {
 
 /// The first `j >= i` where `"u` starts (`b[j]` a quote, `b[j + 1]` a `u`): where a `"usage`
 /// key may be, 16 candidates a step.
-pub(crate) fn find_quote_u(b: &[u8], mut i: usize) -> Option<usize> {
+pub(crate) fn find_quote_u(b: &[u8], i: usize) -> Option<usize> {
     #[cfg(target_arch = "x86_64")]
-    while let Some(m) = simd::quote_u(b, i) {
-        if m != 0 {
-            return Some(i + m.trailing_zeros() as usize);
+    let i = {
+        let mut i = i;
+        while let Some(m) = simd::quote_u(b, i) {
+            if m != 0 {
+                return Some(i + m.trailing_zeros() as usize);
+            }
+            i += 16;
         }
-        i += 16;
-    }
+        i
+    };
     find_quote_u_scalar(b, i)
 }
 
@@ -351,15 +360,39 @@ fn find_quote_u_scalar(b: &[u8], i: usize) -> Option<usize> {
     (i..b.len().saturating_sub(1)).find(|&j| b[j] == b'"' && b[j + 1] == b'u')
 }
 
+/// The first position at or after `i` where `a` and `b` differ (within the shorter), 16 bytes a
+/// step.
+pub(crate) fn first_difference(a: &[u8], b: &[u8], i: usize) -> Option<usize> {
+    let len = a.len().min(b.len());
+    #[cfg(target_arch = "x86_64")]
+    let i = {
+        let mut i = i;
+        if i < len {
+            let steps = a[i..len].chunks_exact(16).zip(b[i..len].chunks_exact(16));
+            for (x, y) in steps {
+                let (Some(va), Some(vb)) = (simd::load(x, 0), simd::load(y, 0)) else {
+                    break;
+                };
+                let differ = !simd::same(va, vb) & 0xFFFF;
+                if differ != 0 {
+                    return Some(i + differ.trailing_zeros() as usize);
+                }
+                i += 16;
+            }
+        }
+        i
+    };
+    (i..len).find(|&k| a[k] != b[k])
+}
+
 /// The common prefix of `a` and `b`: its length, the parity of the quotes in it (1: odd), and
 /// whether it holds a backslash. 16 bytes a step on x86-64.
 pub(crate) fn equal_prefix(a: &[u8], b: &[u8]) -> (usize, u32, bool) {
-    let mut n = 0usize;
     // The steps' quote masks XORed (the parity of a count is that of the XOR of its parts)
     // and backslash masks ORed, looked at once at the end.
     #[cfg(target_arch = "x86_64")]
-    let (quotes, backslashes) = {
-        let (mut quotes, mut backslashes) = (0u32, 0u32);
+    let (n, quotes, backslashes) = {
+        let (mut n, mut quotes, mut backslashes) = (0usize, 0u32, 0u32);
         let len = a.len().min(b.len());
         for (x, y) in a[..len].chunks_exact(16).zip(b[..len].chunks_exact(16)) {
             let (Some(va), Some(vb)) = (simd::load(x, 0), simd::load(y, 0)) else {
@@ -380,10 +413,10 @@ pub(crate) fn equal_prefix(a: &[u8], b: &[u8]) -> (usize, u32, bool) {
             }
             n += 16;
         }
-        (quotes, backslashes)
+        (n, quotes, backslashes)
     };
     #[cfg(not(target_arch = "x86_64"))]
-    let (quotes, backslashes) = (0u32, 0u32);
+    let (n, quotes, backslashes) = (0usize, 0u32, 0u32);
     let (m, q, bs) = equal_prefix_scalar(&a[n.min(a.len())..], &b[n.min(b.len())..]);
     (n + m, parity(quotes) ^ q, bs || backslashes != 0)
 }
@@ -524,6 +557,13 @@ mod tests {
                 String::from_utf8_lossy(b)
             );
             let other: Vec<u8> = b.iter().rev().copied().collect();
+            for x in [&other[..], &b[..b.len() / 2]] {
+                assert_eq!(
+                    first_difference(b, x, i),
+                    (i..b.len().min(x.len())).find(|&k| b[k] != x[k]),
+                    "first_difference {i}"
+                );
+            }
             for x in [&b[i.min(b.len())..], &other[..], &b[..b.len() / 2]] {
                 // The length and parity are only meaningful without a backslash.
                 let (n, q, bs) = equal_prefix(b, x);
