@@ -1,5 +1,8 @@
-//! The JSON body walk's searches (`whole.rs`, [`Scanner::feed_body`](super::Scanner)): the
-//! next token after whitespace, the end of a string, the end of a skipped container. On x86-64
+//! The reader's byte searches: the walk's (`whole.rs`, [`Scanner::feed_body`](super::Scanner):
+//! the next token after whitespace, the end of a string, the end of a skipped container), the
+//! resumable scanner's (the next quote or backslash in a string, the next quote or bracket in a
+//! skipped container), and the settled streams' (a `"u` that may start a usage key, the common
+//! prefix or first difference of two usage tails). On x86-64
 //! a step is a few SSE2 compares over 16 bytes gathered into a bitmask (SSE2 is in the x86-64
 //! baseline; the intrinsics come through `safe_arch`, as this crate has no `unsafe`), so a run
 //! of indentation, a key or a short string costs one step instead of a loop over its bytes; a
