@@ -712,17 +712,18 @@ fn record_with<const EX: bool>(t: &Recorder, f: &Finished, trace: Option<&Trace>
                 key.anchor = v.as_ptr() as usize;
             }
         }
-        let labels = [Label::bytes(model), Label::bytes(ns)];
+        // (Made where used: the usual request with a model has no other model family.)
+        let labels = || [Label::bytes(model), Label::bytes(ns)];
         if let Some(ttft) = llm.ttft {
             let words = hist_words(&bounds.ttft);
             let kind = (fam::TTFT, layouts.ttft, words);
-            if let (Some(v), _) = t.model_series(kind, &key, Some(rel::TTFT), &labels) {
+            if let (Some(v), _) = t.model_series(kind, &key, Some(rel::TTFT), &labels()) {
                 observe(v, &bounds.ttft, ttft);
                 t.bucket_exemplar::<EX>(trace, v, (fam::TTFT, layouts.ttft), &bounds.ttft, ttft);
             }
         }
         if let Some(tokens) = &llm.tokens {
-            record_tokens::<EX>(t, &key, &labels, tokens, f.duration, llm.ttft, trace);
+            record_tokens::<EX>(t, &key, &labels(), tokens, f.duration, llm.ttft, trace);
         }
         if let Some(why) = llm.usage_missing {
             let labels = [

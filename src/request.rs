@@ -232,6 +232,23 @@ fn arg_label<'r>(r: &'r Request, source: &LabelSource) -> &'r [u8] {
     value.unwrap_or(b"")
 }
 
+/// Are both labels `$arg_*` variables of names [`ArgName`](gateway_metrics_core::labels::ArgName)
+/// holds (then [`arg_pair`] reads them)?
+#[inline(always)]
+fn both_args(a: &LabelSource, b: &LabelSource) -> bool {
+    let arg = |s: &LabelSource| s.header.var.len == 0 && s.arg_name.is_set();
+    arg(a) && arg(b)
+}
+
+/// Two labels that are `$arg_*` variables (see [`both_args`]), read in one walk of the query
+/// string.
+#[inline(never)]
+fn arg_pair<'r>(r: &'r Request, a: &LabelSource, b: &LabelSource) -> (&'r [u8], &'r [u8]) {
+    let args = r.as_ref().args.as_bytes();
+    let (x, y) = a.arg_name.find2(&b.arg_name, args);
+    (x.unwrap_or(b""), y.unwrap_or(b""))
+}
+
 /// A label that is one `$http_*` variable, read from the request's headers.
 #[inline(never)]
 fn header_label<'r>(r: &'r Request, source: &LabelSource) -> &'r [u8] {
@@ -647,13 +664,19 @@ impl<'r> Finished<'r> {
         let status = status(rr);
         let start = start_ms(rr);
         let whole = body_complete(rr, ctx.as_deref());
+        // The namespace, when read with the model (both from the query string: one walk).
+        let mut ns = None;
         let (llm, ctx): (Option<&Llm>, _) = match ctx {
             // The usual request: no Lua, no usage reading.
             None if lc.usage == USAGE_OFF => {
-                let model: &[u8] = if lc.model.is_set() {
-                    label(r, &lc.model)
-                } else {
+                let model: &[u8] = if !lc.model.is_set() {
                     b""
+                } else if both_args(&lc.namespace, &lc.model) {
+                    let (n, m) = arg_pair(r, &lc.namespace, &lc.model);
+                    ns = Some(n);
+                    m
+                } else {
+                    label(r, &lc.model)
                 };
                 if model.is_empty() {
                     (None, None)
@@ -680,7 +703,10 @@ impl<'r> Finished<'r> {
                 method(rr),
                 endpoint(r, lc),
                 status_label(status),
-                Label::bytes(label(r, &lc.namespace)),
+                Label::bytes(match ns {
+                    Some(ns) => ns,
+                    None => label(r, &lc.namespace),
+                }),
                 upstream(r, lc),
                 cut.map_or(Label::with_id(1, b""), |c| {
                     Label::with_id(2 + c as u64, c.label().as_bytes())

@@ -644,6 +644,48 @@ impl ArgName {
         }
         None
     }
+
+    /// The values of two arguments, `self`'s and `other`'s, each as [`find`](Self::find) gives
+    /// it, in one walk of `args`: each argument's start is compared with both names, and the
+    /// walk stops once both are found.
+    #[inline(always)]
+    pub fn find2<'a>(
+        &self,
+        other: &ArgName,
+        args: &'a [u8],
+    ) -> (Option<&'a [u8]>, Option<&'a [u8]>) {
+        let (mut a, mut b) = (None, None);
+        let mut s = 0;
+        while s < args.len() {
+            let w = lower_word(word_at(args, s));
+            // Where the argument ends, once a name matched (its value runs to the next `&`).
+            let mut end = None;
+            if a.is_none() && self.starts(args, s, w) {
+                let (v, e) = (s + self.len + 1, next_amp(args, s + self.len + 1));
+                a = Some(&args[v..e]);
+                end = Some(e);
+            }
+            if b.is_none() && other.starts(args, s, w) {
+                let (v, e) = (s + other.len + 1, next_amp(args, s + other.len + 1));
+                b = Some(&args[v..e]);
+                end = Some(e);
+            }
+            if a.is_some() && b.is_some() {
+                break;
+            }
+            s = end.unwrap_or_else(|| next_amp(args, s)) + 1;
+        }
+        (a, b)
+    }
+
+    /// Does the argument at `s` (whose first word, lowercased, is `w`) have this name?
+    #[inline(always)]
+    fn starts(&self, args: &[u8], s: usize, w: u64) -> bool {
+        s + self.len < args.len()
+            && w & self.masks[0] == self.words[0]
+            && (self.masks[1] == 0
+                || lower_word(word_at(args, s + 8)) & self.masks[1] == self.words[1])
+    }
 }
 
 const ONES: u64 = 0x0101_0101_0101_0101;
@@ -858,6 +900,24 @@ mod header_tests {
                     "{args:?} {name:?}"
                 );
             }
+            // Two names read in one walk: each as nginx reads it alone (the same name twice
+            // included).
+            let held = [
+                &b"ns"[..],
+                b"n",
+                b"s",
+                b"nsa",
+                b"nsnsnsns",
+                b"nsnsnsnsa",
+                b"a@x",
+            ];
+            let (x, y) = (held[next() % held.len()], held[next() % held.len()]);
+            let (ax, ay) = (ArgName::new(x).unwrap(), ArgName::new(y).unwrap());
+            assert_eq!(
+                ax.find2(&ay, &args),
+                (nginx_arg(&args, x), nginx_arg(&args, y)),
+                "{args:?} {x:?} {y:?}"
+            );
         }
         assert_eq!(arg_variable(b"$arg_NS"), Some(b"ns".to_vec()));
         assert_eq!(arg_variable(b"${arg_model}"), Some(b"model".to_vec()));
