@@ -18,7 +18,7 @@ use gateway_metrics_core::{series_cached, series_of};
 use nginx_sys::*;
 
 use crate::conf::MainConf;
-use crate::request::{self, AutoStatus, Finished, Limit, ReqCtx, Target, UpstreamCache};
+use crate::request::{self, AutoStatus, Finished, Limit, Llm, ReqCtx, Target, UpstreamCache};
 
 /// Entries of the per-worker series cache at first (about 250 bytes each); it doubles as it fills,
 /// up to [`cache_limit`].
@@ -501,17 +501,6 @@ struct ModelKey<'l> {
     ns: &'l [u8],
 }
 
-impl<'l> ModelKey<'l> {
-    #[inline(always)]
-    fn new(model: &'l [u8], ns: &'l [u8]) -> Self {
-        ModelKey {
-            anchor: 0,
-            model,
-            ns,
-        }
-    }
-}
-
 /// The series of the model families of one (model, namespace) other than `model_requests`,
 /// found from the address of a `model_requests` series of those labels (the *anchor*: a
 /// series never moves while the worker lives, so its address stands for its labels; an
@@ -687,7 +676,6 @@ fn record_with<const EX: bool>(t: &Recorder, f: &Finished, trace: Option<&Trace>
     let ns = f.namespace();
     if let Some(llm) = f.llm {
         let model = llm.model;
-        let mut key = ModelKey::new(model, ns);
         let kind = (fam::MODEL_REQUEST, layouts.duration);
         // The request's own series stands for its namespace and status class: with a model of
         // up to 16 bytes (held whole in its words), the model series is found from the two.
@@ -705,39 +693,58 @@ fn record_with<const EX: bool>(t: &Recorder, f: &Finished, trace: Option<&Trace>
                 t.model_request_miss(kind.1, words, (model, ns), how, follow)
             }
         };
+        let mut anchor = 0;
         if let Some(v) = v {
             observe_in(v, n_bounds, bucket, f.duration);
             t.bucket_exemplar::<EX>(trace, v, kind, &bounds.duration, f.duration);
             if own {
-                key.anchor = v.as_ptr() as usize;
+                anchor = v.as_ptr() as usize;
             }
         }
-        // (Made where used: the usual request with a model has no other model family.)
-        let labels = || [Label::bytes(model), Label::bytes(ns)];
-        if let Some(ttft) = llm.ttft {
-            let words = hist_words(&bounds.ttft);
-            let kind = (fam::TTFT, layouts.ttft, words);
-            if let (Some(v), _) = t.model_series(kind, &key, Some(rel::TTFT), &labels()) {
-                observe(v, &bounds.ttft, ttft);
-                t.bucket_exemplar::<EX>(trace, v, (fam::TTFT, layouts.ttft), &bounds.ttft, ttft);
-            }
-        }
-        if let Some(tokens) = &llm.tokens {
-            record_tokens::<EX>(t, &key, &labels(), tokens, f.duration, llm.ttft, trace);
-        }
-        if let Some(why) = llm.usage_missing {
-            let labels = [
-                Label::bytes(model),
-                Label::bytes(ns),
-                Label::with_id(1 + why as u64, why.label().as_bytes()),
-            ];
-            if let (Some(v), _) = t.model_series((fam::USAGE_MISSING, 0, 1), &key, None, &labels) {
-                add_u64(&v[0], 1);
-            }
+        // The usual request with a model has no other model family.
+        if llm.ttft.is_some() || llm.tokens.is_some() || llm.usage_missing.is_some() {
+            let key = ModelKey { anchor, model, ns };
+            record_model_families::<EX>(t, &key, llm, f.duration, trace);
         }
     }
     if f.auto.any() {
         record_auto_events(t, ns, f.auto);
+    }
+}
+
+/// The model families of a request with a model other than `model_requests` (its time to first
+/// token, tokens, missing usage), from the key of its model and namespace. (Out of line: the
+/// usual request with a model has none.)
+#[inline(never)]
+fn record_model_families<const EX: bool>(
+    t: &Recorder,
+    key: &ModelKey,
+    llm: &Llm,
+    duration: f64,
+    trace: Option<&Trace>,
+) {
+    let (bounds, layouts) = (&t.mc.bounds, &t.zone.layouts);
+    let labels = [Label::bytes(key.model), Label::bytes(key.ns)];
+    if let Some(ttft) = llm.ttft {
+        let words = (bounds.ttft.len() + 2) as u8;
+        let kind = (fam::TTFT, layouts.ttft, words);
+        if let (Some(v), _) = t.model_series(kind, key, Some(rel::TTFT), &labels) {
+            observe(v, &bounds.ttft, ttft);
+            t.bucket_exemplar::<EX>(trace, v, (fam::TTFT, layouts.ttft), &bounds.ttft, ttft);
+        }
+    }
+    if let Some(tokens) = &llm.tokens {
+        record_tokens::<EX>(t, key, &labels, tokens, duration, llm.ttft, trace);
+    }
+    if let Some(why) = llm.usage_missing {
+        let labels = [
+            Label::bytes(key.model),
+            Label::bytes(key.ns),
+            Label::with_id(1 + why as u64, why.label().as_bytes()),
+        ];
+        if let (Some(v), _) = t.model_series((fam::USAGE_MISSING, 0, 1), key, None, &labels) {
+            add_u64(&v[0], 1);
+        }
     }
 }
 

@@ -232,16 +232,8 @@ fn arg_label<'r>(r: &'r Request, source: &LabelSource) -> &'r [u8] {
     value.unwrap_or(b"")
 }
 
-/// Are both labels `$arg_*` variables of names [`ArgName`](gateway_metrics_core::labels::ArgName)
-/// holds (then [`arg_pair`] reads them)?
-#[inline(always)]
-fn both_args(a: &LabelSource, b: &LabelSource) -> bool {
-    let arg = |s: &LabelSource| s.header.var.len == 0 && s.arg_name.is_set();
-    arg(a) && arg(b)
-}
-
-/// Two labels that are `$arg_*` variables (see [`both_args`]), read in one walk of the query
-/// string.
+/// Two labels that are `$arg_*` variables of names `ArgName` holds (`LocConf::ns_model_args`),
+/// read in one walk of the query string.
 #[inline(never)]
 fn arg_pair<'r>(r: &'r Request, a: &LabelSource, b: &LabelSource) -> (&'r [u8], &'r [u8]) {
     let args = r.as_ref().args.as_bytes();
@@ -671,7 +663,7 @@ impl<'r> Finished<'r> {
             None if lc.usage == USAGE_OFF => {
                 let model: &[u8] = if !lc.model.is_set() {
                     b""
-                } else if both_args(&lc.namespace, &lc.model) {
+                } else if lc.ns_model_args {
                     let (n, m) = arg_pair(r, &lc.namespace, &lc.model);
                     ns = Some(n);
                     m
