@@ -831,8 +831,8 @@ fn record_tokens<const EX: bool>(
 /// What `$limit_req_status`, `$limit_conn_status` and `$upstream_cache_status` report, as events.
 fn record_auto_events(t: &Recorder, ns: &[u8], st: AutoStatus) {
     for (status, rule, id) in [
-        (st.limit_req, "limit_req", 1),
-        (st.limit_conn, "limit_conn", 2),
+        (st.limit_req(), "limit_req", 1),
+        (st.limit_conn(), "limit_conn", 2),
     ] {
         let (hit, violation) = match status {
             Limit::Delayed | Limit::DryRun => (true, false),

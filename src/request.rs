@@ -475,19 +475,40 @@ pub enum UpstreamCache {
     Miss,
 }
 
+/// The limiters' and the cache's verdicts. The limiters' as nginx stores them (0 or 1: nothing
+/// to record), made [`Limit`]s only when there is an event: the usual request pays one test.
 #[derive(Clone, Copy)]
 pub struct AutoStatus {
-    pub limit_req: Limit,
-    pub limit_conn: Limit,
+    limit_req: u32,
+    limit_conn: u32,
     pub cache: UpstreamCache,
 }
 
 impl AutoStatus {
-    /// Is there any event to record?
+    /// Is there any event to record? (Both codes are below 8: their OR is at least 2 exactly
+    /// when one of them is.)
+    #[inline(always)]
     pub fn any(&self) -> bool {
-        self.limit_req != Limit::None
-            || self.limit_conn != Limit::None
-            || self.cache != UpstreamCache::None
+        (self.limit_req | self.limit_conn) >= 2 || self.cache != UpstreamCache::None
+    }
+
+    /// `limit_req`'s verdict.
+    pub fn limit_req(&self) -> Limit {
+        match self.limit_req {
+            LIMIT_REQ_DELAYED => Limit::Delayed,
+            LIMIT_REQ_REJECTED => Limit::Rejected,
+            LIMIT_REQ_DELAYED_DRY_RUN | LIMIT_REQ_REJECTED_DRY_RUN => Limit::DryRun,
+            _ => Limit::None,
+        }
+    }
+
+    /// `limit_conn`'s verdict.
+    pub fn limit_conn(&self) -> Limit {
+        match self.limit_conn {
+            LIMIT_CONN_REJECTED => Limit::Rejected,
+            LIMIT_CONN_REJECTED_DRY_RUN => Limit::DryRun,
+            _ => Limit::None,
+        }
     }
 }
 
@@ -506,20 +527,9 @@ const LIMIT_CONN_REJECTED_DRY_RUN: u32 = 3;
 fn limiter_and_cache_status(r: &ngx_http_request_t) -> AutoStatus {
     // SAFETY: r->main is the live main request.
     let main = unsafe { &*r.main };
-    let limit_req = match main.limit_req_status() {
-        LIMIT_REQ_DELAYED => Limit::Delayed,
-        LIMIT_REQ_REJECTED => Limit::Rejected,
-        LIMIT_REQ_DELAYED_DRY_RUN | LIMIT_REQ_REJECTED_DRY_RUN => Limit::DryRun,
-        _ => Limit::None,
-    };
-    let limit_conn = match main.limit_conn_status() {
-        LIMIT_CONN_REJECTED => Limit::Rejected,
-        LIMIT_CONN_REJECTED_DRY_RUN => Limit::DryRun,
-        _ => Limit::None,
-    };
     AutoStatus {
-        limit_req,
-        limit_conn,
+        limit_req: main.limit_req_status(),
+        limit_conn: main.limit_conn_status(),
         cache: upstream_cache(r),
     }
 }
