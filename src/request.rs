@@ -233,8 +233,8 @@ fn arg_label<'r>(r: &'r Request, source: &LabelSource) -> &'r [u8] {
 }
 
 /// Two labels that are `$arg_*` variables of names `ArgName` holds (`LocConf::ns_model_args`),
-/// read in one walk of the query string.
-#[inline(never)]
+/// read in one walk of the query string. (Inline: only `Finished::read_query` reads them.)
+#[inline(always)]
 fn arg_pair<'r>(r: &'r Request, a: &LabelSource, b: &LabelSource) -> (&'r [u8], &'r [u8]) {
     let args = r.as_ref().args.as_bytes();
     let (x, y) = a.arg_name.find2(&b.arg_name, args);
@@ -662,6 +662,28 @@ impl<'r> Finished<'r> {
         ctx: Option<&'r mut ReqCtx>,
         llm_slot: &'r mut Option<Llm<'r>>,
     ) -> Finished<'r> {
+        Self::read_with::<false>(r, lc, ctx, llm_slot)
+    }
+
+    /// [`read`](Self::read) where the namespace and the model are both query arguments
+    /// (`LocConf::ns_model_args`): the two read in one walk of the query string.
+    #[inline(always)]
+    pub fn read_query(
+        r: &'r Request,
+        lc: &'r LocConf,
+        ctx: Option<&'r mut ReqCtx>,
+        llm_slot: &'r mut Option<Llm<'r>>,
+    ) -> Finished<'r> {
+        Self::read_with::<true>(r, lc, ctx, llm_slot)
+    }
+
+    #[inline(always)]
+    fn read_with<const QUERY: bool>(
+        r: &'r Request,
+        lc: &'r LocConf,
+        ctx: Option<&'r mut ReqCtx>,
+        llm_slot: &'r mut Option<Llm<'r>>,
+    ) -> Finished<'r> {
         let rr: &ngx_http_request_t = r.as_ref();
         let status = status(rr);
         let start = start_ms(rr);
@@ -673,7 +695,7 @@ impl<'r> Finished<'r> {
             None if lc.usage == USAGE_OFF => {
                 let model: &[u8] = if !lc.model.is_set() {
                     b""
-                } else if lc.ns_model_args {
+                } else if QUERY && lc.ns_model_args {
                     let (n, m) = arg_pair(r, &lc.namespace, &lc.model);
                     ns = Some(n);
                     m
