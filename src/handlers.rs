@@ -218,7 +218,7 @@ fn log(r: &Request) {
     let mut llm = None;
     // Where the namespace and the model are both query arguments, a copy of the path that
     // reads the two inline, in one walk of the query string (a call to read them cost ~50
-    // instructions more; reading them inline in the shared path cost the others ~14).
+    // instructions more; inline here, they cost the other paths ~10).
     if lc.ns_model_args {
         recording::record(t, &Finished::read_query(r, lc, ctx, &mut llm));
     } else {
