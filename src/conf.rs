@@ -86,6 +86,9 @@ pub struct LocConf {
     pub exemplars: LabelSource,
     /// Exemplars are on here: `exemplars` is set, and not to the literal `off`.
     pub exemplars_on: bool,
+    /// The namespace and the model are both `$arg_*` variables that
+    /// [`ArgName`] holds: read together, in one walk of the query string.
+    pub ns_model_args: bool,
     /// `gateway_metrics_usage`: [`USAGE_OFF`], [`UNSET`] or a [`UsageSetting`] as a number.
     pub usage: ngx_int_t,
 }
@@ -132,6 +135,11 @@ pub struct LabelSource {
 impl LabelSource {
     pub fn is_set(&self) -> bool {
         !self.cv.is_null()
+    }
+
+    /// Is it read from the query string by its [`ArgName`] (see `request::label`)?
+    fn reads_arg_name(&self) -> bool {
+        self.header.var.len == 0 && self.arg_name.is_set()
     }
 }
 
@@ -239,6 +247,7 @@ impl LocConf {
         // SAFETY: a set cv is a compiled complex value in the conf pool.
         self.exemplars_on = unsafe { self.exemplars.cv.as_ref() }
             .is_some_and(|cv| !(cv.lengths.is_null() && cv.value.as_bytes() == b"off"));
+        self.ns_model_args = self.namespace.reads_arg_name() && self.model.reads_arg_name();
         Some(())
     }
 }

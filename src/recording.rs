@@ -11,13 +11,14 @@ use gateway_metrics_core::cache::{
 };
 use gateway_metrics_core::catalogue::{self, fam, tokens};
 use gateway_metrics_core::exemplar::{self, Exemplar, TraceContext, SLOT_WORDS};
-use gateway_metrics_core::store::{add_f64, add_u64, observe, DropReason, SeriesKind};
+use gateway_metrics_core::follow::FollowTable;
+use gateway_metrics_core::store::{add_f64, add_u64, observe, observe_in, DropReason, SeriesKind};
 use gateway_metrics_core::usage::Tokens;
 use gateway_metrics_core::{series_cached, series_of};
 use nginx_sys::*;
 
 use crate::conf::MainConf;
-use crate::request::{self, AutoStatus, Finished, Limit, ReqCtx, Target, UpstreamCache};
+use crate::request::{self, AutoStatus, Finished, Limit, Llm, ReqCtx, Target, UpstreamCache};
 
 /// Entries of the per-worker series cache at first (about 250 bytes each); it doubles as it fills,
 /// up to [`cache_limit`].
@@ -29,10 +30,14 @@ pub fn cache_limit(max_series: u64) -> usize {
     (max_series.saturating_mul(4)).clamp(CACHE_SLOTS as u64, 1 << 16) as usize
 }
 
-/// Sizes this worker's cache for the zone (from `init_process`, before any request).
+/// Sizes this worker's cache (and its table of model request series) for the zone (from
+/// `init_process`, before any request).
 pub fn size_cache(max_series: u64) {
     if let Ok(mut c) = CACHE.0.try_borrow_mut() {
         c.grow_up_to(cache_limit(max_series));
+    }
+    if let Ok(mut m) = MODEL_OF.0.try_borrow_mut() {
+        m.grow_up_to(cache_limit(max_series));
     }
 }
 
@@ -46,6 +51,18 @@ struct WorkerCache(RefCell<SeriesCache<'static>>);
 unsafe impl Sync for WorkerCache {}
 
 static CACHE: WorkerCache = WorkerCache(RefCell::new(SeriesCache::new(CACHE_SLOTS)));
+
+/// The worker's `model_requests` series by request series and model (see
+/// `gateway_metrics_core::follow`): the request series' labels give the model series'
+/// namespace and status class, so a request with a model that was seen before with the same
+/// request labels finds its model series from the request series' address and the model's
+/// words, without the series cache's packed key of model, namespace and class.
+struct ModelOf(RefCell<FollowTable<'static>>);
+
+// SAFETY: as WorkerCache: only the worker's event-loop thread records.
+unsafe impl Sync for ModelOf {}
+
+static MODEL_OF: ModelOf = ModelOf(RefCell::new(FollowTable::new(CACHE_SLOTS)));
 
 /// This worker's lane in the zone (see `Store::claim_lane`), as a label value (the in-flight
 /// gauge's second label), claimed once per process in `init_process`; empty when it has none.
@@ -164,7 +181,8 @@ impl Recorder<'_> {
     /// upstream, cut). When method, endpoint and upstream have identities (the usual case: a
     /// known method, the location's name, the proxied upstream block or none), the cache is
     /// asked with a packed key: those three, the status code and the cut take one word triple,
-    /// the namespace another.
+    /// the namespace another. Also says whether the series is the labels' own (not an overflow
+    /// series).
     #[inline(always)]
     fn request_series(
         &self,
@@ -172,8 +190,13 @@ impl Recorder<'_> {
         n_values: u8,
         labels: &[Label; 6],
         status: ngx_uint_t,
-    ) -> Option<&'static [AtomicU64]> {
+    ) -> (Option<&'static [AtomicU64]>, bool) {
         let [method, endpoint, _, ns, upstream, cut] = labels;
+        let kind = SeriesKind {
+            family: fam::REQUEST,
+            layout,
+            n_values,
+        };
         let packable = method.id != 0
             && method.id < 1 << 31
             && endpoint.id != 0
@@ -184,13 +207,11 @@ impl Recorder<'_> {
         // loops) would keep the snapshot in memory, stored on every request.
         if !packable {
             let labels = *labels;
-            return self.series(fam::REQUEST, layout, n_values, &labels);
+            let Ok(mut cache) = CACHE.0.try_borrow_mut() else {
+                return (None, false);
+            };
+            return self.cached(&mut cache, kind, &labels);
         }
-        let kind = SeriesKind {
-            family: fam::REQUEST,
-            layout,
-            n_values,
-        };
         let ids = [
             method.id << 32 | cut.id << 24 | status as u64,
             endpoint.id,
@@ -198,16 +219,16 @@ impl Recorder<'_> {
         ];
         let b = ns.bytes;
         if b.len() <= 16 {
-            return self.packed(kind, [ids, bytes_words(b)], [], labels);
+            return self.packed_own(kind, [ids, bytes_words(b)], [], labels);
         }
         // A namespace of up to 64 bytes is held whole in the key's words: no middle to hash
         // and compare apart.
         if let Some(mid) = middle_words(b) {
-            return self.packed(kind, [ids, bytes_words(b), mid], [], labels);
+            return self.packed_own(kind, [ids, bytes_words(b), mid], [], labels);
         }
         match middle_words2(b) {
-            Some([m1, m2]) => self.packed(kind, [ids, bytes_words(b), m1, m2], [], labels),
-            None => self.packed(kind, [ids, bytes_words(b)], [b], labels),
+            Some([m1, m2]) => self.packed_own(kind, [ids, bytes_words(b), m1, m2], [], labels),
+            None => self.packed_own(kind, [ids, bytes_words(b)], [b], labels),
         }
     }
 
@@ -388,6 +409,36 @@ impl Recorder<'_> {
         self.packed_own(kind, [model_words, bytes_words(ns)], [model, ns], &labels)
     }
 
+    /// The `MODEL_REQUEST` series of a request whose model and request series (`follow`, when
+    /// it can stand for the namespace and class) were not in the worker's `MODEL_OF` table:
+    /// asked of the cache (see [`model_request_series`](Self::model_request_series)), then
+    /// remembered there when it is the labels' own.
+    #[inline(never)]
+    fn model_request_miss(
+        &self,
+        layout: u8,
+        n_values: u8,
+        (model, ns): (&[u8], &[u8]),
+        (cut, status): (bool, ngx_uint_t),
+        follow: Option<(usize, Word3)>,
+    ) -> (Option<&'static [AtomicU64]>, bool) {
+        // Only the model families have a status class (computed here: the usual request has
+        // none of them). The snapshot's values, not the snapshot: see `Finished`.
+        let class = if cut {
+            "error"
+        } else {
+            catalogue::status_class(status.min(u16::MAX as ngx_uint_t) as u16)
+        };
+        let class_id = if class == "success" { 1 } else { 2 };
+        let (v, own) = self.model_request_series(layout, n_values, model, ns, (class_id, class));
+        if let (Some(v), true, Some((anchor, k))) = (v, own, follow) {
+            if let Ok(mut m) = MODEL_OF.0.try_borrow_mut() {
+                m.insert(anchor, k, v);
+            }
+        }
+        (v, own)
+    }
+
     /// Writes the request's exemplar into slot `slot` (of `slots`) of the series `values`.
     #[cold]
     #[inline(never)]
@@ -450,17 +501,6 @@ struct ModelKey<'l> {
     ns: &'l [u8],
 }
 
-impl<'l> ModelKey<'l> {
-    #[inline(always)]
-    fn new(model: &'l [u8], ns: &'l [u8]) -> Self {
-        ModelKey {
-            anchor: 0,
-            model,
-            ns,
-        }
-    }
-}
-
 /// The series of the model families of one (model, namespace) other than `model_requests`,
 /// found from the address of a `model_requests` series of those labels (the *anchor*: a
 /// series never moves while the worker lives, so its address stands for its labels; an
@@ -492,6 +532,13 @@ struct RelatedTable(RefCell<Vec<Related>>);
 unsafe impl Sync for RelatedTable {}
 
 static RELATED: RelatedTable = RelatedTable(RefCell::new(Vec::new()));
+
+/// The `model_requests` series of the request series at `anchor` and a model of these words
+/// (see [`MODEL_OF`]).
+#[inline(always)]
+fn model_of(anchor: usize, k: &Word3) -> Option<&'static [AtomicU64]> {
+    MODEL_OF.0.try_borrow().ok()?.get(anchor, k)
+}
 
 #[inline(always)]
 fn related_slot(anchor: usize) -> usize {
@@ -613,8 +660,15 @@ fn record_with<const EX: bool>(t: &Recorder, f: &Finished, trace: Option<&Trace>
     let hist_words = |b: &[f64]| (b.len() + 2) as u8;
     let (bounds, layouts) = (&mc.bounds, &t.zone.layouts);
     let words = hist_words(&bounds.duration);
-    if let Some(v) = t.request_series(layouts.duration, words, &f.request, status) {
-        observe(v, &bounds.duration, f.duration);
+    // The request series and the model request series observe the same duration in the same
+    // buckets: one search.
+    let (n_bounds, bucket) = (
+        bounds.duration.len(),
+        bucket_index(&bounds.duration, f.duration),
+    );
+    let (req, req_own) = t.request_series(layouts.duration, words, &f.request, status);
+    if let Some(v) = req {
+        observe_in(v, n_bounds, bucket, f.duration);
         let kind = (fam::REQUEST, layouts.duration);
         t.bucket_exemplar::<EX>(trace, v, kind, &bounds.duration, f.duration);
     }
@@ -622,48 +676,75 @@ fn record_with<const EX: bool>(t: &Recorder, f: &Finished, trace: Option<&Trace>
     let ns = f.namespace();
     if let Some(llm) = f.llm {
         let model = llm.model;
-        // Only the model families have a status class (computed here: the usual request has
-        // none of them).
-        let class = match f.cut {
-            Some(_) => "error",
-            None => catalogue::status_class(status.min(u16::MAX as ngx_uint_t) as u16),
-        };
-        let class_id = if class == "success" { 1 } else { 2 };
-        let mut key = ModelKey::new(model, ns);
         let kind = (fam::MODEL_REQUEST, layouts.duration);
-        let class = (class_id, class);
-        if let (Some(v), own) = t.model_request_series(kind.1, words, model, ns, class) {
-            observe(v, &bounds.duration, f.duration);
+        // The request's own series stands for its namespace and status class: with a model of
+        // up to 16 bytes (held whole in its words), the model series is found from the two.
+        let follow = match req {
+            Some(r) if req_own && model.len() <= 16 => {
+                Some((r.as_ptr() as usize, bytes_words(model)))
+            }
+            _ => None,
+        };
+        let found = follow.and_then(|(a, k)| model_of(a, &k));
+        let (v, own) = match found {
+            Some(v) => (Some(v), true),
+            None => {
+                let how = (f.cut.is_some(), status);
+                t.model_request_miss(kind.1, words, (model, ns), how, follow)
+            }
+        };
+        let mut anchor = 0;
+        if let Some(v) = v {
+            observe_in(v, n_bounds, bucket, f.duration);
             t.bucket_exemplar::<EX>(trace, v, kind, &bounds.duration, f.duration);
             if own {
-                key.anchor = v.as_ptr() as usize;
+                anchor = v.as_ptr() as usize;
             }
         }
-        let labels = [Label::bytes(model), Label::bytes(ns)];
-        if let Some(ttft) = llm.ttft {
-            let words = hist_words(&bounds.ttft);
-            let kind = (fam::TTFT, layouts.ttft, words);
-            if let (Some(v), _) = t.model_series(kind, &key, Some(rel::TTFT), &labels) {
-                observe(v, &bounds.ttft, ttft);
-                t.bucket_exemplar::<EX>(trace, v, (fam::TTFT, layouts.ttft), &bounds.ttft, ttft);
-            }
-        }
-        if let Some(tokens) = &llm.tokens {
-            record_tokens::<EX>(t, &key, &labels, tokens, f.duration, llm.ttft, trace);
-        }
-        if let Some(why) = llm.usage_missing {
-            let labels = [
-                Label::bytes(model),
-                Label::bytes(ns),
-                Label::with_id(1 + why as u64, why.label().as_bytes()),
-            ];
-            if let (Some(v), _) = t.model_series((fam::USAGE_MISSING, 0, 1), &key, None, &labels) {
-                add_u64(&v[0], 1);
-            }
+        // The usual request with a model has no other model family.
+        if llm.ttft.is_some() || llm.tokens.is_some() || llm.usage_missing.is_some() {
+            let key = ModelKey { anchor, model, ns };
+            record_model_families::<EX>(t, &key, llm, f.duration, trace);
         }
     }
     if f.auto.any() {
         record_auto_events(t, ns, f.auto);
+    }
+}
+
+/// The model families of a request with a model other than `model_requests` (its time to first
+/// token, tokens, missing usage), from the key of its model and namespace. (Out of line: the
+/// usual request with a model has none.)
+#[inline(never)]
+fn record_model_families<const EX: bool>(
+    t: &Recorder,
+    key: &ModelKey,
+    llm: &Llm,
+    duration: f64,
+    trace: Option<&Trace>,
+) {
+    let (bounds, layouts) = (&t.mc.bounds, &t.zone.layouts);
+    let labels = [Label::bytes(key.model), Label::bytes(key.ns)];
+    if let Some(ttft) = llm.ttft {
+        let words = (bounds.ttft.len() + 2) as u8;
+        let kind = (fam::TTFT, layouts.ttft, words);
+        if let (Some(v), _) = t.model_series(kind, key, Some(rel::TTFT), &labels) {
+            observe(v, &bounds.ttft, ttft);
+            t.bucket_exemplar::<EX>(trace, v, (fam::TTFT, layouts.ttft), &bounds.ttft, ttft);
+        }
+    }
+    if let Some(tokens) = &llm.tokens {
+        record_tokens::<EX>(t, key, &labels, tokens, duration, llm.ttft, trace);
+    }
+    if let Some(why) = llm.usage_missing {
+        let labels = [
+            Label::bytes(key.model),
+            Label::bytes(key.ns),
+            Label::with_id(1 + why as u64, why.label().as_bytes()),
+        ];
+        if let (Some(v), _) = t.model_series((fam::USAGE_MISSING, 0, 1), key, None, &labels) {
+            add_u64(&v[0], 1);
+        }
     }
 }
 
@@ -750,8 +831,8 @@ fn record_tokens<const EX: bool>(
 /// What `$limit_req_status`, `$limit_conn_status` and `$upstream_cache_status` report, as events.
 fn record_auto_events(t: &Recorder, ns: &[u8], st: AutoStatus) {
     for (status, rule, id) in [
-        (st.limit_req, "limit_req", 1),
-        (st.limit_conn, "limit_conn", 2),
+        (st.limit_req(), "limit_req", 1),
+        (st.limit_conn(), "limit_conn", 2),
     ] {
         let (hit, violation) = match status {
             Limit::Delayed | Limit::DryRun => (true, false),

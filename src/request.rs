@@ -232,6 +232,15 @@ fn arg_label<'r>(r: &'r Request, source: &LabelSource) -> &'r [u8] {
     value.unwrap_or(b"")
 }
 
+/// Two labels that are `$arg_*` variables of names `ArgName` holds (`LocConf::ns_model_args`),
+/// read in one walk of the query string. (Inline: only `Finished::read_query` reads them.)
+#[inline(always)]
+fn arg_pair<'r>(r: &'r Request, a: &LabelSource, b: &LabelSource) -> (&'r [u8], &'r [u8]) {
+    let args = r.as_ref().args.as_bytes();
+    let (x, y) = a.arg_name.find2(&b.arg_name, args);
+    (x.unwrap_or(b""), y.unwrap_or(b""))
+}
+
 /// A label that is one `$http_*` variable, read from the request's headers.
 #[inline(never)]
 fn header_label<'r>(r: &'r Request, source: &LabelSource) -> &'r [u8] {
@@ -466,19 +475,40 @@ pub enum UpstreamCache {
     Miss,
 }
 
+/// The limiters' and the cache's verdicts. The limiters' as nginx stores them (0 or 1: nothing
+/// to record), made [`Limit`]s only when there is an event: the usual request pays one test.
 #[derive(Clone, Copy)]
 pub struct AutoStatus {
-    pub limit_req: Limit,
-    pub limit_conn: Limit,
+    limit_req: u32,
+    limit_conn: u32,
     pub cache: UpstreamCache,
 }
 
 impl AutoStatus {
-    /// Is there any event to record?
+    /// Is there any event to record? (Both codes are below 8: their OR is at least 2 exactly
+    /// when one of them is.)
+    #[inline(always)]
     pub fn any(&self) -> bool {
-        self.limit_req != Limit::None
-            || self.limit_conn != Limit::None
-            || self.cache != UpstreamCache::None
+        (self.limit_req | self.limit_conn) >= 2 || self.cache != UpstreamCache::None
+    }
+
+    /// `limit_req`'s verdict.
+    pub fn limit_req(&self) -> Limit {
+        match self.limit_req {
+            LIMIT_REQ_DELAYED => Limit::Delayed,
+            LIMIT_REQ_REJECTED => Limit::Rejected,
+            LIMIT_REQ_DELAYED_DRY_RUN | LIMIT_REQ_REJECTED_DRY_RUN => Limit::DryRun,
+            _ => Limit::None,
+        }
+    }
+
+    /// `limit_conn`'s verdict.
+    pub fn limit_conn(&self) -> Limit {
+        match self.limit_conn {
+            LIMIT_CONN_REJECTED => Limit::Rejected,
+            LIMIT_CONN_REJECTED_DRY_RUN => Limit::DryRun,
+            _ => Limit::None,
+        }
     }
 }
 
@@ -497,20 +527,9 @@ const LIMIT_CONN_REJECTED_DRY_RUN: u32 = 3;
 fn limiter_and_cache_status(r: &ngx_http_request_t) -> AutoStatus {
     // SAFETY: r->main is the live main request.
     let main = unsafe { &*r.main };
-    let limit_req = match main.limit_req_status() {
-        LIMIT_REQ_DELAYED => Limit::Delayed,
-        LIMIT_REQ_REJECTED => Limit::Rejected,
-        LIMIT_REQ_DELAYED_DRY_RUN | LIMIT_REQ_REJECTED_DRY_RUN => Limit::DryRun,
-        _ => Limit::None,
-    };
-    let limit_conn = match main.limit_conn_status() {
-        LIMIT_CONN_REJECTED => Limit::Rejected,
-        LIMIT_CONN_REJECTED_DRY_RUN => Limit::DryRun,
-        _ => Limit::None,
-    };
     AutoStatus {
-        limit_req,
-        limit_conn,
+        limit_req: main.limit_req_status(),
+        limit_conn: main.limit_conn_status(),
         cache: upstream_cache(r),
     }
 }
@@ -643,17 +662,45 @@ impl<'r> Finished<'r> {
         ctx: Option<&'r mut ReqCtx>,
         llm_slot: &'r mut Option<Llm<'r>>,
     ) -> Finished<'r> {
+        Self::read_with::<false>(r, lc, ctx, llm_slot)
+    }
+
+    /// [`read`](Self::read) where the namespace and the model are both query arguments
+    /// (`LocConf::ns_model_args`): the two read in one walk of the query string.
+    #[inline(always)]
+    pub fn read_query(
+        r: &'r Request,
+        lc: &'r LocConf,
+        ctx: Option<&'r mut ReqCtx>,
+        llm_slot: &'r mut Option<Llm<'r>>,
+    ) -> Finished<'r> {
+        Self::read_with::<true>(r, lc, ctx, llm_slot)
+    }
+
+    #[inline(always)]
+    fn read_with<const QUERY: bool>(
+        r: &'r Request,
+        lc: &'r LocConf,
+        ctx: Option<&'r mut ReqCtx>,
+        llm_slot: &'r mut Option<Llm<'r>>,
+    ) -> Finished<'r> {
         let rr: &ngx_http_request_t = r.as_ref();
         let status = status(rr);
         let start = start_ms(rr);
         let whole = body_complete(rr, ctx.as_deref());
+        // The namespace, when read with the model (both from the query string: one walk).
+        let mut ns = None;
         let (llm, ctx): (Option<&Llm>, _) = match ctx {
             // The usual request: no Lua, no usage reading.
             None if lc.usage == USAGE_OFF => {
-                let model: &[u8] = if lc.model.is_set() {
-                    label(r, &lc.model)
-                } else {
+                let model: &[u8] = if !lc.model.is_set() {
                     b""
+                } else if QUERY && lc.ns_model_args {
+                    let (n, m) = arg_pair(r, &lc.namespace, &lc.model);
+                    ns = Some(n);
+                    m
+                } else {
+                    label(r, &lc.model)
                 };
                 if model.is_empty() {
                     (None, None)
@@ -680,7 +727,10 @@ impl<'r> Finished<'r> {
                 method(rr),
                 endpoint(r, lc),
                 status_label(status),
-                Label::bytes(label(r, &lc.namespace)),
+                Label::bytes(match ns {
+                    Some(ns) => ns,
+                    None => label(r, &lc.namespace),
+                }),
                 upstream(r, lc),
                 cut.map_or(Label::with_id(1, b""), |c| {
                     Label::with_id(2 + c as u64, c.label().as_bytes())

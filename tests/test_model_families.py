@@ -2,7 +2,9 @@
 exactly its own requests' tokens, cost and counts (the log phase finds a pair's token,
 throughput and unpriced series from its model_requests series, per worker), short and long label
 values, both status classes, priced and unpriced models; and past the cardinality cap, what
-overflows is counted in the overflow series and never in another pair's series."""
+overflows is counted in the overflow series and never in another pair's series. The same with
+namespace and model from the query string (the log phase finds a request's model_requests series
+from its request series and the model)."""
 import itertools
 
 import gmharness as gm
@@ -126,3 +128,76 @@ def test_past_the_cap_nothing_lands_in_another_pairs_series():
             elif ("model_tokens_input_total", frozenset({"model": model, "namespace": ns}.items())) in m:
                 split += 1
         assert split > 0, "no pair with its own token series and overflowed requests"
+
+
+QUERY_CONF = """
+    gateway_metrics_zone gm 4m;
+    gateway_metrics on;
+    gateway_metrics_namespace $arg_ns;
+    gateway_metrics_model $arg_model;
+    {extra}
+    server {{
+        listen 127.0.0.1:{{port}};
+        location = /v1/ok {{ return 200 "ok"; }}
+        location = /v1/missing {{ return 404; }}
+        location = /v1/down {{ return 503; }}
+        location = /metrics {{ gateway_metrics off; gateway_metrics_exporter; }}
+    }}
+"""
+
+
+def send_query(n, rounds):
+    """Every status x namespace x model from the query string (`ns` and `model` in both orders),
+    the models of a namespace one after the other, `rounds` times; returns the model request
+    counts each (model, namespace, class) must show and the request count of each namespace."""
+    want, per_ns = {}, {}
+    conn = gm.Conn(n.port)
+    try:
+        for r, (path, status), ns, (i, model) in itertools.product(
+                range(rounds), [("ok", 200), ("missing", 404), ("down", 503)], NAMESPACES,
+                enumerate(MODELS)):
+            query = f"ns={ns}&model={model}" if (r + i) % 2 else f"model={model}&ns={ns}"
+            got, _, _ = conn.request(gm.request_bytes(f"/v1/{path}?{query}"))
+            assert got == status
+            key = (model, ns, "success" if status == 200 else "error")
+            want[key] = want.get(key, 0) + 1
+            per_ns[ns] = per_ns.get(ns, 0) + 1
+    finally:
+        conn.close()
+    return want, per_ns
+
+
+def test_models_from_the_query_string_count_exactly():
+    # The log phase finds a request's model_requests series from its request series (which
+    # stands for the namespace and the status class) and the model: several models per request
+    # series, short models and long ones (which it looks up by all their labels), both classes.
+    with Nginx(QUERY_CONF.format(extra=""), workers=1) as n:
+        want, per_ns = send_query(n, rounds=3)
+        sent = sum(want.values())
+        m = gm.settle(n, lambda m: m.total("model_requests_total") >= sent)
+        assert m.total("model_requests_total") == sent
+        for (model, ns, cls), v in want.items():
+            assert m.get1("model_requests_total", model=model, namespace=ns, status=cls) == v
+        for ns, v in per_ns.items():
+            assert m.total("http_requests_total", namespace=ns) == v, ns
+        gm.histogram_consistent(m, "model_request_duration_seconds")
+
+
+def test_models_from_the_query_string_past_the_cap():
+    # Past the cap some request series are overflow series (which never stand for their
+    # labels) and some model request series too: counts still land in their own series or in
+    # the overflow series, never in another's.
+    with Nginx(QUERY_CONF.format(extra="gateway_metrics_max_series 30;"), workers=1) as n:
+        want, per_ns = send_query(n, rounds=2)
+        sent = sum(want.values())
+        m = gm.settle(n, lambda m: m.total("model_requests_total") >= sent)
+        assert m.get1("gateway_metrics_dropped_updates_total", zone="gm", reason="max_series") > 0
+        assert m.total("model_requests_total") == sent
+        assert m.total("http_requests_total") == sum(per_ns.values())
+        own = 0
+        for (model, ns, cls), v in want.items():
+            key = ("model_requests_total", frozenset({"model": model, "namespace": ns, "status": cls}.items()))
+            if key in m:
+                assert m[key] == v, key
+                own += 1
+        assert 0 < own < len(want), own

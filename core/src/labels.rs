@@ -644,17 +644,64 @@ impl ArgName {
         }
         None
     }
+
+    /// The values of two arguments, `self`'s and `other`'s, each as [`find`](Self::find) gives
+    /// it, in one walk of `args`: each argument's start is compared with both names, and the
+    /// walk stops once both are found.
+    #[inline(always)]
+    pub fn find2<'a>(
+        &self,
+        other: &ArgName,
+        args: &'a [u8],
+    ) -> (Option<&'a [u8]>, Option<&'a [u8]>) {
+        let (mut a, mut b) = (None, None);
+        let mut s = 0;
+        while s < args.len() {
+            let w = lower_word(word_at(args, s));
+            // Where the argument ends, once a name matched (its value runs to the next `&`).
+            let mut end = None;
+            if a.is_none() && self.starts(args, s, w) {
+                let (v, e) = (s + self.len + 1, next_amp(args, s + self.len + 1));
+                a = Some(&args[v..e]);
+                end = Some(e);
+            }
+            if b.is_none() && other.starts(args, s, w) {
+                let (v, e) = (s + other.len + 1, next_amp(args, s + other.len + 1));
+                b = Some(&args[v..e]);
+                end = Some(e);
+            }
+            if a.is_some() && b.is_some() {
+                break;
+            }
+            s = end.unwrap_or_else(|| next_amp(args, s)) + 1;
+        }
+        (a, b)
+    }
+
+    /// Does the argument at `s` (whose first word, lowercased, is `w`) have this name?
+    #[inline(always)]
+    fn starts(&self, args: &[u8], s: usize, w: u64) -> bool {
+        s + self.len < args.len()
+            && w & self.masks[0] == self.words[0]
+            && (self.masks[1] == 0
+                || lower_word(word_at(args, s + 8)) & self.masks[1] == self.words[1])
+    }
 }
 
 const ONES: u64 = 0x0101_0101_0101_0101;
 const HIGHS: u64 = 0x8080_8080_8080_8080;
 
-/// The 8 bytes of `b` from `at` as a little-endian word, zero-extended past its end.
+/// The 8 bytes of `b` from `at` as a little-endian word, zero-extended past its end. Near the
+/// end of a string of at least 8 bytes, its last word shifted down (one load, no byte loop).
 #[inline(always)]
 fn word_at(b: &[u8], at: usize) -> u64 {
-    match b.get(at..at + 8) {
-        Some(w) => load8(w),
-        None => load_short(b.get(at..).unwrap_or_default()),
+    let rest = b.get(at..).unwrap_or_default();
+    if rest.len() >= 8 {
+        load8(rest)
+    } else if b.len() >= 8 && !rest.is_empty() {
+        load8(&b[b.len() - 8..]) >> (8 * (8 - rest.len()))
+    } else {
+        load_short(rest)
     }
 }
 
@@ -674,13 +721,13 @@ fn lower_word(w: u64) -> u64 {
 /// bytes as one zero-extended word (a byte past the end is 0, never `&`).
 #[inline(always)]
 fn next_amp(b: &[u8], mut at: usize) -> usize {
-    while let Some(w) = b.get(at..at + 8) {
-        if let Some(i) = amp_in(load8(w)) {
+    while b.len().saturating_sub(at) >= 8 {
+        if let Some(i) = amp_in(load8(&b[at..])) {
             return at + i;
         }
         at += 8;
     }
-    match amp_in(load_short(b.get(at..).unwrap_or_default())) {
+    match amp_in(word_at(b, at)) {
         Some(i) => at + i,
         None => b.len(),
     }
@@ -858,6 +905,24 @@ mod header_tests {
                     "{args:?} {name:?}"
                 );
             }
+            // Two names read in one walk: each as nginx reads it alone (the same name twice
+            // included).
+            let held = [
+                &b"ns"[..],
+                b"n",
+                b"s",
+                b"nsa",
+                b"nsnsnsns",
+                b"nsnsnsnsa",
+                b"a@x",
+            ];
+            let (x, y) = (held[next() % held.len()], held[next() % held.len()]);
+            let (ax, ay) = (ArgName::new(x).unwrap(), ArgName::new(y).unwrap());
+            assert_eq!(
+                ax.find2(&ay, &args),
+                (nginx_arg(&args, x), nginx_arg(&args, y)),
+                "{args:?} {x:?} {y:?}"
+            );
         }
         assert_eq!(arg_variable(b"$arg_NS"), Some(b"ns".to_vec()));
         assert_eq!(arg_variable(b"${arg_model}"), Some(b"model".to_vec()));

@@ -10,6 +10,7 @@ pub mod catalogue;
 pub mod config;
 pub mod exemplar;
 pub mod expo;
+pub mod follow;
 pub mod format;
 pub mod hash;
 pub mod labels;

@@ -963,11 +963,21 @@ pub fn load_f64(w: &AtomicU64) -> f64 {
 /// bucket, so the renderer's prefix sums are monotone and `+Inf` equals `_count` by construction.
 #[inline(always)]
 pub fn observe(values: &[AtomicU64], bounds: &[f64], v: f64) {
-    let n = bounds.len();
-    if values.len() < n + 2 {
+    observe_in(
+        values,
+        bounds.len(),
+        crate::buckets::bucket_index(bounds, v),
+        v,
+    );
+}
+
+/// [`observe`] with the value's bucket already found (`bucket_index(bounds, v)` for bounds of
+/// `n` bounds): series that observe the same value in the same buckets search them once.
+#[inline(always)]
+pub fn observe_in(values: &[AtomicU64], n: usize, bucket: usize, v: f64) {
+    if values.len() < n + 2 || bucket > n {
         return;
     }
-    let b = crate::buckets::bucket_index(bounds, v);
-    values[b].fetch_add(1, Ordering::Relaxed);
+    values[bucket].fetch_add(1, Ordering::Relaxed);
     add_f64(&values[n + 1], v);
 }
