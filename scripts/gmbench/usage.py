@@ -53,7 +53,9 @@ def long_answer(body):
     buffers, so the reader reads it the resumable way."""
     text = json.loads(body)["choices"][0]["message"]["content"]
     line = ("All work and no play. " * 4)[:78] + "\\n"
-    return body.replace(json.dumps(text)[1:-1].encode(), (line * 100).encode(), 1)
+    long = body.replace(json.dumps(text)[1:-1].encode(), (line * 100).encode(), 1)
+    assert len(long) > 8_000 and json.loads(long)["usage"] == json.loads(body)["usage"]
+    return long
 
 
 class Upstream(gm.LoopbackServer):

@@ -90,7 +90,10 @@
 //!
 //! A JSON body's `choices` (Chat) and `candidates` (Gemini) are skipped, bracket-counted like any
 //! container the reading does not need, by every path (`Scanner::member`): what they tell is a
-//! stream's first content, and a body has none (their keys still tell the provider). Reading only the start
+//! stream's first content, and a body has none (their keys still tell the provider). A body
+//! broken inside them in a way bracket counting does not see (`"choices":[1 2]`) therefore reads
+//! on, whole and split alike: it reports what the rest says (`absent`, or the usage and model
+//! after it) rather than `malformed`, as a broken value skipped anywhere else always did. Reading only the start
 //! of a body and its end from the last usage key on (found backwards 16 bytes a step, proved a
 //! top-level member by the body ending right after it) was built and measured: 6,958 → 6,089 for
 //! the corpus's pretty Chat body, 17,641 → 6,088 with an 8,000-byte answer. It was not kept: a
@@ -665,7 +668,11 @@ impl Events {
             if self.dialect == GEMINI {
                 if self.tail_len > 0 && self.same_as_tail(tail) {
                     // Read as the last tail was, with other counts: deferred (see `defer`).
-                    // Of the same length, only digits changed: its map stays right.
+                    // Of the same length, only digits changed: its map stays right; of
+                    // another, the map is made again when next needed.
+                    if tail.len() != usize::from(self.tail_len) {
+                        self.tail_map = TailMap::NONE;
+                    }
                     self.tail[..tail.len()].copy_from_slice(tail);
                     self.tail_len = tail.len() as u16;
                     self.deferred = true;
@@ -1798,6 +1805,46 @@ mod tests {
             }
         }
         assert!(same > 2_000 && differ > 2_000, "{same} same, {differ} not");
+    }
+
+    /// The kept tail's map is always the map of the kept tail (or not made yet), whatever
+    /// the tails before it: counts that gain and lose digits, keys that change (a sequence
+    /// that once compared a tail in place with the map of an earlier tail of its length).
+    #[test]
+    fn kept_tail_map_is_the_kept_tails() {
+        let chunk = |usage: &str| {
+            format!("data: {{\"candidates\": [{{\"content\": {{\"parts\": [{{\"text\": \"a\"}}]}}}}],\"usageMetadata\": {{{usage}}},\"modelVersion\": \"g\"}}\n\n")
+        };
+        let usages = [
+            r#""promptTokenCount": 1,"m1": 2"#,
+            r#""promptTokenCount": 2,"m1": 2"#,
+            r#""promptTokenCount": 1234,"m1": 2"#,
+            r#""promptTokenCount": 9,"m1": 2"#,
+            r#""promptTokenCount": 9,"m2": 2"#,
+            r#""promptTokenCount": 9,"m2": "1""#,
+            r#""promptTokenCount": 9,"m2": "2""#,
+            r#""promptTokenCount": 99,"m2": "2""#,
+            r#""promptTokenCount": 9,"m3": "2""#,
+        ];
+        let mut r = UsageReader::new(Format::Auto, Body::EventStream);
+        for round in 0..3 {
+            for (k, u) in usages.iter().enumerate() {
+                let u = if round == 1 {
+                    usages[usages.len() - 1 - k]
+                } else {
+                    u
+                };
+                r.feed(chunk(u).as_bytes());
+                let e = &r.events;
+                let map = e.tail_map;
+                if map.len != 0 {
+                    let tail = &e.tail[..usize::from(e.tail_len)];
+                    let fresh = TailMap::of(tail);
+                    assert_eq!(usize::from(map.len), tail.len(), "{u}");
+                    assert_eq!((map.plain, map.inside), (fresh.plain, fresh.inside), "{u}");
+                }
+            }
+        }
     }
 
     #[test]

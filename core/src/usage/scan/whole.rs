@@ -491,19 +491,23 @@ mod body_props {
         #![proptest_config(ProptestConfig::with_cases(1500))]
 
         /// Every JSON body (an object or an array, whitespace around) is read by the body walk,
-        /// never given up, and read exactly as the resumable scanner reads it.
+        /// never given up, and read exactly as the resumable scanner reads it, as an SSE
+        /// payload and as a JSON body (`choices` and `candidates` skipped).
         #[test]
         fn body_walk_reads_any_json_as_the_scanner(
             v in value(), before in ws(), after in ws(), array in any::<bool>(),
             allow in prop::sample::select(vec![ALL, OPENAI, ANTHROPIC, GEMINI]),
+            json_body in any::<bool>(),
         ) {
             let top = if array { format!("[{v}]") } else { format!("{{\"x\":{v}}}") };
             let body = format!("{before}{top}{after}");
             let mut full = Scanner::new(allow);
+            full.json_body = json_body;
             full.begin();
             full.feed(body.as_bytes());
             full.end();
             let mut walk = Scanner::new(allow);
+            walk.json_body = json_body;
             walk.begin();
             prop_assert!(walk.feed_body(body.as_bytes()), "gave up: {}", body);
             walk.end();
