@@ -775,7 +775,7 @@ unsafe impl Sync for ReaderPool {}
 
 static READERS: ReaderPool = ReaderPool(RefCell::new(Vec::new()));
 
-/// The most readers a worker keeps for reuse: up to 32 x 5,504 bytes (an event stream's reader,
+/// The most readers a worker keeps for reuse: up to 32 x 5,576 bytes (an event stream's reader,
 /// 1,480 bytes, with its 4 KiB carry buffer) held while idle.
 pub const POOLED_READERS: usize = 32;
 
