@@ -2038,7 +2038,7 @@ mod tests {
                         );
                         // The resumable reading alone (no walk of a body's rest).
                         let mut full = fresh();
-                        full.walk_rest = false;
+                        full.walks_rest = false;
                         full.feed(&v);
                         let mut body = fresh();
                         if body.feed_body(&v) {

@@ -221,7 +221,7 @@ pub(crate) struct Scanner {
     pub(crate) json_body: bool,
     /// A JSON body's members after a skipped one may be read by the walk (see
     /// [`Scanner::walk_rest`]); off only in tests, for the resumable reading alone.
-    pub(crate) walk_rest: bool,
+    pub(crate) walks_rest: bool,
 }
 
 impl Scanner {
@@ -243,7 +243,7 @@ impl Scanner {
             facts: Facts::default(),
             model: Model::default(),
             json_body: false,
-            walk_rest: true,
+            walks_rest: true,
         }
     }
 
@@ -293,17 +293,7 @@ impl Scanner {
         let mut i = 0;
         while i < b.len() {
             i = match self.st {
-                St::Skip => {
-                    let j = self.skip_container(b, i);
-                    // A body's large member (an answer's `choices`) ended: its other members
-                    // are mostly in this buffer, and the walk reads them faster.
-                    if self.st == St::After && self.depth == 1 && self.json_body {
-                        if self.walk_rest && self.walk_rest(&b[j..]) {
-                            return;
-                        }
-                    }
-                    j
-                }
+                St::Skip => self.skip_container(b, i),
                 St::Str | St::SkipStr => self.string(b, i),
                 St::InKey => self.key_bytes(b, i),
                 St::Num => self.number(b, i),
@@ -476,6 +466,11 @@ impl Scanner {
                     self.skip -= 1;
                     if self.skip == 0 {
                         self.st = St::After;
+                        // A body's large member (an answer's `choices`) ended: its other
+                        // members are mostly in this buffer, and the walk reads them faster.
+                        if self.depth == 1 && self.json_body && self.walk_rest(&b[i..]) {
+                            return b.len();
+                        }
                         return i;
                     }
                 }

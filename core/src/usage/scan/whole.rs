@@ -73,7 +73,10 @@ impl Scanner {
     /// is read twice.
     #[cold]
     pub(crate) fn walk_rest(&mut self, b: &[u8]) -> bool {
-        if self.nodes[0] != Node::Root || b.trim_ascii_end().last() != Some(&b'}') {
+        if !self.walks_rest
+            || self.nodes[0] != Node::Root
+            || b.trim_ascii_end().last() != Some(&b'}')
+        {
             return false;
         }
         let i = probe::tok(b, 0);
@@ -535,7 +538,7 @@ mod body_props {
             let body = format!("{before}{top}{after}");
             let mut full = Scanner::new(allow);
             full.json_body = json_body;
-            full.walk_rest = false;
+            full.walks_rest = false;
             full.begin();
             full.feed(body.as_bytes());
             full.end();
@@ -571,7 +574,7 @@ mod body_props {
             }
             let mut full = Scanner::new(allow);
             full.json_body = true;
-            full.walk_rest = false;
+            full.walks_rest = false;
             full.begin();
             full.feed(&body);
             full.end();
