@@ -11,29 +11,41 @@
 //! settled), as in a real stream. `json` reads N whole typical bodies, one reader each.
 //!
 //! Measured (Rust 1.95, release, x86-64, instructions; "before" is this harness built on the
-//! code of the start of the 2026-12-02 round (0a2a14d), measured in the same session). Per-chunk
-//! figures move by up to ~±10 with the harness's own layout: `memchr`'s AVX2 line search costs
-//! more or less with the data's alignment (the `responses` row: 160 before, 171 now, the
-//! library's path unchanged).
+//! code of the start of the fourth 2026-12-02 round (e9c18f5), measured in the same session).
+//! Per-chunk figures move by up to ~±10 with the harness's own layout: `memchr`'s AVX2 line
+//! search costs more or less with the data's alignment.
 //!
 //! | case | bytes | per chunk / body | before | target |
 //! |---|---|---|---|---|
-//! | `chat` the nginx benchmark's Chat chunk, `"usage":null` | 253 | 176 | 172 | ≤ ~170 |
-//! | `openai` Chat chunk, `"usage":null` | 261 | 172 | 183 | ≤ ~170 |
-//! | `anthropic` `content_block_delta` (with `event:` line) | 130 | 134 | 134 | ≤ 200 |
-//! | `responses` `response.output_text.delta` | 214 | 171 | 160 | ≤ 200 |
-//! | `gemini` chunk with `usageMetadata` running totals | 334 | 801 | 1,927 | ≤ ~400 |
-//! | `chat_start` a new reader, 2 unsettled chunks, the usage chunk, `[DONE]` | 841 | 10,521 | 11,289 | |
-//! | `anthropic_start` `message_start` … first delta, `message_delta`, stop | 806 | 9,499 | 10,031 | |
-//! | `gemini_start` a new reader, the first chunk | 321 | 4,943 | 5,457 | |
-//! | `responses_start` `response.created`, the first delta | 382 | 5,486 | 5,920 | |
-//! | `json` Chat Completions body, whole reader (new + feed + finish) | 674 | 5,163 | 5,875 | ≤ ~1,000 |
-//! | `json_pretty` the corpus's pretty-printed Chat body, whole reader | 997 | 6,118 | 6,958 | ≤ ~1,000 |
-//! | `json_long` the same with an 8,000-byte answer (a `\n` every 80 bytes) | 8,929 | 16,758 | 17,641 | |
-//! | `json_long_split` the same in 4 KiB buffers (resumable scanner) | 8,929 | 22,848 | 29,478 | |
-//! | `json_logprobs_split` a Chat body with 2,000 tokens' `logprobs` in 4 KiB buffers | 2.3 MB | 25.5 M | 29.3 M | |
+//! | `chat` the nginx benchmark's Chat chunk, `"usage":null` | 253 | 171 | 171 | ≤ ~170 |
+//! | `openai` Chat chunk, `"usage":null` | 261 | 182 | 182 | ≤ ~170 |
+//! | `anthropic` `content_block_delta` (with `event:` line) | 130 | 133 | 133 | ≤ 200 |
+//! | `responses` `response.output_text.delta` | 214 | 159 | 159 | ≤ 200 |
+//! | `gemini` chunk with `usageMetadata` running totals | 334 | 821 | 823 | ≤ ~400 |
+//! | `chat_start` a new reader, 2 unsettled chunks, the usage chunk, `[DONE]` | 841 | 10,443 | 10,534 | |
+//! | `anthropic_start` `message_start` … first delta, `message_delta`, stop | 806 | 9,420 | 9,505 | |
+//! | `gemini_start` a new reader, the first chunk | 321 | 4,953 | 4,966 | |
+//! | `responses_start` `response.created`, the first delta | 382 | 5,455 | 5,481 | |
+//! | `json` Chat Completions body, whole reader (new + feed + finish) | 674 | 5,118 | 5,148 | ≤ ~1,000 |
+//! | `json_pretty` the corpus's pretty-printed Chat body, whole reader | 997 | 6,077 | 6,103 | ≤ ~1,000 |
+//! | `json_long` the same with an 8,000-byte answer (a `\n` every 80 bytes) | 8,929 | 15,147 | 16,743 | |
+//! | `json_long_split` the same in 4 KiB buffers (resumable scanner) | 8,929 | 19,742 | 22,848 | |
+//! | `json_logprobs_split` a Chat body with 2,000 tokens' `logprobs` in 4 KiB buffers | 2.3 MB | 24.9 M | 25.5 M | |
 //!
-//! This round (2026-12-02): `choices` and `candidates` are skipped in JSON bodies
+//! Fourth round (2026-12-02): a string's search past its first 16 bytes goes 64 bytes a step
+//! (one mask test for four compares) up to 272 bytes, out of line, and a whole body's long
+//! string goes from escape to escape by that search instead of one `memchr2` each (an
+//! answer's `\n`s); a JSON body in several buffers reads the members after its large one
+//! (`choices`, `content`) by the walk where that member ends, when the body ends in the same
+//! buffer (`Scanner::walk_rest`: the scanner copied, the copy kept only when the walk reads to
+//! the end, property-tested against the resumable reading alone). Inline, the 64-byte search
+//! made `json_logprobs_split` 26.8 M (the scanner's loop heavier), so it is out of line, which
+//! costs `json_long` ~900 more than inline.
+//!
+//! Third round (2026-12-02), against 0a2a14d, as its table gave them: gemini 1,927 → 801, json 5,875 → 5,163, json_pretty 6,958 → 6,118, json_long 17,641 → 16,758,
+//! json_long_split 29,478 → 22,848, json_logprobs_split 29.3 M → 25.5 M.
+//!
+//! That round: `choices` and `candidates` are skipped in JSON bodies
 //! (bracket-counted, not read member by member: they only tell a stream's first content); the
 //! resumable scanner passes a skipped string's escapes in place and searches strings and keys
 //! 16 bytes a step (`memchr2` only past 256 bytes; its skip of containers stays a byte loop,
