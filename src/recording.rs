@@ -206,7 +206,8 @@ impl Recorder<'_> {
         // The slow paths get a copy: lending them the snapshot's labels (which they walk in
         // loops) would keep the snapshot in memory, stored on every request.
         if !packable {
-            let labels = *labels;
+            let mut labels = *labels;
+            request::fill_texts(&mut labels, status);
             let Ok(mut cache) = CACHE.0.try_borrow_mut() else {
                 return (None, false);
             };
@@ -219,16 +220,18 @@ impl Recorder<'_> {
         ];
         let b = ns.bytes;
         if b.len() <= 16 {
-            return self.packed_own(kind, [ids, bytes_words(b)], [], labels);
+            return self.request_packed(kind, [ids, bytes_words(b)], [], labels, status);
         }
         // A namespace of up to 64 bytes is held whole in the key's words: no middle to hash
         // and compare apart.
         if let Some(mid) = middle_words(b) {
-            return self.packed_own(kind, [ids, bytes_words(b), mid], [], labels);
+            return self.request_packed(kind, [ids, bytes_words(b), mid], [], labels, status);
         }
         match middle_words2(b) {
-            Some([m1, m2]) => self.packed_own(kind, [ids, bytes_words(b), m1, m2], [], labels),
-            None => self.packed_own(kind, [ids, bytes_words(b)], [b], labels),
+            Some([m1, m2]) => {
+                self.request_packed(kind, [ids, bytes_words(b), m1, m2], [], labels, status)
+            }
+            None => self.request_packed(kind, [ids, bytes_words(b)], [b], labels, status),
         }
     }
 
@@ -265,6 +268,29 @@ impl Recorder<'_> {
         // The slow path gets copies: lending it the key or the snapshot's labels would keep
         // them in memory, stored on every request.
         let (ks, longs, labels) = (ks, longs, *labels);
+        self.packed_miss(&mut cache, kind, &ks, &longs, &labels)
+    }
+
+    /// [`packed_own`](Self::packed_own) for the request series, whose status code and method
+    /// labels come without their texts (see `Finished::request`): added here on a miss, the
+    /// only place they are read (a hit's key holds their numbers).
+    #[inline(always)]
+    fn request_packed<const N: usize, const L: usize>(
+        &self,
+        kind: SeriesKind,
+        ks: [Word3; N],
+        longs: [&[u8]; L],
+        labels: &[Label; 6],
+        status: ngx_uint_t,
+    ) -> (Option<&'static [AtomicU64]>, bool) {
+        let Ok(mut cache) = CACHE.0.try_borrow_mut() else {
+            return (None, false);
+        };
+        if let Some(v) = cache.get_packed(kind.bits(), &ks, &longs) {
+            return (Some(v), true);
+        }
+        let (ks, longs, mut labels) = (ks, longs, *labels);
+        request::fill_texts(&mut labels, status);
         self.packed_miss(&mut cache, kind, &ks, &longs, &labels)
     }
 
@@ -420,7 +446,7 @@ impl Recorder<'_> {
         n_values: u8,
         (model, ns): (&[u8], &[u8]),
         (cut, status): (bool, ngx_uint_t),
-        follow: Option<(usize, Word3)>,
+        follow: Option<usize>,
     ) -> (Option<&'static [AtomicU64]>, bool) {
         // Only the model families have a status class (computed here: the usual request has
         // none of them). The snapshot's values, not the snapshot: see `Finished`.
@@ -431,9 +457,9 @@ impl Recorder<'_> {
         };
         let class_id = if class == "success" { 1 } else { 2 };
         let (v, own) = self.model_request_series(layout, n_values, model, ns, (class_id, class));
-        if let (Some(v), true, Some((anchor, k))) = (v, own, follow) {
+        if let (Some(v), true, Some(anchor)) = (v, own, follow) {
             if let Ok(mut m) = MODEL_OF.0.try_borrow_mut() {
-                m.insert(anchor, k, v);
+                m.insert(anchor, bytes_words(model), v);
             }
         }
         (v, own)
@@ -674,18 +700,17 @@ fn record_with<const EX: bool>(t: &Recorder, f: &Finished, trace: Option<&Trace>
     }
 
     let ns = f.namespace();
-    if let Some(llm) = f.llm {
-        let model = llm.model;
+    if !f.model.is_empty() || f.llm.is_some() {
+        let model = f.model;
         let kind = (fam::MODEL_REQUEST, layouts.duration);
         // The request's own series stands for its namespace and status class: with a model of
         // up to 16 bytes (held whole in its words), the model series is found from the two.
+        // (The model's words are made again on a miss: kept for it, they would be stored.)
         let follow = match req {
-            Some(r) if req_own && model.len() <= 16 => {
-                Some((r.as_ptr() as usize, bytes_words(model)))
-            }
+            Some(r) if req_own && model.len() <= 16 => Some(r.as_ptr() as usize),
             _ => None,
         };
-        let found = follow.and_then(|(a, k)| model_of(a, &k));
+        let found = follow.and_then(|a| model_of(a, &bytes_words(model)));
         let (v, own) = match found {
             Some(v) => (Some(v), true),
             None => {
@@ -702,7 +727,8 @@ fn record_with<const EX: bool>(t: &Recorder, f: &Finished, trace: Option<&Trace>
             }
         }
         // The usual request with a model has no other model family.
-        if llm.ttft.is_some() || llm.tokens.is_some() || llm.usage_missing.is_some() {
+        let more = |l: &&Llm| l.ttft.is_some() || l.tokens.is_some() || l.usage_missing.is_some();
+        if let Some(llm) = f.llm.filter(more) {
             let key = ModelKey { anchor, model, ns };
             record_model_families::<EX>(t, &key, llm, f.duration, trace);
         }
