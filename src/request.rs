@@ -1149,6 +1149,38 @@ mod tests {
     use super::*;
 
     #[test]
+    fn method_names_are_nginxs() {
+        let known = [
+            (NGX_HTTP_GET, "GET"),
+            (NGX_HTTP_HEAD, "HEAD"),
+            (NGX_HTTP_POST, "POST"),
+            (NGX_HTTP_PUT, "PUT"),
+            (NGX_HTTP_DELETE, "DELETE"),
+            (NGX_HTTP_MKCOL, "MKCOL"),
+            (NGX_HTTP_COPY, "COPY"),
+            (NGX_HTTP_MOVE, "MOVE"),
+            (NGX_HTTP_OPTIONS, "OPTIONS"),
+            (NGX_HTTP_PROPFIND, "PROPFIND"),
+            (NGX_HTTP_PROPPATCH, "PROPPATCH"),
+            (NGX_HTTP_LOCK, "LOCK"),
+            (NGX_HTTP_UNLOCK, "UNLOCK"),
+            (NGX_HTTP_PATCH, "PATCH"),
+            (NGX_HTTP_TRACE, "TRACE"),
+            (NGX_HTTP_CONNECT, "CONNECT"),
+        ];
+        let mut bits = 0;
+        for (m, name) in known {
+            bits |= m as ngx_uint_t;
+            let mut labels = [Label::bytes(b""); 6];
+            labels[RequestLabel::Method as usize] = Label::with_id(m as u64, b"");
+            fill_texts(&mut labels, 200);
+            assert_eq!(labels[RequestLabel::Method as usize].bytes, name.as_bytes());
+            assert_eq!(labels[2].bytes, b"200");
+        }
+        assert_eq!(bits, KNOWN_METHODS);
+    }
+
+    #[test]
     fn status_labels_are_the_decimal_status() {
         for (s, text) in [
             (0, "0"),
