@@ -257,17 +257,28 @@ fn watch_body(r: &ngx_http_request_t, chain: Option<&ngx_chain_t>) {
     }
     // Only the end of a body, and a proxied body's data, are of interest: a response of the
     // gateway's own is only looked at for its last buffer.
-    let upstream = !r.upstream.is_null();
     let (mut last, mut data) = (false, false);
     let mut cl = chain;
-    while let Some(link) = cl {
-        // SAFETY: the chain's buffers are live while the filter runs.
-        if let Some(b) = unsafe { link.buf.as_ref() } {
-            last |= b.last_buf() != 0;
-            data |= upstream && (b.pos != b.last || b.in_file() != 0);
+    if r.upstream.is_null() {
+        while let Some(link) = cl {
+            // SAFETY: the chain's buffers are live while the filter runs.
+            if unsafe { link.buf.as_ref() }.is_some_and(|b| b.last_buf() != 0) {
+                last = true;
+                break;
+            }
+            // SAFETY: as above, for the next link.
+            cl = unsafe { link.next.as_ref() };
         }
-        // SAFETY: as above, for the next link.
-        cl = unsafe { link.next.as_ref() };
+    } else {
+        while let Some(link) = cl {
+            // SAFETY: the chain's buffers are live while the filter runs.
+            if let Some(b) = unsafe { link.buf.as_ref() } {
+                last |= b.last_buf() != 0;
+                data |= b.pos != b.last || b.in_file() != 0;
+            }
+            // SAFETY: as above, for the next link.
+            cl = unsafe { link.next.as_ref() };
+        }
     }
     // The mark is noted whatever the location: only a location that records reads it (its log
     // phase), and noting it costs less than looking up the location's configuration.
