@@ -733,8 +733,8 @@ fn record_with<const EX: bool>(t: &Recorder, f: &Finished, trace: Option<&Trace>
             record_model_families::<EX>(t, &key, llm, f.duration, trace);
         }
     }
-    if f.auto.any() {
-        record_auto_events(t, ns, f.auto);
+    if let Some(auto) = f.auto {
+        record_auto_events(t, ns, auto);
     }
 }
 

@@ -647,7 +647,8 @@ pub struct Finished<'r> {
     pub cut: Option<CutReason>,
     /// Seconds, as `$request_time` measures them.
     pub duration: f64,
-    pub auto: AutoStatus,
+    /// The limiters' and the cache's verdicts, when there is an event to record.
+    pub auto: Option<AutoStatus>,
     /// The model label, `""` without one.
     pub model: &'r [u8],
     /// The model families' part when Lua or the response's usage had a say (its model is
@@ -787,7 +788,7 @@ impl<'r> Finished<'r> {
             status,
             cut,
             duration: elapsed_ms(now_ms(), start) as f64 / 1000.0,
-            auto: limiter_and_cache_status(rr),
+            auto: Some(limiter_and_cache_status(rr)).filter(AutoStatus::any),
             model: match llm {
                 Some(l) => l.model,
                 None => model,
