@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use gateway_metrics_core::buckets::bucket_index;
 use gateway_metrics_core::cache::{
-    bytes_words, middle_words, middle_words2, Label, SeriesCache, Word3,
+    bytes_words, bytes_words6, middle_words, middle_words2, Label, SeriesCache, Word3,
 };
 use gateway_metrics_core::catalogue::{self, fam, tokens};
 use gateway_metrics_core::exemplar::{self, Exemplar, TraceContext, SLOT_WORDS};
@@ -39,6 +39,9 @@ pub fn size_cache(max_series: u64) {
     if let Ok(mut m) = MODEL_OF.0.try_borrow_mut() {
         m.grow_up_to(cache_limit(max_series));
     }
+    if let Ok(mut m) = MODEL_OF_LONG.0.try_borrow_mut() {
+        m.grow_up_to(cache_limit(max_series));
+    }
 }
 
 /// The worker's cache of series it recorded before (see `gateway_metrics_core::cache`). A plain
@@ -63,6 +66,16 @@ struct ModelOf(RefCell<FollowTable<'static>>);
 unsafe impl Sync for ModelOf {}
 
 static MODEL_OF: ModelOf = ModelOf(RefCell::new(FollowTable::new(CACHE_SLOTS)));
+
+/// [`MODEL_OF`] for models of 17 to 40 bytes (`gpt-4o-mini-2024-07-18`,
+/// `claude-sonnet-4-5-20250929`), six words a key: asked only when a model misses
+/// [`MODEL_OF`], so that short models pay nothing for it.
+struct ModelOfLong(RefCell<FollowTable<'static, 6>>);
+
+// SAFETY: as WorkerCache: only the worker's event-loop thread records.
+unsafe impl Sync for ModelOfLong {}
+
+static MODEL_OF_LONG: ModelOfLong = ModelOfLong(RefCell::new(FollowTable::new(CACHE_SLOTS / 4)));
 
 /// This worker's lane in the zone (see `Store::claim_lane`), as a label value (the in-flight
 /// gauge's second label), claimed once per process in `init_process`; empty when it has none.
@@ -435,10 +448,12 @@ impl Recorder<'_> {
         self.packed_own(kind, [model_words, bytes_words(ns)], [model, ns], &labels)
     }
 
-    /// The `MODEL_REQUEST` series of a request whose model and request series (`follow`, when
-    /// it can stand for the namespace and class) were not in the worker's `MODEL_OF` table:
-    /// asked of the cache (see [`model_request_series`](Self::model_request_series)), then
-    /// remembered there when it is the labels' own.
+    /// The `MODEL_REQUEST` series of a request whose model and request series (`anchor`, 0
+    /// when it cannot stand for the namespace and class) were not in the worker's `MODEL_OF`
+    /// table: a model of 17 to 40 bytes asked of `MODEL_OF_LONG` with the request series,
+    /// then of the cache (see
+    /// [`model_request_series`](Self::model_request_series)), then remembered in the table
+    /// of its length when it is the labels' own.
     #[inline(never)]
     fn model_request_miss(
         &self,
@@ -446,8 +461,23 @@ impl Recorder<'_> {
         n_values: u8,
         (model, ns): (&[u8], &[u8]),
         (cut, status): (bool, ngx_uint_t),
-        follow: Option<usize>,
+        anchor: usize,
     ) -> (Option<&'static [AtomicU64]>, bool) {
+        let long = if anchor != 0 {
+            bytes_words6(model)
+        } else {
+            None
+        };
+        if let Some(k) = &long {
+            let found = MODEL_OF_LONG
+                .0
+                .try_borrow()
+                .ok()
+                .and_then(|m| m.get(anchor, k));
+            if found.is_some() {
+                return (found, true);
+            }
+        }
         // Only the model families have a status class (computed here: the usual request has
         // none of them). The snapshot's values, not the snapshot: see `Finished`.
         let class = if cut {
@@ -457,9 +487,15 @@ impl Recorder<'_> {
         };
         let class_id = if class == "success" { 1 } else { 2 };
         let (v, own) = self.model_request_series(layout, n_values, model, ns, (class_id, class));
-        if let (Some(v), true, Some(anchor)) = (v, own, follow) {
-            if let Ok(mut m) = MODEL_OF.0.try_borrow_mut() {
-                m.insert(anchor, bytes_words(model), v);
+        if let (Some(v), true) = (v, own) {
+            if anchor != 0 && model.len() <= 16 {
+                if let Ok(mut m) = MODEL_OF.0.try_borrow_mut() {
+                    m.insert(anchor, bytes_words(model), v);
+                }
+            } else if let Some(k) = long {
+                if let Ok(mut m) = MODEL_OF_LONG.0.try_borrow_mut() {
+                    m.insert(anchor, k, v);
+                }
             }
         }
         (v, own)
@@ -715,7 +751,11 @@ fn record_with<const EX: bool>(t: &Recorder, f: &Finished, trace: Option<&Trace>
             Some(v) => (Some(v), true),
             None => {
                 let how = (f.cut.is_some(), status);
-                t.model_request_miss(kind.1, words, (model, ns), how, follow)
+                let anchor = match req {
+                    Some(r) if req_own => r.as_ptr() as usize,
+                    _ => 0,
+                };
+                t.model_request_miss(kind.1, words, (model, ns), how, anchor)
             }
         };
         let mut anchor = 0;

@@ -36,7 +36,7 @@ CONF = """
 # Short and long (over 16 bytes: compared and hashed by their middle bytes too) values, and
 # long values that share their first and last 8 bytes.
 MODELS = ["m1", "priced-model", "a-priced-model-with-a-long-name", "a-model-name-1-that-is-long",
-          "a-model-name-2-that-is-long"]
+          "a-model-name-2-that-is-long", "a-model-name-of-more-than-forty-bytes-that-is-long"]
 NAMESPACES = ["t1", "t2", "a-namespace-1-longer-than-16", "a-namespace-2-longer-than-16"]
 PRICES = {"priced-model": (2, 10), "a-priced-model-with-a-long-name": (3, 15)}
 
@@ -170,7 +170,8 @@ def send_query(n, rounds):
 def test_models_from_the_query_string_count_exactly():
     # The log phase finds a request's model_requests series from its request series (which
     # stands for the namespace and the status class) and the model: several models per request
-    # series, short models and long ones (which it looks up by all their labels), both classes.
+    # series, short models (up to 16 bytes), long ones (17 to 40 bytes: a table of their own)
+    # and longer ones (looked up by all their labels), both classes.
     with Nginx(QUERY_CONF.format(extra=""), workers=1) as n:
         want, per_ns = send_query(n, rounds=3)
         sent = sum(want.values())

@@ -483,6 +483,16 @@ pub fn middle_words(b: &[u8]) -> Option<Word3> {
     Some(triple(middle(b)))
 }
 
+/// A value of 17 to 40 bytes, exactly, in six words: its [`bytes_words`] and
+/// [`middle_words`] (e.g. a key of a [`FollowTable`](crate::follow::FollowTable) of six words).
+/// `None` for other lengths.
+#[inline(always)]
+pub fn bytes_words6(b: &[u8]) -> Option<[u64; 6]> {
+    let m = middle_words(b)?;
+    let w = bytes_words(b);
+    Some([w[0], w[1], w[2], m[0], m[1], m[2]])
+}
+
 /// [`middle_words`] for a value of 41 to 64 bytes (a middle of 25 to 48 bytes): two triples.
 #[inline(always)]
 pub fn middle_words2(b: &[u8]) -> Option<[Word3; 2]> {

@@ -1,44 +1,46 @@
 //! A per-process table from a series already found (its *anchor*: the address of its value
-//! words) and one more short value (a [`Word3`]) to a second series whose labels are those two
+//! words) and one more value (a few words) to a second series whose labels are those two
 //! together: a request that updates a second series whose labels follow from the first's asks
 //! this table instead of hashing and comparing all its labels again in the [`SeriesCache`].
 //!
 //! An anchor stands for its series' labels: a series never moves while the process lives, and
 //! an overflow series (shared by many label sets) must never be one. The words must hold the
-//! value exactly (e.g. [`bytes_words`] of up to 16 bytes). As in the series cache, entries are
+//! value exactly: [`bytes_words`] of up to 16 bytes in the usual three words, or (a table of
+//! six words a key) those and [`middle_words`] of 17 to 40 bytes. As in the series cache, entries are
 //! never invalidated and a miss is always safe: the caller finds the series its usual way and
 //! remembers it here.
 //!
 //! [`SeriesCache`]: crate::cache::SeriesCache
 //! [`bytes_words`]: crate::cache::bytes_words
+//! [`middle_words`]: crate::cache::middle_words
 
 use std::sync::atomic::AtomicU64;
-
-use crate::cache::Word3;
 
 /// Entries per set: a few keys whose hashes share a set all stay.
 const WAYS: usize = 4;
 
 #[derive(Clone, Copy)]
-struct Pair<'a> {
+struct Pair<'a, const N: usize> {
     /// 0: an empty way (no series lives at address 0).
     anchor: usize,
-    k: Word3,
+    k: [u64; N],
     values: &'a [AtomicU64],
 }
 
-const EMPTY: Pair<'static> = Pair {
-    anchor: 0,
-    k: [0; 3],
-    values: &[],
-};
+impl<const N: usize> Pair<'_, N> {
+    const EMPTY: Self = Pair {
+        anchor: 0,
+        k: [0; N],
+        values: &[],
+    };
+}
 
-/// A 4-way set-associative table of `(anchor, words) -> series`, allocated at the first insert
+/// A 4-way set-associative table of `(anchor, N words) -> series`, allocated at the first insert
 /// with `slots` entries, doubling (up to `max_slots`) rather than evicting while it holds more
 /// than half as many keys as it has entries or a key's set is full; at its largest, a full
 /// set's oldest way gives way.
-pub struct FollowTable<'a> {
-    sets: Vec<[Pair<'a>; WAYS]>,
+pub struct FollowTable<'a, const N: usize = 3> {
+    sets: Vec<[Pair<'a, N>; WAYS]>,
     slots: usize,
     /// 64 minus the set index's bits.
     shift: u32,
@@ -52,15 +54,15 @@ const fn shift_of(slots: usize) -> u32 {
 }
 
 #[inline(always)]
-fn hash(anchor: usize, k: &Word3) -> u64 {
+fn hash<const N: usize>(anchor: usize, k: &[u64; N]) -> u64 {
     // Each word folded in by a multiply, which carries its bits upwards: the top bits (the
     // set index, see `set_of`) depend on every bit of the anchor and the words.
     const K1: u64 = 0x9E37_79B9_7F4A_7C15;
     let mix = |h: u64, w: u64| (h ^ w).wrapping_mul(K1);
-    mix(mix(mix(anchor as u64, k[0]), k[1]), k[2])
+    k.iter().fold(anchor as u64, |h, &w| mix(h, w))
 }
 
-impl<'a> FollowTable<'a> {
+impl<'a, const N: usize> FollowTable<'a, N> {
     /// An empty table of `slots` entries at first (rounded up to a power of two, at least
     /// two sets).
     pub const fn new(slots: usize) -> Self {
@@ -92,7 +94,7 @@ impl<'a> FollowTable<'a> {
 
     /// The series remembered for `anchor` and `k`.
     #[inline(always)]
-    pub fn get(&self, anchor: usize, k: &Word3) -> Option<&'a [AtomicU64]> {
+    pub fn get(&self, anchor: usize, k: &[u64; N]) -> Option<&'a [AtomicU64]> {
         let set = self.sets.get(self.set_of(hash(anchor, k)))?;
         for p in set {
             if p.anchor == anchor && p.k == *k {
@@ -103,12 +105,12 @@ impl<'a> FollowTable<'a> {
     }
 
     /// Remembers `values` as the series of `anchor` and `k` (`anchor` must not be 0).
-    pub fn insert(&mut self, anchor: usize, k: Word3, values: &'a [AtomicU64]) {
+    pub fn insert(&mut self, anchor: usize, k: [u64; N], values: &'a [AtomicU64]) {
         if anchor == 0 {
             return;
         }
         if self.sets.is_empty() {
-            self.sets = vec![[EMPTY; WAYS]; self.slots / WAYS];
+            self.sets = vec![[Pair::EMPTY; WAYS]; self.slots / WAYS];
         }
         // As often as needed: after one doubling the key's set may still be full (its four
         // keys and this one may agree on the next bit of their hashes too).
@@ -120,7 +122,7 @@ impl<'a> FollowTable<'a> {
         self.place(Pair { anchor, k, values });
     }
 
-    fn set_is_full(&self, anchor: usize, k: &Word3) -> bool {
+    fn set_is_full(&self, anchor: usize, k: &[u64; N]) -> bool {
         self.sets[self.set_of(hash(anchor, k))]
             .iter()
             .all(|w| w.anchor != 0)
@@ -131,7 +133,7 @@ impl<'a> FollowTable<'a> {
         let old = std::mem::take(&mut self.sets);
         self.slots *= 2;
         self.shift = shift_of(self.slots);
-        self.sets = vec![[EMPTY; WAYS]; self.slots / WAYS];
+        self.sets = vec![[Pair::EMPTY; WAYS]; self.slots / WAYS];
         self.used = 0;
         for p in old.into_iter().flatten() {
             if p.anchor != 0 {
@@ -140,7 +142,7 @@ impl<'a> FollowTable<'a> {
         }
     }
 
-    fn place(&mut self, p: Pair<'a>) {
+    fn place(&mut self, p: Pair<'a, N>) {
         let i = self.set_of(hash(p.anchor, &p.k));
         let set = &mut self.sets[i];
         if let Some(w) = set
@@ -221,6 +223,46 @@ mod tests {
         // A zero anchor (no series) is never remembered.
         t.insert(0, k, &series[..1]);
         assert!(t.get(0, &k).is_none());
+    }
+
+    /// Six-word keys (values of 17 to 40 bytes, as long model names): values that differ only
+    /// in their middle bytes, or only in their length, find their own series.
+    #[test]
+    fn long_values_are_told_apart_by_every_byte() {
+        use crate::cache::bytes_words6;
+        let series = words(64);
+        let names = [
+            "claude-sonnet-4-5-20250929",
+            "claude-sonnet-4-6-20250929",
+            "claude-sonnet-4-5-20250929-",
+            "gpt-4o-2024-08-06",
+            "gpt-4o-2024-08-07",
+            "gpt-4o-mini-2024-07-18",
+            "a-model-name-of-exactly-forty-bytes-0000",
+            "a-model-name-of-exactly-forty-bytes-0001",
+        ];
+        let mut t: FollowTable<'_, 6> = FollowTable::new(8);
+        t.grow_up_to(64);
+        let at = |a: usize| 0x7f00_1000_0000 + 64 * a;
+        for a in 0..4 {
+            for (m, name) in names.iter().enumerate() {
+                let k = bytes_words6(name.as_bytes()).expect("17 to 40 bytes");
+                assert!(t.get(at(a), &k).is_none());
+                t.insert(at(a), k, &series[a * 8 + m..a * 8 + m + 1]);
+            }
+        }
+        for a in 0..4 {
+            for (m, name) in names.iter().enumerate() {
+                let k = bytes_words6(name.as_bytes()).expect("17 to 40 bytes");
+                let got = t.get(at(a), &k).expect("kept");
+                assert!(
+                    std::ptr::eq(got, &series[a * 8 + m..a * 8 + m + 1]),
+                    "{name}"
+                );
+            }
+        }
+        assert!(bytes_words6(b"gpt-4o-mini").is_none());
+        assert!(bytes_words6(&[b'x'; 41]).is_none());
     }
 
     /// Thousands of keys like the cardinality benchmark's stay in a table that may grow to

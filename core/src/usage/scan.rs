@@ -194,6 +194,7 @@ pub(crate) struct Facts {
 }
 
 /// See the module documentation.
+#[derive(Clone)]
 pub(crate) struct Scanner {
     st: St,
     /// Number of tracked open containers; `nodes[..depth]` are their meanings.
@@ -218,6 +219,9 @@ pub(crate) struct Scanner {
     pub(crate) model: Model,
     /// Reading a JSON body (not an SSE payload): its `choices` and `candidates` are skipped.
     pub(crate) json_body: bool,
+    /// A JSON body's members after a skipped one may be read by the walk (see
+    /// [`Scanner::walk_rest`]); off only in tests, for the resumable reading alone.
+    pub(crate) walk_rest: bool,
 }
 
 impl Scanner {
@@ -239,6 +243,7 @@ impl Scanner {
             facts: Facts::default(),
             model: Model::default(),
             json_body: false,
+            walk_rest: true,
         }
     }
 
@@ -288,7 +293,17 @@ impl Scanner {
         let mut i = 0;
         while i < b.len() {
             i = match self.st {
-                St::Skip => self.skip_container(b, i),
+                St::Skip => {
+                    let j = self.skip_container(b, i);
+                    // A body's large member (an answer's `choices`) ended: its other members
+                    // are mostly in this buffer, and the walk reads them faster.
+                    if self.st == St::After && self.depth == 1 && self.json_body {
+                        if self.walk_rest && self.walk_rest(&b[j..]) {
+                            return;
+                        }
+                    }
+                    j
+                }
                 St::Str | St::SkipStr => self.string(b, i),
                 St::InKey => self.key_bytes(b, i),
                 St::Num => self.number(b, i),

@@ -77,6 +77,30 @@ mod simd {
         bits(bitor_m128i(eq(v, b'"'), eq(v, b'\\')))
     }
 
+    /// Bit `k`: a `"` or `\` at `i + k`, over the 64 bytes at `i` (when there are that many).
+    /// One mask test for the four 16-byte parts; gathered only when there is one.
+    #[inline(always)]
+    pub(super) fn quote_or_bs_64(b: &[u8], i: usize) -> Option<u64> {
+        let chunk = b.get(i..)?.first_chunk::<64>()?;
+        let (a, rest) = chunk.split_first_chunk::<16>()?;
+        let (b, rest) = rest.split_first_chunk::<16>()?;
+        let (c, rest) = rest.split_first_chunk::<16>()?;
+        let d = rest.first_chunk::<16>()?;
+        let m = [a, b, c, d].map(|p| {
+            let v = load_unaligned_m128i(p);
+            bitor_m128i(eq(v, b'"'), eq(v, b'\\'))
+        });
+        if bits(bitor_m128i(
+            bitor_m128i(m[0], m[1]),
+            bitor_m128i(m[2], m[3]),
+        )) == 0
+        {
+            return Some(0);
+        }
+        let w = m.map(|m| u64::from(bits(m)));
+        Some(w[0] | w[1] << 16 | w[2] << 32 | w[3] << 48)
+    }
+
     /// Quotes, backslashes and brackets of 64 bytes (`c | 0x20` is `{` exactly for `[` and
     /// `{`, `}` for `]` and `}`). Backslashes are rare: gathered only when there is one.
     #[inline(always)]
@@ -253,7 +277,7 @@ fn string_end_long(b: &[u8], i: usize) -> Option<(usize, bool)> {
     #[cfg(not(target_arch = "x86_64"))]
     let (mut i, mut escaped) = (i, false);
     loop {
-        let j = i + memchr::memchr2(b'"', b'\\', b.get(i..)?)?;
+        let j = quote_or_backslash(b, i)?;
         if b.get(j) == Some(&b'"') {
             return Some((j, escaped));
         }
@@ -291,22 +315,42 @@ pub(super) fn quote_or_bracket(b: &[u8], i: usize) -> Option<usize> {
     Some(i + at)
 }
 
-/// The first `"` or `\\` at or after `i`: 16-byte steps for the first 256 bytes (keys, short
-/// values, and the runs between an answer's escapes end there: `memchr2`'s setup costs more
-/// than such a run), then `memchr2`.
+/// The first `"` or `\\` at or after `i`: one 16-byte step (keys and short values end
+/// there), then 64-byte steps for the next 256 bytes (the runs between an answer's escapes
+/// end there: `memchr2`'s setup costs more than such a run), then `memchr2`.
 #[inline(always)]
 pub(crate) fn quote_or_backslash(b: &[u8], i: usize) -> Option<usize> {
     #[cfg(target_arch = "x86_64")]
     let i = {
-        let (mut i, end) = (i, i.saturating_add(256));
-        while let Some(v) = simd::load(b, i) {
+        let mut i = i;
+        if let Some(v) = simd::load(b, i) {
             let m = simd::quote_or_bs(v);
             if m != 0 {
                 return Some(i + m.trailing_zeros() as usize);
             }
             i += 16;
-            if i >= end {
-                break;
+            let end = i.saturating_add(256);
+            loop {
+                match simd::quote_or_bs_64(b, i) {
+                    Some(0) => {
+                        i += 64;
+                        if i >= end {
+                            break;
+                        }
+                    }
+                    Some(m) => return Some(i + m.trailing_zeros() as usize),
+                    // Fewer than 64 bytes left.
+                    None => {
+                        while let Some(v) = simd::load(b, i) {
+                            let m = simd::quote_or_bs(v);
+                            if m != 0 {
+                                return Some(i + m.trailing_zeros() as usize);
+                            }
+                            i += 16;
+                        }
+                        break;
+                    }
+                }
             }
         }
         i
@@ -587,6 +631,21 @@ mod tests {
         #[test]
         fn searches_on_random_bytes(b in proptest::collection::vec(any::<u8>(), 0..100)) {
             check(&b);
+        }
+
+        /// A quote or backslash after a plain run of any length (found by the first 16-byte
+        /// step, a 64-byte step, the last 16-byte steps or `memchr2` past 272 bytes), from
+        /// every start.
+        #[test]
+        fn quote_or_backslash_after_runs(run in 0usize..700,
+                                         hit in prop::sample::select(&b"\"\\"[..]),
+                                         tail in 0usize..80) {
+            let mut b = vec![b'a'; run];
+            b.push(hit);
+            b.extend(std::iter::repeat_n(b'b', tail));
+            for i in 0..=b.len() + 1 {
+                prop_assert_eq!(quote_or_backslash(&b, i), quote_or_backslash_scalar(&b, i));
+            }
         }
 
         /// Escape runs of every length ending at every offset around 16-byte steps.

@@ -64,6 +64,38 @@ impl Scanner {
         self.walked(read.map(|end| probe::tok(b, end) == b.len()), known)
     }
 
+    /// Reads `b`, the rest of a JSON body after one of its top-level object's members (the
+    /// scanner just after that value, one container deep), by the walk, when the body ends
+    /// with `b` (whitespace aside): true leaves the scanner exactly as `feed` of `b` would
+    /// (done, with the same facts and model). False changes nothing: the caller goes on the
+    /// resumable way. Only the usual case is tried: `,` and the next key, the object closed
+    /// at the end of `b`; the walk costs one copy of the scanner more, and a rest that fails
+    /// is read twice.
+    #[cold]
+    pub(crate) fn walk_rest(&mut self, b: &[u8]) -> bool {
+        if self.nodes[0] != Node::Root || b.trim_ascii_end().last() != Some(&b'}') {
+            return false;
+        }
+        let i = probe::tok(b, 0);
+        if b.get(i) != Some(&b',') {
+            return false;
+        }
+        let k = probe::tok(b, i + 1);
+        if b.get(k) != Some(&b'"') {
+            return false;
+        }
+        let mut s = self.clone();
+        match s.b_object(b, k, Node::Root, 0) {
+            Ok(end) if probe::tok(b, end) == b.len() => {
+                s.st = St::Done;
+                s.depth = 0;
+                *self = s;
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// What the provider table does with member `key` of an object of meaning `node` (keys
     /// no provider knows are ruled out before the table); notes the dialect it hints at.
     #[inline(always)]
@@ -503,6 +535,7 @@ mod body_props {
             let body = format!("{before}{top}{after}");
             let mut full = Scanner::new(allow);
             full.json_body = json_body;
+            full.walk_rest = false;
             full.begin();
             full.feed(body.as_bytes());
             full.end();
@@ -512,6 +545,46 @@ mod body_props {
             prop_assert!(walk.feed_body(body.as_bytes()), "gave up: {}", body);
             walk.end();
             prop_assert_eq!(facts(&walk), facts(&full), "{}", body);
+        }
+
+        /// A JSON body whose large member (`choices`, `content`, `candidates`) ends inside a
+        /// buffer, the walk reading the rest of that buffer (`walk_rest`), reads exactly as
+        /// the resumable scanner alone reads it: any value in the large member and after it,
+        /// any split into three buffers, the body whole or damaged in one byte after the
+        /// large member (where the walk may give up, or read on).
+        #[test]
+        fn rest_walk_reads_as_the_scanner(
+            big in value(), rest in value(), tail in value(),
+            large in prop::sample::select(vec!["choices", "content", "candidates", "x"]),
+            cuts in (0.0f64..1.0, 0.0f64..1.0),
+            damage in proptest::option::of((0.0f64..1.0, prop::sample::select(
+                b"{}[]\",:0an \\"[..].to_vec()))),
+            allow in prop::sample::select(vec![ALL, OPENAI, ANTHROPIC, GEMINI]),
+        ) {
+            let head = format!("{{\"model\":\"m\",\"{large}\":[{big}]");
+            let body = format!("{head},\"x\":{rest},\"usage\":{{\"input_tokens\":7,\"prompt_tokens\":5,\"x\":{tail}}}}}\n");
+            let mut body = body.into_bytes();
+            if let Some((at, c)) = damage {
+                let n = body.len();
+                let at = head.len() + ((n - head.len()) as f64 * at) as usize;
+                body[at.min(n - 1)] = c;
+            }
+            let mut full = Scanner::new(allow);
+            full.json_body = true;
+            full.walk_rest = false;
+            full.begin();
+            full.feed(&body);
+            full.end();
+            let (a, b) = (cuts.0.min(cuts.1), cuts.0.max(cuts.1));
+            let (a, b) = ((body.len() as f64 * a) as usize, (body.len() as f64 * b) as usize);
+            let mut split = Scanner::new(allow);
+            split.json_body = true;
+            split.begin();
+            for piece in [&body[..a], &body[a..b], &body[b..]] {
+                split.feed(piece);
+            }
+            split.end();
+            prop_assert_eq!(facts(&split), facts(&full), "{}", String::from_utf8_lossy(&body));
         }
     }
 }
