@@ -87,7 +87,9 @@ pub struct LocConf {
     /// Exemplars are on here: `exemplars` is set, and not to the literal `off`.
     pub exemplars_on: bool,
     /// The namespace and the model are both `$arg_*` variables that
-    /// [`ArgName`] holds: read together, in one walk of the query string.
+    /// [`ArgName`] holds, read together, in one walk of the query string, and nothing else
+    /// here reads them (no exemplars, no usage reading): the log phase's checks for those are
+    /// made once, here.
     pub ns_model_args: bool,
     /// `gateway_metrics_usage`: [`USAGE_OFF`], [`UNSET`] or a [`UsageSetting`] as a number.
     pub usage: ngx_int_t,
@@ -247,7 +249,11 @@ impl LocConf {
         // SAFETY: a set cv is a compiled complex value in the conf pool.
         self.exemplars_on = unsafe { self.exemplars.cv.as_ref() }
             .is_some_and(|cv| !(cv.lengths.is_null() && cv.value.as_bytes() == b"off"));
-        self.ns_model_args = self.namespace.reads_arg_name() && self.model.reads_arg_name();
+        // (Exemplars and usage reading have their own ways of reading the labels.)
+        self.ns_model_args = self.namespace.reads_arg_name()
+            && self.model.reads_arg_name()
+            && !self.exemplars_on
+            && self.usage == USAGE_OFF;
         Some(())
     }
 }

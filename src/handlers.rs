@@ -212,18 +212,17 @@ fn log(r: &Request) {
         return;
     };
     let t = &recording::Recorder { t, log: r.log() };
+    let mut llm = None;
+    // Where the namespace and the model are both query arguments (and exemplars are off), a
+    // copy of the path that reads the two inline, in one walk of the query string (a call to
+    // read them cost ~50 instructions more; inline here, they cost the other paths ~10).
+    if lc.ns_model_args {
+        return recording::record(t, &Finished::read_query(r, lc, ctx, &mut llm));
+    }
     if lc.exemplars_on {
         return log_traced(r, lc, ctx, t);
     }
-    let mut llm = None;
-    // Where the namespace and the model are both query arguments, a copy of the path that
-    // reads the two inline, in one walk of the query string (a call to read them cost ~50
-    // instructions more; inline here, they cost the other paths ~10).
-    if lc.ns_model_args {
-        recording::record(t, &Finished::read_query(r, lc, ctx, &mut llm));
-    } else {
-        recording::record(t, &Finished::read(r, lc, ctx, &mut llm));
-    }
+    recording::record(t, &Finished::read(r, lc, ctx, &mut llm));
 }
 
 /// [`log`] in a location with exemplars on: out of line, so that the usual request's log
@@ -256,29 +255,37 @@ fn watch_body(r: &ngx_http_request_t, chain: Option<&ngx_chain_t>) {
     if !std::ptr::eq(r.main, r) {
         return;
     }
+    // Only the end of a body, and a proxied body's data, are of interest: a response of the
+    // gateway's own is only looked at for its last buffer.
     let (mut last, mut data) = (false, false);
     let mut cl = chain;
-    while let Some(link) = cl {
-        // SAFETY: the chain's buffers are live while the filter runs.
-        if let Some(b) = unsafe { link.buf.as_ref() } {
-            last |= b.last_buf() != 0;
-            data |= b.pos != b.last || b.in_file() != 0;
+    if r.upstream.is_null() {
+        while let Some(link) = cl {
+            // SAFETY: the chain's buffers are live while the filter runs.
+            if unsafe { link.buf.as_ref() }.is_some_and(|b| b.last_buf() != 0) {
+                last = true;
+                break;
+            }
+            // SAFETY: as above, for the next link.
+            cl = unsafe { link.next.as_ref() };
         }
-        // SAFETY: as above, for the next link.
-        cl = unsafe { link.next.as_ref() };
+    } else {
+        while let Some(link) = cl {
+            // SAFETY: the chain's buffers are live while the filter runs.
+            if let Some(b) = unsafe { link.buf.as_ref() } {
+                last |= b.last_buf() != 0;
+                data |= b.pos != b.last || b.in_file() != 0;
+            }
+            // SAFETY: as above, for the next link.
+            cl = unsafe { link.next.as_ref() };
+        }
     }
-    // Only the end of a body, and a proxied body's data, are of interest.
-    let proxied = data && !r.upstream.is_null();
-    if !(last || proxied) {
-        return;
-    }
-    if loc_conf(r).is_none_or(|lc| lc.enable != 1) {
-        return;
-    }
+    // The mark is noted whatever the location: only a location that records reads it (its log
+    // phase), and noting it costs less than looking up the location's configuration.
     if last {
         request::mark_complete(r);
     }
-    if !proxied {
+    if !data || loc_conf(r).is_none_or(|lc| lc.enable != 1) {
         return;
     }
     if let Some(ctx) = request::find_ctx(r) {

@@ -219,7 +219,8 @@ impl Recorder<'_> {
         // The slow paths get a copy: lending them the snapshot's labels (which they walk in
         // loops) would keep the snapshot in memory, stored on every request.
         if !packable {
-            let labels = *labels;
+            let mut labels = *labels;
+            request::fill_texts(&mut labels, status);
             let Ok(mut cache) = CACHE.0.try_borrow_mut() else {
                 return (None, false);
             };
@@ -232,16 +233,18 @@ impl Recorder<'_> {
         ];
         let b = ns.bytes;
         if b.len() <= 16 {
-            return self.packed_own(kind, [ids, bytes_words(b)], [], labels);
+            return self.request_packed(kind, [ids, bytes_words(b)], [], labels, status);
         }
         // A namespace of up to 64 bytes is held whole in the key's words: no middle to hash
         // and compare apart.
         if let Some(mid) = middle_words(b) {
-            return self.packed_own(kind, [ids, bytes_words(b), mid], [], labels);
+            return self.request_packed(kind, [ids, bytes_words(b), mid], [], labels, status);
         }
         match middle_words2(b) {
-            Some([m1, m2]) => self.packed_own(kind, [ids, bytes_words(b), m1, m2], [], labels),
-            None => self.packed_own(kind, [ids, bytes_words(b)], [b], labels),
+            Some([m1, m2]) => {
+                self.request_packed(kind, [ids, bytes_words(b), m1, m2], [], labels, status)
+            }
+            None => self.request_packed(kind, [ids, bytes_words(b)], [b], labels, status),
         }
     }
 
@@ -278,6 +281,29 @@ impl Recorder<'_> {
         // The slow path gets copies: lending it the key or the snapshot's labels would keep
         // them in memory, stored on every request.
         let (ks, longs, labels) = (ks, longs, *labels);
+        self.packed_miss(&mut cache, kind, &ks, &longs, &labels)
+    }
+
+    /// [`packed_own`](Self::packed_own) for the request series, whose status code and method
+    /// labels come without their texts (see `Finished::request`): added here on a miss, the
+    /// only place they are read (a hit's key holds their numbers).
+    #[inline(always)]
+    fn request_packed<const N: usize, const L: usize>(
+        &self,
+        kind: SeriesKind,
+        ks: [Word3; N],
+        longs: [&[u8]; L],
+        labels: &[Label; 6],
+        status: ngx_uint_t,
+    ) -> (Option<&'static [AtomicU64]>, bool) {
+        let Ok(mut cache) = CACHE.0.try_borrow_mut() else {
+            return (None, false);
+        };
+        if let Some(v) = cache.get_packed(kind.bits(), &ks, &longs) {
+            return (Some(v), true);
+        }
+        let (ks, longs, mut labels) = (ks, longs, *labels);
+        request::fill_texts(&mut labels, status);
         self.packed_miss(&mut cache, kind, &ks, &longs, &labels)
     }
 
@@ -422,10 +448,10 @@ impl Recorder<'_> {
         self.packed_own(kind, [model_words, bytes_words(ns)], [model, ns], &labels)
     }
 
-    /// The `MODEL_REQUEST` series of a request whose model and request series (`follow`, when
-    /// it can stand for the namespace and class) were not in the worker's `MODEL_OF` table:
-    /// a model of 17 to 40 bytes asked of `MODEL_OF_LONG` with the request series (`anchor`,
-    /// 0 when it cannot stand for them), then of the cache (see
+    /// The `MODEL_REQUEST` series of a request whose model and request series (`anchor`, 0
+    /// when it cannot stand for the namespace and class) were not in the worker's `MODEL_OF`
+    /// table: a model of 17 to 40 bytes asked of `MODEL_OF_LONG` with the request series,
+    /// then of the cache (see
     /// [`model_request_series`](Self::model_request_series)), then remembered in the table
     /// of its length when it is the labels' own.
     #[inline(never)]
@@ -435,7 +461,6 @@ impl Recorder<'_> {
         n_values: u8,
         (model, ns): (&[u8], &[u8]),
         (cut, status): (bool, ngx_uint_t),
-        follow: Option<(usize, Word3)>,
         anchor: usize,
     ) -> (Option<&'static [AtomicU64]>, bool) {
         let long = if anchor != 0 {
@@ -463,9 +488,9 @@ impl Recorder<'_> {
         let class_id = if class == "success" { 1 } else { 2 };
         let (v, own) = self.model_request_series(layout, n_values, model, ns, (class_id, class));
         if let (Some(v), true) = (v, own) {
-            if let Some((anchor, k)) = follow {
+            if anchor != 0 && model.len() <= 16 {
                 if let Ok(mut m) = MODEL_OF.0.try_borrow_mut() {
-                    m.insert(anchor, k, v);
+                    m.insert(anchor, bytes_words(model), v);
                 }
             } else if let Some(k) = long {
                 if let Ok(mut m) = MODEL_OF_LONG.0.try_borrow_mut() {
@@ -711,18 +736,17 @@ fn record_with<const EX: bool>(t: &Recorder, f: &Finished, trace: Option<&Trace>
     }
 
     let ns = f.namespace();
-    if let Some(llm) = f.llm {
-        let model = llm.model;
+    if !f.model.is_empty() || f.llm.is_some() {
+        let model = f.model;
         let kind = (fam::MODEL_REQUEST, layouts.duration);
         // The request's own series stands for its namespace and status class: with a model of
         // up to 16 bytes (held whole in its words), the model series is found from the two.
+        // (The model's words are made again on a miss: kept for it, they would be stored.)
         let follow = match req {
-            Some(r) if req_own && model.len() <= 16 => {
-                Some((r.as_ptr() as usize, bytes_words(model)))
-            }
+            Some(r) if req_own && model.len() <= 16 => Some(r.as_ptr() as usize),
             _ => None,
         };
-        let found = follow.and_then(|(a, k)| model_of(a, &k));
+        let found = follow.and_then(|a| model_of(a, &bytes_words(model)));
         let (v, own) = match found {
             Some(v) => (Some(v), true),
             None => {
@@ -731,7 +755,7 @@ fn record_with<const EX: bool>(t: &Recorder, f: &Finished, trace: Option<&Trace>
                     Some(r) if req_own => r.as_ptr() as usize,
                     _ => 0,
                 };
-                t.model_request_miss(kind.1, words, (model, ns), how, follow, anchor)
+                t.model_request_miss(kind.1, words, (model, ns), how, anchor)
             }
         };
         let mut anchor = 0;
@@ -743,13 +767,14 @@ fn record_with<const EX: bool>(t: &Recorder, f: &Finished, trace: Option<&Trace>
             }
         }
         // The usual request with a model has no other model family.
-        if llm.ttft.is_some() || llm.tokens.is_some() || llm.usage_missing.is_some() {
+        let more = |l: &&Llm| l.ttft.is_some() || l.tokens.is_some() || l.usage_missing.is_some();
+        if let Some(llm) = f.llm.filter(more) {
             let key = ModelKey { anchor, model, ns };
             record_model_families::<EX>(t, &key, llm, f.duration, trace);
         }
     }
-    if f.auto.any() {
-        record_auto_events(t, ns, f.auto);
+    if let Some(auto) = f.auto {
+        record_auto_events(t, ns, auto);
     }
 }
 

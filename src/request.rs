@@ -431,14 +431,57 @@ pub fn now_msec() -> ngx_msec_t {
 }
 
 /// The method label; a method nginx knows is identified by its number (nginx sets the name
-/// from it: `GET` is always `NGX_HTTP_GET`).
+/// from it: `GET` is always `NGX_HTTP_GET`). Those of [`METHOD_NAMES`] come without their
+/// text, which [`fill_texts`] gives them where it is read.
 #[inline(always)]
 fn method(r: &ngx_http_request_t) -> Label<'_> {
+    let m = r.method;
+    if m & !KNOWN_METHODS == 0 && m.is_power_of_two() {
+        return Label::with_id(m as u64, b"");
+    }
     let name = r.method_name.as_bytes();
-    if r.method == NGX_HTTP_UNKNOWN as ngx_uint_t {
+    if m == NGX_HTTP_UNKNOWN as ngx_uint_t {
         Label::bytes(name)
     } else {
-        Label::with_id(r.method as u64, name)
+        Label::with_id(m as u64, name)
+    }
+}
+
+/// nginx's methods by the bit of their number (`NGX_HTTP_GET` is bit 1), as nginx spells them.
+const METHOD_NAMES: [&[u8]; 17] = [
+    b"",
+    b"GET",
+    b"HEAD",
+    b"POST",
+    b"PUT",
+    b"DELETE",
+    b"MKCOL",
+    b"COPY",
+    b"MOVE",
+    b"OPTIONS",
+    b"PROPFIND",
+    b"PROPPATCH",
+    b"LOCK",
+    b"UNLOCK",
+    b"PATCH",
+    b"TRACE",
+    b"CONNECT",
+];
+
+/// The method numbers [`METHOD_NAMES`] spells.
+const KNOWN_METHODS: ngx_uint_t = 0x1_fffe;
+
+/// Gives the request series' labels the texts [`Finished::read`] leaves out (the status
+/// code's, a known method's): what a series is made with, or looked up by, when its key's
+/// numbers are not enough.
+pub fn fill_texts(labels: &mut [Label; 6], status: ngx_uint_t) {
+    labels[2] = status_label(status);
+    let m = &mut labels[RequestLabel::Method as usize];
+    if m.bytes.is_empty() && m.id != 0 {
+        m.bytes = METHOD_NAMES
+            .get(m.id.trailing_zeros() as usize)
+            .copied()
+            .unwrap_or(b"");
     }
 }
 
@@ -455,6 +498,14 @@ pub fn now_ms() -> u64 {
 #[inline(always)]
 fn start_ms(r: &ngx_http_request_t) -> u64 {
     (r.start_sec as u64) * 1000 + r.start_msec as u64
+}
+
+/// Milliseconds from `start` to `now` (0 if the clock went back), as an `i64`: both are ms since
+/// the epoch, far below 2^63, and an `i64` becomes an `f64` in one instruction (a `u64` takes
+/// six); the value is the same.
+#[inline(always)]
+fn elapsed_ms(now: u64, start: u64) -> i64 {
+    (now as i64).wrapping_sub(start as i64).max(0)
 }
 
 /// A limiter's verdict for the request (`$limit_req_status` / `$limit_conn_status`).
@@ -586,7 +637,9 @@ impl<'a> Target<'a> {
 pub struct Finished<'r> {
     /// The labels of the stored request series, in its key order (see [`RequestLabel`]): method, endpoint, status_code, namespace,
     /// upstream, cut, built
-    /// here once: the recording takes them as they are.
+    /// here once: the recording takes them as they are, but for the status code's and a known
+    /// method's texts, which it adds ([`fill_texts`]) only where a series is looked up by its
+    /// labels' bytes (a hit's key holds their numbers).
     pub request: [Label<'r>; 6],
     /// The status nginx logs (`$status`).
     pub status: ngx_uint_t,
@@ -594,9 +647,13 @@ pub struct Finished<'r> {
     pub cut: Option<CutReason>,
     /// Seconds, as `$request_time` measures them.
     pub duration: f64,
-    pub auto: AutoStatus,
-    /// The model families' part, when the request has a model, tokens or missing usage.
-    /// (In the caller's slot: the usual request has none, and then nothing of it is written.)
+    /// The limiters' and the cache's verdicts, when there is an event to record.
+    pub auto: Option<AutoStatus>,
+    /// The model label, `""` without one.
+    pub model: &'r [u8],
+    /// The model families' part when Lua or the response's usage had a say (its model is
+    /// `model`): tokens, time to first token, missing usage. (In the caller's slot: the usual
+    /// request, with or without a model, has none, and then nothing of it is written.)
     pub llm: Option<&'r Llm<'r>>,
 }
 
@@ -624,7 +681,8 @@ pub fn debug_http(log: *mut ngx_log_t) -> bool {
 /// Says what the log phase read, under `--with-debug` (`debug_http`).
 #[cold]
 #[inline(never)]
-fn log_finished(r: &Request, f: Finished, whole: bool) {
+fn log_finished(r: &Request, mut f: Finished, whole: bool) {
+    fill_texts(&mut f.request, f.status);
     ngx::ngx_log_debug_mask!(
         DebugMask::Http,
         r.log(),
@@ -635,7 +693,7 @@ fn log_finished(r: &Request, f: Finished, whole: bool) {
         String::from_utf8_lossy(f.namespace()),
         String::from_utf8_lossy(f.request[RequestLabel::Upstream as usize].bytes),
         f.cut.map(|c| c.label()),
-        String::from_utf8_lossy(f.llm.map_or(&b""[..], |l| l.model)),
+        String::from_utf8_lossy(f.model),
         whole
     );
 }
@@ -690,29 +748,19 @@ impl<'r> Finished<'r> {
         let whole = body_complete(rr, ctx.as_deref());
         // The namespace, when read with the model (both from the query string: one walk).
         let mut ns = None;
+        // The usual request's model (no Lua, no usage reading).
+        let mut model: &[u8] = b"";
+        // (`QUERY`: `ns_model_args` holds, with all it says; see `LocConf`.)
         let (llm, ctx): (Option<&Llm>, _) = match ctx {
-            // The usual request: no Lua, no usage reading.
-            None if lc.usage == USAGE_OFF => {
-                let model: &[u8] = if !lc.model.is_set() {
-                    b""
-                } else if QUERY && lc.ns_model_args {
+            None if QUERY || lc.usage == USAGE_OFF => {
+                if QUERY {
                     let (n, m) = arg_pair(r, &lc.namespace, &lc.model);
                     ns = Some(n);
-                    m
-                } else {
-                    label(r, &lc.model)
-                };
-                if model.is_empty() {
-                    (None, None)
-                } else {
-                    let llm = llm_slot.insert(Llm {
-                        model,
-                        ttft: None,
-                        tokens: None,
-                        usage_missing: None,
-                    });
-                    (Some(&*llm), None)
+                    model = m;
+                } else if lc.model.is_set() {
+                    model = label(r, &lc.model);
                 }
+                (None, None)
             }
             // A context with nothing of the model families (e.g. only the in-flight gauge's).
             Some(c) if lc.usage == USAGE_OFF && !lc.model.is_set() && c.llm.is_none() => {
@@ -726,20 +774,25 @@ impl<'r> Finished<'r> {
             request: [
                 method(rr),
                 endpoint(r, lc),
-                status_label(status),
+                Label::with_id(status_id(status), b""),
                 Label::bytes(match ns {
                     Some(ns) => ns,
                     None => label(r, &lc.namespace),
                 }),
                 upstream(r, lc),
-                cut.map_or(Label::with_id(1, b""), |c| {
-                    Label::with_id(2 + c as u64, c.label().as_bytes())
-                }),
+                match cut {
+                    None => Label::with_id(1, b""),
+                    Some(c) => cut_label(c),
+                },
             ],
             status,
             cut,
-            duration: now_ms().saturating_sub(start) as f64 / 1000.0,
-            auto: limiter_and_cache_status(rr),
+            duration: elapsed_ms(now_ms(), start) as f64 / 1000.0,
+            auto: Some(limiter_and_cache_status(rr)).filter(AutoStatus::any),
+            model: match llm {
+                Some(l) => l.model,
+                None => model,
+            },
             llm,
         };
         if debug_http(r.log()) {
@@ -747,6 +800,13 @@ impl<'r> Finished<'r> {
         }
         f
     }
+}
+
+/// The `cut` label of a response that did not reach the client whole. (Out of line: the usual
+/// response's label is a constant, not a pick among six.)
+#[inline(never)]
+fn cut_label(c: CutReason) -> Label<'static> {
+    Label::with_id(2 + c as u64, c.label().as_bytes())
 }
 
 /// The request's trace context, from `gateway_metrics_exemplars` (an invalid value: none).
@@ -1055,22 +1115,71 @@ static STATUS_DIGITS: [u8; 3000] = {
 /// The `status_code` label: the status in decimal (`0` when no response was produced). nginx
 /// never sends a status above 999; one would show as `999+`.
 #[inline(always)]
-fn status_label(status: ngx_uint_t) -> Label<'static> {
-    let id = status as u64 | 1 << 40;
-    if status > 999 {
-        return Label::with_id(id, b"999+");
-    }
-    let skip = match status {
-        0..=9 => 2,
-        10..=99 => 1,
-        _ => 0,
-    };
-    Label::with_id(id, &STATUS_DIGITS[status * 3 + skip..status * 3 + 3])
+pub fn status_label(status: ngx_uint_t) -> Label<'static> {
+    Label::with_id(status_id(status), STATUS_TEXT[status.min(1000)])
 }
+
+/// The `status_code` label's identity.
+#[inline(always)]
+fn status_id(status: ngx_uint_t) -> u64 {
+    status as u64 | 1 << 40
+}
+
+/// Each status's `status_code` text, `999+` above 999 (the last entry): one load per request
+/// instead of working out where the digits start.
+static STATUS_TEXT: [&[u8]; 1001] = {
+    let digits: &[u8] = &STATUS_DIGITS;
+    let mut t: [&[u8]; 1001] = [b"999+"; 1001];
+    let mut s = 0;
+    while s < 1000 {
+        let skip = if s < 10 {
+            2
+        } else if s < 100 {
+            1
+        } else {
+            0
+        };
+        t[s] = digits.split_at(s * 3 + skip).1.split_at(3 - skip).0;
+        s += 1;
+    }
+    t
+};
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn method_names_are_nginxs() {
+        let known = [
+            (NGX_HTTP_GET, "GET"),
+            (NGX_HTTP_HEAD, "HEAD"),
+            (NGX_HTTP_POST, "POST"),
+            (NGX_HTTP_PUT, "PUT"),
+            (NGX_HTTP_DELETE, "DELETE"),
+            (NGX_HTTP_MKCOL, "MKCOL"),
+            (NGX_HTTP_COPY, "COPY"),
+            (NGX_HTTP_MOVE, "MOVE"),
+            (NGX_HTTP_OPTIONS, "OPTIONS"),
+            (NGX_HTTP_PROPFIND, "PROPFIND"),
+            (NGX_HTTP_PROPPATCH, "PROPPATCH"),
+            (NGX_HTTP_LOCK, "LOCK"),
+            (NGX_HTTP_UNLOCK, "UNLOCK"),
+            (NGX_HTTP_PATCH, "PATCH"),
+            (NGX_HTTP_TRACE, "TRACE"),
+            (NGX_HTTP_CONNECT, "CONNECT"),
+        ];
+        let mut bits = 0;
+        for (m, name) in known {
+            bits |= m as ngx_uint_t;
+            let mut labels = [Label::bytes(b""); 6];
+            labels[RequestLabel::Method as usize] = Label::with_id(m as u64, b"");
+            fill_texts(&mut labels, 200);
+            assert_eq!(labels[RequestLabel::Method as usize].bytes, name.as_bytes());
+            assert_eq!(labels[2].bytes, b"200");
+        }
+        assert_eq!(bits, KNOWN_METHODS);
+    }
 
     #[test]
     fn status_labels_are_the_decimal_status() {
@@ -1086,6 +1195,10 @@ mod tests {
             assert_eq!(l.bytes, text.as_bytes());
             assert_eq!(l.id, s as u64 | 1 << 40);
         }
+        assert_eq!(status_label(1000).bytes, b"999+");
         assert_eq!(status_label(1234).bytes, b"999+");
+        for s in 0..1000 {
+            assert_eq!(status_label(s).bytes, s.to_string().as_bytes());
+        }
     }
 }
