@@ -153,6 +153,22 @@ fn main() {
         "anthropic" => stream(ANTHROPIC_FIRST, ANTHROPIC, ANTHROPIC_END, n),
         "gemini" => stream(GEMINI_FIRST, GEMINI, "", n),
         "responses" => stream(RESPONSES_FIRST, RESPONSES, "", n),
+        // Gemini chunks as the nginx benchmark sends them: each with its own text and a
+        // running total one higher (the tail's digits change, sometimes its length).
+        "gemini_growing" => {
+            let chunks: Vec<String> = (0..n)
+                .map(|i| GEMINI.replace(" there, how are", &format!(" tok{i}")).replace(
+                    "\"candidatesTokenCount\": 4,\"totalTokenCount\": 13",
+                    &format!("\"candidatesTokenCount\": {},\"totalTokenCount\": {}", i + 1, i + 10),
+                ))
+                .collect();
+            let mut r = UsageReader::new(Format::Auto, Body::EventStream);
+            assert!(r.feed(GEMINI_FIRST.as_bytes()));
+            for c in &chunks {
+                black_box(r.feed(black_box(c.as_bytes())));
+            }
+            black_box(r.finish(true));
+        }
         // A whole stream's fixed part: a new reader, the unsettled first events and the end
         // (each stream case above with no further chunk), N times.
         "chat_start" => starts(CHAT_FIRST, OPENAI_END, n),
@@ -216,7 +232,7 @@ fn main() {
             }
         }
         other => panic!(
-            "unknown case {other}: openai, chat, anthropic, gemini, responses, json, json_pretty, json_long, json_long_split, json_logprobs_split or <stream>_start"
+            "unknown case {other}: openai, chat, anthropic, gemini, gemini_growing, responses, json, json_pretty, json_long, json_long_split, json_logprobs_split or <stream>_start"
         ),
     }
 }

@@ -3,7 +3,9 @@ difference of two runs), for plain proxying, the module's default families, nati
 (`gateway_metrics_usage auto`) and the example gateway as it read usage in Lua before
 (lua_example_baseline/), for a JSON response (also one with an 8,000-byte answer, which nginx
 hands over in several buffers) and SSE streams of 4, 20 and 200 content chunks;
-the cost of each further chunk is the slope between 20 and 200 chunks."""
+the cost of each further chunk is the slope between 20 and 200 chunks. The same slope is also
+measured for Anthropic Messages, Gemini and OpenAI Responses streams (GM_USAGE_PROVIDERS=0
+leaves them out)."""
 
 import json
 import os
@@ -19,6 +21,9 @@ from .common import fmt_int, head, say
 HERE = os.path.dirname(os.path.abspath(__file__))
 CORPUS = os.path.join(gm.ROOT, "tests", "usage_corpus")
 STREAMS = (4, 20, 200)
+# Other providers' streams, for their per-chunk slope only (`/v1/sse_<provider>/N`).
+PROVIDER_STREAMS = ("anthropic", "gemini", "responses")
+SLOPE = (20, 200)
 # Pause between SSE chunks: nginx (slowed down ~50x by valgrind) reads each chunk on its own, as
 # it does with real token streams.
 GAP = 0.004
@@ -47,6 +52,59 @@ def sse_body(n):
     return out
 
 
+def provider_stream(fmt, n):
+    """A stream of `n` content events in another provider's wire format (as the corpus has
+    them): Anthropic Messages (`event:` lines, usage on `message_start` then cumulative on
+    `message_delta`), Gemini `streamGenerateContent?alt=sse` (running totals on every chunk,
+    `\\r\\n` line ends) and OpenAI Responses (usage on `response.completed`)."""
+    j = lambda o: json.dumps(o, separators=(",", ":")).encode()
+    if fmt == "anthropic":
+        ev = lambda name, o: b"event: " + name.encode() + b"\ndata: " + j(o) + b"\n\n"
+        out = [ev("message_start", {"type": "message_start", "message": {
+            "id": "msg_bench", "type": "message", "role": "assistant",
+            "model": "claude-sonnet-4-5-20250929", "content": [], "stop_reason": None,
+            "stop_sequence": None, "usage": {"input_tokens": 25, "cache_creation_input_tokens": 0,
+                                             "cache_read_input_tokens": 0, "output_tokens": 1}}}),
+               ev("content_block_start", {"type": "content_block_start", "index": 0,
+                                          "content_block": {"type": "text", "text": ""}})]
+        out += [ev("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                           "delta": {"type": "text_delta", "text": f" tok{i}"}})
+                for i in range(n)]
+        out += [ev("content_block_stop", {"type": "content_block_stop", "index": 0}),
+                ev("message_delta", {"type": "message_delta", "delta": {
+                    "stop_reason": "end_turn", "stop_sequence": None},
+                    "usage": {"output_tokens": n}}),
+                ev("message_stop", {"type": "message_stop"})]
+        return out
+    if fmt == "gemini":
+        # Gemini's own spacing: a space after each key's colon.
+        g = lambda o: json.dumps(o, separators=(",", ": ")).encode()
+
+        def chunk(i, text):
+            return b"data: " + g({"candidates": [{"content": {"parts": [{"text": text}],
+                                                              "role": "model"}, "index": 0}],
+                                  "usageMetadata": {"promptTokenCount": 9,
+                                                    "candidatesTokenCount": i + 1,
+                                                    "totalTokenCount": 10 + i},
+                                  "modelVersion": "gemini-2.5-flash",
+                                  "responseId": "gtUaaI2wL8Wd1dkP_YnAkA8"}) + b"\r\n\r\n"
+        return [chunk(i, f" tok{i}") for i in range(n)]
+    ev = lambda o: b"event: " + o["type"].encode() + b"\ndata: " + j(o) + b"\n\n"
+    resp = {"id": "resp_bench", "object": "response", "model": "gpt-4.1-2025-04-14",
+            "output": []}
+    out = [ev({"type": "response.created", "sequence_number": 0,
+               "response": dict(resp, status="in_progress", usage=None)})]
+    out += [ev({"type": "response.output_text.delta", "sequence_number": i + 1,
+                "item_id": "msg_bench", "output_index": 0, "content_index": 0,
+                "delta": f" tok{i}", "logprobs": []}) for i in range(n)]
+    out.append(ev({"type": "response.completed", "sequence_number": n + 1, "response": dict(
+        resp, status="completed", usage={"input_tokens": 20, "output_tokens": n,
+                                         "total_tokens": 20 + n,
+                                         "input_tokens_details": {"cached_tokens": 0},
+                                         "output_tokens_details": {"reasoning_tokens": 0}})}))
+    return out
+
+
 def long_answer(body):
     """The corpus body with an 8,000-byte answer (an escaped line break every 80 bytes), as
     `core/examples/usage_cost.rs`'s `json_long`: nginx hands it to the module in several
@@ -68,6 +126,8 @@ class Upstream(gm.LoopbackServer):
             self.json = f.read()
         self.json_long = long_answer(self.json)
         self.streams = {n: sse_body(n) for n in STREAMS}
+        self.streams.update({(fmt, n): provider_stream(fmt, n)
+                             for fmt in PROVIDER_STREAMS for n in SLOPE})
         self.start()
 
     def _serve(self, c):
@@ -95,7 +155,8 @@ class Upstream(gm.LoopbackServer):
                     c.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
                               b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
                     continue
-                n = int(path.rsplit("/", 1)[1])
+                kind, n = path.rsplit("/", 2)[-2:]
+                n = int(n) if kind == "sse" else (kind.split("_", 1)[1], int(n))
                 c.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
                           b"Cache-Control: no-cache\r\nTransfer-Encoding: chunked\r\n\r\n")
                 for ev in self.streams[n]:
@@ -146,8 +207,18 @@ def http_conf(up_port, module, http_extra, loc_extra):
             f"        {http_extra}\n" + LOCATION.format(extra=loc_extra) + "\n    }\n")
 
 
+def label(path):
+    """A path's short name in the printed rows: json, json_long, sse4, anthropic20, ..."""
+    kind, last = path.rsplit("/", 2)[-2:]
+    if kind == "sse":
+        return "sse" + last
+    if kind.startswith("sse_"):
+        return kind[4:] + last
+    return last
+
+
 def request(path):
-    body = json.dumps({"model": "gpt-4o-mini", "stream": "/sse/" in path,
+    body = json.dumps({"model": "gpt-4o-mini", "stream": "/sse" in path,
                        "messages": [{"role": "user", "content": "hi"}]}).encode()
     return gm.request_bytes(path, {"X-Namespace": "bench", "Content-Type": "application/json"},
                             method="POST", body=body)
@@ -162,6 +233,9 @@ def run(ctx):
     if os.environ.get("GM_USAGE_VARIANTS"):  # e.g. "proxy,usage" while iterating
         names = [n for n in names if n in os.environ["GM_USAGE_VARIANTS"].split(",")]
     paths = ["/v1/json", "/v1/json_long"] + [f"/v1/sse/{n}" for n in STREAMS]
+    # (Not in the smoke run, which only checks that the section works.)
+    if not smoke and os.environ.get("GM_USAGE_PROVIDERS", "1") != "0":
+        paths += [f"/v1/sse_{fmt}/{n}" for fmt in PROVIDER_STREAMS for n in SLOPE]
     say(f"per request = (Ir(N={n2}) - Ir(N={n1})) / {n2 - n1}, {warm} warm-up requests, one "
         f"keep-alive connection, worker_processes 1; SSE chunks {GAP * 1000:.0f} ms apart (read "
         "one by one); per further chunk = (cost at 200 chunks - cost at 20) / 180; not counted: "
@@ -185,8 +259,7 @@ def run(ctx):
                         exclude=EXCLUDE))
                 res["cost"][name][path] = (irs[1] - irs[0]) / (n2 - n1)
             c = res["cost"][name]
-            say(f"  {name:12s} " + "  ".join(f"{p.rsplit('/', 2)[-1] if 'sse' not in p else 'sse' + p.rsplit('/', 1)[-1]}"
-                                            f" {fmt_int(c[p])}" for p in paths))
+            say(f"  {name:12s} " + "  ".join(f"{label(p)} {fmt_int(c[p])}" for p in paths))
     finally:
         up.sock.close()
     if "proxy" not in res["cost"]:
@@ -198,12 +271,21 @@ def run(ctx):
         added = {p: c[p] - base[p] for p in paths}
         slope = (c["/v1/sse/200"] - c["/v1/sse/20"]) / 180
         res["added"][name], res["per_chunk"][name] = added, slope
+        res["per_chunk_providers"] = res.get("per_chunk_providers", {})
+        res["per_chunk_providers"][name] = {
+            fmt: (c[f"/v1/sse_{fmt}/200"] - c[f"/v1/sse_{fmt}/20"]) / 180
+            for fmt in PROVIDER_STREAMS if f"/v1/sse_{fmt}/200" in c}
         say(f"  -> {VARIANTS[name][0]}: JSON {fmt_int(added['/v1/json'])} added (with an "
             f"8,000-byte answer {fmt_int(added['/v1/json_long'])}); SSE 4/20/200 "
             f"chunks {fmt_int(added['/v1/sse/4'])} / {fmt_int(added['/v1/sse/20'])} / "
             f"{fmt_int(added['/v1/sse/200'])} added; {slope:,.0f} per chunk"
             + (f" ({slope - res['per_chunk']['proxy']:,.0f} over proxying)" if name != "proxy"
                else ""))
+    pp = res.get("per_chunk_providers", {})
+    if "usage" in pp and pp["usage"]:
+        say("  per further chunk over proxying, other providers' streams (the same slope, 20 to "
+            "200 content events): " + ", ".join(
+                f"{fmt} {pp['usage'][fmt] - pp['proxy'][fmt]:,.0f}" for fmt in pp["usage"]))
     if "usage" in names:
         a, k = res["added"]["usage"], res["per_chunk"]["usage"] - res["per_chunk"]["proxy"]
         say(f"  targets: JSON <= 2,500 added: {fmt_int(a['/v1/json'])} "

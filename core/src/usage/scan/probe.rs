@@ -409,6 +409,15 @@ pub(crate) fn first_difference(a: &[u8], b: &[u8], i: usize) -> Option<usize> {
                 i += 16;
             }
         }
+        // The last bytes by one step that overlaps the ones already compared (masked off),
+        // not byte by byte: a usage tail's end is compared on every Gemini chunk.
+        if i < len && len >= 16 {
+            let j = len - 16;
+            if let (Some(va), Some(vb)) = (simd::load(a, j), simd::load(b, j)) {
+                let differ = !simd::same(va, vb) & (0xFFFF << (i - j)) & 0xFFFF;
+                return (differ != 0).then(|| j + differ.trailing_zeros() as usize);
+            }
+        }
         i
     };
     (i..len).find(|&k| a[k] != b[k])
