@@ -120,6 +120,12 @@ def markdown(R, smoke):
                                           ("/v1/json", "/v1/json_long", "/v1/sse/4",
                                            "/v1/sse/20", "/v1/sse/200"))
               + f" | {us['per_chunk'][name]:,.0f} |")
+        pp = us.get("per_chunk_providers", {})
+        if pp.get("usage") and pp.get("proxy"):
+            a("")
+            a("Per further chunk over proxying, other providers' streams (slope from 20 to 200 "
+              "content events): " + ", ".join(f"{fmt} {pp['usage'][fmt] - pp['proxy'][fmt]:,.0f}"
+                                             for fmt in pp["usage"]) + ".")
         a("")
     if R.get("errors"):
         a("## Errors")
