@@ -220,7 +220,7 @@ def markdown(R, smoke):
             a("Harm to traffic: `wrk -t1` on `/v1/` (existing series) alone vs while one client "
               "scrapes `/metrics` back to back (a new connection per scrape); alternating, "
               "medians. On a 2-CPU machine wrk, the nginx worker, the render thread (thread_pool) "
-              "and the scraper share two CPUs. *sliced*: slices of at most ~100 µs / 64 KiB "
+              "and the scraper share two CPUs. *sliced*: slices of at most ~100 µs / 256 KiB "
               "between the worker's other events; while it has other traffic, ~30 µs / 16 KiB "
               "at least 1.5 ms (and 10x their duration) apart, so a scrape takes longer then. "
               "*scrapes/run*: scrapes started while wrk ran (the scraper reads each page to its "
