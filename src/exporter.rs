@@ -2,7 +2,7 @@
 //!
 //! By default the page is rendered on the worker's event loop in short slices (slicer.rs):
 //! the response header goes out at once (no Content-Length: chunked for HTTP/1.1, connection
-//! close for HTTP/1.0), then each slice renders at most ~100 µs or 64 KiB of the page with
+//! close for HTTP/1.0), then each slice renders at most ~100 µs or 256 KiB of the page with
 //! core's `Render` and hands it to the output filters, and the loop serves other events before the
 //! next one. With `gateway_metrics_render_thread_pool NAME` the whole page is rendered in a
 //! thread of that pool instead and sent in one piece.

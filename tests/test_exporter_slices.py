@@ -185,7 +185,7 @@ def test_big_page_is_complete_and_valid():
         assert status == 200
         assert headers.get("Transfer-Encoding") == "chunked" and "Content-Length" not in headers
         text = body.decode()
-        assert len(body) > 4_000_000  # many slices of 64 KiB
+        assert len(body) > 4_000_000  # many slices of 256 KiB
         promtool_check(text)
         m = parse(text)
         assert m.get1("gateway_metrics_series", zone="gm") == 1500

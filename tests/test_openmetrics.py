@@ -307,7 +307,7 @@ def test_a_scrape_cut_short_has_no_eof():
     with Nginx(CONF, workers=1) as n:
         # 2,000 request series with 250-byte namespaces: a page of ~29 MB, far more than the
         # socket buffers (4 MB to send, 6 MB to receive at most on loopback) and the
-        # exporter's four 64 KiB buffers hold, so the worker cannot have rendered it all when
+        # exporter's four 256 KiB buffers hold, so the worker cannot have rendered it all when
         # it dies.
         reqs = [("GET", "/v1/x", {"X-Namespace": f"{i:05d}" + "t" * 245}, None)
                 for i in range(2000)]
@@ -320,7 +320,7 @@ def test_a_scrape_cut_short_has_no_eof():
                 return int(f.read().split()[2])
         # Our receive buffer is fixed (no autotuning; the kernel doubles what is asked).
         rcvbuf = 1 << 20
-        in_flight = 2 * rcvbuf + buf_max("tcp_wmem") + 4 * 65536
+        in_flight = 2 * rcvbuf + buf_max("tcp_wmem") + 4 * 256 * 1024
         assert page_bytes > 2 * in_flight, (page_bytes, in_flight)
         s = socket.socket()
         s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)

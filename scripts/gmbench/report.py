@@ -226,7 +226,7 @@ def markdown(R, smoke):
             a("Harm to traffic: `wrk -t1` on `/v1/` (existing series) alone vs while one client "
               "scrapes `/metrics` back to back (a new connection per scrape); alternating, "
               "medians. On a 2-CPU machine wrk, the nginx worker, the render thread (thread_pool) "
-              "and the scraper share two CPUs. *sliced*: slices of at most ~100 µs / 64 KiB "
+              "and the scraper share two CPUs. *sliced*: slices of at most ~100 µs / 256 KiB "
               "between the worker's other events; while it has other traffic, ~30 µs / 16 KiB "
               "at least 1.5 ms (and 10x their duration) apart, so a scrape takes longer then. "
               "*scrapes/run*: scrapes started while wrk ran (the scraper reads each page to its "
@@ -247,10 +247,12 @@ def markdown(R, smoke):
         a(f"{s10['scrapes']} scrapes per module and page on an idle worker, each on a new "
           "connection, read to the last byte by a client that discards the page (min / median / "
           "max); worker CPU: the nginx worker's CPU time per scrape (`/proc/PID/schedstat`); "
-          "floor: the same bytes served as a static file; *baseline*: `GM_BASELINE_MODULE`.")
+          "floor: the same bytes served as a static file; curl: the page and the floor read by "
+          "curl (its `time_total`); *baseline*: `GM_BASELINE_MODULE`.")
         a("")
-        a("| module | page | complete scrape | worker CPU | floor | harness client | harm: req/s, p99 |")
-        a("|---|---|---|---|---|---|---|")
+        a("| module | page | complete scrape | worker CPU | floor | curl: page; floor | harness client "
+          "| harm: req/s, p99 |")
+        a("|---|---|---|---|---|---|---|---|")
         mm = lambda x: " / ".join(fmt_t(x[k]) for k in ("min_s", "median_s", "max_s"))  # noqa: E731
         for label, by in s10["modules"].items():
             for views, x in by.items():
@@ -258,8 +260,9 @@ def markdown(R, smoke):
                     continue
                 h = by.get("harm") if views == "default" else None
                 hc = x.get("harness_client")
+                cu = f"{mm(x['curl'])}; {mm(x['curl_floor'])}" if x.get("curl") else ""
                 a(f"| {label} | {views}: {x['samples']:,} samples, {fmt_b(x['bytes'])} | {mm(x)} | "
-                  f"{mm(x['worker_cpu'])} | {mm(x['floor'])} | {mm(hc) if hc else ''} | "
+                  f"{mm(x['worker_cpu'])} | {mm(x['floor'])} | {cu} | {mm(hc) if hc else ''} | "
                   + (f"x{h['rps_ratio']:.2f}, x{h['p99_ratio']:.2f}" if h else "") + " |")
         a("")
     if mem and mem.get("through_nginx"):

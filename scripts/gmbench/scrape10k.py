@@ -1,13 +1,15 @@
 """Section scrape10k: complete scrapes of 10,000 stored request series on an idle worker
 (min / median / max of 20, the default families and with the `gateway_*` copies off), the
 client's own floor (the same page served by the same nginx as a static file, read by the same
-client), and the harm of back-to-back scrapes to concurrent traffic at that size.
+client), the same two read by curl (a standard client, its own `time_total`), and the harm of
+back-to-back scrapes to concurrent traffic at that size.
 
 With GM_BASELINE_MODULE=path/to/other.so the same figures are measured for that module too,
 alternating the two in one run, and the ratios printed (e.g. the build before a change)."""
 
 import os
 import shutil
+import subprocess
 import tempfile
 import time
 
@@ -48,6 +50,24 @@ def timed(port, path, n, worker=None, cpu=None):
             c.close()
         if st != 200:
             raise RuntimeError(f"{path}: HTTP {st}")
+    return out
+
+
+def curl_timed(port, path, n, worker, cpu):
+    """n complete reads of `path` by curl (one process and connection each, the body to
+    /dev/null; curl's own time_total, connection included), the worker's CPU time of each
+    appended to `cpu`."""
+    out = []
+    for _ in range(n):
+        c0 = cpu_ns(worker)
+        r = subprocess.run(["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code} %{time_total}",
+                            f"http://127.0.0.1:{port}{path}"],
+                           capture_output=True, text=True, timeout=120)
+        cpu.append((cpu_ns(worker) - c0) / 1e9)
+        code, t = (r.stdout.split() + ["", ""])[:2]
+        if r.returncode != 0 or code != "200":
+            raise RuntimeError(f"curl {path}: rc {r.returncode}, {r.stdout} {r.stderr}")
+        out.append(float(t))
     return out
 
 
@@ -114,6 +134,21 @@ def run(ctx):
                 res["modules"].setdefault(label, {})[views] = pt
                 say(f"    {label:10s} complete scrape: {fmt_mmm(pt)}  (min / median / max; target "
                     f"<= 30 ms, stable)  [worker CPU {fmt_mmm(pt['worker_cpu'])}]")
+            # curl, a standard client, on this build and on the static file, alternating.
+            last = servers[modules[-1][0]]
+            wpid = last.worker_pids()[0]
+            ct = {"/metrics": [], "/page.txt": []}
+            cc = {"/metrics": [], "/page.txt": []}
+            for _ in range(scrapes // 5 or 1):
+                for path in ct:
+                    ct[path] += curl_timed(last.port, path, min(5, scrapes), wpid, cc[path])
+            for path, what in (("/metrics", "complete scrape"), ("/page.txt", "static file")):
+                x = mmm(ct[path])
+                x["worker_cpu"] = mmm(cc[path])
+                key = "curl" if path == "/metrics" else "curl_floor"
+                res["modules"][modules[-1][0]][views][key] = x
+                say(f"    {modules[-1][0]:10s} read by curl, {what}: {fmt_mmm(x)}  "
+                    f"[worker CPU {fmt_mmm(x['worker_cpu'])}]")
             # The test harness's client (gmharness.scrape_timed: counts the lines and keeps the
             # page) on the same server: what the client alone adds to a figure.
             hc = []
