@@ -72,14 +72,20 @@
 //! rules out most irrelevant keys exactly), with the searches of `scan/probe.rs`, 16 or 64 bytes
 //! a step with SSE2 compares on x86-64 (through the `safe_arch` crate: this crate has no
 //! `unsafe`; scalar elsewhere): the next token past whitespace, a string's end (`memchr2` past
-//! its first 64 bytes), a skipped container's end (brackets outside strings counted from 64-byte
+//! its first 64 bytes, in 64-byte steps up to 272 bytes past its first 16 elsewhere), a
+//! skipped container's end (brackets outside strings counted from 64-byte
 //! masks of quotes, backslashes and brackets, the in-string mask by a prefix XOR; a step holding
 //! a backslash outside strings, an ordinary byte to the scanner, is read the scalar way). It
 //! reads exactly what the resumable scanner reads and accepts only what it can walk to the end
 //! without error; anything else (a body cut or split across buffers, broken JSON) is read by the
 //! resumable scanner, unchanged. A JSON body read whole at `feed` leaves the scanner where it
-//! would have been (`Done`), so bytes that still follow are read as before. The settled fast
-//! path reads from the usage key on with the same walk (`feed_members`). Until 2026-12-02 SSE
+//! would have been (`Done`), so bytes that still follow are read as before. A body split
+//! across buffers goes the resumable way, but where a skipped member of its top-level object
+//! (`choices`, Anthropic's `content`) ends, the rest of that buffer is read by the walk when
+//! the body ends there (`Scanner::walk_rest`, on a copy of the scanner, kept only when the walk
+//! reads to the end; property-tested against the resumable reading alone,
+//! `rest_walk_reads_as_the_scanner`). The settled fast path reads from the usage key on with
+//! the same walk (`feed_members`). Until 2026-12-02 SSE
 //! payloads had a walk of their own (`memchr` and word-wise whitespace); the probe walk costs
 //! ~100–330 less per unsettled event, so it is the only one. Tested against the scanner on every
 //! corpus payload, damaged and pretty-printed variants, every dialect setting, as SSE payloads
