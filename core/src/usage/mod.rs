@@ -71,8 +71,8 @@
 //! `scan/whole.rs`), keys looked up in the same provider table (after a hash-mask prefilter that
 //! rules out most irrelevant keys exactly), with the searches of `scan/probe.rs`, 16 or 64 bytes
 //! a step with SSE2 compares on x86-64 (through the `safe_arch` crate: this crate has no
-//! `unsafe`; scalar elsewhere): the next token past whitespace, a string's end (`memchr2` past
-//! its first 64 bytes, in 64-byte steps up to 272 bytes past its first 16 elsewhere), a
+//! `unsafe`; scalar elsewhere): the next token past whitespace, a string's end (16-byte steps for
+//! its first 64 bytes, then 64-byte steps up to 272 bytes past its first 16, then `memchr2`), a
 //! skipped container's end (brackets outside strings counted from 64-byte
 //! masks of quotes, backslashes and brackets, the in-string mask by a prefix XOR; a step holding
 //! a backslash outside strings, an ordinary byte to the scanner, is read the scalar way). It

@@ -4,7 +4,7 @@
 //! body of megabytes is never held. It tracks the path only through the containers the provider
 //! table names (at most [`MAX_TRACK`] deep); every other container is skipped by counting
 //! brackets outside strings, and uninteresting strings are skipped by searching their next quote
-//! or backslash (16 bytes a step, `memchr2` past 256 bytes). It is not a
+//! or backslash (16 bytes, then 64 bytes a step, `memchr2` past 272 bytes). It is not a
 //! validator: it notices what breaks its walk (a stray byte, a mismatched bracket, an
 //! incomplete payload) and flags it, nothing more.
 

@@ -6,7 +6,8 @@
 //! a step is a few SSE2 compares over 16 bytes gathered into a bitmask (SSE2 is in the x86-64
 //! baseline; the intrinsics come through `safe_arch`, as this crate has no `unsafe`), so a run
 //! of indentation, a key or a short string costs one step instead of a loop over its bytes; a
-//! string longer than 64 bytes goes on with `memchr2`. The last bytes of the buffer (fewer than
+//! longer string goes on 64 bytes a step (one mask test for four compares), and past 272 bytes
+//! with `memchr2`. The last bytes of the buffer (fewer than
 //! 16), and every byte on other targets, go the scalar way, which is also the tests' reference.
 //!
 //! Nothing is classified ahead of the walk: each search starts where the walk is, outside any
