@@ -222,6 +222,13 @@ pub(crate) struct Scanner {
     /// A JSON body's members after a skipped one may be read by the walk (see
     /// [`Scanner::walk_rest`]); off only in tests, for the resumable reading alone.
     pub(crate) walks_rest: bool,
+    /// The walk of the rest was tried in the buffer being fed (once per buffer: a failed
+    /// walk has read the buffer's rest, and a buffer of many skipped members must not be
+    /// read once per member).
+    rest_tried: bool,
+    /// Walks of the rest tried (tests only).
+    #[cfg(test)]
+    pub(crate) rest_walks: u32,
 }
 
 impl Scanner {
@@ -244,6 +251,9 @@ impl Scanner {
             model: Model::default(),
             json_body: false,
             walks_rest: true,
+            rest_tried: false,
+            #[cfg(test)]
+            rest_walks: 0,
         }
     }
 
@@ -290,6 +300,7 @@ impl Scanner {
     }
 
     pub(crate) fn feed(&mut self, b: &[u8]) {
+        self.rest_tried = false;
         let mut i = 0;
         while i < b.len() {
             i = match self.st {

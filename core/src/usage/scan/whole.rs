@@ -70,14 +70,21 @@ impl Scanner {
     /// (done, with the same facts and model). False changes nothing: the caller goes on the
     /// resumable way. Only the usual case is tried: `,` and the next key, the object closed
     /// at the end of `b`; the walk costs one copy of the scanner more, and a rest that fails
-    /// is read twice.
+    /// is read twice. Tried once per buffer fed: a buffer of many skipped members that ends
+    /// with some member's `}` (not the body's) is otherwise read again at each member's end.
     #[cold]
     pub(crate) fn walk_rest(&mut self, b: &[u8]) -> bool {
         if !self.walks_rest
+            || self.rest_tried
             || self.nodes[0] != Node::Root
             || b.trim_ascii_end().last() != Some(&b'}')
         {
             return false;
+        }
+        self.rest_tried = true;
+        #[cfg(test)]
+        {
+            self.rest_walks += 1;
         }
         let i = probe::tok(b, 0);
         if b.get(i) != Some(&b',') {
@@ -414,6 +421,36 @@ mod tests {
     use super::*;
 
     use crate::usage::providers::ALL;
+
+    /// A buffer of many skipped members that ends with one of theirs `}` (the walk of the rest
+    /// fails there) is walked once, not once per member: the cost stays linear.
+    #[test]
+    fn rest_walk_is_tried_once_per_buffer() {
+        let mut body = String::from("{\"id\":\"x\"");
+        for k in 0..1000 {
+            body.push_str(&format!(",\"k{k}\":{{\"a\":1}}"));
+        }
+        body.push_str(",\"usage\":{\"prompt_tokens\":3}}");
+        let cut = body.find(",\"k999\"").expect("member");
+        let (first, second) = body.as_bytes().split_at(cut);
+        let mut s = Scanner::new(ALL);
+        s.json_body = true;
+        s.begin();
+        s.feed(&first[..first.len() / 2]);
+        s.feed(&first[first.len() / 2..]);
+        assert!(s.rest_walks <= 2, "{} walks for two buffers", s.rest_walks);
+        s.feed(second);
+        s.end();
+        assert!(s.rest_walks <= 3, "{} walks for three buffers", s.rest_walks);
+        assert!(s.ended_cleanly());
+        let mut full = Scanner::new(ALL);
+        full.json_body = true;
+        full.walks_rest = false;
+        full.begin();
+        full.feed(body.as_bytes());
+        full.end();
+        assert_eq!(crate::usage::tests::reading(&s), crate::usage::tests::reading(&full));
+    }
 
     #[test]
     fn walks_a_body() {
