@@ -441,7 +441,11 @@ mod tests {
         assert!(s.rest_walks <= 2, "{} walks for two buffers", s.rest_walks);
         s.feed(second);
         s.end();
-        assert!(s.rest_walks <= 3, "{} walks for three buffers", s.rest_walks);
+        assert!(
+            s.rest_walks <= 3,
+            "{} walks for three buffers",
+            s.rest_walks
+        );
         assert!(s.ended_cleanly());
         let mut full = Scanner::new(ALL);
         full.json_body = true;
@@ -449,7 +453,10 @@ mod tests {
         full.begin();
         full.feed(body.as_bytes());
         full.end();
-        assert_eq!(crate::usage::tests::reading(&s), crate::usage::tests::reading(&full));
+        assert_eq!(
+            crate::usage::tests::reading(&s),
+            crate::usage::tests::reading(&full)
+        );
     }
 
     #[test]
