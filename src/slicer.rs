@@ -268,12 +268,6 @@ impl Slicer {
             } else {
                 (SLICE_NS, SLICE_BYTES)
             };
-            // Room for a slice and its last step's overshoot at once: growing by doubling
-            // would leave each buffer at twice the slice (2 MiB a scrape instead of ~1.3).
-            let room = max_bytes + max_bytes / 4;
-            if out.capacity() < room {
-                out.reserve_exact(room);
-            }
             let deadline = t0 + max_ns;
             let done = loop {
                 if self.render.step(out, STEP_UNITS) {
