@@ -468,15 +468,8 @@ impl Recorder<'_> {
         } else {
             None
         };
-        if let Some(k) = &long {
-            let found = MODEL_OF_LONG
-                .0
-                .try_borrow()
-                .ok()
-                .and_then(|m| m.get(anchor, k));
-            if found.is_some() {
-                return (found, true);
-            }
+        if let Some(v) = long.as_ref().and_then(|k| model_of_long(anchor, k)) {
+            return (Some(v), true);
         }
         // Only the model families have a status class (computed here: the usual request has
         // none of them). The snapshot's values, not the snapshot: see `Finished`.
@@ -600,6 +593,12 @@ static RELATED: RelatedTable = RelatedTable(RefCell::new(Vec::new()));
 #[inline(always)]
 fn model_of(anchor: usize, k: &Word3) -> Option<&'static [AtomicU64]> {
     MODEL_OF.0.try_borrow().ok()?.get(anchor, k)
+}
+
+/// [`model_of`] for a model of 17 to 40 bytes (see [`MODEL_OF_LONG`]).
+#[inline(always)]
+fn model_of_long(anchor: usize, k: &[u64; 6]) -> Option<&'static [AtomicU64]> {
+    MODEL_OF_LONG.0.try_borrow().ok()?.get(anchor, k)
 }
 
 #[inline(always)]

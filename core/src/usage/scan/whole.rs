@@ -416,6 +416,19 @@ fn b_skip(b: &[u8], i: usize) -> Pos {
     }
 }
 
+/// `body` read by the resumable scanner alone (no walk of any part), ended: the reference
+/// the walks are compared with.
+#[cfg(test)]
+fn resumable_reading(allow: providers::Dialects, json_body: bool, body: &[u8]) -> Scanner {
+    let mut s = Scanner::new(allow);
+    s.json_body = json_body;
+    s.walks_rest = false;
+    s.begin();
+    s.feed(body);
+    s.end();
+    s
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -447,12 +460,7 @@ mod tests {
             s.rest_walks
         );
         assert!(s.ended_cleanly());
-        let mut full = Scanner::new(ALL);
-        full.json_body = true;
-        full.walks_rest = false;
-        full.begin();
-        full.feed(body.as_bytes());
-        full.end();
+        let full = resumable_reading(ALL, true, body.as_bytes());
         assert_eq!(
             crate::usage::tests::reading(&s),
             crate::usage::tests::reading(&full)
@@ -580,12 +588,7 @@ mod body_props {
         ) {
             let top = if array { format!("[{v}]") } else { format!("{{\"x\":{v}}}") };
             let body = format!("{before}{top}{after}");
-            let mut full = Scanner::new(allow);
-            full.json_body = json_body;
-            full.walks_rest = false;
-            full.begin();
-            full.feed(body.as_bytes());
-            full.end();
+            let full = super::resumable_reading(allow, json_body, body.as_bytes());
             let mut walk = Scanner::new(allow);
             walk.json_body = json_body;
             walk.begin();
@@ -616,12 +619,7 @@ mod body_props {
                 let at = head.len() + ((n - head.len()) as f64 * at) as usize;
                 body[at.min(n - 1)] = c;
             }
-            let mut full = Scanner::new(allow);
-            full.json_body = true;
-            full.walks_rest = false;
-            full.begin();
-            full.feed(&body);
-            full.end();
+            let full = super::resumable_reading(allow, true, &body);
             let (a, b) = (cuts.0.min(cuts.1), cuts.0.max(cuts.1));
             let (a, b) = ((body.len() as f64 * a) as usize, (body.len() as f64 * b) as usize);
             let mut split = Scanner::new(allow);
