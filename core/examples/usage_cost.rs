@@ -131,6 +131,20 @@ fn stream(first: &str, chunk: &str, end: &str, n: usize) {
     black_box(r.finish(true));
 }
 
+/// `n` rounds of reading `bodies` in turn with one reader, reset for each as the glue's
+/// per-worker pool resets it.
+#[inline(never)]
+fn bodies(bodies: &[&[u8]], n: usize) {
+    let mut r = UsageReader::new(Format::Auto, Body::Json);
+    for _ in 0..n {
+        for body in bodies {
+            r.reset(Format::Auto, Body::Json);
+            black_box(r.feed(black_box(body)));
+            black_box(r.finish(true));
+        }
+    }
+}
+
 /// `n` streams of no further chunk: a new reader, the first events, the end (out of line, so
 /// that `stream`'s loop stays as it is measured per chunk).
 #[inline(never)]
@@ -175,19 +189,19 @@ fn main() {
         "anthropic_start" => starts(ANTHROPIC_FIRST, ANTHROPIC_END, n),
         "gemini_start" => starts(GEMINI_FIRST, "", n),
         "responses_start" => starts(RESPONSES_FIRST, "", n),
-        "json" => {
-            for _ in 0..n {
-                let mut r = UsageReader::new(Format::Auto, Body::Json);
-                black_box(r.feed(black_box(JSON.as_bytes())));
-                black_box(r.finish(true));
-            }
-        }
-        "json_pretty" => {
+        "json" => bodies(&[JSON.as_bytes()], n),
+        "json_pretty" => bodies(&[JSON_PRETTY.as_bytes()], n),
+        "json_new" => {
+            // A new reader each time: no shape noted before.
             for _ in 0..n {
                 let mut r = UsageReader::new(Format::Auto, Body::Json);
                 black_box(r.feed(black_box(JSON_PRETTY.as_bytes())));
                 black_box(r.finish(true));
             }
+        }
+        "json_two_shapes" => {
+            // The compact and the pretty body in turn: each is of another shape than the last.
+            bodies(&[JSON.as_bytes(), JSON_PRETTY.as_bytes()], n / 2)
         }
         "json_long" => {
             // The pretty body with an 8,000-byte answer (a line break escaped every 80 bytes).

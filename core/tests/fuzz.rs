@@ -16,7 +16,7 @@ use gateway_metrics_core::labels::{
 use gateway_metrics_core::render::{render, HistSpec, RenderSpec};
 use gateway_metrics_core::series;
 use gateway_metrics_core::store::{add_u64, observe, Limits, SeriesKind, Store};
-use gateway_metrics_core::usage::{Body, Format, UsageReader, CARRY_CAP};
+use gateway_metrics_core::usage::{Body, Format, UsageReader, CARRY_CAP, SHAPE_CAP};
 use proptest::prelude::*;
 
 /// Reverses the exposition escaping of a label value.
@@ -350,14 +350,17 @@ fn read_usage_everywhere(body: &[u8], cuts: &[usize]) {
             let mut r = UsageReader::new(format, kind);
             reused.reset(format, kind);
             let bound = r.state_bytes();
-            assert!(bound <= std::mem::size_of::<UsageReader>() + CARRY_CAP);
+            assert!(bound <= std::mem::size_of::<UsageReader>() + CARRY_CAP.max(SHAPE_CAP));
             let mut start = 0;
             for &c in cuts.iter().chain(std::iter::once(&body.len())) {
                 let c = c.clamp(start, body.len());
                 assert_eq!(r.feed(&body[start..c]), reused.feed(&body[start..c]));
                 start = c;
                 assert_eq!(r.state_bytes(), bound);
-                assert!(reused.state_bytes() <= std::mem::size_of::<UsageReader>() + CARRY_CAP);
+                assert!(
+                    reused.state_bytes()
+                        <= std::mem::size_of::<UsageReader>() + CARRY_CAP + SHAPE_CAP
+                );
             }
             let complete = cuts.len().is_multiple_of(2);
             assert_eq!(r.finish(complete), reused.finish(complete));

@@ -2,8 +2,9 @@
 //! streams past, without holding it and without parsing more of it than needed.
 //!
 //! The nginx body filter hands every buffer of the upstream response to [`UsageReader::feed`]
-//! (the bytes are only read) and ends with [`UsageReader::finish`]. The reader allocates once,
-//! at construction ([`CARRY_CAP`] bytes), and its state never grows: see
+//! (the bytes are only read) and ends with [`UsageReader::finish`]. The reader allocates once
+//! per kind of body, when it is made or reset for one ([`CARRY_CAP`] bytes for an event
+//! stream, [`SHAPE_CAP`] for a JSON body's shape), and its state never grows as it reads: see
 //! [`UsageReader::state_bytes`].
 //!
 //! # Token types
@@ -158,7 +159,11 @@ mod scan;
 mod sse;
 
 use providers::{Dialects, Raw, ANTHROPIC, GEMINI, OPENAI};
-use scan::{Scanner, Small};
+use scan::{Scanner, Shape, Small};
+
+/// The most bytes a reader holds for the shape of the last JSON body it read (see
+/// [`UsageReader::state_bytes`]).
+pub const SHAPE_CAP: usize = scan::SHAPE_BYTES;
 
 pub use scan::MODEL_CAP;
 
@@ -224,6 +229,9 @@ pub struct UsageReader {
     first_at_finish: bool,
     /// [`UsageReader::quiet`] as of the last buffer (`skips` changes nothing it depends on).
     quiet: bool,
+    /// The shape of the last JSON body this reader walked whole, kept across
+    /// [`UsageReader::reset`]: the next body of the same shape is read by comparing it.
+    shape: Shape,
 }
 
 const BOM: &[u8] = b"\xEF\xBB\xBF";
@@ -237,6 +245,7 @@ impl UsageReader {
             framer: sse::Framer::new(),
             first_at_finish: false,
             quiet: false,
+            shape: Shape::default(),
             events: Events {
                 scan: Scanner::new(0),
                 dialect: 0,
@@ -283,6 +292,8 @@ impl UsageReader {
             events,
             first_at_finish,
             quiet,
+            // Kept: a shape is checked against the scanner's settings before it is used.
+            shape,
         } = self;
         let Events {
             scan,
@@ -325,6 +336,8 @@ impl UsageReader {
         carry.clear();
         if body == Body::EventStream {
             carry.reserve_exact(CARRY_CAP);
+        } else {
+            shape.reserve();
         }
         *usage = Raw::default();
         *ttft = false;
@@ -449,10 +462,15 @@ impl UsageReader {
         match self.body {
             Body::EventStream => self.framer.feed(buf, &mut self.events),
             Body::Json => {
-                // A body held whole by its first buffer (the usual case) is read by the
-                // recursive walk; anything it cannot prove goes the resumable way.
+                // A body held whole by its first buffer (the usual case) is read in the shape
+                // of the last one, else by the recursive walk (noting its shape); anything the
+                // walk cannot prove goes the resumable way.
                 let scan = &mut self.events.scan;
-                if !(scan.at_start() && ends_a_value(buf) && scan.feed_body(buf)) {
+                if !(scan.at_start()
+                    && ends_a_value(buf)
+                    && (scan.feed_shaped(&self.shape, buf)
+                        || scan.feed_body_noting(buf, &mut self.shape)))
+                {
                     scan.feed(buf);
                 }
                 false
@@ -528,10 +546,14 @@ impl UsageReader {
         self.events.scan.model.get()
     }
 
-    /// Bytes of state this reader holds (its struct and its one allocation); bounded by
-    /// `size_of::<UsageReader>() + CARRY_CAP` whatever it is fed.
+    /// Bytes of state this reader holds (its struct and its allocations: the carry buffer of
+    /// an event stream, the shape of a JSON body); bounded by
+    /// `size_of::<UsageReader>() + CARRY_CAP + SHAPE_CAP` whatever it is fed (and by
+    /// `size_of::<UsageReader>() + CARRY_CAP` or `+ SHAPE_CAP` for a reader that only ever
+    /// read one kind of body). Feeding a body never changes it: a reader allocates when it is
+    /// made or reset for a kind of body it has not read before, never per buffer.
     pub fn state_bytes(&self) -> usize {
-        std::mem::size_of::<Self>() + self.events.carry.capacity()
+        std::mem::size_of::<Self>() + self.events.carry.capacity() + self.shape.capacity_bytes()
     }
 }
 
@@ -1145,7 +1167,7 @@ mod tests {
     use super::*;
 
     /// Every SSE event of the corpus (name and data), and every JSON body whole (no name).
-    fn corpus_payloads() -> Vec<(String, Vec<u8>, Vec<u8>)> {
+    pub(crate) fn corpus_payloads() -> Vec<(String, Vec<u8>, Vec<u8>)> {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/usage_corpus");
         let mut out = Vec::new();
         let mut names: Vec<_> = std::fs::read_dir(&dir)
@@ -1491,7 +1513,7 @@ mod tests {
 
     /// Variants of a payload for the whole-walk comparison: itself, cut, bytes replaced by
     /// ones that matter to JSON, bytes dropped.
-    fn variants(p: &[u8]) -> Vec<Vec<u8>> {
+    pub(crate) fn variants(p: &[u8]) -> Vec<Vec<u8>> {
         let mut out = vec![p.to_vec()];
         let n = p.len();
         let mut seed = n as u64 ^ 0x9E37_79B9_7F4A_7C15;
@@ -1731,7 +1753,7 @@ mod tests {
                             );
                             assert!(
                                 used.state_bytes()
-                                    <= std::mem::size_of::<UsageReader>() + CARRY_CAP
+                                    <= std::mem::size_of::<UsageReader>() + CARRY_CAP + SHAPE_CAP
                             );
                         }
                     }

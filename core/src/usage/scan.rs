@@ -9,10 +9,12 @@
 //! incomplete payload) and flags it, nothing more.
 
 mod probe;
+mod shape;
 mod whole;
 
 use probe::quote_or_backslash;
 pub(crate) use probe::{equal_prefix, find_quote_u, first_difference};
+pub(crate) use shape::{Shape, SHAPE_BYTES};
 
 use super::providers::{self, Act, Dialects, Node, Raw, MAX_COUNT};
 

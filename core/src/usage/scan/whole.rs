@@ -12,18 +12,19 @@
 //! `feed` of the same bytes would have left it (`Done`, with the same facts and model).
 
 use super::probe;
+use super::shape::{NoRec, Rec, Slot};
 use super::{Scanner, St, MAX_TRACK};
 use crate::usage::providers::{self, Act, Node, Raw, MAX_COUNT};
 
 /// Gave up: the payload is not one the walk can prove it reads as the scanner does.
-struct Stop;
+pub(super) struct Stop;
 
 type Pos = Result<usize, Stop>;
 
 /// Past the number or literal at `b[i]`, read with [`Act::Skip`] as the scanner reads it: to
 /// the byte that ends its run (which must exist).
 #[inline(always)]
-fn skip_scalar(b: &[u8], i: usize) -> Pos {
+pub(super) fn skip_scalar(b: &[u8], i: usize) -> Pos {
     let &c = b.get(i).ok_or(Stop)?;
     let mut j = i + 1;
     match c {
@@ -57,7 +58,7 @@ impl Scanner {
         let i = probe::tok(b, 0);
         // A key, not the object's end: `b_object` from a key reads the members that follow.
         let read = if b.get(i) == Some(&b'"') {
-            self.b_object(b, i, Node::Root, 0)
+            self.b_object(&mut NoRec, b, i, Node::Root, 0)
         } else {
             Err(Stop)
         };
@@ -95,7 +96,7 @@ impl Scanner {
             return false;
         }
         let mut s = self.clone();
-        match s.b_object(b, k, Node::Root, 0) {
+        match s.b_object(&mut NoRec, b, k, Node::Root, 0) {
             Ok(end) if probe::tok(b, end) == b.len() => {
                 s.st = St::Done;
                 s.depth = 0;
@@ -120,7 +121,7 @@ impl Scanner {
 
     /// Ends a walk: `Ok(true)` when it read the payload to its end (whitespace aside); else the
     /// scanner is left just begun (the model as it was known before, `known`).
-    fn walked(&mut self, read: Result<bool, Stop>, known: bool) -> bool {
+    pub(super) fn walked(&mut self, read: Result<bool, Stop>, known: bool) -> bool {
         if let Ok(true) = read {
             self.st = St::Done;
             self.depth = 0;
@@ -138,7 +139,7 @@ impl Scanner {
         self.begin();
     }
 
-    fn w_close(&mut self, node: Node, end: usize) -> usize {
+    pub(super) fn w_close(&mut self, node: Node, end: usize) -> usize {
         if node.is_usage() {
             if self.stage_valid {
                 self.facts.usage.merge(&self.stage);
@@ -151,7 +152,7 @@ impl Scanner {
 
     /// The number or literal at `b[i]`, read according to `act`; returns the position after
     /// it.
-    fn w_scalar(&mut self, b: &[u8], i: usize, act: Act) -> Pos {
+    pub(super) fn w_scalar(&mut self, b: &[u8], i: usize, act: Act) -> Pos {
         let &c = b.get(i).ok_or(Stop)?;
         if let Act::AnyContent(d) = act {
             if c != b'n' {
@@ -206,7 +207,7 @@ impl Scanner {
     /// A count (a value starting with a digit, read for `slot`) as [`Scanner::w_scalar`]
     /// reads it, without its dispatch.
     #[inline(always)]
-    fn w_count(&mut self, b: &[u8], i: usize, slot: u8) -> Pos {
+    pub(super) fn w_count(&mut self, b: &[u8], i: usize, slot: u8) -> Pos {
         let mut num = 0u64;
         let mut bad = false;
         let mut j = i;
@@ -275,12 +276,17 @@ impl Scanner {
     /// the `,` or closing bracket after a value are looked for right where they mostly are
     /// before any search.
     pub(crate) fn feed_body(&mut self, b: &[u8]) -> bool {
+        self.feed_body_with(&mut NoRec, b)
+    }
+
+    /// [`Scanner::feed_body`], telling `r` what it reads.
+    pub(super) fn feed_body_with<R: Rec>(&mut self, r: &mut R, b: &[u8]) -> bool {
         debug_assert!(self.st == St::Start);
         let known = self.model.done;
         let i = probe::tok(b, 0);
         let read = match b.get(i) {
-            Some(b'{') => self.b_object(b, i + 1, Node::Root, 0),
-            Some(b'[') => self.b_array(b, i + 1, Node::TopArray, 0),
+            Some(b'{') => self.b_object(r, b, i + 1, Node::Root, 0),
+            Some(b'[') => self.b_array(r, b, i + 1, Node::TopArray, 0),
             _ => Err(Stop),
         };
         self.walked(read.map(|end| probe::tok(b, end) == b.len()), known)
@@ -289,15 +295,16 @@ impl Scanner {
     /// The members of an object of meaning `node` from `i` (just after its `{`, or at a key:
     /// the rest of its members), opened at tracked depth `depth`; returns the position after
     /// its `}`.
-    fn b_object(&mut self, b: &[u8], i: usize, node: Node, depth: usize) -> Pos {
+    fn b_object<R: Rec>(&mut self, r: &mut R, b: &[u8], i: usize, node: Node, depth: usize) -> Pos {
         let depth = depth + 1;
         if node.is_usage() {
+            r.slot(b, i, Slot::Open, i);
             self.stage = Raw::default();
             self.stage_valid = false;
         }
         let mut i = probe::tok(b, i);
         if b.get(i) == Some(&b'}') {
-            return Ok(self.w_close(node, i + 1));
+            return Ok(self.b_close(r, b, node, i + 1));
         }
         loop {
             if b.get(i) != Some(&b'"') {
@@ -322,17 +329,19 @@ impl Scanner {
             }
             i = probe::tok(b, i + 1);
             i = match act {
-                Act::Skip => b_skip(b, i)?,
+                Act::Skip => b_skip(r, b, i)?,
                 Act::Count(slot) if matches!(b.get(i), Some(b'0'..=b'9')) => {
-                    self.w_count(b, i, slot)?
+                    let end = self.w_count(b, i, slot)?;
+                    r.slot(b, i, Slot::Count(slot), end);
+                    end
                 }
                 // A tracked object (usage and its details): no detour through `b_value`.
                 Act::Open(node)
                     if !node.is_array() && depth < MAX_TRACK && b.get(i) == Some(&b'{') =>
                 {
-                    self.b_object(b, i + 1, node, depth)?
+                    self.b_object(r, b, i + 1, node, depth)?
                 }
-                _ => self.b_value(b, i, act, depth)?,
+                _ => self.b_value(r, b, i, act, depth)?,
             };
             // `,` or `}` mostly right after the value.
             if !matches!(b.get(i), Some(b',' | b'}')) {
@@ -340,14 +349,23 @@ impl Scanner {
             }
             match b.get(i) {
                 Some(b',') => i = probe::tok(b, i + 1),
-                Some(b'}') => return Ok(self.w_close(node, i + 1)),
+                Some(b'}') => return Ok(self.b_close(r, b, node, i + 1)),
                 _ => return Err(Stop),
             }
         }
     }
 
+    /// [`Scanner::w_close`] in the walk (noted for a usage object).
+    #[inline(always)]
+    fn b_close<R: Rec>(&mut self, r: &mut R, b: &[u8], node: Node, end: usize) -> usize {
+        if node.is_usage() {
+            r.slot(b, end, Slot::Close, end);
+        }
+        self.w_close(node, end)
+    }
+
     /// The elements of an array of meaning `node` from `i` (just after its `[`).
-    fn b_array(&mut self, b: &[u8], i: usize, node: Node, depth: usize) -> Pos {
+    fn b_array<R: Rec>(&mut self, r: &mut R, b: &[u8], i: usize, node: Node, depth: usize) -> Pos {
         let depth = depth + 1;
         let act = providers::element(node);
         let mut i = probe::tok(b, i);
@@ -355,7 +373,7 @@ impl Scanner {
             return Ok(i + 1);
         }
         loop {
-            i = self.b_value(b, i, act, depth)?;
+            i = self.b_value(r, b, i, act, depth)?;
             if !matches!(b.get(i), Some(b',' | b']')) {
                 i = probe::tok(b, i);
             }
@@ -369,37 +387,60 @@ impl Scanner {
 
     /// The value at the token `i`, read for `act` inside `depth` tracked containers; returns
     /// the position after it.
-    fn b_value(&mut self, b: &[u8], i: usize, act: Act, depth: usize) -> Pos {
+    fn b_value<R: Rec>(&mut self, r: &mut R, b: &[u8], i: usize, act: Act, depth: usize) -> Pos {
         let &ch = b.get(i).ok_or(Stop)?;
         match ch {
             b'{' | b'[' => {
                 if let Act::AnyContent(d) = act {
+                    r.slot(b, i, Slot::Content(d), i);
                     self.facts.content |= d;
                 }
                 let array = ch == b'[';
                 match act {
                     Act::Open(node) if node.is_array() == array && depth < MAX_TRACK => {
                         if array {
-                            self.b_array(b, i + 1, node, depth)
+                            self.b_array(r, b, i + 1, node, depth)
                         } else {
-                            self.b_object(b, i + 1, node, depth)
+                            self.b_object(r, b, i + 1, node, depth)
                         }
                     }
-                    _ => probe::skip(b, i).ok_or(Stop),
+                    _ => {
+                        let end = probe::skip(b, i).ok_or(Stop)?;
+                        r.skipped(b, i, end);
+                        Ok(end)
+                    }
                 }
             }
             b'"' => match act {
-                Act::Skip | Act::Open(_) => b_skip(b, i),
-                Act::Model if self.model.done => b_skip(b, i),
+                Act::Skip | Act::Open(_) => b_skip(r, b, i),
                 _ => {
-                    if let Act::AnyContent(d) = act {
-                        self.facts.content |= d;
-                    }
-                    let (e, escaped) = probe::string_end(b, i + 1).ok_or(Stop)?;
-                    self.w_str(b, i + 1, e, escaped, act)
+                    let end = w_string(self, b, i + 1, act)?;
+                    r.slot(b, i + 1, Slot::Str(act), end);
+                    Ok(end)
                 }
             },
-            _ => self.w_scalar(b, i, act),
+            _ => {
+                let end = self.w_scalar(b, i, act)?;
+                r.slot(b, i, Slot::Scalar(act), end);
+                Ok(end)
+            }
+        }
+    }
+}
+
+/// The rest of a string value from `k` (after its opening quote) read for `act` (not
+/// [`Act::Skip`] or [`Act::Open`]) as the walk reads it; returns the position after it.
+#[inline(always)]
+pub(super) fn w_string(s: &mut Scanner, b: &[u8], k: usize, act: Act) -> Pos {
+    match act {
+        Act::Skip | Act::Open(_) => Ok(probe::string_end(b, k).ok_or(Stop)?.0 + 1),
+        Act::Model if s.model.done => Ok(probe::string_end(b, k).ok_or(Stop)?.0 + 1),
+        _ => {
+            if let Act::AnyContent(d) = act {
+                s.facts.content |= d;
+            }
+            let (e, escaped) = probe::string_end(b, k).ok_or(Stop)?;
+            s.w_str(b, k, e, escaped, act)
         }
     }
 }
@@ -408,10 +449,24 @@ impl Scanner {
 /// it: a container bracket-counted, a string to its end, a number or literal to the byte that
 /// ends its run (which must exist).
 #[inline(always)]
-fn b_skip(b: &[u8], i: usize) -> Pos {
+fn b_skip<R: Rec>(r: &mut R, b: &[u8], i: usize) -> Pos {
     match b.get(i) {
-        Some(b'"') => Ok(probe::string_end(b, i + 1).ok_or(Stop)?.0 + 1),
-        Some(b'{' | b'[') => probe::skip(b, i).ok_or(Stop),
+        Some(b'"') => {
+            let end = probe::string_end(b, i + 1).ok_or(Stop)?.0 + 1;
+            r.slot(b, i + 1, Slot::SkipStr, end);
+            Ok(end)
+        }
+        Some(b'{' | b'[') => {
+            let end = probe::skip(b, i).ok_or(Stop)?;
+            r.skipped(b, i, end);
+            Ok(end)
+        }
+        Some(b'0'..=b'9' | b'-') => {
+            let end = skip_scalar(b, i)?;
+            r.slot(b, i, Slot::SkipNum, end);
+            Ok(end)
+        }
+        // A literal: compared.
         _ => skip_scalar(b, i),
     }
 }
@@ -419,7 +474,11 @@ fn b_skip(b: &[u8], i: usize) -> Pos {
 /// `body` read by the resumable scanner alone (no walk of any part), ended: the reference
 /// the walks are compared with.
 #[cfg(test)]
-fn resumable_reading(allow: providers::Dialects, json_body: bool, body: &[u8]) -> Scanner {
+pub(super) fn resumable_reading(
+    allow: providers::Dialects,
+    json_body: bool,
+    body: &[u8],
+) -> Scanner {
     let mut s = Scanner::new(allow);
     s.json_body = json_body;
     s.walks_rest = false;
