@@ -208,11 +208,7 @@ fn main() {
             let line = format!("{}\\n", &"All work and no play. ".repeat(4)[..78]);
             let body = JSON_PRETTY.replacen(LONG_AT, &line.repeat(100), 1);
             assert!(body.len() > 8_000);
-            for _ in 0..n {
-                let mut r = UsageReader::new(Format::Auto, Body::Json);
-                black_box(r.feed(black_box(body.as_bytes())));
-                black_box(r.finish(true));
-            }
+            bodies(&[body.as_bytes()], n);
         }
         "json_long_split" => {
             // `json_long` as nginx hands a body over in its 4 KiB proxy buffers (the resumable

@@ -151,7 +151,12 @@ impl Rec for Note<'_> {
     /// A skipped container's strings and numbers are slots (they vary: an answer, an index);
     /// keys (strings before a `:`), literals, brackets and whitespace are compared.
     fn skipped(&mut self, b: &[u8], mut k: usize, end: usize) {
-        while k < end && self.ok {
+        while self.ok {
+            // Whitespace runs (indentation) a search step at a time.
+            k = probe::tok(b, k);
+            if k >= end {
+                break;
+            }
             match b[k] {
                 b'"' => {
                     let Some((e, _)) = probe::string_end(b, k + 1) else {
