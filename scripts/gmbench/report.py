@@ -112,13 +112,13 @@ def markdown(R, smoke):
     if us and "cost" in us and "per_chunk" in us:
         a("## Native usage reading (callgrind, per proxied request)")
         a("")
-        a("| configuration | JSON | JSON, 8,000-byte answer | SSE 4 chunks | SSE 20 | SSE 200 "
-          "| per further chunk |")
-        a("|---|---|---|---|---|---|---|")
+        a("| configuration | JSON | JSON, 8,000-byte answer | JSON, two shapes in turn "
+          "| SSE 4 chunks | SSE 20 | SSE 200 | per further chunk |")
+        a("|---|---|---|---|---|---|---|---|")
         for name, c in us["cost"].items():
-            a(f"| {name} | " + " | ".join(f"{c[p]:,.0f}" for p in
-                                          ("/v1/json", "/v1/json_long", "/v1/sse/4",
-                                           "/v1/sse/20", "/v1/sse/200"))
+            a(f"| {name} | " + " | ".join(f"{c[p]:,.0f}" if p in c else "" for p in
+                                          ("/v1/json", "/v1/json_long", "/v1/json_alt",
+                                           "/v1/sse/4", "/v1/sse/20", "/v1/sse/200"))
               + f" | {us['per_chunk'][name]:,.0f} |")
         pp = us.get("per_chunk_providers", {})
         if pp.get("usage") and pp.get("proxy"):

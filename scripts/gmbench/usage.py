@@ -118,6 +118,8 @@ def long_answer(body):
 
 class Upstream(gm.LoopbackServer):
     """Keep-alive HTTP/1.1 upstream: `/json` answers the corpus' Chat Completions JSON body,
+    `/json_alt` that body and its compact form in turn (each body of another shape than the
+    last: the module's shape replay never matches, every body is walked and its shape noted),
     `/sse/N` a stream of N content chunks, each sent on its own after a short pause."""
 
     def __init__(self):
@@ -125,6 +127,9 @@ class Upstream(gm.LoopbackServer):
         with open(os.path.join(CORPUS, "openai_chat_json.body"), "rb") as f:
             self.json = f.read()
         self.json_long = long_answer(self.json)
+        compact = json.dumps(json.loads(self.json), separators=(",", ":")).encode()
+        self.json_alt = [self.json, compact]
+        self.alt = 0
         self.streams = {n: sse_body(n) for n in STREAMS}
         self.streams.update({(fmt, n): provider_stream(fmt, n)
                              for fmt in PROVIDER_STREAMS for n in SLOPE})
@@ -150,8 +155,12 @@ class Upstream(gm.LoopbackServer):
                     rest += c.recv(65536)
                 buf = rest[length:]
                 path = head_.split(b" ")[1].decode()
-                if path.endswith("/json") or path.endswith("/json_long"):
-                    body = self.json if path.endswith("/json") else self.json_long
+                if path.endswith(("/json", "/json_long", "/json_alt")):
+                    if path.endswith("/json_alt"):
+                        self.alt += 1
+                        body = self.json_alt[self.alt % 2]
+                    else:
+                        body = self.json if path.endswith("/json") else self.json_long
                     c.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
                               b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
                     continue
@@ -232,7 +241,7 @@ def run(ctx):
     names = [n for n in VARIANTS if gm.HAVE_LUA or not VARIANTS[n][2]]
     if os.environ.get("GM_USAGE_VARIANTS"):  # e.g. "proxy,usage" while iterating
         names = [n for n in names if n in os.environ["GM_USAGE_VARIANTS"].split(",")]
-    paths = ["/v1/json", "/v1/json_long"] + [f"/v1/sse/{n}" for n in STREAMS]
+    paths = ["/v1/json", "/v1/json_long", "/v1/json_alt"] + [f"/v1/sse/{n}" for n in STREAMS]
     # (Not in the smoke run, which only checks that the section works.)
     if not smoke and os.environ.get("GM_USAGE_PROVIDERS", "1") != "0":
         paths += [f"/v1/sse_{fmt}/{n}" for fmt in PROVIDER_STREAMS for n in SLOPE]
@@ -276,7 +285,8 @@ def run(ctx):
             fmt: (c[f"/v1/sse_{fmt}/200"] - c[f"/v1/sse_{fmt}/20"]) / 180
             for fmt in PROVIDER_STREAMS if f"/v1/sse_{fmt}/200" in c}
         say(f"  -> {VARIANTS[name][0]}: JSON {fmt_int(added['/v1/json'])} added (with an "
-            f"8,000-byte answer {fmt_int(added['/v1/json_long'])}); SSE 4/20/200 "
+            f"8,000-byte answer {fmt_int(added['/v1/json_long'])}; two shapes in turn "
+            f"{fmt_int(added['/v1/json_alt'])}); SSE 4/20/200 "
             f"chunks {fmt_int(added['/v1/sse/4'])} / {fmt_int(added['/v1/sse/20'])} / "
             f"{fmt_int(added['/v1/sse/200'])} added; {slope:,.0f} per chunk"
             + (f" ({slope - res['per_chunk']['proxy']:,.0f} over proxying)" if name != "proxy"

@@ -70,17 +70,28 @@ mod simd {
     /// overlapping, the steps' masks gathered once.
     #[inline(always)]
     pub(super) fn equal(x: &[u8], y: &[u8]) -> bool {
-        let (Some(xl), Some(yl)) = (x.last_chunk::<16>(), y.last_chunk::<16>()) else {
+        let (Some(xf), Some(yf), Some(xl), Some(yl)) = (
+            x.first_chunk::<16>(),
+            y.first_chunk::<16>(),
+            x.last_chunk::<16>(),
+            y.last_chunk::<16>(),
+        ) else {
             return false;
         };
-        let mut all = cmp_eq_mask_i8_m128i(load_unaligned_m128i(xl), load_unaligned_m128i(yl));
-        let (mut xs, mut ys) = (x, y);
-        while let (Some((a, xr)), Some((c, yr))) =
-            (xs.split_first_chunk::<16>(), ys.split_first_chunk::<16>())
-        {
-            let e = cmp_eq_mask_i8_m128i(load_unaligned_m128i(a), load_unaligned_m128i(c));
-            all = bitand_m128i(all, e);
-            (xs, ys) = (xr, yr);
+        // The first and the last 16 bytes (all of a run up to 32 bytes), then the middle.
+        let mut all = bitand_m128i(
+            cmp_eq_mask_i8_m128i(load_unaligned_m128i(xf), load_unaligned_m128i(yf)),
+            cmp_eq_mask_i8_m128i(load_unaligned_m128i(xl), load_unaligned_m128i(yl)),
+        );
+        if x.len() > 32 {
+            let (mut xs, mut ys) = (&x[16..], &y[16..]);
+            while let (Some((a, xr)), Some((c, yr))) =
+                (xs.split_first_chunk::<16>(), ys.split_first_chunk::<16>())
+            {
+                let e = cmp_eq_mask_i8_m128i(load_unaligned_m128i(a), load_unaligned_m128i(c));
+                all = bitand_m128i(all, e);
+                (xs, ys) = (xr, yr);
+            }
         }
         bits(all) == 0xFFFF
     }
