@@ -8,7 +8,12 @@
 //! The difference of the two totals divided by 1000 is the cost of one more chunk (the loop
 //! around `feed` adds a handful of instructions). Each chunk is fed as its own buffer, after a
 //! preamble that has shown the provider, the model and the first content (the stream is
-//! settled), as in a real stream. `json` reads N whole typical bodies, one reader each.
+//! settled), as in a real stream. `json` reads N whole typical bodies with one reader, reset
+//! for each as the glue's pool resets it (so each body after the first is read in the shape of
+//! the one before); `json_new` takes a new reader each time (the body walked and its shape
+//! noted, the shape's buffers allocated); `json_two_shapes` reads two bodies of different shapes
+//! in turn (each walked and noted after a failed replay): the cost of a shape missed.
+//! `usage_cost sizes` prints a reader's bytes.
 //!
 //! Measured (Rust 1.95, release, x86-64, instructions; "before" is this harness built on the
 //! code of the start of the fourth 2026-12-02 round (e9c18f5), measured in the same session).
@@ -26,10 +31,24 @@
 //! | `anthropic_start` `message_start` … first delta, `message_delta`, stop | 806 | 9,420 | 9,505 | |
 //! | `gemini_start` a new reader, the first chunk | 321 | 4,953 | 4,966 | |
 //! | `responses_start` `response.created`, the first delta | 382 | 5,455 | 5,481 | |
-//! | `json` Chat Completions body, whole reader (new + feed + finish) | 674 | 5,118 | 5,148 | ≤ ~1,000 |
-//! | `json_pretty` the corpus's pretty-printed Chat body, whole reader | 997 | 6,077 | 6,103 | ≤ ~1,000 |
-//! | `json_long` the same with an 8,000-byte answer (a `\n` every 80 bytes) | 8,929 | 15,147 | 16,743 | |
-//! | `json_long_split` the same in 4 KiB buffers (resumable scanner) | 8,929 | 19,742 | 22,848 | |
+//! | `json` Chat Completions body (reset + feed + finish), in the last one's shape | 674 | 2,594 | 5,118 | ≤ ~1,000 |
+//! | `json_pretty` the corpus's pretty-printed Chat body, in the last one's shape | 997 | 2,723 | 6,077 | ≤ ~1,000 |
+//! | `json_new` the pretty body, a new reader each time (walked, shape noted) | 997 | 11,325 | 6,077 | |
+//! | `json_two_shapes` the compact and the pretty body in turn (each a missed shape) | 674 / 997 | 9,261 | 5,600 | |
+//! | `json_long` the same with an 8,000-byte answer (a `\n` every 80 bytes) | 8,929 | 11,772 | 15,049 | |
+//! | `json_long_split` the same in 4 KiB buffers (resumable scanner), one reader reset | 8,929 | 19,727 | 19,647 | |
+//!
+//! Fifth round (2026-12-02, the JSON rows): "before" is the start of the round (10c2235, where
+//! the JSON cases took a new reader per body, as `json_new` does now). A body held whole is
+//! read in the shape of the last one (`usage/scan/shape.rs`): its bytes between values compared
+//! 16 at a time (first and last 16 bytes of each run without a loop), its values read by the
+//! walk's functions; 24 steps for the pretty body, ~36 instructions each of loop, comparison
+//! and dispatch, the rest its strings' ends, number runs, the four counts and the model. A
+//! missed shape costs the walk plus the noting (~1,100 for the values, ~2,000 for the tokens of
+//! the skipped `choices`) plus the failed replay; a new reader also allocates the shape's
+//! buffers (the glue's pool makes that once per reader). Tried and dropped: the runs in padded
+//! 16-byte chunks with a mask for the last (3,495: the mask and chunk counting cost more than
+//! they save), the value slots out of line (3,190: calls and spills).
 //! | `json_logprobs_split` a Chat body with 2,000 tokens' `logprobs` in 4 KiB buffers | 2.3 MB | 24.9 M | 25.5 M | |
 //!
 //! Fourth round (2026-12-02): a string's search past its first 16 bytes goes 64 bytes a step
@@ -158,6 +177,16 @@ fn starts(first: &str, end: &str, n: usize) {
 }
 
 fn main() {
+    if std::env::args().nth(1).as_deref() == Some("sizes") {
+        let json = UsageReader::new(Format::Auto, Body::Json);
+        let sse = UsageReader::new(Format::Auto, Body::EventStream);
+        println!(
+            "json reader {} bytes, event-stream reader {} bytes",
+            json.state_bytes(),
+            sse.state_bytes()
+        );
+        return;
+    }
     let mut args = std::env::args().skip(1);
     let case = args.next().unwrap_or_else(|| "openai".into());
     let n: usize = args.next().and_then(|s| s.parse().ok()).unwrap_or(1000);
@@ -215,8 +244,9 @@ fn main() {
             // scanner's way).
             let line = format!("{}\\n", &"All work and no play. ".repeat(4)[..78]);
             let body = JSON_PRETTY.replacen(LONG_AT, &line.repeat(100), 1);
+            let mut r = UsageReader::new(Format::Auto, Body::Json);
             for _ in 0..n {
-                let mut r = UsageReader::new(Format::Auto, Body::Json);
+                r.reset(Format::Auto, Body::Json);
                 for piece in body.as_bytes().chunks(4096) {
                     black_box(r.feed(black_box(piece)));
                 }

@@ -95,6 +95,18 @@
 //! JSON bodies whole against byte by byte (a unit test of traps, and a fuzz property), and the
 //! searches against their scalar forms (property tests in `scan/probe.rs`).
 //!
+//! A JSON body held whole is first read **in the shape of the last body** the reader walked
+//! (`scan/shape.rs`): providers answer an endpoint with bodies of one shape (the same members in
+//! the same order, the same indentation), so the walk notes each body's bytes between the values
+//! it reads or skips, and the next body is read by comparing those bytes (16 at a time) and
+//! reading each value with the walk's own function for it (a string to its end, a count, a
+//! number run; the model, the usage objects). Any difference gives up before anything is kept,
+//! and the body is walked (its shape noted for the next one). A match reads exactly as the walk
+//! (property-tested against the resumable scanner with pairs of generated bodies of one
+//! structure and other values, damaged or not, `replay_reads_as_the_scanner`, and on the corpus
+//! with other values). The shape is kept across [`UsageReader::reset`] (the pool's readers keep
+//! theirs), checked against the reader's settings, and bounded ([`SHAPE_CAP`]).
+//!
 //! A JSON body's `choices` (Chat) and `candidates` (Gemini) are skipped, bracket-counted like any
 //! container the reading does not need, by every path (`Scanner::member`): what they tell is a
 //! stream's first content, and a body has none (their keys still tell the provider). A body

@@ -6,7 +6,7 @@
 //! bytes with each value that may vary cut out and replaced by a [`Slot`], what the walk did
 //! with it (a string skipped or read for an action, a count read, a number skipped, a usage
 //! object opened or closed). The next body is read by replaying the shape: the bytes between
-//! values are compared with the noted ones, eight at a time, and each value is read by the
+//! values are compared with the noted ones, 16 at a time, and each value is read by the
 //! walk's own function for it. The first difference gives up, and the caller walks the body,
 //! noting its shape for the next one.
 //!
@@ -22,11 +22,11 @@
 //! (checked against the ones the shape was noted with). Property-tested against the resumable
 //! scanner with pairs of bodies of one structure and differing values, damaged or not.
 //!
-//! The cost is what the comparison and the values cost, not the members' lookup: ~1,000
-//! instructions for the corpus's 997-byte pretty-printed Chat body against ~6,000 walked. A
-//! body of another shape costs its failed replay (mostly a few steps: shapes differ early)
-//! on top of the walk. Bounded: at most [`MAX_STEPS`] values and [`MAX_LIT`] compared bytes
-//! (a larger body is walked every time).
+//! The cost is what the comparison and the values cost, not the members' lookup: ~2,200
+//! instructions for the corpus's 997-byte pretty-printed Chat body against ~5,600 walked. A
+//! body of another shape costs its failed replay (mostly a few steps: shapes differ early) and
+//! the noting on top of the walk. Bounded: at most [`MAX_STEPS`] values and [`MAX_LIT`]
+//! compared bytes (a larger body is walked every time).
 
 use super::probe;
 use super::whole::{skip_scalar, w_string, Stop};
