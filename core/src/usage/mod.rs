@@ -1494,9 +1494,19 @@ mod tests {
 
     /// A JSON body's scanner just begun; with `known`, after a payload that gave the model.
     fn fresh_scanner(format: Format, known: bool) -> Scanner {
-        let mut s = UsageReader::new(format, Body::Json).events.scan;
         // An SSE payload's reading unless a test says otherwise.
-        s.json_body = false;
+        begun_scanner(
+            UsageReader::new(format, Body::Json).events.scan.allow,
+            false,
+            known,
+        )
+    }
+
+    /// A scanner of these settings just begun; with `known`, after a payload that gave the
+    /// model.
+    pub(crate) fn begun_scanner(allow: Dialects, json_body: bool, known: bool) -> Scanner {
+        let mut s = Scanner::new(allow);
+        s.json_body = json_body;
         if known {
             s.begin();
             s.feed(br#"{"model":"m","modelVersion":"m"}"#);

@@ -269,17 +269,7 @@ mod tests {
     use crate::usage::tests::{reading, variants};
     use proptest::prelude::*;
 
-    fn scanner(allow: Dialects, json_body: bool, known: bool) -> Scanner {
-        let mut s = Scanner::new(allow);
-        s.json_body = json_body;
-        if known {
-            s.begin();
-            s.feed(br#"{"model":"m","modelVersion":"m"}"#);
-            s.end();
-        }
-        s.begin();
-        s
-    }
+    use crate::usage::tests::begun_scanner as scanner;
 
     /// The resumable scanner's reading of `body` (after the model, when `known`).
     fn reference(allow: Dialects, json_body: bool, known: bool, body: &[u8]) -> String {
@@ -477,33 +467,8 @@ mod tests {
     }
 
     fn key() -> impl Strategy<Value = (String, String)> {
-        let known = prop::sample::select(vec![
-            "usage",
-            "model",
-            "type",
-            "choices",
-            "delta",
-            "message",
-            "content",
-            "text",
-            "prompt_tokens",
-            "completion_tokens",
-            "input_tokens",
-            "output_tokens",
-            "cache_read_input_tokens",
-            "prompt_tokens_details",
-            "cached_tokens",
-            "usageMetadata",
-            "promptTokenCount",
-            "candidatesTokenCount",
-            "candidates",
-            "parts",
-            "tool_calls",
-            "response",
-            "modelVersion",
-            "id",
-        ])
-        .prop_map(|k| format!("\"{k}\""));
+        let known = prop::sample::select(crate::usage::scan::whole::body_props::KNOWN_KEYS)
+            .prop_map(|k| format!("\"{k}\""));
         prop_oneof![
             6 => known.clone().prop_map(|k| (k.clone(), k)),
             1 => (known, string()),

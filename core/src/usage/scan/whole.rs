@@ -536,7 +536,7 @@ mod tests {
 }
 
 #[cfg(test)]
-mod body_props {
+pub(super) mod body_props {
     use super::*;
     use crate::usage::providers::{ALL, ANTHROPIC, GEMINI, OPENAI};
     use proptest::prelude::*;
@@ -564,34 +564,38 @@ mod body_props {
             })
     }
 
+    /// Keys the provider table knows (at some place).
+    pub(crate) const KNOWN_KEYS: &[&str] = &[
+        "usage",
+        "model",
+        "type",
+        "choices",
+        "delta",
+        "message",
+        "content",
+        "text",
+        "prompt_tokens",
+        "completion_tokens",
+        "input_tokens",
+        "output_tokens",
+        "prompt_tokens_details",
+        "cached_tokens",
+        "usageMetadata",
+        "promptTokenCount",
+        "candidates",
+        "parts",
+        "tool_calls",
+        "response",
+        "modelVersion",
+        "id",
+        "cache_read_input_tokens",
+        "candidatesTokenCount",
+    ];
+
     /// Keys the provider table knows (at some place) and others.
     fn key() -> impl Strategy<Value = String> {
         prop_oneof![
-            prop::sample::select(vec![
-                "usage",
-                "model",
-                "type",
-                "choices",
-                "delta",
-                "message",
-                "content",
-                "text",
-                "prompt_tokens",
-                "completion_tokens",
-                "input_tokens",
-                "output_tokens",
-                "prompt_tokens_details",
-                "cached_tokens",
-                "usageMetadata",
-                "promptTokenCount",
-                "candidates",
-                "parts",
-                "tool_calls",
-                "response",
-                "modelVersion",
-                "id",
-            ])
-            .prop_map(|k| format!("\"{k}\"")),
+            prop::sample::select(KNOWN_KEYS).prop_map(|k| format!("\"{k}\"")),
             string(),
         ]
     }
