@@ -229,8 +229,20 @@ fn main() {
             }
         }
         "json_two_shapes" => {
-            // The compact and the pretty body in turn: each is of another shape than the last.
+            // The compact and the pretty body in turn (a reader keeps two shapes).
             bodies(&[JSON.as_bytes(), JSON_PRETTY.as_bytes()], n / 2)
+        }
+        "json_four_shapes" => {
+            // Four shapes in turn, more than a reader keeps: mostly walked, noted now and then.
+            let pretty_anthropic = JSON_PRETTY.replace("\"object\"", "\"kind\"");
+            let compact_anthropic = JSON.replace("\"object\"", "\"kind\"");
+            let all = [
+                JSON.as_bytes(),
+                JSON_PRETTY.as_bytes(),
+                compact_anthropic.as_bytes(),
+                pretty_anthropic.as_bytes(),
+            ];
+            bodies(&all, n / 4)
         }
         "json_long" => {
             // The pretty body with an 8,000-byte answer (a line break escaped every 80 bytes).
@@ -272,7 +284,7 @@ fn main() {
             }
         }
         other => panic!(
-            "unknown case {other}: openai, chat, anthropic, gemini, gemini_growing, responses, json, json_pretty, json_long, json_long_split, json_logprobs_split or <stream>_start"
+            "unknown case {other}: openai, chat, anthropic, gemini, gemini_growing, responses, json, json_pretty, json_new, json_two_shapes, json_four_shapes, json_long, json_long_split, json_logprobs_split or <stream>_start"
         ),
     }
 }

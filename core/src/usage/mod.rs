@@ -173,9 +173,16 @@ mod sse;
 use providers::{Dialects, Raw, ANTHROPIC, GEMINI, OPENAI};
 use scan::{Scanner, Shape, Small};
 
-/// The most bytes a reader holds for the shape of the last JSON body it read (see
+/// The JSON body shapes a reader keeps (the last two it noted or matched): a gateway that
+/// alternates two providers or endpoints in one location still reads each in its shape.
+const SHAPES: usize = 2;
+/// A shape noted takes this much credit; a body read in a kept shape gives one back.
+const NOTE_COST: u8 = 4;
+const NOTE_CREDIT_CAP: u8 = 2 * NOTE_COST;
+
+/// The most bytes a reader holds for the shapes of the JSON bodies it read (see
 /// [`UsageReader::state_bytes`]).
-pub const SHAPE_CAP: usize = scan::SHAPE_BYTES;
+pub const SHAPE_CAP: usize = SHAPES * scan::SHAPE_BYTES;
 
 pub use scan::MODEL_CAP;
 
@@ -241,9 +248,21 @@ pub struct UsageReader {
     first_at_finish: bool,
     /// [`UsageReader::quiet`] as of the last buffer (`skips` changes nothing it depends on).
     quiet: bool,
-    /// The shape of the last JSON body this reader walked whole, kept across
-    /// [`UsageReader::reset`]: the next body of the same shape is read by comparing it.
-    shape: Shape,
+    /// The shapes of JSON bodies this reader walked whole, kept across [`UsageReader::reset`]: the next body of one of them is
+    /// read by comparing it.
+    shapes: [Shape; SHAPES],
+    /// Per kept shape, its recent matches (halved at each body of no kept shape).
+    uses: [u8; SHAPES],
+    /// What noting a shape may still take: [`NOTE_COST`] a shape, one back per body read in
+    /// a kept shape, at most [`NOTE_CREDIT_CAP`].
+    credit: u8,
+    /// The shape noted last.
+    noted: usize,
+    /// Shapes noted, bodies read in a kept shape (tests only).
+    #[cfg(test)]
+    notes: u32,
+    #[cfg(test)]
+    matched: u32,
 }
 
 const BOM: &[u8] = b"\xEF\xBB\xBF";
@@ -257,7 +276,14 @@ impl UsageReader {
             framer: sse::Framer::new(),
             first_at_finish: false,
             quiet: false,
-            shape: Shape::default(),
+            shapes: Default::default(),
+            uses: [0; SHAPES],
+            credit: NOTE_CREDIT_CAP,
+            noted: 0,
+            #[cfg(test)]
+            notes: 0,
+            #[cfg(test)]
+            matched: 0,
             events: Events {
                 scan: Scanner::new(0),
                 dialect: 0,
@@ -305,7 +331,14 @@ impl UsageReader {
             first_at_finish,
             quiet,
             // Kept: a shape is checked against the scanner's settings before it is used.
-            shape,
+            shapes,
+            uses: _,
+            credit: _,
+            noted: _,
+            #[cfg(test)]
+                notes: _,
+            #[cfg(test)]
+                matched: _,
         } = self;
         let Events {
             scan,
@@ -349,7 +382,9 @@ impl UsageReader {
         if body == Body::EventStream {
             carry.reserve_exact(CARRY_CAP);
         } else {
-            shape.reserve();
+            for shape in shapes {
+                shape.reserve();
+            }
         }
         *usage = Raw::default();
         *ttft = false;
@@ -477,17 +512,55 @@ impl UsageReader {
                 // A body held whole by its first buffer (the usual case) is read in the shape
                 // of the last one, else by the recursive walk (noting its shape); anything the
                 // walk cannot prove goes the resumable way.
-                let scan = &mut self.events.scan;
-                if !(scan.at_start()
-                    && ends_a_value(buf)
-                    && (scan.feed_shaped(&self.shape, buf)
-                        || scan.feed_body_noting(buf, &mut self.shape)))
-                {
-                    scan.feed(buf);
+                let whole = self.events.scan.at_start() && ends_a_value(buf) && self.whole(buf);
+                if !whole {
+                    self.events.scan.feed(buf);
                 }
                 false
             }
         }
+    }
+
+    /// A JSON body held whole by `buf`, read in a kept shape, else walked (its shape noted in
+    /// place of the older one, unless noting backs off): false when the walk gave up (the
+    /// scanner just begun).
+    fn whole(&mut self, buf: &[u8]) -> bool {
+        let scan = &mut self.events.scan;
+        for k in 0..SHAPES {
+            if scan.feed_shaped(&self.shapes[k], buf) {
+                self.uses[k] = self.uses[k].saturating_add(1);
+                self.credit = (self.credit + 1).min(NOTE_CREDIT_CAP);
+                #[cfg(test)]
+                {
+                    self.matched += 1;
+                }
+                return true;
+            }
+        }
+        // Another shape. Noting costs more than the walk, so it takes credit that only
+        // matches give back: bodies of more shapes in turn than are kept are walked, noted
+        // now and then. The noted shape replaces the kept one of fewer recent matches (on a
+        // tie, the one noted before the other); a miss halves both counts, so that an old
+        // shape gives way.
+        for u in &mut self.uses {
+            *u /= 2;
+        }
+        if self.credit < NOTE_COST {
+            return scan.feed_body(buf);
+        }
+        self.credit -= NOTE_COST;
+        #[cfg(test)]
+        {
+            self.notes += 1;
+        }
+        let k = match self.uses[0].cmp(&self.uses[1]) {
+            std::cmp::Ordering::Less => 0,
+            std::cmp::Ordering::Greater => 1,
+            std::cmp::Ordering::Equal => 1 - self.noted,
+        };
+        self.noted = k;
+        self.uses[k] = 0;
+        scan.feed_body_noting(buf, &mut self.shapes[k])
     }
 
     /// Drops a UTF-8 byte order mark at the start of the body, also one split across buffers.
@@ -565,7 +638,9 @@ impl UsageReader {
     /// read one kind of body). Feeding a body never changes it: a reader allocates when it is
     /// made or reset for a kind of body it has not read before, never per buffer.
     pub fn state_bytes(&self) -> usize {
-        std::mem::size_of::<Self>() + self.events.carry.capacity() + self.shape.capacity_bytes()
+        std::mem::size_of::<Self>()
+            + self.events.carry.capacity()
+            + self.shapes.iter().map(Shape::capacity_bytes).sum::<usize>()
     }
 }
 
@@ -1531,6 +1606,58 @@ mod tests {
             s.model.get(),
             s.ended_cleanly()
         )
+    }
+
+    /// A reader keeps the shapes of its last two JSON bodies: two shapes in turn are each read
+    /// in its shape (noted once each), three in turn back off from noting; every body reads as
+    /// with a new reader.
+    #[test]
+    fn shapes_kept_and_noting_backs_off() {
+        let pretty = std::fs::read(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../tests/usage_corpus/openai_chat_json.body"),
+        )
+        .unwrap();
+        let compact = br#"{"id":"x","model":"gpt-4o","choices":[{"index":0,"message":{"content":"hi"}}],"usage":{"prompt_tokens":19,"completion_tokens":10}}"#;
+        let anthropic = br#"{"type":"message","model":"claude","content":[{"type":"text","text":"hi"}],"usage":{"input_tokens":3,"output_tokens":4}}"#;
+        let read = |r: &mut UsageReader, body: &[u8]| {
+            r.reset(Format::Auto, Body::Json);
+            r.feed(body);
+            let got = (r.finish(true), r.model().map(<[u8]>::to_vec));
+            let mut fresh = UsageReader::new(Format::Auto, Body::Json);
+            fresh.feed(body);
+            assert_eq!(got, (fresh.finish(true), fresh.model().map(<[u8]>::to_vec)));
+        };
+        let mut r = UsageReader::new(Format::Auto, Body::Json);
+        for _ in 0..50 {
+            read(&mut r, &pretty);
+            read(&mut r, compact);
+        }
+        assert_eq!(r.notes, 2, "two shapes in turn: each noted once");
+        // More shapes in turn than are kept: noting backs off while none matches.
+        let gemini = br#"{"candidates":[{"content":{"parts":[{"text":"hi"}]}}],"usageMetadata":{"promptTokenCount":2},"modelVersion":"g"}"#;
+        let mut r = UsageReader::new(Format::Auto, Body::Json);
+        for _ in 0..100 {
+            for body in [&pretty[..], compact, anthropic, gemini] {
+                read(&mut r, body);
+            }
+        }
+        // At most one shape noted per `NOTE_COST` bodies matched (after the first two).
+        let (notes, matched) = (r.notes, r.matched);
+        assert!(notes * u32::from(NOTE_COST) <= u32::from(NOTE_CREDIT_CAP) + matched);
+        assert!(
+            notes < 400 / 4,
+            "{notes} shapes noted, {matched} matched of 400 bodies"
+        );
+        // One shape again: noted within a few bodies, then read in it.
+        for _ in 0..10 {
+            read(&mut r, compact);
+        }
+        let notes = r.notes;
+        for _ in 0..10 {
+            read(&mut r, compact);
+        }
+        assert_eq!(r.notes, notes);
     }
 
     /// Variants of a payload for the whole-walk comparison: itself, cut, bytes replaced by

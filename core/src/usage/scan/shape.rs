@@ -34,9 +34,9 @@ use super::Scanner;
 use crate::usage::providers::{Act, Dialects, Node, Raw};
 
 /// The most values a shape notes.
-pub(crate) const MAX_STEPS: usize = 160;
+pub(crate) const MAX_STEPS: usize = 128;
 /// The most bytes a shape compares.
-pub(crate) const MAX_LIT: usize = 2560;
+pub(crate) const MAX_LIT: usize = 2048;
 /// The bytes a shape's buffers hold at most ([`Shape::reserve`]).
 pub(crate) const SHAPE_BYTES: usize = MAX_STEPS * std::mem::size_of::<Step>() + MAX_LIT;
 
