@@ -365,7 +365,7 @@ impl UsageReader {
         *framer = sse::Framer::new();
         *first_at_finish = false;
         *quiet = false;
-        *scan = Scanner::new(if dialect == 0 {
+        scan.renew(if dialect == 0 {
             providers::ALL
         } else {
             dialect

@@ -259,6 +259,58 @@ impl Scanner {
         }
     }
 
+    /// Makes this scanner what [`Scanner::new`] makes, begun, without writing the bytes of
+    /// its inline buffers past their lengths (the model's 256, never read): a pooled reader's
+    /// reset.
+    pub(crate) fn renew(&mut self, allow: Dialects) {
+        // Every field by name (a field added later fails to compile until it is set here).
+        let Scanner {
+            st,
+            depth,
+            nodes,
+            skip,
+            act,
+            key,
+            num,
+            num_bad,
+            unit,
+            high,
+            stage,
+            stage_valid,
+            allow: a,
+            facts,
+            model,
+            json_body,
+            walks_rest,
+            rest_tried,
+            #[cfg(test)]
+            rest_walks,
+        } = self;
+        *st = St::Start;
+        *depth = 0;
+        *nodes = [Node::Root; MAX_TRACK];
+        *skip = 0;
+        *act = Act::Skip;
+        key.clear();
+        *num = 0;
+        *num_bad = false;
+        *unit = 0;
+        *high = 0;
+        *stage = Raw::default();
+        *stage_valid = false;
+        *a = allow;
+        *facts = Facts::default();
+        model.len = 0;
+        model.done = false;
+        *json_body = false;
+        *walks_rest = true;
+        *rest_tried = false;
+        #[cfg(test)]
+        {
+            *rest_walks = 0;
+        }
+    }
+
     /// Starts a payload.
     pub(crate) fn begin(&mut self) {
         self.st = St::Start;
