@@ -11,8 +11,9 @@
 //! settled), as in a real stream. `json` reads N whole typical bodies with one reader, reset
 //! for each as the glue's pool resets it (so each body after the first is read in the shape of
 //! the one before); `json_new` takes a new reader each time (the body walked and its shape
-//! noted, the shape's buffers allocated); `json_two_shapes` reads two bodies of different shapes
-//! in turn (each walked and noted after a failed replay): the cost of a shape missed.
+//! noted, the shapes' buffers allocated); `json_two_shapes` reads two bodies of different
+//! shapes in turn (a reader keeps two); `json_four_shapes` four in turn (more than kept: mostly
+//! walked, noted when matches have given credit).
 //! `usage_cost sizes` prints a reader's bytes.
 //!
 //! Measured (Rust 1.95, release, x86-64, instructions; "before" is this harness built on the
@@ -31,10 +32,11 @@
 //! | `anthropic_start` `message_start` … first delta, `message_delta`, stop | 806 | 9,420 | 9,505 | |
 //! | `gemini_start` a new reader, the first chunk | 321 | 4,953 | 4,966 | |
 //! | `responses_start` `response.created`, the first delta | 382 | 5,455 | 5,481 | |
-//! | `json` Chat Completions body (reset + feed + finish), in the last one's shape | 674 | 2,594 | 5,118 | ≤ ~1,000 |
-//! | `json_pretty` the corpus's pretty-printed Chat body, in the last one's shape | 997 | 2,723 | 6,077 | ≤ ~1,000 |
-//! | `json_new` the pretty body, a new reader each time (walked, shape noted) | 997 | 11,325 | 6,077 | |
-//! | `json_two_shapes` the compact and the pretty body in turn (each a missed shape) | 674 / 997 | 9,261 | 5,600 | |
+//! | `json` Chat Completions body (reset + feed + finish), in the last one's shape | 674 | 2,578 | 5,118 | ≤ ~1,000 |
+//! | `json_pretty` the corpus's pretty-printed Chat body, in the last one's shape | 997 | 2,707 | 6,077 | ≤ ~1,000 |
+//! | `json_new` the pretty body, a new reader each time (walked, shape noted) | 997 | 11,730 | 6,077 | |
+//! | `json_two_shapes` the compact and the pretty body in turn (both shapes kept) | 674 / 997 | 2,738 | 5,600 | |
+//! | `json_four_shapes` four shapes in turn (more than kept) | 674 / 997 | 4,898 | 5,600 | |
 //! | `json_long` the same with an 8,000-byte answer (a `\n` every 80 bytes) | 8,929 | 11,772 | 15,049 | |
 //! | `json_long_split` the same in 4 KiB buffers (resumable scanner), one reader reset | 8,929 | 19,727 | 19,647 | |
 //!
@@ -44,9 +46,10 @@
 //! 16 at a time (first and last 16 bytes of each run without a loop), its values read by the
 //! walk's functions; 24 steps for the pretty body, ~36 instructions each of loop, comparison
 //! and dispatch, the rest its strings' ends, number runs, the four counts and the model. A
-//! missed shape costs the walk plus the noting (~1,100 for the values, ~2,000 for the tokens of
-//! the skipped `choices`) plus the failed replay; a new reader also allocates the shape's
-//! buffers (the glue's pool makes that once per reader). Tried and dropped: the runs in padded
+//! reader keeps two shapes. A missed shape costs the walk plus the failed replays, and the
+//! noting when it has credit (~1,100 for the values, ~2,000 for the tokens of the skipped
+//! `choices`); a new reader also allocates the shapes' buffers (the glue's pool makes that
+//! once per reader). A pooled reader's scanner is renewed in place (~60 less). Tried and dropped: the runs in padded
 //! 16-byte chunks with a mask for the last (3,495: the mask and chunk counting cost more than
 //! they save), the value slots out of line (3,190: calls and spills).
 //! | `json_logprobs_split` a Chat body with 2,000 tokens' `logprobs` in 4 KiB buffers | 2.3 MB | 24.9 M | 25.5 M | |

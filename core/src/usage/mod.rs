@@ -95,13 +95,15 @@
 //! JSON bodies whole against byte by byte (a unit test of traps, and a fuzz property), and the
 //! searches against their scalar forms (property tests in `scan/probe.rs`).
 //!
-//! A JSON body held whole is first read **in the shape of the last body** the reader walked
-//! (`scan/shape.rs`): providers answer an endpoint with bodies of one shape (the same members in
+//! A JSON body held whole is first read **in the shape of a body** the reader walked before
+//! (`scan/shape.rs`; it keeps two, so that two providers or endpoints in turn both match): providers answer an endpoint with bodies of one shape (the same members in
 //! the same order, the same indentation), so the walk notes each body's bytes between the values
 //! it reads or skips, and the next body is read by comparing those bytes (16 at a time) and
 //! reading each value with the walk's own function for it (a string to its end, a count, a
 //! number run; the model, the usage objects). Any difference gives up before anything is kept,
-//! and the body is walked (its shape noted for the next one). A match reads exactly as the walk
+//! and the body is walked (its shape noted for the next one, while noting has credit: only
+//! bodies read in a kept shape give it back, so bodies of more shapes in turn than are kept are
+//! mostly walked). A match reads exactly as the walk
 //! (property-tested against the resumable scanner with pairs of generated bodies of one
 //! structure and other values, damaged or not, `replay_reads_as_the_scanner`, and on the corpus
 //! with other values). The shape is kept across [`UsageReader::reset`] (the pool's readers keep
