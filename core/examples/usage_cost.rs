@@ -27,11 +27,11 @@
 //! | `openai` Chat chunk, `"usage":null` | 261 | 182 | 182 | ≤ ~170 |
 //! | `anthropic` `content_block_delta` (with `event:` line) | 130 | 133 | 133 | ≤ 200 |
 //! | `responses` `response.output_text.delta` | 214 | 159 | 159 | ≤ 200 |
-//! | `gemini` chunk with `usageMetadata` running totals | 334 | 821 | 823 | ≤ ~400 |
-//! | `chat_start` a new reader, 2 unsettled chunks, the usage chunk, `[DONE]` | 841 | 10,443 | 10,534 | |
-//! | `anthropic_start` `message_start` … first delta, `message_delta`, stop | 806 | 9,420 | 9,505 | |
-//! | `gemini_start` a new reader, the first chunk | 321 | 4,953 | 4,966 | |
-//! | `responses_start` `response.created`, the first delta | 382 | 5,455 | 5,481 | |
+//! | `gemini` chunk with `usageMetadata` running totals | 334 | 790 | 823 | ≤ ~400 |
+//! | `chat_start` a new reader, 2 unsettled chunks, the usage chunk, `[DONE]` | 841 | 10,815 | 10,534 | |
+//! | `anthropic_start` `message_start` … first delta, `message_delta`, stop | 806 | 9,724 | 9,505 | |
+//! | `gemini_start` a new reader, the first chunk | 321 | 5,251 | 4,966 | |
+//! | `responses_start` `response.created`, the first delta | 382 | 5,788 | 5,481 | |
 //! | `json` Chat Completions body (reset + feed + finish), in the last one's shape | 674 | 2,578 | 5,118 | ≤ ~1,000 |
 //! | `json_pretty` the corpus's pretty-printed Chat body, in the last one's shape | 997 | 2,707 | 6,077 | ≤ ~1,000 |
 //! | `json_new` the pretty body, a new reader each time (walked, shape noted) | 997 | 11,730 | 6,077 | |
@@ -49,7 +49,11 @@
 //! reader keeps two shapes. A missed shape costs the walk plus the failed replays, and the
 //! noting when it has credit (~1,100 for the values, ~2,000 for the tokens of the skipped
 //! `choices`); a new reader also allocates the shapes' buffers (the glue's pool makes that
-//! once per reader). A pooled reader's scanner is renewed in place (~60 less). Tried and dropped: the runs in padded
+//! once per reader). A pooled reader's scanner is renewed in place (~60 less). The `_start`
+//! rows (a new reader per stream) are ~300 more than at the round's start (10,443, 9,420,
+//! 4,953, 5,455): `UsageReader::new` copies a reader ~64 bytes larger and its two empty shapes;
+//! the glue's pool resets its readers in place, and the nginx benchmark's streams show no
+//! change (SSE 4 chunks 13,910 → 13,821 added). Tried and dropped: the runs in padded
 //! 16-byte chunks with a mask for the last (3,495: the mask and chunk counting cost more than
 //! they save), the value slots out of line (3,190: calls and spills).
 //! | `json_logprobs_split` a Chat body with 2,000 tokens' `logprobs` in 4 KiB buffers | 2.3 MB | 24.9 M | 25.5 M | |
