@@ -101,9 +101,12 @@
 //! it reads or skips, and the next body is read by comparing those bytes (16 at a time) and
 //! reading each value with the walk's own function for it (a string to its end, a count, a
 //! number run; the model, the usage objects). Any difference gives up before anything is kept,
-//! and the body is walked (its shape noted for the next one, while noting has credit: only
-//! bodies read in a kept shape give it back, so bodies of more shapes in turn than are kept are
-//! mostly walked). A match reads exactly as the walk
+//! and the body is walked (its shape noted for the next one, while noting has credit: bodies
+//! read in a kept shape give it back, walked ones a sixteenth as much, so bodies of more shapes
+//! in turn than are kept are mostly walked, and a reader whose kept shapes stopped matching
+//! still notes again; a noting that gives up, a body of more values than a shape holds, leaves
+//! its place empty for the next one and makes the next noting cost twice as much, up to eight
+//! times). A match reads exactly as the walk
 //! (property-tested against the resumable scanner with pairs of generated bodies of one
 //! structure and other values, damaged or not, `replay_reads_as_the_scanner`, and on the corpus
 //! with other values). The shape is kept across [`UsageReader::reset`] (the pool's readers keep
@@ -178,9 +181,17 @@ use scan::{Scanner, Shape, Small};
 /// The JSON body shapes a reader keeps (the last two it noted or matched): a gateway that
 /// alternates two providers or endpoints in one location still reads each in its shape.
 const SHAPES: usize = 2;
-/// A shape noted takes this much credit; a body read in a kept shape gives one back.
-const NOTE_COST: u8 = 4;
-const NOTE_CREDIT_CAP: u8 = 2 * NOTE_COST;
+/// A body read in a kept shape gives this much noting credit back; one walked without noting
+/// gives 1, so that a reader whose kept shapes no body matches any more (taken by bodies of
+/// other shapes, or emptied by bodies too large to note) still notes one now and then.
+const MATCH_CREDIT: u16 = 16;
+/// A shape noted takes this much credit (four bodies read in a kept shape, or 64 walked),
+/// doubled for each noting in a row that gave up (a body of more values than a shape holds),
+/// at most [`MAX_NOTE_FAILS`] times: such a body costs its noting up to the bound for nothing.
+const NOTE_COST: u16 = 4 * MATCH_CREDIT;
+const MAX_NOTE_FAILS: u8 = 3;
+/// A new reader's credit (credit is capped at twice the next noting's cost).
+const NOTE_CREDIT_CAP: u16 = 2 * NOTE_COST;
 
 /// The most bytes a reader holds for the shapes of the JSON bodies it read (see
 /// [`UsageReader::state_bytes`]).
@@ -255,11 +266,14 @@ pub struct UsageReader {
     shapes: [Shape; SHAPES],
     /// Per kept shape, its recent matches (halved at each body of no kept shape).
     uses: [u8; SHAPES],
-    /// What noting a shape may still take: [`NOTE_COST`] a shape, one back per body read in
-    /// a kept shape, at most [`NOTE_CREDIT_CAP`].
-    credit: u8,
+    /// What noting a shape may still take: [`NOTE_COST`] a shape (more after notings that
+    /// gave up), [`MATCH_CREDIT`] back per body read in a kept shape, 1 per body walked
+    /// without noting; capped at twice a noting's cost when a body misses.
+    credit: u16,
+    /// Notings in a row that gave up (at most [`MAX_NOTE_FAILS`]).
+    note_fails: u8,
     /// The shape noted last.
-    noted: usize,
+    noted: u8,
     /// Shapes noted, bodies read in a kept shape (tests only).
     #[cfg(test)]
     notes: u32,
@@ -281,6 +295,7 @@ impl UsageReader {
             shapes: Default::default(),
             uses: [0; SHAPES],
             credit: NOTE_CREDIT_CAP,
+            note_fails: 0,
             noted: 0,
             #[cfg(test)]
             notes: 0,
@@ -336,6 +351,7 @@ impl UsageReader {
             shapes,
             uses: _,
             credit: _,
+            note_fails: _,
             noted: _,
             #[cfg(test)]
                 notes: _,
@@ -531,7 +547,8 @@ impl UsageReader {
         for k in 0..SHAPES {
             if scan.feed_shaped(&self.shapes[k], buf) {
                 self.uses[k] = self.uses[k].saturating_add(1);
-                self.credit = (self.credit + 1).min(NOTE_CREDIT_CAP);
+                // Capped at the next miss (the cap changes only there).
+                self.credit = self.credit.saturating_add(MATCH_CREDIT);
                 #[cfg(test)]
                 {
                     self.matched += 1;
@@ -539,30 +556,46 @@ impl UsageReader {
                 return true;
             }
         }
-        // Another shape. Noting costs more than the walk, so it takes credit that only
-        // matches give back: bodies of more shapes in turn than are kept are walked, noted
-        // now and then. The noted shape replaces the kept one of fewer recent matches (on a
-        // tie, the one noted before the other); a miss halves both counts, so that an old
-        // shape gives way.
+        // Another shape. Noting costs more than the walk, so it takes credit that matches
+        // give back (and walks, slowly: else a reader whose kept shapes no longer match
+        // would never note again): bodies of more shapes in turn than are kept are walked,
+        // noted now and then; bodies too large to note, noted ever more rarely. The noted
+        // shape replaces an empty one (a noting that gave up leaves its place empty: bodies
+        // too large to note, in turn with one shape, do not take its place), else the kept
+        // one of fewer recent matches (on a tie, the one noted before the other); a miss
+        // halves both counts, so that an old shape gives way.
         for u in &mut self.uses {
             *u /= 2;
         }
-        if self.credit < NOTE_COST {
+        let cost = NOTE_COST << self.note_fails;
+        self.credit = self.credit.min(2 * cost);
+        if self.credit < cost {
+            self.credit += 1;
             return scan.feed_body(buf);
         }
-        self.credit -= NOTE_COST;
+        self.credit -= cost;
         #[cfg(test)]
         {
             self.notes += 1;
         }
-        let k = match self.uses[0].cmp(&self.uses[1]) {
-            std::cmp::Ordering::Less => 0,
-            std::cmp::Ordering::Greater => 1,
-            std::cmp::Ordering::Equal => 1 - self.noted,
+        let k = match (self.shapes[0].is_empty(), self.shapes[1].is_empty()) {
+            (true, false) => 0,
+            (false, true) => 1,
+            _ => match self.uses[0].cmp(&self.uses[1]) {
+                std::cmp::Ordering::Less => 0,
+                std::cmp::Ordering::Greater => 1,
+                std::cmp::Ordering::Equal => usize::from(self.noted == 0),
+            },
         };
-        self.noted = k;
+        self.noted = u8::from(k == 1);
         self.uses[k] = 0;
-        scan.feed_body_noting(buf, &mut self.shapes[k])
+        let read = scan.feed_body_noting(buf, &mut self.shapes[k]);
+        self.note_fails = if self.shapes[k].is_empty() {
+            (self.note_fails + 1).min(MAX_NOTE_FAILS)
+        } else {
+            0
+        };
+        read
     }
 
     /// Drops a UTF-8 byte order mark at the start of the body, also one split across buffers.
@@ -1644,15 +1677,18 @@ mod tests {
                 read(&mut r, body);
             }
         }
-        // At most one shape noted per `NOTE_COST` bodies matched (after the first two).
+        // At most one shape noted per four bodies matched or 64 walked (after the first two).
         let (notes, matched) = (r.notes, r.matched);
-        assert!(notes * u32::from(NOTE_COST) <= u32::from(NOTE_CREDIT_CAP) + matched);
+        assert!(
+            notes * u32::from(NOTE_COST)
+                <= u32::from(NOTE_CREDIT_CAP) + matched * u32::from(MATCH_CREDIT) + 400 - matched
+        );
         assert!(
             notes < 400 / 4,
             "{notes} shapes noted, {matched} matched of 400 bodies"
         );
-        // One shape again: noted within a few bodies, then read in it.
-        for _ in 0..10 {
+        // One shape again: noted within a noting's cost in walked bodies, then read in it.
+        for _ in 0..=NOTE_COST << r.note_fails {
             read(&mut r, compact);
         }
         let notes = r.notes;
@@ -1660,6 +1696,76 @@ mod tests {
             read(&mut r, compact);
         }
         assert_eq!(r.notes, notes);
+    }
+
+    /// Noting never stops for good: a reader whose kept shapes no body matches any more (its
+    /// credit taken by bodies too large to note, or by shapes that then stopped) still notes
+    /// the shape of a steady stream within a noting's cost in walked bodies; bodies too large
+    /// to note are noted ever more rarely, and in turn with one shape do not take its place.
+    /// Every body reads as with a new reader.
+    #[test]
+    fn noting_recovers_when_kept_shapes_stop_matching() {
+        let read = |r: &mut UsageReader, body: &[u8]| {
+            r.reset(Format::Auto, Body::Json);
+            r.feed(body);
+            let got = (r.finish(true), r.model().map(<[u8]>::to_vec));
+            let mut fresh = UsageReader::new(Format::Auto, Body::Json);
+            fresh.feed(body);
+            assert_eq!(got, (fresh.finish(true), fresh.model().map(<[u8]>::to_vec)));
+        };
+        let body = |name: &str, n: usize| {
+            format!(r#"{{"model":"{name}","{name}":{n},"usage":{{"prompt_tokens":{n}}}}}"#)
+        };
+        // More values than a shape holds (an embeddings response): walked, never noted.
+        let numbers: Vec<String> = (0..2 * scan::SHAPE_STEPS).map(|k| k.to_string()).collect();
+        let large = format!(
+            r#"{{"data":[{{"embedding":[{}]}}],"usage":{{"prompt_tokens":8}}}}"#,
+            numbers.join(",")
+        );
+        // Bodies of one shape: all but those walked while noting lacks credit (at most its
+        // cost, by the walks' credit) read in it.
+        let steady = |r: &mut UsageReader, count: u32| {
+            let (matched, cost) = (r.matched, u32::from(NOTE_COST << r.note_fails));
+            for n in 0..count {
+                read(r, body("s", n as usize).as_bytes());
+            }
+            let matched = r.matched - matched;
+            assert!(matched + cost + 2 >= count, "{matched} of {count} ({cost})");
+        };
+        // Two bodies too large to note first: their notings take the credit.
+        let mut r = UsageReader::new(Format::Auto, Body::Json);
+        read(&mut r, large.as_bytes());
+        read(&mut r, large.as_bytes());
+        steady(&mut r, 300);
+        // The shapes kept are of bodies that stopped (one read often, then others once).
+        let mut r = UsageReader::new(Format::Auto, Body::Json);
+        steady(&mut r, 10);
+        for n in 0..50 {
+            read(&mut r, body("x", n).as_bytes());
+        }
+        for name in ["y", "z", "w"] {
+            read(&mut r, body(name, 1).as_bytes());
+        }
+        steady(&mut r, 300);
+        // Only bodies too large to note: a few notings in 1,000, then one shape again.
+        let mut r = UsageReader::new(Format::Auto, Body::Json);
+        for _ in 0..1000 {
+            read(&mut r, large.as_bytes());
+        }
+        assert!(r.notes <= 5, "{} notings", r.notes);
+        assert_eq!(r.note_fails, MAX_NOTE_FAILS);
+        steady(&mut r, 1000);
+        // Large bodies in turn with one shape: once noted, it stays kept.
+        let mut r = UsageReader::new(Format::Auto, Body::Json);
+        for n in 0..400 {
+            if n == 200 {
+                assert!(r.matched > 100, "{} of 200", r.matched);
+                r.matched = 0;
+            }
+            read(&mut r, large.as_bytes());
+            read(&mut r, body("s", n).as_bytes());
+        }
+        assert_eq!(r.matched, 200);
     }
 
     /// Variants of a payload for the whole-walk comparison: itself, cut, bytes replaced by

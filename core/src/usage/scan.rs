@@ -14,6 +14,8 @@ mod whole;
 
 use probe::quote_or_backslash;
 pub(crate) use probe::{equal_prefix, find_quote_u, first_difference};
+#[cfg(test)]
+pub(crate) use shape::MAX_STEPS as SHAPE_STEPS;
 pub(crate) use shape::{Shape, SHAPE_BYTES};
 
 use super::providers::{self, Act, Dialects, Node, Raw, MAX_COUNT};

@@ -97,6 +97,11 @@ impl Shape {
         self.steps.capacity() * std::mem::size_of::<Step>() + self.lit.capacity()
     }
 
+    /// No shape held (none noted yet, or the last noting gave up).
+    pub(crate) fn is_empty(&self) -> bool {
+        self.steps.is_empty()
+    }
+
     #[cfg(test)]
     pub(crate) fn steps(&self) -> usize {
         self.steps.len()
