@@ -1643,6 +1643,16 @@ mod tests {
         )
     }
 
+    /// Reads the JSON `body` with `r`, reset, and checks it reads as with a new reader.
+    fn read_as_new(r: &mut UsageReader, body: &[u8]) {
+        r.reset(Format::Auto, Body::Json);
+        r.feed(body);
+        let got = (r.finish(true), r.model().map(<[u8]>::to_vec));
+        let mut fresh = UsageReader::new(Format::Auto, Body::Json);
+        fresh.feed(body);
+        assert_eq!(got, (fresh.finish(true), fresh.model().map(<[u8]>::to_vec)));
+    }
+
     /// A reader keeps the shapes of its last two JSON bodies: two shapes in turn are each read
     /// in its shape (noted once each), three in turn back off from noting; every body reads as
     /// with a new reader.
@@ -1655,14 +1665,7 @@ mod tests {
         .unwrap();
         let compact = br#"{"id":"x","model":"gpt-4o","choices":[{"index":0,"message":{"content":"hi"}}],"usage":{"prompt_tokens":19,"completion_tokens":10}}"#;
         let anthropic = br#"{"type":"message","model":"claude","content":[{"type":"text","text":"hi"}],"usage":{"input_tokens":3,"output_tokens":4}}"#;
-        let read = |r: &mut UsageReader, body: &[u8]| {
-            r.reset(Format::Auto, Body::Json);
-            r.feed(body);
-            let got = (r.finish(true), r.model().map(<[u8]>::to_vec));
-            let mut fresh = UsageReader::new(Format::Auto, Body::Json);
-            fresh.feed(body);
-            assert_eq!(got, (fresh.finish(true), fresh.model().map(<[u8]>::to_vec)));
-        };
+        let read = read_as_new;
         let mut r = UsageReader::new(Format::Auto, Body::Json);
         for _ in 0..50 {
             read(&mut r, &pretty);
@@ -1705,14 +1708,7 @@ mod tests {
     /// Every body reads as with a new reader.
     #[test]
     fn noting_recovers_when_kept_shapes_stop_matching() {
-        let read = |r: &mut UsageReader, body: &[u8]| {
-            r.reset(Format::Auto, Body::Json);
-            r.feed(body);
-            let got = (r.finish(true), r.model().map(<[u8]>::to_vec));
-            let mut fresh = UsageReader::new(Format::Auto, Body::Json);
-            fresh.feed(body);
-            assert_eq!(got, (fresh.finish(true), fresh.model().map(<[u8]>::to_vec)));
-        };
+        let read = read_as_new;
         let body = |name: &str, n: usize| {
             format!(r#"{{"model":"{name}","{name}":{n},"usage":{{"prompt_tokens":{n}}}}}"#)
         };
