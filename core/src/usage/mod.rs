@@ -176,26 +176,11 @@ mod scan;
 mod sse;
 
 use providers::{Dialects, Raw, ANTHROPIC, GEMINI, OPENAI};
-use scan::{Scanner, Shape, Small};
-
-/// The JSON body shapes a reader keeps (the last two it noted or matched): a gateway that
-/// alternates two providers or endpoints in one location still reads each in its shape.
-const SHAPES: usize = 2;
-/// A body read in a kept shape gives this much noting credit back; one walked without noting
-/// gives 1, so that a reader whose kept shapes no body matches any more (taken by bodies of
-/// other shapes, or emptied by bodies too large to note) still notes one now and then.
-const MATCH_CREDIT: u16 = 16;
-/// A shape noted takes this much credit (four bodies read in a kept shape, or 64 walked),
-/// doubled for each noting in a row that gave up (a body of more values than a shape holds),
-/// at most [`MAX_NOTE_FAILS`] times: such a body costs its noting up to the bound for nothing.
-const NOTE_COST: u16 = 4 * MATCH_CREDIT;
-const MAX_NOTE_FAILS: u8 = 3;
-/// A new reader's credit (credit is capped at twice the next noting's cost).
-const NOTE_CREDIT_CAP: u16 = 2 * NOTE_COST;
+use scan::{Scanner, Shapes, Small};
 
 /// The most bytes a reader holds for the shapes of the JSON bodies it read (see
 /// [`UsageReader::state_bytes`]).
-pub const SHAPE_CAP: usize = SHAPES * scan::SHAPE_BYTES;
+pub const SHAPE_CAP: usize = scan::SHAPES_BYTES;
 
 pub use scan::MODEL_CAP;
 
@@ -261,24 +246,9 @@ pub struct UsageReader {
     first_at_finish: bool,
     /// [`UsageReader::quiet`] as of the last buffer (`skips` changes nothing it depends on).
     quiet: bool,
-    /// The shapes of JSON bodies this reader walked whole, kept across [`UsageReader::reset`]: the next body of one of them is
-    /// read by comparing it.
-    shapes: [Shape; SHAPES],
-    /// Per kept shape, its recent matches (halved at each body of no kept shape).
-    uses: [u8; SHAPES],
-    /// What noting a shape may still take: [`NOTE_COST`] a shape (more after notings that
-    /// gave up), [`MATCH_CREDIT`] back per body read in a kept shape, 1 per body walked
-    /// without noting; capped at twice a noting's cost when a body misses.
-    credit: u16,
-    /// Notings in a row that gave up (at most [`MAX_NOTE_FAILS`]).
-    note_fails: u8,
-    /// The shape noted last.
-    noted: u8,
-    /// Shapes noted, bodies read in a kept shape (tests only).
-    #[cfg(test)]
-    notes: u32,
-    #[cfg(test)]
-    matched: u32,
+    /// The shapes of JSON bodies this reader walked whole, kept across
+    /// [`UsageReader::reset`]: the next body of one of them is read by comparing it.
+    shapes: Shapes,
 }
 
 const BOM: &[u8] = b"\xEF\xBB\xBF";
@@ -292,15 +262,7 @@ impl UsageReader {
             framer: sse::Framer::new(),
             first_at_finish: false,
             quiet: false,
-            shapes: Default::default(),
-            uses: [0; SHAPES],
-            credit: NOTE_CREDIT_CAP,
-            note_fails: 0,
-            noted: 0,
-            #[cfg(test)]
-            notes: 0,
-            #[cfg(test)]
-            matched: 0,
+            shapes: Shapes::default(),
             events: Events {
                 scan: Scanner::new(0),
                 dialect: 0,
@@ -349,14 +311,6 @@ impl UsageReader {
             quiet,
             // Kept: a shape is checked against the scanner's settings before it is used.
             shapes,
-            uses: _,
-            credit: _,
-            note_fails: _,
-            noted: _,
-            #[cfg(test)]
-                notes: _,
-            #[cfg(test)]
-                matched: _,
         } = self;
         let Events {
             scan,
@@ -400,9 +354,7 @@ impl UsageReader {
         if body == Body::EventStream {
             carry.reserve_exact(CARRY_CAP);
         } else {
-            for shape in shapes {
-                shape.reserve();
-            }
+            shapes.reserve();
         }
         *usage = Raw::default();
         *ttft = false;
@@ -530,72 +482,14 @@ impl UsageReader {
                 // A body held whole by its first buffer (the usual case) is read in the shape
                 // of the last one, else by the recursive walk (noting its shape); anything the
                 // walk cannot prove goes the resumable way.
-                let whole = self.events.scan.at_start() && ends_a_value(buf) && self.whole(buf);
+                let scan = &mut self.events.scan;
+                let whole = scan.at_start() && ends_a_value(buf) && self.shapes.read(scan, buf);
                 if !whole {
                     self.events.scan.feed(buf);
                 }
                 false
             }
         }
-    }
-
-    /// A JSON body held whole by `buf`, read in a kept shape, else walked (its shape noted in
-    /// place of the older one, unless noting backs off): false when the walk gave up (the
-    /// scanner just begun).
-    fn whole(&mut self, buf: &[u8]) -> bool {
-        let scan = &mut self.events.scan;
-        for k in 0..SHAPES {
-            if scan.feed_shaped(&self.shapes[k], buf) {
-                self.uses[k] = self.uses[k].saturating_add(1);
-                // Capped at the next miss (the cap changes only there).
-                self.credit = self.credit.saturating_add(MATCH_CREDIT);
-                #[cfg(test)]
-                {
-                    self.matched += 1;
-                }
-                return true;
-            }
-        }
-        // Another shape. Noting costs more than the walk, so it takes credit that matches
-        // give back (and walks, slowly: else a reader whose kept shapes no longer match
-        // would never note again): bodies of more shapes in turn than are kept are walked,
-        // noted now and then; bodies too large to note, noted ever more rarely. The noted
-        // shape replaces an empty one (a noting that gave up leaves its place empty: bodies
-        // too large to note, in turn with one shape, do not take its place), else the kept
-        // one of fewer recent matches (on a tie, the one noted before the other); a miss
-        // halves both counts, so that an old shape gives way.
-        for u in &mut self.uses {
-            *u /= 2;
-        }
-        let cost = NOTE_COST << self.note_fails;
-        self.credit = self.credit.min(2 * cost);
-        if self.credit < cost {
-            self.credit += 1;
-            return scan.feed_body(buf);
-        }
-        self.credit -= cost;
-        #[cfg(test)]
-        {
-            self.notes += 1;
-        }
-        let k = match (self.shapes[0].is_empty(), self.shapes[1].is_empty()) {
-            (true, false) => 0,
-            (false, true) => 1,
-            _ => match self.uses[0].cmp(&self.uses[1]) {
-                std::cmp::Ordering::Less => 0,
-                std::cmp::Ordering::Greater => 1,
-                std::cmp::Ordering::Equal => usize::from(self.noted == 0),
-            },
-        };
-        self.noted = u8::from(k == 1);
-        self.uses[k] = 0;
-        let read = scan.feed_body_noting(buf, &mut self.shapes[k]);
-        self.note_fails = if self.shapes[k].is_empty() {
-            (self.note_fails + 1).min(MAX_NOTE_FAILS)
-        } else {
-            0
-        };
-        read
     }
 
     /// Drops a UTF-8 byte order mark at the start of the body, also one split across buffers.
@@ -673,9 +567,7 @@ impl UsageReader {
     /// read one kind of body). Feeding a body never changes it: a reader allocates when it is
     /// made or reset for a kind of body it has not read before, never per buffer.
     pub fn state_bytes(&self) -> usize {
-        std::mem::size_of::<Self>()
-            + self.events.carry.capacity()
-            + self.shapes.iter().map(Shape::capacity_bytes).sum::<usize>()
+        std::mem::size_of::<Self>() + self.events.carry.capacity() + self.shapes.capacity_bytes()
     }
 }
 
@@ -1287,6 +1179,7 @@ impl sse::Sink for Events {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::usage::scan::{MATCH_CREDIT, MAX_NOTE_FAILS, NOTE_COST, NOTE_CREDIT_CAP};
 
     /// Every SSE event of the corpus (name and data), and every JSON body whole (no name).
     pub(crate) fn corpus_payloads() -> Vec<(String, Vec<u8>, Vec<u8>)> {
@@ -1671,7 +1564,7 @@ mod tests {
             read(&mut r, &pretty);
             read(&mut r, compact);
         }
-        assert_eq!(r.notes, 2, "two shapes in turn: each noted once");
+        assert_eq!(r.shapes.notes, 2, "two shapes in turn: each noted once");
         // More shapes in turn than are kept: noting backs off while none matches.
         let gemini = br#"{"candidates":[{"content":{"parts":[{"text":"hi"}]}}],"usageMetadata":{"promptTokenCount":2},"modelVersion":"g"}"#;
         let mut r = UsageReader::new(Format::Auto, Body::Json);
@@ -1681,7 +1574,7 @@ mod tests {
             }
         }
         // At most one shape noted per four bodies matched or 64 walked (after the first two).
-        let (notes, matched) = (r.notes, r.matched);
+        let (notes, matched) = (r.shapes.notes, r.shapes.matched);
         assert!(
             notes * u32::from(NOTE_COST)
                 <= u32::from(NOTE_CREDIT_CAP) + matched * u32::from(MATCH_CREDIT) + 400 - matched
@@ -1691,14 +1584,14 @@ mod tests {
             "{notes} shapes noted, {matched} matched of 400 bodies"
         );
         // One shape again: noted within a noting's cost in walked bodies, then read in it.
-        for _ in 0..=NOTE_COST << r.note_fails {
+        for _ in 0..=NOTE_COST << r.shapes.note_fails {
             read(&mut r, compact);
         }
-        let notes = r.notes;
+        let notes = r.shapes.notes;
         for _ in 0..10 {
             read(&mut r, compact);
         }
-        assert_eq!(r.notes, notes);
+        assert_eq!(r.shapes.notes, notes);
     }
 
     /// Noting never stops for good: a reader whose kept shapes no body matches any more (its
@@ -1721,11 +1614,14 @@ mod tests {
         // Bodies of one shape: all but those walked while noting lacks credit (at most its
         // cost, by the walks' credit) read in it.
         let steady = |r: &mut UsageReader, count: u32| {
-            let (matched, cost) = (r.matched, u32::from(NOTE_COST << r.note_fails));
+            let (matched, cost) = (
+                r.shapes.matched,
+                u32::from(NOTE_COST << r.shapes.note_fails),
+            );
             for n in 0..count {
                 read(r, body("s", n as usize).as_bytes());
             }
-            let matched = r.matched - matched;
+            let matched = r.shapes.matched - matched;
             assert!(matched + cost + 2 >= count, "{matched} of {count} ({cost})");
         };
         // Two bodies too large to note first: their notings take the credit.
@@ -1748,20 +1644,20 @@ mod tests {
         for _ in 0..1000 {
             read(&mut r, large.as_bytes());
         }
-        assert!(r.notes <= 5, "{} notings", r.notes);
-        assert_eq!(r.note_fails, MAX_NOTE_FAILS);
+        assert!(r.shapes.notes <= 5, "{} notings", r.shapes.notes);
+        assert_eq!(r.shapes.note_fails, MAX_NOTE_FAILS);
         steady(&mut r, 1000);
         // Large bodies in turn with one shape: once noted, it stays kept.
         let mut r = UsageReader::new(Format::Auto, Body::Json);
         for n in 0..400 {
             if n == 200 {
-                assert!(r.matched > 100, "{} of 200", r.matched);
-                r.matched = 0;
+                assert!(r.shapes.matched > 100, "{} of 200", r.shapes.matched);
+                r.shapes.matched = 0;
             }
             read(&mut r, large.as_bytes());
             read(&mut r, body("s", n).as_bytes());
         }
-        assert_eq!(r.matched, 200);
+        assert_eq!(r.shapes.matched, 200);
     }
 
     /// Variants of a payload for the whole-walk comparison: itself, cut, bytes replaced by

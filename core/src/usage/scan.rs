@@ -16,7 +16,9 @@ use probe::quote_or_backslash;
 pub(crate) use probe::{equal_prefix, find_quote_u, first_difference};
 #[cfg(test)]
 pub(crate) use shape::MAX_STEPS as SHAPE_STEPS;
-pub(crate) use shape::{Shape, SHAPE_BYTES};
+pub(crate) use shape::{Shapes, SHAPES_BYTES};
+#[cfg(test)]
+pub(crate) use shape::{MATCH_CREDIT, MAX_NOTE_FAILS, NOTE_COST, NOTE_CREDIT_CAP};
 
 use super::providers::{self, Act, Dialects, Node, Raw, MAX_COUNT};
 

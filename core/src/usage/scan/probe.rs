@@ -462,9 +462,11 @@ pub(super) fn equal(x: &[u8], y: &[u8]) -> bool {
     if x.len() != y.len() {
         return false;
     }
-    #[cfg(target_arch = "x86_64")]
     if x.len() >= 16 {
+        #[cfg(target_arch = "x86_64")]
         return simd::equal(x, y);
+        #[cfg(not(target_arch = "x86_64"))]
+        return x == y;
     }
     if let (Some(a), Some(c), Some(e), Some(f)) = (
         x.first_chunk::<8>(),
@@ -472,9 +474,9 @@ pub(super) fn equal(x: &[u8], y: &[u8]) -> bool {
         x.last_chunk::<8>(),
         y.last_chunk::<8>(),
     ) {
-        // 8 to 15 bytes (or more, elsewhere): two words that overlap.
+        // 8 to 15 bytes: two words that overlap.
         let w = u64::from_ne_bytes;
-        return (w(*a) ^ w(*c)) | (w(*e) ^ w(*f)) == 0 && (x.len() <= 16 || x == y);
+        return (w(*a) ^ w(*c)) | (w(*e) ^ w(*f)) == 0;
     }
     if let (Some(a), Some(c), Some(e), Some(f)) = (
         x.first_chunk::<4>(),

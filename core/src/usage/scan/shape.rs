@@ -108,6 +108,131 @@ impl Shape {
     }
 }
 
+/// The JSON body shapes a reader keeps (the last two it noted or matched): a gateway that
+/// alternates two providers or endpoints in one location still reads each in its shape.
+const SHAPES: usize = 2;
+/// A body read in a kept shape gives this much noting credit back; one walked without noting
+/// gives 1, so that a reader whose kept shapes no body matches any more (taken by bodies of
+/// other shapes, or emptied by bodies too large to note) still notes one now and then.
+pub(crate) const MATCH_CREDIT: u16 = 16;
+/// A shape noted takes this much credit (four bodies read in a kept shape, or 64 walked),
+/// doubled for each noting in a row that gave up (a body of more values than a shape holds),
+/// at most [`MAX_NOTE_FAILS`] times: such a body costs its noting up to the bound for nothing.
+pub(crate) const NOTE_COST: u16 = 4 * MATCH_CREDIT;
+pub(crate) const MAX_NOTE_FAILS: u8 = 3;
+/// A new reader's credit (credit is capped at twice the next noting's cost).
+pub(crate) const NOTE_CREDIT_CAP: u16 = 2 * NOTE_COST;
+/// The bytes a reader's kept shapes hold at most.
+pub(crate) const SHAPES_BYTES: usize = SHAPES * SHAPE_BYTES;
+
+/// The shapes a reader keeps and when it notes a new one (see [`Shapes::read`]).
+pub(crate) struct Shapes {
+    shapes: [Shape; SHAPES],
+    /// Per kept shape, its recent matches (halved at each body of no kept shape).
+    uses: [u8; SHAPES],
+    /// What noting a shape may still take: [`NOTE_COST`] a shape (more after notings that
+    /// gave up), [`MATCH_CREDIT`] back per body read in a kept shape, 1 per body walked
+    /// without noting; capped at twice a noting's cost when a body misses.
+    credit: u16,
+    /// Notings in a row that gave up (at most [`MAX_NOTE_FAILS`]).
+    pub(crate) note_fails: u8,
+    /// The shape noted last.
+    noted: u8,
+    /// Shapes noted, bodies read in a kept shape (tests only).
+    #[cfg(test)]
+    pub(crate) notes: u32,
+    #[cfg(test)]
+    pub(crate) matched: u32,
+}
+
+impl Default for Shapes {
+    fn default() -> Self {
+        Shapes {
+            shapes: Default::default(),
+            uses: [0; SHAPES],
+            credit: NOTE_CREDIT_CAP,
+            note_fails: 0,
+            noted: 0,
+            #[cfg(test)]
+            notes: 0,
+            #[cfg(test)]
+            matched: 0,
+        }
+    }
+}
+
+impl Shapes {
+    /// Allocates the shapes' buffers to their bound (once per reader).
+    pub(crate) fn reserve(&mut self) {
+        for shape in &mut self.shapes {
+            shape.reserve();
+        }
+    }
+
+    /// Bytes held (for the reader's state bound).
+    pub(crate) fn capacity_bytes(&self) -> usize {
+        self.shapes.iter().map(Shape::capacity_bytes).sum()
+    }
+
+    /// Reads the JSON body `buf`, held whole, with `scan` (just begun): in a kept shape, else
+    /// walked (its shape noted in place of a kept one when noting has credit). False when
+    /// the walk gave up (the scanner just begun).
+    pub(crate) fn read(&mut self, scan: &mut Scanner, buf: &[u8]) -> bool {
+        for k in 0..SHAPES {
+            if scan.feed_shaped(&self.shapes[k], buf) {
+                self.uses[k] = self.uses[k].saturating_add(1);
+                // Capped at the next miss (the cap changes only there).
+                self.credit = self.credit.saturating_add(MATCH_CREDIT);
+                #[cfg(test)]
+                {
+                    self.matched += 1;
+                }
+                return true;
+            }
+        }
+        // Another shape. Noting costs more than the walk, so it takes credit that matches
+        // give back (and walks, slowly: else a reader whose kept shapes no longer match
+        // would never note again): bodies of more shapes in turn than are kept are walked,
+        // noted now and then; bodies too large to note, noted ever more rarely. The noted
+        // shape replaces an empty one (a noting that gave up leaves its place empty: bodies
+        // too large to note, in turn with one shape, do not take its place), else the kept
+        // one of fewer recent matches (on a tie, the one noted before the other); a miss
+        // halves both counts, so that an old shape gives way.
+        for u in &mut self.uses {
+            *u /= 2;
+        }
+        let cost = NOTE_COST << self.note_fails;
+        self.credit = self.credit.min(2 * cost);
+        if self.credit < cost {
+            self.credit += 1;
+            return scan.feed_body(buf);
+        }
+        self.credit -= cost;
+        #[cfg(test)]
+        {
+            self.notes += 1;
+        }
+        let k = match (self.shapes[0].is_empty(), self.shapes[1].is_empty()) {
+            (true, false) => 0,
+            (false, true) => 1,
+            _ => match self.uses[0].cmp(&self.uses[1]) {
+                std::cmp::Ordering::Less => 0,
+                std::cmp::Ordering::Greater => 1,
+                std::cmp::Ordering::Equal => 1 - usize::from(self.noted),
+            },
+        };
+        self.noted = k as u8;
+        self.uses[k] = 0;
+        let read = scan.feed_body_noting(buf, &mut self.shapes[k]);
+        self.note_fails = if self.shapes[k].is_empty() {
+            (self.note_fails + 1).min(MAX_NOTE_FAILS)
+        } else {
+            0
+        };
+        read
+    }
+}
+
 /// Where the walk reports the values it reads (nothing, unless it notes a shape).
 pub(crate) trait Rec {
     /// The value `b[at..end]` was read as `slot` (`at == end` for a place).
