@@ -189,6 +189,48 @@ fn bodies(bodies: &[&[u8]], n: usize) {
     }
 }
 
+/// 64 bodies of `body`'s shape with the values a provider changes from answer to answer: the
+/// id, the time, the answer (of other lengths) and the counts (`body` is the corpus's Chat
+/// body, pretty-printed or compact).
+fn varied(body: &str) -> Vec<Vec<u8>> {
+    let sp = if body.contains("\"id\": ") { " " } else { "" };
+    let answer = if body.contains(LONG_AT) {
+        LONG_AT
+    } else {
+        "Hello! How can I assist you today? If you have any questions about the weather, just ask."
+    };
+    let answers = [
+        "Sure.",
+        "The capital of France is Paris.",
+        "Here is a list:\\n1. one\\n2. two\\n3. \\\"three\\\"",
+        "I can't help with that, but here is what I can do instead: explain the idea in general terms.",
+    ];
+    (0..64u64)
+        .map(|k| {
+            let (p, c) = (19 + k % 7, 10 + 3 * k);
+            body.replace(
+                "B9MHDbslfkBeAs8l4bebGdFOJ6PeG",
+                &format!("B9MHD{:024X}", k * 0x9E37_79B9_7F4A_7C15),
+            )
+            .replace("1741569952", &(1_741_569_952 + 7 * k).to_string())
+            .replace(answer, answers[k as usize % answers.len()])
+            .replace(
+                &format!("\"prompt_tokens\":{sp}19"),
+                &format!("\"prompt_tokens\":{sp}{p}"),
+            )
+            .replace(
+                &format!("\"completion_tokens\":{sp}10"),
+                &format!("\"completion_tokens\":{sp}{c}"),
+            )
+            .replace(
+                &format!("\"total_tokens\":{sp}29"),
+                &format!("\"total_tokens\":{sp}{}", p + c),
+            )
+            .into_bytes()
+        })
+        .collect()
+}
+
 /// An embeddings response of 256 numbers: more values than a JSON body's shape holds.
 fn embeddings_body() -> String {
     let v: Vec<String> = (0..256).map(|k| format!("-0.{k:04}")).collect();
@@ -254,6 +296,13 @@ fn main() {
         "responses_start" => starts(RESPONSES_FIRST, "", n),
         "json" => bodies(&[JSON.as_bytes()], n),
         "json_pretty" => bodies(&[JSON_PRETTY.as_bytes()], n),
+        "json_varied" | "json_pretty_varied" => {
+            let all = varied(if case == "json_varied" { JSON } else { JSON_PRETTY });
+            assert!(all.iter().all(|b| b != &all[0] || std::ptr::eq(b, &all[0])));
+            if std::env::var_os("GM_PRINT").is_some() { for b in &all[..2] { println!("{}", String::from_utf8_lossy(b)); } }
+            let refs: Vec<&[u8]> = all.iter().map(Vec::as_slice).collect();
+            bodies(&refs, n / refs.len())
+        }
         "json_new" => {
             // A new reader each time: no shape noted before.
             for _ in 0..n {

@@ -116,10 +116,36 @@ def long_answer(body):
     return long
 
 
+ANSWERS = ["Sure.", "The capital of France is Paris.",
+           "Here is a list:\n1. one\n2. two\n3. \"three\"",
+           "I can't help with that, but here is what I can do instead: explain the idea in "
+           "general terms."]
+
+
+def varied(body, n=64):
+    """`n` bodies of `body`'s shape (the corpus' Chat body, in its indentation) with the values
+    a provider changes from answer to answer: the id, the time, the answer (of other lengths)
+    and the counts. The bench serves them in turn, so that a reading that keeps what it saw of
+    the last body is measured on bodies that differ as real ones do."""
+    o = json.loads(body)
+    out = []
+    for k in range(n):
+        p, c = 19 + k % 7, 10 + 3 * k
+        v = json.loads(body)
+        v["id"] = "chatcmpl-B9MHD%024X" % ((k * 0x9E3779B97F4A7C15) % (1 << 96))
+        v["created"] = o["created"] + 7 * k
+        v["choices"][0]["message"]["content"] = ANSWERS[k % len(ANSWERS)]
+        v["usage"].update(prompt_tokens=p, completion_tokens=c, total_tokens=p + c)
+        out.append(json.dumps(v, indent=2).encode())
+    assert out[0].count(b"\n") == body.count(b"\n") and len(set(out)) == n
+    return out
+
+
 class Upstream(gm.LoopbackServer):
-    """Keep-alive HTTP/1.1 upstream: `/json` answers the corpus' Chat Completions JSON body,
-    `/json_alt` that body and its compact form in turn (each body of another shape than the
-    last: the module's shape replay never matches, every body is walked and its shape noted),
+    """Keep-alive HTTP/1.1 upstream: `/json` answers bodies of the corpus' Chat Completions JSON
+    body's shape with other ids, times, answers and counts in turn (`varied`), `/json_alt`
+    those and their compact forms in turn (two shapes), `/json_long` the body with an
+    8,000-byte answer,
     `/sse/N` a stream of N content chunks, each sent on its own after a short pause."""
 
     def __init__(self):
@@ -127,9 +153,10 @@ class Upstream(gm.LoopbackServer):
         with open(os.path.join(CORPUS, "openai_chat_json.body"), "rb") as f:
             self.json = f.read()
         self.json_long = long_answer(self.json)
-        compact = json.dumps(json.loads(self.json), separators=(",", ":")).encode()
-        self.json_alt = [self.json, compact]
-        self.alt = 0
+        self.json_varied = varied(self.json)
+        compact = [json.dumps(json.loads(b), separators=(",", ":")).encode()
+                   for b in self.json_varied]
+        self.json_alt = [b for pair in zip(self.json_varied, compact) for b in pair]
         self.streams = {n: sse_body(n) for n in STREAMS}
         self.streams.update({(fmt, n): provider_stream(fmt, n)
                              for fmt in PROVIDER_STREAMS for n in SLOPE})
@@ -138,6 +165,8 @@ class Upstream(gm.LoopbackServer):
     def _serve(self, c):
         c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         buf = b""
+        # Per connection (a run's nginx keeps one): each run is served the same bodies.
+        turn = 0
         try:
             while True:
                 while b"\r\n\r\n" not in buf:
@@ -156,11 +185,13 @@ class Upstream(gm.LoopbackServer):
                 buf = rest[length:]
                 path = head_.split(b" ")[1].decode()
                 if path.endswith(("/json", "/json_long", "/json_alt")):
+                    turn += 1
                     if path.endswith("/json_alt"):
-                        self.alt += 1
-                        body = self.json_alt[self.alt % 2]
+                        body = self.json_alt[turn % len(self.json_alt)]
+                    elif path.endswith("/json"):
+                        body = self.json_varied[turn % len(self.json_varied)]
                     else:
-                        body = self.json if path.endswith("/json") else self.json_long
+                        body = self.json_long
                     c.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
                               b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
                     continue

@@ -29,7 +29,7 @@
 //! compared bytes (a larger body is walked every time).
 
 use super::probe;
-use super::whole::{skip_scalar, w_string, Stop};
+use super::whole::{skip_scalar, w_string, Pos, Stop};
 use super::Scanner;
 use crate::usage::providers::{Act, Dialects, Node, Raw};
 
@@ -37,8 +37,13 @@ use crate::usage::providers::{Act, Dialects, Node, Raw};
 pub(crate) const MAX_STEPS: usize = 128;
 /// The most bytes a shape compares.
 pub(crate) const MAX_LIT: usize = 2048;
+/// The most bytes of values a shape keeps to fold ([`Shape::fold`]), and the longest value
+/// kept (longer ones, an answer, vary anyway).
+pub(crate) const MAX_VALS: usize = 512;
+const FOLD_MAX: usize = 48;
 /// The bytes a shape's buffers hold at most ([`Shape::reserve`]).
-pub(crate) const SHAPE_BYTES: usize = MAX_STEPS * std::mem::size_of::<Step>() + MAX_LIT;
+pub(crate) const SHAPE_BYTES: usize =
+    MAX_STEPS * (std::mem::size_of::<Step>() + std::mem::size_of::<Run>()) + MAX_LIT + MAX_VALS;
 
 /// What the walk did with a value (or at a place) of the body.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -63,15 +68,28 @@ pub(crate) enum Slot {
     Content(Dialects),
 }
 
-/// Compare `lit` bytes, then read `slot`.
+/// Compare `lit` bytes, then read `slot`; `val`: the length of the value the noted body had
+/// there, kept after the `lit` bytes to be folded (0: not kept; only skipped values are).
 #[derive(Clone, Copy, Debug)]
 struct Step {
-    lit: u32,
+    lit: u16,
+    val: u16,
     slot: Slot,
 }
 
-/// The shape of the last body walked whole (see the module documentation). Empty when there
-/// is none.
+/// Steps `first..=last` read as one: compare the `len` bytes at `at` (their runs and the
+/// kept values between them), then read the last one's slot.
+#[derive(Clone, Copy, Debug)]
+struct Run {
+    at: u16,
+    len: u16,
+    first: u8,
+    last: u8,
+    slot: Slot,
+}
+
+/// The shape of a body walked whole (see the module documentation). Empty when there is
+/// none.
 #[derive(Default)]
 pub(crate) struct Shape {
     /// The scanner's settings it was noted with (the provider table's answers depend on them).
@@ -80,8 +98,14 @@ pub(crate) struct Shape {
     /// The provider hints of the body's keys.
     hints: Dialects,
     steps: Vec<Step>,
-    /// The compared bytes of all steps, in order.
-    lit: Vec<u8>,
+    /// The steps as they are replayed: a kept value that no body read in this shape has
+    /// changed is compared with the bytes around it, not read.
+    runs: Vec<Run>,
+    /// Bit `k`: step `k`'s kept value changed in a body read in this shape (never folded
+    /// again).
+    varies: u128,
+    /// Each step's compared bytes, then its kept value, in order.
+    bytes: Vec<u8>,
 }
 
 impl Shape {
@@ -89,22 +113,65 @@ impl Shape {
     /// shapes without allocating).
     pub(crate) fn reserve(&mut self) {
         self.steps.reserve_exact(MAX_STEPS - self.steps.len());
-        self.lit.reserve_exact(MAX_LIT - self.lit.len());
+        self.runs.reserve_exact(MAX_STEPS - self.runs.len());
+        self.bytes
+            .reserve_exact(MAX_LIT + MAX_VALS - self.bytes.len());
     }
 
     /// Bytes held (for the reader's state bound).
     pub(crate) fn capacity_bytes(&self) -> usize {
-        self.steps.capacity() * std::mem::size_of::<Step>() + self.lit.capacity()
+        self.steps.capacity() * std::mem::size_of::<Step>()
+            + self.runs.capacity() * std::mem::size_of::<Run>()
+            + self.bytes.capacity()
     }
 
     /// No shape held (none noted yet, or the last noting gave up).
     pub(crate) fn is_empty(&self) -> bool {
-        self.steps.is_empty()
+        self.runs.is_empty()
+    }
+
+    fn clear(&mut self) {
+        self.steps.clear();
+        self.runs.clear();
+        self.bytes.clear();
+        self.varies = 0;
+    }
+
+    /// Makes the runs: each kept value that has not changed is folded into the bytes
+    /// compared around it, when bytes follow it in the same run (a number's end is the byte
+    /// after it, which must be compared too).
+    fn fold(&mut self) {
+        self.runs.clear();
+        let (mut o, mut at, mut first) = (0usize, 0usize, 0usize);
+        for (k, s) in self.steps.iter().enumerate() {
+            o += usize::from(s.lit);
+            let folds = s.val > 0
+                && self.varies & (1 << k) == 0
+                && self.steps.get(k + 1).is_some_and(|t| t.lit > 0);
+            o += usize::from(s.val);
+            if !folds {
+                // Bounded by the noting: offsets below MAX_LIT + MAX_VALS, steps below 128.
+                self.runs.push(Run {
+                    at: at as u16,
+                    len: (o - usize::from(s.val) - at) as u16,
+                    first: first as u8,
+                    last: k as u8,
+                    slot: s.slot,
+                });
+                at = o;
+                first = k + 1;
+            }
+        }
     }
 
     #[cfg(test)]
     pub(crate) fn steps(&self) -> usize {
         self.steps.len()
+    }
+
+    #[cfg(test)]
+    pub(crate) fn runs(&self) -> usize {
+        self.runs.len()
     }
 }
 
@@ -179,7 +246,7 @@ impl Shapes {
     /// the walk gave up (the scanner just begun).
     pub(crate) fn read(&mut self, scan: &mut Scanner, buf: &[u8]) -> bool {
         for k in 0..SHAPES {
-            if scan.feed_shaped(&self.shapes[k], buf) {
+            if scan.feed_shaped(&mut self.shapes[k], buf) {
                 self.uses[k] = self.uses[k].saturating_add(1);
                 // Capped at the next miss (the cap changes only there).
                 self.credit = self.credit.saturating_add(MATCH_CREDIT);
@@ -256,6 +323,9 @@ struct Note<'s> {
     shape: &'s mut Shape,
     /// The body's bytes before this were noted.
     last: usize,
+    /// Compared bytes and kept values noted.
+    lits: usize,
+    vals: usize,
     ok: bool,
 }
 
@@ -265,16 +335,32 @@ impl Rec for Note<'_> {
         if !self.ok
             || at < self.last
             || s.steps.len() == MAX_STEPS
-            || s.lit.len() + (at - self.last) > MAX_LIT
+            || self.lits + (at - self.last) > MAX_LIT
         {
             self.ok = false;
             return;
         }
-        s.lit.extend_from_slice(&b[self.last..at]);
+        // A skipped value is kept to be folded when its replay's reading of these bytes ends
+        // where the walk's did (so that comparing them is reading them).
+        let val = end - at;
+        let keep = match slot {
+            Slot::SkipStr => probe::string_end(b, at).map(|(e, _)| e + 1) == Some(end),
+            Slot::SkipNum => {
+                matches!(b.get(at), Some(b'0'..=b'9' | b'-'))
+                    && skip_scalar(b, at).ok() == Some(end)
+            }
+            _ => false,
+        } && val <= FOLD_MAX
+            && self.vals + val <= MAX_VALS;
+        let val = if keep { val } else { 0 };
+        s.bytes.extend_from_slice(&b[self.last..at + val]);
         s.steps.push(Step {
-            lit: (at - self.last) as u32,
+            lit: (at - self.last) as u16,
+            val: val as u16,
             slot,
         });
+        self.lits += at - self.last;
+        self.vals += val;
         self.last = end;
     }
 
@@ -315,11 +401,12 @@ impl Scanner {
     /// [`Scanner::feed_body`], noting the body's shape in `shape` when the walk reads it whole
     /// (else leaving `shape` empty).
     pub(crate) fn feed_body_noting(&mut self, b: &[u8], shape: &mut Shape) -> bool {
-        shape.steps.clear();
-        shape.lit.clear();
+        shape.clear();
         let mut note = Note {
             shape,
             last: 0,
+            lits: 0,
+            vals: 0,
             ok: true,
         };
         let read = self.feed_body_with(&mut note, b);
@@ -331,38 +418,42 @@ impl Scanner {
             shape.allow = self.allow;
             shape.json_body = self.json_body;
             shape.hints = self.facts.hints;
+            shape.fold();
         } else {
-            shape.steps.clear();
-            shape.lit.clear();
+            shape.clear();
         }
         read
     }
 
     /// Reads `b` by replaying `shape`: true leaves the scanner exactly as
-    /// [`Scanner::feed_body`] of `b` would; false leaves it just begun (then walk `b`).
-    pub(crate) fn feed_shaped(&mut self, shape: &Shape, b: &[u8]) -> bool {
-        if shape.steps.is_empty() || shape.allow != self.allow || shape.json_body != self.json_body
-        {
+    /// [`Scanner::feed_body`] of `b` would; false leaves it just begun (then walk `b`). A
+    /// folded value that changed is unfolded for the bodies after this one.
+    pub(crate) fn feed_shaped(&mut self, shape: &mut Shape, b: &[u8]) -> bool {
+        if shape.runs.is_empty() || shape.allow != self.allow || shape.json_body != self.json_body {
             return false;
         }
         let known = self.model.done;
-        let read = self.replay(shape, b);
+        let mut changed = 0u128;
+        let read = self.replay(shape, b, &mut changed);
+        if read.is_ok() && changed != 0 {
+            shape.varies |= changed;
+            shape.fold();
+        }
         self.facts.hints |= shape.hints;
         self.walked(read.map(|()| true), known)
     }
 
-    fn replay(&mut self, shape: &Shape, b: &[u8]) -> Result<(), Stop> {
+    fn replay(&mut self, shape: &Shape, b: &[u8], changed: &mut u128) -> Result<(), Stop> {
         let mut i = 0usize;
-        let mut lit: &[u8] = &shape.lit;
-        for step in &shape.steps {
-            let (y, rest) = lit.split_at_checked(step.lit as usize).ok_or(Stop)?;
-            lit = rest;
-            let x = b.get(i..).and_then(|r| r.get(..y.len())).ok_or(Stop)?;
-            if !probe::equal(x, y) {
-                return Err(Stop);
-            }
-            i += y.len();
-            i = match step.slot {
+        for run in &shape.runs {
+            let y = (shape.bytes.get(usize::from(run.at)..))
+                .and_then(|r| r.get(..usize::from(run.len)))
+                .ok_or(Stop)?;
+            i = match b.get(i..).and_then(|r| r.get(..y.len())) {
+                Some(x) if probe::equal(x, y) => i + y.len(),
+                _ => unfold(shape, run, b, i, changed)?,
+            };
+            i = match run.slot {
                 Slot::End => return if i == b.len() { Ok(()) } else { Err(Stop) },
                 Slot::SkipStr => probe::string_end(b, i).ok_or(Stop)?.0 + 1,
                 Slot::Str(act) => w_string(self, b, i, act)?,
@@ -389,6 +480,43 @@ impl Scanner {
         }
         Err(Stop)
     }
+}
+
+/// `run`'s bytes differ from `b`'s at `i`: its steps one by one, each folded value read as its
+/// slot reads it and marked in `changed` when it differs from the kept one; returns the
+/// position of the last step's slot.
+#[cold]
+#[inline(never)]
+fn unfold(shape: &Shape, run: &Run, b: &[u8], mut i: usize, changed: &mut u128) -> Pos {
+    let mut o = usize::from(run.at);
+    for k in usize::from(run.first)..=usize::from(run.last) {
+        let step = shape.steps.get(k).ok_or(Stop)?;
+        let y = shape.bytes.get(o..o + usize::from(step.lit)).ok_or(Stop)?;
+        let x = b.get(i..).and_then(|r| r.get(..y.len())).ok_or(Stop)?;
+        if !probe::equal(x, y) {
+            return Err(Stop);
+        }
+        i += y.len();
+        o += y.len();
+        if k == usize::from(run.last) {
+            return Ok(i);
+        }
+        let kept = shape.bytes.get(o..o + usize::from(step.val)).ok_or(Stop)?;
+        o += kept.len();
+        let end = match step.slot {
+            Slot::SkipStr => probe::string_end(b, i).ok_or(Stop)?.0 + 1,
+            Slot::SkipNum => match b.get(i) {
+                Some(b'0'..=b'9' | b'-') => skip_scalar(b, i)?,
+                _ => return Err(Stop),
+            },
+            _ => return Err(Stop),
+        };
+        if b[i..end] != *kept {
+            *changed |= 1 << k;
+        }
+        i = end;
+    }
+    Err(Stop)
 }
 
 #[cfg(test)]
@@ -426,7 +554,8 @@ mod tests {
         s.end();
         assert_eq!(reading(&s), reference(allow, json_body, known, a));
         let mut r = scanner(allow, json_body, known);
-        if r.feed_shaped(&shape, b) {
+        let matched = r.feed_shaped(&mut shape, b);
+        if matched {
             r.end();
             assert!(r.ended_cleanly(), "{:?}", String::from_utf8_lossy(b));
             assert_eq!(
@@ -436,11 +565,19 @@ mod tests {
                 String::from_utf8_lossy(b),
                 String::from_utf8_lossy(a)
             );
-            Some(true)
         } else {
             assert_eq!(reading(&r), reading(&scanner(allow, json_body, known)));
-            Some(false)
         }
+        // The shape, its values that `b` changed unfolded, reads both bodies as before.
+        for (x, matches) in [(a, true), (b, matched)] {
+            let mut r = scanner(allow, json_body, known);
+            assert_eq!(r.feed_shaped(&mut shape, x), matches);
+            if matches {
+                r.end();
+                assert_eq!(reading(&r), reference(allow, json_body, known, x));
+            }
+        }
+        Some(matched)
     }
 
     /// Every corpus body is read in its own shape, and bodies of its shape with other
@@ -482,6 +619,10 @@ mod tests {
         assert!(s.feed_body_noting(body, &mut shape));
         let slots: Vec<Slot> = shape.steps.iter().map(|s| s.slot).collect();
         assert_eq!(slots.len(), 24);
+        // The skipped values that are kept (not the answer: longer than kept values) are
+        // folded: 9 runs, the read values' steps and the answer's.
+        assert_eq!(shape.steps.iter().filter(|s| s.val > 0).count(), 15);
+        assert_eq!(shape.runs(), 9);
         assert_eq!(slots[3], Slot::Str(Act::Model));
         assert_eq!(
             slots.iter().filter(|s| matches!(s, Slot::Count(_))).count(),
@@ -494,14 +635,28 @@ mod tests {
             .replace("\"prompt_tokens\": 19", "\"prompt_tokens\": 1900")
             .replace("gpt-4o-2024-08-06", "gpt-4o-mini");
         let mut r = scanner(ALL, true, false);
-        assert!(r.feed_shaped(&shape, other.as_bytes()));
+        assert!(r.feed_shaped(&mut shape, other.as_bytes()));
         r.end();
         assert_eq!(r.facts.usage.get(0), Some(1900));
         assert_eq!(r.model.get(), Some(&b"gpt-4o-mini"[..]));
+        assert_eq!(shape.runs(), 9);
+        // A folded value that changes is read again (the replay matches), and unfolded.
+        let other = other.replace("B9MHDbslfk", "B9MHDxxxxx");
+        for _ in 0..2 {
+            let mut r = scanner(ALL, true, false);
+            assert!(r.feed_shaped(&mut shape, other.as_bytes()));
+            r.end();
+            assert_eq!(r.facts.usage.get(0), Some(1900));
+            assert_eq!(shape.runs(), 10);
+        }
+        // The noted body still matches, the id read as a value now.
+        let mut r = scanner(ALL, true, false);
+        assert!(r.feed_shaped(&mut shape, body));
+        assert_eq!(shape.runs(), 10);
         // Settings of another reading are not replayed.
         for (allow, json_body) in [(OPENAI, true), (ALL, false)] {
             let mut r = scanner(allow, json_body, false);
-            assert!(!r.feed_shaped(&shape, body));
+            assert!(!r.feed_shaped(&mut shape, body));
         }
     }
 

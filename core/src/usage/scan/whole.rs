@@ -19,7 +19,7 @@ use crate::usage::providers::{self, Act, Node, Raw, MAX_COUNT};
 /// Gave up: the payload is not one the walk can prove it reads as the scanner does.
 pub(super) struct Stop;
 
-type Pos = Result<usize, Stop>;
+pub(super) type Pos = Result<usize, Stop>;
 
 /// Past the number or literal at `b[i]`, read with [`Act::Skip`] as the scanner reads it: to
 /// the byte that ends its run (which must exist).
