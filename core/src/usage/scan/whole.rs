@@ -29,6 +29,14 @@ pub(super) fn skip_scalar(b: &[u8], i: usize) -> Pos {
     let mut j = i + 1;
     match c {
         b'0'..=b'9' | b'-' => {
+            // Digits 8 a step (a timestamp's), then the rest of the run byte by byte.
+            while let Some(&w) = b.get(j..).and_then(|r| r.first_chunk::<8>()) {
+                let (n, _) = probe::lead_digits(w);
+                j += n;
+                if n < 8 {
+                    break;
+                }
+            }
             while j < b.len() && matches!(b[j], b'0'..=b'9' | b'.' | b'e' | b'E' | b'+' | b'-') {
                 j += 1;
             }
@@ -208,6 +216,15 @@ impl Scanner {
     /// reads it, without its dispatch.
     #[inline(always)]
     pub(super) fn w_count(&mut self, b: &[u8], i: usize, slot: u8) -> Pos {
+        // Up to 7 digits ended by a byte of no number, in one word (the usual count).
+        if let Some(&w) = b.get(i..).and_then(|r| r.first_chunk::<8>()) {
+            let (n, num) = probe::lead_digits(w);
+            if n < 8 && !matches!(w[n], b'.' | b'e' | b'E' | b'+' | b'-') {
+                self.stage.set(slot, num);
+                self.stage_valid = true;
+                return Ok(i + n);
+            }
+        }
         let mut num = 0u64;
         let mut bad = false;
         let mut j = i;
