@@ -830,7 +830,9 @@ impl Events {
             }
         }
         self.bad_count |= f.bad_count;
-        self.usage.merge(&f.usage);
+        // A JSON body's usage is what its scanner found: nothing was merged before its end.
+        debug_assert!(!self.usage.any());
+        self.usage = f.usage;
     }
 
     /// Takes in what the scanner found in a payload; returns whether it was the first content.

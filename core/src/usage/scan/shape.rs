@@ -257,6 +257,8 @@ pub(crate) struct Shapes {
     credit: u16,
     /// Notings in a row that gave up (at most [`MAX_NOTE_FAILS`]).
     pub(crate) note_fails: u8,
+    /// The buffers are allocated to their bound (they never shrink).
+    reserved: bool,
     /// The shape noted last.
     noted: u8,
     /// Shapes noted, bodies read in a kept shape (tests only).
@@ -273,6 +275,7 @@ impl Default for Shapes {
             uses: [0; SHAPES],
             credit: NOTE_CREDIT_CAP,
             note_fails: 0,
+            reserved: false,
             noted: 0,
             #[cfg(test)]
             notes: 0,
@@ -284,9 +287,13 @@ impl Default for Shapes {
 
 impl Shapes {
     /// Allocates the shapes' buffers to their bound (once per reader).
+    #[inline]
     pub(crate) fn reserve(&mut self) {
-        for shape in &mut self.shapes {
-            shape.reserve();
+        if !self.reserved {
+            for shape in &mut self.shapes {
+                shape.reserve();
+            }
+            self.reserved = true;
         }
     }
 
