@@ -170,7 +170,9 @@ impl Shape {
         for k in 0..self.steps.len() {
             let s = self.steps[k];
             let (lit, val) = (usize::from(s.lit), usize::from(s.val));
-            self.bytes.copy_within(r..r + lit, w);
+            if r != w {
+                self.bytes.copy_within(r..r + lit, w);
+            }
             r += lit;
             w += lit;
             let kept = val > 0
@@ -211,7 +213,9 @@ impl Shape {
                 self.effects.push(e);
                 effects += 1;
             }
-            self.bytes.copy_within(r..r + val, w);
+            if r != w {
+                self.bytes.copy_within(r..r + val, w);
+            }
             w += val;
             r += val;
         }
@@ -401,31 +405,36 @@ impl Rec for Note<'_> {
             self.ok = false;
             return;
         }
-        // A skipped value is kept to be folded when its replay's reading of these bytes ends
-        // where the walk's did (so that comparing them is reading them).
+        // A value is kept to be folded when its replay's reading of these bytes is the walk's:
+        // a skipped string or number was found by the functions the replay calls (so ends
+        // where the walk's did), the model must have no escapes (the walk unescapes those),
+        // a count must be digits alone that the walk set (not one it found bad).
         let val = end - at;
-        let keep = match slot {
-            Slot::SkipStr => probe::string_end(b, at).map(|(e, _)| e + 1) == Some(end),
-            Slot::SkipNum => {
-                matches!(b.get(at), Some(b'0'..=b'9' | b'-'))
-                    && skip_scalar(b, at).ok() == Some(end)
-            }
-            // The model, a string without escapes.
-            Slot::Str(Act::Model) => probe::string_end(b, at) == Some((end - 1, false)),
-            // A count of digits alone that the walk set (not one it found bad).
-            Slot::Count(_) => {
-                val > 0
-                    && val <= 13
-                    && b[at..end].iter().all(u8::is_ascii_digit)
-                    && !matches!(b.get(end), Some(b'.' | b'e' | b'E' | b'+' | b'-'))
-                    && b[at..end]
-                        .iter()
-                        .fold(0u64, |n, &d| n * 10 + u64::from(d - b'0'))
-                        <= MAX_COUNT
-            }
-            _ => false,
-        } && val <= FOLD_MAX
-            && self.vals + val <= MAX_VALS;
+        let keep = val <= FOLD_MAX
+            && self.vals + val <= MAX_VALS
+            && match slot {
+                Slot::SkipStr => {
+                    debug_assert_eq!(probe::string_end(b, at).map(|(e, _)| e + 1), Some(end));
+                    true
+                }
+                Slot::SkipNum => {
+                    debug_assert!(matches!(b.get(at), Some(b'0'..=b'9' | b'-')));
+                    debug_assert_eq!(skip_scalar(b, at).ok(), Some(end));
+                    true
+                }
+                Slot::Str(Act::Model) => probe::string_end(b, at) == Some((end - 1, false)),
+                Slot::Count(_) => {
+                    val > 0
+                        && val <= 13
+                        && b[at..end].iter().all(u8::is_ascii_digit)
+                        && !matches!(b.get(end), Some(b'.' | b'e' | b'E' | b'+' | b'-'))
+                        && b[at..end]
+                            .iter()
+                            .fold(0u64, |n, &d| n * 10 + u64::from(d - b'0'))
+                            <= MAX_COUNT
+                }
+                _ => false,
+            };
         let val = if keep { val } else { 0 };
         s.bytes.extend_from_slice(&b[self.last..at + val]);
         s.steps.push(Step {
