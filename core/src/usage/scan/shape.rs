@@ -22,11 +22,32 @@
 //! (checked against the ones the shape was noted with). Property-tested against the resumable
 //! scanner with pairs of bodies of one structure and differing values, damaged or not.
 //!
-//! The cost is what the comparison and the values cost, not the members' lookup: ~2,200
-//! instructions for the corpus's 997-byte pretty-printed Chat body against ~5,600 walked. A
-//! body of another shape costs its failed replay (mostly a few steps: shapes differ early) and
-//! the noting on top of the walk. Bounded: at most [`MAX_STEPS`] values and [`MAX_LIT`]
-//! compared bytes (a larger body is walked every time).
+//! **Folding.** Many values are the same in every body of a shape (`"object"`, the role, a
+//! `finish_reason`, zero counts of cache or reasoning tokens, the model), and places (a usage
+//! object's opening and closing) are where they were. So the noting also keeps each skipped
+//! value, count and unescaped model of at most [`FOLD_MAX`] bytes ([`MAX_VALS`] in all), and
+//! the replay compares them with the bytes around them as one run instead of reading them;
+//! what a folded step does (a count's value set, the model taken, a usage object opened or
+//! closed) is kept with its run and done after the run compares equal ([`Effect`]). Comparing
+//! a kept value is reading it: the bytes are those the walk read there, followed by compared
+//! bytes (a number's end is the byte after it; a value followed by no compared byte is not
+//! folded), so the walk's functions would find the same extent and the same count or model.
+//! When a run differs, its steps are replayed one by one ([`Scanner::unfold`], as before
+//! folding): a folded value that changed is read as its slot reads it, the body still
+//! matches, and that value is no longer folded in this shape (its kept bytes dropped): an id,
+//! a time, the counts that vary are each read from their second body on; a body that differs
+//! in compared bytes gives up as before. Property-tested against the resumable scanner with
+//! provider-like bodies whose counts and models stay or change, and bodies read again after
+//! their shape was unfolded.
+//!
+//! The cost is what the comparison and the values that vary cost, not the members' lookup:
+//! ~1,750 instructions for a 997-byte pretty-printed Chat body with its id, time, answer and
+//! counts changing from body to body (7 runs: the id, the time, the answer, the prompt and
+//! completion counts, their total, the end), against ~5,600 walked. A body of another shape
+//! costs its failed replay (mostly a few steps: shapes differ early) and the noting on top of
+//! the walk. Bounded: at most [`MAX_STEPS`] values, [`MAX_LIT`] compared bytes, [`MAX_VALS`]
+//! kept bytes and [`MAX_EFFECTS`] effects (a larger body is walked every time; values past
+//! the last two bounds are read, not folded).
 
 use super::probe;
 use super::whole::{skip_scalar, w_string, Pos, Stop};
