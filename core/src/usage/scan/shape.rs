@@ -552,18 +552,22 @@ impl Scanner {
         for run in &shape.runs {
             let (y, rest) = bytes.split_at_checked(usize::from(run.len)).ok_or(Stop)?;
             bytes = rest;
-            let (folded, rest) = effects
-                .split_at_checked(usize::from(run.effects))
-                .ok_or(Stop)?;
-            effects = rest;
+            let n = usize::from(run.effects);
             match b.get(i..i + y.len()) {
                 Some(x) if probe::equal(x, y) => {
                     i += y.len();
-                    for e in folded {
-                        self.effect(*e, y, i);
+                    if n > 0 {
+                        let (folded, rest) = effects.split_at_checked(n).ok_or(Stop)?;
+                        effects = rest;
+                        for e in folded {
+                            self.effect(*e, y, i);
+                        }
                     }
                 }
-                _ => i = self.unfold(shape, run, y, b, i, changed)?,
+                _ => {
+                    effects = effects.get(n..).ok_or(Stop)?;
+                    i = self.unfold(shape, run, y, b, i, changed)?;
+                }
             }
             i = match run.slot {
                 Slot::End => return if i == b.len() { Ok(()) } else { Err(Stop) },
