@@ -29,11 +29,15 @@ pub(super) fn skip_scalar(b: &[u8], i: usize) -> Pos {
     let mut j = i + 1;
     match c {
         b'0'..=b'9' | b'-' => {
-            // Digits 8 a step (a timestamp's), then the rest of the run byte by byte.
+            // Digits 8 a step (a timestamp's); the run ends at a byte of no number found so,
+            // else it goes on byte by byte (a fraction, an exponent, the buffer's last bytes).
             while let Some(&w) = b.get(j..).and_then(|r| r.first_chunk::<8>()) {
                 let (n, _) = probe::lead_digits(w);
                 j += n;
                 if n < 8 {
+                    if !matches!(w[n], b'.' | b'e' | b'E' | b'+' | b'-') {
+                        return Ok(j);
+                    }
                     break;
                 }
             }
