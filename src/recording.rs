@@ -68,8 +68,8 @@ unsafe impl Sync for ModelOf {}
 static MODEL_OF: ModelOf = ModelOf(RefCell::new(FollowTable::new(CACHE_SLOTS)));
 
 /// [`MODEL_OF`] for models of 17 to 40 bytes (`gpt-4o-mini-2024-07-18`,
-/// `claude-sonnet-4-5-20250929`), six words a key: asked only when a model misses
-/// [`MODEL_OF`], so that short models pay nothing for it.
+/// `claude-sonnet-4-5-20250929`), six words a key: asked only for a model of that length
+/// (the usual one), so that short models pay nothing for it.
 struct ModelOfLong(RefCell<FollowTable<'static, 6>>);
 
 // SAFETY: as WorkerCache: only the worker's event-loop thread records.
@@ -450,10 +450,10 @@ impl Recorder<'_> {
 
     /// The `MODEL_REQUEST` series of a request whose model and request series (`anchor`, 0
     /// when it cannot stand for the namespace and class) were not in the worker's `MODEL_OF`
-    /// table: a model of 17 to 40 bytes asked of `MODEL_OF_LONG` with the request series,
-    /// then of the cache (see
+    /// or `MODEL_OF_LONG` table: asked of the cache (see
     /// [`model_request_series`](Self::model_request_series)), then remembered in the table
     /// of its length when it is the labels' own.
+    #[cold]
     #[inline(never)]
     fn model_request_miss(
         &self,
@@ -468,9 +468,6 @@ impl Recorder<'_> {
         } else {
             None
         };
-        if let Some(v) = long.as_ref().and_then(|k| model_of_long(anchor, k)) {
-            return (Some(v), true);
-        }
         // Only the model families have a status class (computed here: the usual request has
         // none of them). The snapshot's values, not the snapshot: see `Finished`.
         let class = if cut {
@@ -739,21 +736,22 @@ fn record_with<const EX: bool>(t: &Recorder, f: &Finished, trace: Option<&Trace>
         let model = f.model;
         let kind = (fam::MODEL_REQUEST, layouts.duration);
         // The request's own series stands for its namespace and status class: with a model of
-        // up to 16 bytes (held whole in its words), the model series is found from the two.
+        // up to 40 bytes (held whole in its words), the model series is found from the two.
         // (The model's words are made again on a miss: kept for it, they would be stored.)
-        let follow = match req {
-            Some(r) if req_own && model.len() <= 16 => Some(r.as_ptr() as usize),
-            _ => None,
+        let anchor = match req {
+            Some(r) if req_own => r.as_ptr() as usize,
+            _ => 0,
         };
-        let found = follow.and_then(|a| model_of(a, &bytes_words(model)));
+        let found = match model.len() {
+            _ if anchor == 0 => None,
+            0..=16 => model_of(anchor, &bytes_words(model)),
+            // The usual model name (17 to 40 bytes) is as much a hit as a short one.
+            _ => bytes_words6(model).and_then(|k| model_of_long(anchor, &k)),
+        };
         let (v, own) = match found {
             Some(v) => (Some(v), true),
             None => {
                 let how = (f.cut.is_some(), status);
-                let anchor = match req {
-                    Some(r) if req_own => r.as_ptr() as usize,
-                    _ => 0,
-                };
                 t.model_request_miss(kind.1, words, (model, ns), how, anchor)
             }
         };
