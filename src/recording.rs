@@ -344,9 +344,9 @@ impl Recorder<'_> {
 
     /// The series of a model family whose labels start with the request's model and namespace
     /// (`key`), then values with identities. With `rel` (the family's place in a [`Related`]
-    /// entry) and the key's anchor, the worker's related table is asked first; else the cache,
-    /// with a packed key. Also says whether the series is the labels' own (not an overflow
-    /// series).
+    /// entry) and the key's anchor, the key's copy of the related table's entry is asked first;
+    /// else the cache, with a packed key. Also says whether the series is the labels' own (not
+    /// an overflow series).
     #[inline(always)]
     fn model_series<const N: usize>(
         &self,
@@ -356,10 +356,8 @@ impl Recorder<'_> {
         labels: &[Label; N],
     ) -> (Option<&'static [AtomicU64]>, bool) {
         let anchor = rel.filter(|_| key.anchor != 0).map(|i| (key.anchor, i));
-        if let Some((a, i)) = anchor {
-            if let Some(v) = related_get(a, i) {
-                return (Some(v), true);
-            }
+        if let Some(v) = rel.and_then(|i| key.related.get(i).copied().flatten()) {
+            return (Some(v), true);
         }
         let kind = SeriesKind {
             family,
@@ -547,6 +545,9 @@ struct ModelKey<'l> {
     /// The request's own `model_requests` series (its address), once found; 0 before, or when
     /// it is an overflow series. See [`Related`].
     anchor: usize,
+    /// The anchor's series in the related table, read once for all the request's families
+    /// (`None` where it has none yet: an entry's series never change but from `None`).
+    related: [Option<&'static [AtomicU64]>; RELATED_FAMILIES],
     /// The two values, for their middles when longer than 16 bytes (see
     /// `SeriesCache::get_packed`).
     model: &'l [u8],
@@ -604,14 +605,20 @@ fn related_slot(anchor: usize) -> usize {
     ((anchor as u64 >> 3).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 54) as usize % RELATED_SLOTS
 }
 
+/// The series of the related table's entry of `anchor` (none for 0, or without an entry).
 #[inline(always)]
-fn related_get(anchor: usize, i: usize) -> Option<&'static [AtomicU64]> {
-    let table = RELATED.0.try_borrow().ok()?;
-    let e = table.get(related_slot(anchor))?;
-    if e.anchor != anchor {
-        return None;
+fn related_of(anchor: usize) -> [Option<&'static [AtomicU64]>; RELATED_FAMILIES] {
+    let none = [None; RELATED_FAMILIES];
+    if anchor == 0 {
+        return none;
     }
-    *e.series.get(i)?
+    let Ok(table) = RELATED.0.try_borrow() else {
+        return none;
+    };
+    match table.get(related_slot(anchor)) {
+        Some(e) if e.anchor == anchor => e.series,
+        _ => none,
+    }
 }
 
 #[cold]
@@ -766,8 +773,7 @@ fn record_with<const EX: bool>(t: &Recorder, f: &Finished, trace: Option<&Trace>
         // The usual request with a model has no other model family.
         let more = |l: &&Llm| l.ttft.is_some() || l.tokens.is_some() || l.usage_missing.is_some();
         if let Some(llm) = f.llm.filter(more) {
-            let key = ModelKey { anchor, model, ns };
-            record_model_families::<EX>(t, &key, llm, f.duration, trace);
+            record_model_families::<EX>(t, (anchor, model, ns), llm, f.duration, trace);
         }
     }
     if let Some(auto) = f.auto {
@@ -781,11 +787,17 @@ fn record_with<const EX: bool>(t: &Recorder, f: &Finished, trace: Option<&Trace>
 #[inline(never)]
 fn record_model_families<const EX: bool>(
     t: &Recorder,
-    key: &ModelKey,
+    (anchor, model, ns): (usize, &[u8], &[u8]),
     llm: &Llm,
     duration: f64,
     trace: Option<&Trace>,
 ) {
+    let key = &ModelKey {
+        anchor,
+        related: related_of(anchor),
+        model,
+        ns,
+    };
     let (bounds, layouts) = (&t.mc.bounds, &t.zone.layouts);
     let labels = [Label::bytes(key.model), Label::bytes(key.ns)];
     if let Some(ttft) = llm.ttft {
