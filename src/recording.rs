@@ -808,7 +808,7 @@ fn record_model_families<const EX: bool>(
             t.bucket_exemplar::<EX>(trace, v, (fam::TTFT, layouts.ttft), &bounds.ttft, ttft);
         }
     }
-    if let Some(tokens) = &llm.tokens {
+    if let Some(tokens) = llm.tokens {
         record_tokens::<EX>(t, key, &labels, tokens, duration, llm.ttft, trace);
     }
     if let Some(why) = llm.usage_missing {
