@@ -16,7 +16,7 @@ use crate::conf::{
     cycle_main_conf, loc_conf, main_conf, parsing_main_conf, LocConf, MainConf, USAGE_OFF,
 };
 use crate::recording;
-use crate::request::{self, Finished, ReqCtx, Target, UsageRead, UsageState};
+use crate::request::{self, Finished, ReqCtx, Target, UsageState};
 use crate::zone::ZoneSpec;
 
 /// The next body filter (nginx's filter chain is a linked list of function pointers).
@@ -307,30 +307,36 @@ unsafe extern "C" fn usage_filter(
         if !proxied {
             return watch_body(req, links);
         }
-        // A response being read goes straight on (its location was checked at its first
-        // buffer); read_usage does watch_body's work too: one walk of the chain.
+        // A response whose reading started goes straight on: its location was checked at its
+        // first buffer, and a response's location never changes once its body passes.
+        // read_usage does watch_body's work too: one walk of the chain.
         let ctx = match request::find_ctx(req) {
             Some(ctx)
                 if ctx
                     .llm
                     .as_ref()
-                    .is_some_and(|l| matches!(l.usage, UsageState::Reading(_))) =>
+                    .is_some_and(|l| !matches!(l.usage, UsageState::Unread)) =>
             {
                 ctx
             }
-            _ => {
+            found => {
                 let lc = loc_conf(req).filter(|lc| lc.enable == 1 && lc.usage != USAGE_OFF);
-                let (Some(lc), Some(ctx)) = (lc, lc.and_then(|_| request::ctx(req))) else {
+                let Some(lc) = lc else {
+                    return watch_body(req, links);
+                };
+                // The context the lookup above found (the usual case: the precontent handler
+                // made it), else a new one.
+                let Some(ctx) = found.or_else(|| request::ctx(req)) else {
                     return watch_body(req, links);
                 };
                 let llm = ctx.llm_mut();
                 if let UsageState::Unread = llm.usage {
-                    llm.usage = request::start_usage(req, lc);
+                    request::start_usage(req, lc, llm);
                 }
                 ctx
             }
         };
-        read_usage(req, ctx, links)
+        read_usage(ctx, links)
     }));
     // SAFETY: NEXT_BODY_FILTER was set in postconfiguration, before any request.
     match unsafe { *ptr::addr_of!(NEXT_BODY_FILTER) } {
@@ -341,13 +347,14 @@ unsafe extern "C" fn usage_filter(
 }
 
 /// Hands the response's buffers to its usage reader (made at the first one).
-/// Also notes, as `watch_body` does, when the body's last buffer passed and when data last came.
-fn read_usage(r: &ngx_http_request_t, ctx: &mut ReqCtx, chain: Option<&ngx_chain_t>) {
+/// Also notes, as `watch_body` does, when the body's last buffer passed and when data last came
+/// (in the context of the proxied main request, in a location that records).
+fn read_usage(ctx: &mut ReqCtx, chain: Option<&ngx_chain_t>) {
     let Some(llm) = ctx.llm.as_mut() else {
-        return watch_body(r, chain);
+        return watch_read(ctx, chain);
     };
-    let UsageState::Reading(reader) = &mut llm.usage else {
-        return watch_body(r, chain);
+    let (UsageState::Reading, Some(reader)) = (&llm.usage, llm.reader.as_mut()) else {
+        return watch_read(ctx, chain);
     };
     let (mut first, mut last, mut data) = (false, false, false);
     let mut cl = chain;
@@ -355,9 +362,11 @@ fn read_usage(r: &ngx_http_request_t, ctx: &mut ReqCtx, chain: Option<&ngx_chain
         // SAFETY: the chain's buffers are live while the filter runs.
         if let Some(b) = unsafe { link.buf.as_ref() } {
             if b.in_file() != 0 && b.temporary() == 0 && b.memory() == 0 && b.mmap() == 0 {
-                // Spilled to a temporary file by nginx's proxy buffering: not read back.
+                // Spilled to a temporary file by nginx's proxy buffering: not read back (its
+                // reader goes back to the pool at once).
                 llm.usage = UsageState::Missing(UsageMissing::Unreadable);
-                return watch_body(r, chain);
+                llm.reader = None;
+                return watch_read(ctx, chain);
             }
             if !b.pos.is_null() && b.last > b.pos {
                 // SAFETY: an in-memory buffer's bytes from pos to last are readable.
@@ -374,12 +383,7 @@ fn read_usage(r: &ngx_http_request_t, ctx: &mut ReqCtx, chain: Option<&ngx_chain
     }
     if last {
         // The body is whole: its usage is known now (Lua's log phase may ask for it).
-        if let UsageState::Reading(reader) = std::mem::replace(&mut llm.usage, UsageState::Skipped)
-        {
-            let read = UsageRead::conclude(reader, true);
-            first |= read.first_content_at_finish();
-            llm.usage = UsageState::Read(read);
-        }
+        first |= llm.conclude(true);
         ctx.complete = true;
     }
     if data {
@@ -387,5 +391,27 @@ fn read_usage(r: &ngx_http_request_t, ctx: &mut ReqCtx, chain: Option<&ngx_chain
     }
     if first && llm.first_token_ms.is_none() {
         llm.first_token_ms = Some(request::now_ms());
+    }
+}
+
+/// [`watch_body`]'s work for a proxied main request in a location that records, whose context
+/// is known (found in its slot: its last buffer is noted in the context itself).
+fn watch_read(ctx: &mut ReqCtx, chain: Option<&ngx_chain_t>) {
+    let (mut last, mut data) = (false, false);
+    let mut cl = chain;
+    while let Some(link) = cl {
+        // SAFETY: the chain's buffers are live while the filter runs.
+        if let Some(b) = unsafe { link.buf.as_ref() } {
+            last |= b.last_buf() != 0;
+            data |= b.pos != b.last || b.in_file() != 0;
+        }
+        // SAFETY: as above, for the next link.
+        cl = unsafe { link.next.as_ref() };
+    }
+    if last {
+        ctx.complete = true;
+    }
+    if data {
+        ctx.last_body_msec = request::now_msec();
     }
 }

@@ -189,12 +189,9 @@ pub unsafe extern "C" fn gateway_metrics_response_usage(
         // SAFETY: forwarded contract.
         let ctx = unsafe { req_ctx(r)? };
         let t = match ctx.llm.as_ref().map_or(&UsageState::Unread, |l| &l.usage) {
-            UsageState::Read(read) => match &read.tokens {
-                Ok(t) => *t,
-                Err(why) => return Err(why.message()),
-            },
+            UsageState::Read(t) => *t,
             UsageState::Missing(why) => return Err(why.message()),
-            UsageState::Reading(_) => return Err(c"usage not read yet: the body is not complete"),
+            UsageState::Reading => return Err(c"usage not read yet: the body is not complete"),
             UsageState::Unread | UsageState::Skipped => {
                 return Err(c"no usage read for this response")
             }

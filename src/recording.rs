@@ -68,8 +68,8 @@ unsafe impl Sync for ModelOf {}
 static MODEL_OF: ModelOf = ModelOf(RefCell::new(FollowTable::new(CACHE_SLOTS)));
 
 /// [`MODEL_OF`] for models of 17 to 40 bytes (`gpt-4o-mini-2024-07-18`,
-/// `claude-sonnet-4-5-20250929`), six words a key: asked only when a model misses
-/// [`MODEL_OF`], so that short models pay nothing for it.
+/// `claude-sonnet-4-5-20250929`), six words a key: asked only for a model of that length
+/// (the usual one), so that short models pay nothing for it.
 struct ModelOfLong(RefCell<FollowTable<'static, 6>>);
 
 // SAFETY: as WorkerCache: only the worker's event-loop thread records.
@@ -344,9 +344,9 @@ impl Recorder<'_> {
 
     /// The series of a model family whose labels start with the request's model and namespace
     /// (`key`), then values with identities. With `rel` (the family's place in a [`Related`]
-    /// entry) and the key's anchor, the worker's related table is asked first; else the cache,
-    /// with a packed key. Also says whether the series is the labels' own (not an overflow
-    /// series).
+    /// entry) and the key's anchor, the key's copy of the related table's entry is asked first;
+    /// else the cache, with a packed key. Also says whether the series is the labels' own (not
+    /// an overflow series).
     #[inline(always)]
     fn model_series<const N: usize>(
         &self,
@@ -356,10 +356,8 @@ impl Recorder<'_> {
         labels: &[Label; N],
     ) -> (Option<&'static [AtomicU64]>, bool) {
         let anchor = rel.filter(|_| key.anchor != 0).map(|i| (key.anchor, i));
-        if let Some((a, i)) = anchor {
-            if let Some(v) = related_get(a, i) {
-                return (Some(v), true);
-            }
+        if let Some(v) = rel.and_then(|i| key.related.get(i).copied().flatten()) {
+            return (Some(v), true);
         }
         let kind = SeriesKind {
             family,
@@ -450,10 +448,10 @@ impl Recorder<'_> {
 
     /// The `MODEL_REQUEST` series of a request whose model and request series (`anchor`, 0
     /// when it cannot stand for the namespace and class) were not in the worker's `MODEL_OF`
-    /// table: a model of 17 to 40 bytes asked of `MODEL_OF_LONG` with the request series,
-    /// then of the cache (see
+    /// or `MODEL_OF_LONG` table: asked of the cache (see
     /// [`model_request_series`](Self::model_request_series)), then remembered in the table
     /// of its length when it is the labels' own.
+    #[cold]
     #[inline(never)]
     fn model_request_miss(
         &self,
@@ -468,9 +466,6 @@ impl Recorder<'_> {
         } else {
             None
         };
-        if let Some(v) = long.as_ref().and_then(|k| model_of_long(anchor, k)) {
-            return (Some(v), true);
-        }
         // Only the model families have a status class (computed here: the usual request has
         // none of them). The snapshot's values, not the snapshot: see `Finished`.
         let class = if cut {
@@ -550,6 +545,9 @@ struct ModelKey<'l> {
     /// The request's own `model_requests` series (its address), once found; 0 before, or when
     /// it is an overflow series. See [`Related`].
     anchor: usize,
+    /// The anchor's series in the related table, read once for all the request's families
+    /// (`None` where it has none yet: an entry's series never change but from `None`).
+    related: [Option<&'static [AtomicU64]>; RELATED_FAMILIES],
     /// The two values, for their middles when longer than 16 bytes (see
     /// `SeriesCache::get_packed`).
     model: &'l [u8],
@@ -607,14 +605,20 @@ fn related_slot(anchor: usize) -> usize {
     ((anchor as u64 >> 3).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 54) as usize % RELATED_SLOTS
 }
 
+/// The series of the related table's entry of `anchor` (none for 0, or without an entry).
 #[inline(always)]
-fn related_get(anchor: usize, i: usize) -> Option<&'static [AtomicU64]> {
-    let table = RELATED.0.try_borrow().ok()?;
-    let e = table.get(related_slot(anchor))?;
-    if e.anchor != anchor {
-        return None;
+fn related_of(anchor: usize) -> [Option<&'static [AtomicU64]>; RELATED_FAMILIES] {
+    let none = [None; RELATED_FAMILIES];
+    if anchor == 0 {
+        return none;
     }
-    *e.series.get(i)?
+    let Ok(table) = RELATED.0.try_borrow() else {
+        return none;
+    };
+    match table.get(related_slot(anchor)) {
+        Some(e) if e.anchor == anchor => e.series,
+        _ => none,
+    }
 }
 
 #[cold]
@@ -739,21 +743,22 @@ fn record_with<const EX: bool>(t: &Recorder, f: &Finished, trace: Option<&Trace>
         let model = f.model;
         let kind = (fam::MODEL_REQUEST, layouts.duration);
         // The request's own series stands for its namespace and status class: with a model of
-        // up to 16 bytes (held whole in its words), the model series is found from the two.
+        // up to 40 bytes (held whole in its words), the model series is found from the two.
         // (The model's words are made again on a miss: kept for it, they would be stored.)
-        let follow = match req {
-            Some(r) if req_own && model.len() <= 16 => Some(r.as_ptr() as usize),
-            _ => None,
+        let anchor = match req {
+            Some(r) if req_own => r.as_ptr() as usize,
+            _ => 0,
         };
-        let found = follow.and_then(|a| model_of(a, &bytes_words(model)));
+        let found = match model.len() {
+            _ if anchor == 0 => None,
+            0..=16 => model_of(anchor, &bytes_words(model)),
+            // The usual model name (17 to 40 bytes) is as much a hit as a short one.
+            _ => bytes_words6(model).and_then(|k| model_of_long(anchor, &k)),
+        };
         let (v, own) = match found {
             Some(v) => (Some(v), true),
             None => {
                 let how = (f.cut.is_some(), status);
-                let anchor = match req {
-                    Some(r) if req_own => r.as_ptr() as usize,
-                    _ => 0,
-                };
                 t.model_request_miss(kind.1, words, (model, ns), how, anchor)
             }
         };
@@ -768,8 +773,7 @@ fn record_with<const EX: bool>(t: &Recorder, f: &Finished, trace: Option<&Trace>
         // The usual request with a model has no other model family.
         let more = |l: &&Llm| l.ttft.is_some() || l.tokens.is_some() || l.usage_missing.is_some();
         if let Some(llm) = f.llm.filter(more) {
-            let key = ModelKey { anchor, model, ns };
-            record_model_families::<EX>(t, &key, llm, f.duration, trace);
+            record_model_families::<EX>(t, (anchor, model, ns), llm, f.duration, trace);
         }
     }
     if let Some(auto) = f.auto {
@@ -783,11 +787,17 @@ fn record_with<const EX: bool>(t: &Recorder, f: &Finished, trace: Option<&Trace>
 #[inline(never)]
 fn record_model_families<const EX: bool>(
     t: &Recorder,
-    key: &ModelKey,
+    (anchor, model, ns): (usize, &[u8], &[u8]),
     llm: &Llm,
     duration: f64,
     trace: Option<&Trace>,
 ) {
+    let key = &ModelKey {
+        anchor,
+        related: related_of(anchor),
+        model,
+        ns,
+    };
     let (bounds, layouts) = (&t.mc.bounds, &t.zone.layouts);
     let labels = [Label::bytes(key.model), Label::bytes(key.ns)];
     if let Some(ttft) = llm.ttft {
@@ -798,7 +808,7 @@ fn record_model_families<const EX: bool>(
             t.bucket_exemplar::<EX>(trace, v, (fam::TTFT, layouts.ttft), &bounds.ttft, ttft);
         }
     }
-    if let Some(tokens) = &llm.tokens {
+    if let Some(tokens) = llm.tokens {
         record_tokens::<EX>(t, key, &labels, tokens, duration, llm.ttft, trace);
     }
     if let Some(why) = llm.usage_missing {

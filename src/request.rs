@@ -61,6 +61,12 @@ pub struct LlmState {
     pub lua_tokens: Option<Tokens>,
     /// Reading the response's usage (`gateway_metrics_usage`).
     pub usage: UsageState,
+    /// The response's reader (from the worker's pool: no allocation per buffer, and none per
+    /// response once the pool has one) while its body is read, then kept for the model it read
+    /// (`usage` then `Read`, or `Missing` for what the body lacked); none for a body that is
+    /// not read. (Beside the state, not in it: ending the reading writes what the body said,
+    /// without moving the reader.)
+    pub reader: Option<Reader>,
     /// When the first token was seen, ms since the epoch (`gm.first_token`).
     pub first_token_ms: Option<u64>,
 }
@@ -71,6 +77,7 @@ impl Default for LlmState {
             model: None,
             lua_tokens: None,
             usage: UsageState::Unread,
+            reader: None,
             first_token_ms: None,
         }
     }
@@ -80,12 +87,12 @@ impl Default for LlmState {
 pub enum UsageState {
     /// No body buffer has passed yet.
     Unread,
-    /// The body is being read (a reader from the worker's pool: no allocation per buffer, and
-    /// none per response once the pool has one).
-    Reading(Reader),
-    /// The whole body was read (its last buffer passed): what it said.
-    Read(UsageRead),
-    /// The body cannot be read, for this reason.
+    /// The body is being read (by [`LlmState::reader`]).
+    Reading,
+    /// The body was read to its end, or to where it was cut: the usage it reported (its model
+    /// is in [`LlmState::reader`]).
+    Read(Tokens),
+    /// The body cannot be read, or was read without usage, for this reason.
     Missing(UsageMissing),
     /// Nothing to read: usage is off, or the response is not one that reports usage (not an
     /// upstream's 2xx).
@@ -663,8 +670,8 @@ pub struct Llm<'r> {
     pub model: &'r [u8],
     /// Time to the first token, seconds.
     pub ttft: Option<f64>,
-    /// Tokens reported for the request (by Lua, else read from the response).
-    pub tokens: Option<Tokens>,
+    /// Tokens reported for the request (by Lua, else read from the response), in its context.
+    pub tokens: Option<&'r Tokens>,
     /// Why the response's usage could not be read, when it was to be read.
     pub usage_missing: Option<UsageMissing>,
 }
@@ -881,66 +888,50 @@ impl Drop for Reader {
     }
 }
 
-/// What a response said of its usage once read to its end (or cut), and its reader, kept for
-/// the model (sanitised only when the log phase takes it).
-pub struct UsageRead {
-    pub tokens: Result<Tokens, UsageMissing>,
-    reader: Reader,
-}
-
-impl UsageRead {
-    /// Ends the reading: `whole` says whether the body's last buffer passed.
-    pub fn conclude(mut reader: Reader, whole: bool) -> UsageRead {
-        let tokens = match reader.finish(whole) {
-            Outcome::Usage(t) | Outcome::Partial(t) => Ok(t),
-            Outcome::Absent => Err(UsageMissing::Absent),
-            Outcome::Aborted => Err(UsageMissing::Aborted),
-            Outcome::Malformed => Err(UsageMissing::Malformed),
-        };
-        UsageRead { tokens, reader }
-    }
-
-    /// The reader's [`UsageReader::first_content_at_finish`].
-    pub fn first_content_at_finish(&self) -> bool {
-        self.reader.first_content_at_finish()
-    }
-
-    /// The response's model as the provider wrote it (see [`UsageReader::model`]).
-    fn model(&self) -> Option<&[u8]> {
-        self.reader.model()
-    }
-}
-
 impl LlmState {
-    /// What the response said of its usage, once, at the log phase: the tokens to record, or
-    /// why there are none. Lua's tokens win over the response's. A response's usage read to
-    /// its end stays in place (its reader holds the model, see [`LlmState::response_model`]).
+    /// Ends the reading of a body being read (`whole`: its last buffer passed): what it said
+    /// (its reader stays, for the model). True when the first content came in the body's last
+    /// event, one without blank line that only its end could read (see
+    /// [`UsageReader::first_content_at_finish`]).
+    pub fn conclude(&mut self, whole: bool) -> bool {
+        let (UsageState::Reading, Some(reader)) = (&self.usage, self.reader.as_mut()) else {
+            return false;
+        };
+        self.usage = match reader.finish(whole) {
+            Outcome::Usage(t) | Outcome::Partial(t) => UsageState::Read(t),
+            Outcome::Absent => UsageState::Missing(UsageMissing::Absent),
+            Outcome::Aborted => UsageState::Missing(UsageMissing::Aborted),
+            Outcome::Malformed => UsageState::Missing(UsageMissing::Malformed),
+        };
+        reader.first_content_at_finish()
+    }
+
+    /// The response's model as the provider wrote it (see [`UsageReader::model`]), once its
+    /// body was read (with or without usage).
+    fn read_model(&self) -> Option<&[u8]> {
+        match (&self.usage, &self.reader) {
+            (UsageState::Reading, _) | (_, None) => None,
+            (_, Some(reader)) => reader.model(),
+        }
+    }
+
+    /// What the response said of its usage, at the log phase (after [`LlmState::conclude`]):
+    /// the tokens to record, or why there are none. Lua's tokens win over the response's.
     fn usage_result(
-        &mut self,
+        &self,
         r: &ngx_http_request_t,
         lc: &LocConf,
         whole: bool,
-    ) -> (Option<Tokens>, Option<UsageMissing>) {
-        if let UsageState::Reading(_) = self.usage {
-            if let UsageState::Reading(reader) =
-                std::mem::replace(&mut self.usage, UsageState::Skipped)
-            {
-                self.usage = UsageState::Read(UsageRead::conclude(reader, whole));
-            }
-        }
-        let native = match &self.usage {
-            UsageState::Unread => (None, unread_usage(r, lc, whole)),
-            UsageState::Skipped | UsageState::Reading(_) => (None, None),
-            UsageState::Missing(why) => (None, Some(*why)),
-            UsageState::Read(read) => match read.tokens {
-                Ok(t) => (Some(t), None),
-                Err(why) => (None, Some(why)),
-            },
-        };
+    ) -> (Option<&Tokens>, Option<UsageMissing>) {
         // Tokens Lua reported win: the response's are not counted on top of them.
-        match self.lua_tokens {
-            Some(t) => (Some(t), None),
-            None => native,
+        if let Some(t) = &self.lua_tokens {
+            return (Some(t), None);
+        }
+        match &self.usage {
+            UsageState::Unread => (None, unread_usage(r, lc, whole)),
+            UsageState::Skipped | UsageState::Reading => (None, None),
+            UsageState::Missing(why) => (None, Some(*why)),
+            UsageState::Read(t) => (Some(t), None),
         }
     }
 
@@ -948,10 +939,8 @@ impl LlmState {
     /// label value as it is; the usual name stays where it is, in the reader (see
     /// [`LlmState::response_model`]).
     fn keep_response_model(&mut self) {
-        if let UsageState::Read(read) = &self.usage {
-            if let Some(m) = read.model().filter(|m| !is_clean(m)) {
-                self.model = Some(Value::sanitized(m));
-            }
+        if let Some(m) = self.read_model().filter(|m| !is_clean(m)) {
+            self.model = Some(Value::sanitized(m));
         }
     }
 
@@ -961,10 +950,7 @@ impl LlmState {
         if let Some(m) = &self.model {
             return Some(m.as_bytes());
         }
-        match &self.usage {
-            UsageState::Read(read) => read.model(),
-            _ => None,
-        }
+        self.read_model()
     }
 }
 
@@ -1008,8 +994,14 @@ fn usage_applies(r: &ngx_http_request_t) -> bool {
         && r.header_only() == 0
 }
 
-/// The usage reader for a response about to pass (its header is out), or why there is none.
-pub fn start_usage(r: &ngx_http_request_t, lc: &LocConf) -> UsageState {
+/// Starts reading the usage of a response about to pass (its header is out): its reader, or
+/// why there is none.
+pub fn start_usage(r: &ngx_http_request_t, lc: &LocConf, llm: &mut LlmState) {
+    llm.usage = usage_start(r, lc, &mut llm.reader);
+}
+
+/// [`start_usage`]'s state, the reader put in `reader`.
+fn usage_start(r: &ngx_http_request_t, lc: &LocConf, reader: &mut Option<Reader>) -> UsageState {
     let Some(format) = lc.usage_format() else {
         return UsageState::Skipped;
     };
@@ -1030,7 +1022,8 @@ pub fn start_usage(r: &ngx_http_request_t, lc: &LocConf) -> UsageState {
     let ct = r.headers_out.content_type.as_bytes();
     let sse = ct.len() >= 17 && ct[..17].eq_ignore_ascii_case(b"text/event-stream");
     let body = if sse { Body::EventStream } else { Body::Json };
-    UsageState::Reading(Reader::new(format, body))
+    *reader = Some(Reader::new(format, body));
+    UsageState::Reading
 }
 
 /// The model families' part of a request with a context or that reads its response's usage
@@ -1065,18 +1058,20 @@ fn model_and_usage<'r>(
         return (Some(&*part), None);
     };
     let lua_model = c.llm.as_ref().is_some_and(|l| l.model.is_some());
-    let (tokens, usage_missing) = match c.llm.as_mut() {
-        Some(l) => {
-            let result = l.usage_result(rr, lc, whole);
-            if !lua_model && conf_model.is_empty() {
-                l.keep_response_model();
-            }
-            result
+    // What changes the context first: the end of a body still being read (a cut one), the
+    // copy of a response's model that needs sanitising.
+    if let Some(l) = c.llm.as_mut() {
+        l.conclude(whole);
+        if !lua_model && conf_model.is_empty() {
+            l.keep_response_model();
         }
-        None => (None, unread_usage(rr, lc, whole)),
-    };
+    }
     let c = &*c;
     let llm = c.llm.as_ref();
+    let (tokens, usage_missing) = match llm {
+        Some(l) => l.usage_result(rr, lc, whole),
+        None => (None, unread_usage(rr, lc, whole)),
+    };
     // Lua's model, else the directive's, else the response's.
     let model: &[u8] = match llm {
         Some(l) if lua_model => l.model.as_ref().map_or(b"", Value::as_bytes),
