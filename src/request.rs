@@ -902,6 +902,7 @@ impl LlmState {
     /// (its reader stays, for the model). True when the first content came in the body's last
     /// event, one without blank line that only its end could read (see
     /// [`UsageReader::first_content_at_finish`]).
+    #[inline(always)]
     pub fn conclude(&mut self, whole: bool) -> bool {
         let (UsageState::Reading, Some(reader)) = (&self.usage, self.reader.as_mut()) else {
             return false;
