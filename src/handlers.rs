@@ -212,7 +212,7 @@ fn log(r: &Request) {
         return;
     };
     let t = &recording::Recorder { t, log: r.log() };
-    let mut llm = None;
+    let mut llm = request::LlmSlot::default();
     // Where the namespace and the model are both query arguments (and exemplars are off), a
     // copy of the path that reads the two inline, in one walk of the query string (a call to
     // read them cost ~50 instructions more; inline here, they cost the other paths ~10).
@@ -230,7 +230,7 @@ fn log(r: &Request) {
 #[cold]
 #[inline(never)]
 fn log_traced(r: &Request, lc: &LocConf, ctx: Option<&mut ReqCtx>, t: &recording::Recorder) {
-    let mut llm = None;
+    let mut llm = request::LlmSlot::default();
     let f = Finished::read(r, lc, ctx, &mut llm);
     recording::record_traced(t, &f, request::trace(r, lc));
 }

@@ -664,6 +664,15 @@ pub struct Finished<'r> {
     pub llm: Option<&'r Llm<'r>>,
 }
 
+/// Where the log phase keeps what [`Finished::read`] lends the snapshot besides the request's
+/// own data: the model families' part (when there is one), and the sanitised copy of a response's
+/// model that is not a label value as it is (the usual one is lent from its reader, no copy).
+#[derive(Default)]
+pub struct LlmSlot<'r> {
+    llm: Option<Llm<'r>>,
+    model: Option<Value>,
+}
+
 /// What a finished request says for the model families.
 pub struct Llm<'r> {
     /// `""` without one.
@@ -725,7 +734,7 @@ impl<'r> Finished<'r> {
         r: &'r Request,
         lc: &'r LocConf,
         ctx: Option<&'r mut ReqCtx>,
-        llm_slot: &'r mut Option<Llm<'r>>,
+        llm_slot: &'r mut LlmSlot<'r>,
     ) -> Finished<'r> {
         Self::read_with::<false>(r, lc, ctx, llm_slot)
     }
@@ -737,7 +746,7 @@ impl<'r> Finished<'r> {
         r: &'r Request,
         lc: &'r LocConf,
         ctx: Option<&'r mut ReqCtx>,
-        llm_slot: &'r mut Option<Llm<'r>>,
+        llm_slot: &'r mut LlmSlot<'r>,
     ) -> Finished<'r> {
         Self::read_with::<true>(r, lc, ctx, llm_slot)
     }
@@ -747,7 +756,7 @@ impl<'r> Finished<'r> {
         r: &'r Request,
         lc: &'r LocConf,
         ctx: Option<&'r mut ReqCtx>,
-        llm_slot: &'r mut Option<Llm<'r>>,
+        llm_slot: &'r mut LlmSlot<'r>,
     ) -> Finished<'r> {
         let rr: &ngx_http_request_t = r.as_ref();
         let status = status(rr);
@@ -893,6 +902,7 @@ impl LlmState {
     /// (its reader stays, for the model). True when the first content came in the body's last
     /// event, one without blank line that only its end could read (see
     /// [`UsageReader::first_content_at_finish`]).
+    #[inline(always)]
     pub fn conclude(&mut self, whole: bool) -> bool {
         let (UsageState::Reading, Some(reader)) = (&self.usage, self.reader.as_mut()) else {
             return false;
@@ -935,22 +945,14 @@ impl LlmState {
         }
     }
 
-    /// Keeps a sanitised copy (in `model`) of the model the response named when it is not a
-    /// label value as it is; the usual name stays where it is, in the reader (see
-    /// [`LlmState::response_model`]).
-    fn keep_response_model(&mut self) {
-        if let Some(m) = self.read_model().filter(|m| !is_clean(m)) {
-            self.model = Some(Value::sanitized(m));
+    /// The model the response named, sanitised as `gm.set_model` does: in place in its reader
+    /// when it is a label value as it is (the usual name: no copy), else a copy kept in `copy`.
+    fn response_model<'a>(&'a self, copy: &'a mut Option<Value>) -> Option<&'a [u8]> {
+        let m = self.read_model()?;
+        if is_clean(m) {
+            return Some(m);
         }
-    }
-
-    /// The model the response named, sanitised as `gm.set_model` does, after
-    /// [`LlmState::keep_response_model`]: its copy, else in place in its reader (no copy).
-    fn response_model(&self) -> Option<&[u8]> {
-        if let Some(m) = &self.model {
-            return Some(m.as_bytes());
-        }
-        self.read_model()
+        Some(copy.insert(Value::sanitized(m)).as_bytes())
     }
 }
 
@@ -1036,8 +1038,12 @@ fn model_and_usage<'r>(
     ctx: Option<&'r mut ReqCtx>,
     whole: bool,
     start: u64,
-    slot: &'r mut Option<Llm<'r>>,
+    slot: &'r mut LlmSlot<'r>,
 ) -> (Option<&'r Llm<'r>>, Option<&'r ReqCtx>) {
+    let LlmSlot {
+        llm: slot,
+        model: copy,
+    } = slot;
     let rr: &ngx_http_request_t = r.as_ref();
     let conf_model: &[u8] = if lc.model.is_set() {
         label(r, &lc.model)
@@ -1057,14 +1063,9 @@ fn model_and_usage<'r>(
         });
         return (Some(&*part), None);
     };
-    let lua_model = c.llm.as_ref().is_some_and(|l| l.model.is_some());
-    // What changes the context first: the end of a body still being read (a cut one), the
-    // copy of a response's model that needs sanitising.
+    // The end of a body still being read (a cut one): what changes the context, first.
     if let Some(l) = c.llm.as_mut() {
         l.conclude(whole);
-        if !lua_model && conf_model.is_empty() {
-            l.keep_response_model();
-        }
     }
     let c = &*c;
     let llm = c.llm.as_ref();
@@ -1074,9 +1075,9 @@ fn model_and_usage<'r>(
     };
     // Lua's model, else the directive's, else the response's.
     let model: &[u8] = match llm {
-        Some(l) if lua_model => l.model.as_ref().map_or(b"", Value::as_bytes),
+        Some(LlmState { model: Some(m), .. }) => m.as_bytes(),
         _ if !conf_model.is_empty() => conf_model,
-        Some(l) => l.response_model().unwrap_or(b""),
+        Some(l) => l.response_model(copy).unwrap_or(b""),
         None => b"",
     };
     if model.is_empty() && tokens.is_none() && usage_missing.is_none() {
