@@ -17,7 +17,9 @@
 //! reader whose first two bodies had more values than a shape holds (embeddings);
 //! `json_embeddings_alt` an embeddings body and the pretty body in turn (per pair);
 //! `json_late_three` three shapes in turn that differ only at their end (failed replays of
-//! nearly the whole body).
+//! nearly the whole body); `json_varied` and `json_pretty_varied` 64 bodies of the compact or
+//! pretty body's shape in turn, with the id, the time, the answer and the counts changing as a
+//! provider's do (the nginx benchmark serves the pretty ones).
 //! `usage_cost sizes` prints a reader's bytes.
 //!
 //! Measured (Rust 1.95, release, x86-64, instructions; "before" is this harness built on the
@@ -46,6 +48,30 @@
 //! | `json_late_three` three shapes in turn differing at their end (see below) | ~1,000 | 7,288 | 7,244 | |
 //! | `json_long` the same with an 8,000-byte answer (a `\n` every 80 bytes) | 8,929 | 11,772 | 15,049 | |
 //! | `json_long_split` the same in 4 KiB buffers (resumable scanner), one reader reset | 8,929 | 19,727 | 19,647 | |
+//!
+//! Sixth round (2026-12-02), against 2daee14 (the start of the round) measured in the same
+//! session: values that stay the same from body to body (and the usage object's places) are
+//! folded into the shape's compared runs, their effects (a count set, the model taken) kept
+//! beside the runs; a run that differs is replayed step by step and its changed values read
+//! from then on (`usage/scan/shape.rs`); a count's digits and a skipped number's are read 8 at
+//! a time (`probe::lead_digits`); the shapes are reserved once per reader.
+//!
+//! | case | before | now |
+//! |---|---|---|
+//! | `json_pretty_varied` (the nginx benchmark's bodies) | 2,619 | 1,671 |
+//! | `json_varied` | 2,503 | 1,564 |
+//! | `json_pretty` | 2,704 | 1,324 |
+//! | `json` | 2,575 | 1,201 |
+//! | `json_two_shapes` | 2,674 | 1,385 |
+//! | `json_four_shapes` | 4,869 | 4,903 |
+//! | `json_after_unnotable` | 2,684 | 1,290 |
+//! | `json_embeddings_alt` | 9,170 | 8,274 |
+//! | `json_late_three` | 7,276 | 7,326 |
+//! | `json_long` | 11,753 | 10,463 |
+//! | `json_long_split` | 19,685 | 19,705 |
+//! | `json_new` (a reader's first body: noting keeps values, fold, larger buffers) | 11,698 | 15,825 |
+//!
+//! The stream rows are unchanged (chat 171, anthropic 133, gemini 792, responses 159).
 //!
 //! Fifth round (2026-12-02, the JSON rows): "before" is the start of the round (10c2235, where
 //! the JSON cases took a new reader per body, as `json_new` does now). A body held whole is

@@ -82,17 +82,23 @@ impl Value {
 fn plain_ascii(raw: &[u8]) -> bool {
     const LO: u64 = 0x0101_0101_0101_0101;
     const HI: u64 = 0x8080_8080_8080_8080;
+    // A byte >= 0x80, or a zero byte.
+    let bad = |w: &[u8; 8]| {
+        let w = u64::from_le_bytes(*w);
+        w & HI != 0 || w.wrapping_sub(LO) & !w & HI != 0
+    };
     let mut chunks = raw.chunks_exact(8);
     for c in &mut chunks {
-        let mut b = [0u8; 8];
-        b.copy_from_slice(c);
-        let w = u64::from_le_bytes(b);
-        // a byte >= 0x80, or a zero byte
-        if w & HI != 0 || w.wrapping_sub(LO) & !w & HI != 0 {
+        if c.first_chunk::<8>().is_some_and(bad) {
             return false;
         }
     }
-    chunks.remainder().iter().all(|&b| b != 0 && b < 0x80)
+    match raw.last_chunk::<8>() {
+        // The rest in the last 8 bytes, which overlap the words before (a model's 17 bytes:
+        // three words, no byte loop).
+        Some(w) if !chunks.remainder().is_empty() => !bad(w),
+        _ => chunks.remainder().iter().all(|&b| b != 0 && b < 0x80),
+    }
 }
 
 /// Is `key` exactly `n` plain-ASCII values (no NUL) joined by [`SEP`]? Every byte with the high
@@ -399,6 +405,23 @@ pub fn valid_label_name(name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Word by word as byte by byte, at every length and position of a bad byte.
+    #[test]
+    fn plain_ascii_as_a_byte_loop() {
+        for len in 0..40 {
+            for at in 0..=len {
+                for bad in [0u8, 0x80, 0xFF, b'a'] {
+                    let mut raw = vec![b'm'; len];
+                    if at < len {
+                        raw[at] = bad;
+                    }
+                    let want = raw.iter().all(|&b| b != 0 && b < 0x80);
+                    assert_eq!(plain_ascii(&raw), want, "{raw:?}");
+                }
+            }
+        }
+    }
 
     /// A value is what sanitize_into makes of the same bytes, in place or not.
     #[test]

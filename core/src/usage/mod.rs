@@ -556,6 +556,7 @@ impl UsageReader {
 
     /// The response's model as the provider wrote it (JSON-unescaped, at most [`MODEL_CAP`]
     /// bytes), once seen.
+    #[inline]
     pub fn model(&self) -> Option<&[u8]> {
         self.events.scan.model.get()
     }
