@@ -270,15 +270,7 @@ fn watch_body(r: &ngx_http_request_t, chain: Option<&ngx_chain_t>) {
             cl = unsafe { link.next.as_ref() };
         }
     } else {
-        while let Some(link) = cl {
-            // SAFETY: the chain's buffers are live while the filter runs.
-            if let Some(b) = unsafe { link.buf.as_ref() } {
-                last |= b.last_buf() != 0;
-                data |= b.pos != b.last || b.in_file() != 0;
-            }
-            // SAFETY: as above, for the next link.
-            cl = unsafe { link.next.as_ref() };
-        }
+        (last, data) = last_and_data(chain);
     }
     // The mark is noted whatever the location: only a location that records reads it (its log
     // phase), and noting it costs less than looking up the location's configuration.
@@ -394,9 +386,9 @@ fn read_usage(ctx: &mut ReqCtx, chain: Option<&ngx_chain_t>) {
     }
 }
 
-/// [`watch_body`]'s work for a proxied main request in a location that records, whose context
-/// is known (found in its slot: its last buffer is noted in the context itself).
-fn watch_read(ctx: &mut ReqCtx, chain: Option<&ngx_chain_t>) {
+/// Whether the chain holds the body's last buffer, and whether it holds data.
+#[inline(always)]
+fn last_and_data(chain: Option<&ngx_chain_t>) -> (bool, bool) {
     let (mut last, mut data) = (false, false);
     let mut cl = chain;
     while let Some(link) = cl {
@@ -408,6 +400,13 @@ fn watch_read(ctx: &mut ReqCtx, chain: Option<&ngx_chain_t>) {
         // SAFETY: as above, for the next link.
         cl = unsafe { link.next.as_ref() };
     }
+    (last, data)
+}
+
+/// [`watch_body`]'s work for a proxied main request in a location that records, whose context
+/// is known (found in its slot: its last buffer is noted in the context itself).
+fn watch_read(ctx: &mut ReqCtx, chain: Option<&ngx_chain_t>) {
+    let (last, data) = last_and_data(chain);
     if last {
         ctx.complete = true;
     }

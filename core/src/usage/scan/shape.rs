@@ -998,6 +998,23 @@ mod tests {
         .prop_map(J::Obj)
     }
 
+    /// `v`'s two renderings, wrapped, the second damaged in one byte when asked.
+    fn renderings(
+        v: &J,
+        wrap: impl Fn(String) -> String,
+        damage: Option<(f64, u8)>,
+    ) -> (String, Vec<u8>) {
+        let (mut a, mut b) = (String::new(), String::new());
+        v.render(0, &mut a);
+        v.render(1, &mut b);
+        let mut b = wrap(b).into_bytes();
+        if let Some((at, c)) = damage {
+            let n = b.len();
+            b[((n as f64 * at) as usize).min(n - 1)] = c;
+        }
+        (wrap(a), b)
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(2000))]
 
@@ -1012,14 +1029,7 @@ mod tests {
             damage in proptest::option::of((0.0f64..1.0, prop::sample::select(
                 b"{}[]\",:0an \\".to_vec()))),
         ) {
-            let (mut a, mut b) = (String::new(), String::new());
-            v.render(0, &mut a);
-            v.render(1, &mut b);
-            let mut b = b.into_bytes();
-            if let Some((at, c)) = damage {
-                let n = b.len();
-                b[((n as f64 * at) as usize).min(n - 1)] = c;
-            }
+            let (a, b) = renderings(&v, |x| x, damage);
             prop_assert_eq!(check(a.as_bytes(), a.as_bytes(), allow, json_body, known), Some(true));
             check(a.as_bytes(), &b, allow, json_body, known);
         }
@@ -1035,9 +1045,6 @@ mod tests {
             damage in proptest::option::of((0.0f64..1.0, prop::sample::select(
                 b"{}[]\",:0an \\".to_vec()))),
         ) {
-            let (mut a, mut b) = (String::new(), String::new());
-            v.render(0, &mut a);
-            v.render(1, &mut b);
             // In an array, under an unknown key, or (an object) at the top level, where its
             // known keys are read: counts, the model, usage objects.
             let wrap = |x: String| match top {
@@ -1045,12 +1052,7 @@ mod tests {
                 2 if x.starts_with('{') => x,
                 _ => format!("{{\"x\":{x}}}"),
             };
-            let (a, b) = (wrap(a), wrap(b));
-            let mut b = b.into_bytes();
-            if let Some((at, c)) = damage {
-                let n = b.len();
-                b[((n as f64 * at) as usize).min(n - 1)] = c;
-            }
+            let (a, b) = renderings(&v, wrap, damage);
             prop_assert_eq!(check(a.as_bytes(), a.as_bytes(), allow, json_body, known), Some(true));
             check(a.as_bytes(), &b, allow, json_body, known);
         }
