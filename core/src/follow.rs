@@ -55,20 +55,11 @@ const fn shift_of(slots: usize) -> u32 {
 
 #[inline(always)]
 fn hash<const N: usize>(anchor: usize, k: &[u64; N]) -> u64 {
-    // Two words folded in a multiply (the second turned half round), which carries their bits
-    // upwards: the top bits (the set index, see `set_of`) depend on every bit of the anchor
-    // and the words. (One multiply a word cost a six-word key ~10 instructions more.)
+    // Each word folded in by a multiply, which carries its bits upwards: the top bits (the
+    // set index, see `set_of`) depend on every bit of the anchor and the words.
     const K1: u64 = 0x9E37_79B9_7F4A_7C15;
     let mix = |h: u64, w: u64| (h ^ w).wrapping_mul(K1);
-    let mut pairs = k.chunks_exact(2);
-    let mut h = anchor as u64;
-    for p in &mut pairs {
-        h = mix(h, p[0] ^ p[1].rotate_left(32));
-    }
-    if let [w] = pairs.remainder() {
-        h = mix(h, *w);
-    }
-    h
+    k.iter().fold(anchor as u64, |h, &w| mix(h, w))
 }
 
 impl<'a, const N: usize> FollowTable<'a, N> {
