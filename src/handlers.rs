@@ -323,7 +323,7 @@ unsafe extern "C" fn usage_filter(
                 };
                 let llm = ctx.llm_mut();
                 if let UsageState::Unread = llm.usage {
-                    request::start_usage(req, lc, llm);
+                    llm.usage = request::start_usage(req, lc, &mut llm.reader);
                 }
                 ctx
             }

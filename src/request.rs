@@ -996,14 +996,13 @@ fn usage_applies(r: &ngx_http_request_t) -> bool {
         && r.header_only() == 0
 }
 
-/// Starts reading the usage of a response about to pass (its header is out): its reader, or
-/// why there is none.
-pub fn start_usage(r: &ngx_http_request_t, lc: &LocConf, llm: &mut LlmState) {
-    llm.usage = usage_start(r, lc, &mut llm.reader);
-}
-
-/// [`start_usage`]'s state, the reader put in `reader`.
-fn usage_start(r: &ngx_http_request_t, lc: &LocConf, reader: &mut Option<Reader>) -> UsageState {
+/// Starts reading the usage of a response about to pass (its header is out): the state, its
+/// reader put in `reader` ([`LlmState::reader`]), or why there is none.
+pub fn start_usage(
+    r: &ngx_http_request_t,
+    lc: &LocConf,
+    reader: &mut Option<Reader>,
+) -> UsageState {
     let Some(format) = lc.usage_format() else {
         return UsageState::Skipped;
     };
