@@ -356,7 +356,7 @@ impl UsageReader {
         } else {
             shapes.reserve();
         }
-        *usage = Raw::default();
+        usage.clear();
         *ttft = false;
         *settled = false;
         *chat = false;
@@ -427,16 +427,28 @@ impl UsageReader {
             && self.framer.at_line_start()
     }
 
-    /// The buffers `skips` does not drop: one whole event handed on at once, anything else
-    /// framed line by line.
+    /// The buffers `skips` does not drop: a JSON body's first buffer read at once, one whole
+    /// event handed on at once, anything else framed line by line.
     #[inline(never)]
     fn feed_framed(&mut self, buf: &[u8]) -> bool {
+        if self.body == Body::Json && self.bom == 0 && buf.first().is_some_and(|&c| c != BOM[0]) {
+            self.feed_json_start(buf);
+            return false;
+        }
         let first = match self.lone_event(buf) {
             Some(first) => first,
             None => self.feed_general(buf),
         };
         self.quiet = self.quiet();
         first
+    }
+
+    /// A JSON body's first buffer, without a BOM (the usual case), straight to `framed`'s
+    /// reading (nothing else of the reader changes for it: a JSON body is never `quiet`).
+    #[inline(always)]
+    fn feed_json_start(&mut self, buf: &[u8]) {
+        self.bom = BOM.len() as u8;
+        self.json(buf);
     }
 
     /// A buffer that is one whole event (`data: …` and a blank line, or `event:`, `data:` and
@@ -479,16 +491,21 @@ impl UsageReader {
         match self.body {
             Body::EventStream => self.framer.feed(buf, &mut self.events),
             Body::Json => {
-                // A body held whole by its first buffer (the usual case) is read in the shape
-                // of the last one, else by the recursive walk (noting its shape); anything the
-                // walk cannot prove goes the resumable way.
-                let scan = &mut self.events.scan;
-                let whole = scan.at_start() && ends_a_value(buf) && self.shapes.read(scan, buf);
-                if !whole {
-                    self.events.scan.feed(buf);
-                }
+                self.json(buf);
                 false
             }
+        }
+    }
+
+    /// A body held whole by its first buffer (the usual case) is read in the shape of the last
+    /// one, else by the recursive walk (noting its shape); anything the walk cannot prove goes
+    /// the resumable way.
+    #[inline(always)]
+    fn json(&mut self, buf: &[u8]) {
+        let scan = &mut self.events.scan;
+        let whole = scan.at_start() && ends_a_value(buf) && self.shapes.read(scan, buf);
+        if !whole {
+            self.events.scan.feed(buf);
         }
     }
 

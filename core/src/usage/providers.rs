@@ -61,41 +61,80 @@ pub(crate) mod slot {
 /// The largest count we accept: a larger one is not a token count but a bug or an attack.
 pub(crate) const MAX_COUNT: u64 = 1_000_000_000_000;
 
-const NONE: u64 = u64::MAX;
-
-/// Provider counts as reported, slot by slot (`None` = not reported). Merging is per field and
-/// the latest report wins: every provider reports totals (Anthropic's `message_delta` and
-/// Gemini's chunks are cumulative), so nothing is ever added up across reports.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub(crate) struct Raw([u64; slot::COUNT]);
+/// Provider counts as reported, slot by slot: `set` has a slot's bit once it was reported (a
+/// slot without its bit holds a stale value, never read: clearing is one store). Merging is per
+/// field and the latest report wins: every provider reports totals (Anthropic's
+/// `message_delta` and Gemini's chunks are cumulative), so nothing is ever added up across
+/// reports.
+#[derive(Clone, Copy)]
+pub(crate) struct Raw {
+    vals: [u64; slot::COUNT],
+    set: u16,
+}
 
 impl Default for Raw {
     fn default() -> Self {
-        Raw([NONE; slot::COUNT])
+        Raw {
+            vals: [0; slot::COUNT],
+            set: 0,
+        }
+    }
+}
+
+/// Equal when the same slots were reported with the same counts (stale values aside).
+impl PartialEq for Raw {
+    fn eq(&self, other: &Raw) -> bool {
+        (0..slot::COUNT as u8).all(|s| self.get(s) == other.get(s))
+    }
+}
+
+impl Eq for Raw {}
+
+impl std::fmt::Debug for Raw {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map()
+            .entries((0..slot::COUNT as u8).filter_map(|s| Some((s, self.get(s)?))))
+            .finish()
     }
 }
 
 impl Raw {
+    /// No slot reported.
+    #[inline(always)]
+    pub(crate) fn clear(&mut self) {
+        self.set = 0;
+    }
+
+    #[inline(always)]
     pub(crate) fn set(&mut self, s: u8, v: u64) {
-        if let Some(x) = self.0.get_mut(usize::from(s)) {
+        if let Some(x) = self.vals.get_mut(usize::from(s)) {
             *x = v;
+            self.set |= 1 << s;
         }
     }
 
+    #[inline(always)]
     pub(crate) fn get(&self, s: u8) -> Option<u64> {
-        self.0.get(usize::from(s)).copied().filter(|&v| v != NONE)
+        let reported = u32::from(self.set) >> s.min(31) & 1 != 0;
+        self.vals.get(usize::from(s)).copied().filter(|_| reported)
     }
 
+    #[inline(always)]
     pub(crate) fn any(&self) -> bool {
-        self.0.iter().any(|&v| v != NONE)
+        self.set != 0
     }
 
+    /// The slots `newer` reported take its counts.
     pub(crate) fn merge(&mut self, newer: &Raw) {
-        for (old, &new) in self.0.iter_mut().zip(newer.0.iter()) {
-            if new != NONE {
-                *old = new;
+        let mut m = newer.set;
+        while m != 0 {
+            let s = m.trailing_zeros() as usize;
+            if let (Some(x), Some(&v)) = (self.vals.get_mut(s), newer.vals.get(s)) {
+                *x = v;
             }
+            m &= m - 1;
         }
+        self.set |= newer.set;
     }
 
     /// Which dialect reported these counts, for a body that gave no other evidence. Only

@@ -199,6 +199,29 @@ pub(crate) struct Facts {
     pub error: bool,
 }
 
+impl Facts {
+    /// What `Facts::default()` is, writing only what is read (not the inline buffers' bytes).
+    #[inline(always)]
+    pub(crate) fn reset(&mut self) {
+        let Facts {
+            content,
+            delta,
+            hints,
+            kind,
+            usage,
+            bad_count,
+            error,
+        } = self;
+        *content = 0;
+        *delta = false;
+        *hints = 0;
+        kind.clear();
+        usage.clear();
+        *bad_count = false;
+        *error = false;
+    }
+}
+
 /// See the module documentation.
 #[derive(Clone)]
 pub(crate) struct Scanner {
@@ -300,10 +323,10 @@ impl Scanner {
         *num_bad = false;
         *unit = 0;
         *high = 0;
-        *stage = Raw::default();
+        stage.clear();
         *stage_valid = false;
         *a = allow;
-        *facts = Facts::default();
+        facts.reset();
         model.len = 0;
         model.done = false;
         *json_body = false;
@@ -321,7 +344,7 @@ impl Scanner {
         self.depth = 0;
         self.skip = 0;
         self.high = 0;
-        self.facts = Facts::default();
+        self.facts.reset();
         if !self.model.done {
             self.model.len = 0;
         }
@@ -462,7 +485,7 @@ impl Scanner {
                         self.nodes[usize::from(self.depth)] = node;
                         self.depth += 1;
                         if node.is_usage() {
-                            self.stage = Raw::default();
+                            self.stage.clear();
                             self.stage_valid = false;
                         }
                         if array {

@@ -52,7 +52,7 @@
 use super::probe;
 use super::whole::{skip_scalar, w_string, Pos, Stop};
 use super::Scanner;
-use crate::usage::providers::{Act, Dialects, Node, Raw, MAX_COUNT};
+use crate::usage::providers::{Act, Dialects, Node, MAX_COUNT};
 
 /// The most values a shape notes.
 pub(crate) const MAX_STEPS: usize = 128;
@@ -329,7 +329,8 @@ impl Shapes {
     /// the walk gave up (the scanner just begun).
     pub(crate) fn read(&mut self, scan: &mut Scanner, buf: &[u8]) -> bool {
         for k in 0..SHAPES {
-            if scan.feed_shaped(&mut self.shapes[k], buf) {
+            // (An empty shape is passed over here: trying it costs a call.)
+            if !self.shapes[k].is_empty() && scan.feed_shaped(&mut self.shapes[k], buf) {
                 self.uses[k] = self.uses[k].saturating_add(1);
                 // Capped at the next miss (the cap changes only there).
                 self.credit = self.credit.saturating_add(MATCH_CREDIT);
@@ -594,7 +595,7 @@ impl Scanner {
     fn place(&mut self, slot: Slot, i: usize) -> usize {
         match slot {
             Slot::Open => {
-                self.stage = Raw::default();
+                self.stage.clear();
                 self.stage_valid = false;
             }
             Slot::Close => {

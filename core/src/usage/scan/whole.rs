@@ -14,7 +14,7 @@
 use super::probe;
 use super::shape::{NoRec, Rec, Slot};
 use super::{Scanner, St, MAX_TRACK};
-use crate::usage::providers::{self, Act, Node, Raw, MAX_COUNT};
+use crate::usage::providers::{self, Act, Node, MAX_COUNT};
 
 /// Gave up: the payload is not one the walk can prove it reads as the scanner does.
 pub(super) struct Stop;
@@ -320,7 +320,7 @@ impl Scanner {
         let depth = depth + 1;
         if node.is_usage() {
             r.slot(b, i, Slot::Open, i);
-            self.stage = Raw::default();
+            self.stage.clear();
             self.stage_valid = false;
         }
         let mut i = probe::tok(b, i);
