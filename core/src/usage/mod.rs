@@ -342,8 +342,8 @@ impl UsageReader {
         } else {
             dialect
         });
+        // (`renew` leaves it begun.)
         scan.json_body = body == Body::Json;
-        scan.begin();
         *e_dialect = dialect;
         *stream = body == Body::EventStream;
         name.clear();
@@ -551,8 +551,13 @@ impl UsageReader {
             }
         }
         let e = &self.events;
-        let tokens = if e.usage.any() {
-            e.usage.normalise(e.dialect)
+        // A JSON body's usage is what its scanner found (see `json_end`).
+        let usage = match self.body {
+            Body::Json => &e.scan.facts.usage,
+            Body::EventStream => &e.usage,
+        };
+        let tokens = if usage.any() {
+            usage.normalise(e.dialect)
         } else {
             None
         };
@@ -848,9 +853,9 @@ impl Events {
             }
         }
         self.bad_count |= f.bad_count;
-        // A JSON body's usage is what its scanner found: nothing was merged before its end.
+        // A JSON body's usage is what its scanner found: nothing was merged before its end,
+        // and `finish` reads it there (not copied).
         debug_assert!(!self.usage.any());
-        self.usage = f.usage;
     }
 
     /// Takes in what the scanner found in a payload; returns whether it was the first content.

@@ -126,6 +126,11 @@ impl Raw {
 
     /// The slots `newer` reported take its counts.
     pub(crate) fn merge(&mut self, newer: &Raw) {
+        // The usual merge: the first usage object of a payload, into nothing reported.
+        if self.set == 0 {
+            *self = *newer;
+            return;
+        }
         let mut m = newer.set;
         while m != 0 {
             let s = m.trailing_zeros() as usize;

@@ -555,7 +555,8 @@ impl Scanner {
             let (y, rest) = bytes.split_at_checked(usize::from(run.len)).ok_or(Stop)?;
             bytes = rest;
             let n = usize::from(run.effects);
-            match b.get(i..i + y.len()) {
+            // (Two checks, without `i + len`'s overflow test.)
+            match b.get(i..).and_then(|r| r.get(..y.len())) {
                 Some(x) if probe::equal(x, y) => {
                     i += y.len();
                     if n > 0 {
