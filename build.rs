@@ -15,6 +15,19 @@ fn main() {
             println!("cargo::rustc-cfg=ngx_feature=\"{f}\"");
         }
     }
+    // Before 1.23, nginx keeps the upstream's `Content-Encoding` header in a field of its own
+    // (with gzip built in): read there instead of searching the upstream's header list.
+    println!("cargo::rustc-check-cfg=cfg(gm_upstream_content_encoding)");
+    let version = env::var("DEP_NGINX_VERSION_NUMBER")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok());
+    let gzip = env::var("DEP_NGINX_FEATURES")
+        .unwrap_or_default()
+        .split(',')
+        .any(|f| f == "http_gzip");
+    if gzip && version.is_some_and(|v| v < 1_023_000) {
+        println!("cargo::rustc-cfg=gm_upstream_content_encoding");
+    }
     // nginx-sys tells its direct dependents where the configured nginx build directory is.
     let Some(dir) = env::var_os("DEP_NGINX_BUILD_DIR") else {
         return;

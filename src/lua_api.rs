@@ -188,13 +188,14 @@ pub unsafe extern "C" fn gateway_metrics_response_usage(
         }
         // SAFETY: forwarded contract.
         let ctx = unsafe { req_ctx(r)? };
-        let t = match ctx.llm.as_ref().map_or(&UsageState::Unread, |l| &l.usage) {
-            UsageState::Read(t) => *t,
-            UsageState::Missing(why) => return Err(why.message()),
-            UsageState::Reading => return Err(c"usage not read yet: the body is not complete"),
-            UsageState::Unread | UsageState::Skipped => {
-                return Err(c"no usage read for this response")
+        let usage = ctx.llm.as_ref().map_or(&UsageState::Unread, |l| &l.usage);
+        let t = match (usage.said(), usage) {
+            (Some(Ok(t)), _) => *t,
+            (Some(Err(why)), _) => return Err(why.message()),
+            (None, UsageState::Reading) => {
+                return Err(c"usage not read yet: the body is not complete")
             }
+            (None, _) => return Err(c"no usage read for this response"),
         };
         let counts = [
             t.input,

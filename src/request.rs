@@ -89,14 +89,30 @@ pub enum UsageState {
     Unread,
     /// The body is being read (by [`LlmState::reader`]).
     Reading,
-    /// The body was read to its end, or to where it was cut: the usage it reported (its model
-    /// is in [`LlmState::reader`]).
-    Read(Tokens),
+    /// The body was read to its end, or to where it was cut: what its reader said (its model
+    /// is in [`LlmState::reader`]). Kept as the reader said it (see [`UsageState::said`]): the
+    /// reader's answer is written here as it is made, not copied into another form.
+    Ended(Outcome),
     /// The body cannot be read, or was read without usage, for this reason.
     Missing(UsageMissing),
     /// Nothing to read: usage is off, or the response is not one that reports usage (not an
     /// upstream's 2xx).
     Skipped,
+}
+
+impl UsageState {
+    /// What the response said once its reading ended or could not start: its tokens (final,
+    /// or those before a cut), or why it has none. `None` while unread, reading, or skipped.
+    pub fn said(&self) -> Option<Result<&Tokens, UsageMissing>> {
+        match self {
+            UsageState::Ended(Outcome::Usage(t) | Outcome::Partial(t)) => Some(Ok(t)),
+            UsageState::Ended(Outcome::Absent) => Some(Err(UsageMissing::Absent)),
+            UsageState::Ended(Outcome::Aborted) => Some(Err(UsageMissing::Aborted)),
+            UsageState::Ended(Outcome::Malformed) => Some(Err(UsageMissing::Malformed)),
+            UsageState::Missing(why) => Some(Err(*why)),
+            UsageState::Unread | UsageState::Reading | UsageState::Skipped => None,
+        }
+    }
 }
 
 impl ReqCtx {
@@ -907,12 +923,7 @@ impl LlmState {
         let (UsageState::Reading, Some(reader)) = (&self.usage, self.reader.as_mut()) else {
             return false;
         };
-        self.usage = match reader.finish(whole) {
-            Outcome::Usage(t) | Outcome::Partial(t) => UsageState::Read(t),
-            Outcome::Absent => UsageState::Missing(UsageMissing::Absent),
-            Outcome::Aborted => UsageState::Missing(UsageMissing::Aborted),
-            Outcome::Malformed => UsageState::Missing(UsageMissing::Malformed),
-        };
+        self.usage = UsageState::Ended(reader.finish(whole));
         reader.first_content_at_finish()
     }
 
@@ -937,11 +948,11 @@ impl LlmState {
         if let Some(t) = &self.lua_tokens {
             return (Some(t), None);
         }
-        match &self.usage {
-            UsageState::Unread => (None, unread_usage(r, lc, whole)),
-            UsageState::Skipped | UsageState::Reading => (None, None),
-            UsageState::Missing(why) => (None, Some(*why)),
-            UsageState::Read(t) => (Some(t), None),
+        match self.usage.said() {
+            Some(Ok(t)) => (Some(t), None),
+            Some(Err(why)) => (None, Some(why)),
+            None if matches!(self.usage, UsageState::Unread) => (None, unread_usage(r, lc, whole)),
+            None => (None, None),
         }
     }
 
@@ -956,7 +967,28 @@ impl LlmState {
     }
 }
 
+/// The upstream's first `Content-Encoding` header, where nginx keeps it (before 1.23, with gzip
+/// built in: set as the upstream's headers were parsed).
+#[cfg(gm_upstream_content_encoding)]
+fn upstream_content_encoding(r: &ngx_http_request_t) -> Option<&[u8]> {
+    // SAFETY: r->upstream is live (the caller checked it); the header it points to, if any,
+    // is in the request pool.
+    let h = unsafe { (*r.upstream).headers_in.content_encoding.as_ref() }?;
+    Some(h.value.as_bytes())
+}
+
+/// The upstream's first `Content-Encoding` header, found in its header list (nginx 1.23 and
+/// later keep no field of their own for it).
+#[cfg(not(gm_upstream_content_encoding))]
+fn upstream_content_encoding(r: &ngx_http_request_t) -> Option<&[u8]> {
+    // SAFETY: r->upstream is live (the caller checked it); its header list is in the request
+    // pool.
+    let headers = unsafe { &(*r.upstream).headers_in.headers };
+    header_value(headers, b"content-encoding")
+}
+
 /// The value of the first header of this (lowercase) name in a header list.
+#[cfg(not(gm_upstream_content_encoding))]
 fn header_value<'l>(headers: &'l ngx_list_t, name: &[u8]) -> Option<&'l [u8]> {
     let mut part: *const ngx_list_part_t = &headers.part;
     // SAFETY: an nginx list's parts hold `nelts` initialised elements each; the strings live
@@ -1012,10 +1044,7 @@ pub fn start_usage(
     // The upstream's own header: gzip or other filters of this nginx may set the response's
     // encoding, but the bytes passing here are the upstream's. (Looked up in its header list:
     // nginx 1.28's upstream has no `content_encoding` field of its own any more.)
-    // SAFETY: r->upstream is live (checked by usage_applies); its header list is in the request
-    // pool.
-    let headers = unsafe { &(*r.upstream).headers_in.headers };
-    if let Some(v) = header_value(headers, b"content-encoding") {
+    if let Some(v) = upstream_content_encoding(r) {
         if !v.is_empty() && !v.eq_ignore_ascii_case(b"identity") {
             return UsageState::Missing(UsageMissing::Encoded);
         }

@@ -132,6 +132,7 @@ impl Default for Model {
 }
 
 impl Model {
+    #[inline]
     pub(crate) fn get(&self) -> Option<&[u8]> {
         self.done.then(|| &self.bytes[..usize::from(self.len)])
     }

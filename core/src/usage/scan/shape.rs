@@ -327,6 +327,7 @@ impl Shapes {
     /// Reads the JSON body `buf`, held whole, with `scan` (just begun): in a kept shape, else
     /// walked (its shape noted in place of a kept one when noting has credit). False when
     /// the walk gave up (the scanner just begun).
+    #[inline(always)]
     pub(crate) fn read(&mut self, scan: &mut Scanner, buf: &[u8]) -> bool {
         for k in 0..SHAPES {
             // (An empty shape is passed over here: trying it costs a call.)
