@@ -71,3 +71,22 @@ pub fn conf_copy(cf: &ngx_conf_t, bytes: &[u8]) -> Option<ngx_str_t> {
     // SAFETY: cf->pool is the configuration's pool, alive for the whole cycle.
     unsafe { ngx_str_t::from_bytes(cf.pool, bytes) }
 }
+
+/// Is a module of this name in the cycle being configured (built in, or added by
+/// `load_module` before the `http` block)?
+pub fn module_loaded(cf: &ngx_conf_t, name: &std::ffi::CStr) -> bool {
+    // SAFETY: the cycle's module list (`modules_n` entries, null-terminated) is set before the
+    // configuration is parsed; each module's name is a static C string (or null).
+    unsafe {
+        let Some(cycle) = cf.cycle.as_ref() else {
+            return false;
+        };
+        if cycle.modules.is_null() {
+            return false;
+        }
+        std::slice::from_raw_parts(cycle.modules, cycle.modules_n)
+            .iter()
+            .filter_map(|m| m.as_ref())
+            .any(|m| !m.name.is_null() && std::ffi::CStr::from_ptr(m.name) == name)
+    }
+}

@@ -65,6 +65,11 @@ pub struct MainConf {
     pub exporter: bool,
     /// Some location reads responses' usage (`gateway_metrics_usage`).
     pub reads_usage: bool,
+    /// A module that can change a request's headers after its access phases is loaded
+    /// (lua-nginx-module: `ngx.req.set_header` in content, filter or log code). Without one, a
+    /// label read from a request header when the request enters its content phase is still
+    /// the header's value at its log phase (see `request::SeenHeader`).
+    pub late_header_writers: bool,
     /// The families `/metrics` shows (`gateway_metrics_views`), and whether it was given.
     pub views: Views,
     pub views_set: bool,
@@ -173,6 +178,7 @@ pub unsafe extern "C" fn create_main_conf(cf: *mut ngx_conf_t) -> *mut c_void {
         used: false,
         exporter: false,
         reads_usage: false,
+        late_header_writers: false,
         views: Views::default(),
         views_set: false,
         render_mode: RenderMode::Default,

@@ -54,6 +54,9 @@ fn configure(cf: &mut ngx_conf_t) -> Result<(), Option<&'static str>> {
             custom: mc.custom.clone(),
         };
     }
+    // lua-nginx-module can set request headers after the access phases (content, filter and
+    // log code): then a header's label is read again at the log phase.
+    mc.late_header_writers = crate::boundary::module_loaded(cf, c"ngx_http_lua_module");
     #[cfg(ngx_feature = "threads")]
     add_render_pool(cf, mc)?;
     // Watches response bodies for their end (see `body_filter`), and reads their usage too
@@ -172,7 +175,8 @@ fn enter(r: &Request) {
         return;
     }
     let mut owned = None;
-    let Some(t) = main_conf(r).and_then(|mc| recording::target_of(mc, &mut owned)) else {
+    let Some(mc) = main_conf(r) else { return };
+    let Some(t) = recording::target_of(mc, &mut owned) else {
         return;
     };
     let t = &recording::Recorder { t, log: r.log() };
@@ -180,7 +184,8 @@ fn enter(r: &Request) {
     let Some(ctx) = request::ctx(r.as_ref()) else {
         return;
     };
-    recording::enter(t, ctx, request::label(r, &lc.namespace));
+    let ns = request::entry_namespace(r, lc, mc, ctx);
+    recording::enter(t, ctx, ns);
 }
 
 /// Records the finished request (see `recording::record`).

@@ -137,7 +137,7 @@ pub unsafe extern "C" fn gateway_metrics_add_tokens(
         };
         // SAFETY: forwarded contract.
         let ctx = unsafe { req_ctx(r)? };
-        let t = ctx.llm_mut().lua_tokens.get_or_insert_with(Tokens::default);
+        let t = ctx.llm_mut().lua_tokens.get_or_insert_with(Box::default);
         t.input = t.input.saturating_add(n.input);
         t.output = t.output.saturating_add(n.output);
         t.cached_input = t.cached_input.saturating_add(n.cached_input);

@@ -36,6 +36,33 @@ pub struct ReqCtx {
     pub last_body_msec: ngx_msec_t,
     /// The exporter's state for this request (a scrape in progress), in the request pool.
     pub exporter: *mut std::ffi::c_void,
+    /// The namespace as the request entered its content phase, when it is a request header
+    /// that nothing can change later (see [`SeenHeader`]).
+    pub namespace: SeenHeader,
+}
+
+/// A label read from a request header as the request entered its content phase (the
+/// precontent handler counts it in flight under its namespace), kept for its log phase: where
+/// no loaded module writes request headers after the access phases
+/// (`MainConf::late_header_writers`), the header is then what it was. Used again only for the
+/// same label of the same location, over a header list of one part holding as many headers
+/// (checked at the log phase): the value is the one a second search would find. Small: the
+/// request's context, and so this, is allocated in the request pool's first block.
+pub struct SeenHeader {
+    /// The label's source (null: nothing kept).
+    source: *const LabelSource,
+    value: *const u8,
+    len: u32,
+    nelts: u32,
+}
+
+impl SeenHeader {
+    const NONE: SeenHeader = SeenHeader {
+        source: ptr::null(),
+        value: ptr::null(),
+        len: 0,
+        nelts: 0,
+    };
 }
 
 impl Default for ReqCtx {
@@ -47,6 +74,7 @@ impl Default for ReqCtx {
             complete: false,
             last_body_msec: 0,
             exporter: ptr::null_mut(),
+            namespace: SeenHeader::NONE,
         }
     }
 }
@@ -57,8 +85,9 @@ pub struct LlmState {
     /// usual model name is kept in place, without an allocation).
     pub model: Option<Value>,
     /// Tokens reported from Lua (`gm.add_tokens`, summed). When there are any, they are what is
-    /// recorded: usage read from the response is not counted again.
-    pub lua_tokens: Option<Tokens>,
+    /// recorded: usage read from the response is not counted again. (Boxed: the request's
+    /// context stays small, see [`ReqCtx`]; only Lua's calls allocate it.)
+    pub lua_tokens: Option<Box<Tokens>>,
     /// Reading the response's usage (`gateway_metrics_usage`).
     pub usage: UsageState,
     /// The response's reader (from the worker's pool: no allocation per buffer, and none per
@@ -138,8 +167,52 @@ impl Drop for ReqCtx {
 /// Pool cleanup of a ReqCtx; a plain (non-generic) function so that its address is unique and
 /// `find_ctx` can recognise the cleanup by it.
 unsafe extern "C" fn drop_req_ctx(data: *mut std::ffi::c_void) {
-    // SAFETY: data is the ReqCtx written by ctx(), dropped once when the pool is destroyed.
-    unsafe { ptr::drop_in_place(data as *mut ReqCtx) };
+    // SAFETY: data is the box `ctx()` made or took from the worker's spare contexts, given
+    // back once, when the request's pool is destroyed.
+    let ctx = unsafe { Box::from_raw(data as *mut ReqCtx) };
+    SPARE_CONTEXTS.put(ctx);
+}
+
+/// The request contexts a worker keeps for its next requests: a request's context is taken
+/// from here and given back when the request is freed, so that it takes only its cleanup's
+/// 24 bytes of the request's pool. (A context in the pool, ~200 bytes, moved nginx's own
+/// allocations of a proxied request from one pool block to another, or into a new one: up to
+/// ~600 instructions a request, measured, depending on the request's size.)
+// Boxed: a context's address is the request's while it runs (nginx holds it).
+#[allow(clippy::vec_box)]
+struct SpareContexts(RefCell<Vec<Box<ReqCtx>>>);
+
+// SAFETY: only the worker's event-loop thread makes and frees requests.
+unsafe impl Sync for SpareContexts {}
+
+static SPARE_CONTEXTS: SpareContexts = SpareContexts(RefCell::new(Vec::new()));
+
+/// The most contexts a worker keeps (~48 KB): as many as its requests in flight at once, up to
+/// this.
+const SPARE_CONTEXTS_MAX: usize = 256;
+
+impl SpareContexts {
+    fn take(&self) -> Box<ReqCtx> {
+        self.0
+            .try_borrow_mut()
+            .ok()
+            .and_then(|mut v| v.pop())
+            .unwrap_or_default()
+    }
+
+    /// Ends the request's context (its destructor: the in-flight gauge, the reader) and keeps
+    /// it, reset, for another request.
+    fn put(&self, mut ctx: Box<ReqCtx>) {
+        *ctx = ReqCtx::default();
+        if let Ok(mut v) = self.0.try_borrow_mut() {
+            if v.len() < SPARE_CONTEXTS_MAX {
+                if v.capacity() == 0 {
+                    v.reserve_exact(SPARE_CONTEXTS_MAX);
+                }
+                v.push(ctx);
+            }
+        }
+    }
 }
 
 /// The main request's slot in `r->ctx`: null, [`COMPLETE_MARK`], or its [`ReqCtx`]. nginx clears
@@ -211,12 +284,12 @@ pub fn ctx(r: &ngx_http_request_t) -> Option<&mut ReqCtx> {
             return Some(c);
         }
         let pool = (*r.main).pool;
-        let cln = ngx_pool_cleanup_add(pool, std::mem::size_of::<ReqCtx>());
+        let cln = ngx_pool_cleanup_add(pool, 0);
         if cln.is_null() {
             return None;
         }
-        let p = (*cln).data as *mut ReqCtx;
-        ptr::write(p, ReqCtx::default());
+        let p = Box::into_raw(SPARE_CONTEXTS.take());
+        (*cln).data = p as *mut std::ffi::c_void;
         (*cln).handler = Some(drop_req_ctx);
         let s = slot(r);
         (*p).complete = *s as usize == COMPLETE_MARK;
@@ -241,6 +314,52 @@ pub fn label<'r>(r: &'r Request, source: &LabelSource) -> &'r [u8] {
         0 => eval(r, source.cv),
         i => indexed(r, i - 1),
     }
+}
+
+/// The namespace as the request enters its content phase, kept in its context for the log
+/// phase when it is a request header nothing can change later (see [`SeenHeader`]).
+pub fn entry_namespace<'r>(
+    r: &'r Request,
+    lc: &LocConf,
+    mc: &MainConf,
+    ctx: &mut ReqCtx,
+) -> &'r [u8] {
+    let ns = label(r, &lc.namespace);
+    let h = &r.as_ref().headers_in.headers;
+    ctx.namespace = match (u32::try_from(ns.len()), u32::try_from(h.part.nelts)) {
+        (Ok(len), Ok(nelts))
+            if lc.namespace.header.var.len != 0
+                && !mc.late_header_writers
+                && ptr::eq(h.last, &h.part) =>
+        {
+            SeenHeader {
+                source: &lc.namespace,
+                value: ns.as_ptr(),
+                len,
+                nelts,
+            }
+        }
+        _ => SeenHeader::NONE,
+    };
+    ns
+}
+
+/// The namespace at the log phase: as the request entered its content phase when that still
+/// holds (see [`SeenHeader`]), else read now.
+#[inline(always)]
+fn log_namespace<'r>(r: &'r Request, lc: &LocConf, ctx: Option<&'r ReqCtx>) -> &'r [u8] {
+    if let Some(seen) = ctx.map(|c| &c.namespace) {
+        let h = &r.as_ref().headers_in.headers;
+        if ptr::eq(seen.source, &lc.namespace)
+            && ptr::eq(h.last, &h.part)
+            && h.part.nelts == seen.nelts as ngx_uint_t
+        {
+            // SAFETY: the value was a label of this request: in its pool (or static), alive
+            // until the request is freed, after its log phase.
+            return unsafe { std::slice::from_raw_parts(seen.value, seen.len as usize) };
+        }
+    }
+    label(r, &lc.namespace)
 }
 
 /// A label that is one `$arg_*` variable, read from the query string as nginx reads it.
@@ -314,22 +433,64 @@ fn header_is(h: &ngx_table_elt_t, name: &HeaderName) -> bool {
 /// cacheable); `""` when it is not found.
 fn indexed(r: &Request, index: ngx_uint_t) -> &[u8] {
     let rp = r as *const Request as *mut ngx_http_request_t;
-    // SAFETY: the index was registered for this configuration; nginx returns the request's value
-    // (in its pool) or null.
-    match unsafe { ngx_http_get_flushed_variable(rp, index).as_ref() } {
-        Some(v) if v.valid() != 0 && v.not_found() == 0 => v.as_bytes(),
-        _ => b"",
-    }
+    keeping_variables(r, [index].into_iter(), || {
+        // SAFETY: the index was registered for this configuration; nginx returns the
+        // request's value (in its pool) or null.
+        match unsafe { ngx_http_get_flushed_variable(rp, index).as_ref() } {
+            Some(v) if v.valid() != 0 && v.not_found() == 0 => v.as_bytes(),
+            _ => b"",
+        }
+    })
 }
 
 /// Evaluates a complex value; `""` when unset or on error (the label reports what it got).
 #[inline(never)]
 fn eval(r: &Request, cv: *const ngx_http_complex_value_t) -> &[u8] {
     // SAFETY: a set cv was compiled for this request's configuration.
-    match unsafe { cv.as_ref() } {
-        Some(cv) => r.get_complex_value(cv).map_or(b"", |v| v.as_bytes()),
-        None => b"",
+    let Some(cv) = (unsafe { cv.as_ref() }) else {
+        return b"";
+    };
+    // The variables it reads: its `flushes`, ended by -1 (null: none).
+    let mut at = cv.flushes as *const ngx_uint_t;
+    let indexes = std::iter::from_fn(move || {
+        // SAFETY: nginx ends a complex value's list of variable indexes with -1.
+        let i = unsafe { at.as_ref() }
+            .copied()
+            .filter(|&i| i != ngx_uint_t::MAX)?;
+        // SAFETY: not past the end: `i` was not the terminator.
+        at = unsafe { at.add(1) };
+        Some(i)
+    });
+    keeping_variables(r, indexes, || {
+        r.get_complex_value(cv).map_or(b"", |v| v.as_bytes())
+    })
+}
+
+/// Reads a label with `read`, then puts back the request's values of the variables it reads
+/// (`indexes`) as they were: nginx caches a variable once evaluated (`$http_*` among them),
+/// and a label read as the request enters its content phase would otherwise fix that value for
+/// the request's later readers (an `add_header` after Lua changed the header would show the
+/// old value). The value read stays valid: it is in the request pool.
+fn keeping_variables<'r>(
+    r: &'r Request,
+    indexes: impl Iterator<Item = ngx_uint_t>,
+    read: impl FnOnce() -> &'r [u8],
+) -> &'r [u8] {
+    let rr: &ngx_http_request_t = r.as_ref();
+    let vars = rr.variables;
+    // A label reads a handful of variables: those past 8 are not put back.
+    let mut saved: [Option<(ngx_uint_t, ngx_variable_value_t)>; 8] = [None; 8];
+    for (slot, i) in saved.iter_mut().zip(indexes) {
+        // SAFETY: the indexes were registered for this configuration: `r->variables` has an
+        // entry for each.
+        *slot = Some((i, unsafe { *vars.add(i) }));
     }
+    let value = read();
+    for &(i, v) in saved.iter().flatten() {
+        // SAFETY: as above.
+        unsafe { *vars.add(i) = v };
+    }
+    value
 }
 
 /// The status nginx logs as `$status`.
@@ -809,7 +970,7 @@ impl<'r> Finished<'r> {
                 Label::with_id(status_id(status), b""),
                 Label::bytes(match ns {
                     Some(ns) => ns,
-                    None => label(r, &lc.namespace),
+                    None => log_namespace(r, lc, ctx),
                 }),
                 upstream(r, lc),
                 match cut {

@@ -10,6 +10,7 @@ leaves them out)."""
 import json
 import os
 import socket
+import statistics
 import threading
 import time
 
@@ -235,14 +236,18 @@ VARIANTS = {
 }
 
 
-def http_conf(up_port, module, http_extra, loc_extra):
+def http_conf(up_port, module, http_extra, loc_extra, layout=0):
+    # Unused map blocks move what nginx allocates at start-up and per request (its heap's
+    # layout, and its request pool's), as in the callgrind section.
+    pad = "".join(f"    map $http_x_gm_pad{i} $gm_pad{i} {{ default 1; }}\n"
+                  for i in range(layout))
     zone = ("    gateway_metrics_zone gm 8m;\n    gateway_metrics_namespace $http_x_namespace;\n"
             if module else "")
     lua = ("    lua_shared_dict gateway_token_budget 1m;\n"
            "    map $http_x_namespace $gateway_namespace { default $http_x_namespace; }\n"
            "    map $http_x_namespace $gateway_token_budget { default \"\"; }\n"
            if "gateway_baseline" in loc_extra else "")
-    return (f"{zone}{lua}    upstream llm {{ server 127.0.0.1:{up_port}; keepalive 4; }}\n"
+    return (f"{pad}{zone}{lua}    upstream llm {{ server 127.0.0.1:{up_port}; keepalive 4; }}\n"
             "    server {\n        listen 127.0.0.1:{port};\n"
             f"        {http_extra}\n" + LOCATION.format(extra=loc_extra) + "\n    }\n")
 
@@ -276,6 +281,11 @@ def run(ctx):
     # (Not in the smoke run, which only checks that the section works.)
     if not smoke and os.environ.get("GM_USAGE_PROVIDERS", "1") != "0":
         paths += [f"/v1/sse_{fmt}/{n}" for fmt in PROVIDER_STREAMS for n in SLOPE]
+    # A JSON response's figure, a few thousand instructions over nginx's own, moves by
+    # hundreds with the layout of nginx's heap and request pool (which allocation lands in
+    # which block): its median over heap layouts, as in the callgrind section. (A stream's
+    # per-chunk slope does not depend on it.)
+    layouts = 1 if smoke else 5
     say(f"per request = (Ir(N={n2}) - Ir(N={n1})) / {n2 - n1}, {warm} warm-up requests, one "
         f"keep-alive connection, worker_processes 1; SSE chunks {GAP * 1000:.0f} ms apart (read "
         "one by one); per further chunk = (cost at 200 chunks - cost at 20) / 180; not counted: "
@@ -287,17 +297,25 @@ def run(ctx):
     try:
         for name in names:
             desc, module, lua, http_extra, loc_extra = VARIANTS[name]
-            http = http_conf(up.port, module, http_extra, loc_extra)
             res["cost"][name] = {}
+            res.setdefault("json_layouts", {})[name] = {}
             for path in paths:
-                irs = []
-                for n in (n1, n2):
-                    out = os.path.join(cgdir, f"{name}.{path.rsplit('/', 1)[-1]}.{n}.out")
-                    irs.append(callgrind_run(
-                        ctx, http, module, [request(path)] * (warm + n), out, f"{name} {path}",
-                        lua=lua, lua_dirs=[os.path.join(HERE, "lua_example_baseline")],
-                        exclude=EXCLUDE))
-                res["cost"][name][path] = (irs[1] - irs[0]) / (n2 - n1)
+                per = []
+                for layout in range(layouts if "/json" in path else 1):
+                    conf = http_conf(up.port, module, http_extra, loc_extra, layout)
+                    irs = []
+                    for n in (n1, n2):
+                        out = os.path.join(cgdir,
+                                           f"{name}.{path.rsplit('/', 1)[-1]}.{n}.{layout}.out")
+                        irs.append(callgrind_run(
+                            ctx, conf, module, [request(path)] * (warm + n), out,
+                            f"{name} {path}", lua=lua,
+                            lua_dirs=[os.path.join(HERE, "lua_example_baseline")],
+                            exclude=EXCLUDE))
+                    per.append((irs[1] - irs[0]) / (n2 - n1))
+                res["cost"][name][path] = statistics.median(per)
+                if len(per) > 1:
+                    res["json_layouts"][name][path] = per
             c = res["cost"][name]
             say(f"  {name:12s} " + "  ".join(f"{label(p)} {fmt_int(c[p])}" for p in paths))
     finally:
@@ -322,6 +340,12 @@ def run(ctx):
             f"{fmt_int(added['/v1/sse/200'])} added; {slope:,.0f} per chunk"
             + (f" ({slope - res['per_chunk']['proxy']:,.0f} over proxying)" if name != "proxy"
                else ""))
+        lay = res["json_layouts"]
+        if name != "proxy" and lay.get(name, {}).get("/v1/json"):
+            pairs = zip(lay[name]["/v1/json"], lay["proxy"]["/v1/json"])
+            say(f"     JSON added under each heap layout ({len(lay[name]['/v1/json'])}, 0-"
+                f"{len(lay[name]['/v1/json']) - 1} unused map blocks; the figure above is the "
+                f"median of each variant's): " + ", ".join(fmt_int(u - q) for u, q in pairs))
     pp = res.get("per_chunk_providers", {})
     if "usage" in pp and pp["usage"]:
         say("  per further chunk over proxying, other providers' streams (the same slope, 20 to "
