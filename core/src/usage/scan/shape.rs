@@ -28,7 +28,10 @@
 //! value, count and unescaped model of at most [`FOLD_MAX`] bytes ([`MAX_VALS`] in all), and
 //! the replay compares them with the bytes around them as one run instead of reading them;
 //! what a folded step does (a count's value set, the model taken, a usage object opened or
-//! closed) is kept with its run and done after the run compares equal ([`Effect`]). Comparing
+//! closed) is kept with its run and done after the run compares equal ([`Effect`]); the first
+//! usage object's opening, where no step before it reads a count or opens or closes a usage
+//! object, keeps none: the replay clears the counts being read at its start instead, which is
+//! the same as clearing them there. Comparing
 //! a kept value is reading it: the bytes are those the walk read there, followed by compared
 //! bytes (a number's end is the byte after it; a value followed by no compared byte is not
 //! folded), so the walk's functions would find the same extent and the same count or model.
@@ -144,6 +147,9 @@ pub(crate) struct Shape {
     bytes: Vec<u8>,
     /// The runs' effects, in order.
     effects: Vec<Effect>,
+    /// The first usage object's opening is folded without its effect (the stage cleared):
+    /// no step before it touches the stage, so the replay clears it at its start instead.
+    clears_stage: bool,
 }
 
 impl Shape {
@@ -175,6 +181,7 @@ impl Shape {
         self.runs.clear();
         self.bytes.clear();
         self.effects.clear();
+        self.clears_stage = false;
     }
 
     /// Makes the runs. Folded into the bytes compared around them: each kept value but those
@@ -185,6 +192,9 @@ impl Shape {
     fn fold(&mut self, changed: u128) {
         self.runs.clear();
         self.effects.clear();
+        self.clears_stage = false;
+        // No step so far reads a count or opens or closes a usage object.
+        let mut stage_untouched = true;
         // Read and write offsets in `bytes` (compacted in place), where the run started.
         let (mut r, mut w, mut start) = (0usize, 0usize, 0usize);
         let (mut first, mut effects) = (0usize, 0u8);
@@ -200,8 +210,17 @@ impl Shape {
                 && changed & (1 << k) == 0
                 && self.steps.get(k + 1).is_some_and(|t| t.lit > 0);
             let room = self.effects.len() < MAX_EFFECTS;
+            let untouched = stage_untouched;
+            stage_untouched &= !matches!(
+                s.slot,
+                Slot::Count(_) | Slot::Scalar(_) | Slot::Open | Slot::Close
+            );
             let effect = match s.slot {
                 Slot::SkipStr | Slot::SkipNum if kept => None,
+                Slot::Open if untouched => {
+                    self.clears_stage = true;
+                    None
+                }
                 Slot::Count(slot) if kept && room => {
                     Some(Effect::Count(slot, digits_value(&self.bytes[r..r + val])))
                 }
@@ -541,6 +560,11 @@ impl Scanner {
         }
         let known = self.model.done;
         let mut changed = 0u128;
+        if shape.clears_stage {
+            // What the first usage object's opening does (see `Shape::clears_stage`).
+            self.stage.clear();
+            self.stage_valid = false;
+        }
         let read = self.replay(shape, b, &mut changed);
         if read.is_ok() && changed != 0 {
             shape.fold(changed);
@@ -791,6 +815,19 @@ mod tests {
         );
         assert_eq!(slots.iter().filter(|&&s| s == Slot::Open).count(), 1);
         assert_eq!(slots.last(), Some(&Slot::End));
+        // The usage object's opening is folded without its effect: the replay clears the
+        // counts being read at its start (none may be left from a replay that gave up).
+        assert!(shape.clears_stage);
+        let mut r = scanner(ALL, true, false);
+        r.stage.set(crate::usage::providers::slot::G_PROMPT, 99);
+        r.stage_valid = true;
+        assert!(r.feed_shaped(&mut shape, body));
+        r.end();
+        assert_eq!(
+            r.facts.usage.get(crate::usage::providers::slot::G_PROMPT),
+            None
+        );
+        assert_eq!(r.facts.usage.get(0), Some(19));
         // Another body of that shape is read by the replay.
         let other = String::from_utf8_lossy(body)
             .replace("\"prompt_tokens\": 19", "\"prompt_tokens\": 1900")
