@@ -1121,7 +1121,8 @@ impl LlmState {
     /// when it is a label value as it is (the usual name: no copy), else a copy kept in `copy`.
     fn response_model<'a>(&'a self, copy: &'a mut Option<Value>) -> Option<&'a [u8]> {
         let m = self.read_model()?;
-        if is_clean(m) {
+        // (A model read in a kept shape was checked once, when the shape was made.)
+        if self.reader.as_ref().is_some_and(|r| r.model_is_label()) || is_clean(m) {
             return Some(m);
         }
         Some(copy.insert(Value::sanitized(m)).as_bytes())

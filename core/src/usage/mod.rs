@@ -584,6 +584,14 @@ impl UsageReader {
         self.events.scan.model.get()
     }
 
+    /// The model is known to be a label value as it is ([`crate::labels::is_clean`]): it came
+    /// from a body read in its kept shape, whose model was checked when the shape was made
+    /// (false says nothing: check it).
+    #[inline]
+    pub fn model_is_label(&self) -> bool {
+        self.events.scan.model.label
+    }
+
     /// Bytes of state this reader holds (its struct and its allocations: the carry buffer of
     /// an event stream, the shape of a JSON body); bounded by
     /// `size_of::<UsageReader>() + CARRY_CAP + SHAPE_CAP` whatever it is fed (and by

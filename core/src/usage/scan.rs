@@ -118,6 +118,9 @@ impl<const N: usize> Small<N> {
 pub(crate) struct Model {
     len: u16,
     done: bool,
+    /// The bytes are known to be a label value as they are (`labels::is_clean`): set by a
+    /// folded model's effect, which checked them once; any other write clears it.
+    pub(crate) label: bool,
     bytes: [u8; MODEL_CAP],
 }
 
@@ -126,6 +129,7 @@ impl Default for Model {
         Model {
             len: 0,
             done: false,
+            label: false,
             bytes: [0; MODEL_CAP],
         }
     }
@@ -142,6 +146,7 @@ impl Model {
     }
 
     fn push(&mut self, s: &[u8]) {
+        self.label = false;
         let len = usize::from(self.len);
         let n = s.len().min(MODEL_CAP - len);
         self.bytes[len..len + n].copy_from_slice(&s[..n]);
@@ -330,6 +335,7 @@ impl Scanner {
         facts.reset();
         model.len = 0;
         model.done = false;
+        model.label = false;
         *json_body = false;
         *walks_rest = true;
         *rest_tried = false;

@@ -124,8 +124,9 @@ struct Run {
 enum Effect {
     /// A count's value, set in the usage object being read.
     Count(u8, u64),
-    /// The model, the run's bytes `at..at + len`.
-    Model(u16, u16),
+    /// The model, the run's bytes `at..at + len`, and whether they are a label value as they
+    /// are (checked once, here).
+    Model(u16, u16, bool),
     /// A place ([`Slot::Open`], [`Slot::Close`], [`Slot::Content`]).
     Place(Slot),
 }
@@ -226,7 +227,8 @@ impl Shape {
                 }
                 // The string without its closing quote, where it will be in the run's bytes.
                 Slot::Str(Act::Model) if kept && room => {
-                    Some(Effect::Model((w - start) as u16, (val - 1) as u16))
+                    let clean = crate::labels::is_clean(&self.bytes[r..r + val - 1]);
+                    Some(Effect::Model((w - start) as u16, (val - 1) as u16, clean))
                 }
                 Slot::Open | Slot::Close | Slot::Content(_) if room => Some(Effect::Place(s.slot)),
                 _ => {
@@ -641,11 +643,12 @@ impl Scanner {
                 self.stage.set(slot, num);
                 self.stage_valid = true;
             }
-            Effect::Model(at, len) => {
+            Effect::Model(at, len, clean) => {
                 let (at, len) = (usize::from(at), usize::from(len));
                 if let (false, Some(m)) = (self.model.done, y.get(at..at + len)) {
                     self.model.push(m);
                     self.model.finish();
+                    self.model.label = clean;
                 }
             }
             Effect::Place(slot) => {
@@ -828,6 +831,8 @@ mod tests {
             None
         );
         assert_eq!(r.facts.usage.get(0), Some(19));
+        // Its folded model is known to be a label value as it is.
+        assert!(r.model.label);
         // Another body of that shape is read by the replay.
         let other = String::from_utf8_lossy(body)
             .replace("\"prompt_tokens\": 19", "\"prompt_tokens\": 1900")
@@ -837,6 +842,8 @@ mod tests {
         r.end();
         assert_eq!(r.facts.usage.get(0), Some(1900));
         assert_eq!(r.model.get(), Some(&b"gpt-4o-mini"[..]));
+        // A model read (it changed): not known to be one.
+        assert!(!r.model.label);
         // The changed count and model are read from now on.
         assert_eq!(shape.runs(), 4);
         // A folded value that changes is read again (the replay matches), and unfolded.
@@ -861,6 +868,22 @@ mod tests {
             let mut r = scanner(allow, json_body, false);
             assert!(!r.feed_shaped(&mut shape, body));
         }
+    }
+
+    /// A folded model that is not a label value as it is (here: not plain ASCII) is not said
+    /// to be one: the glue sanitises it.
+    #[test]
+    fn folded_model_not_a_label_value() {
+        let body = include_str!("../../../../tests/usage_corpus/openai_chat_json.body")
+            .replace("gpt-4o-2024-08-06", "mod\u{e8}le");
+        let body = body.as_bytes();
+        let mut s = scanner(ALL, true, false);
+        let mut shape = Shape::default();
+        assert!(s.feed_body_noting(body, &mut shape));
+        let mut r = scanner(ALL, true, false);
+        assert!(r.feed_shaped(&mut shape, body));
+        assert_eq!(r.model.get(), Some("mod\u{e8}le".as_bytes()));
+        assert!(!r.model.label);
     }
 
     /// Bounded: a body of more values than a shape holds is walked, its shape not noted.
