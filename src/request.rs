@@ -318,6 +318,7 @@ pub fn label<'r>(r: &'r Request, source: &LabelSource) -> &'r [u8] {
 
 /// The namespace as the request enters its content phase, kept in its context for the log
 /// phase when it is a request header nothing can change later (see [`SeenHeader`]).
+#[inline(always)]
 pub fn entry_namespace<'r>(
     r: &'r Request,
     lc: &LocConf,
