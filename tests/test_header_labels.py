@@ -89,23 +89,8 @@ def test_header_labels_match_nginx_variables():
 # The request enters its content phase (proxied, or Lua's content handler), where the module
 # counts it in flight under its namespace; without a module that writes request headers later
 # it keeps that value for the log phase, and with lua-nginx-module loaded it reads it again.
-CONTENT_CONF = """
-    gateway_metrics_zone gm 4m;
-    gateway_metrics on;
-    gateway_metrics_namespace $http_x_tenant_id;
-    gateway_metrics_model ${HTTP_X_MODEL};
-    server {
-        listen 127.0.0.1:{port};
-        location /v1/ {
-            add_header X-Seen-Ns "[$http_x_tenant_id]" always;
-            add_header X-Seen-Model "[$http_x_model]" always;
-            proxy_pass http://127.0.0.1:{port}/ok;
-        }
-        location ^~ /ok { gateway_metrics off; return 200 "ok"; }
-        {lua}
-        location = /metrics { gateway_metrics off; gateway_metrics_exporter; }
-    }
-"""
+CONTENT_CONF = CONF.replace('return 200 "ok";', "proxy_pass http://127.0.0.1:{port}/ok;")
+OK_LOCATION = 'location ^~ /ok { gateway_metrics off; return 200 "ok"; }'
 
 # Lua changes the namespace header after the access phases: set (from its old value), or
 # cleared for requests with a model header.
@@ -126,7 +111,7 @@ LUA_LOCATION = """
 
 
 def test_header_labels_of_requests_that_reach_their_content_phase():
-    with Nginx(CONTENT_CONF.replace("{lua}", "")) as n:
+    with Nginx(CONTENT_CONF.replace("{extra}", OK_LOCATION)) as n:
         assert_labels_as_nginx_saw(n, [raw(n.port, hs) for hs in CASES])
 
 
@@ -134,7 +119,7 @@ def test_header_labels_that_lua_changes_after_the_access_phases():
     """Also: the module's reading of the label as the request enters its content phase leaves
     nginx's variable as it was (a repeated header's value is nginx's variable's: read, it
     would stay cached, and `add_header` would show the header before Lua changed it)."""
-    with Nginx(CONTENT_CONF.replace("{lua}", LUA_LOCATION), lua=True) as n:
+    with Nginx(CONTENT_CONF.replace("{extra}", OK_LOCATION + LUA_LOCATION), lua=True) as n:
         seen = [raw(n.port, hs, "/lua/x") for hs in CASES]
         want = assert_labels_as_nginx_saw(n, seen)
         # Set from its value (a repeated header too), or cleared (the requests with a model).
