@@ -20,7 +20,8 @@ use crate::conf::{HeaderName, LabelSource, LocConf, MainConf, USAGE_OFF};
 use crate::zone::{ShmLock, ZoneCtx};
 
 /// What the module remembers about one request (the main request), across internal redirects.
-/// Lives in the request pool; its destructor runs when the request is freed, aborted or not.
+/// Taken from the worker's spare contexts ([`SpareContexts`]) and given back by a cleanup of the
+/// request pool: its destructor runs when the request is freed, aborted or not.
 pub struct ReqCtx {
     /// The `active_connections` gauge this request incremented, until decremented.
     pub active: Option<&'static AtomicU64>,
@@ -46,8 +47,7 @@ pub struct ReqCtx {
 /// no loaded module writes request headers after the access phases
 /// (`MainConf::late_header_writers`), the header is then what it was. Used again only for the
 /// same label of the same location, over a header list of one part holding as many headers
-/// (checked at the log phase): the value is the one a second search would find. Small: the
-/// request's context, and so this, is allocated in the request pool's first block.
+/// (checked at the log phase): the value is the one a second search would find.
 pub struct SeenHeader {
     /// The label's source (null: nothing kept).
     source: *const LabelSource,
