@@ -129,7 +129,7 @@ pub struct LabelSource {
     /// `request::label`); empty names otherwise.
     pub header: HeaderName,
     /// 1 + the variable's index when the value is exactly one other variable (read as an
-    /// indexed variable: no script, evaluated once per request); 0 otherwise.
+    /// indexed variable: no script); 0 otherwise.
     pub variable: ngx_uint_t,
     /// The argument, lowercased, when the value is exactly one `$arg_*` variable: read from
     /// the query string directly (as nginx reads it, without its variable machinery); empty

@@ -85,8 +85,8 @@ pub struct LlmState {
     /// usual model name is kept in place, without an allocation).
     pub model: Option<Value>,
     /// Tokens reported from Lua (`gm.add_tokens`, summed). When there are any, they are what is
-    /// recorded: usage read from the response is not counted again. (Boxed: the request's
-    /// context stays small, see [`ReqCtx`]; only Lua's calls allocate it.)
+    /// recorded: usage read from the response is not counted again. (Boxed: the context, reset
+    /// for every request, stays small; only Lua's calls allocate it.)
     pub lua_tokens: Option<Box<Tokens>>,
     /// Reading the response's usage (`gateway_metrics_usage`).
     pub usage: UsageState,
@@ -430,8 +430,8 @@ fn header_is(h: &ngx_table_elt_t, name: &HeaderName) -> bool {
     (h.hash == name.hash && short_eq(key, dashed)) || header_matches(key, want)
 }
 
-/// An indexed variable's value (nginx evaluates it once per request unless it is not
-/// cacheable); `""` when it is not found.
+/// An indexed variable's value, nginx's cache of it left as it was (see
+/// [`keeping_variables`]); `""` when it is not found.
 fn indexed(r: &Request, index: ngx_uint_t) -> &[u8] {
     let rp = r as *const Request as *mut ngx_http_request_t;
     keeping_variables(r, [index].into_iter(), || {
